@@ -1,0 +1,74 @@
+"""The one module that owns the engine and sessions.
+
+Functions that touch the database take ``session`` as a keyword argument; the caller (a CLI
+command, a web handler, a Celery task) opens it with :func:`session_scope` and commits once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from lenscat.db.server import resolve_database_url, sqlalchemy_url
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from lenscat.settings import get_settings
+
+_engine: Engine | None = None
+_bound_connection: Connection | None = None
+
+
+def get_engine() -> Engine:
+    """The process-wide engine (created on first use; starts the embedded server if needed)."""
+    global _engine
+    if _engine is None:
+        url = sqlalchemy_url(resolve_database_url(get_settings()))
+        _engine = create_engine(url, pool_pre_ping=True, future=True)
+    return _engine
+
+
+def dispose_engine() -> None:
+    """Close pooled connections (before ``lenscat db stop`` or a fork)."""
+    global _engine
+    if _engine is not None:
+        _engine.dispose()
+        _engine = None
+
+
+def bind_connection(connection: Connection | None) -> None:
+    """Make every new session join ``connection`` through SAVEPOINTs (tests use this).
+
+    With a bound connection, :func:`session_scope` commits only release savepoints, so a test can
+    roll the whole outer transaction back.
+    """
+    global _bound_connection
+    _bound_connection = connection
+
+
+@contextmanager
+def session_scope(**kwargs: Any) -> Iterator[Session]:
+    """A session whose transaction commits once when the block ends, or rolls back on error."""
+    if _bound_connection is not None:
+        factory = sessionmaker(bind=_bound_connection, join_transaction_mode="create_savepoint")
+    else:
+        factory = sessionmaker(bind=get_engine(), expire_on_commit=False)
+    session = factory(**kwargs)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def raw_connection(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg 3 connection under ``session`` (for COPY), inside the session's transaction."""
+    dbapi = session.connection().connection.dbapi_connection
+    if not isinstance(dbapi, psycopg.Connection):  # pragma: no cover - driver is fixed
+        raise TypeError(f"expected a psycopg connection, got {type(dbapi)!r}")
+    return dbapi

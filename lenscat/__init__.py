@@ -1,0 +1,3 @@
+"""lenscat: a database-centric catalogue system for finding strong gravitational lenses."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,405 @@
+"""The ``lenscat`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lenscat.errors import LenscatError
+from lenscat.output import FORMATS, write_rows, write_table
+
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="Output format: aligned table, CSV, or JSON lines (one object per row) on stdout.",
+)
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def ensure_schema() -> None:
+    """Bring the schema to head on the embedded default; elsewhere insist on `lenscat db upgrade`."""
+    from lenscat.db import migrate
+    from lenscat.db.session import get_engine
+    from lenscat.settings import get_settings
+
+    engine = get_engine()
+    with engine.connect() as conn:
+        current = migrate.current_revision(connection=conn)
+    head = migrate.head_revision()
+    if current == head:
+        return
+    if get_settings().embedded:
+        _err(f"lenscat: upgrading the embedded database schema {current or '(empty)'} -> {head}")
+        with engine.connect() as conn:
+            migrate.upgrade(connection=conn)
+            conn.commit()
+        return
+    raise LenscatError(
+        f"the database schema is at {current or '(empty)'} but this lenscat needs {head}: "
+        f"run `lenscat db upgrade`"
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="lenscat")
+def cli() -> None:
+    """lenscat: find strong gravitational lenses in survey-scale catalogues.
+
+    With LENSCAT_DATABASE_URL unset, lenscat runs its own PostgreSQL (with pgvector) under
+    LENSCAT_HOME (default ~/.lenscat), started on first use.
+    """
+
+
+# ------------------------------------------------------------------------------------------- db
+@cli.group()
+def db() -> None:
+    """Database server and schema."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Apply schema migrations (default: to the newest)."""
+    from lenscat.db import migrate
+    from lenscat.db.session import get_engine
+
+    with get_engine().connect() as conn:
+        before = migrate.current_revision(connection=conn)
+        migrate.upgrade(revision, connection=conn)
+        conn.commit()
+        after = migrate.current_revision(connection=conn)
+    click.echo(f"schema: {before or '(empty)'} -> {after}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert schema migrations down to REVISION ('base' drops everything)."""
+    from lenscat.db import migrate
+    from lenscat.db.session import get_engine
+
+    with get_engine().connect() as conn:
+        migrate.downgrade(revision, connection=conn)
+        conn.commit()
+        click.echo(f"schema: now at {migrate.current_revision(connection=conn) or '(empty)'}")
+
+
+@db.command("status")
+@FORMAT_OPTION
+def db_status(fmt: str) -> None:
+    """Server, schema revision and row counts."""
+    from sqlalchemy import text
+
+    from lenscat.db import migrate
+    from lenscat.db.server import embedded_status, libpq_url
+    from lenscat.db.session import get_engine
+    from lenscat.settings import get_settings
+
+    settings = get_settings()
+    info: dict[str, Any] = {"mode": "embedded" if settings.embedded else "external"}
+    if settings.embedded:
+        st = embedded_status(settings)
+        info.update(pgdata=str(st.pgdata), running_before=st.running)
+    else:
+        info["url"] = _redact(libpq_url(settings.database_url or ""))
+    with get_engine().connect() as conn:
+        info["server_version"] = conn.exec_driver_sql("SHOW server_version").scalar()
+        info["pgvector"] = conn.exec_driver_sql(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        ).scalar()
+        info["schema_revision"] = migrate.current_revision(connection=conn)
+        info["schema_head"] = migrate.head_revision()
+        if info["schema_revision"]:
+            for name in ("surveys", "sources", "literature_catalogs", "literature_lenses", "crossmatches"):
+                info[f"rows_{name}"] = conn.execute(
+                    text(f"SELECT reltuples::bigint FROM pg_class WHERE oid = 'lenscat.{name}'::regclass")
+                ).scalar()
+                if info[f"rows_{name}"] is not None and info[f"rows_{name}"] < 0:
+                    info[f"rows_{name}"] = conn.execute(text(f"SELECT count(*) FROM lenscat.{name}")).scalar()
+    write_rows(["key", "value"], [[k, v] for k, v in info.items()], fmt, sys.stdout)
+
+
+def _redact(url: str) -> str:
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+@db.command("url")
+def db_url() -> None:
+    """Print the libpq URL of the database (for psql or other tools)."""
+    from lenscat.db.server import resolve_database_url
+
+    click.echo(resolve_database_url())
+
+
+@db.command("start")
+def db_start() -> None:
+    """Start the embedded server (other commands start it on demand)."""
+    from lenscat.db.server import start_embedded
+    from lenscat.settings import get_settings
+
+    if not get_settings().embedded:
+        raise LenscatError("LENSCAT_DATABASE_URL is set: lenscat does not manage that server")
+    start_embedded()
+    click.echo(f"embedded PostgreSQL running, data in {get_settings().pgdata}")
+
+
+@db.command("stop")
+def db_stop() -> None:
+    """Stop the embedded server (data stays in LENSCAT_HOME)."""
+    from lenscat.db.server import stop_embedded
+    from lenscat.db.session import dispose_engine
+    from lenscat.settings import get_settings
+
+    if not get_settings().embedded:
+        raise LenscatError("LENSCAT_DATABASE_URL is set: lenscat does not manage that server")
+    dispose_engine()
+    click.echo("stopped" if stop_embedded() else "not running")
+
+
+# --------------------------------------------------------------------------------------- ingest
+@cli.group()
+def ingest() -> None:
+    """Load source catalogues and literature lens lists."""
+
+
+def _parse_map(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected FIELD=COLUMN, e.g. z_spec=ZSPEC", param_hint="--map")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@ingest.command("sources")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--survey", required=True, help="Survey name, e.g. decals-dr9.")
+@click.option("--format", "file_format", default=None,
+              help="astropy format (fits, ascii.csv, ascii.ecsv, votable, parquet) or hdf5-stein; default from suffix.")
+@click.option("--ra-col", default=None, help="Right-ascension column (deg, or sexagesimal hours).")
+@click.option("--dec-col", default=None, help="Declination column (deg, or sexagesimal).")
+@click.option("--id-col", default=None,
+              help="Object-id column(s), comma-separated to join with '_'; @iau = J-name from position; @row = row number.")
+@click.option("--bands", default=None, help="Band names of per-band columns, e.g. g,r,z.")
+@click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN",
+              help="Map a field (ebv, source_type, z_spec, z_phot, mag_g, flux_r, ...) to a file column.")
+@click.option("--keep-extra", is_flag=True, help="Keep unmapped columns in the extra JSON column.")
+@click.option("--wrap-ra", is_flag=True, help="Wrap RA from -180..180 (or 360..720) into [0, 360).")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=None, help="Rows per all-or-nothing batch.")
+@click.option("--strict", is_flag=True, help="Refuse the whole file if any row is rejected.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def ingest_sources_cmd(path: Path, survey: str, file_format: str | None, ra_col: str | None,
+                       dec_col: str | None, id_col: str | None, bands: str | None, maps: tuple[str, ...],
+                       keep_extra: bool, wrap_ra: bool, batch_rows: int | None, strict: bool,
+                       as_json: bool) -> None:
+    """Ingest a source catalogue (FITS, CSV, ECSV, VOTable, Parquet, Stein HDF5) into SURVEY.
+
+    Re-running the same command changes nothing; an interrupted run resumes at the first
+    uncommitted batch. Rejected rows are listed with file, row, column and reason, and kept in
+    the ingest_rejects view.
+    """
+    from lenscat.settings import get_settings
+    from lenscat.source_ingest import SourceMapping, ingest_sources
+
+    ensure_schema()
+    mapping = SourceMapping(
+        ra_col=ra_col, dec_col=dec_col,
+        id_cols=[c.strip() for c in id_col.split(",")] if id_col else None,
+        bands=[b.strip() for b in bands.split(",")] if bands else None,
+        columns=_parse_map(maps), keep_extra=keep_extra, wrap_ra=wrap_ra,
+    )
+    summary = ingest_sources(path, survey, mapping, format=file_format,
+                             batch_rows=batch_rows or get_settings().ingest_batch_rows, strict=strict)
+    _report_rejects(summary.rejects, summary.path)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+        return
+    if summary.batches_skipped == summary.batches_total:
+        click.echo(f"{summary.path}: already ingested into survey {survey!r} "
+                   f"(ingest {summary.ingest_id}); nothing changed")
+        return
+    resumed = f", resumed after {summary.batches_skipped} committed batches" if summary.batches_skipped else ""
+    click.echo(
+        f"{summary.path} -> survey {survey!r}: {summary.n_rows} rows, {summary.inserted} inserted, "
+        f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.rejected} rejected{resumed}"
+    )
+    click.echo("columns: " + ", ".join(f"{k}<-{v}" for k, v in summary.mapped_columns.items()))
+    if summary.ignored_columns:
+        click.echo("not loaded (use --map or --keep-extra): " + ", ".join(summary.ignored_columns))
+
+
+def _report_rejects(rejects: list[Any], path: Path, show: int = 20) -> None:
+    for r in rejects[:show]:
+        _err(r.line(path))
+    if len(rejects) > show:
+        _err(f"... and {len(rejects) - show} more rejected rows (see: lenscat sql \"SELECT * FROM ingest_rejects\")")
+
+
+@ingest.command("literature")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--catalog", required=True, help="Name for this lens list, e.g. lenscat-1.1.3.")
+@click.option("--citation", default=None, help="Bibliographic reference.")
+@click.option("--layout", type=click.Choice(["lenscat", "stein2021", "sled", "generic"]), default=None,
+              help="Force a layout (default: recognised from the columns).")
+@click.option("--format", "file_format", default=None, help="astropy format; default from suffix.")
+@click.option("--ra-col", default=None)
+@click.option("--dec-col", default=None)
+@click.option("--name-col", default=None)
+@click.option("--grade-col", default=None)
+@click.option("--zlens-col", default=None)
+@click.option("--zsource-col", default=None)
+@click.option("--type-col", default=None, help="Deflector type column.")
+@click.option("--ref-col", default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def ingest_literature_cmd(path: Path, catalog: str, citation: str | None, layout: str | None,
+                          file_format: str | None, ra_col: str | None, dec_col: str | None,
+                          name_col: str | None, grade_col: str | None, zlens_col: str | None,
+                          zsource_col: str | None, type_col: str | None, ref_col: str | None,
+                          as_json: bool) -> None:
+    """Ingest a published lens list: the community catalogue CSV, Stein et al. TSVs, SLED, or any table."""
+    from lenscat.db.session import session_scope
+    from lenscat.literature import LiteratureColumns, prepare_literature, write_literature
+
+    ensure_schema()
+    cols = LiteratureColumns(ra=ra_col, dec=dec_col, name=name_col, grade=grade_col, z_lens=zlens_col,
+                             z_source=zsource_col, lens_type=type_col, refs=ref_col)
+    prep = prepare_literature(path, catalog, cols, format=file_format, layout=layout)
+    with session_scope() as session:
+        summary = write_literature(prep, session=session, citation=citation)
+    _report_rejects(summary.rejects, summary.path)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    elif summary.already_done:
+        click.echo(f"{summary.path}: already ingested as catalogue {catalog!r}; nothing changed")
+    else:
+        removed = f", {summary.removed} rows of the earlier version removed" if summary.removed else ""
+        click.echo(f"{summary.path} -> catalogue {catalog!r} ({summary.layout} layout): "
+                   f"{summary.loaded} lenses, {summary.rejected} rejected{removed}")
+
+
+# ------------------------------------------------------------------------------------ sky queries
+@cli.command("crossmatch")
+@click.option("--catalog", required=True, help="Literature catalogue name.")
+@click.option("--radius", default="5arcsec", show_default=True, help="Match radius with unit (5arcsec, 0.1arcmin).")
+@click.option("--survey", "surveys", multiple=True, help="Only match sources of this survey (repeatable).")
+@click.option("--all", "show_all", is_flag=True, help="List neighbours too, not only each lens's nearest match.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Print at most this many rows.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@FORMAT_OPTION
+def crossmatch_cmd(catalog: str, radius: str, surveys: tuple[str, ...], show_all: bool,
+                   limit: int | None, quiet: bool, fmt: str) -> None:
+    """Cross-match a literature catalogue with the source catalogue and store the matches.
+
+    The nearest source within the radius is each lens's match (is_nearest); other sources within
+    the radius are recorded as neighbours. Results: the crossmatches view.
+    """
+    from lenscat.crossmatch import crossmatch_catalog, crossmatch_table
+    from lenscat.db.session import session_scope
+    from lenscat.sky import parse_angle_quantity
+
+    ensure_schema()
+    r = parse_angle_quantity(radius)
+    with session_scope() as session:
+        summary = crossmatch_catalog(catalog, r, session=session, surveys=list(surveys) or None)
+        table = None if quiet else crossmatch_table(catalog, session=session, nearest_only=not show_all,
+                                                    limit=limit)
+    _err(f"crossmatch {catalog!r} within {summary.radius_arcsec:g} arcsec: {summary.n_matched} of "
+         f"{summary.n_lenses} lenses matched, {summary.n_pairs} lens-source pairs")
+    if table is not None:
+        write_table(table, fmt, sys.stdout)
+
+
+@cli.command("cone")
+@click.argument("ra")
+@click.argument("dec")
+@click.argument("radius", default="5arcsec")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
+@FORMAT_OPTION
+def cone_cmd(ra: str, dec: str, radius: str, surveys: tuple[str, ...], limit: int | None, fmt: str) -> None:
+    """Sources within RADIUS of (RA, DEC), nearest first.
+
+    RA/DEC in degrees or sexagesimal (10:00:24.5 +02:12:00); RADIUS with a unit (5arcsec, 1arcmin;
+    a bare number is arcsec).
+    """
+    from lenscat.crossmatch import cone_search
+    from lenscat.db.session import session_scope
+    from lenscat.sky import parse_angle_quantity, parse_position
+
+    coord = parse_position(ra, dec)
+    r = parse_angle_quantity(radius)
+    ensure_schema()
+    with session_scope() as session:
+        table = cone_search(coord, r, session=session, surveys=list(surveys) or None, limit=limit)
+    write_table(table, fmt, sys.stdout)
+
+
+@cli.command("sql")
+@click.argument("statement")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Fetch at most this many rows.")
+@FORMAT_OPTION
+def sql_cmd(statement: str, max_rows: int | None, fmt: str) -> None:
+    """Run one read-only SQL statement against the documented views.
+
+    Views: sources, surveys, literature_catalogs, literature_lenses, crossmatches, ingests,
+    ingest_rejects; functions: cone_search(ra, dec, radius_arcsec), lenscat_angsep(...).
+    Writes are refused.
+    """
+    from lenscat.usersql import run_readonly_sql
+
+    ensure_schema()
+    columns, rows = run_readonly_sql(statement, max_rows=max_rows)
+    write_rows(columns, rows, fmt, sys.stdout)
+
+
+# ------------------------------------------------------------------------------------ simulate
+@cli.group()
+def simulate() -> None:
+    """Make realistic simulated inputs."""
+
+
+@simulate.command("catalog")
+@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Number of sources.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lenses-from", type=click.Path(exists=True, path_type=Path), default=None,
+              help="A literature lens list: put a galaxy at each lens position (within 1 arcsec) in the footprint.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file (.fits, .csv, .ecsv, .parquet).")
+def simulate_catalog_cmd(n: int, seed: int, lenses_from: Path | None, out: Path) -> None:
+    """A DECaLS-like source catalogue (positions, grz magnitudes, E(B-V), types, photo-z)."""
+    from lenscat.simcat import simulate_catalog
+
+    table = simulate_catalog(n, seed=seed, lens_list=lenses_from)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write(out, overwrite=True)
+    click.echo(f"wrote {len(table)} simulated sources to {out}")
+
+
+def main() -> None:
+    """Entry point: one-line errors, resumable interrupts."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        _err("lenscat: interrupted; re-run the same command to resume")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("lenscat: interrupted; committed batches are kept, re-run the same command to resume")
+        sys.exit(130)
+    except LenscatError as exc:
+        _err(f"lenscat: error: {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Cone searches and literature cross-matches, in SQL on the zone sky index.
+
+Every position query expands a cone into (zone, ra_lo, ra_hi) ranges with the SQL function
+``lenscat_sky_ranges`` and probes ``ix_sources_zone_ra`` once per range; an exact great-circle
+separation (``lenscat_angsep``, Vincenty formula) then keeps the sources within the radius.
+
+Cross-match semantics follow Stein et al. (2022): the nearest source within the radius is the
+lens's match (``is_nearest``); other sources within the radius are kept as neighbours with their
+separation and rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lenscat.errors import LenscatError
+from lenscat.literature import get_catalog_id
+from lenscat.surveys import get_survey
+
+MAX_RADIUS = 10 * u.deg
+
+
+def _check_radius(radius: u.Quantity) -> float:
+    r = radius.to_value(u.deg)
+    if not np.isfinite(r) or r <= 0:
+        raise LenscatError(f"radius must be positive, got {radius}")
+    if r > MAX_RADIUS.to_value(u.deg):
+        raise LenscatError(f"radius {radius} is larger than {MAX_RADIUS}; use lenscat sql for large regions")
+    return float(r)
+
+
+def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
+    if not surveys:
+        return None
+    return [get_survey(s, session=session).survey_id for s in surveys]
+
+
+CONE_SQL = """
+    SELECT v.source_id, v.survey, v.objid, v.ra, v.dec,
+           lenscat_angsep(:ra, :dec, v.ra, v.dec) * 3600.0 AS separation,
+           v.mag_g, v.mag_r, v.mag_i, v.mag_z, v.mag_y, v.ebv, v.source_type, v.z_spec, v.z_phot
+    FROM lenscat_sky_ranges(:ra, :dec, :r) q
+    JOIN lenscat.sources s ON s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi
+    JOIN public.sources v ON v.source_id = s.source_id
+    WHERE lenscat_angsep(:ra, :dec, s.ra, s.dec) <= :r
+      {survey_filter}
+    ORDER BY separation, v.source_id
+    {limit}
+"""
+
+CONE_UNITS = {"ra": u.deg, "dec": u.deg, "separation": u.arcsec, "mag_g": u.mag, "mag_r": u.mag,
+              "mag_i": u.mag, "mag_z": u.mag, "mag_y": u.mag, "ebv": u.mag}
+
+
+def cone_search(
+    coord: SkyCoord,
+    radius: u.Quantity = 5 * u.arcsec,
+    *,
+    session: Session,
+    surveys: list[str] | None = None,
+    limit: int | None = None,
+) -> Table:
+    """Sources within ``radius`` of ``coord``, nearest first.
+
+    Parameters
+    ----------
+    coord
+        Search centre (converted to ICRS).
+    radius
+        Search radius, e.g. ``5 * u.arcsec``.
+    session
+        Database session.
+    surveys
+        Restrict to these surveys (default: all).
+    limit
+        At most this many rows.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``source_id, survey, objid, ra [deg], dec [deg], separation [arcsec], mag_g..mag_y [mag],
+        ebv [mag], source_type, z_spec, z_phot``.
+    """
+    icrs = coord.icrs
+    r = _check_radius(radius)
+    sids = _survey_ids(surveys, session)
+    sql = CONE_SQL.format(
+        survey_filter="AND s.survey_id = ANY(:sids)" if sids else "",
+        limit="LIMIT :limit" if limit else "",
+    )
+    params: dict[str, Any] = {"ra": float(icrs.ra.deg), "dec": float(icrs.dec.deg), "r": r}
+    if sids:
+        params["sids"] = sids
+    if limit:
+        params["limit"] = int(limit)
+    result = session.execute(text(sql), params)
+    return rows_to_table(result.keys(), result.fetchall(), CONE_UNITS)
+
+
+def rows_to_table(keys: Any, rows: list[Any], units: dict[str, u.UnitBase] | None = None) -> Table:
+    """An astropy Table from SQL rows, with units attached to known columns."""
+    names = list(keys)
+    units = units or {}
+    cols = []
+    for j, name in enumerate(names):
+        values = [row[j] for row in rows]
+        if values and all(isinstance(v, int | float) or v is None for v in values) and any(
+            isinstance(v, float) for v in values
+        ):
+            arr: Any = np.array([np.nan if v is None else v for v in values], dtype=float)
+        elif values and all(isinstance(v, int) for v in values):
+            arr = np.array(values, dtype=np.int64)
+        elif values and all(isinstance(v, int | float) or v is None for v in values) and any(
+            v is not None for v in values
+        ):
+            arr = np.ma.masked_array([0 if v is None else v for v in values],
+                                     mask=[v is None for v in values])
+        else:
+            arr = np.array(values, dtype=object) if values else np.array([], dtype=float)
+        cols.append(arr)
+    table = Table(cols, names=names) if names else Table()
+    for name, unit in units.items():
+        if name in table.colnames and table[name].dtype.kind == "f":
+            table[name].unit = unit
+    return table
+
+
+@dataclass
+class CrossmatchSummary:
+    """Counts from a cross-match run."""
+
+    catalog: str
+    radius_arcsec: float
+    n_lenses: int
+    n_matched: int
+    n_pairs: int
+    surveys: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return dict(self.__dict__)
+
+
+def crossmatch_catalog(
+    catalog: str,
+    radius: u.Quantity = 5 * u.arcsec,
+    *,
+    session: Session,
+    surveys: list[str] | None = None,
+) -> CrossmatchSummary:
+    """Cross-match a literature catalogue with the sources and store the result.
+
+    Replaces the catalogue's earlier cross-matches, so a re-run leaves the same rows.
+    """
+    r = _check_radius(radius)
+    cid = get_catalog_id(catalog, session=session)
+    sids = _survey_ids(surveys, session)
+    session.execute(
+        text(
+            "CREATE TEMP TABLE IF NOT EXISTS lenscat_xm "
+            "(lens_id bigint, source_id bigint, sep double precision)"
+        )
+    )
+    session.execute(text("TRUNCATE lenscat_xm"))
+    session.execute(
+        text(
+            f"""
+            INSERT INTO lenscat_xm (lens_id, source_id, sep)
+            SELECT l.lens_id, m.source_id, m.sep
+            FROM lenscat.literature_lenses l
+            CROSS JOIN LATERAL lenscat_sky_ranges(l.ra, l.dec, :r) q
+            CROSS JOIN LATERAL (
+                SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
+                FROM lenscat.sources s
+                WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi
+                  {"AND s.survey_id = ANY(:sids)" if sids else ""}
+            ) m
+            WHERE l.catalog_id = :cid AND m.sep <= :r
+            """
+        ),
+        {"r": r, "cid": cid, **({"sids": sids} if sids else {})},
+    )
+    session.execute(
+        text(
+            """
+            DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l
+            WHERE x.lens_id = l.lens_id AND l.catalog_id = :cid
+            """
+        ),
+        {"cid": cid},
+    )
+    session.execute(
+        text(
+            """
+            INSERT INTO lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank,
+                                              radius_arcsec)
+            SELECT lens_id, source_id, sep * 3600.0, rnk = 1, rnk, :r * 3600.0
+            FROM (SELECT lens_id, source_id, sep,
+                         row_number() OVER (PARTITION BY lens_id ORDER BY sep, source_id) AS rnk
+                  FROM lenscat_xm) ranked
+            ON CONFLICT ON CONSTRAINT pk_crossmatches DO NOTHING
+            """
+        ),
+        {"r": r},
+    )
+    n_lenses, n_matched, n_pairs = session.execute(
+        text(
+            """
+            SELECT (SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid),
+                   (SELECT count(DISTINCT lens_id) FROM lenscat_xm),
+                   (SELECT count(*) FROM lenscat_xm)
+            """
+        ),
+        {"cid": cid},
+    ).one()
+    session.execute(
+        text(
+            """
+            INSERT INTO lenscat.crossmatch_runs (catalog_id, radius_arcsec, surveys, n_lenses, n_matched,
+                                                 n_pairs, ran_at)
+            VALUES (:cid, :r, :surveys, :nl, :nm, :np, now())
+            ON CONFLICT ON CONSTRAINT pk_crossmatch_runs DO UPDATE
+            SET radius_arcsec = EXCLUDED.radius_arcsec, surveys = EXCLUDED.surveys,
+                n_lenses = EXCLUDED.n_lenses, n_matched = EXCLUDED.n_matched,
+                n_pairs = EXCLUDED.n_pairs, ran_at = EXCLUDED.ran_at
+            """
+        ),
+        {"cid": cid, "r": r * 3600.0, "surveys": surveys or [], "nl": n_lenses, "nm": n_matched,
+         "np": n_pairs},
+    )
+    return CrossmatchSummary(catalog, r * 3600.0, int(n_lenses), int(n_matched), int(n_pairs),
+                             list(surveys or []))
+
+
+MATCH_UNITS = {"lens_ra": u.deg, "lens_dec": u.deg, "ra": u.deg, "dec": u.deg,
+               "separation_arcsec": u.arcsec}
+
+
+def crossmatch_table(
+    catalog: str, *, session: Session, nearest_only: bool = True, limit: int | None = None
+) -> Table:
+    """The stored cross-match of ``catalog`` as a Table (nearest matches, or all pairs)."""
+    cid = get_catalog_id(catalog, session=session)
+    result = session.execute(
+        text(
+            f"""
+            SELECT l.lens_id, l.name AS lens_name, l.ra AS lens_ra, l.dec AS lens_dec, l.grade,
+                   x.source_id, v.name AS survey, s.objid, s.ra, s.dec, x.separation_arcsec,
+                   x.is_nearest, x.rank
+            FROM lenscat.crossmatches x
+            JOIN lenscat.literature_lenses l USING (lens_id)
+            JOIN lenscat.sources s USING (source_id)
+            JOIN lenscat.surveys v ON v.survey_id = s.survey_id
+            WHERE l.catalog_id = :cid {"AND x.is_nearest" if nearest_only else ""}
+            ORDER BY l.lens_id, x.rank
+            {"LIMIT :limit" if limit else ""}
+            """
+        ),
+        {"cid": cid, **({"limit": limit} if limit else {})},
+    )
+    return rows_to_table(result.keys(), result.fetchall(), MATCH_UNITS)

@@ -1,0 +1,1 @@
+"""Alembic migrations (installed as ``lenscat.migrations``); the only way lenscat's schema changes."""
