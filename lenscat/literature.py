@@ -189,10 +189,19 @@ def prepare_literature(
     rejects: list[Reject] = []
     rows: list[dict[str, Any]] = []
     colnames = list(table.columns)
-    data = {c: table.columns[c] for c in colnames}
+    # per-column Python lists: row-wise numpy element access is slow
+    data = {}
+    for c in colnames:
+        arr = table.columns[c]
+        if arr.ndim != 1:
+            continue
+        values = np.ma.getdata(arr).tolist()
+        mask = np.ma.getmaskarray(arr).tolist()
+        data[c] = [None if m else _json_value(v) for v, m in zip(values, mask, strict=True)]
+    colnames = list(data)
     nulls = columns.null_values
     for i in range(table.n_rows):
-        raw = {c: _json_value(data[c][i]) for c in colnames}
+        raw = {c: data[c][i] for c in colnames}
         r, d = float(ra[i]), float(dec[i])
         if ra_bad[i] or not math.isfinite(r):
             rejects.append(Reject(i + 1, ra_col, str(raw[ra_col]), "right ascension missing or not a number"))

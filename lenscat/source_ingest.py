@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lenscat import ingest_log
@@ -487,6 +488,34 @@ def _array_expr(fieldname: str, nbands: int) -> str:
     return f"CASE WHEN num_nonnulls({cols}) = 0 THEN NULL ELSE ARRAY[{cols}]::real[] END"
 
 
+def _target_columns(prep: PreparedSources, with_cutouts: bool) -> tuple[list[str], list[str]]:
+    """(sources columns written, staging expressions that fill them)."""
+    nb = len(prep.bands)
+    target: list[str] = ["ra", "dec"]
+    select: list[str] = ["ra", "dec"]
+    for name in prep.scalars:
+        target.append(name)
+        select.append(name)
+    for fieldname in prep.band_values:
+        target.append(fieldname)
+        select.append(_array_expr(fieldname, nb))
+    if with_cutouts:
+        target += ["cutout_file_id", "cutout_row"]
+        select += [":file_id", "cutout_row"]
+    if prep.extra is not None:
+        target.append("extra")
+        select.append("extra::jsonb")
+    return target, select
+
+
+def _is_key_conflict(exc: IntegrityError) -> bool:
+    """True when ``exc`` is a unique violation of the natural key (survey_id, objid)."""
+    orig = getattr(exc, "orig", None)
+    diag = getattr(orig, "diag", None)
+    return (getattr(orig, "sqlstate", None) == "23505"
+            and getattr(diag, "constraint_name", None) == "uq_sources_survey_objid")
+
+
 def write_batch(
     prep: PreparedSources,
     rows: np.ndarray,
@@ -495,8 +524,21 @@ def write_batch(
     survey_id: int,
     ingest_id: int,
     cutout_file_id: int | None,
+    payload: tuple[list[str], bytes] | None = None,
 ) -> tuple[int, int, int]:
     """COPY ``rows`` (indices of good rows) into staging and upsert them into ``lenscat.sources``.
+
+    The rows first go in with a plain INSERT inside a SAVEPOINT: when none of their keys exists
+    yet (a first load, the common case) that is all, and it costs about half of an upsert. If any
+    key exists, the unique index refuses the INSERT, the savepoint is rolled back and the batch is
+    written with ``INSERT ... ON CONFLICT DO UPDATE`` (changed rows only). Either way the result
+    and the counts are those of the upsert.
+
+    Parameters
+    ----------
+    payload
+        ``_batch_csv(prep, rows, ...)`` when the caller built it already (the concurrent writer
+        builds the next batch's CSV while the database writes this one).
 
     Returns
     -------
@@ -506,34 +548,32 @@ def write_batch(
         return 0, 0, 0
     nb = len(prep.bands)
     stage = _ensure_stage(session, nb)
-    names, payload = _batch_csv(prep, rows, cutout_file_id is not None)
+    names, data = payload or _batch_csv(prep, rows, cutout_file_id is not None)
     conn = raw_connection(session)
     with conn.cursor() as cur, cur.copy(
         f"COPY {stage} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)"
     ) as copy:
-        copy.write(payload)
+        copy.write(data)
 
-    target: list[str] = ["ra", "dec"]
-    select: list[str] = ["ra", "dec"]
-    for name in prep.scalars:
-        target.append(name)
-        select.append(name)
-    for fieldname in prep.band_values:
-        target.append(fieldname)
-        select.append(_array_expr(fieldname, nb))
-    if cutout_file_id is not None:
-        target += ["cutout_file_id", "cutout_row"]
-        select += [":file_id", "cutout_row"]
-    if prep.extra is not None:
-        target.append("extra")
-        select.append("extra::jsonb")
+    target, select = _target_columns(prep, cutout_file_id is not None)
+    params = {"survey_id": survey_id, "ingest_id": ingest_id, "file_id": cutout_file_id}
+    insert = f"""
+        INSERT INTO lenscat.sources AS s (survey_id, objid, ingest_id, {", ".join(target)})
+        SELECT :survey_id, objid, :ingest_id, {", ".join(select)}
+        FROM {stage} ORDER BY row_number
+    """
+    try:
+        with session.begin_nested():
+            n = session.execute(text(insert), params).rowcount
+        return int(n), 0, 0
+    except IntegrityError as exc:
+        if not _is_key_conflict(exc):
+            raise
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in target)
     changed = " OR ".join(f"s.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in target)
     sql = f"""
         WITH up AS (
-            INSERT INTO lenscat.sources AS s (survey_id, objid, ingest_id, {", ".join(target)})
-            SELECT :survey_id, objid, :ingest_id, {", ".join(select)}
-            FROM {stage} ORDER BY row_number
+            {insert}
             ON CONFLICT ON CONSTRAINT uq_sources_survey_objid DO UPDATE
             SET {sets}, ingest_id = EXCLUDED.ingest_id, updated_at = now()
             WHERE {changed}
@@ -541,9 +581,7 @@ def write_batch(
         )
         SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up
     """
-    ins, upd = session.execute(
-        text(sql), {"survey_id": survey_id, "ingest_id": ingest_id, "file_id": cutout_file_id}
-    ).one()
+    ins, upd = session.execute(text(sql), params).one()
     return int(ins), int(upd), len(rows) - int(ins) - int(upd)
 
 

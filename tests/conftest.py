@@ -1,0 +1,85 @@
+"""Test fixtures: a real embedded PostgreSQL (or LENSCAT_DATABASE_URL) migrated once per session.
+
+Integration tests run inside one outer transaction per test; every ``session_scope()`` the code
+opens joins it through a SAVEPOINT, and the outer transaction is rolled back afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Settings are read once: point LENSCAT_HOME at a throw-away directory before lenscat is imported.
+if "LENSCAT_DATABASE_URL" not in os.environ:
+    os.environ["LENSCAT_HOME"] = tempfile.mkdtemp(prefix="lenscat-test-")
+    os.environ.pop("LENSCAT_READONLY_DATABASE_URL", None)
+
+DATA = Path(__file__).parent / "data"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = bool(torch.cuda.is_available())
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """tests/data."""
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """The migrated database engine (alembic upgrade head, committed once)."""
+    from lenscat.db import migrate
+    from lenscat.db.session import dispose_engine, get_engine
+
+    eng = get_engine()
+    with eng.connect() as conn:
+        migrate.upgrade("head", connection=conn)
+        conn.commit()
+    yield eng
+    dispose_engine()
+    from lenscat.settings import get_settings
+
+    if get_settings().embedded:
+        from lenscat.db.server import stop_embedded
+
+        stop_embedded()
+
+
+@pytest.fixture
+def db_conn(engine):
+    """A connection in an outer transaction that is rolled back after the test."""
+    from lenscat.db.session import bind_connection
+
+    conn = engine.connect()
+    trans = conn.begin()
+    bind_connection(conn)
+    try:
+        yield conn
+    finally:
+        bind_connection(None)
+        trans.rollback()
+        conn.close()
+
+
+@pytest.fixture
+def session(db_conn):
+    """A session inside the test's rolled-back transaction."""
+    from lenscat.db.session import session_scope
+
+    with session_scope() as s:
+        yield s

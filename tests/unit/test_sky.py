@@ -1,0 +1,50 @@
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+
+from lenscat.errors import LenscatError
+from lenscat.sky import iau_name, parse_angle_quantity, parse_position, parse_sexagesimal, zone_of
+
+
+@pytest.mark.parametrize(
+    "text, arcsec",
+    [("5arcsec", 5.0), ("5 arcsec", 5.0), ("1.5arcmin", 90.0), ("0.01deg", 36.0), ('3"', 3.0),
+     ("2'", 120.0), ("7", 7.0)],
+)
+def test_parse_angle_quantity(text, arcsec):
+    assert parse_angle_quantity(text).to_value(u.arcsec) == pytest.approx(arcsec)
+
+
+@pytest.mark.parametrize("bad", ["five", "5 kg", "-3arcsec", "nan"])
+def test_parse_angle_rejects(bad):
+    with pytest.raises(LenscatError):
+        parse_angle_quantity(bad)
+
+
+def test_parse_position_sexagesimal_matches_astropy():
+    c = parse_position("10:00:24.0", "+02:12:00")
+    ref = SkyCoord("10h00m24s", "+02d12m00s")
+    assert c.separation(ref).arcsec < 1e-6
+    assert parse_position("150.1", "2.2").ra.deg == pytest.approx(150.1)
+    with pytest.raises(LenscatError):
+        parse_position("150", "95")
+
+
+def test_parse_sexagesimal_array_marks_bad_values():
+    deg, ok = parse_sexagesimal(np.array(["12:30:00", "187.5", "garbage", ""]), hours=True)
+    assert ok.tolist() == [True, True, False, False]
+    assert deg[0] == pytest.approx(187.5) and deg[1] == pytest.approx(187.5)
+
+
+def test_iau_name_truncates():
+    assert iau_name(0.0, 0.0) == "J000000.00+000000.0"
+    assert iau_name(187.70593, 12.39112) == "J123049.42+122328.0"  # M87
+    assert iau_name(10.0, -5.5)[10] == "-"
+
+
+def test_zone_matches_database_formula():
+    assert zone_of(-90.0) == 0
+    assert zone_of(90.0) == 10800
+    assert zone_of(0.0) == 5400
+    assert zone_of(-0.0001) == 5399
