@@ -55,5 +55,6 @@ def angle_column(table: ColumnTable, name: str, hours: bool) -> tuple[np.ndarray
         return out, np.zeros(len(out), dtype=bool)
     strings = np.array(["" if m else str(v) for v, m in zip(data, mask, strict=True)])
     out, ok = parse_sexagesimal(strings, hours=hours)
-    empty = np.char.str_len(np.char.strip(strings.astype(str))) == 0
+    stripped = np.char.lower(np.char.strip(strings.astype(str)))
+    empty = (np.char.str_len(stripped) == 0) | np.isin(stripped, ["nan", "null", "none", "--", "n/a"])
     return out, ~ok & ~empty

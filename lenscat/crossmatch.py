@@ -112,6 +112,9 @@ def rows_to_table(keys: Any, rows: list[Any], units: dict[str, u.UnitBase] | Non
     cols = []
     for j, name in enumerate(names):
         values = [row[j] for row in rows]
+        if values and all(isinstance(v, bool) for v in values):
+            cols.append(np.array(values, dtype=bool))
+            continue
         if values and all(isinstance(v, int | float) or v is None for v in values) and any(
             isinstance(v, float) for v in values
         ):

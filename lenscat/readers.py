@@ -170,7 +170,9 @@ def _read_astropy(path: Path, fmt: str, delimiter: str | None) -> ColumnTable:
         # plain numpy masked arrays: astropy Column element access is ~30x slower
         mask = np.ma.getmaskarray(col)
         data = np.array(np.ma.getdata(col))
-        if data.dtype.kind == "O":
+        if data.dtype.kind == "S":
+            data = np.char.decode(data, "utf-8", errors="replace")
+        elif data.dtype.kind == "O":
             data = np.array([("" if v is None else str(v)) for v in data], dtype=str)
         columns[name] = np.ma.MaskedArray(data, mask=mask)
     return ColumnTable(path=path, format=fmt, columns=columns, units=units)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -607,6 +608,57 @@ def register_cutout_file(prep: PreparedSources, *, session: Session) -> int | No
     )
 
 
+INGEST_WORKERS = 2
+"""Batches written at the same time, each on its own connection and in its own transaction."""
+
+
+def _ingest_workers(n_batches: int) -> int:
+    """How many batches to write at once: 1 when sessions join a bound (test) connection."""
+    from lenscat.db import session as db_session
+
+    if db_session._bound_connection is not None or n_batches < 2:
+        return 1
+    return max(1, min(INGEST_WORKERS, os.cpu_count() or 1, n_batches))
+
+
+def _write_concurrently(
+    todo: list[tuple[int, int, int]],
+    write_one: Callable[[int, int, int], None],
+    workers: int,
+    on_done: Callable[[int], None],
+) -> int:
+    """Run ``write_one(batch_no, start, stop)`` for ``todo`` on ``workers`` threads.
+
+    At most ``workers`` batches are in flight. On an error or an interrupt no new batch starts,
+    the batches in flight finish (commit or roll back: each is one transaction), and the
+    exception propagates. Returns the number of batches written.
+    """
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    written = 0
+    running: dict[Future[None], int] = {}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lenscat-ingest")
+
+    def collect(block_until: int) -> None:
+        nonlocal written
+        while len(running) > block_until:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                n = running.pop(fut)
+                fut.result()
+                written += 1
+                on_done(n)
+
+    try:
+        for b, start, stop in todo:
+            collect(workers - 1)
+            running[pool.submit(write_one, b, start, stop)] = stop - start
+        collect(0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return written
+
+
 def run_source_ingest(
     prep: PreparedSources,
     *,
@@ -615,6 +667,9 @@ def run_source_ingest(
     stop_after_batches: int | None = None,
 ) -> IngestSummary:
     """Write a prepared file in batches, one transaction each; resumable and idempotent.
+
+    Outside tests (no bound connection) two batches are written at once, on two connections:
+    while one batch's upsert runs in the database, the other's CSV is built and copied.
 
     Parameters
     ----------
@@ -639,31 +694,38 @@ def run_source_ingest(
         )
         file_id = register_cutout_file(prep, session=session)
     skipped = len(record.done_batches)
+    bounds = [(b, start, min(start + batch_rows, prep.n_rows)) for b, start in enumerate(starts)]
+    todo = [x for x in bounds if x[0] not in record.done_batches]
+    if stop_after_batches is not None:
+        todo = todo[:max(stop_after_batches, 0)]
+
+    def write_one(b: int, start: int, stop: int) -> None:
+        rows = np.arange(start, stop)
+        good_rows = rows[prep.good[start:stop]]
+        batch_rejects = [r for r in prep.rejects if start < r.row <= stop]
+        with session_scope() as session:
+            ins, upd, unch = write_batch(prep, good_rows, session=session, survey_id=survey.survey_id,
+                                         ingest_id=record.ingest_id, cutout_file_id=file_id)
+            ingest_log.record_rejects(batch_rejects, session=session, ingest_id=record.ingest_id)
+            ingest_log.record_batch(
+                session=session, ingest_id=record.ingest_id, batch_no=b, row_start=start + 1,
+                row_stop=stop, n_inserted=ins, n_updated=upd, n_unchanged=unch,
+                n_rejected=int((~prep.good[start:stop]).sum()),
+            )
+
     written = 0
     bar = tqdm(total=prep.n_rows, unit="rows", desc=f"ingest {prep.path.name}", disable=progress is False
                if progress is not None else None, leave=False)
+    bar.update(sum(stop - start for b, start, stop in bounds if b in record.done_batches))
     try:
-        for b, start in enumerate(starts):
-            stop = min(start + batch_rows, prep.n_rows)
-            if b in record.done_batches:
+        workers = _ingest_workers(len(todo))
+        if workers > 1:
+            written = _write_concurrently(todo, write_one, workers, bar.update)
+        else:
+            for b, start, stop in todo:
+                write_one(b, start, stop)
+                written += 1
                 bar.update(stop - start)
-                continue
-            if stop_after_batches is not None and written >= stop_after_batches:
-                break
-            rows = np.arange(start, stop)
-            good_rows = rows[prep.good[start:stop]]
-            batch_rejects = [r for r in prep.rejects if start < r.row <= stop]
-            with session_scope() as session:
-                ins, upd, unch = write_batch(prep, good_rows, session=session, survey_id=survey.survey_id,
-                                             ingest_id=record.ingest_id, cutout_file_id=file_id)
-                ingest_log.record_rejects(batch_rejects, session=session, ingest_id=record.ingest_id)
-                ingest_log.record_batch(
-                    session=session, ingest_id=record.ingest_id, batch_no=b, row_start=start + 1,
-                    row_stop=stop, n_inserted=ins, n_updated=upd, n_unchanged=unch,
-                    n_rejected=int((~prep.good[start:stop]).sum()),
-                )
-            written += 1
-            bar.update(stop - start)
     except Exception as exc:
         with session_scope() as session:
             ingest_log.fail_ingest(session=session, ingest_id=record.ingest_id, message=str(exc))

