@@ -193,6 +193,7 @@ def psycopg_connect():
 
 def bench_ingest(path: Path, *, batch_rows: int, baseline_rows: int) -> dict[str, Any]:
     from lenscat.db.session import session_scope
+
     from lenscat.source_ingest import prepare_sources, run_source_ingest
 
     t0 = time.perf_counter()
@@ -234,6 +235,7 @@ def bench_rowwise(prep: Any, k: int) -> dict[str, Any]:
     pipelines the statements) plus one commit.
     """
     from lenscat.db.session import session_scope
+
     from lenscat.surveys import ensure_survey
 
     with session_scope() as s:
@@ -288,10 +290,11 @@ def bench_rowwise(prep: Any, k: int) -> dict[str, Any]:
 def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
     import astropy.units as u
     from astropy.coordinates import SkyCoord, match_coordinates_sky, search_around_sky
-    from lenscat.crossmatch import crossmatch_catalog
     from lenscat.db.session import session_scope
-    from lenscat.literature import prepare_literature, write_literature
     from sqlalchemy import text
+
+    from lenscat.crossmatch import crossmatch_catalog
+    from lenscat.literature import prepare_literature, write_literature
 
     lit = prepare_literature(LENS_FILE, LENS_CATALOG)
     with session_scope() as s:
@@ -389,9 +392,10 @@ def load_sources() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def bench_cones(n_cones: int, n_astropy: int, seed: int) -> dict[str, Any]:
     import astropy.units as u
     from astropy.coordinates import SkyCoord
-    from lenscat.crossmatch import CONE_SQL, cone_search
     from lenscat.db.session import session_scope
     from scipy.spatial import cKDTree
+
+    from lenscat.crossmatch import CONE_SQL, cone_search
 
     sid, sra, sdec = load_sources()
     rng = np.random.default_rng(seed + 1)
@@ -555,9 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         print("note: LENSCAT_DATABASE_URL ignored; the benchmark uses its own embedded server")
     os.environ["LENSCAT_HOME"] = str(home)
 
-    from lenscat.cli import ensure_schema
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine
+
+    from lenscat.cli import ensure_schema
 
     info = machine_info()
     print(f"lenscat benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "

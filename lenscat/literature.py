@@ -218,7 +218,8 @@ def prepare_literature(
             rejects.append(Reject(i + 1, dec_col, str(raw[dec_col]), "declination out of range [-90, 90] deg"))
             continue
         name = _text(raw[chosen["name"]]) if chosen["name"] else None
-        refs = _split_multi(raw[chosen["refs"]]) if chosen["refs"] and raw[chosen["refs"]] else None
+        ref_cell = raw[chosen["refs"]] if chosen["refs"] else None
+        refs = _split_multi(str(ref_cell)) if ref_cell else None
         rows.append(
             {
                 "row_number": i + 1,
@@ -339,7 +340,7 @@ def write_literature(
             """
         ),
         {"cid": catalog_id},
-    ).rowcount
+    ).rowcount  # type: ignore[attr-defined]
     ingest_log.record_rejects(prep.rejects, session=session, ingest_id=record.ingest_id)
     ingest_log.record_batch(
         session=session, ingest_id=record.ingest_id, batch_no=0, row_start=1, row_stop=n_rows,

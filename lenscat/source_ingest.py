@@ -397,7 +397,7 @@ def prepare_sources(
         extra = []
         cols = {c: table.columns[c] for c in ignored}
         for i in range(n):
-            row = {}
+            row: dict[str, Any] = {}
             for c, arr in cols.items():
                 v = arr[i]
                 if v is np.ma.masked:

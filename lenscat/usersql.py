@@ -53,7 +53,7 @@ def run_readonly_sql(sql: str, *, max_rows: int | None = None) -> tuple[list[str
                     cur.execute(f"SET ROLE {READER_ROLE}")
         try:
             with conn.cursor() as cur:
-                cur.execute(sql.strip().rstrip(";"), prepare=True)  # type: ignore[call-overload]
+                cur.execute(sql.strip().rstrip(";"), prepare=True)
                 if cur.description is None:
                     return [], []
                 columns = [d.name for d in cur.description]

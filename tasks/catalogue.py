@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import astropy.units as u
+from lenscat.db.session import session_scope
+from lenscat.tasks.app import get_app
 from sqlalchemy.exc import OperationalError
 
 from lenscat.crossmatch import crossmatch_catalog
-from lenscat.db.session import session_scope
-from lenscat.tasks.app import get_app
 
 app = get_app()
 

@@ -3,9 +3,9 @@
 import h5py
 import numpy as np
 import pytest
+from lenscat.db.session import session_scope
 from sqlalchemy import text
 
-from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
 from lenscat.simcat import simulate_catalog
 from lenscat.source_ingest import SourceMapping, ingest_sources

@@ -1,8 +1,7 @@
 """The schema as alembic builds it: extensions, comments with units, round trips."""
 
-from sqlalchemy import text
-
 from lenscat.db import migrate
+from sqlalchemy import text
 
 
 def test_extensions_and_revision(session):

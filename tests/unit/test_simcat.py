@@ -9,7 +9,7 @@ def test_simulated_catalogue_is_realistic_and_deterministic(data_dir):
     assert len(a) == 2000 and np.array_equal(a["ra"], b["ra"])
     assert in_footprint(np.asarray(a["ra"]), np.asarray(a["dec"])).all()
     r = np.asarray(a["mag_r"])
-    assert 14 <= r.min() and r.max() <= 23.5 and np.median(r) > 21  # faint galaxies dominate
+    assert r.min() >= 14 and r.max() <= 23.5 and np.median(r) > 21  # faint galaxies dominate
     assert set(np.unique(a["type"])) <= {"PSF", "REX", "EXP", "DEV", "SER"}
     assert ((np.asarray(a["ebv"]) > 0) & (np.asarray(a["ebv"]) < 0.6)).all()
     keys = set(zip(a["brickid"].tolist(), a["objid"].tolist(), strict=True))
