@@ -22,6 +22,7 @@ from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
 from lenscat.literature import get_catalog_id
 from lenscat.surveys import get_survey
@@ -190,17 +191,16 @@ def crossmatch_catalog(
     r = _check_radius(radius)
     cid = get_catalog_id(catalog, session=session)
     sids = _survey_ids(surveys, session)
-    session.execute(
-        text(
-            "CREATE TEMP TABLE IF NOT EXISTS lenscat_xm "
-            "(lens_id bigint, source_id bigint, sep double precision)"
-        )
-    )
-    session.execute(text("TRUNCATE lenscat_xm"))
-    session.execute(
-        text("INSERT INTO lenscat_xm (lens_id, source_id, sep) " + pairs_sql(bool(sids))),
-        {"r": r, "cid": cid, **({"sids": sids} if sids else {})},
-    )
+    found = session.execute(
+        text(pairs_sql(bool(sids))), {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
+    ).all()
+    # rank each lens's sources by separation (ties by source_id): rank 1 is the match
+    found.sort(key=lambda p: (p[0], p[2], p[1]))
+    pairs: list[tuple[int, int, float, int]] = []
+    rank = 0
+    for k, (lens_id, source_id, sep) in enumerate(found):
+        rank = rank + 1 if k and found[k - 1][0] == lens_id else 1
+        pairs.append((lens_id, source_id, sep * 3600.0, rank))
     session.execute(
         text(
             """
@@ -210,30 +210,19 @@ def crossmatch_catalog(
         ),
         {"cid": cid},
     )
-    session.execute(
-        text(
-            """
-            INSERT INTO lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank,
-                                              radius_arcsec)
-            SELECT lens_id, source_id, sep * 3600.0, rnk = 1, rnk, :r * 3600.0
-            FROM (SELECT lens_id, source_id, sep,
-                         row_number() OVER (PARTITION BY lens_id ORDER BY sep, source_id) AS rnk
-                  FROM lenscat_xm) ranked
-            ON CONFLICT ON CONSTRAINT pk_crossmatches DO NOTHING
-            """
-        ),
-        {"r": r},
-    )
-    n_lenses, n_matched, n_pairs = session.execute(
-        text(
-            """
-            SELECT (SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid),
-                   (SELECT count(DISTINCT lens_id) FROM lenscat_xm),
-                   (SELECT count(*) FROM lenscat_xm)
-            """
-        ),
-        {"cid": cid},
-    ).one()
+    conn = raw_connection(session)
+    with conn.cursor() as cur, cur.copy(
+        "COPY lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank, radius_arcsec) "
+        "FROM STDIN"
+    ) as copy:
+        radius_arcsec = r * 3600.0
+        for lens_id, source_id, sep_arcsec, rnk in pairs:
+            copy.write_row((lens_id, source_id, sep_arcsec, rnk == 1, rnk, radius_arcsec))
+    n_lenses = session.execute(
+        text("SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid"), {"cid": cid}
+    ).scalar_one()
+    n_matched = sum(1 for p in pairs if p[3] == 1)
+    n_pairs = len(pairs)
     session.execute(
         text(
             """

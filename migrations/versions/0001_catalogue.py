@@ -15,7 +15,8 @@ Design notes
 * All keys are bigint where rows can reach 10^9.
 * ``lenscat.sources`` carries no foreign keys: at 10^9 rows a per-row FK trigger costs a third of
   the bulk-load time. The loader writes survey, cutout-file and ingest rows in the same
-  transaction as the sources that reference them, and nothing deletes those rows.
+  transaction as the sources that reference them, and nothing deletes those rows. For the same
+  reason ``lenscat.crossmatches.source_id`` has no foreign key (sources are never deleted).
 """
 
 from __future__ import annotations
@@ -371,8 +372,7 @@ def upgrade() -> None:
         CREATE TABLE lenscat.crossmatches (
             lens_id bigint NOT NULL
                 CONSTRAINT fk_crossmatches_lens REFERENCES lenscat.literature_lenses ON DELETE CASCADE,
-            source_id bigint NOT NULL
-                CONSTRAINT fk_crossmatches_source REFERENCES lenscat.sources ON DELETE CASCADE,
+            source_id bigint NOT NULL,
             separation_arcsec double precision NOT NULL,
             is_nearest boolean NOT NULL,
             rank integer NOT NULL,
@@ -435,7 +435,8 @@ def upgrade() -> None:
             FROM (SELECT CASE WHEN abs(dec_deg) + radius_deg >= 89.9999
                               THEN 180.0
                               ELSE degrees(asin(least(1.0, sind(radius_deg) / cosd(dec_deg)))) * (1 + 1e-9) + 1e-12
-                         END AS alpha) a
+                         END AS alpha
+                  OFFSET 0) a  -- evaluate alpha once per cone, not once per use
             CROSS JOIN LATERAL (VALUES
                 (CASE WHEN a.alpha >= 180 THEN 0.0 ELSE greatest(ra_deg - a.alpha, 0.0) END,
                  CASE WHEN a.alpha >= 180 THEN 360.0 ELSE least(ra_deg + a.alpha, 360.0) END),
