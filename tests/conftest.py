@@ -52,6 +52,9 @@ def engine():
         conn.commit()
     yield eng
     dispose_engine()
+    from lenscat.tasks.app import stop_embedded_broker
+
+    stop_embedded_broker()
     from lenscat.settings import get_settings
 
     if get_settings().embedded:
