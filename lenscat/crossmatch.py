@@ -191,9 +191,9 @@ def crossmatch_catalog(
     r = _check_radius(radius)
     cid = get_catalog_id(catalog, session=session)
     sids = _survey_ids(surveys, session)
-    found = session.execute(
+    found = list(session.execute(
         text(pairs_sql(bool(sids))), {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
-    ).all()
+    ).all())
     # rank each lens's sources by separation (ties by source_id): rank 1 is the match
     found.sort(key=lambda p: (p[0], p[2], p[1]))
     pairs: list[tuple[int, int, float, int]] = []

@@ -172,9 +172,9 @@ def record_batch(
     )
 
 
-def close_ingest(*, session: Session, ingest_id: int) -> dict[str, int]:
-    """Mark an ingest done and return its totals over all batches."""
-    totals = session.execute(
+def batch_totals(*, session: Session, ingest_id: int) -> dict[str, int]:
+    """Inserted/updated/unchanged/rejected rows over the committed batches of an ingest."""
+    row = session.execute(
         text(
             """
             SELECT coalesce(sum(n_inserted), 0), coalesce(sum(n_updated), 0),
@@ -184,7 +184,12 @@ def close_ingest(*, session: Session, ingest_id: int) -> dict[str, int]:
         ),
         {"i": ingest_id},
     ).one()
-    ins, upd, unch, rej = (int(v) for v in totals)
+    return dict(zip(("inserted", "updated", "unchanged", "rejected"), (int(v) for v in row), strict=True))
+
+
+def close_ingest(*, session: Session, ingest_id: int) -> dict[str, int]:
+    """Mark an ingest done and return its totals over all batches."""
+    totals = batch_totals(session=session, ingest_id=ingest_id)
     session.execute(
         text(
             """
@@ -193,9 +198,10 @@ def close_ingest(*, session: Session, ingest_id: int) -> dict[str, int]:
             WHERE ingest_id = :i
             """
         ),
-        {"i": ingest_id, "loaded": ins + upd + unch, "rej": rej},
+        {"i": ingest_id, "loaded": totals["inserted"] + totals["updated"] + totals["unchanged"],
+         "rej": totals["rejected"]},
     )
-    return {"inserted": ins, "updated": upd, "unchanged": unch, "rejected": rej}
+    return totals
 
 
 def fail_ingest(*, session: Session, ingest_id: int, message: str) -> None:

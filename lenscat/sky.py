@@ -99,15 +99,26 @@ def parse_sexagesimal(values: np.ndarray, hours: bool) -> tuple[np.ndarray, np.n
     return out, ok
 
 
+def iau_names(ra_deg: np.ndarray, dec_deg: np.ndarray, prefix: str = "J") -> list[str]:
+    """IAU-style designations ``J123456.78+123456.7`` for arrays of positions [deg].
+
+    Fields are truncated, not rounded, as the IAU recommends.
+    """
+    ra_s = np.floor(np.mod(np.asarray(ra_deg, dtype=float), 360.0) / 15.0 * 3600.0 * 100.0 + 1e-6)
+    ra_s = ra_s.astype(np.int64)  # hundredths of a second of time
+    d = np.abs(np.asarray(dec_deg, dtype=float))
+    dec_s = np.floor(d * 3600.0 * 10.0 + 1e-6).astype(np.int64)  # tenths of an arcsec
+    out = []
+    for rs, ds, neg in zip(ra_s.tolist(), dec_s.tolist(), (np.asarray(dec_deg) < 0).tolist(), strict=True):
+        h, rem = divmod(rs, 360000)
+        m, cs = divmod(rem, 6000)
+        dd, rem = divmod(ds, 36000)
+        dm, ts = divmod(rem, 600)
+        out.append(f"{prefix}{h:02d}{m:02d}{cs // 100:02d}.{cs % 100:02d}{'-' if neg else '+'}"
+                   f"{dd:02d}{dm:02d}{ts // 10:02d}.{ts % 10:d}")
+    return out
+
+
 def iau_name(ra_deg: float, dec_deg: float, prefix: str = "J") -> str:
-    """IAU-style designation, e.g. ``J123456.78+123456.7``, truncated (not rounded) as the IAU asks."""
-    c = SkyCoord(ra_deg * u.deg, dec_deg * u.deg)
-    ra_h = c.ra.hms
-    sign = "-" if dec_deg < 0 else "+"
-    d = abs(dec_deg)
-    dd = int(d)
-    dm = int((d - dd) * 60)
-    ds = (d - dd - dm / 60) * 3600
-    rs = np.floor(ra_h.s * 100) / 100
-    ds = np.floor(ds * 10) / 10
-    return f"{prefix}{int(ra_h.h):02d}{int(ra_h.m):02d}{rs:05.2f}{sign}{dd:02d}{dm:02d}{ds:04.1f}"
+    """IAU-style designation of one position, e.g. ``J123456.78+123456.7``."""
+    return iau_names(np.array([ra_deg]), np.array([dec_deg]), prefix)[0]
