@@ -181,7 +181,7 @@ def _parse_map(items: tuple[str, ...]) -> dict[str, str]:
 
 
 @ingest.command("sources")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--survey", required=True, help="Survey name, e.g. decals-dr9.")
 @click.option("--format", "file_format", default=None,
               help="astropy format (fits, ascii.csv, ascii.ecsv, votable, parquet) or hdf5-stein; default from suffix.")
@@ -197,15 +197,15 @@ def _parse_map(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--batch-rows", type=click.IntRange(min=1), default=None, help="Rows per all-or-nothing batch.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any row is rejected.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def ingest_sources_cmd(path: Path, survey: str, file_format: str | None, ra_col: str | None,
+def ingest_sources_cmd(paths: tuple[Path, ...], survey: str, file_format: str | None, ra_col: str | None,
                        dec_col: str | None, id_col: str | None, bands: str | None, maps: tuple[str, ...],
                        keep_extra: bool, wrap_ra: bool, batch_rows: int | None, strict: bool,
                        as_json: bool) -> None:
-    """Ingest a source catalogue (FITS, CSV, ECSV, VOTable, Parquet, Stein HDF5) into SURVEY.
+    """Ingest source catalogue files (FITS, CSV, ECSV, VOTable, Parquet, Stein HDF5) into SURVEY.
 
-    Re-running the same command changes nothing; an interrupted run resumes at the first
-    uncommitted batch. Rejected rows are listed with file, row, column and reason, and kept in
-    the ingest_rejects view.
+    Several PATHs are ingested one after the other (e.g. south_*.h5). Re-running the same command
+    changes nothing; an interrupted run resumes at the first uncommitted batch. Rejected rows are
+    listed with file, row, column and reason, and kept in the ingest_rejects view.
     """
     from lenscat.settings import get_settings
     from lenscat.source_ingest import SourceMapping, ingest_sources
@@ -217,24 +217,25 @@ def ingest_sources_cmd(path: Path, survey: str, file_format: str | None, ra_col:
         bands=[b.strip() for b in bands.split(",")] if bands else None,
         columns=_parse_map(maps), keep_extra=keep_extra, wrap_ra=wrap_ra,
     )
-    summary = ingest_sources(path, survey, mapping, format=file_format,
-                             batch_rows=batch_rows or get_settings().ingest_batch_rows, strict=strict)
-    _report_rejects(summary.rejects, summary.path)
-    if as_json:
-        click.echo(json.dumps(summary.as_dict()))
-        return
-    if summary.batches_skipped == summary.batches_total:
-        click.echo(f"{summary.path}: already ingested into survey {survey!r} "
-                   f"(ingest {summary.ingest_id}); nothing changed")
-        return
-    resumed = f", resumed after {summary.batches_skipped} committed batches" if summary.batches_skipped else ""
-    click.echo(
-        f"{summary.path} -> survey {survey!r}: {summary.n_rows} rows, {summary.inserted} inserted, "
-        f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.rejected} rejected{resumed}"
-    )
-    click.echo("columns: " + ", ".join(f"{k}<-{v}" for k, v in summary.mapped_columns.items()))
-    if summary.ignored_columns:
-        click.echo("not loaded (use --map or --keep-extra): " + ", ".join(summary.ignored_columns))
+    for path in paths:
+        summary = ingest_sources(path, survey, mapping, format=file_format,
+                                 batch_rows=batch_rows or get_settings().ingest_batch_rows, strict=strict)
+        _report_rejects(summary.rejects, summary.path)
+        if as_json:
+            click.echo(json.dumps(summary.as_dict()))
+            continue
+        if summary.batches_skipped == summary.batches_total:
+            click.echo(f"{summary.path}: already ingested into survey {survey!r} "
+                       f"(ingest {summary.ingest_id}); nothing changed")
+            continue
+        resumed = f", resumed after {summary.batches_skipped} committed batches" if summary.batches_skipped else ""
+        click.echo(
+            f"{summary.path} -> survey {survey!r}: {summary.n_rows} rows, {summary.inserted} inserted, "
+            f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.rejected} rejected{resumed}"
+        )
+        click.echo("columns: " + ", ".join(f"{k}<-{v}" for k, v in summary.mapped_columns.items()))
+        if summary.ignored_columns:
+            click.echo("not loaded (use --map or --keep-extra): " + ", ".join(summary.ignored_columns))
 
 
 def _report_rejects(rejects: list[Any], path: Path, show: int = 20) -> None:

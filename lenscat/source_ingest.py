@@ -341,11 +341,9 @@ def prepare_sources(
             scalars[fieldname] = vals
         else:
             data = table.columns[name]
-            scalars[fieldname] = np.array(
-                [None if m else str(v).strip() or None
-                 for v, m in zip(np.ma.getdata(data), np.ma.getmaskarray(data), strict=True)],
-                dtype=object,
-            )
+            strings = np.char.strip(np.ma.getdata(data).astype(str)).astype(object)
+            strings[np.ma.getmaskarray(data) | (strings == "")] = None
+            scalars[fieldname] = strings
 
     # per-band fields -------------------------------------------------------------------------
     bands = mapping.bands or existing_bands or _infer_bands(table)

@@ -47,6 +47,19 @@ def test_ingest_crossmatch_cone_from_the_cli(monkeypatch, capsys, tmp_path, data
     assert str(first["source_id"]) in lines[1]
 
 
+def test_several_files_in_one_command(monkeypatch, capsys, tmp_path):
+    paths = []
+    for seed in (1, 2):
+        p = tmp_path / f"part{seed}.fits"
+        t = simulate_catalog(200, seed=seed)
+        t["objid"] += 1000 * seed  # distinct ids per file, as in a survey's per-brick files
+        t.write(p)
+        paths.append(str(p))
+    code, out, _ = run(monkeypatch, capsys, "ingest", "sources", *paths, "--survey", "parts", "--json")
+    assert code == 0
+    assert [json.loads(line)["inserted"] for line in out.splitlines()] == [200, 200]
+
+
 def test_one_line_errors(monkeypatch, capsys, tmp_path):
     bad = tmp_path / "nocoords.csv"
     bad.write_text("a,b\n1,2\n")
