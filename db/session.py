@@ -30,11 +30,15 @@ def get_engine() -> Engine:
     return _engine
 
 
-def dispose_engine() -> None:
-    """Close pooled connections (before ``lenscat db stop`` or a fork)."""
+def dispose_engine(close: bool = True) -> None:
+    """Drop the engine and its pooled connections.
+
+    ``close=False`` in a freshly forked child: forget the parent's connections without closing
+    the sockets the parent still uses.
+    """
     global _engine
     if _engine is not None:
-        _engine.dispose()
+        _engine.dispose(close=close)
         _engine = None
 
 

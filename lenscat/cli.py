@@ -9,41 +9,10 @@ from typing import Any
 
 import click
 
+from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.cli_images import register as register_image_commands
 from lenscat.errors import LenscatError
-from lenscat.output import FORMATS, write_rows, write_table
-
-FORMAT_OPTION = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-    help="Output format: aligned table, CSV, or JSON lines (one object per row) on stdout.",
-)
-
-
-def _err(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def ensure_schema() -> None:
-    """Bring the schema to head on the embedded default; elsewhere insist on `lenscat db upgrade`."""
-    from lenscat.db import migrate
-    from lenscat.db.session import get_engine
-    from lenscat.settings import get_settings
-
-    engine = get_engine()
-    with engine.connect() as conn:
-        current = migrate.current_revision(connection=conn)
-    head = migrate.head_revision()
-    if current == head:
-        return
-    if get_settings().embedded:
-        _err(f"lenscat: upgrading the embedded database schema {current or '(empty)'} -> {head}")
-        with engine.connect() as conn:
-            migrate.upgrade(connection=conn)
-            conn.commit()
-        return
-    raise LenscatError(
-        f"the database schema is at {current or '(empty)'} but this lenscat needs {head}: "
-        f"run `lenscat db upgrade`"
-    )
+from lenscat.output import write_rows, write_table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -382,6 +351,9 @@ def simulate_catalog_cmd(n: int, seed: int, lenses_from: Path | None, out: Path)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write(out, overwrite=True)
     click.echo(f"wrote {len(table)} simulated sources to {out}")
+
+
+register_image_commands(cli, simulate, ingest)
 
 
 def main() -> None:

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         Rows per all-or-nothing ingest batch.
     statement_timeout_s
         Statement timeout for user SQL (``lenscat sql``), seconds.
+    broker_visibility_timeout_s
+        Seconds after which a task a worker took but never acknowledged (the worker died) is
+        delivered again (``LENSCAT_BROKER_VISIBILITY_TIMEOUT_S``). Longer than any one chunk.
+    device
+        Torch device for workers and CLI inference: ``cpu``, ``cuda``, ``cuda:1``; unset picks
+        CUDA when available (``LENSCAT_DEVICE``).
     """
 
     model_config = SettingsConfigDict(env_prefix="LENSCAT_", extra="ignore")
@@ -40,6 +46,8 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     ingest_batch_rows: int = Field(default=100_000, gt=0)
     statement_timeout_s: float = Field(default=300.0, gt=0)
+    broker_visibility_timeout_s: float = Field(default=1800.0, gt=0)
+    device: str | None = None
 
     @property
     def embedded(self) -> bool:

@@ -6,10 +6,12 @@ and data live under ``LENSCAT_HOME/redis``; it runs as long as the process that 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from lenscat.settings import Settings, get_settings
 
@@ -34,9 +36,10 @@ def broker_url(settings: Settings | None = None) -> str:
 @lru_cache(maxsize=1)
 def get_app() -> Celery:
     """The configured Celery app (created once per process)."""
-    url = broker_url()
+    settings = get_settings()
+    url = broker_url(settings)
     app = Celery("lenscat", broker=url, backend=url,
-                 include=["lenscat.tasks.catalogue"])
+                 include=["lenscat.tasks.catalogue", "lenscat.tasks.embedding"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -46,8 +49,27 @@ def get_app() -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         result_expires=24 * 3600,
+        # an unacknowledged task (worker killed) is redelivered after this long; chunks must
+        # finish well within it (a slower duplicate run is harmless: writes are upserts)
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, int(settings.broker_visibility_timeout_s // 4))),
+            "unacked_restore_throttle": 1,
+        },
     )
     return app
+
+
+@worker_process_init.connect
+def _init_worker_process(**_kwargs: Any) -> None:
+    """In each forked pool process: fresh database connections, and torch threads per process."""
+    from lenscat.db.session import dispose_engine
+
+    dispose_engine(close=False)  # never share a pooled connection with the parent across fork
+    concurrency = int(get_app().conf.worker_concurrency or 1)
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))
 
 
 def stop_embedded_broker() -> None:

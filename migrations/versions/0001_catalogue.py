@@ -22,6 +22,7 @@ Design notes
 from __future__ import annotations
 
 from alembic import op
+from lenscat.migrations.comments import comment_sql
 
 revision = "0001"
 down_revision = None
@@ -208,17 +209,6 @@ VIEW_COMMENTS: dict[str, dict[str, str]] = {
         "catalog": "Catalogue of the lens.",
     },
 }
-
-
-def _comment_sql(obj: str, comments: dict[str, str], kind: str = "TABLE") -> list[str]:
-    out = []
-    for col, text in comments.items():
-        lit = "'" + text.replace("'", "''") + "'"
-        if col == "":
-            out.append(f"COMMENT ON {kind} {obj} IS {lit}")
-        else:
-            out.append(f"COMMENT ON COLUMN {obj}.{col} IS {lit}")
-    return out
 
 
 def upgrade() -> None:
@@ -540,10 +530,10 @@ def upgrade() -> None:
     )
 
     for table, comments in COMMENTS.items():
-        for stmt in _comment_sql(table, comments):
+        for stmt in comment_sql(table, comments):
             op.execute(stmt)
     for view, comments in VIEW_COMMENTS.items():
-        for stmt in _comment_sql(view, comments, kind="VIEW"):
+        for stmt in comment_sql(view, comments, kind="VIEW"):
             op.execute(stmt)
 
     # --- read-only role for `lenscat sql` ------------------------------------------------------

@@ -1,0 +1,41 @@
+"""Shared pieces of the command line: the --format option, error echo, schema check."""
+
+from __future__ import annotations
+
+import click
+
+from lenscat.errors import LenscatError
+from lenscat.output import FORMATS
+
+FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="Output format: aligned table, CSV, or JSON lines (one object per row) on stdout.",
+)
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def ensure_schema() -> None:
+    """Bring the schema to head on the embedded default; elsewhere insist on `lenscat db upgrade`."""
+    from lenscat.db import migrate
+    from lenscat.db.session import get_engine
+    from lenscat.settings import get_settings
+
+    engine = get_engine()
+    with engine.connect() as conn:
+        current = migrate.current_revision(connection=conn)
+    head = migrate.head_revision()
+    if current == head:
+        return
+    if get_settings().embedded:
+        _err(f"lenscat: upgrading the embedded database schema {current or '(empty)'} -> {head}")
+        with engine.connect() as conn:
+            migrate.upgrade(connection=conn)
+            conn.commit()
+        return
+    raise LenscatError(
+        f"the database schema is at {current or '(empty)'} but this lenscat needs {head}: "
+        f"run `lenscat db upgrade`"
+    )

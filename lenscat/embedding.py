@@ -1,0 +1,194 @@
+"""Image embeddings of catalogue sources: planning a job, running one chunk, precomputed vectors.
+
+``plan_embed_job`` finds the sources with a cutout and no embedding from the encoder version and
+splits them into source_id ranges; a worker runs ``embed_chunk`` per range: read the cutouts
+(grouped by file, in file order), run the encoder, upsert the vectors. Work is keyed on
+(encoder version, source), so a chunk run twice, or redelivered after a worker died, writes each
+vector once. A new encoder version makes every source "missing" again for that version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lenscat.errors import InputFileError, LenscatError
+from lenscat.ingest_log import file_sha256
+from lenscat.jobs import create_job, finish_chunk, plan_chunks
+from lenscat.registry import ModelVersion, get_model
+from lenscat.surveys import get_survey
+from lenscat.vectors import upsert_embeddings
+
+DEFAULT_CHUNK = 1024
+DEFAULT_BATCH = 128
+
+_loaded: dict[tuple[int, str], Any] = {}
+
+
+def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[Any, str]:
+    """The torch encoder of a model version, loaded once per process and checked by sha256."""
+    from lenscat.models.checkpoint import load_encoder
+    from lenscat.models.inference import best_device
+
+    dev = device or best_device()
+    key = (model.model_id, dev)
+    if key in _loaded:
+        return _loaded[key], dev
+    if model.origin == "external" or not model.checkpoint_path:
+        raise LenscatError(f"encoder {model.label} holds precomputed vectors only; it has no checkpoint to run")
+    path = Path(model.checkpoint_path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: checkpoint of encoder {model.label} is missing "
+                             "(workers need the same LENSCAT_HOME/models, e.g. a shared volume)")
+    sha = file_sha256(path)
+    if sha != model.checkpoint_sha256:
+        raise InputFileError(f"{path}: checkpoint sha256 {sha[:12]}... does not match encoder {model.label} "
+                             f"({str(model.checkpoint_sha256)[:12]}...); the file was changed")
+    encoder, _meta = load_encoder(path)
+    encoder = encoder.to(dev).eval()
+    _loaded[key] = encoder
+    return encoder, dev
+
+
+def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
+    if not surveys:
+        return None
+    return [get_survey(s, session=session).survey_id for s in surveys]
+
+
+def _missing_sql(model_id: int, with_surveys: bool) -> str:
+    return (
+        "SELECT s.source_id AS id FROM lenscat.sources s WHERE s.cutout_file_id IS NOT NULL "
+        + ("AND s.survey_id = ANY(:sids) " if with_surveys else "")
+        + "AND NOT EXISTS (SELECT 1 FROM lenscat.embeddings e "
+        f"WHERE e.model_id = {int(model_id)} AND e.source_id = s.source_id)"
+    )
+
+
+@dataclass
+class PlannedJob:
+    """A submitted-to-be job."""
+
+    job_id: int
+    model: ModelVersion
+    n_items: int
+    n_chunks: int
+
+
+def plan_embed_job(
+    encoder: str,
+    *,
+    surveys: list[str] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    batch_size: int = DEFAULT_BATCH,
+    session: Session,
+) -> PlannedJob:
+    """Create an ``embed`` job over the sources that lack an embedding from the encoder.
+
+    Parameters
+    ----------
+    encoder
+        Encoder name (latest version) or ``name@version``.
+    surveys
+        Only sources of these surveys (default: all with cutouts).
+    chunk_size
+        Sources per Celery task.
+    batch_size
+        Images per forward pass in the worker.
+    session
+        Database session; the caller commits before submitting the chunks.
+    """
+    model = get_model("encoder", encoder, session=session)
+    if model.origin == "external":
+        raise LenscatError(f"encoder {model.label} holds precomputed vectors only; nothing to run")
+    if batch_size < 1:
+        raise LenscatError(f"batch size must be >= 1, got {batch_size}")
+    sids = _survey_ids(surveys, session)
+    params = {"encoder": model.label, "surveys": surveys or [], "batch_size": int(batch_size),
+              "chunk_size": int(chunk_size)}
+    job_id = create_job("embed", model.model_id, params, session=session)
+    n_items, n_chunks = plan_chunks(job_id, _missing_sql(model.model_id, bool(sids)),
+                                    {"sids": sids} if sids else {}, chunk_size, session=session)
+    return PlannedJob(job_id, model, n_items, n_chunks)
+
+
+def _job(job_id: int, session: Session) -> tuple[ModelVersion, dict[str, Any]]:
+    row = session.execute(text("SELECT model_id, params FROM lenscat.jobs WHERE job_id = :j"),
+                          {"j": job_id}).one_or_none()
+    if row is None:
+        raise LenscatError(f"no job {job_id}")
+    return get_model("encoder", int(row.model_id), session=session), dict(row.params)
+
+
+def _cutout_batches(rows: list[Any], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(source_ids, images) batches, reading each file's rows in file order."""
+    from lenscat.cutouts import open_store
+
+    by_file: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for r in rows:
+        by_file.setdefault((r.path, r.format), []).append((int(r.cutout_row), int(r.source_id)))
+    for (path, fmt), items in by_file.items():
+        items.sort()
+        store = open_store(path, fmt)
+        for i in range(0, len(items), batch_size):
+            part = items[i:i + batch_size]
+            file_rows = np.array([p[0] for p in part], dtype=np.int64)
+            yield np.array([p[1] for p in part], dtype=np.int64), store.get(file_rows)
+
+
+def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
+                device: str | None = None) -> int:
+    """Embed the sources of one chunk that still lack a vector, and mark the chunk done.
+
+    Runs in the caller's transaction: the vectors and the chunk's ``done`` mark commit together.
+    Returns the number of vectors written.
+    """
+    from lenscat.models.inference import encode
+
+    t0 = time.perf_counter()
+    model, params = _job(job_id, session)
+    sids = _survey_ids(params.get("surveys") or None, session)
+    rows = session.execute(
+        text(
+            """
+            SELECT s.source_id, s.cutout_row, f.path, f.format
+            FROM lenscat.sources s JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
+            WHERE s.source_id BETWEEN :lo AND :hi
+            """
+            + ("AND s.survey_id = ANY(:sids) " if sids else "")
+            + f"""AND NOT EXISTS (SELECT 1 FROM lenscat.embeddings e
+                                  WHERE e.model_id = {int(model.model_id)} AND e.source_id = s.source_id)
+            """
+        ),
+        {"lo": lo_id, "hi": hi_id, **({"sids": sids} if sids else {})},
+    ).all()
+    n = 0
+    if rows:
+        encoder, dev = load_encoder_for(model, device)
+        batch_size = int(params.get("batch_size") or DEFAULT_BATCH)
+        ids_all: list[np.ndarray] = []
+        vecs_all: list[np.ndarray] = []
+        for ids, images in _cutout_batches(rows, batch_size):
+            ids_all.append(ids)
+            vecs_all.append(encode(encoder, images, batch_size=batch_size, device=dev))
+        n = upsert_embeddings(model, np.concatenate(ids_all), np.concatenate(vecs_all), job_id=job_id,
+                              session=session)
+    finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session)
+    return n
+
+
+def embed_images(model: ModelVersion, images: np.ndarray, *, device: str | None = None,
+                 batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    """Unit-length embeddings of (n, bands, H, W) survey-like cutouts under an encoder version."""
+    from lenscat.models.inference import encode
+
+    encoder, dev = load_encoder_for(model, device)
+    return np.asarray(encode(encoder, images, batch_size=batch_size, device=dev))
+

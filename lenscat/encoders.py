@@ -1,0 +1,300 @@
+"""Encoder versions from the catalogue: train (MoCo-v2 on the survey's cutouts), import, or ingest vectors.
+
+Every path ends in a ``lenscat.model_versions`` row of kind ``encoder`` carrying the architecture,
+output dimension, checkpoint sha256, hyper-parameters and a hash of the training set, so each
+embedding leads back to exactly what made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lenscat.db.session import session_scope
+from lenscat.errors import InputFileError, LenscatError
+from lenscat.ingest_log import file_sha256
+from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
+from lenscat.surveys import get_survey
+from lenscat.vectors import upsert_embeddings
+
+DEFAULT_INPUT_SPEC = {"bands": ["g", "r", "z"], "pixel_scale_arcsec": 0.262, "stamp": 152,
+                      "unit": "nanomaggy"}
+
+
+class CatalogueImages:
+    """Training images of catalogued sources, read on demand from their cutout files.
+
+    Implements the ``__len__`` / ``get(indices)`` / ``ebv(indices)`` protocol of
+    :func:`lenscat.models.moco.train_moco`.
+    """
+
+    def __init__(self, paths: list[str], formats: list[str], rows: np.ndarray, ebv: np.ndarray):
+        self.paths = paths
+        self.formats = formats
+        self.rows = rows  # (n, 2): file index, row in file
+        self._ebv = ebv
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """(B, bands, H, W) float32 cutouts in the order of ``indices``."""
+        from lenscat.cutouts import open_store
+
+        idx = np.asarray(indices, dtype=np.int64)
+        out: np.ndarray | None = None
+        for f in np.unique(self.rows[idx, 0]):
+            sel = np.nonzero(self.rows[idx, 0] == f)[0]
+            imgs = open_store(self.paths[int(f)], self.formats[int(f)]).get(self.rows[idx[sel], 1])
+            if out is None:
+                out = np.empty((len(idx), *imgs.shape[1:]), dtype=np.float32)
+            out[sel] = imgs
+        assert out is not None
+        return out
+
+    def ebv(self, indices: np.ndarray) -> np.ndarray:
+        """E(B-V) [mag] of the sources (0 where unknown)."""
+        return self._ebv[np.asarray(indices, dtype=np.int64)]
+
+
+@dataclass
+class TrainingSet:
+    """The sources an encoder is trained on, and a hash that identifies them."""
+
+    images: CatalogueImages
+    sha256: str
+    n: int
+    surveys: list[str]
+
+
+def training_set(surveys: list[str], *, max_images: int | None, seed: int, session: Session) -> TrainingSet:
+    """Sources with cutouts in ``surveys`` (a seeded random subset of at most ``max_images``)."""
+    if not surveys:
+        raise LenscatError("name at least one survey to train on (--survey)")
+    sids = [get_survey(s, session=session).survey_id for s in surveys]
+    rows = session.execute(
+        text(
+            """
+            SELECT s.source_id, f.path, f.format, f.sha256, s.cutout_row, coalesce(s.ebv, 0) AS ebv
+            FROM lenscat.sources s JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
+            WHERE s.survey_id = ANY(:sids) ORDER BY s.source_id
+            """
+        ),
+        {"sids": sids},
+    ).all()
+    if not rows:
+        raise LenscatError(f"no sources with cutouts in survey(s) {', '.join(surveys)}: ingest a Stein-layout "
+                           "HDF5 file (lenscat ingest sources FILE.h5 --survey NAME)")
+    rng = np.random.default_rng(seed)
+    pick = np.arange(len(rows))
+    if max_images is not None and max_images < len(rows):
+        pick = np.sort(rng.choice(len(rows), size=max_images, replace=False))
+    chosen = [rows[int(i)] for i in pick]
+    chosen.sort(key=lambda r: (r.path, r.cutout_row))
+    files = sorted({(r.path, r.format, r.sha256) for r in chosen})
+    index = {f[0]: i for i, f in enumerate(files)}
+    arr = np.array([(index[r.path], int(r.cutout_row)) for r in chosen], dtype=np.int64)
+    ebv = np.array([float(r.ebv) for r in chosen], dtype=np.float32)
+    desc = {"files": [{"sha256": f[2], "path": f[0]} for f in files],
+            "rows_sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "n": len(chosen)}
+    sha = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+    return TrainingSet(CatalogueImages([f[0] for f in files], [f[1] for f in files], arr, ebv), sha,
+                       len(chosen), list(surveys))
+
+
+def train_encoder(
+    name: str,
+    surveys: list[str],
+    *,
+    arch: str = "resnet-small",
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 0.06,
+    max_images: int | None = 20_000,
+    max_steps: int | None = None,
+    queue_size: int = 4096,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    hparams: dict[str, Any] | None = None,
+) -> tuple[ModelVersion, bool, dict[str, Any]]:
+    """Self-supervised MoCo-v2 training of an encoder on a survey's cutouts; registers the version.
+
+    Returns (version, created, metrics). Sessions are short: the training itself holds none.
+    """
+    from lenscat.models.checkpoint import save_encoder
+    from lenscat.models.inference import best_device
+    from lenscat.models.moco import train_moco
+
+    check_name(name)
+    with session_scope() as s:
+        ts = training_set(surveys, max_images=max_images, seed=seed, session=s)
+    dev = device or best_device()
+    arch_hp = dict(hparams or {})
+    result = train_moco(ts.images, arch=arch, hparams={**arch_hp, "queue_size": queue_size}, epochs=epochs,
+                        batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=progress,
+                        max_steps=max_steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "encoder.pt"
+        save_encoder(result.encoder, ckpt, arch=arch, hparams=result.encoder_hparams)
+        stored, sha = store_checkpoint(ckpt)
+    metrics = {"final_loss": float(result.history[-1]) if result.history else None,
+               "steps": int(result.steps), "seconds": round(float(result.elapsed_s), 2), "device": dev,
+               "images_per_s": round(float(result.images_per_s), 1),
+               "n_train": ts.n}
+    with session_scope() as s:
+        model, created = register_model(
+            "encoder", name, architecture=arch, output_dim=int(result.encoder.output_dim),
+            checkpoint_path=stored, checkpoint_sha256=sha, origin="trained",
+            hparams={**result.hparams, "training": "moco-v2", "surveys": surveys, "max_images": max_images},
+            input_spec=DEFAULT_INPUT_SPEC, training_set_sha256=ts.sha256, metrics=metrics, session=s,
+        )
+    return model, created, metrics
+
+
+def import_encoder(path: str | Path, name: str, *, arch: str = "resnet50", session: Session,
+                   description: str | None = None) -> tuple[ModelVersion, bool]:
+    """Register a torchvision ResNet-50 state dict (e.g. Stein et al.'s MoCo release) as an encoder."""
+    from lenscat.models.checkpoint import import_torchvision_resnet50, save_encoder
+
+    check_name(name)
+    src = Path(path).expanduser().resolve()
+    if arch != "resnet50":
+        raise LenscatError(f"import supports torchvision ResNet-50 state dicts (--arch resnet50), not {arch!r}")
+    encoder, meta = import_torchvision_resnet50(src)
+    src_sha = file_sha256(src)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "encoder.pt"
+        hp = dict(meta.get("hparams", {})) if isinstance(meta, dict) else {}
+        save_encoder(encoder, ckpt, arch=arch, hparams=hp)
+        stored, sha = store_checkpoint(ckpt)
+    return register_model(
+        "encoder", name, architecture=arch, output_dim=int(encoder.output_dim), checkpoint_path=stored,
+        checkpoint_sha256=sha, origin="imported",
+        hparams={"source_checkpoint": str(src), "source_checkpoint_sha256": src_sha,
+                 **({k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)}
+                    if isinstance(meta, dict) else {})},
+        input_spec=DEFAULT_INPUT_SPEC, description=description, session=session,
+    )
+
+
+VECTOR_DATASETS = ("embeddings", "embedding", "representations", "features", "vectors")
+
+
+def read_vectors(path: Path, id_col: str = "objid", dataset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids as str, vectors) from .npz / .h5 (ids + vectors) or .npy with a sibling ids file."""
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                names = list(z.keys())
+                vname = dataset or next((n for n in VECTOR_DATASETS if n in names), None)
+                if vname is None or vname not in names:
+                    raise InputFileError(f"{path}: no vectors array (looked for {', '.join(VECTOR_DATASETS)}); "
+                                         f"arrays: {', '.join(names)}")
+                if id_col not in names:
+                    raise InputFileError(f"{path}: no id array {id_col!r}; arrays: {', '.join(names)}")
+                return z[id_col].astype(str), np.asarray(z[vname])
+        if suffix in (".h5", ".hdf5", ".hdf"):
+            import h5py
+
+            with h5py.File(path, "r") as fh:
+                names = list(fh.keys())
+                vname = dataset or next((n for n in VECTOR_DATASETS if n in names), None)
+                if vname is None or vname not in names:
+                    raise InputFileError(f"{path}: no vectors dataset (looked for {', '.join(VECTOR_DATASETS)})")
+                if id_col not in names:
+                    raise InputFileError(f"{path}: no id dataset {id_col!r}; datasets: {', '.join(names)}")
+                ids = fh[id_col][...]
+                ids = np.char.decode(ids, "utf-8") if ids.dtype.kind == "S" else ids.astype(str)
+                return np.asarray(ids, dtype=str), np.asarray(fh[vname][...])
+        if suffix == ".npy":
+            ids_path = path.with_name(path.stem + f".{id_col}.txt")
+            if not ids_path.is_file():
+                raise InputFileError(f"{path}: a bare .npy needs its ids, one per line, in {ids_path.name} "
+                                     "(or use .npz/.h5 with an id array)")
+            vec = np.load(path, allow_pickle=False)
+            ids = np.array(ids_path.read_text().split(), dtype=str)
+            return ids, vec
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f"{path}: cannot read vectors: {exc}") from exc
+    raise InputFileError(f"{path}: unsupported vectors file (use .npz, .h5 or .npy)")
+
+
+@dataclass
+class VectorIngest:
+    """Summary of an ingest of precomputed embeddings."""
+
+    encoder: str
+    n_rows: int
+    n_loaded: int
+    rejects: list[tuple[int, str, str]]  # (row, objid, reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary (first rejects only)."""
+        return {"encoder": self.encoder, "n_rows": self.n_rows, "n_loaded": self.n_loaded,
+                "n_rejected": len(self.rejects),
+                "rejects": [{"row": r, "objid": o, "reason": why} for r, o, why in self.rejects[:20]]}
+
+
+def ingest_vectors(path: str | Path, encoder: str, survey: str, *, id_col: str = "objid",
+                   dataset: str | None = None, session: Session, batch: int = 50_000) -> VectorIngest:
+    """Load precomputed vectors keyed by survey object id as an encoder's embeddings.
+
+    An existing encoder (``NAME`` or ``NAME@V``) with the same dimension receives them; an unknown
+    name is registered as an ``external`` encoder whose "checkpoint" is the vectors file.
+    Rows whose id is not in the survey, duplicated, or non-finite are rejected with their reason;
+    the rest load in one transaction (the caller commits).
+    """
+    p = Path(path).expanduser().resolve()
+    ids, vec = read_vectors(p, id_col, dataset)
+    if vec.ndim != 2 or len(vec) != len(ids):
+        raise InputFileError(f"{p}: vectors must be (n, dim) with one id each; got {vec.shape} and {len(ids)} ids")
+    survey_row = get_survey(survey, session=session)
+    try:
+        model = get_model("encoder", encoder, session=session)
+        if model.output_dim != vec.shape[1]:
+            raise LenscatError(f"encoder {model.label} makes {model.output_dim}-d vectors; {p} has "
+                               f"{vec.shape[1]}-d: use another --encoder name")
+    except LenscatError as exc:
+        if "no encoder" not in str(exc):
+            raise
+        model, _ = register_model("encoder", encoder.partition("@")[0], architecture="external",
+                                  output_dim=int(vec.shape[1]), checkpoint_path=p,
+                                  checkpoint_sha256=file_sha256(p), origin="external",
+                                  hparams={"vectors_file": str(p), "id_col": id_col}, session=session)
+    rejects: list[tuple[int, str, str]] = []
+    ok = np.isfinite(vec).all(axis=1) & (np.abs(vec).sum(axis=1) > 0)
+    for i in np.nonzero(~ok)[0][:100_000]:
+        rejects.append((int(i) + 1, str(ids[i]), "vector has NaN/inf or is all zeros"))
+    _, first = np.unique(ids, return_index=True)
+    dup = np.ones(len(ids), dtype=bool)
+    dup[first] = False
+    for i in np.nonzero(dup & ok)[0]:
+        rejects.append((int(i) + 1, str(ids[i]), "duplicate id in the file (first occurrence kept)"))
+    keep = ok & ~dup
+    lookup: dict[str, int] = dict(session.execute(
+        text("SELECT objid, source_id FROM lenscat.sources WHERE survey_id = :sv AND objid = ANY(:ids)"),
+        {"sv": survey_row.survey_id, "ids": ids[keep].tolist()},
+    ).all())
+    sid = np.array([lookup.get(str(x), -1) for x in ids], dtype=np.int64)
+    for i in np.nonzero(keep & (sid < 0))[0]:
+        rejects.append((int(i) + 1, str(ids[i]), f"objid not in survey {survey}"))
+    keep &= sid >= 0
+    rows = np.nonzero(keep)[0]
+    n = 0
+    for i in range(0, len(rows), batch):
+        part = rows[i:i + batch]
+        n += upsert_embeddings(model, sid[part], vec[part], session=session)
+    rejects.sort()
+    return VectorIngest(model.label, len(ids), n, rejects)

@@ -1,0 +1,313 @@
+"""Jobs run by Celery workers: chunk bookkeeping in Postgres, submission, progress, local workers.
+
+A job is split into chunks (id ranges). A worker marks a chunk ``running`` (counting attempts) in
+one short transaction, then does the work and marks it ``done`` in the same transaction as the
+results, so a chunk is either finished with its results or not at all. Progress bars read these
+tables, never the broker, so they survive restarts of the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from lenscat.db.session import session_scope
+from lenscat.errors import LenscatError
+
+
+@dataclass
+class JobState:
+    """Progress of one job."""
+
+    job_id: int
+    status: str
+    n_items: int
+    n_done: int
+    n_chunks: int
+    n_chunks_done: int
+    n_chunks_failed: int
+    n_retried: int
+    message: str | None
+
+    @property
+    def finished(self) -> bool:
+        """True when no chunk is left to run."""
+        return self.status in ("done", "failed", "cancelled")
+
+
+def create_job(kind: str, model_id: int | None, params: dict[str, Any], *, session: Session) -> int:
+    """Insert a job row (status ``queued``) and return its id."""
+    return int(session.execute(
+        text("INSERT INTO lenscat.jobs (kind, model_id, params) VALUES (:k, :m, CAST(:p AS jsonb)) "
+             "RETURNING job_id"),
+        {"k": kind, "m": model_id, "p": json.dumps(params, sort_keys=True, default=str)},
+    ).scalar_one())
+
+
+def plan_chunks(job_id: int, id_query: str, params: dict[str, Any], chunk_size: int, *,
+                session: Session) -> tuple[int, int]:
+    """Split the ids returned by ``id_query`` (one column ``id``) into ranges of ``chunk_size``.
+
+    Runs in SQL (a window over the ids), so planning 10^9 ids never moves them to Python.
+    Returns (n_items, n_chunks) and stores them on the job.
+    """
+    if chunk_size < 1:
+        raise LenscatError(f"chunk size must be >= 1, got {chunk_size}")
+    session.execute(
+        text(
+            f"""
+            INSERT INTO lenscat.job_chunks (job_id, chunk_no, lo_id, hi_id, n_items)
+            SELECT :job, (rn - 1) / :cs, min(id), max(id), count(*)
+            FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM ({id_query}) q) t
+            GROUP BY (rn - 1) / :cs
+            """
+        ),
+        {"job": job_id, "cs": int(chunk_size), **params},
+    )
+    n_items, n_chunks = session.execute(
+        text("SELECT coalesce(sum(n_items), 0), count(*) FROM lenscat.job_chunks WHERE job_id = :j"),
+        {"j": job_id},
+    ).one()
+    session.execute(
+        text("UPDATE lenscat.jobs SET n_items = :n, n_chunks = :c, "
+             "status = CASE WHEN :c = 0 THEN 'done' ELSE status END, "
+             "finished_at = CASE WHEN :c = 0 THEN now() END WHERE job_id = :j"),
+        {"n": int(n_items), "c": int(n_chunks), "j": job_id},
+    )
+    return int(n_items), int(n_chunks)
+
+
+def worker_name() -> str:
+    """``hostname:pid`` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def start_chunk(job_id: int, chunk_no: int, *, session: Session) -> tuple[int, int, str] | None:
+    """Mark a chunk running (attempts + 1); returns (lo_id, hi_id, status before) or None if done.
+
+    A chunk already ``done`` is not run again (a redelivered message after success is a no-op).
+    """
+    row = session.execute(
+        text("SELECT lo_id, hi_id, status FROM lenscat.job_chunks WHERE job_id = :j AND chunk_no = :c "
+             "FOR UPDATE"),
+        {"j": job_id, "c": chunk_no},
+    ).one_or_none()
+    if row is None:
+        raise LenscatError(f"job {job_id} has no chunk {chunk_no}")
+    if row.status == "done":
+        return None
+    session.execute(
+        text("UPDATE lenscat.job_chunks SET status = 'running', attempts = attempts + 1, worker = :w, "
+             "started_at = now(), error = NULL WHERE job_id = :j AND chunk_no = :c"),
+        {"w": worker_name(), "j": job_id, "c": chunk_no},
+    )
+    session.execute(
+        text("UPDATE lenscat.jobs SET status = 'running' WHERE job_id = :j AND status = 'queued'"),
+        {"j": job_id},
+    )
+    return int(row.lo_id), int(row.hi_id), str(row.status)
+
+
+def finish_chunk(job_id: int, chunk_no: int, n_written: int, seconds: float, *, session: Session) -> None:
+    """Mark a chunk done (in the transaction that wrote its results) and update the job."""
+    updated = session.execute(
+        text("UPDATE lenscat.job_chunks SET status = 'done', n_written = :n, finished_at = now(), "
+             "seconds = :s WHERE job_id = :j AND chunk_no = :c AND status <> 'done' RETURNING n_items"),
+        {"n": n_written, "s": seconds, "j": job_id, "c": chunk_no},
+    ).scalar()
+    if updated is None:
+        return  # a concurrent duplicate finished it first
+    session.execute(
+        text(
+            """
+            UPDATE lenscat.jobs j SET n_done = j.n_done + :n,
+                status = CASE WHEN NOT EXISTS (SELECT 1 FROM lenscat.job_chunks c
+                                               WHERE c.job_id = j.job_id AND c.status <> 'done')
+                              THEN 'done' ELSE j.status END,
+                finished_at = CASE WHEN NOT EXISTS (SELECT 1 FROM lenscat.job_chunks c
+                                                    WHERE c.job_id = j.job_id AND c.status <> 'done')
+                                   THEN now() END
+            WHERE j.job_id = :j
+            """
+        ),
+        {"n": int(updated), "j": job_id},
+    )
+
+
+def fail_chunk(job_id: int, chunk_no: int, error: str, *, session: Session) -> None:
+    """Record a permanent failure of a chunk; the job becomes ``failed``."""
+    session.execute(
+        text("UPDATE lenscat.job_chunks SET status = 'failed', error = :e, finished_at = now() "
+             "WHERE job_id = :j AND chunk_no = :c AND status <> 'done'"),
+        {"e": error[:2000], "j": job_id, "c": chunk_no},
+    )
+    session.execute(
+        text("UPDATE lenscat.jobs SET status = 'failed', message = :e, finished_at = now() WHERE job_id = :j"),
+        {"e": f"chunk {chunk_no}: {error}"[:2000], "j": job_id},
+    )
+
+
+def job_state(job_id: int, *, session: Session) -> JobState:
+    """Current progress of a job."""
+    row = session.execute(
+        text(
+            """
+            SELECT j.status, j.n_items, j.n_done, j.n_chunks, j.message,
+                   count(*) FILTER (WHERE c.status = 'done') AS done,
+                   count(*) FILTER (WHERE c.status = 'failed') AS failed,
+                   count(*) FILTER (WHERE c.attempts > 1) AS retried
+            FROM lenscat.jobs j LEFT JOIN lenscat.job_chunks c USING (job_id)
+            WHERE j.job_id = :j GROUP BY j.job_id
+            """
+        ),
+        {"j": job_id},
+    ).one_or_none()
+    if row is None:
+        raise LenscatError(f"no job {job_id}")
+    return JobState(job_id, row.status, int(row.n_items), int(row.n_done), int(row.n_chunks),
+                    int(row.done), int(row.failed), int(row.retried), row.message)
+
+
+def pending_chunks(job_id: int, *, session: Session) -> list[int]:
+    """Chunk numbers not yet done (for (re)submission)."""
+    return [int(c) for c in session.execute(
+        text("SELECT chunk_no FROM lenscat.job_chunks WHERE job_id = :j AND status <> 'done' ORDER BY chunk_no"),
+        {"j": job_id},
+    ).scalars()]
+
+
+def wait_for_job(job_id: int, *, progress: bool = True, poll_s: float = 0.5, timeout_s: float | None = None,
+                 unit: str = "item", desc: str | None = None) -> JobState:
+    """Block until the job finishes, drawing a progress bar from the jobs tables.
+
+    Ctrl-C stops waiting but not the workers: the job keeps running and can be watched again
+    with ``lenscat jobs show ID``.
+    """
+    t0 = time.monotonic()
+    with session_scope() as s:
+        state = job_state(job_id, session=s)
+    bar = tqdm(total=state.n_items, unit=unit, desc=desc or f"job {job_id}", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        while True:
+            with session_scope() as s:
+                state = job_state(job_id, session=s)
+            bar.update(state.n_done - bar.n)
+            bar.set_postfix(chunks=f"{state.n_chunks_done}/{state.n_chunks}", retried=state.n_retried,
+                            refresh=False)
+            if state.finished:
+                return state
+            if timeout_s is not None and time.monotonic() - t0 > timeout_s:
+                raise LenscatError(f"job {job_id} did not finish within {timeout_s:.0f} s "
+                                   f"({state.n_chunks_done}/{state.n_chunks} chunks done)")
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+
+
+def workers_listening(app: Any, timeout_s: float = 1.0) -> list[str]:
+    """Names of Celery workers answering a ping on the app's broker."""
+    try:
+        replies = app.control.ping(timeout=timeout_s) or []
+    except Exception:  # broker unreachable: no worker can be listening either
+        return []
+    return [name for reply in replies for name in reply]
+
+
+@contextmanager
+def spawn_local_workers(n: int, *, concurrency: int = 1, wait_s: float = 60.0) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start ``n`` ``lenscat worker`` processes for the duration of the block, then stop them.
+
+    Used when nobody runs a worker on the embedded broker. Each process gets its own process
+    group so that stopping it also stops its pool children. The children inherit this process's
+    environment, so they read the same settings and reach the same (embedded) broker and database.
+    """
+    from lenscat.tasks.app import get_app
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(n):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "lenscat.cli", "worker", "--concurrency", str(concurrency),
+                 "--hostname", f"lenscat-local-{os.getpid()}-{i}@%h", "--loglevel", "WARNING"],
+                start_new_session=True,
+            ))
+        deadline = time.monotonic() + wait_s
+        app = get_app()
+        while len(workers_listening(app, 0.5)) < n:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                raise LenscatError(f"a local worker exited with status {dead[0].returncode} at start-up")
+            if time.monotonic() > deadline:
+                raise LenscatError(f"local workers did not answer within {wait_s:.0f} s")
+            time.sleep(0.5)
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def submit_and_wait(
+    task_name: str,
+    job_id: int,
+    chunks: list[int],
+    *,
+    wait: bool = True,
+    local_workers: int | None = None,
+    unit: str = "item",
+    desc: str | None = None,
+    progress: bool = True,
+) -> JobState | None:
+    """Queue one task per chunk, then (optionally) follow the job to its end.
+
+    ``local_workers=None`` starts one local worker when the broker is the embedded one and no
+    worker answers a ping (a laptop user need not start one); with an external broker it only
+    warns when nobody listens. Returns the final state, or None with ``wait=False``.
+    """
+    from lenscat.settings import get_settings
+    from lenscat.tasks.app import get_app
+
+    app = get_app()
+    for c in chunks:
+        app.send_task(task_name, args=[job_id, c])
+    if not wait:
+        return None
+    if not chunks:
+        with session_scope() as s:
+            return job_state(job_id, session=s)
+    n_local = local_workers
+    if n_local is None:
+        listening = workers_listening(app)
+        embedded = get_settings().broker_url is None
+        n_local = 1 if embedded and not listening else 0
+        if not embedded and not listening:
+            import click
+
+            click.echo("lenscat: no worker answers on the broker yet; start one with `lenscat worker` "
+                       "(Ctrl-C stops waiting, not the job)", err=True)
+    if n_local:
+        with spawn_local_workers(n_local):
+            return wait_for_job(job_id, unit=unit, desc=desc, progress=progress)
+    return wait_for_job(job_id, unit=unit, desc=desc, progress=progress)
+
