@@ -10,7 +10,7 @@ vector once. A new encoder version makes every source "missing" again for that v
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ def _job(job_id: int, session: Session) -> tuple[ModelVersion, dict[str, Any]]:
     return get_model("encoder", int(row.model_id), session=session), dict(row.params)
 
 
-def _cutout_batches(rows: list[Any], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _cutout_batches(rows: Sequence[Any], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(source_ids, images) batches, reading each file's rows in file order."""
     from lenscat.cutouts import open_store
 

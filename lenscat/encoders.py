@@ -61,7 +61,7 @@ class CatalogueImages:
         return out
 
     def ebv(self, indices: np.ndarray) -> np.ndarray:
-        """E(B-V) [mag] of the sources (0 where unknown)."""
+        """E(B-V) [mag] of the sources (NaN where unknown)."""
         return self._ebv[np.asarray(indices, dtype=np.int64)]
 
 
@@ -83,7 +83,7 @@ def training_set(surveys: list[str], *, max_images: int | None, seed: int, sessi
     rows = session.execute(
         text(
             """
-            SELECT s.source_id, f.path, f.format, f.sha256, s.cutout_row, coalesce(s.ebv, 0) AS ebv
+            SELECT s.source_id, f.path, f.format, f.sha256, s.cutout_row, s.ebv
             FROM lenscat.sources s JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
             WHERE s.survey_id = ANY(:sids) ORDER BY s.source_id
             """
@@ -102,7 +102,8 @@ def training_set(surveys: list[str], *, max_images: int | None, seed: int, sessi
     files = sorted({(r.path, r.format, r.sha256) for r in chosen})
     index = {f[0]: i for i, f in enumerate(files)}
     arr = np.array([(index[r.path], int(r.cutout_row)) for r in chosen], dtype=np.int64)
-    ebv = np.array([float(r.ebv) for r in chosen], dtype=np.float32)
+    # NaN where unknown: the reddening augmentation then draws E(B-V) from the survey distribution
+    ebv = np.array([np.nan if r.ebv is None else float(r.ebv) for r in chosen], dtype=np.float32)
     desc = {"files": [{"sha256": f[2], "path": f[0]} for f in files],
             "rows_sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "n": len(chosen)}
     sha = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()

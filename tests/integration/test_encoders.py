@@ -1,0 +1,62 @@
+"""Encoder versions: import a torchvision ResNet-50 state dict, ingest precomputed vectors."""
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import text
+
+from lenscat.encoders import import_encoder, ingest_vectors
+from lenscat.errors import InputFileError, LenscatError
+from lenscat.surveys import ensure_survey
+
+
+def _sources(session, n, survey="enc-survey"):
+    sv = ensure_survey(survey, ["g", "r", "z"], session=session)
+    session.execute(
+        text("INSERT INTO lenscat.sources (survey_id, objid, ra, dec) "
+             "SELECT :sv, 'obj' || i, 150 + i * 1e-3, 2.0 FROM generate_series(1, :n) i"),
+        {"sv": sv.survey_id, "n": n},
+    )
+
+
+def test_import_resnet50_state_dict_is_versioned_and_idempotent(session, tmp_path):
+    from lenscat.models.resnet import build_encoder
+
+    torch.manual_seed(1)
+    sd = {f"module.encoder_q.{k}": v for k, v in build_encoder("resnet50").state_dict().items()}
+    sd["module.encoder_q.fc.0.weight"] = torch.zeros(2048, 2048)  # MoCo-v2 MLP head: dropped
+    sd["module.encoder_q.fc.2.weight"] = torch.zeros(128, 2048)
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "moco.pth.tar")
+    m, created = import_encoder(tmp_path / "moco.pth.tar", "stein-like", session=session)
+    again, created_again = import_encoder(tmp_path / "moco.pth.tar", "stein-like", session=session)
+    assert created and not created_again and m == again
+    assert (m.architecture, m.output_dim, m.version, m.origin) == ("resnet50", 2048, 1, "imported")
+    row = session.execute(text("SELECT * FROM encoders WHERE encoder = 'stein-like'")).mappings().one()
+    assert row["dim"] == 2048 and row["is_latest"] and len(row["checkpoint_sha256"]) == 64
+    with pytest.raises(LenscatError, match="broken.pth"):
+        (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+        import_encoder(tmp_path / "broken.pth", "stein-like", session=session)
+
+
+def test_ingest_vectors_keys_by_objid_and_rejects_bad_rows(session, tmp_path):
+    _sources(session, 50)
+    rng = np.random.default_rng(0)
+    vec = rng.normal(size=(53, 16)).astype(np.float32)
+    ids = np.array([f"obj{i}" for i in range(1, 51)] + ["nope", "obj3", "obj4"])
+    vec[10] = np.nan
+    np.savez(tmp_path / "vectors.npz", objid=ids, embeddings=vec)
+    res = ingest_vectors(tmp_path / "vectors.npz", "precomputed", "enc-survey", session=session)
+    reasons = {r[2].split(" ")[0] for r in res.rejects}
+    assert res.n_rows == 53 and res.n_loaded == 49 and len(res.rejects) == 4
+    assert {"vector", "objid", "duplicate"} <= reasons
+    assert res.rejects[0][0] == 11  # 1-based row of the NaN vector
+    n = session.execute(text("SELECT count(*) FROM embeddings WHERE encoder = 'precomputed'")).scalar()
+    assert n == 49
+    # again: same rows, no duplicates; wrong dimension refused for the existing encoder
+    assert ingest_vectors(tmp_path / "vectors.npz", "precomputed", "enc-survey", session=session).n_loaded == 49
+    np.savez(tmp_path / "v8.npz", objid=ids[:5], embeddings=vec[:5, :8])
+    with pytest.raises(LenscatError, match="makes 16-d vectors"):
+        ingest_vectors(tmp_path / "v8.npz", "precomputed", "enc-survey", session=session)
+    np.savez(tmp_path / "noids.npz", embeddings=vec)
+    with pytest.raises(InputFileError, match="noids.npz: no id array 'objid'"):
+        ingest_vectors(tmp_path / "noids.npz", "precomputed", "enc-survey", session=session)
