@@ -235,22 +235,28 @@ def spawn_local_workers(n: int, *, concurrency: int = 1, wait_s: float = 60.0) -
     group so that stopping it also stops its pool children. The children inherit this process's
     environment, so they read the same settings and reach the same (embedded) broker and database.
     """
+    from lenscat.settings import get_settings
     from lenscat.tasks.app import get_app
 
+    logs = get_settings().home.expanduser().resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(n):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "lenscat.cli", "worker", "--concurrency", str(concurrency),
-                 "--hostname", f"lenscat-local-{os.getpid()}-{i}@%h", "--loglevel", "WARNING"],
-                start_new_session=True,
-            ))
+            log = logs / f"worker-local-{i}.log"
+            with open(log, "ab") as fh:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "lenscat.cli", "worker", "--concurrency", str(concurrency),
+                     "--hostname", f"lenscat-local-{os.getpid()}-{i}@%h", "--loglevel", "INFO"],
+                    start_new_session=True, stdout=fh, stderr=subprocess.STDOUT,
+                ))
         deadline = time.monotonic() + wait_s
         app = get_app()
         while len(workers_listening(app, 0.5)) < n:
             dead = [p for p in procs if p.poll() is not None]
             if dead:
-                raise LenscatError(f"a local worker exited with status {dead[0].returncode} at start-up")
+                raise LenscatError(f"a local worker exited with status {dead[0].returncode} at start-up; "
+                                   f"see {logs}/worker-local-*.log")
             if time.monotonic() > deadline:
                 raise LenscatError(f"local workers did not answer within {wait_s:.0f} s")
             time.sleep(0.5)
