@@ -5,6 +5,8 @@ COPY lenscat lenscat
 COPY db db
 COPY migrations migrations
 COPY tasks tasks
-RUN pip install --no-cache-dir .
+# CPU torch by default; build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 for CUDA
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} "torch>=2.4" && pip install --no-cache-dir .
 ENTRYPOINT []
 CMD ["lenscat", "--help"]
