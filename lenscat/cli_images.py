@@ -342,27 +342,51 @@ def cutout_cmd(source_id: int, out: Path, stretch: str) -> None:
     """Render a source's cutout as an RGB PNG (z,r,g -> R,G,B)."""
     from sqlalchemy import text
 
-    from lenscat.cutouts import open_store, rgb_image, save_png
+    from lenscat.cutouts import open_store, read_fits_cutout, rgb_image, save_png
     from lenscat.db.session import session_scope
 
     ensure_schema()
     with session_scope() as s:
-        row = s.execute(text("SELECT cutout_file, cutout_row, bands FROM public.sources WHERE source_id = :i"),
-                        {"i": source_id}).one_or_none()
-        fmt_row = s.execute(text("SELECT f.format FROM lenscat.cutout_files f JOIN lenscat.sources x "
-                                 "ON x.cutout_file_id = f.file_id WHERE x.source_id = :i"), {"i": source_id}).scalar()
+        row = s.execute(text(
+            "SELECT f.path, f.format, f.member_paths, f.bands AS file_bands, x.cutout_row, v.bands "
+            "FROM lenscat.sources x JOIN lenscat.surveys v USING (survey_id) "
+            "LEFT JOIN lenscat.cutout_files f ON f.file_id = x.cutout_file_id WHERE x.source_id = :i"),
+            {"i": source_id}).one_or_none()
     if row is None:
         raise LenscatError(f"no source with source_id {source_id}")
-    if row.cutout_file is None:
+    if row.path is None:
         raise LenscatError(f"source {source_id} has no cutout")
-    img = open_store(row.cutout_file, fmt_row).get([int(row.cutout_row)])[0]
-    save_png(rgb_image(img, stretch=stretch), out)
+    if row.format == "fits":
+        cut = read_fits_cutout(list(row.member_paths) if row.member_paths else row.path)
+        img, bands = cut.data, cut.bands
+    else:
+        img = open_store(row.path, row.format).get([int(row.cutout_row)])[0]
+        bands = list(row.file_bands or row.bands or ["g", "r", "z"])
+    save_png(rgb_image(img, bands, stretch=stretch), out)
     click.echo(f"wrote {out}")
+
+
+@click.command("cutouts")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--survey", required=True, help="Survey the objects belong to, e.g. ps1-lenses.")
+@FORMAT_OPTION
+def ingest_cutouts_cmd(paths: tuple[Path, ...], survey: str, fmt: str) -> None:
+    """Register FITS cutouts with a WCS as sources (one per file, or per set of NAME_<band>.fits)."""
+    from lenscat.cutout_ingest import ingest_fits_cutouts
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        done = ingest_fits_cutouts(list(paths), survey, session=s)
+    cols = ["source_id", "objid", "ra", "dec", "bands", "files"]
+    write_rows(cols, [[d.source_id, d.objid, d.ra, d.dec, ",".join(d.bands), len(d.files)] for d in done],
+               fmt, sys.stdout)
 
 
 def register(cli: click.Group, simulate: click.Group, ingest: click.Group) -> None:
     """Attach these commands to the main command groups."""
     simulate.add_command(simulate_survey_cmd)
     ingest.add_command(ingest_embeddings_cmd)
+    ingest.add_command(ingest_cutouts_cmd)
     for cmd in (encoder, worker_cmd, embed_cmd, jobs, similar_cmd, cutout_cmd):
         cli.add_command(cmd)

@@ -127,20 +127,36 @@ def _job(job_id: int, session: Session) -> tuple[ModelVersion, dict[str, Any]]:
     return get_model("encoder", int(row.model_id), session=session), dict(row.params)
 
 
-def _cutout_batches(rows: Sequence[Any], batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(source_ids, images) batches, reading each file's rows in file order."""
-    from lenscat.cutouts import open_store
+def _cutout_batches(rows: Sequence[Any], batch_size: int, spec: dict[str, Any]
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(source_ids, images) batches: HDF5 rows in file order; FITS cutouts resampled to ``spec``."""
+    import astropy.units as u
 
-    by_file: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    from lenscat.cutouts import open_store, read_fits_cutout, resample
+
+    by_file: dict[tuple[str, str], list[tuple[int, int, Any]]] = {}
     for r in rows:
-        by_file.setdefault((r.path, r.format), []).append((int(r.cutout_row), int(r.source_id)))
+        by_file.setdefault((r.path, r.format), []).append((int(r.cutout_row), int(r.source_id), r.member_paths))
+    fits_ids: list[int] = []
+    fits_imgs: list[np.ndarray] = []
+    stamp = int(spec.get("stamp", 152))
     for (path, fmt), items in by_file.items():
-        items.sort()
+        items.sort(key=lambda t: (t[0], t[1]))
+        if fmt == "fits":  # one object per file (set): read, resample to the encoder's pixels
+            for _, sid, members in items:
+                cut = read_fits_cutout(list(members) if members else path)
+                res = resample(cut, float(spec.get("pixel_scale_arcsec", 0.262)) * u.arcsec, (stamp, stamp),
+                               tuple(spec.get("bands", ("g", "r", "z"))))
+                fits_ids.append(sid)
+                fits_imgs.append(res.data)
+            continue
         store = open_store(path, fmt)
         for i in range(0, len(items), batch_size):
             part = items[i:i + batch_size]
             file_rows = np.array([p[0] for p in part], dtype=np.int64)
             yield np.array([p[1] for p in part], dtype=np.int64), store.get(file_rows)
+    for i in range(0, len(fits_ids), batch_size):
+        yield np.array(fits_ids[i:i + batch_size], dtype=np.int64), np.stack(fits_imgs[i:i + batch_size])
 
 
 def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
@@ -158,7 +174,7 @@ def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
     rows = session.execute(
         text(
             """
-            SELECT s.source_id, s.cutout_row, f.path, f.format
+            SELECT s.source_id, s.cutout_row, f.path, f.format, f.member_paths
             FROM lenscat.sources s JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
             WHERE s.source_id BETWEEN :lo AND :hi
             """
@@ -175,7 +191,7 @@ def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
         batch_size = int(params.get("batch_size") or DEFAULT_BATCH)
         ids_all: list[np.ndarray] = []
         vecs_all: list[np.ndarray] = []
-        for ids, images in _cutout_batches(rows, batch_size):
+        for ids, images in _cutout_batches(rows, batch_size, model.input_spec or {}):
             ids_all.append(ids)
             vecs_all.append(encode(encoder, images, batch_size=batch_size, device=dev))
         n = upsert_embeddings(model, np.concatenate(ids_all), np.concatenate(vecs_all), job_id=job_id,

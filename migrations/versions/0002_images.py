@@ -33,6 +33,12 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+CUTOUT_FILE_COMMENTS = {
+    "member_paths": "For a cutout spread over several FITS files (one per band): all of them, in band order (no unit).",
+    "bands": "Band names of the cutout planes, in order (no unit).",
+    "pixel_scale_arcsec": "Pixel scale of the cutouts [arcsec/pixel].",
+}
+
 COMMENTS: dict[str, dict[str, str]] = {
     "lenscat.model_versions": {
         "": "Versioned models (encoders, classifiers, detectors): the provenance of every embedding and score.",
@@ -137,6 +143,11 @@ VIEW_COMMENTS: dict[str, dict[str, str]] = {
 
 
 def upgrade() -> None:
+    # FITS cutouts (one object per file or per set of band files) next to Stein-layout HDF5 files
+    op.execute("ALTER TABLE lenscat.cutout_files ADD COLUMN member_paths text[], ADD COLUMN bands text[], "
+               "ADD COLUMN pixel_scale_arcsec real")
+    for stmt in comment_sql("lenscat.cutout_files", CUTOUT_FILE_COMMENTS):
+        op.execute(stmt)
     op.execute(
         """
         CREATE TABLE lenscat.model_versions (
@@ -352,3 +363,5 @@ def downgrade() -> None:
         op.execute(f"DROP VIEW IF EXISTS public.{view}")
     for table in ("job_chunks", "jobs", "embeddings", "model_versions"):
         op.execute(f"DROP TABLE IF EXISTS lenscat.{table}")
+    op.execute("ALTER TABLE lenscat.cutout_files DROP COLUMN IF EXISTS member_paths, "
+               "DROP COLUMN IF EXISTS bands, DROP COLUMN IF EXISTS pixel_scale_arcsec")
