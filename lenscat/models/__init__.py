@@ -1,0 +1,54 @@
+"""Pure-PyTorch models for lens finding: encoders, augmentations, MoCo-v2, checkpoints, inference.
+
+Nothing here knows about the database: images come from any object with ``__len__`` and
+``get(indices)`` (:class:`ImageSource`), and results are NumPy arrays and files.
+
+==============  =========================================================================
+module          owns
+==============  =========================================================================
+``resnet``      :func:`build_encoder` ('resnet50', 'resnet18', 'resnet-small'), :class:`Encoder`
+``preprocess``  :class:`Preprocessing`: NaN -> 0, 96-px centre crop, per-band arcsinh stretch
+``augment``     :class:`Augmenter`, :class:`AugmentConfig`: Stein et al. 2022 augmentations
+``moco``        :func:`train_moco` -> :class:`TrainResult`
+``checkpoint``  :func:`save_encoder`, :func:`load_encoder`, :func:`import_torchvision_resnet50`
+``inference``   :func:`encode`, :func:`iter_encode`, :func:`best_device`
+``data``        :class:`ImageSource` protocol, :class:`ArraySource`
+==============  =========================================================================
+"""
+
+from lenscat.models.augment import AugmentConfig, Augmenter
+from lenscat.models.checkpoint import (
+    import_torchvision_resnet,
+    import_torchvision_resnet50,
+    load_encoder,
+    save_encoder,
+)
+from lenscat.models.data import ArraySource, ImageSource
+from lenscat.models.inference import best_device, encode, iter_encode
+from lenscat.models.moco import MOCO_DEFAULTS, StepInfo, TrainResult, train_moco
+from lenscat.models.preprocess import DECALS_SKY_NOISE, Preprocessing, preprocess
+from lenscat.models.resnet import ARCHITECTURES, Encoder, build_encoder
+
+__all__ = [
+    "ARCHITECTURES",
+    "DECALS_SKY_NOISE",
+    "MOCO_DEFAULTS",
+    "ArraySource",
+    "AugmentConfig",
+    "Augmenter",
+    "Encoder",
+    "ImageSource",
+    "Preprocessing",
+    "StepInfo",
+    "TrainResult",
+    "best_device",
+    "build_encoder",
+    "encode",
+    "import_torchvision_resnet",
+    "import_torchvision_resnet50",
+    "iter_encode",
+    "load_encoder",
+    "preprocess",
+    "save_encoder",
+    "train_moco",
+]

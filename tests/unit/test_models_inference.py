@@ -1,0 +1,79 @@
+"""Batched inference (lenscat.models.inference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lenscat.errors import LenscatError
+from lenscat.models import (
+    ArraySource,
+    Preprocessing,
+    best_device,
+    build_encoder,
+    encode,
+    iter_encode,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return build_encoder("resnet-small", widths=(8, 16, 32, 32), output_dim=16)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).normal(0, 0.01, (20, 3, 152, 152)).astype(np.float32)
+
+
+def test_encode_normalised_deterministic_batch_invariant(encoder, images):
+    encoder.train()
+    a = encode(encoder, images, batch_size=256)
+    assert a.shape == (20, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    assert encoder.training  # mode restored
+    np.testing.assert_array_equal(a, encode(encoder, images, batch_size=256))
+    for bs in (1, 3, 7):
+        np.testing.assert_allclose(encode(encoder, images, batch_size=bs), a, atol=1e-5)
+    assert not np.allclose(a[0], a[1])
+
+
+def test_encode_inputs_and_preprocessing(encoder, images):
+    ref = encode(encoder, images)
+    np.testing.assert_array_equal(encode(encoder, torch.from_numpy(images)), ref)
+    ready = encoder.preprocessing.apply_numpy(images)
+    np.testing.assert_allclose(encode(encoder, ready, preprocess=False), ref, atol=1e-6)
+    other = encode(encoder, images, preprocess=Preprocessing(stretch="linear"))
+    assert not np.allclose(other, ref)
+    assert encode(encoder, images[:0]).shape == (0, 16)
+    with pytest.raises(LenscatError, match="4 band"):
+        encode(encoder, np.zeros((2, 4, 152, 152), np.float32))
+    with pytest.raises(LenscatError, match=r"\(N, C, H, W\)"):
+        encode(encoder, np.zeros((3, 152, 152), np.float32))
+
+
+def test_iter_encode_streams_in_order(encoder, images):
+    ref = encode(encoder, images)
+    order = np.array([5, 3, 19, 0, 7, 8, 2])
+    got = list(iter_encode(encoder, ArraySource(images), order, batch_size=3))
+    assert [len(i) for i, _ in got] == [3, 3, 1]
+    idx = np.concatenate([i for i, _ in got])
+    vec = np.concatenate([v for _, v in got])
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_allclose(vec, ref[order], atol=1e-5)
+
+
+def test_best_device():
+    assert best_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(encoder, images):
+    cpu = encode(encoder, images)
+    gpu = encode(encoder, images, device="cuda")
+    assert np.mean(np.sum(cpu * gpu, axis=1)) > 0.999  # bfloat16 autocast
+    encoder.to("cpu")
