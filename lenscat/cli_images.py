@@ -58,6 +58,10 @@ def encoder() -> None:
 @click.option("--lr", type=float, default=0.06, show_default=True, help="Initial SGD learning rate (cosine decay).")
 @click.option("--queue-size", type=click.IntRange(min=16), default=4096, show_default=True,
               help="MoCo queue of negatives.")
+@click.option("--crop", type=click.IntRange(min=16), default=96, show_default=True,
+              help="Centre crop the network sees, pixels (Stein et al.: 96).")
+@click.option("--temperature", type=click.FloatRange(min=0.01), default=0.2, show_default=True,
+              help="InfoNCE temperature.")
 @click.option("--max-images", type=click.IntRange(min=2), default=20000, show_default=True,
               help="Train on a seeded random subset of at most this many cutouts.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
@@ -65,7 +69,8 @@ def encoder() -> None:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int, batch_size: int,
-                      lr: float, queue_size: int, max_images: int, max_steps: int | None, seed: int,
+                      lr: float, queue_size: int, crop: int, temperature: float, max_images: int,
+                      max_steps: int | None, seed: int,
                       device: str | None, as_json: bool) -> None:
     """Self-supervised MoCo-v2 pre-training with Stein et al.'s augmentations (reddening, flips,
     rotations, 0.9-1.1 scaling, PSF blur, +-7 px jitter with a 96 px centre crop, noise)."""
@@ -76,7 +81,8 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
     hp: dict[str, Any] = {"output_dim": dim} if dim and arch == "resnet-small" else {}
     model, created, metrics = train_encoder(
         name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
-        max_steps=max_steps, queue_size=queue_size, seed=seed, device=device or get_settings().device,
+        max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature, seed=seed,
+        device=device or get_settings().device,
         hparams=hp,
     )
     out = {"encoder": model.label, "created": created, "architecture": model.architecture,

@@ -128,6 +128,10 @@ class HDF5CutoutStore:
         if bad.any():
             raise LenscatError(f"{self.path}: row {int(idx[bad][0])} is outside the file's "
                                f"{ds.shape[0]} images (rows are 0-based)")
+        if len(idx) == 1 or bool(np.all(np.diff(idx) > 0)):  # sorted and unique: no re-ordering copy
+            block = ds[int(idx[0]):int(idx[-1]) + 1] if idx[-1] - idx[0] + 1 == len(idx) else ds[idx]
+            arr = np.asarray(block, dtype=np.float32)
+            return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
         uniq, inverse = np.unique(idx, return_inverse=True)
         if len(uniq) > 1 and uniq[-1] - uniq[0] + 1 == len(uniq):  # one contiguous slab
             block = ds[int(uniq[0]):int(uniq[-1]) + 1]

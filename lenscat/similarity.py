@@ -32,6 +32,7 @@ from lenscat.vectors import get_embedding, nearest_sql, normalise, set_search_pa
 
 MAX_K = 1000
 MAX_FETCH = 200_000
+DEEP_SCAN = 5_000_000  # hnsw.max_scan_tuples when a selective filter leaves too few candidates
 
 
 @dataclass
@@ -227,9 +228,13 @@ def similar(
     where_sql = "".join(" AND " + w for w in where)
 
     fetch = k if exclude_radius is None else 2 * k + 20
+    deep = False  # after a short answer, scan far more index tuples once before believing it
     while True:
-        set_search_params(session=session, k=fetch)
+        set_search_params(session=session, k=fetch, max_scan_tuples=DEEP_SCAN if deep else None)
         cand = session.execute(text(nearest_sql(model, where_sql, join)), {**params, "fetch": fetch}).all()
+        if len(cand) < fetch and not deep and where:
+            deep = True
+            continue
         ids = np.array([int(r[0]) for r in cand], dtype=np.int64)
         dist = np.array([float(r[1]) for r in cand])
         details = _details(ids, mag_band, session)

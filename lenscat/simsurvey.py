@@ -21,8 +21,11 @@ Physics (lenstronomy light and mass profiles; see :mod:`lenscat.simsurvey_render
   g-r 1.3-1.8 and r-z 0.8-1.1 rising with z_lens in 0.2-0.8, r 18-21.5, brighter for larger
   theta_E) aligned with the mass within ~10 degrees; 1-3 blue sources (Sersic R_eff 0.08-0.45
   arcsec, g-r 0-0.5, with 0-4 bluer Gaussian star-forming clumps) within 0.8 theta_E of the lens
-  centre, inside or near the caustics; the source flux is set so the lensed images total r 19.8-22.6
-  (the magnification is measured on the rendered maps).
+  centre, inside or near the caustics; the source flux is set so the lensed images total r 19.0-21.5
+  (the magnification is measured on the rendered maps). This is the *detectable* lens population,
+  as in the lens samples of image searches (Stein et al. 2022's training and new lenses, the
+  lens-finding challenges): a lens whose arcs are fainter than r ~ 22 at DECaLS depth and seeing
+  cannot be recognised in the image at all, so it cannot be the target of an image search.
 * Non-lenses (shares of the non-lens sample): elliptical 42%, spiral 12%, blue_companion 10%,
   disk 8%, close_pair 8%, star 8%, merger 7%, ring 5%. Lens searches pre-select luminous red
   galaxies, so smooth ellipticals are the bulk of the negatives, while the rest are the classes

@@ -237,7 +237,8 @@ def _lens(rng: np.random.Generator, ebv: float) -> tuple[list[LightComp], list[P
             f_clump = grz_flux(-2.5 * math.log10(rel * rng.uniform(0.05, 0.2)), g_r - 0.15, r_z - 0.1, ebv)
             comps.append(_gaussian(sx + cr * math.cos(ca), sy + cr * math.sin(ca), rng.uniform(0.05, 0.1),
                                    f_clump, plane="source"))
-    lens = LensSpec(kwargs=kwargs_lens, theta_e=theta_e, arc_mag_r=float(rng.uniform(19.8, 22.6)))
+    # detectable lenses (see the module docstring): lensed arcs of r = 19.0-21.5 in total
+    lens = LensSpec(kwargs=kwargs_lens, theta_e=theta_e, arc_mag_r=float(rng.uniform(19.0, 21.5)))
     truth = _base_truth(z_l, p["r_eff"], p["n"], "DEV" if rng.uniform() < 0.55 else "SER", rng)
     truth.update(theta_e=theta_e, z_lens=z_l, z_source=z_s, lens_q=q_m, lens_phi=phi_m, lens_gamma=slope,
                  gamma1=gamma1, gamma2=gamma2, n_sources=n_sources)

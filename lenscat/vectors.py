@@ -199,11 +199,11 @@ def set_search_params(*, session: Session, k: int, max_scan_tuples: int | None =
     reject candidates.
     """
     ef = int(min(1000, max(40, 2 * k)))
-    session.execute(text("SELECT set_config('hnsw.ef_search', :v, true)"), {"v": str(ef)})
-    session.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)"))
+    scan = int(max_scan_tuples or max(20_000, 50 * k))
     session.execute(
-        text("SELECT set_config('hnsw.max_scan_tuples', :v, true)"),
-        {"v": str(int(max_scan_tuples or max(20_000, 50 * k)))},
+        text("SELECT set_config('hnsw.ef_search', :ef, true), set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+             "set_config('hnsw.max_scan_tuples', :scan, true)"),
+        {"ef": str(ef), "scan": str(scan)},
     )
 
 
