@@ -53,16 +53,20 @@ lenscat sql "SELECT l.catalog, l.grade, count(*) AS lenses,
              GROUP BY 1, 2 ORDER BY 1, 2"
 lenscat sql "DELETE FROM sources" || echo "(a write is refused, as it should be)"
 
-step "9. Simulate a DECaLS-like imaging survey with lenstronomy: 2,000 g,r,z cutouts, 2% lenses"
-[ -f "$OUT/sim_survey.h5" ] || lenscat simulate survey --n 2000 --lens-fraction 0.02 --seed 7 \
+step "9. Simulate a DECaLS-like imaging survey with lenstronomy: 2,000 g,r,z cutouts, 3% lenses"
+[ -f "$OUT/sim_survey.h5" ] || lenscat simulate survey --n 2000 --lens-fraction 0.03 --seed 7 \
     --out "$OUT/sim_survey.h5"
 
 step "10. Ingest it (catalogue + cutout references; the simulation truth goes into the extra JSON)"
 lenscat ingest sources "$OUT/sim_survey.h5" --survey demo-images --keep-extra
 
 step "11. Self-supervised encoder (MoCo-v2, Stein et al. augmentations), small enough for a CPU"
-lenscat encoder train --name demo-moco --survey demo-images --arch resnet-small \
-    --epochs 4 --batch-size 64 --seed 1
+if [ -n "$(lenscat sql "SELECT encoder_id FROM encoders WHERE encoder = 'demo-moco'" --format csv | tail -n +2)" ]; then
+    echo "encoder demo-moco exists (retraining with the same seed would give the same checkpoint)"
+else
+    lenscat encoder train --name demo-moco --survey demo-images --arch resnet-small \
+        --epochs 10 --batch-size 64 --crop 48 --lr 0.1 --queue-size 1024 --temperature 0.1 --seed 1
+fi
 lenscat encoder list
 
 step "12. Embed every cutout with Celery workers (a local worker starts when none is running)"
