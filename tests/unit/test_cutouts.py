@@ -60,6 +60,8 @@ def test_missing_and_bad_files(tmp_path):
 
 def test_ps1_per_band_files_with_wcs_and_zero_points():
     c = read_fits_cutout(sorted(PS1.glob("SDSSJ1430_6104_PS1_*.fits")))
+    assert c.bands == ["g", "r", "i", "z", "y"] and c.data.shape == (5, 120, 120)  # ordered by wavelength
+    c = read_fits_cutout(sorted(PS1.glob("SDSSJ1430_6104_PS1_[grz].fits")))
     assert c.bands == ["g", "r", "z"] and c.data.shape == (3, 120, 120)
     assert c.pixel_scale.to_value(u.arcsec) == pytest.approx(0.25, rel=1e-6)
     assert c.unit == "nanomaggy" and c.wcs is not None
@@ -88,7 +90,7 @@ def test_mismatched_band_shapes_are_refused(tmp_path):
 
 
 def test_resample_conserves_flux_and_centres():
-    c = read_fits_cutout(sorted(PS1.glob("SDSSJ1430_6104_PS1_*.fits")))
+    c = read_fits_cutout(sorted(PS1.glob("SDSSJ1430_6104_PS1_[grz].fits")))
     yy, xx = np.mgrid[:120, :120] - 59.5
     c.data[:] = np.exp(-(xx**2 + yy**2) / (2 * 6.0**2))[None]  # smooth source at the centre
     r = resample(c, 0.262 * u.arcsec, (152, 152))
@@ -106,7 +108,8 @@ def test_rgb(tmp_path):
     img[2, 10, 10] = np.nan
     rgb = rgb_image(img)
     assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
-    assert rgb[5, 5, 2] > rgb[5, 5, 0] and rgb[10, 10].sum() == 0
+    # NaN counts as 0: the same (Legacy-viewer sky-offset) grey as an empty pixel
+    assert rgb[5, 5, 2] > rgb[5, 5, 0] and (rgb[10, 10] == rgb[0, 0]).all() and rgb[0, 0].max() < 64
     assert rgb_image(img, stretch="lupton").shape == (16, 16, 3)
     path = save_png(rgb, tmp_path / "x.png")
     assert Image.open(path).size == (16, 16)
