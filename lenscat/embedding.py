@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import file_sha256
-from lenscat.jobs import create_job, finish_chunk, plan_chunks
+from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
 from lenscat.registry import ModelVersion, get_model
 from lenscat.surveys import get_survey
 from lenscat.vectors import upsert_embeddings
@@ -88,6 +88,7 @@ def plan_embed_job(
     surveys: list[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     batch_size: int = DEFAULT_BATCH,
+    exclude_open: bool = False,
     session: Session,
 ) -> PlannedJob:
     """Create an ``embed`` job over the sources that lack an embedding from the encoder.
@@ -102,6 +103,8 @@ def plan_embed_job(
         Sources per Celery task.
     batch_size
         Images per forward pass in the worker.
+    exclude_open
+        Leave out sources already in a queued or running chunk of this encoder (scheduled runs).
     session
         Database session; the caller commits before submitting the chunks.
     """
@@ -114,7 +117,10 @@ def plan_embed_job(
     params = {"encoder": model.label, "surveys": surveys or [], "batch_size": int(batch_size),
               "chunk_size": int(chunk_size)}
     job_id = create_job("embed", model.model_id, params, session=session)
-    n_items, n_chunks = plan_chunks(job_id, _missing_sql(model.model_id, bool(sids)),
+    id_sql = _missing_sql(model.model_id, bool(sids))
+    if exclude_open:
+        id_sql = outside_open_chunks(id_sql, "embed", model.model_id)
+    n_items, n_chunks = plan_chunks(job_id, id_sql,
                                     {"sids": sids} if sids else {}, chunk_size, session=session)
     return PlannedJob(job_id, model, n_items, n_chunks)
 

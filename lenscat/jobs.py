@@ -90,6 +90,20 @@ def plan_chunks(job_id: int, id_query: str, params: dict[str, Any], chunk_size: 
     return int(n_items), int(n_chunks)
 
 
+def outside_open_chunks(id_query: str, kind: str, model_id: int) -> str:
+    """Wrap an id query so ids already inside a queued or running chunk of the same work are left out.
+
+    Used when planning work that may already be under way (scheduled re-processing), so the same
+    item is never queued twice; failed chunks count as not covered and are planned again.
+    """
+    return (
+        f"SELECT q.id FROM ({id_query}) q WHERE NOT EXISTS ("
+        "SELECT 1 FROM lenscat.job_chunks k JOIN lenscat.jobs j ON j.job_id = k.job_id "
+        f"WHERE j.kind = '{kind}' AND j.model_id = {int(model_id)} AND j.status IN ('queued', 'running') "
+        "AND k.status IN ('queued', 'running') AND q.id BETWEEN k.lo_id AND k.hi_id)"
+    )
+
+
 def worker_name() -> str:
     """``hostname:pid`` of this process."""
     return f"{socket.gethostname()}:{os.getpid()}"

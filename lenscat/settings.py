@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     device
         Torch device for workers and CLI inference: ``cpu``, ``cuda``, ``cuda:1``; unset picks
         CUDA when available (``LENSCAT_DEVICE``).
+    reprocess_interval_s
+        Seconds between the scheduled re-processing runs of Celery beat (``lenscat worker --beat``)
+        that queue missing embeddings and scores (``LENSCAT_REPROCESS_INTERVAL_S``; 0 disables).
     """
 
     model_config = SettingsConfigDict(env_prefix="LENSCAT_", extra="ignore")
@@ -48,6 +51,7 @@ class Settings(BaseSettings):
     statement_timeout_s: float = Field(default=300.0, gt=0)
     broker_visibility_timeout_s: float = Field(default=1800.0, gt=0)
     device: str | None = None
+    reprocess_interval_s: float = Field(default=300.0, ge=0)
 
     @property
     def embedded(self) -> bool:

@@ -119,6 +119,45 @@ def upsert_embeddings(
     return int(n)
 
 
+def read_embeddings(model: ModelVersion, *, session: Session, source_ids: np.ndarray | None = None,
+                    id_range: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors of an encoder version in bulk: (source_ids int64, (n, dim) float32), by source id.
+
+    One binary ``COPY ... TO STDOUT`` parsed with numpy (no per-row Python), for the sources in
+    ``source_ids`` or in the inclusive ``id_range`` (all of the encoder's vectors when neither is given).
+    """
+    dim = _dim(model)
+    where, params = "", ()
+    conn = raw_connection(session)
+    with conn.cursor() as cur:
+        if source_ids is not None:
+            ids = np.unique(np.asarray(source_ids, dtype=np.int64))
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS embedding_ids (source_id bigint PRIMARY KEY) "
+                        "ON COMMIT DELETE ROWS")
+            cur.execute("TRUNCATE embedding_ids")
+            with cur.copy("COPY embedding_ids (source_id) FROM STDIN") as copy:
+                copy.write("".join(f"{int(i)}\n" for i in ids))
+            where = " AND e.source_id IN (SELECT source_id FROM embedding_ids)"
+        elif id_range is not None:
+            where = f" AND e.source_id BETWEEN {int(id_range[0])} AND {int(id_range[1])}"
+        buf = bytearray()
+        with cur.copy(
+            f"COPY (SELECT e.source_id, e.embedding FROM lenscat.embeddings e WHERE e.model_id = {int(model.model_id)}"
+            f"{where} ORDER BY e.source_id) TO STDOUT WITH (FORMAT BINARY)", params
+        ) as copy:
+            for block in copy:
+                buf += block
+        if source_ids is not None:
+            cur.execute("TRUNCATE embedding_ids")
+    dt = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("dim", ">i2"),
+                   ("unused", ">i2"), ("v", ">f2", (dim,))])
+    body = bytes(buf[len(_COPY_HEADER):len(buf) - len(_COPY_TRAILER)]) if buf else b""
+    if len(body) % dt.itemsize:
+        raise LenscatError(f"stored vectors of {model.label} do not all have {dim} dimensions")
+    rec = np.frombuffer(body, dtype=dt)
+    return rec["id"].astype(np.int64), rec["v"].astype(np.float32)
+
+
 def hnsw_index_name(model: ModelVersion) -> str:
     """Name of the encoder version's HNSW index."""
     return f"ix_embeddings_hnsw_m{int(model.model_id)}"

@@ -39,7 +39,7 @@ def get_app() -> Celery:
     settings = get_settings()
     url = broker_url(settings)
     app = Celery("lenscat", broker=url, backend=url,
-                 include=["lenscat.tasks.catalogue", "lenscat.tasks.embedding"])
+                 include=["lenscat.tasks.catalogue", "lenscat.tasks.embedding", "lenscat.tasks.scoring"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -57,6 +57,10 @@ def get_app() -> Celery:
             "unacked_restore_throttle": 1,
         },
     )
+    if settings.reprocess_interval_s > 0:  # Celery beat (`lenscat worker --beat`) plans missing work
+        app.conf.beat_schedule = {
+            "lenscat-reprocess": {"task": "lenscat.reprocess", "schedule": float(settings.reprocess_interval_s)},
+        }
     return app
 
 

@@ -1,0 +1,508 @@
+"""Lens classifiers from the catalogue: training sets, training, versions, and scoring chunks.
+
+Three architectures, each a versioned ``classifier`` row of ``lenscat.model_versions``:
+
+* ``linear`` -- logistic regression on an encoder's stored embeddings (Stein et al. 2022's linear
+  probe; :mod:`lenscat.models.linear`); ``parent_model_id`` is the encoder version.
+* ``finetune`` -- the encoder and a linear head trained together on the cutouts (head learning
+  rate 10x the backbone's, lenses oversampled to ~5% of each batch, Stein's augmentations).
+* ``cnn`` -- the same network trained from scratch on the same images and labels: the supervised
+  baseline of the seed papers.
+
+Training sets follow Stein et al.: the positives are the labelled lenses, the negatives are drawn
+at random from the survey (excluding sources within 25 arcsec of any known lens) at a chosen
+lens:non-lens ratio (1:4000 worked best for them), and a validation split at a realistic ratio
+picks the epoch with the most lenses in its top N. The training and validation source ids are kept
+in the checkpoint, so evaluation can leave them out and the training-set hash can be recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lenscat.db.session import raw_connection
+from lenscat.errors import LenscatError
+from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
+from lenscat.labels import near_known_lenses, resolve_labels
+from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
+from lenscat.surveys import get_survey
+from lenscat.vectors import read_embeddings
+
+ARCHITECTURES = ("linear", "finetune", "cnn")
+DEFAULT_CHUNK = 20_000
+
+
+@dataclass
+class TrainingSplit:
+    """Source ids and labels of the training and validation sets."""
+
+    train_ids: np.ndarray
+    train_y: np.ndarray
+    val_ids: np.ndarray
+    val_y: np.ndarray
+    pool_size: int
+    notes: list[str] = field(default_factory=list)
+
+    def sha256(self, salt: str) -> str:
+        """Hash of (salt, sorted ids and labels of both sets): the training-set identity."""
+        h = hashlib.sha256(salt.encode())
+        for ids, y in ((self.train_ids, self.train_y), (self.val_ids, self.val_y)):
+            o = np.argsort(ids)
+            h.update(ids[o].astype("<i8").tobytes())
+            h.update(y[o].astype("<i1").tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and ratios."""
+        tp, vp = int(self.train_y.sum()), int(self.val_y.sum())
+        return {"train_lenses": tp, "train_nonlenses": len(self.train_y) - tp,
+                "train_ratio": round((len(self.train_y) - tp) / max(tp, 1), 1),
+                "val_lenses": vp, "val_nonlenses": len(self.val_y) - vp,
+                "val_ratio": round((len(self.val_y) - vp) / max(vp, 1), 1), "negative_pool": self.pool_size}
+
+
+def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
+    return [get_survey(s, session=session).survey_id for s in surveys] if surveys else None
+
+
+def candidate_ids(*, session: Session, surveys: list[int] | None, encoder: ModelVersion | None) -> np.ndarray:
+    """Sources a classifier can be trained on: with an embedding of ``encoder``, else with a cutout."""
+    if encoder is not None:
+        sql = (f"SELECT e.source_id FROM lenscat.embeddings e JOIN lenscat.sources s USING (source_id) "
+               f"WHERE e.model_id = {int(encoder.model_id)}")
+    else:
+        sql = "SELECT s.source_id FROM lenscat.sources s WHERE s.cutout_file_id IS NOT NULL"
+    if surveys:
+        sql += " AND s.survey_id = ANY(:sv)"
+    ids = session.execute(text(sql + " ORDER BY 1"), {"sv": surveys} if surveys else {}).scalars().all()
+    return np.asarray(ids, dtype=np.int64)
+
+
+def make_split(
+    *,
+    session: Session,
+    surveys: list[str] | None,
+    encoder: ModelVersion | None,
+    ratio: float = 4000,
+    val_ratio: float = 10000,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    max_pool_fraction: float = 0.5,
+    origins: list[str] | None = None,
+    seed: int = 0,
+) -> TrainingSplit:
+    """Positives from the labels; negatives drawn from the survey at the requested ratios.
+
+    A fraction ``test_fraction`` of the lenses is used neither for training nor validation, so the
+    evaluation (every source not in either set) has lenses it never saw. Negatives are sources
+    labelled non-lens or unlabelled, more than 25 arcsec from every positive label and literature
+    lens. At most ``max_pool_fraction`` of them are drawn: when the survey is too small for the
+    requested ratios both sets shrink in proportion and a note says so.
+    """
+    if ratio <= 0 or val_ratio <= 0:
+        raise LenscatError("--ratio and --val-ratio must be positive")
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise LenscatError(f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) must be in [0, 1) "
+                           "and leave lenses to train on")
+    sv = _survey_ids(surveys, session)
+    cand = candidate_ids(session=session, surveys=sv, encoder=encoder)
+    if len(cand) == 0:
+        what = f"an embedding from {encoder.label}" if encoder else "a cutout"
+        raise LenscatError(f"no sources with {what}{' in ' + ', '.join(surveys) if surveys else ''}")
+    labels = resolve_labels(session=session, origins=origins, surveys=sv)
+    pos = np.array(sorted(s for s, y in labels.items() if y == 1), dtype=np.int64)
+    pos = pos[np.isin(pos, cand)]
+    if len(pos) < 2:
+        raise LenscatError(
+            f"{len(pos)} labelled lens(es) among the {len(cand)} candidate sources; need at least 2 (one to train, "
+            "one to validate): add labels with `lenscat labels from-crossmatch` or `lenscat labels import`")
+    notes: list[str] = []
+    excluded = near_known_lenses(session=session, surveys=sv)
+    pool = cand[~np.isin(cand, pos) & ~np.isin(cand, np.fromiter(excluded, np.int64, len(excluded)))]
+    rng = np.random.default_rng(seed)
+    pos = rng.permutation(pos)
+    n_val_pos = max(1, int(round(val_fraction * len(pos))))
+    n_test_pos = min(int(round(test_fraction * len(pos))), len(pos) - n_val_pos - 1)
+    if test_fraction > 0 and n_test_pos < 1:
+        notes.append(f"only {len(pos)} lenses: none held out for evaluation")
+    n_test_pos = max(n_test_pos, 0)
+    val_pos, train_pos = pos[:n_val_pos], pos[n_val_pos + n_test_pos:]
+    want_train, want_val = int(round(ratio * len(train_pos))), int(round(val_ratio * len(val_pos)))
+    usable = int(max_pool_fraction * len(pool))
+    if want_train + want_val > usable:
+        scale = usable / (want_train + want_val)
+        notes.append(f"{len(pool)} negatives in the survey, {usable} usable for the requested 1:{ratio:g} training "
+                     f"and 1:{val_ratio:g} validation ratios; both scaled by {scale:.3g}")
+        want_train, want_val = int(want_train * scale), usable - int(want_train * scale)
+    neg = rng.permutation(pool)
+    train_neg, val_neg = neg[:want_train], neg[want_train:want_train + want_val]
+    if len(train_neg) == 0 or len(val_neg) == 0:
+        raise LenscatError(f"not enough non-lens sources to sample negatives from ({len(pool)} in the pool)")
+    train_ids = np.concatenate([train_pos, train_neg])
+    val_ids = np.concatenate([val_pos, val_neg])
+    return TrainingSplit(
+        train_ids=train_ids, train_y=np.r_[np.ones(len(train_pos)), np.zeros(len(train_neg))].astype(np.int8),
+        val_ids=val_ids, val_y=np.r_[np.ones(len(val_pos)), np.zeros(len(val_neg))].astype(np.int8),
+        pool_size=len(pool), notes=notes)
+
+
+def _vectors_for(encoder: ModelVersion, ids: np.ndarray, session: Session) -> np.ndarray:
+    got, vec = read_embeddings(encoder, source_ids=ids, session=session)
+    pos = np.searchsorted(got, ids)
+    if len(got) == 0 or (pos >= len(got)).any() or (got[np.minimum(pos, len(got) - 1)] != ids).any():
+        raise LenscatError(f"some training sources lost their {encoder.label} embedding while training")
+    return vec[pos]
+
+
+@dataclass
+class TrainResult:
+    """A registered classifier version and its training report."""
+
+    model: ModelVersion
+    created: bool
+    report: dict[str, Any]
+
+
+def _register(name: str, arch: str, payload_path: Path, *, encoder: ModelVersion | None, hparams: dict[str, Any],
+              split: TrainingSplit, metrics: dict[str, Any], input_spec: dict[str, Any],
+              session: Session) -> tuple[ModelVersion, bool]:
+    stored, sha = store_checkpoint(payload_path)
+    return register_model(
+        "classifier", name, architecture=arch, output_dim=1, checkpoint_path=stored, checkpoint_sha256=sha,
+        origin="trained", hparams=hparams, input_spec=input_spec,
+        training_set_sha256=split.sha256(encoder.checkpoint_sha256 or encoder.label if encoder else "images"),
+        parent_model_id=encoder.model_id if encoder else None, metrics=metrics, session=session)
+
+
+def train_linear_classifier(
+    name: str,
+    encoder: str,
+    *,
+    session: Session,
+    surveys: list[str] | None = None,
+    ratio: float = 4000,
+    val_ratio: float = 10000,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    origins: list[str] | None = None,
+    epochs: int = 30,
+    l2: float = 1e-4,
+    loss: str = "bce",
+    focal_gamma: float = 2.0,
+    class_weight: str = "none",
+    top_n: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainResult:
+    """Train the linear probe on stored embeddings and register it as the next version of ``name``.
+
+    The same labels, embeddings and options give the same checkpoint, so re-running registers
+    nothing new (``created`` False).
+    """
+    import torch
+
+    from lenscat.models.linear import state_dict, train_linear
+
+    check_name(name)
+    enc = get_model("encoder", encoder, session=session)
+    split = make_split(session=session, surveys=surveys, encoder=enc, ratio=ratio, val_ratio=val_ratio,
+                       val_fraction=val_fraction, test_fraction=test_fraction, origins=origins, seed=seed)
+    t0 = time.perf_counter()
+    x, xv = _vectors_for(enc, split.train_ids, session), _vectors_for(enc, split.val_ids, session)
+    t_read = time.perf_counter() - t0
+    fit = train_linear(x, split.train_y, x_val=xv, y_val=split.val_y, epochs=epochs, l2=l2, loss=loss,
+                       focal_gamma=focal_gamma, class_weight=class_weight, top_n=top_n, seed=seed, progress=progress)
+    hparams = {"ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction, "test_fraction": test_fraction,
+               "epochs": epochs, "l2": l2,
+               "loss": loss, "focal_gamma": focal_gamma, "class_weight": class_weight, "top_n": top_n, "seed": seed,
+               "optimizer": "lbfgs", "origins": origins or [], "surveys": surveys or []}
+    last = fit.history[fit.epoch - 1] if fit.epoch else {}
+    metrics = {**split.summary(), "epoch_kept": fit.epoch, "seconds": round(fit.seconds, 3),
+               "read_seconds": round(t_read, 3), **{k: v for k, v in last.items() if k != "epoch"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "linear.pt"
+        torch.save(state_dict(fit, encoder_id=enc.model_id, train_ids=torch.from_numpy(split.train_ids),
+                              val_ids=torch.from_numpy(split.val_ids)), path)
+        model, created = _register(name, "linear", path, encoder=enc, hparams=hparams, split=split,
+                                   metrics=metrics, input_spec={"input": "embedding", "encoder": enc.label,
+                                                                "dim": int(x.shape[1])}, session=session)
+    return TrainResult(model, created, {**metrics, "classifier": model.label, "encoder": enc.label,
+                                        "created": created, "notes": split.notes, "history": fit.history})
+
+
+def train_image_classifier_version(
+    name: str,
+    *,
+    arch: str,
+    session: Session,
+    encoder: str | None = None,
+    surveys: list[str] | None = None,
+    ratio: float = 100,
+    val_ratio: float = 10000,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    origins: list[str] | None = None,
+    epochs: int = 3,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    crop: int | None = None,
+    max_steps: int | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainResult:
+    """Fine-tune an encoder with a head (``finetune``) or train a CNN from scratch (``cnn``) on cutouts.
+
+    Meant for a GPU; runs (slowly) on a CPU. Lenses are oversampled to ~5% of each batch.
+    """
+    from lenscat.encoders import DEFAULT_INPUT_SPEC
+    from lenscat.models.checkpoint import load_encoder
+    from lenscat.models.supervised import save_classifier, train_image_classifier
+
+    if arch not in ("finetune", "cnn"):
+        raise LenscatError(f"unknown image classifier {arch!r}; expected finetune or cnn")
+    check_name(name)
+    enc = get_model("encoder", encoder, session=session) if encoder else None
+    if arch == "finetune" and (enc is None or not enc.checkpoint_path or enc.origin == "external"):
+        raise LenscatError("--arch finetune needs --encoder naming a trained or imported encoder (with a checkpoint)")
+    split = make_split(session=session, surveys=surveys, encoder=None, ratio=ratio, val_ratio=val_ratio,
+                       val_fraction=val_fraction, test_fraction=test_fraction, origins=origins, seed=seed)
+    backbone = None
+    spec = dict(DEFAULT_INPUT_SPEC)
+    hp_enc: dict[str, Any] = {}
+    if arch == "finetune" and enc is not None:
+        backbone, hp_enc = load_encoder(str(enc.checkpoint_path))
+        spec = dict(enc.input_spec or spec)
+    crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
+    images = catalogue_images(split.train_ids, session=session)
+    val_images = catalogue_images(split.val_ids, session=session)
+    model, train_metrics = train_image_classifier(
+        images, split.train_y.astype(np.float32), backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
+        crop=crop, val_images=val_images, val_labels=split.val_y.astype(np.float32), device=device, seed=seed,
+        progress=progress, max_steps=max_steps)
+    hparams = {"arch": arch, "ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction,
+               "test_fraction": test_fraction, "epochs": epochs,
+               "batch_size": batch_size, "lr": lr, "crop": crop, "max_steps": max_steps, "seed": seed,
+               "origins": origins or [], "surveys": surveys or []}
+    metrics = {**split.summary(), **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float, str))}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{arch}.pt"
+        save_classifier(model, path, hparams={**hparams, "train_ids": split.train_ids.tolist(),
+                                              "val_ids": split.val_ids.tolist()})
+        version, created = _register(name, arch, path, encoder=enc, hparams=hparams, split=split, metrics=metrics,
+                                     input_spec={"input": "image", **spec}, session=session)
+    return TrainResult(version, created, {**metrics, "classifier": version.label,
+                                          "encoder": enc.label if enc else None, "created": created,
+                                          "notes": split.notes})
+
+
+def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:
+    """A :class:`lenscat.encoders.CatalogueImages` over the cutouts of ``source_ids``, in that order."""
+    from lenscat.encoders import CatalogueImages
+
+    rows = session.execute(
+        text(
+            """
+            SELECT s.source_id, f.path, f.format, s.cutout_row, s.ebv
+            FROM lenscat.sources s JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
+            WHERE s.source_id = ANY(:ids)
+            """
+        ),
+        {"ids": np.asarray(source_ids, dtype=np.int64).tolist()},
+    ).all()
+    by_id = {int(r.source_id): r for r in rows}
+    missing = [int(i) for i in source_ids if int(i) not in by_id]
+    if missing:
+        raise LenscatError(f"{len(missing)} source(s) have no cutout (first: source_id {missing[0]})")
+    files = sorted({(r.path, r.format) for r in rows})
+    index = {f: i for i, f in enumerate(files)}
+    ordered = [by_id[int(i)] for i in source_ids]
+    arr = np.array([(index[(r.path, r.format)], int(r.cutout_row)) for r in ordered], dtype=np.int64).reshape(-1, 2)
+    ebv = np.array([np.nan if r.ebv is None else float(r.ebv) for r in ordered], dtype=np.float32)
+    return CatalogueImages([f[0] for f in files], [f[1] for f in files], arr, ebv)
+
+
+# ------------------------------------------------------------------------------------ loading
+@lru_cache(maxsize=4)
+def _load_checkpoint(path: str, sha256: str) -> dict[str, Any]:
+    import torch
+
+    from lenscat.ingest_log import file_sha256
+
+    if not Path(path).is_file():
+        raise LenscatError(f"{path}: classifier checkpoint not found (is LENSCAT_HOME/models shared with workers?)")
+    if file_sha256(Path(path)) != sha256:
+        raise LenscatError(f"{path}: checkpoint sha256 does not match the registered version")
+    return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def training_ids(model: ModelVersion) -> np.ndarray:
+    """Source ids the classifier saw in training or validation (left out of evaluation)."""
+    if model.architecture == "linear":
+        ck = _load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))
+        return np.concatenate([ck["train_ids"].numpy(), ck["val_ids"].numpy()]).astype(np.int64)
+    from lenscat.models.supervised import load_classifier
+
+    _, meta = load_classifier(str(model.checkpoint_path))
+    hp = meta.get("hparams", meta)
+    return np.asarray(list(hp.get("train_ids", [])) + list(hp.get("val_ids", [])), dtype=np.int64)
+
+
+def score_function(model: ModelVersion, device: str | None = None) -> Any:
+    """A callable (source_ids, inputs) -> scores for the classifier version (loaded once per process)."""
+    if model.architecture == "linear":
+        from lenscat.models.linear import predict_linear
+
+        ck = _load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))
+        w, b = ck["weight"].numpy(), float(ck["bias"])
+        return lambda x: predict_linear(w, b, x)
+    from lenscat.models.supervised import score_images
+
+    net = _load_image_model(str(model.checkpoint_path), str(model.checkpoint_sha256))
+    return lambda x: score_images(net, x, device=device)
+
+
+@lru_cache(maxsize=2)
+def _load_image_model(path: str, sha256: str) -> Any:
+    from lenscat.ingest_log import file_sha256
+    from lenscat.models.supervised import load_classifier
+
+    if file_sha256(Path(path)) != sha256:
+        raise LenscatError(f"{path}: checkpoint sha256 does not match the registered version")
+    net, _ = load_classifier(path)
+    return net
+
+
+# ------------------------------------------------------------------------------------ scoring
+def missing_scores_sql(model: ModelVersion, with_surveys: bool = False) -> str:
+    """SQL (one column ``id``) of the sources the classifier version can score but has not."""
+    mid = int(model.model_id)
+    if model.architecture == "linear":
+        base = ("SELECT e.source_id AS id FROM lenscat.embeddings e "
+                + ("JOIN lenscat.sources s USING (source_id) " if with_surveys else "")
+                + f"WHERE e.model_id = {int(model.parent_model_id or 0)}")
+        key = "e.source_id"
+    else:
+        base = "SELECT s.source_id AS id FROM lenscat.sources s WHERE s.cutout_file_id IS NOT NULL"
+        key = "s.source_id"
+    if with_surveys:
+        base += " AND s.survey_id = ANY(:sids)"
+    return base + f" AND NOT EXISTS (SELECT 1 FROM lenscat.scores c WHERE c.model_id = {mid} AND c.source_id = {key})"
+
+
+@dataclass
+class PlannedScoreJob:
+    """A planned ``score`` job."""
+
+    job_id: int
+    model: ModelVersion
+    n_items: int
+    n_chunks: int
+
+
+def plan_score_job(classifier: str | ModelVersion, *, session: Session, surveys: list[str] | None = None,
+                   chunk_size: int = DEFAULT_CHUNK, reason: str = "requested",
+                   exclude_open: bool = False) -> PlannedScoreJob:
+    """Create a ``score`` job over the sources lacking a score from the classifier version.
+
+    ``exclude_open`` leaves out sources already in a queued or running chunk of the same version.
+    """
+    model = classifier if isinstance(classifier, ModelVersion) else get_model("classifier", classifier,
+                                                                              session=session)
+    sids = _survey_ids(surveys, session)
+    job_id = create_job("score", model.model_id, {"classifier": model.label, "surveys": surveys or [],
+                                                  "chunk_size": int(chunk_size), "reason": reason}, session=session)
+    id_sql = missing_scores_sql(model, bool(sids))
+    if exclude_open:
+        id_sql = outside_open_chunks(id_sql, "score", model.model_id)
+    n_items, n_chunks = plan_chunks(job_id, id_sql, {"sids": sids} if sids else {}, chunk_size, session=session)
+    return PlannedScoreJob(job_id, model, n_items, n_chunks)
+
+
+def upsert_scores(model: ModelVersion, source_ids: np.ndarray, scores: np.ndarray, *, job_id: int | None,
+                  session: Session) -> int:
+    """COPY (source, score) into staging, then one upsert on ``pk_scores``; returns rows written."""
+    ids = np.asarray(source_ids, dtype=np.int64)
+    sc = np.asarray(scores, dtype=np.float64)
+    if len(ids) != len(sc):
+        raise LenscatError(f"{len(ids)} source ids but {len(sc)} scores")
+    if len(ids) == 0:
+        return 0
+    if not np.isfinite(sc).all() or (sc < 0).any() or (sc > 1).any():
+        raise LenscatError(f"classifier {model.label} produced scores outside [0, 1]")
+    conn = raw_connection(session)
+    with conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE IF NOT EXISTS scores_stage (source_id bigint, score real) ON COMMIT DELETE ROWS")
+        cur.execute("TRUNCATE scores_stage")
+        with cur.copy("COPY scores_stage (source_id, score) FROM STDIN") as copy:
+            copy.write("".join(f"{i}\t{s:.9g}\n" for i, s in zip(ids.tolist(), sc.tolist(), strict=True)))
+        cur.execute(
+            f"""
+            INSERT INTO lenscat.scores AS c (model_id, source_id, score, job_id)
+            SELECT {int(model.model_id)}, source_id, score, %s FROM scores_stage
+            ON CONFLICT ON CONSTRAINT pk_scores DO UPDATE
+            SET score = EXCLUDED.score, job_id = EXCLUDED.job_id, created_at = now()
+            WHERE c.score IS DISTINCT FROM EXCLUDED.score
+            """,
+            (job_id,),
+        )
+        n = cur.rowcount
+        cur.execute("TRUNCATE scores_stage")
+    return int(n)
+
+
+def score_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
+                device: str | None = None, batch_size: int = 256) -> int:
+    """Score the sources of one chunk that still lack a score, and mark the chunk done (one transaction)."""
+    t0 = time.perf_counter()
+    row = session.execute(text("SELECT model_id, params FROM lenscat.jobs WHERE job_id = :j"), {"j": job_id}).one()
+    model = get_model("classifier", int(row.model_id), session=session)
+    sids = _survey_ids(list(row.params.get("surveys") or []) or None, session)
+    todo = np.asarray(session.execute(
+        text(f"SELECT id FROM ({missing_scores_sql(model, bool(sids))}) q WHERE id BETWEEN :lo AND :hi ORDER BY id"),
+        {"lo": lo_id, "hi": hi_id, **({"sids": sids} if sids else {})},
+    ).scalars().all(), dtype=np.int64)
+    n = 0
+    if len(todo):
+        fn = score_function(model, device)
+        if model.architecture == "linear":
+            enc = get_model("encoder", int(model.parent_model_id or 0), session=session)
+            ids, vec = read_embeddings(enc, source_ids=todo, session=session)
+            scores = fn(vec)
+        else:
+            imgs = catalogue_images(todo, session=session)
+            ids = todo
+            scores = np.concatenate([fn(imgs.get(np.arange(i, min(i + batch_size, len(todo)))))
+                                     for i in range(0, len(todo), batch_size)])
+        n = upsert_scores(model, ids, scores, job_id=job_id, session=session)
+    finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session)
+    return n
+
+
+def classifier_lineage(model: ModelVersion, *, session: Session) -> dict[str, Any]:
+    """The provenance chain of a classifier version: itself, its encoder, their training sets."""
+    out: dict[str, Any] = {"classifier": model.label, "architecture": model.architecture,
+                           "checkpoint_sha256": model.checkpoint_sha256, "training_set_sha256": model.training_set_sha256,
+                           "hparams": model.hparams}
+    if model.parent_model_id:
+        enc = get_model("encoder", int(model.parent_model_id), session=session)
+        out["encoder"] = {"encoder": enc.label, "architecture": enc.architecture,
+                          "checkpoint_sha256": enc.checkpoint_sha256, "training_set_sha256": enc.training_set_sha256,
+                          "hparams": enc.hparams}
+    return out
+
+
+def hparams_json(model: ModelVersion) -> str:
+    """Hyper-parameters as sorted JSON (for display)."""
+    return json.dumps(model.hparams, sort_keys=True)

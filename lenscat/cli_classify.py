@@ -1,0 +1,336 @@
+"""Command line for labels, classifiers, scores, top-N selection, evaluation and re-processing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.errors import LenscatError
+from lenscat.output import write_rows, write_table
+
+
+# ------------------------------------------------------------------------------------ labels
+@click.group("labels")
+def labels() -> None:
+    """Lens / non-lens labels: from literature cross-matches, tables, simulation truth."""
+
+
+@labels.command("from-crossmatch")
+@click.option("--catalog", required=True, help="Literature catalogue whose cross-matched lenses become positives.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def labels_from_crossmatch_cmd(catalog: str, as_json: bool) -> None:
+    """Positive labels for the nearest source of every lens of a cross-matched literature catalogue."""
+    from lenscat.db.session import session_scope
+    from lenscat.labels import labels_from_crossmatch
+
+    ensure_schema()
+    with session_scope() as s:
+        summary = labels_from_crossmatch(catalog, session=s)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    else:
+        click.echo(f"{catalog}: {summary.n_positive} lens labels ({summary.n_written} written or changed, "
+                   f"{summary.n_removed} removed as no longer matched)")
+
+
+@labels.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--label-col", default="label", show_default=True,
+              help="Column with the label (1/0, true/false, yes/no, lens/non-lens, A/B/C = lens).")
+@click.option("--survey", default=None, help="Match rows by (survey, object id) instead of position.")
+@click.option("--id-col", default=None, help="Object id column for --survey (default objid).")
+@click.option("--ra-col", default=None, help="RA column [deg] for matching by position.")
+@click.option("--dec-col", default=None, help="Dec column [deg] for matching by position.")
+@click.option("--radius", default="2arcsec", show_default=True, help="Match radius for positions.")
+@click.option("--origin", type=click.Choice(["import", "simulation"]), default="import", show_default=True,
+              help="'simulation' for the truth table of a simulated survey.")
+@click.option("--provenance", default=None, help="Label set name (default: file name and sha256).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def labels_import_cmd(path: Path, label_col: str, survey: str | None, id_col: str | None, ra_col: str | None,
+                      dec_col: str | None, radius: str, origin: str, provenance: str | None, as_json: bool) -> None:
+    """Labels from a table with (ra, dec) or (survey, objid) and a label column; re-importing updates."""
+    from lenscat.db.session import session_scope
+    from lenscat.labels import import_labels
+    from lenscat.sky import parse_angle_quantity
+
+    ensure_schema()
+    with session_scope() as s:
+        summary = import_labels(path, label_col=label_col, survey=survey, id_col=id_col, ra_col=ra_col,
+                                dec_col=dec_col, radius=parse_angle_quantity(radius), origin=origin,
+                                provenance=provenance, session=s)
+    for row, why in summary.rejects[:20]:
+        _err(f"{path}: row {row}: {why}; row rejected")
+    if len(summary.rejects) > 20:
+        _err(f"{path}: ... and {len(summary.rejects) - 20} more rejected rows")
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    else:
+        click.echo(f"{path}: {summary.n_rows} rows, {summary.n_positive} lenses and {summary.n_negative} non-lenses "
+                   f"labelled as {origin} '{summary.provenance}' ({summary.n_written} written or changed, "
+                   f"{len(summary.rejects)} rejected)")
+
+
+@labels.command("list")
+@FORMAT_OPTION
+def labels_list_cmd(fmt: str) -> None:
+    """Label sets: origin, provenance, number of lenses and non-lenses."""
+    from lenscat.db.session import session_scope
+    from lenscat.labels import label_counts
+
+    ensure_schema()
+    with session_scope() as s:
+        rows = label_counts(session=s)
+    cols = ["origin", "provenance", "positive", "negative", "updated_at"]
+    write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
+
+
+# -------------------------------------------------------------------------------- classifier
+@click.group("classifier")
+def classifier() -> None:
+    """Lens classifiers (versioned): train, score, evaluate, list."""
+
+
+def _origins(values: tuple[str, ...]) -> list[str] | None:
+    return [v for x in values for v in x.split(",") if v] or None
+
+
+@classifier.command("train")
+@click.option("--name", required=True, help="Classifier name; a new checkpoint becomes its next version.")
+@click.option("--encoder", "encoder_name", default=None,
+              help="Encoder (NAME or NAME@VERSION) whose embeddings the linear probe reads / that is fine-tuned.")
+@click.option("--arch", type=click.Choice(["linear", "finetune", "cnn"]), default="linear", show_default=True,
+              help="linear: logistic regression on embeddings; finetune: encoder + head on images (GPU); "
+                   "cnn: the supervised baseline from scratch on images.")
+@click.option("--survey", "surveys", multiple=True, help="Train on this survey's sources (repeatable; default all).")
+@click.option("--labels", "origins", multiple=True,
+              help="Label origins to use: literature, simulation, import, human (comma-separated; default all).")
+@click.option("--ratio", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Non-lenses per lens in training (Stein et al.: 4000 best; default 4000 linear, 100 images).")
+@click.option("--val-ratio", type=click.FloatRange(min=0, min_open=True), default=10000, show_default=True,
+              help="Non-lenses per lens in the validation split (a realistic survey imbalance).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True, help="Fraction of the lenses held out for validation (epoch choice).")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Fraction of the lenses used neither to train nor to validate (left for `evaluate`).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="L-BFGS epochs (default 30) or image epochs (default 3).")
+@click.option("--l2", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="L2 penalty (linear).")
+@click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
+@click.option("--focal-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option("--top-n", type=click.IntRange(min=1), default=None,
+              help="Validation top N that picks the epoch (default: the number of validation lenses).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True, help="Images per batch.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Head learning rate (images).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop image training after this many steps.")
+@click.option("--device", default=None, help="cpu, cuda (image architectures; default CUDA when available).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys: tuple[str, ...],
+                         origins: tuple[str, ...], ratio: float | None, val_ratio: float, val_fraction: float,
+                         test_fraction: float, epochs: int | None, l2: float, loss: str, focal_gamma: float, class_weight: str,
+                         top_n: int | None, batch_size: int, lr: float, max_steps: int | None, device: str | None,
+                         seed: int, as_json: bool) -> None:
+    """Train a lens classifier and register it as a new version (same inputs: no new version)."""
+    from lenscat.classifier import train_image_classifier_version, train_linear_classifier
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        if arch == "linear":
+            if not encoder_name:
+                raise LenscatError("--arch linear needs --encoder (the embeddings it is trained on)")
+            res = train_linear_classifier(
+                name, encoder_name, session=s, surveys=list(surveys) or None, ratio=ratio or 4000,
+                val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=_origins(origins), epochs=epochs or 30,
+                l2=l2, loss=loss, focal_gamma=focal_gamma, class_weight=class_weight, top_n=top_n, seed=seed,
+                progress=not as_json)
+        else:
+            res = train_image_classifier_version(
+                name, arch=arch, session=s, encoder=encoder_name, surveys=list(surveys) or None,
+                ratio=ratio or 100, val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=_origins(origins),
+                epochs=epochs or 3, batch_size=batch_size, lr=lr, max_steps=max_steps, device=device, seed=seed,
+                progress=not as_json)
+    for note in res.report.get("notes", []):
+        _err(f"lenscat: note: {note}")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in res.report.items() if k != "history"}, default=str))
+        return
+    r = res.report
+    state = "registered" if res.created else "already registered (same checkpoint)"
+    click.echo(f"classifier {res.model.label} {state}: {r['train_lenses']} lenses : {r['train_nonlenses']} non-lenses "
+               f"(1:{r['train_ratio']:g}); validation {r['val_lenses']} : {r['val_nonlenses']} (1:{r['val_ratio']:g})"
+               + (f"; kept epoch {r['epoch_kept']}, {int(r.get('val_top_n_hits', 0))} validation lenses in the "
+                  f"top N" if "epoch_kept" in r else ""))
+
+
+@classifier.command("score")
+@click.option("--name", required=True, help="Classifier (NAME or NAME@VERSION).")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Sources per Celery task.")
+@click.option("--local-workers", type=click.IntRange(min=0), default=None,
+              help="Start this many worker processes here (default: 1 when none answers on the embedded broker).")
+@click.option("--no-wait", is_flag=True, help="Submit and return; watch with `lenscat jobs show ID`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def classifier_score_cmd(name: str, surveys: tuple[str, ...], chunk_size: int, local_workers: int | None,
+                         no_wait: bool, as_json: bool) -> None:
+    """Score every source the classifier version has not scored yet, with Celery workers."""
+    from lenscat.classifier import plan_score_job
+    from lenscat.db.session import session_scope
+    from lenscat.jobs import pending_chunks, submit_and_wait
+
+    ensure_schema()
+    with session_scope() as s:
+        job = plan_score_job(name, surveys=list(surveys) or None, chunk_size=chunk_size, session=s)
+        chunks = pending_chunks(job.job_id, session=s)
+    if not as_json:
+        _err(f"job {job.job_id}: {job.n_items} sources to score with {job.model.label} in {job.n_chunks} chunks")
+    state = submit_and_wait("lenscat.score_chunk", job.job_id, chunks, wait=not no_wait, local_workers=local_workers,
+                            unit="src", desc=f"score {job.model.label}", progress=not as_json)
+    out: dict[str, Any] = {"job_id": job.job_id, "classifier": job.model.label, "queued": job.n_items,
+                           "chunks": job.n_chunks}
+    if state is not None:
+        out.update(status=state.status, done=state.n_done, failed_chunks=state.n_chunks_failed)
+        if state.status == "failed":
+            raise LenscatError(f"job {job.job_id} failed: {state.message}")
+        if job.n_items:
+            _analyze_scores()
+    click.echo(json.dumps(out) if as_json else
+               f"{job.model.label}: {out.get('done', 0)} of {job.n_items} sources scored (job {job.job_id})")
+
+
+def _analyze_scores() -> None:
+    """Fresh planner statistics after a bulk write, so top-N queries keep using the score index."""
+    from sqlalchemy import text
+
+    from lenscat.db.session import session_scope
+
+    with session_scope() as s:
+        s.execute(text("ANALYZE lenscat.scores"))
+
+
+@classifier.command("evaluate")
+@click.option("--name", required=True, help="Classifier (NAME or NAME@VERSION).")
+@click.option("--baseline", "baselines", multiple=True,
+              help="Classifier(s) evaluated on the same sources beside it, e.g. the supervised CNN.")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--labels", "origins", multiple=True, help="Label origins counted as truth (default all).")
+@click.option("--top-n", "top_n", default=None,
+              help="Comma-separated N for precision in the top N (default: the number of lenses, 1%, 100, 1000).")
+@click.option("--plots", "plots", type=click.Path(path_type=Path), default=None,
+              help="Directory for PNG plots (precision/recall vs N, score distributions, ROC).")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def classifier_evaluate_cmd(name: str, baselines: tuple[str, ...], surveys: tuple[str, ...], origins: tuple[str, ...],
+                            top_n: str | None, plots: Path | None, fmt: str) -> None:
+    """Precision in the top N, recall vs images inspected, AUC, TPR0 and TPR10 on sources not trained on."""
+    from lenscat.db.session import session_scope
+    from lenscat.evaluation import format_metrics
+    from lenscat.ranking import evaluate_classifier
+
+    ns = None
+    if top_n:
+        try:
+            ns = [int(x) for x in top_n.split(",") if x.strip()]
+        except ValueError as exc:
+            raise LenscatError(f"--top-n takes comma-separated integers, got {top_n!r}") from exc
+    ensure_schema()
+    with session_scope() as s:
+        res = evaluate_classifier(name, baselines=list(baselines), surveys=list(surveys) or None,
+                                  origins=_origins(origins), top_n=ns, plots=plots, session=s)
+    if fmt == "json":
+        click.echo(json.dumps(res, default=str))
+        return
+    click.echo(f"evaluated on {res['n_eval']} sources ({res['n_lenses']} lenses; "
+               f"{res['excluded_training_sources']} training/validation sources left out)")
+    for label, m in res["models"].items():
+        click.echo(format_metrics(label, m))
+    for p in res.get("plots", []):
+        click.echo(f"wrote {p}")
+
+
+@classifier.command("list")
+@FORMAT_OPTION
+def classifier_list_cmd(fmt: str) -> None:
+    """Classifier versions with their encoder, training-set hash and number of scores."""
+    from sqlalchemy import text
+
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        rows = s.execute(text(
+            "SELECT c.classifier_id, c.classifier, c.version, c.architecture, c.encoder, c.training_set_sha256, "
+            "(SELECT count(*) FROM lenscat.scores x WHERE x.model_id = c.classifier_id) AS n_scores, c.created_at "
+            "FROM public.classifiers c ORDER BY c.classifier, c.version")).all()
+    cols = ["classifier_id", "classifier", "version", "architecture", "encoder", "training_set_sha256", "n_scores",
+            "created_at"]
+    write_rows(cols, [list(r) for r in rows], fmt, sys.stdout)
+
+
+# ---------------------------------------------------------------------------------------- top
+@click.command("top")
+@click.option("--classifier", "classifier_name", required=True, help="Classifier (NAME or NAME@VERSION).")
+@click.option("-n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Rows wanted.")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None)
+@click.option("--exclude-known", is_flag=True, help="Drop sources matched to literature lenses.")
+@click.option("--exclude-labelled", is_flag=True, help="Drop sources that already carry a label.")
+@FORMAT_OPTION
+def top_cmd(classifier_name: str, n: int, surveys: tuple[str, ...], min_score: float | None, exclude_known: bool,
+            exclude_labelled: bool, fmt: str) -> None:
+    """The N highest-scoring sources of a classifier: the sample for human inspection."""
+    from lenscat.db.session import session_scope
+    from lenscat.ranking import top_candidates
+
+    ensure_schema()
+    with session_scope() as s:
+        table = top_candidates(classifier_name, n, surveys=list(surveys) or None, min_score=min_score,
+                               exclude_known=exclude_known, exclude_labelled=exclude_labelled, session=s)
+    if fmt == "table":
+        _err(f"classifier {table.meta['classifier']}: top {len(table)} of n={n}")
+    write_table(table, fmt, sys.stdout)
+
+
+# ---------------------------------------------------------------------------------- reprocess
+@click.command("reprocess")
+@click.option("--dry-run", is_flag=True, help="Report what would be queued; queue nothing.")
+@click.option("--wait", is_flag=True, help="Follow the queued jobs to their end (starts a local worker if needed).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was queued as JSON lines.")
+def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool) -> None:
+    """Queue the embeddings and scores that new sources or model versions left missing (as beat does)."""
+    from lenscat.db.session import session_scope
+    from lenscat.jobs import submit_and_wait
+    from lenscat.reprocess import build_missing_indexes, plan_reprocess, send
+
+    ensure_schema()
+    with session_scope() as s:
+        planned = plan_reprocess(session=s, dry_run=dry_run)
+    for p in planned:
+        click.echo(json.dumps(p.as_dict()) if as_json else
+                   f"{'would queue' if dry_run else 'queued'} {p.kind} {p.model}: {p.n_items} sources in {p.n_chunks} "
+                   f"chunks" + (f" (job {p.job_id})" if p.job_id else ""))
+    if not planned and not as_json:
+        click.echo("nothing to do: every latest encoder and classifier version is up to date")
+    if dry_run or not planned:
+        return
+    if not wait:
+        send(planned)
+        return
+    for p in planned:  # embeddings first: their scores are planned by the next run
+        assert p.job_id is not None
+        submit_and_wait(p.task, p.job_id, p.chunks, unit="src", desc=f"{p.kind} {p.model}", progress=not as_json)
+    with session_scope() as s:
+        for label in build_missing_indexes(session=s):
+            click.echo(f"built the HNSW index of {label}")
+
+
+def register(cli: click.Group) -> None:
+    """Attach these commands to the top-level group."""
+    for cmd in (labels, classifier, top_cmd, reprocess_cmd):
+        cli.add_command(cmd)

@@ -1,0 +1,969 @@
+"""Supervised lens classifiers on images: a ResNet encoder plus a linear head to one logit.
+
+Two ways to train an :class:`ImageClassifier` with :func:`train_image_classifier`:
+
+* **fine-tuning** a pre-trained (self-supervised) encoder, e.g. from
+  :func:`~lenscat.models.moco.train_moco` or :func:`~lenscat.models.checkpoint.load_encoder`:
+  encoder and head are trained together, the head at ``lr`` and the encoder at
+  ``lr * backbone_lr_factor`` (Stein et al. 2022: the head's rate 10x the backbone's;
+  ``backbone_lr_factor=0`` freezes the encoder, BatchNorm statistics included: a linear probe);
+* a **supervised CNN baseline**: the same architecture from random initialisation
+  (:func:`~lenscat.models.resnet.build_encoder`), everything at ``lr``.
+
+Lenses are rare (~1 in 10^3-10^4), so every training batch is drawn by :func:`lens_batches`:
+about ``lens_fraction`` (5 %) of it are lenses, sampled with replacement from the positives,
+the rest negatives taken in turn from successive random permutations. The classifier's bias is
+initialised to ``logit(lens_fraction)``. Its scores are therefore calibrated to that prior, not
+to the survey's: use them to rank.
+
+Training follows :func:`~lenscat.models.moco.train_moco`: Stein et al.'s augmentations
+(:class:`~lenscat.models.augment.Augmenter`) computed on the fly on the device, AdamW with a
+per-step cosine decay of every group's rate, binary cross-entropy (or the focal loss of Lin et
+al. 2017, ``(1 - p_t) ** gamma * BCE``), bfloat16 (else float16 + gradient scaling) autocast
+and channels-last memory on CUDA only, a background thread reading the next batch, a tqdm bar.
+On the CPU a given seed, data and thread count give bit-identical results; the global RNG is
+left untouched. Ctrl-C stops early and returns the model trained so far
+(``metrics['stop_reason'] == 'interrupted'``): the first one finishes the current step, a
+second one (or a :class:`KeyboardInterrupt` from anywhere else, e.g. the image source) stops at
+once.
+
+The network input is what the encoder inference path feeds an encoder: the classifier's
+:class:`~lenscat.models.preprocess.Preprocessing` (by default the backbone's own, i.e. its
+training crop and stretch) applied to nanomaggy cutouts; :meth:`ImageClassifier.prepare` does
+it, :func:`score_images` applies it before ``forward``.
+
+Checkpoints (:func:`save_classifier` / :func:`load_classifier`) are a ``torch.save`` of a plain
+dict, loadable with ``weights_only=True``, that rebuilds the classifier without any other file::
+
+    {'format_version': 1, 'kind': 'lenscat-image-classifier', 'backbone_arch': str,
+     'backbone_hparams': dict, 'output_dim': int, 'head': {'in_features': int,
+     'out_features': 1}, 'crop': int, 'preprocessing': dict, 'state_dict': {name: tensor},
+     'hparams': dict}
+
+``state_dict`` is the whole classifier's (``backbone.*`` and ``head.*``); ``hparams`` is the
+training record (``metrics['hparams']`` of :func:`train_image_classifier`). Files are written
+atomically and byte-reproducibly, like encoder checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from lenscat.errors import InputFileError, LenscatError
+from lenscat.models.augment import AugmentConfig, Augmenter
+from lenscat.models.checkpoint import _build_empty, _check_state_dict, _load, _plain, _sha256
+from lenscat.models.data import ArraySource, ImageSource, prefetch
+from lenscat.models.inference import best_device
+from lenscat.models.moco import _SigintStop
+from lenscat.models.preprocess import Preprocessing
+from lenscat.models.resnet import Encoder, build_encoder
+
+__all__ = [
+    "CLASSIFIER_FORMAT_VERSION",
+    "ImageClassifier",
+    "lens_batches",
+    "load_classifier",
+    "make_optimizer",
+    "roc_auc",
+    "save_classifier",
+    "score_images",
+    "train_image_classifier",
+]
+
+CLASSIFIER_FORMAT_VERSION = 1
+_KIND = "lenscat-image-classifier"
+_LOG_EVERY = 10  # steps between loss checks / progress updates (each one syncs with the GPU)
+
+
+class ImageClassifier(nn.Module):
+    """An encoder and a linear head to one logit: ``forward(x) -> (B,)`` lens logits.
+
+    Parameters
+    ----------
+    backbone : Encoder
+        Any encoder (``forward(B, C, H, W) -> (B, output_dim)``); used as given (not copied).
+    preprocessing : Preprocessing or dict, optional
+        How nanomaggy cutouts become network input; default ``backbone.preprocessing`` (the
+        crop and stretch the encoder was trained with), else the default preprocessing.
+
+    Attributes
+    ----------
+    backbone : Encoder
+        The encoder.
+    head : nn.Linear
+        ``Linear(backbone.output_dim, 1)``.
+    preprocessing : Preprocessing
+        Applied by :meth:`prepare` and :func:`score_images`; saved in checkpoints.
+    """
+
+    def __init__(
+        self,
+        backbone: Encoder,
+        *,
+        preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(int(backbone.output_dim), 1)
+        if preprocessing is None:
+            preprocessing = getattr(backbone, "preprocessing", None)
+        self.preprocessing = Preprocessing.from_dict(preprocessing)
+
+    @property
+    def crop(self) -> int:
+        """Side of the centre crop (pixels) of the network input."""
+        return self.preprocessing.crop
+
+    @property
+    def in_chans(self) -> int | None:
+        """Input bands of the backbone (``None`` when it does not say)."""
+        n = getattr(self.backbone, "in_chans", None)
+        return None if n is None else int(n)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """Network input ``(B, C, crop, crop)`` from nanomaggy cutouts ``(B, C, H, W)``.
+
+        NaN/inf to 0, centre crop, stretch and clip (:meth:`Preprocessing.apply_torch`), on the
+        images' device.
+        """
+        return self.preprocessing.apply_torch(images)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B,)`` of network input ``x`` (the output of :meth:`prepare`)."""
+        return self.head(self.backbone(x))[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# batches, loss, optimiser, metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _binary_labels(labels: np.ndarray, n: int, what: str = "labels") -> np.ndarray:
+    y = np.asarray(labels).reshape(-1)
+    if len(y) != n:
+        raise LenscatError(f"{len(y)} {what} for {n} images")
+    if y.dtype == bool:
+        return y.astype(np.float32)
+    if not np.issubdtype(y.dtype, np.number):
+        raise LenscatError(f"{what} must be 0/1 or booleans, got dtype {y.dtype}")
+    yf = y.astype(np.float64)
+    bad = ~((yf == 0) | (yf == 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise LenscatError(
+            f"{what} must be 0 (non-lens) or 1 (lens); {what}[{i}] is {y[i].item()!r}"
+        )
+    return yf.astype(np.float32)
+
+
+class _Cycler:
+    """Successive random permutations of ``indices``, taken ``k`` at a time."""
+
+    def __init__(self, indices: np.ndarray, rng: np.random.Generator) -> None:
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.rng = rng
+        self.order = rng.permutation(self.indices)
+        self.pos = 0
+
+    def take(self, k: int) -> np.ndarray:
+        parts = []
+        while k > 0:
+            if self.pos >= len(self.order):
+                self.order = self.rng.permutation(self.indices)
+                self.pos = 0
+            part = self.order[self.pos : self.pos + k]
+            self.pos += len(part)
+            k -= len(part)
+            parts.append(part)
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def lens_batches(
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    lens_fraction: float | None = 0.05,
+    rng: np.random.Generator | int | None = 0,
+) -> Iterator[np.ndarray]:
+    """Endless training batches of indices that oversample the lenses.
+
+    Parameters
+    ----------
+    labels : array, shape (N,)
+        1 (or ``True``) for lenses, 0 for non-lenses.
+    batch_size : int
+        Indices per batch.
+    lens_fraction : float or None
+        Expected fraction of lenses in a batch, in (0, 1): each batch holds ``floor(f B)`` or
+        ``floor(f B) + 1`` lenses (the latter with probability ``f B - floor(f B)``), drawn
+        with replacement from the positives; the rest are negatives taken in turn from
+        successive random permutations of all negatives. ``None``: no oversampling (batches
+        taken in turn from successive permutations of all images).
+    rng : numpy Generator or int or None
+        Source of randomness (an int seeds a new one).
+
+    Returns
+    -------
+    iterator of ndarray of int64, shape (batch_size,)
+        Endless; in each batch the lenses come first, then the non-lenses.
+
+    Raises
+    ------
+    LenscatError
+        Bad ``lens_fraction``/``batch_size``, or (with ``lens_fraction``) no lenses or no
+        non-lenses.
+    """
+    y = np.asarray(labels).reshape(-1)
+    if batch_size < 1:
+        raise LenscatError(f"batch_size must be positive, got {batch_size}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if lens_fraction is None:
+        if len(y) == 0:
+            raise LenscatError("no training labels")
+        return _plain_batches(_Cycler(np.arange(len(y)), gen), batch_size)
+    if not 0.0 < float(lens_fraction) < 1.0:
+        raise LenscatError(f"lens_fraction must be in (0, 1) or None, got {lens_fraction!r}")
+    pos = np.flatnonzero(y == 1)
+    neg = np.flatnonzero(y == 0)
+    if len(pos) == 0:
+        raise LenscatError("no lenses among the training labels (label 1)")
+    if len(neg) == 0:
+        raise LenscatError("no non-lenses among the training labels (label 0)")
+    return _oversampled_batches(pos, _Cycler(neg, gen), gen, batch_size, float(lens_fraction))
+
+
+def _plain_batches(every: _Cycler, batch_size: int) -> Iterator[np.ndarray]:
+    while True:
+        yield every.take(batch_size)
+
+
+def _oversampled_batches(
+    pos: np.ndarray, negatives: _Cycler, gen: np.random.Generator, batch_size: int, f: float
+) -> Iterator[np.ndarray]:
+    expected = f * batch_size
+    base, frac = int(math.floor(expected)), expected - math.floor(expected)
+    while True:
+        k = min(batch_size, base + int(gen.random() < frac))
+        lenses = pos[gen.integers(0, len(pos), size=k)]
+        yield np.concatenate([lenses, negatives.take(batch_size - k)])
+
+
+def _loss(logits: Tensor, targets: Tensor, gamma: float | None) -> Tensor:
+    """Mean BCE, or focal loss ``(1 - p_t) ** gamma * BCE``; float32."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    if gamma:
+        p_t = torch.exp(-bce)
+        bce = (1.0 - p_t).pow(gamma) * bce
+    return bce.mean()
+
+
+def make_optimizer(
+    model: ImageClassifier,
+    *,
+    lr: float,
+    backbone_lr_factor: float = 0.1,
+    weight_decay: float = 0.01,
+) -> torch.optim.AdamW:
+    """AdamW with a ``'head'`` group at ``lr`` and a ``'backbone'`` group at ``lr * factor``.
+
+    Every group carries ``name`` and ``base_lr`` (its rate before any schedule). With
+    ``backbone_lr_factor == 0`` there is no backbone group (the caller freezes it).
+
+    Raises
+    ------
+    LenscatError
+        ``lr`` not positive or ``backbone_lr_factor`` negative.
+    """
+    if not lr > 0:
+        raise LenscatError(f"lr must be positive, got {lr}")
+    if not backbone_lr_factor >= 0:
+        raise LenscatError(f"backbone_lr_factor must be >= 0, got {backbone_lr_factor}")
+    groups: list[dict[str, Any]] = [
+        {"params": list(model.head.parameters()), "lr": lr, "base_lr": lr, "name": "head"}
+    ]
+    if backbone_lr_factor > 0:
+        blr = lr * backbone_lr_factor
+        groups.append(
+            {"params": list(model.backbone.parameters()), "lr": blr, "base_lr": blr,
+             "name": "backbone"}
+        )
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN with one class only."""
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each value
+    rank_sum = float(avg_rank[inv][y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+# --------------------------------------------------------------------------------------------
+# devices and batched scoring
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    dev = torch.device(best_device() if device is None else device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LenscatError("device 'cuda' requested but no CUDA device is available")
+    return dev
+
+
+def _amp_dtype(cuda: bool) -> torch.dtype:
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _to_device(a: np.ndarray, dev: torch.device) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
+
+
+def _move(model: nn.Module, dev: torch.device) -> None:
+    if dev.type == "cuda":
+        model.to(dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    else:
+        model.to(dev)
+
+
+def _to_cpu(model: nn.Module) -> None:
+    model.to(device="cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in was:
+            m.training = training
+
+
+class _UniqueReads:
+    """An image source wrapper that reads each distinct index once per batch."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+        images = np.asarray(self.source.get(uniq), dtype=np.float32)
+        if images.ndim != 4 or images.shape[0] != len(uniq):
+            raise LenscatError(
+                f"image source returned shape {getattr(images, 'shape', None)} "
+                f"for {len(uniq)} indices"
+            )
+        return images[inv]
+
+    def ebv(self, indices: np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        if not hasattr(self.source, "ebv"):
+            return np.full(len(idx), np.nan, dtype=np.float32)
+        uniq, inv = np.unique(idx, return_inverse=True)
+        return np.asarray(self.source.ebv(uniq), dtype=np.float32).reshape(-1)[inv]
+
+
+def _as_source(images: ImageSource | np.ndarray, what: str) -> ImageSource:
+    if isinstance(images, np.ndarray):
+        return ArraySource(images)
+    if not isinstance(images, ImageSource):
+        raise LenscatError(
+            f"{what} must be an array (N, C, H, W) or an image source with __len__ and get()"
+        )
+    return images
+
+
+def _check_input(model: ImageClassifier, shape: tuple[int, ...], what: str = "images") -> None:
+    if len(shape) != 4:
+        raise LenscatError(f"{what} must be (N, C, H, W), got shape {tuple(shape)}")
+    chans = model.in_chans
+    if chans is not None and shape[1] != chans:
+        raise LenscatError(f"{what} have {shape[1]} band(s) but the classifier takes {chans}")
+    if shape[2] < model.crop or shape[3] < model.crop:
+        raise LenscatError(
+            f"{what} are {shape[2]}x{shape[3]} pixels, smaller than the classifier's "
+            f"{model.crop}-pixel crop"
+        )
+
+
+def _batch_logits(
+    model: ImageClassifier, batch: Tensor, dev: torch.device, amp: bool
+) -> Tensor:
+    x = model.prepare(batch)
+    cuda = dev.type == "cuda"
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(dev.type, dtype=_amp_dtype(cuda), enabled=amp and cuda):
+        return model(x).float()
+
+
+@torch.no_grad()
+def _predict_logits(
+    model: ImageClassifier,
+    images: ImageSource | np.ndarray | Tensor,
+    batch_size: int,
+    dev: torch.device,
+    amp: bool,
+    what: str = "images",
+) -> np.ndarray:
+    """Logits of every image, in order; ``model`` is already on ``dev``; eval mode inside."""
+    n = len(images)
+    out = np.empty(n, dtype=np.float32)
+    with _eval_mode(model):
+        if isinstance(images, np.ndarray | Tensor):
+            _check_input(model, tuple(images.shape), what)
+            for start in range(0, n, batch_size):
+                chunk = images[start : start + batch_size]
+                t = chunk.to(dev) if isinstance(chunk, Tensor) else _to_device(chunk, dev)
+                out[start : start + len(t)] = _batch_logits(model, t, dev, amp).cpu().numpy()
+        else:
+            batches = (np.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size))
+            for idx, arr, _ in prefetch(images, batches):
+                _check_input(model, tuple(arr.shape), what)
+                logits = _batch_logits(model, _to_device(arr, dev), dev, amp)
+                out[idx] = logits.cpu().numpy()
+    return out
+
+
+def score_images(
+    model: ImageClassifier,
+    images: np.ndarray | ImageSource,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    amp: bool = True,
+) -> np.ndarray:
+    """Lens probabilities of nanomaggy cutouts.
+
+    Runs without gradients in eval mode (BatchNorm running statistics: each score is
+    independent of its batch), applies ``model.preprocessing`` on the device, and on CUDA uses
+    channels-last memory and autocast. The model is moved to ``device`` (and left there); its
+    training/eval mode is restored on return.
+
+    Parameters
+    ----------
+    model : ImageClassifier
+        The classifier.
+    images : ndarray, shape (N, C, H, W), or ImageSource
+        Nanomaggy cutouts at least ``model.crop`` pixels on a side (an image source is read
+        one batch ahead on a thread).
+    batch_size : int
+        Images per forward pass.
+    device : str or torch.device, optional
+        Default :func:`~lenscat.models.inference.best_device`.
+    amp : bool
+        Autocast on CUDA (ignored on the CPU).
+
+    Returns
+    -------
+    ndarray, shape (N,), float32
+        ``sigmoid(logit)`` in [0, 1].
+    """
+    if batch_size < 1:
+        raise LenscatError(f"batch_size must be positive, got {batch_size}")
+    dev = _resolve_device(device)
+    if not isinstance(images, np.ndarray):
+        images = _as_source(images, "images")
+    _move(model, dev)
+    logits = _predict_logits(model, images, batch_size, dev, amp)
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+
+def _set_training(model: ImageClassifier, frozen_backbone: bool) -> None:
+    model.train()
+    if frozen_backbone:
+        model.backbone.eval()
+
+
+def train_image_classifier(
+    images: ImageSource | np.ndarray,
+    labels: np.ndarray,
+    *,
+    backbone: Encoder | None = None,
+    arch: str = "resnet-small",
+    encoder_hparams: Mapping[str, Any] | None = None,
+    epochs: int = 5,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    backbone_lr_factor: float = 0.1,
+    weight_decay: float = 0.01,
+    lens_fraction: float | None = 0.05,
+    crop: int | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    augment: bool | AugmentConfig | Mapping[str, Any] = True,
+    focal_gamma: float | None = None,
+    val_images: ImageSource | np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+    max_steps: int | None = None,
+) -> tuple[ImageClassifier, dict[str, Any]]:
+    """Train a lens classifier: fine-tune ``backbone``, or a CNN from scratch when it is None.
+
+    Parameters
+    ----------
+    images : ImageSource or ndarray, shape (N, C, H, W)
+        Training cutouts in nanomaggies (pre-crop, e.g. 152x152); an optional
+        ``images.ebv(indices)`` gives each object's ``E(B-V)`` for the reddening augmentation.
+    labels : array, shape (N,)
+        1 (or ``True``) for lenses, 0 for non-lenses; both classes must be present.
+    backbone : Encoder, optional
+        A pre-trained encoder to fine-tune (copied: the given one is not modified). ``None``:
+        the supervised baseline, ``build_encoder(arch, **encoder_hparams)`` from random
+        initialisation (``in_chans`` defaults to the images' band count).
+    arch : str
+        Architecture of the baseline (ignored when ``backbone`` is given).
+    encoder_hparams : mapping, optional
+        Options of :func:`~lenscat.models.resnet.build_encoder` for the baseline, e.g.
+        ``{'widths': [16, 32, 64, 64], 'output_dim': 32}`` for a tiny ``resnet-small``.
+    epochs : int
+        Each epoch is ``max(1, N // batch_size)`` steps.
+    batch_size : int
+        Images per step (at least 2: BatchNorm).
+    lr : float
+        AdamW learning rate of the head (and of everything for the baseline); every group's
+        rate decays to 0 along a per-step cosine.
+    backbone_lr_factor : float
+        Fine-tuning: the backbone learns at ``lr * backbone_lr_factor`` (0.1: Stein et al.'s
+        10x faster head); 0 freezes it (and its BatchNorm statistics). Ignored for the baseline.
+    weight_decay : float
+        AdamW's decoupled weight decay.
+    lens_fraction : float or None
+        Expected fraction of lenses per batch (see :func:`lens_batches`); ``None``: no
+        oversampling.
+    crop : int, optional
+        Side of the centre crop / augmented view. Default: the backbone's training crop
+        (``backbone.preprocessing.crop``) when fine-tuning, 96 (Stein et al.) for the baseline.
+    preprocessing : Preprocessing or mapping, optional
+        Stretch and crop of the network input. Default: the backbone's preprocessing when
+        fine-tuning, :class:`Preprocessing` defaults (arcsinh, DECaLS g, r, z scales) for the
+        baseline. ``crop`` (when given) overrides its crop.
+    augment : bool or AugmentConfig or mapping
+        ``True``: Stein et al.'s augmentations; ``False``: centre crop only; a config (or dict
+        of :class:`AugmentConfig` fields): those augmentations.
+    focal_gamma : float, optional
+        Use the focal loss with this ``gamma`` (> 0) instead of binary cross-entropy.
+    val_images, val_labels : optional
+        Validation cutouts (same forms as ``images``/``labels``); scored at the end of every
+        epoch (and after the last step when it is not one), without augmentation.
+    device : str or torch.device, optional
+        Default :func:`~lenscat.models.inference.best_device` (CUDA when available).
+    amp : bool
+        Autocast on CUDA (ignored on the CPU).
+    seed : int
+        Seeds the head (and baseline) initialisation, batches and augmentations.
+    progress : bool
+        Show a tqdm bar on stderr.
+    max_steps : int, optional
+        Stop after this many steps (the cosine spans ``min(epochs * steps_per_epoch,
+        max_steps)``).
+
+    Returns
+    -------
+    model : ImageClassifier
+        On the CPU, in eval mode (also after an interruption).
+    metrics : dict
+        ``mode`` ('fine-tune' or 'supervised'), ``steps``, ``steps_planned``,
+        ``steps_per_epoch``, ``epochs_completed``, ``final_loss`` (mean of the last 10 steps;
+        None before any), ``loss_history``, ``seconds``, ``images_per_s``, ``device``,
+        ``amp_dtype``, ``stop_reason`` ('completed', 'max_steps' or 'interrupted'),
+        ``interrupted``, ``lr_head``, ``lr_backbone``, ``param_groups`` (name, base lr and
+        parameter count of each optimiser group), ``lens_fraction_seen`` (lenses among all
+        training images drawn) and ``hparams`` (the training record, for
+        :func:`save_classifier`); with validation data also ``val_loss`` and ``val_auc`` (one
+        per validation, with the training loss function) and ``val_steps``.
+
+    Raises
+    ------
+    LenscatError
+        Bad options or labels, images that do not fit the backbone, or a non-finite loss.
+    """
+    dev = _resolve_device(device)
+    cuda = dev.type == "cuda"
+    source = _as_source(images, "images")
+    n = len(source)
+    if n < 1:
+        raise LenscatError("no training images")
+    y = _binary_labels(labels, n)
+    if batch_size < 2:
+        raise LenscatError(f"batch_size must be at least 2, got {batch_size}")
+    if epochs < 1:
+        raise LenscatError(f"epochs must be at least 1, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise LenscatError(f"max_steps must be at least 1, got {max_steps}")
+    if focal_gamma is not None and not focal_gamma >= 0:
+        raise LenscatError(f"focal_gamma must be >= 0, got {focal_gamma}")
+    if (val_images is None) != (val_labels is None):
+        raise LenscatError("give both val_images and val_labels, or neither")
+    val_source: ImageSource | None = None
+    y_val: np.ndarray | None = None
+    if val_images is not None and val_labels is not None:
+        val_source = _as_source(val_images, "val_images")
+        y_val = _binary_labels(val_labels, len(val_source), "val_labels")
+    # every batch must be possible before any work starts
+    batch_iter = lens_batches(y, batch_size, lens_fraction=lens_fraction, rng=seed)
+    first = next(batch_iter)
+
+    fine_tune = backbone is not None
+    probe = np.asarray(source.get(np.array([0], dtype=np.int64)))
+    if probe.ndim != 4:
+        raise LenscatError(f"image source returned shape {probe.shape} for one index")
+    bands = int(probe.shape[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if backbone is not None:
+            net = copy.deepcopy(backbone)
+            _to_cpu(net)
+            arch = str(getattr(net, "arch", type(net).__name__))
+            enc_hp = dict(getattr(net, "hparams", {}) or {})
+            base_pre = getattr(net, "preprocessing", None)
+        else:
+            enc_hp = dict(encoder_hparams or {})
+            enc_hp.setdefault("in_chans", bands)
+            net = build_encoder(arch, **enc_hp)
+            enc_hp = dict(net.hparams)
+            base_pre = None
+        pre = Preprocessing.from_dict(preprocessing if preprocessing is not None else base_pre)
+        if crop is not None:
+            pre = dataclasses.replace(pre, crop=int(crop))
+        model = ImageClassifier(net, preprocessing=pre)
+        prior = float(lens_fraction) if lens_fraction is not None else float(y.mean())
+        prior = min(max(prior, 1e-6), 1 - 1e-6)
+        nn.init.constant_(model.head.bias, math.log(prior / (1.0 - prior)))
+    _check_input(model, tuple(probe.shape))
+    if isinstance(augment, bool):
+        aug_cfg: AugmentConfig | None = AugmentConfig() if augment else None
+    else:
+        aug_cfg = AugmentConfig.from_dict(augment)
+    augmenter = Augmenter(aug_cfg, pre) if aug_cfg is not None else None
+    if augmenter is not None:
+        augmenter._check_bands(bands)
+
+    factor = float(backbone_lr_factor) if fine_tune else 1.0
+    frozen = fine_tune and factor == 0.0
+    if frozen:
+        model.backbone.requires_grad_(False)
+    opt = make_optimizer(model, lr=lr, backbone_lr_factor=factor, weight_decay=weight_decay)
+    _move(model, dev)
+    _set_training(model, frozen)
+
+    steps_per_epoch = max(1, n // batch_size)
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, int(max_steps))
+    amp_on = bool(amp) and cuda
+    amp_dtype = _amp_dtype(cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_on and amp_dtype == torch.float16)
+    gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    reader = _UniqueReads(source)
+    with_ebv = augmenter is not None and augmenter.config.reddening and hasattr(source, "ebv")
+
+    def batches() -> Iterator[np.ndarray]:
+        yield first
+        for _ in range(total - 1):
+            yield next(batch_iter)
+
+    hp_record: dict[str, Any] = {
+        "mode": "fine-tune" if fine_tune else "supervised",
+        "arch": arch,
+        "backbone_hparams": enc_hp,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "backbone_lr_factor": factor,
+        "weight_decay": weight_decay,
+        "lens_fraction": lens_fraction,
+        "crop": pre.crop,
+        "preprocess": pre.to_dict(),
+        "augment": aug_cfg.to_dict() if aug_cfg is not None else None,
+        "focal_gamma": focal_gamma,
+        "seed": seed,
+        "max_steps": max_steps,
+        "n_images": n,
+        "n_lenses": int(y.sum()),
+        "device": str(dev),
+        "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp_on else None,
+    }
+    val_loss: list[float] = []
+    val_auc: list[float] = []
+    val_steps: list[int] = []
+
+    def validate(at_step: int) -> None:
+        assert val_source is not None and y_val is not None
+        logits = _predict_logits(model, val_source, max(batch_size, 256), dev, amp, "val_images")
+        loss = _loss(torch.from_numpy(logits), torch.from_numpy(y_val), focal_gamma)
+        val_loss.append(float(loss))
+        val_auc.append(roc_auc(y_val, logits))
+        val_steps.append(at_step)
+
+    losses = torch.zeros(total, device=dev)
+    n_lens_seen = 0
+    step = 0
+    last_log = 0
+    stop_reason = "completed"
+    desc = f"{'fine-tune' if fine_tune else 'cnn'} {arch}"
+    bar = tqdm(total=total, disable=not progress, unit="step", desc=desc, leave=True)
+    t0 = time.perf_counter()
+    data = prefetch(reader, batches(), with_ebv=with_ebv)
+    try:
+        with _SigintStop() as sigint:
+            for idx, images_np, ebv_np in data:
+                mult = 0.5 * (1.0 + math.cos(math.pi * step / total))
+                for group in opt.param_groups:
+                    group["lr"] = group["base_lr"] * mult
+                x = _to_device(images_np, dev)
+                target = _to_device(y[idx], dev)
+                with torch.no_grad():
+                    if augmenter is not None:
+                        ebv = None if ebv_np is None else _to_device(ebv_np, dev)
+                        v = augmenter(x, ebv, generator=gen)
+                    else:
+                        v = pre.apply_torch(x)
+                    if cuda:
+                        v = v.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_on):
+                    logits = model(v)
+                loss = _loss(logits, target, focal_gamma)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                losses[step] = loss.detach()
+                n_lens_seen += int(y[idx].sum())
+                step += 1
+                bar.update(1)
+                epoch_end = step % steps_per_epoch == 0
+                if step % _LOG_EVERY == 0 or epoch_end or step == total:
+                    recent = float(losses[last_log:step].mean())
+                    last_log = step
+                    if not math.isfinite(recent):
+                        raise LenscatError(
+                            f"classifier training diverged (non-finite loss) by step {step}; "
+                            "lower the learning rate"
+                        )
+                    bar.set_postfix(loss=f"{recent:.4f}", lr=f"{lr * mult:.3g}")
+                if val_source is not None and (epoch_end or step == total):
+                    validate(step)
+                if sigint.requested:
+                    stop_reason = "interrupted"
+                    break
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    finally:
+        data.close()
+        bar.close()
+    if stop_reason == "completed" and step < epochs * steps_per_epoch:
+        stop_reason = "max_steps"
+    if cuda:
+        torch.cuda.synchronize(dev)
+    elapsed = time.perf_counter() - t0
+    if frozen:
+        model.backbone.requires_grad_(True)
+    _to_cpu(model)
+    model.eval()
+    history = losses[:step].tolist()
+    hp_record["steps"] = step
+    metrics: dict[str, Any] = {
+        "mode": hp_record["mode"],
+        "steps": step,
+        "steps_planned": total,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs_completed": step // steps_per_epoch,
+        "final_loss": float(np.mean(history[-10:])) if history else None,
+        "loss_history": history,
+        "seconds": elapsed,
+        "images_per_s": step * batch_size / max(elapsed, 1e-9),
+        "device": str(dev),
+        "amp_dtype": hp_record["amp_dtype"],
+        "stop_reason": stop_reason,
+        "interrupted": stop_reason == "interrupted",
+        "lr_head": lr,
+        "lr_backbone": 0.0 if frozen else lr * factor,
+        "param_groups": [
+            {"name": g["name"], "lr": g["base_lr"],
+             "n_params": int(sum(p.numel() for p in g["params"]))}
+            for g in opt.param_groups
+        ],
+        "lens_fraction_seen": n_lens_seen / max(1, step * batch_size),
+        "hparams": hp_record,
+    }
+    if val_source is not None:
+        metrics.update(val_loss=val_loss, val_auc=val_auc, val_steps=val_steps)
+    return model, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def save_classifier(
+    model: ImageClassifier, path: str | Path, *, hparams: Mapping[str, Any]
+) -> str:
+    """Write a classifier checkpoint (format in the module docstring).
+
+    Parameters
+    ----------
+    model : ImageClassifier
+        The classifier (any device; saved as CPU tensors). Its backbone must carry ``arch``
+        and ``hparams`` (every encoder from :func:`~lenscat.models.resnet.build_encoder`,
+        :func:`~lenscat.models.checkpoint.load_encoder` or the torchvision import does).
+    path : str or Path
+        Destination; parent directories are created; an existing file is replaced atomically.
+    hparams : mapping
+        Training record (e.g. ``metrics['hparams']``); plain Python / NumPy values.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest of the written file.
+
+    Raises
+    ------
+    LenscatError
+        The backbone cannot be rebuilt from its ``arch``/``hparams``, or unstorable metadata.
+    """
+    path = Path(path)
+    bb = model.backbone
+    arch = getattr(bb, "arch", None)
+    if not isinstance(arch, str):
+        raise LenscatError(f"{path}: the backbone has no 'arch'; build it with build_encoder")
+    bhp = _plain(dict(getattr(bb, "hparams", {}) or {}), f"{path}: backbone hparams")
+    try:
+        with torch.device("meta"):
+            ref = build_encoder(arch, **bhp)
+    except LenscatError as exc:
+        raise LenscatError(f"{path}: {exc}") from None
+    sd, rsd = bb.state_dict(), ref.state_dict()
+    if set(sd) != set(rsd) or any(tuple(sd[k].shape) != tuple(rsd[k].shape) for k in sd):
+        raise LenscatError(f"{path}: the backbone does not match arch {arch!r} with {bhp}")
+    head = model.head
+    obj = {
+        "format_version": CLASSIFIER_FORMAT_VERSION,
+        "kind": _KIND,
+        "backbone_arch": arch,
+        "backbone_hparams": bhp,
+        "output_dim": int(ref.output_dim),
+        "head": {"in_features": int(head.in_features), "out_features": int(head.out_features)},
+        "crop": int(model.crop),
+        "preprocessing": model.preprocessing.to_dict(),
+        "state_dict": {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+        },
+        "hparams": _plain(dict(hparams), f"{path}: hparams"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:  # a file object: fixed inner archive name, reproducible bytes
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _sha256(path)
+
+
+def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
+    """Load a classifier checkpoint written by :func:`save_classifier` (``weights_only=True``).
+
+    Returns
+    -------
+    model : ImageClassifier
+        On the CPU, in eval mode, with its preprocessing (also set on the backbone).
+    meta : dict
+        ``format_version``, ``arch`` (the backbone's), ``backbone_hparams``, ``output_dim``,
+        ``crop``, ``preprocessing`` (dict), ``hparams`` (training record), ``path``,
+        ``sha256``.
+
+    Raises
+    ------
+    LenscatError
+        Missing/unreadable file, not a classifier checkpoint, or weights that do not fit.
+    """
+    path = Path(path)
+    obj = _load(path)
+    if not isinstance(obj, Mapping) or obj.get("kind") != _KIND:
+        hint = ""
+        if isinstance(obj, Mapping) and "arch" in obj and "state_dict" in obj:
+            hint = " (it is an encoder checkpoint: use load_encoder)"
+        raise InputFileError(f"{path}: not a lenscat image-classifier checkpoint{hint}")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > CLASSIFIER_FORMAT_VERSION:
+        raise InputFileError(
+            f"{path}: classifier format version {version!r} is not supported "
+            f"(this lenscat reads up to {CLASSIFIER_FORMAT_VERSION})"
+        )
+    arch = str(obj.get("backbone_arch"))
+    bhp = dict(obj.get("backbone_hparams") or {})
+    try:
+        backbone = _build_empty(arch, bhp)
+        pre = Preprocessing.from_dict(obj.get("preprocessing"))
+    except LenscatError as exc:
+        raise InputFileError(f"{path}: {exc}") from None
+    sd_all = obj.get("state_dict")
+    if not isinstance(sd_all, Mapping):
+        raise InputFileError(f"{path}: no state_dict")
+    bsd = {k[len("backbone.") :]: v for k, v in sd_all.items()
+           if isinstance(v, Tensor) and k.startswith("backbone.")}
+    hsd = {k[len("head.") :]: v for k, v in sd_all.items()
+           if isinstance(v, Tensor) and k.startswith("head.")}
+    other = sorted(k for k in sd_all if not k.startswith(("backbone.", "head.")))
+    if other:
+        raise InputFileError(f"{path}: unexpected state_dict key(s) {', '.join(other[:4])}")
+    _check_state_dict(bsd, backbone, path, expected_name=f"{arch} {bhp}")
+    with torch.device("meta"):
+        model = ImageClassifier(backbone, preprocessing=pre)  # head on meta: no RNG draws
+    model.head.to_empty(device="cpu")
+    want = {k: tuple(v.shape) for k, v in model.head.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in hsd.items()}
+    if have != want:
+        raise InputFileError(f"{path}: head weights {have} do not fit Linear {want}")
+    if not all(bool(torch.isfinite(v).all()) for v in hsd.values()):
+        raise InputFileError(f"{path}: non-finite values in the head")
+    backbone.load_state_dict(bsd, strict=False)
+    model.head.load_state_dict(hsd)
+    backbone.preprocessing = pre
+    model.eval()
+    meta = {
+        "format_version": version,
+        "arch": arch,
+        "backbone_hparams": bhp,
+        "output_dim": int(backbone.output_dim),
+        "crop": pre.crop,
+        "preprocessing": pre.to_dict(),
+        "hparams": dict(obj.get("hparams") or {}),
+        "path": str(path),
+        "sha256": _sha256(path),
+    }
+    return model, meta

@@ -1,0 +1,130 @@
+"""Scheduled re-processing: queue whatever new sources, embeddings or model versions left missing.
+
+For the latest version of every encoder that can run (not a set of precomputed vectors) it plans
+the embeddings still missing, and for the latest version of every classifier the scores still
+missing (a new classifier version has none, so it is scored in full; new embeddings make their
+sources scorable). Sources already in a queued or running chunk of the same model are left out,
+so a tick that comes while work is under way queues nothing twice, and one advisory lock keeps
+two planners (Celery beat and ``lenscat reprocess``) from racing. Planning is one transaction;
+the chunks are sent to the workers after it commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lenscat.registry import get_model
+
+LOCK_KEY = "lenscat.reprocess"
+
+
+@dataclass
+class Planned:
+    """One job queued (or, in a dry run, that would be)."""
+
+    kind: str
+    model: str
+    job_id: int | None
+    n_items: int
+    n_chunks: int
+    chunks: list[int]
+
+    @property
+    def task(self) -> str:
+        """Celery task that runs a chunk of this job."""
+        return "lenscat.embed_chunk" if self.kind == "embed" else "lenscat.score_chunk"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for output."""
+        return {"kind": self.kind, "model": self.model, "job_id": self.job_id, "items": self.n_items,
+                "chunks": self.n_chunks}
+
+
+def _latest(kind: str, session: Session) -> list[int]:
+    return [int(x) for x in session.execute(
+        text("SELECT DISTINCT ON (name) model_id FROM lenscat.model_versions WHERE kind = :k "
+             "ORDER BY name, version DESC"), {"k": kind}).scalars()]
+
+
+def _count(sql: str, session: Session) -> int:
+    return int(session.execute(text(f"SELECT count(*) FROM ({sql}) q")).scalar_one())
+
+
+def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int = 1024,
+                   score_chunk: int = 20_000) -> list[Planned]:
+    """Plan the missing embeddings and scores of the latest model versions.
+
+    Parameters
+    ----------
+    session
+        Database session; the caller commits, then sends ``Planned.chunks`` with ``Planned.task``.
+    dry_run
+        Count what would be queued, create no job.
+    embed_chunk, score_chunk
+        Sources per task.
+    """
+    from lenscat.classifier import missing_scores_sql, plan_score_job
+    from lenscat.embedding import _missing_sql, plan_embed_job
+    from lenscat.jobs import outside_open_chunks, pending_chunks
+
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LOCK_KEY})
+    out: list[Planned] = []
+    for mid in _latest("encoder", session):
+        enc = get_model("encoder", mid, session=session)
+        if enc.origin == "external":
+            continue
+        n = _count(outside_open_chunks(_missing_sql(enc.model_id, False), "embed", enc.model_id), session)
+        if n == 0:
+            continue
+        if dry_run:
+            out.append(Planned("embed", enc.label, None, n, -(-n // embed_chunk), []))
+            continue
+        job = plan_embed_job(enc.label, chunk_size=embed_chunk, exclude_open=True, session=session)
+        out.append(Planned("embed", enc.label, job.job_id, job.n_items, job.n_chunks,
+                           pending_chunks(job.job_id, session=session)))
+    for mid in _latest("classifier", session):
+        clf = get_model("classifier", mid, session=session)
+        n = _count(outside_open_chunks(missing_scores_sql(clf), "score", clf.model_id), session)
+        if n == 0:
+            continue
+        if dry_run:
+            out.append(Planned("score", clf.label, None, n, -(-n // score_chunk), []))
+            continue
+        sj = plan_score_job(clf, chunk_size=score_chunk, reason="reprocess", exclude_open=True, session=session)
+        out.append(Planned("score", clf.label, sj.job_id, sj.n_items, sj.n_chunks,
+                           pending_chunks(sj.job_id, session=session)))
+    return out
+
+
+def build_missing_indexes(*, session: Session) -> list[str]:
+    """Build the HNSW index of every latest encoder that has vectors, no index and no open embed job."""
+    from lenscat.vectors import ensure_hnsw_index, has_hnsw_index
+
+    built = []
+    for mid in _latest("encoder", session):
+        enc = get_model("encoder", mid, session=session)
+        busy = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.jobs WHERE kind = 'embed' "
+                                    "AND model_id = :m AND status IN ('queued', 'running'))"), {"m": mid}).scalar()
+        has_vectors = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.embeddings WHERE model_id = :m)"),
+                                      {"m": mid}).scalar()
+        if has_vectors and not busy and not has_hnsw_index(enc, session=session):
+            ensure_hnsw_index(enc, session=session)
+            built.append(enc.label)
+    return built
+
+
+def send(planned: list[Planned]) -> int:
+    """Send every planned chunk to the workers; returns the number of tasks sent."""
+    from lenscat.tasks.app import get_app
+
+    app = get_app()
+    n = 0
+    for p in planned:
+        for c in p.chunks:
+            app.send_task(p.task, args=[p.job_id, c])
+            n += 1
+    return n

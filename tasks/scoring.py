@@ -1,0 +1,51 @@
+"""Scoring and re-processing tasks: one Celery task per chunk of sources; a periodic planner (beat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lenscat.db.session import session_scope
+from lenscat.tasks.app import get_app
+from sqlalchemy.exc import OperationalError
+
+from lenscat.classifier import score_chunk
+from lenscat.errors import LenscatError
+from lenscat.jobs import fail_chunk, start_chunk
+
+app = get_app()
+
+
+@app.task(name="lenscat.score_chunk", acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def score_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
+    """Score chunk ``chunk_no`` of job ``job_id``; safe to run twice (a done chunk is skipped).
+
+    Scores and the chunk's ``done`` mark commit together; a redelivered chunk writes only the
+    scores still missing.
+    """
+    with session_scope() as session:
+        started = start_chunk(job_id, chunk_no, session=session)
+    if started is None:
+        return {"job_id": job_id, "chunk_no": chunk_no, "skipped": True}
+    lo, hi, _ = started
+    try:
+        with session_scope() as session:
+            n = score_chunk(job_id, chunk_no, lo, hi, session=session)
+    except LenscatError as exc:  # permanent (missing checkpoint, bad scores): do not retry
+        with session_scope() as session:
+            fail_chunk(job_id, chunk_no, str(exc), session=session)
+        raise
+    return {"job_id": job_id, "chunk_no": chunk_no, "written": n}
+
+
+@app.task(name="lenscat.reprocess", acks_late=True, ignore_result=True, autoretry_for=(OperationalError,),
+          retry_backoff=True, max_retries=3)
+def reprocess_task() -> dict[str, Any]:
+    """Plan and queue the missing embeddings and scores of the latest model versions (Celery beat)."""
+    from lenscat.reprocess import build_missing_indexes, plan_reprocess, send
+
+    with session_scope() as session:
+        planned = plan_reprocess(session=session)
+    with session_scope() as session:
+        built = build_missing_indexes(session=session)
+    return {"jobs": [p.as_dict() for p in planned], "tasks_sent": send(planned), "indexes_built": built}

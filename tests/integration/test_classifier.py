@@ -1,0 +1,203 @@
+"""Labels, the linear probe, scores, top-N, evaluation, provenance and re-processing (in-process)."""
+
+from __future__ import annotations
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.table import Table
+from sqlalchemy import text
+
+from lenscat.classifier import plan_score_job, score_chunk, train_linear_classifier
+from lenscat.errors import LenscatError
+from lenscat.jobs import pending_chunks, start_chunk
+from lenscat.labels import import_labels, label_counts, labels_from_crossmatch, resolve_labels
+from lenscat.ranking import evaluate_classifier, top_candidates
+from lenscat.registry import get_model, register_model
+from lenscat.reprocess import plan_reprocess
+from lenscat.surveys import ensure_survey
+from lenscat.vectors import read_embeddings, upsert_embeddings
+
+DIM = 32
+
+
+def _sources(session, survey, n, seed, *, ra0=150.0):
+    rng = np.random.default_rng(seed)
+    sv = ensure_survey(survey, ["g", "r", "z"], session=session)
+    ra, dec = rng.uniform(ra0, ra0 + 2, n), rng.uniform(1, 3, n)
+    mag = rng.uniform(17, 22, n)
+    start = session.execute(text("SELECT count(*) FROM lenscat.sources WHERE survey_id = :s"),
+                            {"s": sv.survey_id}).scalar()
+    ids = np.array(session.execute(text(
+        "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
+        "SELECT :sv, 'o' || (i + :start), r, d, ARRAY[m + 1, m, m - 0.5]::real[] "
+        "FROM unnest(CAST(:ra AS float8[]), CAST(:dec AS float8[]), CAST(:m AS float8[])) "
+        "WITH ORDINALITY AS t(r, d, m, i) ORDER BY i RETURNING source_id"),
+        {"sv": sv.survey_id, "ra": ra.tolist(), "dec": dec.tolist(), "m": mag.tolist(), "start": int(start)}
+    ).scalars().all())
+    return ids, ra, dec
+
+
+def _vectors(n, lens, seed):
+    """Galaxy-like embeddings in a few clusters; lenses sit off to one side (a 'lens direction')."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(6, DIM))
+    v = centres[rng.integers(0, 6, n)] + 0.6 * rng.normal(size=(n, DIM))
+    direction = np.zeros(DIM)
+    direction[0] = 1.0
+    v[lens] += 2.5 * direction
+    return v
+
+
+def _world(session, tmp_path, n=4000, n_lens=40, seed=0):
+    ids, ra, dec = _sources(session, "clf-sim", n, seed)
+    rng = np.random.default_rng(seed + 1)
+    lens = np.zeros(n, bool)
+    lens[rng.choice(n, n_lens, replace=False)] = True
+    enc, _ = register_model("encoder", "clf-enc", architecture="external", output_dim=DIM, checkpoint_path=None,
+                            checkpoint_sha256="c" * 64, origin="external", session=session)
+    upsert_embeddings(enc, ids, _vectors(n, lens, seed), session=session)
+    truth = tmp_path / "truth.ecsv"
+    Table({"objid": [f"o{i + 1}" for i in range(n)], "is_lens": lens.astype(int)}).write(truth)
+    summary = import_labels(truth, label_col="is_lens", survey="clf-sim", origin="simulation", session=session)
+    assert (summary.n_positive, summary.n_negative, summary.rejects) == (n_lens, n - n_lens, [])
+    return enc, ids, lens
+
+
+def _score_all(name, session):
+    job = plan_score_job(name, chunk_size=1500, session=session)
+    for c in pending_chunks(job.job_id, session=session):
+        lo, hi, _ = start_chunk(job.job_id, c, session=session)
+        score_chunk(job.job_id, c, lo, hi, session=session)
+    return job
+
+
+def test_read_embeddings_in_bulk_matches_what_was_written(session):
+    ids, _, _ = _sources(session, "bulk", 300, 3)
+    enc, _ = register_model("encoder", "bulk-enc", architecture="external", output_dim=DIM, checkpoint_path=None,
+                            checkpoint_sha256="b" * 64, origin="external", session=session)
+    v = np.random.default_rng(0).normal(size=(300, DIM))
+    upsert_embeddings(enc, ids, v, session=session)
+    got, vec = read_embeddings(enc, session=session)
+    assert np.array_equal(got, np.sort(ids)) and vec.shape == (300, DIM)
+    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
+    np.testing.assert_allclose(vec[np.searchsorted(got, ids)], unit, atol=2e-3)  # halfvec precision
+    some, vs = read_embeddings(enc, source_ids=ids[[5, 3, 3]], session=session)
+    assert list(some) == sorted([ids[5], ids[3]]) and vs.shape == (2, DIM)
+    rng_ids, _ = read_embeddings(enc, id_range=(int(ids[10]), int(ids[19])), session=session)
+    assert list(rng_ids) == list(ids[10:20])
+
+
+def test_train_score_top_evaluate_with_provenance(session, tmp_path):
+    enc, ids, lens = _world(session, tmp_path)
+    res = train_linear_classifier("probe", "clf-enc", session=session, ratio=40, val_ratio=1000, seed=1)
+    model = res.model
+    assert res.created and model.architecture == "linear" and model.parent_model_id == enc.model_id
+    assert res.report["train_lenses"] == 24 and res.report["val_lenses"] == 8  # 8 more held out for testing
+    assert res.report["train_nonlenses"] + res.report["val_nonlenses"] <= (4000 - 40) // 2
+    assert res.report["notes"]  # 1:1000 validation does not fit in 4,000 sources: both ratios scaled
+    assert model.training_set_sha256 and len(model.training_set_sha256) == 64
+    assert 1 <= res.report["epoch_kept"] <= 30
+    # same labels, embeddings and options: the same checkpoint, no new version
+    again = train_linear_classifier("probe", "clf-enc", session=session, ratio=40, val_ratio=1000, seed=1)
+    assert not again.created and again.model.model_id == model.model_id
+    # scores for every embedded source, idempotently
+    job = _score_all("probe", session)
+    assert job.n_items == 4000
+    assert session.execute(text("SELECT count(*) FROM lenscat.scores WHERE model_id = :m"),
+                           {"m": model.model_id}).scalar() == 4000
+    assert plan_score_job("probe", session=session).n_items == 0
+    # provenance: score -> classifier -> encoder, through the documented views
+    row = session.execute(text(
+        "SELECT s.classifier, s.classifier_version, s.encoder, c.training_set_sha256, c.hparams->>'ratio' "
+        "FROM public.scores s JOIN public.classifiers c ON c.classifier_id = s.classifier_id LIMIT 1")).one()
+    assert row[:3] == ("probe", 1, "clf-enc@1") and row[3] == model.training_set_sha256 and float(row[4]) == 40
+    # the top of the ranking is mostly lenses; the query reads the index
+    top = top_candidates("probe", 40, session=session)
+    assert len(top) == 40 and np.all(np.diff(top["score"]) <= 0) and list(top["rank"]) == list(range(1, 41))
+    lens_ids = set(ids[lens].tolist())
+    assert np.mean([int(s) in lens_ids for s in top["source_id"]]) > 0.7
+    session.execute(text("ANALYZE lenscat.scores"))  # as `lenscat classifier score` does after a job
+    plan = "\n".join(session.execute(text(
+        f"EXPLAIN SELECT source_id, score FROM lenscat.scores WHERE model_id = {model.model_id} "
+        "ORDER BY score DESC, source_id LIMIT 100")).scalars())
+    assert "ix_scores_model_score" in plan and "Sort" not in plan.split("Index")[0]
+    assert len(top_candidates("probe", 10, min_score=0.999999, session=session)) <= 10
+    not_labelled = top_candidates("probe", 10, exclude_labelled=True, session=session)
+    assert len(not_labelled) == 0  # every source carries a simulation label
+    # evaluation leaves the training and validation sources out
+    ev = evaluate_classifier("probe", session=session, top_n=[8, 40], plots=tmp_path / "plots")
+    m = ev["models"]["probe@1"]
+    n_seen = res.report["train_lenses"] + res.report["train_nonlenses"] + res.report["val_lenses"] + \
+        res.report["val_nonlenses"]
+    assert ev["n_eval"] == 4000 - n_seen and ev["excluded_training_sources"] == n_seen
+    assert m["auc"] > 0.95 and 0 <= m["tpr0"] <= m["tpr10"] <= 1
+    assert [t["n"] for t in m["top_n"]] == [8, 40]
+    assert len(ev["plots"]) == 3 and all((tmp_path / "plots").glob("*.png"))
+
+
+def test_new_version_and_new_sources_are_reprocessed_once(session, tmp_path):
+    enc, ids, lens = _world(session, tmp_path, n=1500, n_lens=20, seed=5)
+    train_linear_classifier("probe2", "clf-enc", session=session, ratio=20, val_ratio=200, seed=0)
+    planned = plan_reprocess(session=session)
+    assert [(p.kind, p.model, p.n_items) for p in planned] == [("score", "probe2@1", 1500)]
+    # a second run while that job is queued plans nothing (never the same work twice)
+    assert plan_reprocess(session=session) == []
+    job_id = planned[0].job_id
+    for c in planned[0].chunks:
+        lo, hi, _ = start_chunk(job_id, c, session=session)
+        score_chunk(job_id, c, lo, hi, session=session)
+    # new sources with embeddings: only they are queued
+    new_ids, _, _ = _sources(session, "clf-sim", 100, 9, ra0=160.0)
+    upsert_embeddings(enc, new_ids, np.random.default_rng(1).normal(size=(100, DIM)), session=session)
+    dry = plan_reprocess(session=session, dry_run=True)
+    assert [(p.kind, p.n_items, p.job_id) for p in dry] == [("score", 100, None)]
+    planned = plan_reprocess(session=session)
+    assert [(p.model, p.n_items) for p in planned] == [("probe2@1", 100)]
+    # a new classifier version has no scores: scored in full, the old version is left alone
+    train_linear_classifier("probe2", "clf-enc", session=session, ratio=20, val_ratio=200, seed=3)
+    planned = plan_reprocess(session=session)
+    assert [(p.model, p.n_items) for p in planned] == [("probe2@2", 1600)]
+
+
+def test_labels_from_crossmatch_and_positions_with_rejects(session, tmp_path):
+    from lenscat.crossmatch import crossmatch_catalog
+    from lenscat.literature import LiteratureColumns, prepare_literature, write_literature
+
+    ids, ra, dec = _sources(session, "lab", 500, 11)
+    cat = tmp_path / "lenses.csv"
+    Table({"name": ["L1", "L2", "FAR"], "ra": [ra[0] + 1e-4, ra[1], 10.0], "dec": [dec[0], dec[1] - 2e-4, 10.0]}
+          ).write(cat, format="ascii.csv")
+    write_literature(prepare_literature(cat, "mini", LiteratureColumns()), session=session)
+    crossmatch_catalog("mini", 5 * u.arcsec, session=session)
+    s = labels_from_crossmatch("mini", session=session)
+    assert (s.n_positive, s.n_written) == (2, 2)
+    assert labels_from_crossmatch("mini", session=session).n_written == 0  # idempotent
+    assert resolve_labels(session=session) == {int(ids[0]): 1, int(ids[1]): 1}
+    # a table matched by position: one bad label, one position with no source, one duplicate match
+    tab = tmp_path / "grades.csv"
+    Table({"RA": [ra[2], ra[3], 11.0, ra[2] + 1e-5, ra[0]], "DEC": [dec[2], dec[3], 11.0, dec[2], dec[0]],
+           "verdict": ["no", "maybe", "yes", "no", "no"]}).write(tab, format="ascii.csv")
+    imp = import_labels(tab, label_col="verdict", ra_col="RA", dec_col="DEC", radius=1 * u.arcsec, session=session)
+    reasons = dict(imp.rejects)
+    assert set(reasons) == {2, 3, 4}
+    assert "cannot read 'maybe'" in reasons[2] and "no source within 1 arcsec" in reasons[3]
+    assert "already labelled by an earlier row" in reasons[4]
+    assert (imp.n_positive, imp.n_negative) == (0, 2)
+    # the imported verdict outranks the literature list for source 0; both rows are kept
+    assert resolve_labels(session=session)[int(ids[0])] == 0
+    assert {(r["origin"], r["positive"], r["negative"]) for r in label_counts(session=session)} == {
+        ("literature", 2, 0), ("import", 0, 2)}
+    with pytest.raises(LenscatError, match="no column 'grade'"):
+        import_labels(tab, label_col="grade", ra_col="RA", dec_col="DEC", session=session)
+
+
+def test_too_few_labels_is_a_clear_error(session, tmp_path):
+    ids, _, _ = _sources(session, "few", 50, 2)
+    enc, _ = register_model("encoder", "few-enc", architecture="external", output_dim=DIM, checkpoint_path=None,
+                            checkpoint_sha256="d" * 64, origin="external", session=session)
+    upsert_embeddings(enc, ids, np.random.default_rng(0).normal(size=(50, DIM)), session=session)
+    with pytest.raises(LenscatError, match="0 labelled lens"):
+        train_linear_classifier("nope", "few-enc", session=session)
+    with pytest.raises(LenscatError, match="no classifier 'nope'"):
+        get_model("classifier", "nope", session=session)
