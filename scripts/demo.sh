@@ -96,4 +96,31 @@ PS1=tests/data/images/ps1_sled_lenses/SDSSJ1430_6104_PS1
 lenscat similar --encoder demo-moco --image "${PS1}_g.fits" --image "${PS1}_r.fits" \
     --image "${PS1}_z.fits" -k 5 --mag-window 0
 
-step "Done. Explore with: lenscat sql \"SELECT * FROM embeddings LIMIT 5\" --format json"
+step "16. Labels: the simulation truth of the imaging survey (and the literature lenses of the catalogue)"
+lenscat labels import "$OUT/sim_survey.h5" --label-col is_lens --survey demo-images --origin simulation
+lenscat labels from-crossmatch --catalog lenscat-1.1.3
+lenscat labels list
+
+step "17. Linear probe on the embeddings (L-BFGS; 1:4000 asked for, the survey is smaller) and a CNN baseline"
+lenscat classifier train --name demo-probe --encoder demo-moco --survey demo-images --labels simulation \
+    --ratio 4000 --val-ratio 10000 --test-fraction 0.4
+lenscat classifier train --name demo-cnn --arch cnn --survey demo-images --labels simulation \
+    --ratio 100 --test-fraction 0.4 --crop 48 --epochs 2 --max-steps 300
+lenscat classifier list
+
+step "18. Score the survey with Celery workers (a re-run finds nothing missing)"
+lenscat classifier score --name demo-probe --chunk-size 500
+lenscat classifier score --name demo-cnn --chunk-size 500
+lenscat classifier score --name demo-probe
+
+step "19. The top 15 candidates for inspection (index scan on the scores)"
+lenscat top --classifier demo-probe -n 15
+
+step "20. Science check: the ranking on sources no model trained on, linear probe vs supervised CNN"
+lenscat classifier evaluate --name demo-probe --baseline demo-cnn --survey demo-images --labels simulation \
+    --top-n 20,100 --plots "$OUT/evaluation"
+
+step "21. Scheduled re-processing (Celery beat runs the same every 5 minutes): nothing is stale now"
+lenscat reprocess
+
+step "Done. Explore with: lenscat sql \"SELECT * FROM scores ORDER BY score DESC LIMIT 5\" --format json"

@@ -50,9 +50,9 @@ def _cli(env, *args, timeout=300):
     return res.stdout
 
 
-def _worker(env, name):
+def _worker(env, name, extra=()):
     return subprocess.Popen([sys.executable, "-m", "lenscat.cli", "worker", "--concurrency", "1",
-                             "--hostname", f"{name}@%h", "--loglevel", "WARNING"],
+                             "--hostname", f"{name}@%h", "--loglevel", "WARNING", *extra],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
