@@ -305,12 +305,13 @@ def jobs_show_cmd(job_id: int, wait: bool) -> None:
 @click.option("--exclude-radius", default="25arcsec", show_default=True,
               help="Drop results this close to the query or to a better-ranked result ('0' keeps all).")
 @click.option("--exclude-known", is_flag=True, help="Drop sources matched to literature lenses.")
+@click.option("--exclude-labelled", is_flag=True, help="Drop sources already graded or labelled (lenscat labels).")
 @click.option("--device", default=None, help="Torch device for --image queries.")
 @FORMAT_OPTION
 def similar_cmd(encoder_name: str, source_id: int | None, ra: str | None, dec: str | None, images: tuple[Path, ...],
                 k: int, mag_window: float, mag_band: str, query_mag: float | None, surveys: tuple[str, ...],
                 region: tuple[str, str, str] | None, exclude_radius: str, exclude_known: bool,
-                device: str | None, fmt: str) -> None:
+                exclude_labelled: bool, device: str | None, fmt: str) -> None:
     """The k sources most similar to a source, a position or an image ("more like this lens")."""
     import astropy.units as u
 
@@ -341,7 +342,8 @@ def similar_cmd(encoder_name: str, source_id: int | None, ra: str | None, dec: s
         table = similar(q, encoder=model, k=k, session=s,
                         mag_window=mag_window * u.mag if mag_window > 0 else None, mag_band=mag_band,
                         surveys=list(surveys) or None, region=reg,
-                        exclude_radius=xr if xr.value > 0 else None, exclude_known=exclude_known)
+                        exclude_radius=xr if xr.value > 0 else None, exclude_known=exclude_known,
+                        exclude_labelled=exclude_labelled)
     if fmt == "table":
         _err(f"query: {q.description}; encoder {model.label}; {len(table)} of k={k}")
     write_table(table, fmt, sys.stdout)

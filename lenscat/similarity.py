@@ -156,6 +156,7 @@ def similar(
     region: tuple[SkyCoord, u.Quantity] | None = None,
     exclude_radius: u.Quantity | None = 25 * u.arcsec,
     exclude_known: bool = False,
+    exclude_labelled: bool = False,
 ) -> Table:
     """The k sources most similar to ``query`` under an encoder, after filters.
 
@@ -182,6 +183,8 @@ def similar(
         Drop results within this of the query position or of a better-ranked result (None: keep).
     exclude_known
         Drop sources matched to any literature lens (``lenscat crossmatch``).
+    exclude_labelled
+        Drop sources that already carry a label (graded, listed or simulated; ``lenscat labels``).
 
     Returns
     -------
@@ -223,6 +226,8 @@ def similar(
         needs_source = True
     if exclude_known:
         where.append("NOT EXISTS (SELECT 1 FROM lenscat.crossmatches x WHERE x.source_id = e.source_id)")
+    if exclude_labelled:
+        where.append("NOT EXISTS (SELECT 1 FROM lenscat.labels l WHERE l.source_id = e.source_id)")
     if needs_source:
         join = " JOIN lenscat.sources s ON s.source_id = e.source_id" + join
     where_sql = "".join(" AND " + w for w in where)
@@ -250,7 +255,7 @@ def similar(
         "query": query.description, "query_source_id": query.source_id, "encoder": model.label,
         "k": k, "mag_window": None if mag_window is None or query.mag is None else str(mag_window),
         "mag_band": mag_band, "surveys": surveys or [], "exclude_radius": str(exclude_radius),
-        "exclude_known": exclude_known, "candidates_scanned": len(cand),
+        "exclude_known": exclude_known, "exclude_labelled": exclude_labelled, "candidates_scanned": len(cand),
     })
     return out
 

@@ -201,3 +201,79 @@ def test_too_few_labels_is_a_clear_error(session, tmp_path):
         train_linear_classifier("nope", "few-enc", session=session)
     with pytest.raises(LenscatError, match="no classifier 'nope'"):
         get_model("classifier", "nope", session=session)
+
+
+def test_finetune_and_cnn_versions_train_score_and_keep_provenance(session, tmp_path):
+    """The image architectures end to end on a tiny survey (a few steps on the CPU)."""
+    from lenscat.classifier import train_image_classifier_version, training_ids
+    from lenscat.encoders import train_encoder
+    from lenscat.source_ingest import ingest_sources
+    from tests.integration.test_embed_workers import write_stein_h5
+
+    h5 = tmp_path / "tiny.h5"
+    write_stein_h5(h5, 96, seed=4)
+    ingest_sources(h5, "tiny")
+    enc, _, _ = train_encoder("tiny-moco", ["tiny"], epochs=1, batch_size=16, max_steps=2, crop=32,
+                              queue_size=64, progress=False)
+    truth = tmp_path / "truth.csv"
+    Table({"objid": np.arange(1000, 1096), "lens": (np.arange(96) % 8 == 0).astype(int)}).write(
+        truth, format="ascii.csv")
+    import_labels(truth, label_col="lens", survey="tiny", session=session)
+    ft = train_image_classifier_version("tiny-ft", arch="finetune", encoder=enc.label, session=session, ratio=5,
+                                        val_ratio=5, epochs=1, batch_size=16, max_steps=3, seed=0)
+    cnn = train_image_classifier_version("tiny-cnn", arch="cnn", session=session, ratio=5, val_ratio=5, epochs=1,
+                                         batch_size=16, crop=32, max_steps=3, seed=0)
+    assert ft.model.architecture == "finetune" and ft.model.parent_model_id == enc.model_id
+    assert cnn.model.architecture == "cnn" and cnn.model.parent_model_id is None
+    assert ft.model.input_spec["input"] == "image" and 1 <= ft.report["steps"] <= 3
+    seen = training_ids(ft.model)
+    assert len(seen) == ft.report["train_lenses"] + ft.report["train_nonlenses"] + ft.report["val_lenses"] + \
+        ft.report["val_nonlenses"]
+    for name in ("tiny-ft", "tiny-cnn"):
+        job = _score_all(name, session)
+        assert job.n_items == 96
+    sc = session.execute(text("SELECT classifier, count(*), min(score), max(score) FROM public.scores "
+                              "WHERE classifier LIKE 'tiny-%' GROUP BY 1 ORDER BY 1")).all()
+    assert [(r[0], r[1]) for r in sc] == [("tiny-cnn", 96), ("tiny-ft", 96)]
+    assert all(0 <= r[2] <= r[3] <= 1 for r in sc)
+    with pytest.raises(LenscatError, match="needs --encoder"):
+        train_image_classifier_version("bad", arch="finetune", session=session)
+
+
+def test_classifier_commands_from_the_cli(session, tmp_path, monkeypatch, capsys):
+    """labels import / list, classifier train / list / evaluate, top: the user's path, in-process."""
+    import json
+
+    from lenscat.classifier import plan_score_job
+    from tests.integration.test_cli import run
+
+    enc, ids, lens = _world(session, tmp_path, n=2000, n_lens=30, seed=8)
+    code, out, err = run(monkeypatch, capsys, "labels", "list", "--format", "json")
+    assert code == 0 and json.loads(out.splitlines()[0])["positive"] == 30
+    code, out, err = run(monkeypatch, capsys, "classifier", "train", "--name", "cli-probe", "--encoder", "clf-enc",
+                         "--ratio", "30", "--val-ratio", "300", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["classifier"] == "cli-probe@1" and rep["created"] and "scaled" in err
+    code, out, err = run(monkeypatch, capsys, "classifier", "train", "--name", "cli-probe", "--encoder", "clf-enc",
+                         "--ratio", "30", "--val-ratio", "300")
+    assert code == 0 and "already registered" in out
+    code, _, err = run(monkeypatch, capsys, "classifier", "train", "--name", "x", "--arch", "linear")
+    assert code == 2 and "needs --encoder" in err
+    _score_all("cli-probe", session)  # workers are other processes: scored in-process here
+    assert plan_score_job("cli-probe", session=session).n_items == 0
+    code, out, err = run(monkeypatch, capsys, "top", "--classifier", "cli-probe", "-n", "5", "--format", "csv")
+    assert code == 0 and out.splitlines()[0].startswith("rank,source_id,survey,objid,ra,dec,score")
+    assert len(out.splitlines()) == 6
+    code, out, err = run(monkeypatch, capsys, "classifier", "evaluate", "--name", "cli-probe", "--format", "json",
+                         "--top-n", "10,50", "--plots", str(tmp_path / "ev"))
+    assert code == 0, err
+    ev = json.loads(out)
+    assert ev["models"]["cli-probe@1"]["auc"] > 0.9 and len(ev["plots"]) == 3
+    code, out, _ = run(monkeypatch, capsys, "classifier", "evaluate", "--name", "cli-probe")
+    assert code == 0 and "AUC" in out and "TPR0" in out
+    code, _, err = run(monkeypatch, capsys, "classifier", "evaluate", "--name", "cli-probe", "--top-n", "ten")
+    assert code == 2 and "comma-separated integers" in err
+    code, out, _ = run(monkeypatch, capsys, "classifier", "list", "--format", "json")
+    row = json.loads(out.splitlines()[0])
+    assert row["classifier"] == "cli-probe" and row["encoder"] == "clf-enc@1" and row["n_scores"] == 2000

@@ -79,6 +79,12 @@ def test_exclude_known_lenses(session):
     assert bool(again["known_lens"][0]) is (int(again["source_id"][0]) == top)
     excl = similar(q, encoder=model, k=5, session=session, mag_window=None, exclude_radius=None, exclude_known=True)
     assert top not in set(excl["source_id"]) and len(excl) == 5
+    # already graded / labelled sources can be left out too
+    second = int(first["source_id"][1])
+    session.execute(text("INSERT INTO lenscat.labels (source_id, label, origin, provenance) "
+                         "VALUES (:s, 0, 'human', 'grader-a')"), {"s": second})
+    unl = similar(q, encoder=model, k=5, session=session, mag_window=None, exclude_radius=None, exclude_labelled=True)
+    assert second not in set(unl["source_id"]) and len(unl) == 5 and unl.meta["exclude_labelled"]
 
 
 def test_query_errors(session):
