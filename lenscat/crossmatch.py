@@ -237,12 +237,14 @@ def crossmatch_catalog(
     sids = _survey_ids(surveys, session)
     found = find_pairs(cid, r, sids, session=session)
     # rank each lens's sources by separation (ties by source_id): rank 1 is the match
-    found.sort(key=lambda p: (p[0], p[2], p[1]))
-    pairs: list[tuple[int, int, float, int]] = []
-    rank = 0
-    for k, (lens_id, source_id, sep) in enumerate(found):
-        rank = rank + 1 if k and found[k - 1][0] == lens_id else 1
-        pairs.append((lens_id, source_id, sep * 3600.0, rank))
+    lens = np.array([p[0] for p in found], dtype=np.int64)
+    src = np.array([p[1] for p in found], dtype=np.int64)
+    sep_arcsec = np.array([p[2] for p in found], dtype=np.float64) * 3600.0
+    order = np.lexsort((src, sep_arcsec, lens))
+    lens, src, sep_arcsec = lens[order], src[order], sep_arcsec[order]
+    first = np.r_[True, lens[1:] != lens[:-1]] if len(lens) else np.zeros(0, bool)
+    start = np.maximum.accumulate(np.where(first, np.arange(len(lens)), 0)) if len(lens) else first
+    rank = np.arange(len(lens)) - start + 1
     session.execute(
         text(
             """
@@ -253,18 +255,20 @@ def crossmatch_catalog(
         {"cid": cid},
     )
     conn = raw_connection(session)
+    radius_txt = repr(r * 3600.0)
+    body = "".join(  # one text COPY buffer; repr keeps every digit of the separations
+        f"{a}\t{b}\t{c!r}\t{'t' if k == 1 else 'f'}\t{k}\t{radius_txt}\n"
+        for a, b, c, k in zip(lens.tolist(), src.tolist(), sep_arcsec.tolist(), rank.tolist(), strict=True))
     with conn.cursor() as cur, cur.copy(
         "COPY lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank, radius_arcsec) "
         "FROM STDIN"
     ) as copy:
-        radius_arcsec = r * 3600.0
-        for lens_id, source_id, sep_arcsec, rnk in pairs:
-            copy.write_row((lens_id, source_id, sep_arcsec, rnk == 1, rnk, radius_arcsec))
+        copy.write(body)
     n_lenses = session.execute(
         text("SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid"), {"cid": cid}
     ).scalar_one()
-    n_matched = sum(1 for p in pairs if p[3] == 1)
-    n_pairs = len(pairs)
+    n_matched = int(first.sum())
+    n_pairs = len(lens)
     session.execute(
         text(
             """

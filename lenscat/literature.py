@@ -331,6 +331,16 @@ def write_literature(
         ),
         {"cid": catalog_id},
     )
+    session.execute(  # no FK cascade (migration 0004): drop the matches of lenses about to go
+        text(
+            """
+            DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l
+            WHERE x.lens_id = l.lens_id AND l.catalog_id = :cid
+              AND NOT EXISTS (SELECT 1 FROM lenscat_stage_lenses s WHERE s.row_number = l.row_number)
+            """
+        ),
+        {"cid": catalog_id},
+    )
     removed = session.execute(
         text(
             """

@@ -277,3 +277,20 @@ def test_classifier_commands_from_the_cli(session, tmp_path, monkeypatch, capsys
     code, out, _ = run(monkeypatch, capsys, "classifier", "list", "--format", "json")
     row = json.loads(out.splitlines()[0])
     assert row["classifier"] == "cli-probe" and row["encoder"] == "clf-enc@1" and row["n_scores"] == 2000
+
+
+def test_reingested_literature_list_drops_the_matches_of_removed_lenses(session, tmp_path):
+    """crossmatches has no FK cascade (migration 0004): the literature writer removes them itself."""
+    from lenscat.crossmatch import crossmatch_catalog
+    from lenscat.literature import LiteratureColumns, prepare_literature, write_literature
+
+    ids, ra, dec = _sources(session, "lab2", 100, 12)
+    cat = tmp_path / "lenses.csv"
+    Table({"name": ["A", "B"], "ra": [ra[0], ra[1]], "dec": [dec[0], dec[1]]}).write(cat, format="ascii.csv")
+    write_literature(prepare_literature(cat, "drop", LiteratureColumns()), session=session)
+    assert crossmatch_catalog("drop", 2 * u.arcsec, session=session).n_matched == 2
+    Table({"name": ["A"], "ra": [ra[0]], "dec": [dec[0]]}).write(cat, format="ascii.csv", overwrite=True)
+    assert write_literature(prepare_literature(cat, "drop", LiteratureColumns()), session=session).removed == 1
+    left = session.execute(text("SELECT x.source_id FROM lenscat.crossmatches x LEFT JOIN lenscat.literature_lenses l "
+                                "USING (lens_id) WHERE l.lens_id IS NULL OR l.name = 'A'")).scalars().all()
+    assert left == [int(ids[0])]
