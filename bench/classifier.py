@@ -28,10 +28,8 @@ It runs its own embedded PostgreSQL under a temporary ``LENSCAT_HOME`` and remov
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -40,21 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def machine() -> dict[str, Any]:
-    """Date, CPU, RAM, Python, load."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"), "cpu": cpu, "cores": os.cpu_count(),
-            "ram_gb": round(ram, 1), "python": platform.python_version(), "load_start": os.getloadavg()[0]}
+from benchutil import loadavg, machine_info, pct
 
 
 def make_data(n: int, dim: int, seed: int, lens_rate: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +73,6 @@ def scipy_lbfgs(x: np.ndarray, y: np.ndarray, iters: int, l2: float) -> tuple[fl
     t0 = time.perf_counter()
     res = minimize(f, theta0, jac=True, method="L-BFGS-B", options={"maxiter": iters, "maxcor": 20})
     return time.perf_counter() - t0, float(res.fun)
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile in ms."""
-    return float(np.percentile(values, q) * 1e3)
 
 
 def bench(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -178,10 +157,10 @@ def bench(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
             part = np.argpartition(-sc, top)[:top]
             part[np.argsort(-sc[part])]
             base.append(time.perf_counter() - t0)
-        out[f"top{top}_p50_ms"], out[f"top{top}_p95_ms"] = pct(lat, 50), pct(lat, 95)
-        out[f"numpy_top{top}_p50_ms"] = pct(base, 50)
-        print(f"top {top}: p50 {pct(lat, 50):.2f} ms, p95 {pct(lat, 95):.2f} ms "
-              f"(numpy argpartition {pct(base, 50):.2f} ms)", flush=True)
+        out[f"top{top}_p50_ms"], out[f"top{top}_p95_ms"] = pct(lat, 50) * 1e3, pct(lat, 95) * 1e3
+        out[f"numpy_top{top}_p50_ms"] = pct(base, 50) * 1e3
+        print(f"top {top}: p50 {pct(lat, 50) * 1e3:.2f} ms, p95 {pct(lat, 95) * 1e3:.2f} ms "
+              f"(numpy argpartition {pct(base, 50) * 1e3:.2f} ms)", flush=True)
     with session_scope() as s:
         plan = "\n".join(s.execute(text(
             f"EXPLAIN SELECT source_id FROM lenscat.scores WHERE model_id = {clf.model_id} "
@@ -236,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from lenscat.cli_common import ensure_schema
 
-    info = machine()
-    print(f"lenscat classifier benchmark {info['date_utc']} UTC: {info['cores']} cores ({info['cpu']}), "
-          f"{info['ram_gb']} GB, Python {info['python']}, load {info['load_start']:.2f}")
+    info = machine_info(with_torch=True)
+    print(f"lenscat classifier benchmark {info['date_utc']}: {info['cpu_count']} cores ({info['cpu']}), "
+          f"{info['ram_gb']} GB, Python {info['python']}, torch {info['torch']} ({info['torch_threads']} threads), "
+          f"load {info['loadavg_start']}")
     results = []
     try:
         ensure_schema()
@@ -248,13 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         dispose_engine()
         stop_embedded()
         shutil.rmtree(home, ignore_errors=True)
-    info["load_end"] = os.getloadavg()[0]
+    info["loadavg_end"] = loadavg()
     md = table(results)
     print("\n" + md)
-    import torch
-
-    print(f"\nload average {info['load_start']:.2f} at start, {info['load_end']:.2f} at end; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"\nload average {info['loadavg_start']} at start, {info['loadavg_end']} at end")
     if args.out:
         args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1) if args.out.suffix == ".json"
                             else md + "\n")

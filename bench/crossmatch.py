@@ -26,10 +26,8 @@ server at the end unless ``--keep`` is given. Everything is seeded (``--seed``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchutil import machine_info, pct, ratio
 
 REPO = Path(__file__).resolve().parents[1]
 LENS_FILE = REPO / "tests" / "data" / "catalogs" / "lenscat_catalog.csv.gz"
@@ -134,40 +133,6 @@ def write_fits(cols: dict[str, np.ndarray], path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def machine_info() -> dict[str, Any]:
-    mem_gb = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    mem_gb = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_count": os.cpu_count(), "cpu": cpu, "machine": platform.machine(),
-        "ram_gb": mem_gb, "os": platform.platform(), "python": platform.python_version(),
-        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 def restart_server() -> None:

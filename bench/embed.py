@@ -35,10 +35,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -48,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchutil import loadavg, machine_info
 
 BATCH_SIZES = (64, 128, 256, 512)
 STAMP = 152  # Stein et al. (2022) cutout side, pixels
@@ -145,42 +144,6 @@ def close_store(store: Any) -> None:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, OS, Python and torch of this machine, and the load average now."""
-    import torch
-
-    mem_gb = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    mem_gb = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_count": os.cpu_count(), "cpu": cpu, "machine": platform.machine(), "ram_gb": mem_gb,
-        "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "loadavg_start": loadavg(),
-    }
-
-
-def loadavg() -> tuple[float, ...] | None:
-    """The 1/5/15-minute load average, rounded (None where the OS has none)."""
-    return tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def log(msg: str) -> None:
@@ -374,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     archs = [a for a in args.archs.split(",") if a]
-    info = machine_info()
+    info = machine_info(with_torch=True)
     print(f"lenscat embedding benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
           f"{info['ram_gb']} GB RAM, Python {info['python']}, torch {info['torch']} "
           f"({info['torch_threads']} threads), CUDA: {info['cuda']}; load {info['loadavg_start']}", flush=True)

@@ -43,11 +43,9 @@ server at the end unless ``--keep`` is given. Everything is seeded (``--seed``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -58,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchutil import loadavg, machine_info, pct, ratio
 
 K = 100
 SURVEY_BANDS = ["g", "r", "z"]
@@ -133,48 +132,6 @@ def make_vectors(n: int, dim: int, *, seed: int, latent_dim: int = 32, chunk: in
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Percentile ``q`` of ``values``."""
-    return float(np.percentile(np.asarray(values), q))
-
-
-def ratio(a: float, b: float) -> float:
-    """``a / b`` (nan when ``b`` is 0)."""
-    return a / b if b else float("nan")
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, OS and Python of this machine, and the load average now."""
-    mem_gb = None
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    mem_gb = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_count": os.cpu_count(), "cpu": cpu, "machine": platform.machine(),
-        "ram_gb": mem_gb, "os": platform.platform(), "python": platform.python_version(),
-        "loadavg_start": loadavg(),
-    }
-
-
-def loadavg() -> tuple[float, float, float] | None:
-    """The 1/5/15-minute load average, rounded (None where the OS has none)."""
-    return tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None  # type: ignore[return-value]
 
 
 def psycopg_connect(autocommit: bool = False) -> Any:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +172,29 @@ def fail_chunk(job_id: int, chunk_no: int, error: str, *, session: Session) -> N
         text("UPDATE lenscat.jobs SET status = 'failed', message = :e, finished_at = now() WHERE job_id = :j"),
         {"e": f"chunk {chunk_no}: {error}"[:2000], "j": job_id},
     )
+
+
+def run_chunk(job_id: int, chunk_no: int, work: Callable[..., int]) -> dict[str, Any]:
+    """The body of a chunk task: mark it running, do ``work`` with its results in one transaction.
+
+    ``work(job_id, chunk_no, lo_id, hi_id, session=...)`` writes the chunk's results and marks it
+    done (``finish_chunk``) and returns the number written. A chunk already done is skipped (a
+    redelivered message is a no-op); a :class:`LenscatError` (permanent: a missing checkpoint, an
+    unreadable file) marks the chunk failed and is re-raised, other errors leave it to be retried.
+    """
+    with session_scope() as session:
+        started = start_chunk(job_id, chunk_no, session=session)
+    if started is None:
+        return {"job_id": job_id, "chunk_no": chunk_no, "skipped": True}
+    lo, hi, _ = started
+    try:
+        with session_scope() as session:
+            n = work(job_id, chunk_no, lo, hi, session=session)
+    except LenscatError as exc:
+        with session_scope() as session:
+            fail_chunk(job_id, chunk_no, str(exc), session=session)
+        raise
+    return {"job_id": job_id, "chunk_no": chunk_no, "written": n}
 
 
 def job_state(job_id: int, *, session: Session) -> JobState:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lenscat.db.session import session_scope
 from lenscat.tasks.app import get_app
 from sqlalchemy.exc import OperationalError
 
 from lenscat.embedding import embed_chunk
-from lenscat.errors import LenscatError
-from lenscat.jobs import fail_chunk, start_chunk
+from lenscat.jobs import run_chunk
 
 app = get_app()
 
@@ -23,16 +21,4 @@ def embed_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
     Acknowledged only after it returns: a worker killed mid-chunk leaves the message to be
     redelivered, and the rerun writes only the vectors still missing.
     """
-    with session_scope() as session:
-        started = start_chunk(job_id, chunk_no, session=session)
-    if started is None:
-        return {"job_id": job_id, "chunk_no": chunk_no, "skipped": True}
-    lo, hi, _ = started
-    try:
-        with session_scope() as session:
-            n = embed_chunk(job_id, chunk_no, lo, hi, session=session)
-    except LenscatError as exc:  # permanent (missing checkpoint, unreadable file): do not retry
-        with session_scope() as session:
-            fail_chunk(job_id, chunk_no, str(exc), session=session)
-        raise
-    return {"job_id": job_id, "chunk_no": chunk_no, "written": n}
+    return run_chunk(job_id, chunk_no, embed_chunk)

@@ -9,8 +9,7 @@ from lenscat.tasks.app import get_app
 from sqlalchemy.exc import OperationalError
 
 from lenscat.classifier import score_chunk
-from lenscat.errors import LenscatError
-from lenscat.jobs import fail_chunk, start_chunk
+from lenscat.jobs import run_chunk
 
 app = get_app()
 
@@ -23,19 +22,7 @@ def score_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
     Scores and the chunk's ``done`` mark commit together; a redelivered chunk writes only the
     scores still missing.
     """
-    with session_scope() as session:
-        started = start_chunk(job_id, chunk_no, session=session)
-    if started is None:
-        return {"job_id": job_id, "chunk_no": chunk_no, "skipped": True}
-    lo, hi, _ = started
-    try:
-        with session_scope() as session:
-            n = score_chunk(job_id, chunk_no, lo, hi, session=session)
-    except LenscatError as exc:  # permanent (missing checkpoint, bad scores): do not retry
-        with session_scope() as session:
-            fail_chunk(job_id, chunk_no, str(exc), session=session)
-        raise
-    return {"job_id": job_id, "chunk_no": chunk_no, "written": n}
+    return run_chunk(job_id, chunk_no, score_chunk)
 
 
 @app.task(name="lenscat.reprocess", acks_late=True, ignore_result=True, autoretry_for=(OperationalError,),

@@ -1,0 +1,58 @@
+"""Helpers shared by the benchmark scripts (run as ``python bench/NAME.py``; not part of lenscat)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Percentile ``q`` of ``values``."""
+    return float(np.percentile(np.asarray(values), q))
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b`` (nan when ``b`` is 0)."""
+    return a / b if b else float("nan")
+
+
+def loadavg() -> tuple[float, ...] | None:
+    """The 1/5/15-minute load average, rounded (None where the OS has none)."""
+    return tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def machine_info(*, with_torch: bool = False) -> dict[str, Any]:
+    """CPU, memory, OS, Python (and torch) of this machine, and the load average now."""
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    mem_gb = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_count": os.cpu_count(), "cpu": cpu, "machine": platform.machine(), "ram_gb": mem_gb,
+        "os": platform.platform(), "python": platform.python_version(), "loadavg_start": loadavg(),
+    }
+    if with_torch:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                    cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    return info
