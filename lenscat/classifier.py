@@ -256,6 +256,7 @@ def train_image_classifier_version(
     epochs: int = 3,
     batch_size: int = 64,
     lr: float = 1e-3,
+    lens_fraction: float = 0.05,
     crop: int | None = None,
     max_steps: int | None = None,
     device: str | None = None,
@@ -264,11 +265,13 @@ def train_image_classifier_version(
 ) -> TrainResult:
     """Fine-tune an encoder with a head (``finetune``) or train a CNN from scratch (``cnn``) on cutouts.
 
-    Meant for a GPU; runs (slowly) on a CPU. Lenses are oversampled to ~5% of each batch.
+    Meant for a GPU; runs (slowly) on a CPU. Lenses are oversampled to ``lens_fraction`` of each
+    batch (Stein et al.: ~5%). An epoch is one pass over the training images; ``max_steps`` caps the
+    number of batches.
     """
     from lenscat.encoders import DEFAULT_INPUT_SPEC
     from lenscat.models.checkpoint import load_encoder
-    from lenscat.models.supervised import save_classifier, train_image_classifier
+    from lenscat.models.supervised import save_classifier, score_images, train_image_classifier
 
     if arch not in ("finetune", "cnn"):
         raise LenscatError(f"unknown image classifier {arch!r}; expected finetune or cnn")
@@ -286,14 +289,21 @@ def train_image_classifier_version(
         spec = dict(enc.input_spec or spec)
     crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
     images = catalogue_images(split.train_ids, session=session)
-    val_images = catalogue_images(split.val_ids, session=session)
     model, train_metrics = train_image_classifier(
         images, split.train_y.astype(np.float32), backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
-        crop=crop, val_images=val_images, val_labels=split.val_y.astype(np.float32), device=device, seed=seed,
-        progress=progress, max_steps=max_steps)
+        lens_fraction=lens_fraction, crop=crop, device=device, seed=seed, progress=progress, max_steps=max_steps)
+    # one validation pass at the end (every epoch would cost more than training on small sets)
+    val_images = catalogue_images(split.val_ids, session=session)
+    val_scores = score_images(model, val_images, device=device)
+    from lenscat.evaluation import ranking_metrics
+
+    val = ranking_metrics(val_scores, split.val_y)
+    train_metrics.update(val_auc=round(float(val["auc"]), 4),
+                         val_top_n_hits=int(val["top_n"][0]["true_positives"]) if val["top_n"] else 0)
     hparams = {"arch": arch, "ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction,
                "test_fraction": test_fraction, "epochs": epochs,
-               "batch_size": batch_size, "lr": lr, "crop": crop, "max_steps": max_steps, "seed": seed,
+               "batch_size": batch_size, "lr": lr, "lens_fraction": lens_fraction, "crop": crop,
+               "max_steps": max_steps, "seed": seed,
                "origins": origins or [], "surveys": surveys or []}
     metrics = {**split.summary(), **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float, str))}}
     with tempfile.TemporaryDirectory() as tmp:

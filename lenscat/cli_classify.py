@@ -127,6 +127,8 @@ def _origins(values: tuple[str, ...]) -> list[str] | None:
               help="Validation top N that picks the epoch (default: the number of validation lenses).")
 @click.option("--batch-size", type=click.IntRange(min=2), default=64, show_default=True, help="Images per batch.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Head learning rate (images).")
+@click.option("--lens-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Lenses oversampled to this share of each image batch (Stein et al.: 5%).")
 @click.option("--crop", type=click.IntRange(min=16), default=None,
               help="Centre crop the image network sees [px] (default: the encoder's, else 96).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop image training after this many steps.")
@@ -136,7 +138,8 @@ def _origins(values: tuple[str, ...]) -> list[str] | None:
 def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys: tuple[str, ...],
                          origins: tuple[str, ...], ratio: float | None, val_ratio: float, val_fraction: float,
                          test_fraction: float, epochs: int | None, l2: float, loss: str, focal_gamma: float, class_weight: str,
-                         top_n: int | None, batch_size: int, lr: float, crop: int | None, max_steps: int | None,
+                         top_n: int | None, batch_size: int, lr: float, lens_fraction: float, crop: int | None,
+                         max_steps: int | None,
                          device: str | None,
                          seed: int, as_json: bool) -> None:
     """Train a lens classifier and register it as a new version (same inputs: no new version)."""
@@ -157,7 +160,7 @@ def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys
             res = train_image_classifier_version(
                 name, arch=arch, session=s, encoder=encoder_name, surveys=list(surveys) or None,
                 ratio=ratio or 100, val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=_origins(origins),
-                epochs=epochs or 3, batch_size=batch_size, lr=lr, crop=crop, max_steps=max_steps, device=device, seed=seed,
+                epochs=epochs or 3, batch_size=batch_size, lr=lr, lens_fraction=lens_fraction, crop=crop, max_steps=max_steps, device=device, seed=seed,
                 progress=not as_json)
     for note in res.report.get("notes", []):
         _err(f"lenscat: note: {note}")

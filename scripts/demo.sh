@@ -105,7 +105,7 @@ step "17. Linear probe on the embeddings (L-BFGS; 1:4000 asked for, the survey i
 lenscat classifier train --name demo-probe --encoder demo-moco --survey demo-images --labels simulation \
     --ratio 4000 --val-ratio 10000 --test-fraction 0.4
 lenscat classifier train --name demo-cnn --arch cnn --survey demo-images --labels simulation \
-    --ratio 100 --test-fraction 0.4 --crop 48 --epochs 2 --max-steps 300
+    --ratio 100 --test-fraction 0.4 --crop 48 --lens-fraction 0.2 --epochs 100 --max-steps 300
 lenscat classifier list
 
 step "18. Score the survey with Celery workers (a re-run finds nothing missing)"
