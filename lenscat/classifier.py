@@ -395,20 +395,30 @@ def _load_image_model(path: str, sha256: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------ scoring
-def missing_scores_sql(model: ModelVersion, with_surveys: bool = False) -> str:
-    """SQL (one column ``id``) of the sources the classifier version can score but has not."""
-    mid = int(model.model_id)
+def candidates_sql(model: ModelVersion, with_surveys: bool = False) -> str:
+    """SQL (one column ``id``) of the sources the classifier version can score: embedded by its
+    encoder (linear), or with a cutout (image classifiers)."""
     if model.architecture == "linear":
         base = ("SELECT e.source_id AS id FROM lenscat.embeddings e "
                 + ("JOIN lenscat.sources s USING (source_id) " if with_surveys else "")
                 + f"WHERE e.model_id = {int(model.parent_model_id or 0)}")
-        key = "e.source_id"
     else:
         base = "SELECT s.source_id AS id FROM lenscat.sources s WHERE s.cutout_file_id IS NOT NULL"
-        key = "s.source_id"
-    if with_surveys:
-        base += " AND s.survey_id = ANY(:sids)"
-    return base + f" AND NOT EXISTS (SELECT 1 FROM lenscat.scores c WHERE c.model_id = {mid} AND c.source_id = {key})"
+    return base + (" AND s.survey_id = ANY(:sids)" if with_surveys else "")
+
+
+def missing_scores_sql(model: ModelVersion, with_surveys: bool = False) -> str:
+    """SQL (one column ``id``) of the sources the classifier version can score but has not."""
+    return (f"SELECT q.id FROM ({candidates_sql(model, with_surveys)}) q WHERE NOT EXISTS "
+            f"(SELECT 1 FROM lenscat.scores c WHERE c.model_id = {int(model.model_id)} AND c.source_id = q.id)")
+
+
+def _ids_in_range(id_sql: str, lo: int, hi: int, sids: list[int] | None, session: Session) -> np.ndarray:
+    """Sorted ids of ``id_sql`` within [lo, hi] (a range index scan)."""
+    return np.asarray(session.execute(
+        text(f"SELECT id FROM ({id_sql}) q WHERE id BETWEEN :lo AND :hi ORDER BY id"),
+        {"lo": lo, "hi": hi, **({"sids": sids} if sids else {})},
+    ).scalars().all(), dtype=np.int64)
 
 
 @dataclass
@@ -474,15 +484,19 @@ def upsert_scores(model: ModelVersion, source_ids: np.ndarray, scores: np.ndarra
 
 def score_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
                 device: str | None = None, batch_size: int = 256) -> int:
-    """Score the sources of one chunk that still lack a score, and mark the chunk done (one transaction)."""
+    """Score the sources of one chunk that still lack a score, and mark the chunk done (one transaction).
+
+    What is missing is the set difference of two range scans (scorable ids, scored ids), done in
+    numpy: an anti-join planned on statistics taken before this job wrote its first scores can
+    degrade into a nested loop over every score of the version (quadratic in the job's size).
+    """
     t0 = time.perf_counter()
     row = session.execute(text("SELECT model_id, params FROM lenscat.jobs WHERE job_id = :j"), {"j": job_id}).one()
     model = get_model("classifier", int(row.model_id), session=session)
     sids = _survey_ids(list(row.params.get("surveys") or []) or None, session)
-    todo = np.asarray(session.execute(
-        text(f"SELECT id FROM ({missing_scores_sql(model, bool(sids))}) q WHERE id BETWEEN :lo AND :hi ORDER BY id"),
-        {"lo": lo_id, "hi": hi_id, **({"sids": sids} if sids else {})},
-    ).scalars().all(), dtype=np.int64)
+    todo = np.setdiff1d(_ids_in_range(candidates_sql(model, bool(sids)), lo_id, hi_id, sids, session),
+                        _ids_in_range(f"SELECT c.source_id AS id FROM lenscat.scores c WHERE c.model_id = "
+                                      f"{int(model.model_id)}", lo_id, hi_id, None, session))
     n = 0
     if len(todo):
         fn = score_function(model, device)

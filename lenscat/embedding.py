@@ -185,12 +185,16 @@ def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
             WHERE s.source_id BETWEEN :lo AND :hi
             """
             + ("AND s.survey_id = ANY(:sids) " if sids else "")
-            + f"""AND NOT EXISTS (SELECT 1 FROM lenscat.embeddings e
-                                  WHERE e.model_id = {int(model.model_id)} AND e.source_id = s.source_id)
-            """
         ),
         {"lo": lo_id, "hi": hi_id, **({"sids": sids} if sids else {})},
     ).all()
+    # leave out what a previous attempt wrote: a range scan and a set difference, not an anti-join
+    # (planned on statistics from before this job's writes, that can turn quadratic)
+    done = set(session.execute(
+        text("SELECT source_id FROM lenscat.embeddings WHERE model_id = :m AND source_id BETWEEN :lo AND :hi"),
+        {"m": model.model_id, "lo": lo_id, "hi": hi_id},
+    ).scalars())
+    rows = [r for r in rows if int(r.source_id) not in done]
     n = 0
     if rows:
         encoder, dev = load_encoder_for(model, device)

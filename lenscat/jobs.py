@@ -66,6 +66,9 @@ def plan_chunks(job_id: int, id_query: str, params: dict[str, Any], chunk_size: 
     """
     if chunk_size < 1:
         raise LenscatError(f"chunk size must be >= 1, got {chunk_size}")
+    # the id query is usually an anti-join (sources without results); on statistics taken before a
+    # bulk write the planner can pick a nested loop over every existing result: hash/merge only
+    session.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
     session.execute(
         text(
             f"""
@@ -77,6 +80,7 @@ def plan_chunks(job_id: int, id_query: str, params: dict[str, Any], chunk_size: 
         ),
         {"job": job_id, "cs": int(chunk_size), **params},
     )
+    session.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
     n_items, n_chunks = session.execute(
         text("SELECT coalesce(sum(n_items), 0), count(*) FROM lenscat.job_chunks WHERE job_id = :j"),
         {"j": job_id},

@@ -51,7 +51,10 @@ def _latest(kind: str, session: Session) -> list[int]:
 
 
 def _count(sql: str, session: Session) -> int:
-    return int(session.execute(text(f"SELECT count(*) FROM ({sql}) q")).scalar_one())
+    session.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))  # see jobs.plan_chunks
+    n = int(session.execute(text(f"SELECT count(*) FROM ({sql}) q")).scalar_one())
+    session.execute(text("SELECT set_config('enable_nestloop', 'on', true)"))
+    return n
 
 
 def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int = 1024,
