@@ -108,7 +108,7 @@ def make_split(
     evaluation (every source not in either set) has lenses it never saw. Negatives are sources
     labelled non-lens or unlabelled, more than 25 arcsec from every positive label and literature
     lens. At most ``max_pool_fraction`` of them are drawn: when the survey is too small for the
-    requested ratios both sets shrink in proportion and a note says so.
+    requested ratios both sets shrink (training keeping at least half) and a note says so.
     """
     if ratio <= 0 or val_ratio <= 0:
         raise LenscatError("--ratio and --val-ratio must be positive")
@@ -140,11 +140,12 @@ def make_split(
     val_pos, train_pos = pos[:n_val_pos], pos[n_val_pos + n_test_pos:]
     want_train, want_val = int(round(ratio * len(train_pos))), int(round(val_ratio * len(val_pos)))
     usable = int(max_pool_fraction * len(pool))
-    if want_train + want_val > usable:
-        scale = usable / (want_train + want_val)
-        notes.append(f"{len(pool)} negatives in the survey, {usable} usable for the requested 1:{ratio:g} training "
-                     f"and 1:{val_ratio:g} validation ratios; both scaled by {scale:.3g}")
-        want_train, want_val = int(want_train * scale), usable - int(want_train * scale)
+    if want_train + want_val > usable:  # too few: training keeps at least half of what is usable
+        train_n = min(want_train, max(usable // 2, usable - want_val))
+        val_n = min(want_val, usable - train_n)
+        notes.append(f"{len(pool)} negatives in the survey, {usable} usable: training 1:{train_n / len(train_pos):.3g} "
+                     f"instead of 1:{ratio:g}, validation 1:{val_n / len(val_pos):.3g} instead of 1:{val_ratio:g}")
+        want_train, want_val = train_n, val_n
     neg = rng.permutation(pool)
     train_neg, val_neg = neg[:want_train], neg[want_train:want_train + want_val]
     if len(train_neg) == 0 or len(val_neg) == 0:

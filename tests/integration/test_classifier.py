@@ -254,7 +254,7 @@ def test_classifier_commands_from_the_cli(session, tmp_path, monkeypatch, capsys
                          "--ratio", "30", "--val-ratio", "300", "--json")
     assert code == 0, err
     rep = json.loads(out)
-    assert rep["classifier"] == "cli-probe@1" and rep["created"] and "scaled" in err
+    assert rep["classifier"] == "cli-probe@1" and rep["created"] and "instead of 1:30" in err
     code, out, err = run(monkeypatch, capsys, "classifier", "train", "--name", "cli-probe", "--encoder", "clf-enc",
                          "--ratio", "30", "--val-ratio", "300")
     assert code == 0 and "already registered" in out
