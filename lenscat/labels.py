@@ -167,7 +167,7 @@ def import_labels(
     origin
         ``import`` (default) or ``simulation`` (truth of a simulated survey).
     provenance
-        Defaults to ``FILENAME sha256:XXXX`` (first 12 hex digits).
+        Defaults to the file name and ``sha256:`` with the first 12 hex digits of its hash.
 
     Returns
     -------
