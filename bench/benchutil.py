@@ -21,6 +21,28 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def speedup(baseline_time: float, lenscat_time: float) -> str:
+    """``baseline / lenscat`` as ``1.23x`` (``12x`` from 10 up)."""
+    x = ratio(baseline_time, lenscat_time)
+    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
+
+
+def goal(ok: bool, text: str) -> str:
+    """``TEXT: met`` or ``TEXT: NOT met``."""
+    return f"{text}: {'met' if ok else 'NOT met'}"
+
+
+def format_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...], markdown: bool) -> str:
+    """Rows as a markdown or a plain aligned table."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
+
 def loadavg() -> tuple[float, ...] | None:
     """The 1/5/15-minute load average, rounded (None where the OS has none)."""
     return tuple(round(x, 2) for x in os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -34,12 +34,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchutil import machine_info, pct, ratio
+from benchutil import format_table, goal, machine_info, pct, speedup
 
 REPO = Path(__file__).resolve().parents[1]
 LENS_FILE = REPO / "tests" / "data" / "catalogs" / "lenscat_catalog.csv.gz"
@@ -497,15 +496,6 @@ def _unit(ra: Any, dec: Any) -> Any:
 # report
 
 
-def _speedup(baseline_time: float, lenscat_time: float) -> str:
-    x = ratio(baseline_time, lenscat_time)
-    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
-
-
-def _goal(ok: bool, text: str) -> str:
-    return f"{text}: {'met' if ok else 'NOT met'}"
-
-
 def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(measure, lenscat, baseline, speed-up, goal) rows; speed-up = baseline time / lenscat time."""
     ing, xm, cones = res["ingest"], res["crossmatch"], res["cones"]
@@ -514,49 +504,42 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     g_ing = f">= {GOAL_INGEST_ROWS_S:,} rows/s"
     rows = [
         (f"ingest {ing['rows']:,} new rows, rows/s (run_source_ingest)", f"{ing['write_rows_per_s']:,.0f}",
-         base, _speedup(rw["seconds"] / rw["rows"], 1 / ing["write_rows_per_s"]),
-         _goal(ing["write_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing)),
+         base, speedup(rw["seconds"] / rw["rows"], 1 / ing["write_rows_per_s"]),
+         goal(ing["write_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing)),
         ("same, incl. prepare_sources (read + validate file)", f"{ing['end_to_end_rows_per_s']:,.0f}",
-         base, _speedup(rw["seconds"] / rw["rows"], 1 / ing["end_to_end_rows_per_s"]),
-         _goal(ing["end_to_end_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing)),
+         base, speedup(rw["seconds"] / rw["rows"], 1 / ing["end_to_end_rows_per_s"]),
+         goal(ing["end_to_end_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing)),
         ("re-ingest of a corrected file (all keys exist), rows/s", f"{ing['reingest_rows_per_s']:,.0f}",
-         base, _speedup(rw["seconds"] / rw["rows"], 1 / ing["reingest_rows_per_s"]), ""),
+         base, speedup(rw["seconds"] / rw["rows"], 1 / ing["reingest_rows_per_s"]), ""),
         ("cross-match 5\", crossmatch_catalog cold (s)", f"{xm['lenscat_cold_s']:.2f}",
          f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
-         _speedup(xm["astropy_match_s"], xm["lenscat_cold_s"]),
-         _goal(xm["lenscat_cold_s"] <= xm["astropy_match_s"], "<= astropy")),
+         speedup(xm["astropy_match_s"], xm["lenscat_cold_s"]),
+         goal(xm["lenscat_cold_s"] <= xm["astropy_match_s"], "<= astropy")),
         ("cross-match 5\", crossmatch_catalog warm (s)", f"{xm['lenscat_warm_s']:.2f}",
          f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
-         _speedup(xm["astropy_match_s"], xm["lenscat_warm_s"]),
-         _goal(xm["lenscat_warm_s"] <= xm["astropy_match_s"], "<= astropy")),
+         speedup(xm["astropy_match_s"], xm["lenscat_warm_s"]),
+         goal(xm["lenscat_warm_s"] <= xm["astropy_match_s"], "<= astropy")),
     ]
     rows.append(("cross-match 5\", pair query alone, warm (s)", f"{xm['lenscat_pairs_query_s']:.2f}",
                  f"{xm['astropy_search_around_s']:.2f} (search_around_sky + tree build)",
-                 _speedup(xm["astropy_search_around_s"], xm["lenscat_pairs_query_s"]), ""))
+                 speedup(xm["astropy_search_around_s"], xm["lenscat_pairs_query_s"]), ""))
     for label in ("5arcsec", "1arcmin"):
         c = cones[label]
         name = "5\"" if label == "5arcsec" else "1'"
         ap_txt = f"{c['astropy_p50_ms']:.1f} / {c['astropy_p95_ms']:.1f} (SkyCoord.separation)"
         rows.append((f"cone {name}, cone_search p50 / p95 (ms)", f"{c['lib_p50_ms']:.2f} / {c['lib_p95_ms']:.2f}",
-                     ap_txt, _speedup(c["astropy_p50_ms"], c["lib_p50_ms"]),
-                     _goal(c["lib_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms")))
+                     ap_txt, speedup(c["astropy_p50_ms"], c["lib_p50_ms"]),
+                     goal(c["lib_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms")))
         rows.append((f"cone {name}, raw SQL round trip p50 / p95 (ms)", f"{c['raw_p50_ms']:.2f} / {c['raw_p95_ms']:.2f}",
-                     ap_txt, _speedup(c["astropy_p50_ms"], c["raw_p50_ms"]),
-                     _goal(c["raw_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms")))
+                     ap_txt, speedup(c["astropy_p50_ms"], c["raw_p50_ms"]),
+                     goal(c["raw_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms")))
         rows.append((f"cone {name}, raw SQL vs in-memory KD-tree (ms)", f"{c['raw_p50_ms']:.2f} / {c['raw_p95_ms']:.2f}",
                      f"{c['kdtree_p50_ms']:.3f} / {c['kdtree_p95_ms']:.3f} (prebuilt scipy cKDTree)",
-                     _speedup(c["kdtree_p50_ms"], c["raw_p50_ms"]), ""))
+                     speedup(c["kdtree_p50_ms"], c["raw_p50_ms"]), ""))
     return rows
 
 
-def format_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
 
 
 HEADER = ("measure", "lenscat", "baseline", "lenscat speed-up (baseline time / lenscat time)", "goal")

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchutil import loadavg, machine_info
+from benchutil import format_table, loadavg, machine_info
 
 BATCH_SIZES = (64, 128, 256, 512)
 STAMP = 152  # Stein et al. (2022) cutout side, pixels
@@ -301,15 +301,7 @@ HEADER = ("encoder", "device", "batch", "read only: lenscat / h5py (ratio)",
           "end to end: iter_encode / h5py + forward (ratio)")
 
 
-def format_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...], markdown: bool) -> str:
-    """Rows as a markdown or a plain aligned table."""
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchutil import loadavg, machine_info, pct, ratio
+from benchutil import format_table, goal, loadavg, machine_info, pct, speedup
 
 K = 100
 SURVEY_BANDS = ["g", "r", "z"]
@@ -555,15 +555,6 @@ def bench_dataset(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
 # report
 
 
-def _speedup(baseline_time: float, lenscat_time: float) -> str:
-    x = ratio(baseline_time, lenscat_time)
-    return f"{x:.2f}x" if x < 10 else f"{x:.0f}x"
-
-
-def _goal(ok: bool, text: str) -> str:
-    return f"{text}: {'met' if ok else 'NOT met'}"
-
-
 def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     """(measure, lenscat, baseline, speed-up, goal) rows; speed-up = baseline time / lenscat time."""
     n, dim = res["n"], res["dim"]
@@ -583,7 +574,7 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         same_cfg = b["m"] == res["builds"][0]["m"] and b["ef_construction"] == res["builds"][0]["ef_construction"]
         rows.append((f"{tag}: HNSW build, ensure_hnsw_index {cfg} (s)", f"{b['seconds']:.0f}",
                      f"{fb:.0f} (faiss IndexHNSWFlat, same m/efC, float32)" if fb and same_cfg else "",
-                     _speedup(fb, b["seconds"]) if fb and same_cfg else "", ""))
+                     speedup(fb, b["seconds"]) if fb and same_cfg else "", ""))
         rows.append((f"{tag}: HNSW index size ({cfg}, MiB)", f"{b['index_bytes'] / 2**20:,.0f}",
                      f"{fa['hnsw_bytes'] / 2**20:,.0f} (faiss HNSW incl. float32 vectors)"
                      if fa and "hnsw_bytes" in fa and same_cfg else "", "", ""))
@@ -591,11 +582,11 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ok = nr["recall"] >= GOAL_RECALL and nr["p50_ms"] <= GOAL_P50_MS
         rows.append((f"{tag}: nearest(k=100), default ef_search={nr['ef_search']} ({cfg}): recall@100; p50 / p95 (ms)",
                      f"{nr['recall']:.3f}; {nr['p50_ms']:.2f} / {nr['p95_ms']:.2f}", np_txt,
-                     _speedup(npx["p50_ms"], nr["p50_ms"]), _goal(ok, goal_txt) if goal_set else ""))
+                     speedup(npx["p50_ms"], nr["p50_ms"]), goal(ok, goal_txt) if goal_set else ""))
         if fa:
             rows.append((f"{tag}: same, vs faiss exact", f"{nr['recall']:.3f}; {nr['p50_ms']:.2f} / {nr['p95_ms']:.2f}",
                          f"{fa['flat']['p50_ms']:.2f} / {fa['flat']['p95_ms']:.2f} (faiss IndexFlatIP)",
-                         _speedup(fa["flat"]["p50_ms"], nr["p50_ms"]), ""))
+                         speedup(fa["flat"]["p50_ms"], nr["p50_ms"]), ""))
         for ef, c in sorted(b["curve"].items()):
             fh = fa.get("hnsw", {}).get(ef) if fa and same_cfg else None
             base = (f"{fh['recall']:.3f}; {fh['p50_ms']:.2f} / {fh['p95_ms']:.2f} (faiss HNSW efSearch={fh['ef_search']})"
@@ -603,8 +594,8 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             ok = c["recall"] >= GOAL_RECALL and c["p50_ms"] <= GOAL_P50_MS
             rows.append((f"{tag}: raw SQL k=100, ef_search={ef} ({cfg}): recall@100; p50 / p95 (ms)",
                          f"{c['recall']:.3f}; {c['p50_ms']:.2f} / {c['p95_ms']:.2f}", base,
-                         _speedup(fh["p50_ms"] if fh else npx["p50_ms"], c["p50_ms"]),
-                         _goal(ok, goal_txt) if goal_set else ""))
+                         speedup(fh["p50_ms"] if fh else npx["p50_ms"], c["p50_ms"]),
+                         goal(ok, goal_txt) if goal_set else ""))
         if "filtered" in b:
             f = b["filtered"]
             rows.append((f"{tag}: filtered similar() k=100, r +-0.5 mag ({f['mean_fraction_kept']:.0%} pass): "
@@ -612,19 +603,11 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                          f"{f['recall']:.3f}; {f['p50_ms']:.1f} / {f['p95_ms']:.1f}; "
                          f"{f['k_rows_returned']}/{f['queries']}",
                          f"{f['numpy_p50_ms']:.2f} / {f['numpy_p95_ms']:.2f} (numpy exact on the filter)",
-                         _speedup(f["numpy_p50_ms"], f["p50_ms"]), ""))
+                         speedup(f["numpy_p50_ms"], f["p50_ms"]), ""))
     return rows
 
 
-def format_table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...], markdown: bool) -> str:
-    """Rows as a markdown or a plain aligned table."""
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
+
 
 
 HEADER = ("measure", "lenscat", "baseline", "lenscat speed-up (baseline time / lenscat time)", "goal")

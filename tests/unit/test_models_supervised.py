@@ -83,7 +83,8 @@ def test_baseline_separates_rings_from_blobs(trained, data):
     assert model.crop == CROP and model.in_chans == 3 and model.backbone.output_dim == 32
     assert m["mode"] == "supervised" and m["stop_reason"] == "completed"
     assert m["steps"] == m["steps_planned"] == 25 * (200 // 32) and m["epochs_completed"] == 25
-    assert m["device"] == "cpu" and m["seconds"] > 0 and not m["interrupted"]
+    wall = m["seconds"]  # recorded, whatever its value (speed belongs in bench/)
+    assert m["device"] == "cpu" and wall > 0 and not m["interrupted"]
     assert m["lr_head"] == m["lr_backbone"] == 3e-3
     assert 0.035 < m["lens_fraction_seen"] < 0.065
     loss = np.array(m["loss_history"])
