@@ -12,6 +12,7 @@ import click
 from lenscat.cli_classify import register as register_classify_commands
 from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
 from lenscat.cli_images import register as register_image_commands
+from lenscat.cli_spectra import register as register_spectra_commands
 from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
@@ -356,6 +357,7 @@ def simulate_catalog_cmd(n: int, seed: int, lenses_from: Path | None, out: Path)
 
 register_image_commands(cli, simulate, ingest)
 register_classify_commands(cli)
+register_spectra_commands(cli)
 
 
 def main() -> None:

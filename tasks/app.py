@@ -39,7 +39,8 @@ def get_app() -> Celery:
     settings = get_settings()
     url = broker_url(settings)
     app = Celery("lenscat", broker=url, backend=url,
-                 include=["lenscat.tasks.catalogue", "lenscat.tasks.embedding", "lenscat.tasks.scoring"])
+                 include=["lenscat.tasks.catalogue", "lenscat.tasks.embedding", "lenscat.tasks.scoring",
+                          "lenscat.tasks.spectra"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
