@@ -309,7 +309,8 @@ def top_cmd(classifier_name: str, n: int, surveys: tuple[str, ...], min_score: f
 @click.option("--wait", is_flag=True, help="Follow the queued jobs to their end (starts a local worker if needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was queued as JSON lines.")
 def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool) -> None:
-    """Queue the embeddings and scores that new sources or model versions left missing (as beat does)."""
+    """Queue the embeddings, scores and spectral scans that new sources, spectra or model versions left
+    missing (as beat does)."""
     from lenscat.db.session import session_scope
     from lenscat.jobs import submit_and_wait
     from lenscat.reprocess import build_missing_indexes, plan_reprocess, send
@@ -319,10 +320,11 @@ def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool) -> None:
         planned = plan_reprocess(session=s, dry_run=dry_run)
     for p in planned:
         click.echo(json.dumps(p.as_dict()) if as_json else
-                   f"{'would queue' if dry_run else 'queued'} {p.kind} {p.model}: {p.n_items} sources in {p.n_chunks} "
+                   f"{'would queue' if dry_run else 'queued'} {p.kind} {p.model}: {p.n_items} "
+                   f"{'spectra' if p.kind == 'spectral_scan' else 'sources'} in {p.n_chunks} "
                    f"chunks" + (f" (job {p.job_id})" if p.job_id else ""))
     if not planned and not as_json:
-        click.echo("nothing to do: every latest encoder and classifier version is up to date")
+        click.echo("nothing to do: every latest encoder, classifier and detector version is up to date")
     if dry_run or not planned:
         return
     if not wait:
@@ -331,9 +333,12 @@ def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool) -> None:
     for p in planned:  # embeddings first: their scores are planned by the next run
         assert p.job_id is not None
         submit_and_wait(p.task, p.job_id, p.chunks, unit="src", desc=f"{p.kind} {p.model}", progress=not as_json)
+    from lenscat.spectra.scan import refresh_idle_detectors
+
     with session_scope() as s:
         for label in build_missing_indexes(session=s):
             click.echo(f"built the HNSW index of {label}")
+        refresh_idle_detectors(session=s)
 
 
 def register(cli: click.Group) -> None:

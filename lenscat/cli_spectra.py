@@ -52,6 +52,26 @@ def ingest_cmd(paths: tuple[Path, ...], pack: str, link_radius: str, workers: in
                f"{summary.linked} linked to catalogue sources (store {summary.pack!r})")
 
 
+@spectra.command("inject")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--wavelength", type=float, required=True, help="Observed peak wavelength [Angstrom].")
+@click.option("--flux", "line_flux", type=float, required=True, help="Line flux [1e-17 erg/s/cm^2].")
+@click.option("--fwhm", type=float, default=300.0, show_default=True, help="Line FWHM [km/s].")
+@click.option("--skew", type=float, default=2.0, show_default=True, help="Skew-normal shape (> 0: red tail).")
+@click.option("--fiber", type=int, default=None, help="Fiber number of the copy (default: original + 500).")
+@click.option("--overwrite", is_flag=True)
+def inject_cmd(src: Path, dest: Path, wavelength: float, line_flux: float, fwhm: float, skew: float,
+               fiber: int | None, overwrite: bool) -> None:
+    """Copy an SDSS spec file with a Lyman-alpha-like line added (to test the search end to end)."""
+    from lenscat.spectra.injection import inject_line_file
+
+    out = inject_line_file(src, dest, wavelength=wavelength, line_flux=line_flux, fwhm_kms=fwhm, skew=skew,
+                           fiber=fiber, overwrite=overwrite)
+    click.echo(f"wrote {out}: line at {wavelength:.1f} A (z_Lya = {wavelength / 1215.67 - 1:.3f}), "
+               f"{line_flux:g}e-17 erg/s/cm2, FWHM {fwhm:g} km/s")
+
+
 @spectra.command("link")
 @click.option("--radius", default="2arcsec", show_default=True, help="Link radius.")
 @click.option("--relink", is_flag=True, help="Re-link spectra that already have a source.")
@@ -84,15 +104,17 @@ def list_cmd(limit: int, linked_only: bool, fmt: str) -> None:
 @spectra.command("matched-filter")
 @click.option("--name", default=DEFAULT_MF, show_default=True, help="Detector name.")
 @click.option("--threshold", type=float, default=6.0, show_default=True, help="S/N threshold of a hit.")
+@click.option("--sample", type=click.Choice(["galaxies", "all"]), default="galaxies", show_default=True,
+              help="Spectra it scans: galaxies with a pipeline redshift (Li et al.'s sample), or all.")
 @click.option("--json", "as_json", is_flag=True)
-def matched_filter_cmd(name: str, threshold: float, as_json: bool) -> None:
+def matched_filter_cmd(name: str, threshold: float, sample: str, as_json: bool) -> None:
     """Register a matched-filter detector version (the same settings give the same version)."""
     from lenscat.db.session import session_scope
     from lenscat.spectra.scan import register_matched_filter
 
     ensure_schema()
     with session_scope() as s:
-        mv, created = register_matched_filter(name, threshold=threshold, session=s)
+        mv, created = register_matched_filter(name, threshold=threshold, sample=sample, session=s)
     out = {"detector": mv.label, "model_id": mv.model_id, "created": created, "hparams": mv.hparams}
     click.echo(json.dumps(out) if as_json else f"{mv.label} ({'registered' if created else 'already registered'})")
 
@@ -110,11 +132,13 @@ def matched_filter_cmd(name: str, threshold: float, as_json: bool) -> None:
               help="Add real residuals (flux - continuum) from this spectrum store to part of the set.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Probability of a hit (default: the validation threshold giving <= 1 false hit per 1,000).")
+@click.option("--sample", type=click.Choice(["galaxies", "all"]), default="galaxies", show_default=True,
+              help="Spectra the detector scans: galaxies with a pipeline redshift, or all.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda when available).")
 @click.option("--json", "as_json", is_flag=True)
 def train_cmd(name: str, n_train: int, n_val: int, positive_fraction: float, epochs: int | None, pack: str | None,
-              threshold: float | None, seed: int, device: str | None, as_json: bool) -> None:
+              threshold: float | None, sample: str, seed: int, device: str | None, as_json: bool) -> None:
     """Train the Li et al. (2018) 1-D ResNet on synthetic spectra and register it as a detector."""
     from lenscat.db.session import session_scope
     from lenscat.spectra.training import train_detector
@@ -123,7 +147,7 @@ def train_cmd(name: str, n_train: int, n_val: int, positive_fraction: float, epo
     with session_scope() as s:
         mv, metrics = train_detector(name, n_train=n_train, n_val=n_val, positive_fraction=positive_fraction,
                                      epochs=epochs, residual_pack=pack, threshold=threshold, seed=seed,
-                                     device=device, progress=not as_json, session=s)
+                                     device=device, progress=not as_json, sample=sample, session=s)
     out = {"detector": mv.label, "model_id": mv.model_id, "metrics": metrics}
     click.echo(json.dumps(out, default=str) if as_json else
                f"{mv.label}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -236,12 +260,14 @@ def hits_cmd(detector: str | None, candidates_only: bool, min_snr: float | None,
               help="Injections per (flux, width) cell.")
 @click.option("--max-spectra", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Real spectra to inject into (a random subset beyond that).")
+@click.option("--sample", type=click.Choice(["galaxies", "all"]), default="galaxies", show_default=True,
+              help="Real spectra to inject into: galaxies with a pipeline redshift, or all.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", type=click.Path(path_type=Path), default=None,
               help="Directory for completeness.png.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def evaluate_cmd(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: int, max_spectra: int, seed: int,
-                 plots: Path | None, fmt: str) -> None:
+def evaluate_cmd(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: int, max_spectra: int, sample: str,
+                 seed: int, plots: Path | None, fmt: str) -> None:
     """Injection-recovery into the ingested real spectra: completeness vs line flux and width, and
     false hits per 1,000 spectra, for each detector side by side."""
     from lenscat.db.session import session_scope
@@ -261,7 +287,7 @@ def evaluate_cmd(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: 
     with session_scope() as s:
         models = [_detector(d, s) for d in detectors]
         results, info = evaluate_detectors(models, session=s, fluxes=fl, fwhms=fw, injections_per_cell=per_cell,
-                                           max_spectra=max_spectra, seed=seed)
+                                           max_spectra=max_spectra, seed=seed, sample=sample)
     out: dict[str, Any] = {**info, "detectors": [r.as_dict(fl, fw) for r in results]}
     if plots is not None:
         out["plot"] = str(plot_completeness(results, fl, fw, plots / "completeness.png"))
@@ -275,8 +301,8 @@ def evaluate_cmd(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: 
                    for r in results] for i, f in enumerate(fl)]
     write_rows(cols, rows, "table", sys.stdout)
     for r in results:
-        click.echo(f"{r.detector}: {r.false_hits_per_1000:.1f} false hits per 1,000 real spectra after vetoes "
-                   f"({r.false_hits_raw_per_1000:.1f} before); candidates in the real spectra: "
+        click.echo(f"{r.detector}: {r.false_hits_per_1000:.1f} hits per 1,000 real spectra as observed after vetoes "
+                   f"({r.false_hits_raw_per_1000:.1f} before; an upper limit on false hits); candidates: "
                    + (", ".join(f"{c['spectrum']} at {c['wavelength']:.1f} A" for c in r.real_candidates) or "none"))
     if plots is not None:
         click.echo(f"plot: {out['plot']}")

@@ -1,9 +1,10 @@
-"""Scheduled re-processing: queue whatever new sources, embeddings or model versions left missing.
+"""Scheduled re-processing: queue whatever new sources, embeddings, spectra or model versions left missing.
 
 For the latest version of every encoder that can run (not a set of precomputed vectors) it plans
 the embeddings still missing, and for the latest version of every classifier the scores still
 missing (a new classifier version has none, so it is scored in full; new embeddings make their
-sources scorable). Sources already in a queued or running chunk of the same model are left out,
+sources scorable), and for the latest version of every spectral detector the spectra it has not
+scanned. Sources already in a queued or running chunk of the same model are left out,
 so a tick that comes while work is under way queues nothing twice, and one advisory lock keeps
 two planners (Celery beat and ``lenscat reprocess``) from racing. Planning is one transaction;
 the chunks are sent to the workers after it commits.
@@ -36,7 +37,8 @@ class Planned:
     @property
     def task(self) -> str:
         """Celery task that runs a chunk of this job."""
-        return "lenscat.embed_chunk" if self.kind == "embed" else "lenscat.score_chunk"
+        return {"embed": "lenscat.embed_chunk", "score": "lenscat.score_chunk",
+                "spectral_scan": "lenscat.scan_spectra_chunk"}[self.kind]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for output."""
@@ -58,8 +60,8 @@ def _count(sql: str, session: Session) -> int:
 
 
 def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int = 1024,
-                   score_chunk: int = 20_000) -> list[Planned]:
-    """Plan the missing embeddings and scores of the latest model versions.
+                   score_chunk: int = 20_000, scan_chunk: int = 5000) -> list[Planned]:
+    """Plan the missing embeddings, scores and spectral scans of the latest model versions.
 
     Parameters
     ----------
@@ -67,12 +69,13 @@ def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int 
         Database session; the caller commits, then sends ``Planned.chunks`` with ``Planned.task``.
     dry_run
         Count what would be queued, create no job.
-    embed_chunk, score_chunk
-        Sources per task.
+    embed_chunk, score_chunk, scan_chunk
+        Sources (spectra) per task.
     """
     from lenscat.classifier import missing_scores_sql, plan_score_job
     from lenscat.embedding import _missing_sql, plan_embed_job
     from lenscat.jobs import outside_open_chunks, pending_chunks
+    from lenscat.spectra.scan import plan_scan, unscanned_sql
 
     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LOCK_KEY})
     out: list[Planned] = []
@@ -100,6 +103,17 @@ def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int 
         sj = plan_score_job(clf, chunk_size=score_chunk, reason="reprocess", exclude_open=True, session=session)
         out.append(Planned("score", clf.label, sj.job_id, sj.n_items, sj.n_chunks,
                            pending_chunks(sj.job_id, session=session)))
+    for mid in _latest("detector", session):
+        det = get_model("detector", mid, session=session)
+        n = _count(outside_open_chunks(unscanned_sql(det), "spectral_scan", det.model_id), session)
+        if n == 0:
+            continue
+        if dry_run:
+            out.append(Planned("spectral_scan", det.label, None, n, -(-n // scan_chunk), []))
+            continue
+        pj = plan_scan(det, chunk_size=scan_chunk, reason="reprocess", exclude_open=True, session=session)
+        out.append(Planned("spectral_scan", det.label, pj.job_id, pj.n_items, pj.n_chunks,
+                           pending_chunks(pj.job_id, session=session)))
     return out
 
 

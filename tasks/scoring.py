@@ -28,11 +28,17 @@ def score_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
 @app.task(name="lenscat.reprocess", acks_late=True, ignore_result=True, autoretry_for=(OperationalError,),
           retry_backoff=True, max_retries=3)
 def reprocess_task() -> dict[str, Any]:
-    """Plan and queue the missing embeddings and scores of the latest model versions (Celery beat)."""
+    """Plan and queue the missing embeddings, scores and spectral scans of the latest model versions,
+    and refresh the survey-wide veto of idle detectors (Celery beat)."""
     from lenscat.reprocess import build_missing_indexes, plan_reprocess, send
 
     with session_scope() as session:
         planned = plan_reprocess(session=session)
     with session_scope() as session:
         built = build_missing_indexes(session=session)
-    return {"jobs": [p.as_dict() for p in planned], "tasks_sent": send(planned), "indexes_built": built}
+    from lenscat.spectra.scan import refresh_idle_detectors
+
+    with session_scope() as session:
+        vetoes = refresh_idle_detectors(session=session)
+    return {"jobs": [p.as_dict() for p in planned], "tasks_sent": send(planned), "indexes_built": built,
+            "overdensity_flagged": vetoes}

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from lenscat.errors import LenscatError
 from lenscat.registry import ModelVersion
 from lenscat.spectra.grid import WINDOW
-from lenscat.spectra.pack import PackedRows, PackedVeto
+from lenscat.spectra.pack import PackedRows
 from lenscat.spectra.scan import Candidates, characterise, load_detector
 
 DEFAULT_FLUXES = (3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0)  # 1e-17 erg/s/cm^2
@@ -41,15 +41,18 @@ class RealSample:
 
 
 def load_real_sample(*, session: Session, max_spectra: int | None = None, min_coverage: float = 0.5,
-                     seed: int = 0) -> RealSample:
-    """Packed rows of ingested spectra with at least ``min_coverage`` of good window pixels."""
+                     seed: int = 0, sample: str = "galaxies") -> RealSample:
+    """Packed rows of the ingested spectra of a sample with at least ``min_coverage`` good window pixels."""
     from lenscat.spectra.ingest import pack_store
+    from lenscat.spectra.scan import sample_sql
 
     rows = session.execute(text(
-        "SELECT spectrum_id, survey || ':' || spec_key, pack_id, pack_row FROM lenscat.spectra "
-        "WHERE window_coverage >= :c ORDER BY spectrum_id"), {"c": float(min_coverage)}).all()
+        "SELECT spectrum_id, survey || ':' || spec_key, pack_id, pack_row FROM lenscat.spectra s "
+        f"WHERE window_coverage >= :c AND ({sample_sql(sample)}) ORDER BY spectrum_id"),
+        {"c": float(min_coverage)}).all()
     if not rows:
-        raise LenscatError("no ingested spectra with enough good pixels to inject lines into: run `lenscat spectra ingest`")
+        raise LenscatError(f"no ingested spectra in sample {sample!r} with >= {min_coverage:.0%} good window pixels "
+                           "to inject lines into: run `lenscat spectra ingest` (or use sample 'all')")
     if max_spectra is not None and len(rows) > max_spectra:
         pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_spectra, replace=False))
         rows = [rows[i] for i in pick]
@@ -95,13 +98,6 @@ class DetectorEvaluation:
                 "real_candidates": self.real_candidates}
 
 
-def _veto_rows(sample: RealSample, idx: np.ndarray) -> PackedVeto:
-    out = []
-    for i in idx.tolist():
-        out.append(sample.stores[i].read_veto(sample.pack_rows[i:i + 1]))
-    return PackedVeto(*(np.concatenate([getattr(v, f) for v in out]) for f in ("flux", "ivar", "continuum")))
-
-
 def _recovered(c: Candidates, n: int, centre_px: np.ndarray, tol: int) -> np.ndarray:
     rec = np.zeros(n, dtype=bool)
     if c.row.size:
@@ -121,6 +117,7 @@ def evaluate_detectors(
     tolerance_px: int = 4,
     seed: int = 0,
     device: str | None = None,
+    sample: str = "galaxies",
 ) -> tuple[list[DetectorEvaluation], dict[str, Any]]:
     """Injection-recovery and false-hit rates of detectors on the ingested real spectra.
 
@@ -138,11 +135,14 @@ def evaluate_detectors(
         Real spectra to use at most (a random subset beyond that).
     tolerance_px
         A hit within this many pixels of the injected peak counts as recovered.
+    sample
+        Real spectra to use (:data:`lenscat.spectra.scan.SAMPLES`; default the science sample,
+        galaxies with a pipeline redshift).
     """
     from lenscat.spectra.synth import inject_lines, lya_profile  # noqa: F401  (documented recipe)
 
-    sample = load_real_sample(session=session, max_spectra=max_spectra, seed=seed)
-    n_real = len(sample.spectrum_ids)
+    real = load_real_sample(session=session, max_spectra=max_spectra, seed=seed, sample=sample)
+    n_real = len(real.spectrum_ids)
     rng = np.random.default_rng(seed)
     wave = WINDOW.wave
     results = []
@@ -155,10 +155,10 @@ def evaluate_detectors(
     skew = rng.uniform(0.0, 4.0, size=base.size)
     params = {"centre": wave[centre_px], "line_flux": np.array([fluxes[cells[k][0]] for k in base]),
               "fwhm_kms": np.array([fwhms[cells[k][1]] for k in base]), "skew": skew}
-    flux_inj, ivar_inj = inject_lines(wave, sample.rows.flux[host], sample.rows.ivar[host], params)
+    flux_inj, ivar_inj = inject_lines(wave, real.rows.flux[host], real.rows.ivar[host], params)
     inj = PackedRows(flux=np.asarray(flux_inj, dtype=np.float32), ivar=np.asarray(ivar_inj, dtype=np.float32),
-                     continuum=sample.rows.continuum[host], sky=sample.rows.sky[host], z=sample.rows.z[host],
-                     continuum_source=sample.rows.continuum_source[host])
+                     continuum=real.rows.continuum[host], sky=real.rows.sky[host], z=real.rows.z[host],
+                     continuum_source=real.rows.continuum_source[host])
     for model in detectors:
         det = load_detector(model, device)
         c = det.detect(inj)
@@ -170,8 +170,8 @@ def evaluate_detectors(
             ntr[i, j] = int(m.sum())
             comp[i, j] = float(rec[m].mean()) if m.any() else np.nan
         # false hits on the real spectra as observed, after the per-line vetoes
-        c0 = det.detect(sample.rows)
-        real_hits = characterise_sample(c0, sample)
+        c0 = det.detect(real.rows)
+        real_hits = characterise_sample(c0, real)
         kept = [h for h in real_hits if h["fit_ok"] and not (h["veto_oii"] or h["veto_skew"])]
         results.append(DetectorEvaluation(
             detector=model.label, completeness=comp, n_trials=ntr,
@@ -179,7 +179,7 @@ def evaluate_detectors(
             false_hits_raw_per_1000=1000.0 * int(c0.row.size) / n_real,
             real_candidates=kept))
     info = {"n_real_spectra": n_real, "n_injected": int(base.size), "tolerance_px": tolerance_px,
-            "fluxes": list(fluxes), "fwhms_kms": list(fwhms), "seed": seed}
+            "fluxes": list(fluxes), "fwhms_kms": list(fwhms), "seed": seed, "sample": sample}
     return results, info
 
 

@@ -36,14 +36,35 @@ DEFAULT_CHUNK = 5000
 MATCHED_FILTER = "matched-filter"
 SPECNET = "specnet"
 
+#: which spectra a detector version scans (its ``sample`` hyper-parameter): the Li et al. science
+#: sample is galaxies with a pipeline redshift (the foreground's own lines are masked at that z, and
+#: a background line means z_source > z_lens); ``all`` scans every spectrum
+SAMPLES: dict[str, str] = {
+    "galaxies": "s.spec_class = 'GALAXY' AND s.z IS NOT NULL",
+    "all": "true",
+}
+DEFAULT_SAMPLE = "galaxies"
+
+
+def sample_sql(name: str) -> str:
+    """SQL condition on ``lenscat.spectra s`` for a named sample."""
+    if name not in SAMPLES:
+        raise LenscatError(f"unknown spectrum sample {name!r}; expected one of {', '.join(SAMPLES)}")
+    return SAMPLES[name]
+
 
 # --- detector versions --------------------------------------------------------------------------
-def register_matched_filter(name: str, *, session: Session, **config: Any) -> tuple[ModelVersion, bool]:
-    """Register a matched-filter detector version with the given configuration (defaults otherwise)."""
+def register_matched_filter(name: str, *, session: Session, sample: str = DEFAULT_SAMPLE,
+                            **config: Any) -> tuple[ModelVersion, bool]:
+    """Register a matched-filter detector version with the given configuration (defaults otherwise).
+
+    ``sample`` names the spectra it scans (:data:`SAMPLES`).
+    """
     from lenscat.spectra.matched_filter import MatchedFilterConfig
 
+    sample_sql(sample)
     cfg = MatchedFilterConfig(**config)
-    hp = json.loads(json.dumps(asdict(cfg), default=list))
+    hp = {**json.loads(json.dumps(asdict(cfg), default=list)), "sample": sample}
     sha = hashlib.sha256(json.dumps({"architecture": MATCHED_FILTER, **hp}, sort_keys=True).encode()).hexdigest()
     return register_model("detector", name, architecture=MATCHED_FILTER, output_dim=None, checkpoint_path=None,
                           checkpoint_sha256=sha, origin="configured", hparams=hp,
@@ -71,7 +92,8 @@ class Detector:
         if model.architecture == MATCHED_FILTER:
             from lenscat.spectra.matched_filter import MatchedFilterConfig
 
-            hp: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.hparams.items()}
+            hp: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.hparams.items()
+                                  if k != "sample"}
             self.config: Any = MatchedFilterConfig(**hp)
         elif model.architecture == SPECNET:
             from lenscat.models.specnet import load_specnet
@@ -212,9 +234,15 @@ class PlannedScan:
                 "chunks": self.n_chunks}
 
 
+def detector_sample(model: ModelVersion) -> str:
+    """The sample a detector version scans (versions from before samples existed: all)."""
+    return str(model.hparams.get("sample", "all"))
+
+
 def unscanned_sql(model: ModelVersion) -> str:
-    """Ids of spectra the detector version has not scanned yet."""
-    return ("SELECT s.spectrum_id AS id FROM lenscat.spectra s WHERE NOT EXISTS (SELECT 1 FROM "
+    """Ids of spectra in the detector version's sample that it has not scanned yet."""
+    return ("SELECT s.spectrum_id AS id FROM lenscat.spectra s WHERE "
+            f"({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM "
             f"lenscat.spectral_scans x WHERE x.model_id = {int(model.model_id)} AND x.spectrum_id = s.spectrum_id)")
 
 
@@ -268,12 +296,35 @@ def scan_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: S
     model = get_model("detector", int(mid), session=session)
     todo = np.array(session.execute(
         text("SELECT s.spectrum_id FROM lenscat.spectra s WHERE s.spectrum_id BETWEEN :lo AND :hi "
-             "AND NOT EXISTS (SELECT 1 FROM lenscat.spectral_scans x WHERE x.model_id = :m "
+             f"AND ({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM lenscat.spectral_scans x WHERE x.model_id = :m "
              "AND x.spectrum_id = s.spectrum_id)"), {"lo": lo_id, "hi": hi_id, "m": model.model_id}).scalars().all(),
         dtype=np.int64)
     n = scan_spectra(model, todo, session=session, device=device, job_id=job_id)
     finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session)
+    others_open = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.job_chunks WHERE job_id = :j "
+                                       "AND chunk_no <> :c AND status <> 'done')"),
+                                  {"j": job_id, "c": chunk_no}).scalar()
+    if not others_open:  # the job's last chunk: refresh the survey-wide veto (beat does it too)
+        refresh_overdensity(model, session=session)
     return n
+
+
+def refresh_idle_detectors(*, session: Session) -> dict[str, int]:
+    """Refresh the over-density veto of every latest detector version with no scan under way.
+
+    Run by Celery beat's re-processing tick, so hits written by chunks that finished concurrently
+    still get the survey-wide veto. Returns ``{detector: hits flagged}``.
+    """
+    from lenscat.reprocess import _latest
+
+    out = {}
+    for mid in _latest("detector", session):
+        busy = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.jobs WHERE kind = 'spectral_scan' "
+                                    "AND model_id = :m AND status IN ('queued', 'running'))"), {"m": mid}).scalar()
+        if not busy:
+            model = get_model("detector", mid, session=session)
+            out[model.label] = refresh_overdensity(model, session=session)
+    return out
 
 
 def refresh_overdensity(model: ModelVersion, *, session: Session) -> int:

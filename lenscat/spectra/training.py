@@ -66,6 +66,7 @@ def train_detector(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    sample: str = "galaxies",
 ) -> tuple[ModelVersion, dict[str, Any]]:
     """Train a ResNet detector on synthetic spectra and register it.
 
@@ -87,6 +88,8 @@ def train_detector(
         Seed of the training set (validation uses ``seed + 1``) and of the training.
     device
         Torch device (default: CUDA when available).
+    sample
+        Spectra the detector scans (:data:`lenscat.spectra.scan.SAMPLES`).
 
     Returns
     -------
@@ -101,8 +104,10 @@ def train_detector(
         save_specnet,
         train_specnet,
     )
+    from lenscat.spectra.scan import sample_sql
     from lenscat.spectra.synth import make_training_set
 
+    sample_sql(sample)
     residuals = None
     residual_ids: list[int] = []
     if residual_pack is not None:
@@ -135,7 +140,7 @@ def train_detector(
                 "residual_spectrum_ids_sha256": hashlib.sha256(json.dumps(residual_ids).encode()).hexdigest()
                 if residual_ids else None}
     tsha = hashlib.sha256(json.dumps(set_desc, sort_keys=True).encode()).hexdigest()
-    hparams = {**history.get("hparams", {}), "threshold": thr, "training_set": set_desc}
+    hparams = {**history.get("hparams", {}), "threshold": thr, "training_set": set_desc, "sample": sample}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "specnet.pt"
         save_specnet(model, path, hparams=hparams)
