@@ -232,6 +232,30 @@ def _sha256(path: Path) -> str:
     return file_sha256(path)
 
 
+def cpu_state_dict(state: Mapping[str, Tensor] | torch.nn.Module) -> dict[str, Tensor]:
+    """A state dict as contiguous CPU copies (what every lenscat checkpoint stores)."""
+    sd = state.state_dict() if isinstance(state, torch.nn.Module) else state
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def write_checkpoint(obj: Mapping[str, Any], path: str | Path) -> str:
+    """``torch.save`` a checkpoint dict atomically and byte-reproducibly; returns the file's sha256.
+
+    Written to a temporary file beside ``path``, then renamed over it; through a file object the
+    archive's inner name is fixed ("archive"), so the same weights and metadata give the same bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(dict(obj), fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _sha256(path)
+
+
 def save_encoder(
     encoder: Encoder,
     path: str | Path,
@@ -285,19 +309,11 @@ def save_encoder(
         "arch": arch,
         "hparams": hp,
         "output_dim": int(ref.output_dim),
-        "state_dict": {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()},
+        "state_dict": cpu_state_dict(sd),
         "preprocessing": pre.to_dict(),
         "extra": _plain(dict(extra or {}), f"{path}: extra"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:  # a file object: the archive's inner name is fixed ("archive"),
-            torch.save(obj, fh)  # so the same weights and metadata always give the same bytes
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return _sha256(path)
+    return write_checkpoint(obj, path)
 
 
 def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:

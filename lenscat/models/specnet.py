@@ -31,9 +31,7 @@ is left untouched.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,7 +45,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lenscat.errors import InputFileError, LenscatError
-from lenscat.models.checkpoint import _load, _plain
+from lenscat.models.checkpoint import _load, _plain, cpu_state_dict, write_checkpoint
 from lenscat.spectra.grid import WINDOW
 from lenscat.spectra.masks import galaxy_line_masks, sky_line_mask
 
@@ -844,19 +842,10 @@ def save_specnet(model: SpecResNet, path: str | Path, *, hparams: Mapping[str, A
         "format_version": SPECNET_FORMAT_VERSION,
         "kind": _KIND,
         "config": _plain(dict(model.config), f"{path}: config"),
-        "state_dict": {k: v.detach().to("cpu").contiguous().clone()
-                       for k, v in model.state_dict().items()},
+        "state_dict": cpu_state_dict(model),
         "hparams": _plain(dict(hparams), f"{path}: hparams"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:  # a file object: fixed inner archive name, reproducible bytes
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return write_checkpoint(obj, path)
 
 
 def load_specnet(path: str | Path) -> tuple[SpecResNet, dict[str, Any]]:

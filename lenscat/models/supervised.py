@@ -50,7 +50,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -65,7 +64,15 @@ from tqdm import tqdm
 
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.models.augment import AugmentConfig, Augmenter
-from lenscat.models.checkpoint import _build_empty, _check_state_dict, _load, _plain, _sha256
+from lenscat.models.checkpoint import (
+    _build_empty,
+    _check_state_dict,
+    _load,
+    _plain,
+    _sha256,
+    cpu_state_dict,
+    write_checkpoint,
+)
 from lenscat.models.data import ArraySource, ImageSource, prefetch
 from lenscat.models.inference import best_device
 from lenscat.models.moco import _SigintStop
@@ -878,20 +885,10 @@ def save_classifier(
         "head": {"in_features": int(head.in_features), "out_features": int(head.out_features)},
         "crop": int(model.crop),
         "preprocessing": model.preprocessing.to_dict(),
-        "state_dict": {
-            k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
-        },
+        "state_dict": cpu_state_dict(model),
         "hparams": _plain(dict(hparams), f"{path}: hparams"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:  # a file object: fixed inner archive name, reproducible bytes
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return _sha256(path)
+    return write_checkpoint(obj, path)
 
 
 def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
