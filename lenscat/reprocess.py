@@ -12,13 +12,14 @@ the chunks are sent to the workers after it commits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.registry import get_model
+from lenscat.registry import ModelVersion, get_model
 
 LOCK_KEY = "lenscat.reprocess"
 
@@ -78,42 +79,30 @@ def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int 
     from lenscat.spectra.scan import plan_scan, unscanned_sql
 
     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LOCK_KEY})
+    # (job kind, model kind, missing-items SQL, planner, chunk size); external encoders cannot run
+    work: list[tuple[str, str, Callable[[ModelVersion], str], Callable[..., Any], int]] = [
+        ("embed", "encoder", lambda m: _missing_sql(m.model_id, False),
+         lambda m, **kw: plan_embed_job(m.label, **kw), embed_chunk),
+        ("score", "classifier", missing_scores_sql,
+         lambda m, **kw: plan_score_job(m, reason="reprocess", **kw), score_chunk),
+        ("spectral_scan", "detector", unscanned_sql,
+         lambda m, **kw: plan_scan(m, reason="reprocess", **kw), scan_chunk),
+    ]
     out: list[Planned] = []
-    for mid in _latest("encoder", session):
-        enc = get_model("encoder", mid, session=session)
-        if enc.origin == "external":
-            continue
-        n = _count(outside_open_chunks(_missing_sql(enc.model_id, False), "embed", enc.model_id), session)
-        if n == 0:
-            continue
-        if dry_run:
-            out.append(Planned("embed", enc.label, None, n, -(-n // embed_chunk), []))
-            continue
-        job = plan_embed_job(enc.label, chunk_size=embed_chunk, exclude_open=True, session=session)
-        out.append(Planned("embed", enc.label, job.job_id, job.n_items, job.n_chunks,
-                           pending_chunks(job.job_id, session=session)))
-    for mid in _latest("classifier", session):
-        clf = get_model("classifier", mid, session=session)
-        n = _count(outside_open_chunks(missing_scores_sql(clf), "score", clf.model_id), session)
-        if n == 0:
-            continue
-        if dry_run:
-            out.append(Planned("score", clf.label, None, n, -(-n // score_chunk), []))
-            continue
-        sj = plan_score_job(clf, chunk_size=score_chunk, reason="reprocess", exclude_open=True, session=session)
-        out.append(Planned("score", clf.label, sj.job_id, sj.n_items, sj.n_chunks,
-                           pending_chunks(sj.job_id, session=session)))
-    for mid in _latest("detector", session):
-        det = get_model("detector", mid, session=session)
-        n = _count(outside_open_chunks(unscanned_sql(det), "spectral_scan", det.model_id), session)
-        if n == 0:
-            continue
-        if dry_run:
-            out.append(Planned("spectral_scan", det.label, None, n, -(-n // scan_chunk), []))
-            continue
-        pj = plan_scan(det, chunk_size=scan_chunk, reason="reprocess", exclude_open=True, session=session)
-        out.append(Planned("spectral_scan", det.label, pj.job_id, pj.n_items, pj.n_chunks,
-                           pending_chunks(pj.job_id, session=session)))
+    for job_kind, model_kind, missing, plan, chunk in work:
+        for mid in _latest(model_kind, session):
+            model = get_model(model_kind, mid, session=session)
+            if model_kind == "encoder" and model.origin == "external":  # precomputed vectors
+                continue
+            n = _count(outside_open_chunks(missing(model), job_kind, model.model_id), session)
+            if n == 0:
+                continue
+            if dry_run:
+                out.append(Planned(job_kind, model.label, None, n, -(-n // chunk), []))
+                continue
+            job = plan(model, chunk_size=chunk, exclude_open=True, session=session)
+            out.append(Planned(job_kind, model.label, job.job_id, job.n_items, job.n_chunks,
+                               pending_chunks(job.job_id, session=session)))
     return out
 
 

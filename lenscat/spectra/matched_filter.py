@@ -21,15 +21,23 @@ This module owns the residual line search of BELLS / BELLS GALLERY (Bolton et al
 
    ``A = sum(r w k) / sum(w k**2)``,  ``S/N = sum(r w k) / sqrt(sum(w k**2))``,
 
-   computed for all pixels at once as correlations along the pixel axis (FFT, two workers);
+   computed for all pixels at once as correlations along the pixel axis: per block of 128 spectra
+   one real FFT of ``r w`` and of ``w`` (zero-padded to 1,280 px), one complex product per kernel and
+   one batched inverse FFT (torch's MKL/pocketfft transforms, single-threaded inside a block; the
+   blocks run on ``workers`` threads, which release the GIL in the transforms and numpy's loops).
+   The sums are taken with the unscaled ``w`` and the S/N multiplied by ``1 / s`` afterwards (both
+   sums scale with ``w``);
 5. a kernel counts at a pixel only where at least ``min_coverage`` (70 %) of the pixels within
    +-2 sigma are unmasked and inside the window (the S/N of a partly covered kernel is still
    unit-normal under noise, but line-like residuals pile up at mask edges);
 6. hits are the local maxima (within +-``merge_px`` = 3 px, one per peak) of the S/N map, maximum
    over kernels, with ``S/N >= threshold`` (6). :func:`scan_batch` finds candidates on the map
-   without the coverage cut (cheaper) and then recomputes every kernel exactly at each candidate,
-   keeping the best kernel that passes the cut; :func:`snr_map` and :func:`snr_max` apply the cut
-   to the whole map.
+   without the coverage cut (cheaper; only in spectra whose maximum reaches the threshold) and then
+   recomputes every kernel exactly at each candidate, keeping the best kernel that passes the cut;
+   :func:`snr_map` and :func:`snr_max` apply the cut to the whole map (:func:`snr_max` checks it
+   only where a kernel's maximum lies, and searches again over the covered pixels of the few
+   kernels whose maximum is uncovered and could still be the spectrum's best: the same result).
+   :func:`scan_batch_with_max` gives the hits and the best S/N of each spectrum from one pass.
 
 Flux densities are in 1e-17 erg/s/cm^2/Angstrom, line fluxes in 1e-17 erg/s/cm^2, wavelengths in
 vacuum Angstrom.
@@ -37,18 +45,20 @@ vacuum Angstrom.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.fft
+import torch
 from scipy.ndimage import maximum_filter1d
 
-from lenscat.spectra.continuum import galaxy_line_masks_fast, robust_sigma_rows
 from lenscat.spectra.grid import C_KMS, WINDOW
-from lenscat.spectra.masks import sky_line_mask
+from lenscat.spectra.masks import galaxy_lines, sky_line_mask
 
-__all__ = ["Hits", "MatchedFilterConfig", "scan_batch", "snr_map", "snr_max"]
+__all__ = ["Hits", "MatchedFilterConfig", "scan_batch", "scan_batch_with_max", "snr_map", "snr_max"]
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,10 @@ class MatchedFilterConfig:
     min_good_pixels : int
         Spectra with fewer unmasked pixels are not searched (no hits, NaN ``snr_max``).
     chunk : int
-        Rows processed together (bounds memory to a few x chunk x pixels floats).
+        Rows processed together at most (blocks are ``min(chunk, 128)`` rows; memory is a few x
+        workers x block x pixels floats).
     workers : int
-        Threads for the FFTs.
+        Threads searching blocks in parallel (torch's own intra-op threads are held at 1 meanwhile).
     """
 
     threshold: float = 6.0
@@ -150,28 +161,50 @@ class Hits:
         )
 
 
+#: rows searched together by one thread (their arrays stay in a core's L2 cache)
+_BLOCK = 128
+#: S/N given to pixels where a kernel is not counted (coverage too low): below any real value
+_BAD = np.float32(-3e38)
+#: ``sum(w k^2)`` below this fraction of its row maximum is floored there (FFT round-off guard)
+_DEN_FLOOR = np.float32(1e-4)
+#: MAD -> sigma for a Gaussian
+_MAD_TO_SIGMA = 1.0 / 0.6744897501960817
+
+
+def _fft_len(m: int) -> int:
+    """Smallest ``n >= m`` of the form ``2^a 3^b 5^c`` with ``a >= 5`` (fast for MKL's real FFTs)."""
+    n = max(32, -(-m // 32) * 32)
+    while True:
+        k = n // 32
+        for f in (2, 3, 5):
+            while k % f == 0:
+                k //= f
+        if k == 1:
+            return n
+        n += 32
+
+
 @dataclass(frozen=True)
 class _Bank:
     """Kernel transforms for one FFT length."""
 
     nfft: int
-    k_hat: np.ndarray  # (K, nfft//2+1) real: transform of k
-    k2_hat: np.ndarray  # (K, nfft//2+1) real: transform of k**2
+    kk_hat: torch.Tensor  # (2, K, 1, nfft//2+1) complex64: transforms of k and k**2 (real: symmetric)
     half_cov: tuple[int, ...]  # coverage half-widths [px]
     need: tuple[int, ...]  # minimum good pixels within +-half_cov
     kernels: tuple[np.ndarray, ...]  # the kernels in pixel space (2h+1 taps, unit peak)
 
 
-_BANKS: dict[tuple[int, tuple[float, ...], float, float], _Bank] = {}
+_BANKS: dict[tuple[int, tuple[float, ...], float, float, float], _Bank] = {}
 
 
 def _bank(p: int, cfg: MatchedFilterConfig) -> _Bank:
-    key = (p, tuple(cfg.sigmas_px), cfg.truncate, cfg.coverage_nsigma)
+    key = (p, tuple(cfg.sigmas_px), cfg.truncate, cfg.coverage_nsigma, cfg.min_coverage)
     bank = _BANKS.get(key)
     if bank is not None:
         return bank
     hmax = max(int(np.ceil(cfg.truncate * s)) for s in cfg.sigmas_px)
-    nfft = scipy.fft.next_fast_len(p + hmax + 1, real=True)
+    nfft = _fft_len(p + hmax + 1)
     ks, k2s, kern = [], [], []
     for s in cfg.sigmas_px:
         h = int(np.ceil(cfg.truncate * s))
@@ -182,46 +215,72 @@ def _bank(p: int, cfg: MatchedFilterConfig) -> _Bank:
         k2c = np.zeros(nfft)
         k2c[x % nfft] = k * k
         kern.append(k)
-        ks.append(scipy.fft.rfft(kc).real)
-        k2s.append(scipy.fft.rfft(k2c).real)
+        ks.append(np.fft.rfft(kc).real)
+        k2s.append(np.fft.rfft(k2c).real)
     half = tuple(max(1, int(round(cfg.coverage_nsigma * s))) for s in cfg.sigmas_px)
     need = tuple(int(np.ceil(cfg.min_coverage * (2 * h + 1) - 1e-9)) for h in half)
-    bank = _Bank(nfft=nfft, k_hat=np.asarray(ks, dtype=np.float32),
-                 k2_hat=np.asarray(k2s, dtype=np.float32), half_cov=half, need=need,
-                 kernels=tuple(kern))
+    # stored complex: a complex x complex product is cheaper in torch than complex x real
+    kk = np.asarray([ks, k2s], dtype=np.float32)[:, :, None, :].astype(np.complex64)
+    bank = _Bank(nfft=nfft, kk_hat=torch.from_numpy(kk), half_cov=half, need=need, kernels=tuple(kern))
     _BANKS[key] = bank
     return bank
 
 
-def _prepare(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
-             wave: np.ndarray, cfg: MatchedFilterConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Residuals, weights (rescaled) and the good-pixel mask of one chunk (float32)."""
-    f = np.asarray(flux, dtype=np.float32)
-    iv = np.asarray(ivar, dtype=np.float32)
-    c = np.asarray(continuum, dtype=np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        r = f - c
-        good = np.isfinite(r) & np.isfinite(iv) & (iv > 0)
-    good &= ~galaxy_line_masks_fast(wave, z, half_width_kms=cfg.galaxy_half_width_kms,
-                                    extended=cfg.galaxy_extended)
-    if cfg.sky_half_width_kms > 0:
-        good &= ~sky_line_mask(wave, half_width_kms=cfg.sky_half_width_kms)[None, :]
-    good &= (good.sum(axis=1) >= cfg.min_good_pixels)[:, None]
-    r = np.where(good, r, np.float32(0.0))
-    w = np.where(good, iv, np.float32(0.0))
-    if cfg.rescale_ivar:
-        s = robust_sigma_rows(r * np.sqrt(w), good)
-        ok = np.isfinite(s) & (s > 0)
-        scale = np.where(ok, 1.0 / np.where(ok, s, 1.0) ** 2, 0.0).astype(np.float32)
-        w *= scale[:, None]
-        good &= ok[:, None]
-    return r, w, good
+_THREADS_LOCK = threading.Lock()
+_THREADS_DEPTH = 0
+_THREADS_SAVED = 0
 
 
-#: S/N given to pixels where a kernel is not counted (coverage too low): below any real value
-_BAD = np.float32(-3e38)
-#: ``sum(w k^2)`` below this fraction of its row maximum is floored there (FFT round-off guard)
-_DEN_FLOOR = np.float32(1e-4)
+@contextmanager
+def _torch_single_thread() -> Iterator[None]:
+    """Run torch's FFTs single-threaded inside the block (the search threads itself over blocks).
+
+    torch's intra-op thread count is process-wide: the first caller saves and lowers it, the last
+    one restores it (nested and concurrent searches are fine).
+    """
+    global _THREADS_DEPTH, _THREADS_SAVED
+    with _THREADS_LOCK:
+        if _THREADS_DEPTH == 0:
+            _THREADS_SAVED = torch.get_num_threads()
+            if _THREADS_SAVED != 1:
+                torch.set_num_threads(1)
+        _THREADS_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_DEPTH -= 1
+            if _THREADS_DEPTH == 0 and _THREADS_SAVED != 1:
+                torch.set_num_threads(_THREADS_SAVED)
+
+
+_LINES: dict[bool, np.ndarray] = {}
+
+
+def _galaxy_pixels(wave: np.ndarray, z: np.ndarray, half_width_kms: float, extended: bool) -> np.ndarray:
+    """Flat indices into an (N, P) array of the pixels on the foreground galaxy's lines.
+
+    The pixels :func:`lenscat.spectra.masks.galaxy_line_masks` masks (``|wave - c| <= c v / c_light``
+    for each line observed at ``c``; NaN redshift masks nothing), as index runs instead of a
+    cumulative sum over every pixel (a few hundred pixels per spectrum, not P).
+    """
+    rest = _LINES.get(extended)
+    if rest is None:
+        rest = _LINES[extended] = np.unique(np.array(list(galaxy_lines(extended).values()), dtype=np.float64))
+    n, p = z.size, wave.size
+    finite = np.isfinite(z)
+    obs = rest[None, :] * (1.0 + np.where(finite, z, 0.0)[:, None])  # (N, L)
+    tol = obs * half_width_kms / C_KMS
+    lo = np.searchsorted(wave, (obs - tol).ravel(), side="left").reshape(obs.shape)
+    hi = np.searchsorted(wave, (obs + tol).ravel(), side="right").reshape(obs.shape)
+    keep = finite[:, None] & (hi > lo)
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64)
+    rows = np.broadcast_to(np.arange(n)[:, None], obs.shape)[keep]
+    length = (hi - lo)[keep]
+    first = rows * p + lo[keep]
+    run_start = np.cumsum(length) - length
+    return np.asarray(np.arange(int(length.sum())) + np.repeat(first - run_start, length), dtype=np.int64)
 
 
 def _check(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
@@ -239,81 +298,128 @@ def _check(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndar
 
 
 @dataclass
-class _Chunk:
-    """One chunk's searchable rows: global row indices, residuals, weights, good mask, S/N map."""
+class _Prepared:
+    """One block's residuals, unscaled weights, good-pixel mask, searchable rows and ivar scale."""
 
-    rows: np.ndarray
-    r: np.ndarray
-    w: np.ndarray
-    good: np.ndarray
-    snr: np.ndarray
+    r: np.ndarray  # (B, P) float32, 0 where not good
+    w: np.ndarray  # (B, P) float32 ivar, 0 where not good (not yet rescaled): a view of ``padded[1]``
+    padded: np.ndarray  # (2, B, nfft) float32: r * w and w, zero beyond P (the FFT input)
+    good: np.ndarray  # (B, P) bool
+    ok: np.ndarray  # (B,) bool: searchable
+    scale: np.ndarray  # (B,) float32: ivar multiplier (1 / s^2), 0 where not searchable
 
 
-def _iter_maps(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
-               wave: np.ndarray, cfg: MatchedFilterConfig, *, coverage: bool) -> Iterator[_Chunk]:
-    """Yield the best-kernel S/N map of each chunk (searchable rows only).
+def _prepare(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
+             wave: np.ndarray, sky_cols: np.ndarray, cfg: MatchedFilterConfig, nfft: int) -> _Prepared:
+    """Residuals, weights, good-pixel mask and the robust ivar rescaling of one block."""
+    f = np.asarray(flux, dtype=np.float32)
+    iv = np.asarray(ivar, dtype=np.float32)
+    c = np.asarray(continuum, dtype=np.float32)
+    n, p = f.shape
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = f - c
+        good = np.isfinite(r)
+        good &= iv > 0
+        good &= iv < np.inf
+    if sky_cols.size:
+        good[:, sky_cols] = False
+    gal = _galaxy_pixels(wave, z, cfg.galaxy_half_width_kms, cfg.galaxy_extended)
+    if gal.size:
+        good.reshape(-1)[gal] = False
+    ng = np.count_nonzero(good, axis=1)
+    few = ng < cfg.min_good_pixels
+    if few.any():
+        good[few] = False
+        ng[few] = 0
+    r = np.where(good, r, np.float32(0.0))
+    padded = np.empty((2, n, nfft), dtype=np.float32)  # torch pads an unpadded input slowly
+    padded[:, :, p:] = 0.0
+    rw, w = padded[0, :, :p], padded[1, :, :p]
+    np.copyto(w, np.where(good, iv, np.float32(0.0)))
+    np.multiply(r, w, out=rw)
+    ok = ng > 0
+    if cfg.rescale_ivar:
+        # s = median over good pixels of |r| sqrt(w) / 0.6745: the masked pixels are exactly 0 in
+        # r^2 w and sort first, so the good pixels' order statistics sit nbad places further on
+        x2 = r * rw
+        x2.sort(axis=1)
+        nbad = p - ng
+        at = np.arange(n)
+        lo = np.sqrt(x2[at, np.clip(nbad + (ng - 1) // 2, 0, p - 1)])
+        hi = np.sqrt(x2[at, np.clip(nbad + ng // 2, 0, p - 1)])
+        s = 0.5 * (lo.astype(np.float64) + hi) * _MAD_TO_SIGMA
+        ok &= np.isfinite(s) & (s > 0)
+        scale = np.where(ok, 1.0 / np.where(ok, s, 1.0) ** 2, 0.0).astype(np.float32)
+    else:
+        scale = ok.astype(np.float32)
+    if not ok.all():
+        good[~ok] = False
+    return _Prepared(r=r, w=w, padded=padded, good=good, ok=ok, scale=scale)
 
-    With ``coverage`` a kernel counts at a pixel only where it passes the coverage cut (``_BAD``
-    elsewhere); without it every kernel counts (the fast map :func:`scan_batch` finds candidates
-    in, before checking coverage exactly at the candidates).
+
+def _kernel_snr(pr: _Prepared, bank: _Bank) -> np.ndarray:
+    """(K, B, P) float32 S/N of every kernel at every pixel, for the *unscaled* weights.
+
+    ``num = sum(r w k)`` and ``den = sum(w k^2)`` for all kernels come from one forward transform
+    of ``r w`` and of ``w`` and one batched inverse transform each; the S/N for the rescaled weights
+    is this times ``sqrt(scale)`` of the row (both sums scale with ``w``; the floor is relative).
     """
-    n, p = flux.shape
-    if n == 0 or p == 0:
-        return
-    bank = _bank(p, cfg)
-    hpad = max(bank.half_cov) + 1
-    step = max(1, cfg.chunk)
-    for start in range(0, n, step):
-        sl = slice(start, min(start + step, n))
-        r, w, good = _prepare(flux[sl], ivar[sl], continuum[sl], z[sl], wave, cfg)
-        rows = np.flatnonzero(good.any(axis=1))
-        if rows.size == 0:
-            continue
-        if rows.size < good.shape[0]:
-            r, w, good = r[rows], w[rows], good[rows]
-        m = rows.size
-        rw_hat = scipy.fft.rfft(r * w, n=bank.nfft, axis=1, workers=cfg.workers)
-        w_hat = scipy.fft.rfft(w, n=bank.nfft, axis=1, workers=cfg.workers)
-        if coverage:
-            # padded cumulative count of good pixels: the count in [i-h, i+h] is a slice difference
-            cs = np.zeros((m, p + 2 * hpad), dtype=np.int16)
-            np.cumsum(good, axis=1, dtype=np.int16, out=cs[:, hpad:hpad + p])
-            cs[:, hpad + p:] = cs[:, hpad + p - 1:hpad + p]
-        best = np.full((m, p), _BAD, dtype=np.float32)
-        for j in range(len(cfg.sigmas_px)):
-            num = scipy.fft.irfft(rw_hat * bank.k_hat[j], n=bank.nfft, axis=1, workers=cfg.workers)[:, :p]
-            den = scipy.fft.irfft(w_hat * bank.k2_hat[j], n=bank.nfft, axis=1, workers=cfg.workers)[:, :p]
-            # den is a sum of non-negative terms; FFT round-off leaves ~1e-7 noise where the kernel
-            # sees no data: floor it relative to the row's maximum
-            floor = np.maximum(_DEN_FLOOR * den.max(axis=1, keepdims=True), np.float32(1e-30))
-            np.maximum(den, floor, out=den)
-            np.sqrt(den, out=den)
-            np.divide(num, den, out=num)  # S/N = sum(r w k) / sqrt(sum(w k^2))
-            if coverage:
-                h = bank.half_cov[j]
-                count = cs[:, hpad + h:hpad + h + p] - cs[:, hpad - h - 1:hpad - h - 1 + p]
-                num += (count < bank.need[j]) * _BAD
-            np.maximum(best, num, out=best)
-        yield _Chunk(rows=start + rows, r=r, w=w, good=good, snr=best)
+    p = pr.r.shape[1]
+    spec = torch.fft.rfft(torch.from_numpy(pr.padded), dim=2)  # (2, B, nfft//2+1)
+    prod = spec.unsqueeze(1) * bank.kk_hat  # (2, K, B, nfft//2+1)
+    sums = torch.fft.irfft(prod, n=bank.nfft, dim=3)[..., :p].numpy()
+    num, den = sums[0], sums[1]
+    # den is a sum of non-negative terms; FFT round-off leaves ~1e-7 noise where the kernel sees no
+    # data: floor it relative to the row's maximum
+    floor = den.max(axis=2, keepdims=True)
+    floor *= _DEN_FLOOR
+    np.maximum(floor, np.float32(1e-30), out=floor)
+    np.maximum(den, floor, out=den)
+    np.sqrt(den, out=den)
+    return np.divide(num, den)  # contiguous (K, B, P): the reductions that follow are faster
 
 
-def snr_map(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
-            wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None) -> np.ndarray:
-    """Per-pixel matched-filter S/N, maximum over the kernels that pass the coverage cut.
+def _coverage_counts(good: np.ndarray, half: int) -> np.ndarray:
+    """(B, P) number of good pixels within +-``half`` of each pixel (outside the grid: not good)."""
+    b, p = good.shape
+    cs = np.zeros((b, p + 2 * half + 1), dtype=np.int32)
+    np.cumsum(good, axis=1, dtype=np.int32, out=cs[:, half + 1:half + 1 + p])
+    cs[:, half + 1 + p:] = cs[:, half + p:half + 1 + p]
+    return np.asarray(cs[:, 2 * half + 1:] - cs[:, :p])
 
-    Parameters are those of :func:`scan_batch`.
 
-    Returns
-    -------
-    numpy.ndarray
-        (N, P) float32; -inf where no kernel is counted (masked, or spectrum not searchable).
+def _kernel_max(snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per kernel and row: the pixel of the maximum of ``snr`` (K, B, P) and that maximum, (K, B) each."""
+    k, b, _ = snr.shape
+    arg = snr.argmax(axis=2)
+    return arg, snr[np.arange(k)[:, None], np.arange(b)[None, :], arg]
+
+
+def _covered_max(snr: np.ndarray, arg: np.ndarray, top: np.ndarray, good: np.ndarray, bank: _Bank) -> np.ndarray:
+    """(B,) maximum over kernels and pixels of ``snr`` (K, B, P) where the coverage cut passes.
+
+    Exact, but cheap: where a kernel's maximum over all pixels (``top`` at pixel ``arg``, from
+    :func:`_kernel_max`) sits at a covered pixel it is that kernel's covered maximum; only kernels
+    whose maximum is uncovered *and* above the best covered value so far are searched again over
+    their covered pixels (a few rows). ``_BAD`` where no kernel is counted anywhere.
     """
-    cfg = config or MatchedFilterConfig()
-    f, iv, c, z1, wv = _check(flux, ivar, continuum, z, wave)
-    out = np.full(f.shape, -np.inf, dtype=np.float32)
-    for ch in _iter_maps(f, iv, c, z1, wv, cfg, coverage=True):
-        out[ch.rows] = np.where(ch.snr <= _BAD, np.float32(-np.inf), ch.snr)
-    return out
+    k, b, p = snr.shape
+    hmax = max(bank.half_cov)
+    at = np.arange(b)
+    gp = np.zeros((b, p + 2 * hmax), dtype=bool)
+    gp[:, hmax:hmax + p] = good
+    covered = np.empty((k, b), dtype=bool)
+    for j, (h, need) in enumerate(zip(bank.half_cov, bank.need, strict=True)):
+        cols = arg[j][:, None] + (hmax + np.arange(-h, h + 1))[None, :]
+        covered[j] = gp[at[:, None], cols].sum(axis=1) >= need
+    best = np.where(covered, top, _BAD).max(axis=0)
+    for j in range(k):
+        rows = np.flatnonzero(~covered[j] & (top[j] > best))
+        if rows.size:
+            cnt = _coverage_counts(good[rows], bank.half_cov[j])
+            m = np.where(cnt >= bank.need[j], snr[j, rows], _BAD).max(axis=1)
+            best[rows] = np.maximum(best[rows], m)
+    return np.asarray(best)
 
 
 def _peaks(s: np.ndarray, cfg: MatchedFilterConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -328,24 +434,21 @@ def _peaks(s: np.ndarray, cfg: MatchedFilterConfig) -> tuple[np.ndarray, np.ndar
     return cand[rr].astype(np.int64), pp.astype(np.int64)
 
 
-def _refine(ch: _Chunk, rr: np.ndarray, pp: np.ndarray, bank: _Bank, cfg: MatchedFilterConfig
+def _refine(r: np.ndarray, w: np.ndarray, good: np.ndarray, rr: np.ndarray, pp: np.ndarray, bank: _Bank
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact per-kernel S/N, amplitude and coverage at candidate pixels (direct sums, float64).
 
-    Returns the best covered kernel's index (-1 if none), S/N (-inf if none) and amplitude.
+    ``w`` are the rescaled weights. Returns the best covered kernel's index (-1 if none), S/N
+    (-inf if none) and amplitude.
     """
-    p = ch.r.shape[1]
+    p = r.shape[1]
     hmax = max(len(k) // 2 for k in bank.kernels)
-    rw = np.zeros((rr.size, p + 2 * hmax))
-    w = np.zeros_like(rw)
-    g = np.zeros(rw.shape, dtype=bool)
-    rw[:, hmax:hmax + p] = ch.r[rr].astype(np.float64) * ch.w[rr]
-    w[:, hmax:hmax + p] = ch.w[rr]
-    g[:, hmax:hmax + p] = ch.good[rr]
-    cols = pp[:, None] + hmax + np.arange(-hmax, hmax + 1)[None, :]  # window around each candidate
-    rw_win = np.take_along_axis(rw, cols, axis=1)
-    w_win = np.take_along_axis(w, cols, axis=1)
-    g_win = np.take_along_axis(g, cols, axis=1)
+    cols = pp[:, None] + np.arange(-hmax, hmax + 1)[None, :]  # window around each candidate
+    inside = (cols >= 0) & (cols < p)  # outside the grid: no data
+    at = (rr[:, None], np.clip(cols, 0, p - 1))
+    w_win = np.where(inside, w[at].astype(np.float64), 0.0)
+    rw_win = np.where(inside, r[at].astype(np.float64) * w_win, 0.0)
+    g_win = inside & good[at]
     best_k = np.full(rr.size, -1, dtype=np.int64)
     best_s = np.full(rr.size, -np.inf)
     best_a = np.zeros(rr.size)
@@ -365,6 +468,152 @@ def _refine(ch: _Chunk, rr: np.ndarray, pp: np.ndarray, bank: _Bank, cfg: Matche
         best_s = np.where(upd, sj, best_s)
         best_a = np.where(upd, num / dsafe, best_a)
     return best_k, best_s, best_a
+
+
+@dataclass
+class _BlockResult:
+    """What one block gives: hits (rows within the block), per-row best S/N, the S/N map."""
+
+    hits: Hits | None = None
+    best: np.ndarray | None = None  # (B,) float64, NaN where nothing could be searched
+    snr: np.ndarray | None = None  # (B, P) float32 coverage-cut map, -inf where no kernel counts
+
+
+def _block_hits(pr: _Prepared, snr: np.ndarray, top: np.ndarray, root: np.ndarray, wave: np.ndarray,
+                bank: _Bank, cfg: MatchedFilterConfig) -> Hits:
+    """Hits of one block from its unscaled per-kernel S/N ``snr`` (K, B, P) and their row maxima ``top``."""
+    rowmax = top.max(axis=0) * root
+    cand = np.flatnonzero(pr.ok & (rowmax >= cfg.threshold))
+    if cand.size == 0:
+        return Hits()
+    fast = snr[:, cand].max(axis=0) * root[cand, None]  # best kernel, no coverage cut
+    rr, pp = _peaks(fast, cfg)
+    if rr.size == 0:
+        return Hits()
+    r, good = pr.r[cand], pr.good[cand]
+    w = pr.w[cand] * pr.scale[cand, None]
+    k, sn, amp = _refine(r, w, good, rr, pp, bank)
+    keep = (k >= 0) & (sn >= cfg.threshold)
+    rr, pp, k, sn, amp = rr[keep], pp[keep], k[keep], sn[keep], amp[keep]
+    # equal maxima within merge_px (plateaus) would give two hits: keep the first of each run
+    if rr.size > 1:
+        first = np.ones(rr.size, dtype=bool)
+        first[1:] = ~((rr[1:] == rr[:-1]) & (pp[1:] - pp[:-1] <= cfg.merge_px))
+        rr, pp, k, sn, amp = rr[first], pp[first], k[first], sn[first], amp[first]
+    if rr.size == 0:
+        return Hits()
+    sig_px = np.asarray(cfg.sigmas_px, dtype=np.float64)[k]
+    lam = wave[pp]
+    dlam = (np.gradient(wave) if wave.size > 1 else np.ones_like(wave))[pp]  # Angstrom per pixel
+    return Hits(row=cand[rr].astype(np.int64), pixel=pp, wavelength=lam, snr=sn, amplitude=amp,
+                line_flux=amp * sig_px * dlam * np.sqrt(2.0 * np.pi), sigma_kms=sig_px * C_KMS * dlam / lam)
+
+
+def _search_block(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
+                  wave: np.ndarray, sky_cols: np.ndarray, bank: _Bank, cfg: MatchedFilterConfig, *,
+                  hits: bool, best: bool, full_map: bool) -> _BlockResult:
+    pr = _prepare(flux, ivar, continuum, z, wave, sky_cols, cfg, bank.nfft)
+    n, p = pr.r.shape
+    out = _BlockResult()
+    if not pr.ok.any():
+        out.hits = Hits() if hits else None
+        out.best = np.full(n, np.nan) if best else None
+        out.snr = np.full((n, p), -np.inf, dtype=np.float32) if full_map else None
+        return out
+    snr = _kernel_snr(pr, bank)
+    root = np.sqrt(pr.scale)
+    if hits or best:
+        arg, top = _kernel_max(snr)
+        if hits:
+            out.hits = _block_hits(pr, snr, top, root, wave, bank, cfg)
+        if best:
+            m = _covered_max(snr, arg, top, pr.good, bank)
+            out.best = np.where(pr.ok & (m > _BAD / 2), m * root, np.nan).astype(np.float64)
+    if full_map:
+        smap = np.full((n, p), -np.inf, dtype=np.float32)
+        for j in range(snr.shape[0]):
+            counted = _coverage_counts(pr.good, bank.half_cov[j]) >= bank.need[j]
+            np.maximum(smap, np.where(counted, snr[j], np.float32(-np.inf)), out=smap)
+        smap *= np.where(pr.ok, root, np.float32(1.0))[:, None]
+        smap[~pr.ok] = -np.inf
+        out.snr = smap
+    return out
+
+
+def _search(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, wave: np.ndarray | None,
+            cfg: MatchedFilterConfig, *, hits: bool, best: bool, full_map: bool
+            ) -> tuple[list[tuple[int, _BlockResult]], int, int]:
+    """Search every block of rows (``cfg.workers`` threads); returns [(first row, result)], N, P."""
+    f, iv, c, z1, wv = _check(flux, ivar, continuum, z, wave)
+    n, p = f.shape
+    if n == 0 or p == 0:
+        return [], n, p
+    bank = _bank(p, cfg)
+    sky_cols = (np.flatnonzero(sky_line_mask(wv, half_width_kms=cfg.sky_half_width_kms))
+                if cfg.sky_half_width_kms > 0 else np.zeros(0, dtype=np.int64))
+    step = max(1, min(int(cfg.chunk), _BLOCK))
+    starts = list(range(0, n, step))
+
+    def one(s: int) -> tuple[int, _BlockResult]:
+        e = min(s + step, n)
+        return s, _search_block(f[s:e], iv[s:e], c[s:e], z1[s:e], wv, sky_cols, bank, cfg,
+                                hits=hits, best=best, full_map=full_map)
+
+    workers = max(1, min(int(cfg.workers), len(starts)))
+    with _torch_single_thread():
+        if workers == 1:
+            results = [one(s) for s in starts]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, starts))
+    return results, n, p
+
+
+def snr_map(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
+            wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None) -> np.ndarray:
+    """Per-pixel matched-filter S/N, maximum over the kernels that pass the coverage cut.
+
+    Parameters are those of :func:`scan_batch`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, P) float32; -inf where no kernel is counted (masked, or spectrum not searchable).
+    """
+    cfg = config or MatchedFilterConfig()
+    results, n, p = _search(flux, ivar, continuum, z, wave, cfg, hits=False, best=False, full_map=True)
+    out = np.full((n, p), -np.inf, dtype=np.float32)
+    for s, res in results:
+        assert res.snr is not None
+        out[s:s + len(res.snr)] = res.snr
+    return out
+
+
+def scan_batch_with_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
+                        wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None
+                        ) -> tuple[Hits, np.ndarray]:
+    """:func:`scan_batch` and :func:`snr_max` of the same batch in one pass (the transforms once).
+
+    Parameters are those of :func:`scan_batch`.
+
+    Returns
+    -------
+    hits : Hits
+        As :func:`scan_batch`.
+    best : numpy.ndarray
+        (N,) float64, as :func:`snr_max`.
+    """
+    cfg = config or MatchedFilterConfig()
+    results, n, _ = _search(flux, ivar, continuum, z, wave, cfg, hits=True, best=True, full_map=False)
+    best = np.full(n, np.nan)
+    parts, offs = [], []
+    for s, res in results:
+        assert res.hits is not None and res.best is not None
+        best[s:s + len(res.best)] = res.best
+        if len(res.hits):
+            parts.append(res.hits)
+            offs.append(s)
+    return Hits.concatenate(parts, offs), best
 
 
 def scan_batch(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
@@ -397,40 +646,13 @@ def scan_batch(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.
         One entry per hit, sorted by row then pixel.
     """
     cfg = config or MatchedFilterConfig()
-    f, iv, c, z1, wv = _check(flux, ivar, continuum, z, wave)
-    if f.shape[1] == 0:
-        return Hits()
-    bank = _bank(f.shape[1], cfg)
-    dlam_all = np.gradient(wv) if wv.size > 1 else np.ones_like(wv)
-    sig_all = np.asarray(cfg.sigmas_px, dtype=np.float64)
-    parts: list[Hits] = []
-    for ch in _iter_maps(f, iv, c, z1, wv, cfg, coverage=False):
-        rr, pp = _peaks(ch.snr, cfg)
-        if rr.size == 0:
-            continue
-        k, sn, amp = _refine(ch, rr, pp, bank, cfg)
-        keep = (k >= 0) & (sn >= cfg.threshold)
-        rr, pp, k, sn, amp = rr[keep], pp[keep], k[keep], sn[keep], amp[keep]
-        # equal maxima within merge_px (plateaus) would give two hits: keep the first of each run
-        if rr.size > 1:
-            first = np.ones(rr.size, dtype=bool)
-            first[1:] = ~((rr[1:] == rr[:-1]) & (pp[1:] - pp[:-1] <= cfg.merge_px))
-            rr, pp, k, sn, amp = rr[first], pp[first], k[first], sn[first], amp[first]
-        if rr.size == 0:
-            continue
-        sig_px = sig_all[k]
-        lam = wv[pp]
-        dlam = dlam_all[pp]  # Angstrom per pixel at the peak
-        parts.append(Hits(
-            row=ch.rows[rr].astype(np.int64),
-            pixel=pp,
-            wavelength=lam,
-            snr=sn,
-            amplitude=amp,
-            line_flux=amp * sig_px * dlam * np.sqrt(2.0 * np.pi),
-            sigma_kms=sig_px * C_KMS * dlam / lam,
-        ))
-    return Hits.concatenate(parts)
+    results, _, _ = _search(flux, ivar, continuum, z, wave, cfg, hits=True, best=False, full_map=False)
+    parts, offs = [], []
+    for s, res in results:
+        if res.hits is not None and len(res.hits):
+            parts.append(res.hits)
+            offs.append(s)
+    return Hits.concatenate(parts, offs)
 
 
 def snr_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
@@ -446,9 +668,9 @@ def snr_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.nda
         (N,) float64; NaN where no pixel could be searched (all masked, too few good pixels).
     """
     cfg = config or MatchedFilterConfig()
-    f, iv, c, z1, wv = _check(flux, ivar, continuum, z, wave)
-    out = np.full(f.shape[0], np.nan)
-    for ch in _iter_maps(f, iv, c, z1, wv, cfg, coverage=True):
-        m = ch.snr.max(axis=1).astype(np.float64)
-        out[ch.rows] = np.where(m > float(_BAD) / 2, m, np.nan)
+    results, n, _ = _search(flux, ivar, continuum, z, wave, cfg, hits=False, best=True, full_map=False)
+    out = np.full(n, np.nan)
+    for s, res in results:
+        assert res.best is not None
+        out[s:s + len(res.best)] = res.best
     return out

@@ -182,25 +182,39 @@ class PackStore:
         with h5py.File(self.path, "r") as fh:
             return int(fh["flux"].shape[0]) if "flux" in fh else 0
 
-    def read(self, rows: np.ndarray) -> PackedRows:
-        """Window arrays of the given rows (any order; read as one contiguous slab when dense)."""
+    def read(self, rows: np.ndarray, *, sky: bool = True) -> PackedRows:
+        """Window arrays of the given rows, in the order given (one contiguous slab read when dense).
+
+        ``sky=False`` skips the sky dataset (no detector reads it; it comes back as zeros).
+        """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             e = np.zeros((0, self.window.n), np.float32)
             return PackedRows(e, e, e, e, np.zeros(0), np.zeros(0, np.uint8))
         if not self.path.exists():
             raise LenscatError(f"{self.path}: spectrum store missing (was LENSCAT_HOME moved?)")
-        uniq, inv = np.unique(rows, return_inverse=True)
+        ordered = bool(np.all(np.diff(rows) > 0))
+        if ordered:
+            uniq, inv = rows, None
+        else:
+            uniq, inv = np.unique(rows, return_inverse=True)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        contiguous = hi - lo == uniq.size
         dense = hi - lo <= 4 * uniq.size + 1024
         out: dict[str, np.ndarray] = {}
         with h5py.File(self.path, "r") as fh:
             if hi > fh["flux"].shape[0]:
                 raise LenscatError(f"{self.path}: row {hi - 1} is beyond the store's {fh['flux'].shape[0]} rows")
             for name in (*WINDOW_SETS, "z", "continuum_source"):
+                if name == "sky" and not sky:
+                    out[name] = np.zeros((rows.size, self.window.n), np.float32)
+                    continue
                 ds = fh[name]
-                picked = ds[lo:hi][uniq - lo] if dense else ds[uniq]
-                out[name] = picked[inv]
+                if contiguous:
+                    picked = ds[lo:hi]
+                else:
+                    picked = ds[lo:hi][uniq - lo] if dense else ds[uniq]
+                out[name] = picked if inv is None else picked[inv]
         return PackedRows(**out)
 
     def read_veto(self, rows: np.ndarray) -> PackedVeto:

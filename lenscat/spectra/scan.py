@@ -108,10 +108,10 @@ class Detector:
     def detect(self, rows: PackedRows) -> Candidates:
         """Run the detector over packed window rows."""
         if self.model.architecture == MATCHED_FILTER:
-            from lenscat.spectra.matched_filter import scan_batch, snr_max
+            from lenscat.spectra.matched_filter import scan_batch_with_max
 
-            hits = scan_batch(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave, config=self.config)
-            best = snr_max(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave, config=self.config)
+            hits, best = scan_batch_with_max(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave,
+                                             config=self.config)
             return Candidates(row=np.asarray(hits.row), pixel=np.asarray(hits.pixel), snr=np.asarray(hits.snr),
                               prob=np.full(len(hits.row), np.nan), best=np.asarray(best))
         from lenscat.models.specnet import predict, prepare_inputs
@@ -281,7 +281,7 @@ def scan_spectra(model: ModelVersion, spectrum_ids: np.ndarray, *, session: Sess
             part = items[i:i + batch_size]
             sids = np.array([s for s, _ in part], dtype=np.int64)
             prow = np.array([r for _, r in part], dtype=np.int64)
-            rows = store.read(prow)
+            rows = store.read(prow, sky=False)
             cands = det.detect(rows)
             hits = characterise(cands, rows, sids, store, prow)
             n += write_scan_results(model, sids, cands, hits, job_id=job_id, session=session)

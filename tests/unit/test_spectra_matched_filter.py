@@ -16,7 +16,9 @@ from lenscat.spectra.masks import galaxy_line_masks
 from lenscat.spectra.matched_filter import (
     Hits,
     MatchedFilterConfig,
+    _galaxy_pixels,
     scan_batch,
+    scan_batch_with_max,
     snr_map,
     snr_max,
 )
@@ -194,3 +196,49 @@ def test_chunking_does_not_change_results():
     b = scan_batch(flux, ivar, cont, np.full(n, Z_GAL), config=MatchedFilterConfig(chunk=16, workers=1))
     assert np.array_equal(a.row, b.row) and np.array_equal(a.pixel, b.pixel)
     np.testing.assert_allclose(a.snr, b.snr, rtol=1e-5)
+
+
+def test_galaxy_pixel_runs_match_the_masks():
+    z = np.random.default_rng(9).uniform(0.0, 1.2, 300)
+    z[::7] = np.nan
+    for ext in (False, True):
+        mask = np.zeros((z.size, WAVE.size), dtype=bool)
+        mask.reshape(-1)[_galaxy_pixels(WAVE, z, 600.0, ext)] = True
+        assert np.array_equal(mask, galaxy_line_masks(WAVE, z, half_width_kms=600.0, extended=ext))
+    assert _galaxy_pixels(WAVE, np.full(3, np.nan), 600.0, True).size == 0
+
+
+def test_scan_batch_with_max_is_both_in_one_pass():
+    n = 300
+    truth = galaxy()
+    flux, ivar = noisy(n, truth + gaussian_line(20.0, 4250.0), seed=10)
+    flux[::3] = noisy(100, truth, seed=11)[0]  # a third without the line
+    ivar[5] = 0.0  # nothing to search
+    ivar[7, 60:] = 0.0  # too few good pixels
+    ivar[9:12, 400:460] = 0.0  # a masked run
+    cont = np.broadcast_to(truth, flux.shape)
+    z = np.full(n, Z_GAL)
+    z[20:40] = np.nan
+    cfg = MatchedFilterConfig(chunk=50)  # several blocks (and threads)
+    hits, best = scan_batch_with_max(flux, ivar, cont, z, config=cfg)
+    ref = scan_batch(flux, ivar, cont, z, config=cfg)
+    assert len(hits) > 150 and np.array_equal(hits.row, ref.row) and np.array_equal(hits.pixel, ref.pixel)
+    np.testing.assert_array_equal(hits.snr, ref.snr)
+    np.testing.assert_array_equal(best, snr_max(flux, ivar, cont, z, config=cfg))
+    # the best S/N is the maximum of the coverage-cut map, wherever it lies
+    m = snr_map(flux, ivar, cont, z, config=cfg)
+    finite = np.isfinite(m).any(axis=1)
+    assert np.array_equal(finite, np.isfinite(best)) and not finite[5] and not finite[7]
+    np.testing.assert_allclose(best[finite], m[finite].max(axis=1), rtol=1e-6)
+    # one thread gives the same
+    h1, b1 = scan_batch_with_max(flux, ivar, cont, z, config=MatchedFilterConfig(workers=1))
+    assert np.array_equal(h1.row, hits.row) and np.array_equal(h1.pixel, hits.pixel)
+    np.testing.assert_allclose(b1, best, rtol=1e-6)
+
+
+def test_torch_threads_are_restored():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    flux, ivar = noisy(40, galaxy(), seed=12)
+    snr_max(flux, ivar, np.broadcast_to(galaxy(), flux.shape), np.full(40, Z_GAL))
+    assert torch.get_num_threads() == before
