@@ -237,7 +237,7 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     print(f"\n(b) matched filter: {n:,} synthetic spectra ({int(synth.labels.sum())} with a line) made and "
           f"packed in {time.perf_counter() - t0:.1f} s", flush=True)
     allrows = np.arange(n)
-    t_read, rows = best_of(lambda: store.read(allrows), args.repeats)
+    t_read, rows = best_of(lambda: store.read(allrows, sky=False), args.repeats)  # as scan.py reads
     cfg = MatchedFilterConfig()
     wave = WINDOW.wave
     a = (rows.flux, rows.ivar, rows.continuum, rows.z)
@@ -249,7 +249,7 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     def read_and_scan() -> int:
         k = 0
         for i in range(0, n, 4096):  # scan.py's batch size
-            r = store.read(allrows[i:i + 4096])
+            r = store.read(allrows[i:i + 4096], sky=False)
             h, _ = scan_batch_with_max(r.flux, r.ivar, r.continuum, r.z, wave=wave, config=cfg)
             k += len(h)
         return k

@@ -205,6 +205,7 @@ def plot_completeness(results: list[DetectorEvaluation], fluxes: tuple[float, ..
                       path: str | Path) -> Path:
     """Completeness vs line flux, one panel per detector, one curve per width (PNG)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,8 +217,11 @@ def plot_completeness(results: list[DetectorEvaluation], fluxes: tuple[float, ..
         for j, w in enumerate(fwhms):
             ax.plot(fluxes, r.completeness[:, j], marker="o", label=f"FWHM {w:.0f} km/s")
         ax.set_xscale("log")
+        ax.set_xticks(list(fluxes))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         ax.set_xlabel(r"injected line flux [$10^{-17}$ erg s$^{-1}$ cm$^{-2}$]")
-        ax.set_title(f"{r.detector}: {r.false_hits_per_1000:.1f} false hits / 1000")
+        ax.set_title(f"{r.detector}: {r.false_hits_per_1000:.0f} hits / 1000 real spectra")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("completeness")
     axes[0][0].set_ylim(0, 1.02)
