@@ -141,23 +141,45 @@ def rows_to_table(keys: Any, rows: Sequence[Any], units: dict[str, u.UnitBase] |
 def pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
     """SELECT of (lens_id, source_id, sep [deg]) for catalogue ``:cid`` within ``:r`` degrees.
 
-    One index range scan of ``ix_sources_zone_ra`` per (lens, zone range). ``OFFSET 0`` keeps the
-    lateral subquery parameterised by the lens: inlined, ``lenscat_sky_ranges`` hides its row
-    count (generate_series over expressions is estimated at 1,000 rows) and the planner would
-    otherwise hash-join all sources.
+    One index range scan of ``ix_sources_zone_ra`` per lens. For almost every lens (a cone that
+    touches at most two 1-arcmin zones, does not cross ra = 0/360 and is not at a pole) the bounds
+    are computed inline, ``zone = ANY(ARRAY[z0, z1]) AND ra BETWEEN lo AND hi``, one probe with no
+    set-returning function; the few others go through ``lenscat_sky_ranges`` (split ra ranges,
+    polar caps, wide radii). ``OFFSET 0`` keeps each lateral subquery parameterised by the lens:
+    flattened, the planner could hash-join all sources.
     """
+    survey = "AND s.survey_id = ANY(:sids)" if survey_filter else ""
+    parts = "AND l.lens_id % :nparts = :part" if part else ""
     return f"""
+        WITH l AS MATERIALIZED (
+            SELECT l.lens_id, l.ra, l.dec,
+                   CASE WHEN abs(l.dec) + :r >= 89.9999 THEN 180.0
+                        ELSE degrees(asin(least(1.0, sind(:r) / cosd(l.dec)))) * (1 + 1e-9) + 1e-12 END AS a,
+                   lenscat_zone(greatest(l.dec - :r, -90.0)) AS z0,
+                   lenscat_zone(least(l.dec + :r, 90.0)) AS z1
+            FROM lenscat.literature_lenses l
+            WHERE l.catalog_id = :cid {parts}
+        )
         SELECT l.lens_id, m.source_id, m.sep
-        FROM lenscat.literature_lenses l
+        FROM l
+        CROSS JOIN LATERAL (
+            SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
+            FROM lenscat.sources s
+            WHERE s.zone = ANY(ARRAY[l.z0, l.z1]) AND s.ra BETWEEN l.ra - l.a AND l.ra + l.a {survey}
+            OFFSET 0  -- keep the probe per lens: never flatten into a hash join of all sources
+        ) m
+        WHERE l.a < 180 AND l.z1 - l.z0 <= 1 AND l.ra - l.a >= 0 AND l.ra + l.a < 360 AND m.sep <= :r
+        UNION ALL
+        SELECT l.lens_id, m.source_id, m.sep
+        FROM l
         CROSS JOIN LATERAL lenscat_sky_ranges(l.ra, l.dec, :r) q
         CROSS JOIN LATERAL (
             SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
             FROM lenscat.sources s
-            WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi
-              {"AND s.survey_id = ANY(:sids)" if survey_filter else ""}
-            OFFSET 0  -- keep the probe per (lens, range): never flatten into a hash join of all sources
+            WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi {survey}
+            OFFSET 0
         ) m
-        WHERE l.catalog_id = :cid AND m.sep <= :r {"AND l.lens_id % :nparts = :part" if part else ""}
+        WHERE NOT (l.a < 180 AND l.z1 - l.z0 <= 1 AND l.ra - l.a >= 0 AND l.ra + l.a < 360) AND m.sep <= :r
     """
 
 
