@@ -137,3 +137,39 @@ def test_sql_callable_cone_search(session, tmp_path):
     ingest_sources(p, "few")
     rows = session.execute(text("SELECT source_id, separation_arcsec FROM cone_search(10.0, 5.0, 10.0)")).all()
     assert len(rows) == 2 and rows[0][1] == pytest.approx(0.0) and rows[1][1] == pytest.approx(3.5863, rel=1e-3)
+
+
+@pytest.mark.parametrize("radius_arcsec", [5.0, 150.0])
+def test_pair_search_agrees_with_astropy_at_the_wrap_the_poles_and_wide_radii(session, tmp_path, radius_arcsec):
+    """Lenses whose cones cross ra = 0/360, touch a pole or span several zones take the general path."""
+    from astropy.table import Table
+
+    rng = np.random.default_rng(11)
+    centres = [(0.0005, 0.0), (359.9995, 10.0), (120.0, 89.9995), (200.0, -89.9999), (45.0, 30.0), (300.0, -0.0083)]
+    src_ra, src_dec, lens_ra, lens_dec = [], [], [], []
+    for cra, cdec in centres:
+        c = SkyCoord(cra * u.deg, cdec * u.deg)
+        pts = c.directional_offset_by(rng.uniform(0, 360, 200) * u.deg, rng.uniform(0, 300, 200) * u.arcsec)
+        src_ra.append(pts.ra.deg)
+        src_dec.append(pts.dec.deg)
+        lz = c.directional_offset_by(rng.uniform(0, 360, 20) * u.deg, rng.uniform(0, 60, 20) * u.arcsec)
+        lens_ra.append(lz.ra.deg)
+        lens_dec.append(lz.dec.deg)
+    sra, sdec = np.concatenate(src_ra), np.concatenate(src_dec)
+    lra, ldec = np.concatenate(lens_ra), np.concatenate(lens_dec)
+    Table({"objid": np.arange(sra.size), "ra": sra, "dec": sdec}).write(tmp_path / "s.fits")
+    ingest_sources(tmp_path / "s.fits", "edge-src")
+    Table({"name": [f"L{i}" for i in range(lra.size)], "ra": lra, "dec": ldec}).write(tmp_path / "l.csv",
+                                                                                      format="ascii.csv")
+    write_literature(prepare_literature(tmp_path / "l.csv", "edge-lenses"), session=session)
+    cid = session.execute(text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = 'edge-lenses'")).scalar()
+    r = radius_arcsec / 3600.0
+    got = session.execute(text(pairs_sql()), {"r": r, "cid": cid}).all()
+    names = dict(session.execute(text("SELECT lens_id, name FROM lenscat.literature_lenses WHERE catalog_id = :c"),
+                                 {"c": cid}).all())
+    objid = dict(session.execute(text("SELECT source_id, objid FROM lenscat.sources s JOIN lenscat.surveys v "
+                                      "USING (survey_id) WHERE v.name = 'edge-src'")).all())
+    got_pairs = sorted((int(names[a][1:]), int(objid[b])) for a, b, _ in got)
+    il, isrc, _, _ = search_around_sky(SkyCoord(lra * u.deg, ldec * u.deg), SkyCoord(sra * u.deg, sdec * u.deg),
+                                       radius_arcsec * u.arcsec)
+    assert got_pairs == sorted(zip(il.tolist(), isrc.tolist(), strict=True)) and len(got_pairs) > 50
