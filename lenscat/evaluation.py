@@ -114,6 +114,15 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return u / (n_pos * n_neg)
 
 
+def roc_auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN with one class only."""
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.all() or not y.any():
+        return float("nan")
+    return _auc(s, y)
+
+
 def _tpr_at_false_positives(pos: np.ndarray, neg: np.ndarray, k: int) -> float:
     """Fraction of positives strictly above the (k+1)-th highest negative (1.0 if <= k negatives)."""
     if neg.shape[0] <= k:

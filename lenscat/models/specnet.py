@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lenscat.errors import InputFileError, LenscatError
+from lenscat.evaluation import roc_auc
 from lenscat.models.checkpoint import _load, _plain, cpu_state_dict, write_checkpoint
 from lenscat.spectra.grid import WINDOW
 from lenscat.spectra.masks import galaxy_line_masks, sky_line_mask
@@ -55,7 +56,6 @@ __all__ = [
     "completeness_at_fpr",
     "flops_per_spectrum",
     "focal_loss",
-    "galaxy_masks",
     "load_specnet",
     "predict",
     "prepare_inputs",
@@ -146,7 +146,7 @@ def prepare_inputs(
         with np.errstate(invalid="ignore"):
             r = fi - ci
             good = (ii > 0) & np.isfinite(r) & np.isfinite(ii)
-        good &= ~galaxy_masks(w, zz[sl], half_width_kms=galaxy_half_width_kms)
+        good &= ~galaxy_line_masks(w, zz[sl], half_width_kms=galaxy_half_width_kms)
         good &= ~sky[None, :]
         r = np.where(good, r, np.float32(0.0))
         snr = r * np.sqrt(np.where(good, ii, np.float32(0.0)))
@@ -175,11 +175,6 @@ def _masked_mad(a: np.ndarray, good: np.ndarray) -> np.ndarray:
     med = _masked_median(a, good, -big, big)
     dev = np.abs(a - np.nan_to_num(med)[:, None].astype(np.float32))
     return _masked_median(dev, good, -1.0, big)
-
-
-def galaxy_masks(wave: np.ndarray, z: np.ndarray, *, half_width_kms: float = 600.0) -> np.ndarray:
-    """(N, P) foreground-line masks (the Li et al. lines): :func:`~lenscat.spectra.masks.galaxy_line_masks`."""
-    return galaxy_line_masks(wave, np.asarray(z, dtype=np.float64).reshape(-1), half_width_kms=half_width_kms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,18 +421,6 @@ def specnet_loss(position_logits: Tensor, targets: Tensor, line_bin: Tensor, *,
     else:
         pl = fl.new_zeros(())
     return fl + position_weight * pl, fl, pl
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN with one class only."""
-    y = np.asarray(labels).reshape(-1).astype(bool)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    return float((avg_rank[inv][y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def completeness_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 1e-3

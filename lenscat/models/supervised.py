@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lenscat.errors import InputFileError, LenscatError
+from lenscat.evaluation import roc_auc
 from lenscat.models.augment import AugmentConfig, Augmenter
 from lenscat.models.checkpoint import (
     _build_empty,
@@ -309,19 +310,6 @@ def make_optimizer(
              "name": "backbone"}
         )
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN with one class only."""
-    y = np.asarray(labels).reshape(-1).astype(bool)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each value
-    rank_sum = float(avg_rank[inv][y].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 # --------------------------------------------------------------------------------------------

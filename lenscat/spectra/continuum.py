@@ -12,10 +12,6 @@ weight, followed by rounds of sigma clipping (which also keep a background emiss
 fit).
 
 Fluxes are in the survey unit, 1e-17 erg/s/cm^2/Angstrom; wavelengths are vacuum Angstrom.
-
-It re-exports :func:`galaxy_line_masks_fast` (the same as
-:func:`lenscat.spectra.masks.galaxy_line_masks`, O(N * P)) for large
-batches.
 """
 
 from __future__ import annotations
@@ -33,7 +29,6 @@ __all__ = [
     "fit_continua",
     "fit_continuum",
     "fit_mask",
-    "galaxy_line_masks_fast",
     "robust_sigma_rows",
 ]
 
@@ -51,9 +46,6 @@ CLIP_ROUNDS = 2
 _CHUNK = 512
 #: MAD -> sigma for a Gaussian
 _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
-
-
-galaxy_line_masks_fast = galaxy_line_masks  # the O(N*P) implementation lives in masks
 
 
 def fit_mask(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, *,
@@ -76,7 +68,7 @@ def fit_mask(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray
         Use the extended galaxy line list (all lines 3300-5100 A rest, as BELLS GALLERY).
     """
     good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
-    good &= ~galaxy_line_masks_fast(wave, z, half_width_kms=galaxy_half_width_kms, extended=extended)
+    good &= ~galaxy_line_masks(wave, z, half_width_kms=galaxy_half_width_kms, extended=extended)
     if sky_half_width_kms > 0:
         good &= ~sky_line_mask(wave, half_width_kms=sky_half_width_kms)[None, :]
     return np.asarray(good)

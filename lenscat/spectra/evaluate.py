@@ -139,7 +139,7 @@ def evaluate_detectors(
         Real spectra to use (:data:`lenscat.spectra.scan.SAMPLES`; default the science sample,
         galaxies with a pipeline redshift).
     """
-    from lenscat.spectra.synth import inject_lines, lya_profile  # noqa: F401  (documented recipe)
+    from lenscat.spectra.synth import inject_lines
 
     real = load_real_sample(session=session, max_spectra=max_spectra, seed=seed, sample=sample)
     n_real = len(real.spectrum_ids)

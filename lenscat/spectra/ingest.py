@@ -68,15 +68,21 @@ class SpectraIngestSummary:
 
 
 def _jsonable(v: Any) -> Any:
+    """A metadata value as plain JSON (numpy scalars and arrays, bytes; NaN and inf -> null)."""
+    if isinstance(v, np.ndarray | list | tuple):
+        return [_jsonable(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
     if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
+        v = v.item()
     if isinstance(v, bytes):
         return v.decode(errors="replace")
     if isinstance(v, float) and not np.isfinite(v):
         return None
     return v
+
+
+def _finite(x: Any) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
 
 
 def spectrum_row(s: Spectrum) -> dict[str, Any]:
@@ -96,14 +102,13 @@ def spectrum_row(s: Spectrum) -> dict[str, Any]:
             "targetid": s.targetid, "ra": ra, "dec": dec, "z": num(s.z), "z_err": num(s.z_err),
             "spec_class": s.spec_class, "subclass": s.subclass, "file_path": str(Path(s.path).resolve()),
             "file_row": int(s.index), "ivar_estimated": bool(s.ivar_estimated),
-            "meta": json.dumps(meta, default=str)}
+            "meta": meta}
 
 
-def read_and_pack(path: Path) -> FileResult:
-    """Read one spectrum file and pack it (runs in a worker process)."""
+def read_and_pack(path: Path, sha: str) -> FileResult:
+    """Read one spectrum file (content hash ``sha``) and pack it (runs in a worker process)."""
     from lenscat.spectra.readers import read_spectra
 
-    sha = ingest_log.file_sha256(path)
     try:
         spectra = read_spectra(path)
         if not spectra:
@@ -143,14 +148,19 @@ def pack_store(pack_id: int, *, session: Session) -> PackStore:
     return PackStore(path)
 
 
+_COLUMNS = ("survey text, spec_key text, plate integer, mjd integer, fiber integer, targetid bigint, "
+            "ra double precision, dec double precision, z real, z_err real, spec_class text, subclass text, "
+            "file_path text, file_row integer, pack_id integer, pack_row bigint, ivar_estimated boolean, "
+            "cov real, snr real, meta jsonb, ingest_id integer")
+
 _UPSERT = text(
-    """
+    f"""
     INSERT INTO lenscat.spectra AS t (survey, spec_key, plate, mjd, fiber, targetid, ra, dec, z, z_err,
         spec_class, subclass, file_path, file_row, pack_id, pack_row, ivar_estimated, window_coverage,
         window_snr, meta, ingest_id)
-    VALUES (:survey, :spec_key, :plate, :mjd, :fiber, :targetid, :ra, :dec, :z, :z_err, :spec_class,
-        :subclass, :file_path, :file_row, :pack_id, :pack_row, :ivar_estimated, :cov, :snr,
-        CAST(:meta AS jsonb), :ingest_id)
+    SELECT survey, spec_key, plate, mjd, fiber, targetid, ra, dec, z, z_err, spec_class, subclass, file_path,
+        file_row, pack_id, pack_row, ivar_estimated, cov, snr, meta, ingest_id
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({_COLUMNS})
     ON CONFLICT ON CONSTRAINT uq_spectra_survey_key DO UPDATE SET
         plate = EXCLUDED.plate, mjd = EXCLUDED.mjd, fiber = EXCLUDED.fiber, targetid = EXCLUDED.targetid,
         ra = EXCLUDED.ra, dec = EXCLUDED.dec, z = EXCLUDED.z, z_err = EXCLUDED.z_err,
@@ -159,7 +169,7 @@ _UPSERT = text(
         ivar_estimated = EXCLUDED.ivar_estimated, window_coverage = EXCLUDED.window_coverage,
         window_snr = EXCLUDED.window_snr, meta = EXCLUDED.meta, ingest_id = EXCLUDED.ingest_id,
         updated_at = now()
-    RETURNING spectrum_id, (xmax = 0) AS inserted
+    RETURNING spectrum_id, ingest_id, (xmax = 0) AS inserted
     """
 )
 
@@ -208,7 +218,9 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
             session.execute(text("UPDATE lenscat.spectrum_packs SET n_rows = :n WHERE pack_id = :p"),
                             {"n": start + len(rows), "p": pack_id})
         offset = 0
-        ids: list[int] = []
+        pending: dict[tuple[str, str], dict[str, Any]] = {}  # one row per key: the last file wins
+        repeated: dict[int, int] = {}  # ingest_id -> spectra superseded by a later file of the batch
+        done: list[int] = []
         for r in results:
             rec = ingest_log.open_ingest(session=session, kind="spectra", target=pack_name, path=r.path,
                                          sha256=r.sha256, options={"pack": pack_name}, n_rows=len(r.spectra),
@@ -218,21 +230,28 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
                 summary.files_failed += 1
                 summary.failures.append((str(r.path), r.error))
                 continue
-            params = []
             for i, row in enumerate(r.spectra):
                 k = offset + i
-                params.append({**row, "pack_id": pack_id, "pack_row": start + k, "cov": float(cov[k]),
-                               "snr": float(snr[k]), "ingest_id": rec.ingest_id})
+                key = (row["survey"], row["spec_key"])
+                if key in pending:
+                    earlier = int(pending[key]["ingest_id"])
+                    repeated[earlier] = repeated.get(earlier, 0) + 1
+                pending[key] = {**row, "pack_id": pack_id, "pack_row": start + k, "cov": _finite(cov[k]),
+                                "snr": _finite(snr[k]), "ingest_id": rec.ingest_id}
             offset += len(r.spectra)
-            ins = upd = 0
-            for p in params:
-                sid, inserted = session.execute(_UPSERT, p).one()
+            done.append(rec.ingest_id)
+        counts = {i: [0, repeated.get(i, 0)] for i in done}  # ingest_id -> [inserted, updated]
+        ids: list[int] = []
+        if pending:
+            payload = json.dumps(list(pending.values()), default=str, allow_nan=False)
+            for sid, iid, inserted in session.execute(_UPSERT, {"rows": payload}):
                 ids.append(int(sid))
-                ins += int(bool(inserted))
-                upd += int(not inserted)
-            ingest_log.record_batch(session=session, ingest_id=rec.ingest_id, batch_no=0, row_start=1,
-                                    row_stop=len(params), n_inserted=ins, n_updated=upd, n_unchanged=0, n_rejected=0)
-            ingest_log.close_ingest(session=session, ingest_id=rec.ingest_id)
+                counts[int(iid)][0 if inserted else 1] += 1
+        for iid in done:
+            ins, upd = counts[iid]
+            ingest_log.record_batch(session=session, ingest_id=iid, batch_no=0, row_start=1, row_stop=ins + upd,
+                                    n_inserted=ins, n_updated=upd, n_unchanged=0, n_rejected=0)
+            ingest_log.close_ingest(session=session, ingest_id=iid)
             summary.spectra_inserted += ins
             summary.spectra_updated += upd
         if ids:
@@ -293,12 +312,13 @@ def ingest_spectra(
         if n_workers > 1 and len(todo) > 4:
             with ProcessPoolExecutor(n_workers) as pool:
                 for batch in batches:
-                    results = list(pool.map(read_and_pack, batch, chunksize=max(1, len(batch) // (4 * n_workers))))
+                    results = list(pool.map(read_and_pack, batch, [shas[f] for f in batch],
+                                            chunksize=max(1, len(batch) // (4 * n_workers))))
                     _write_batch(results, pack_name=pack, link_radius=link_radius, summary=summary)
                     bar.update(len(batch))
         else:
             for batch in batches:
-                results = [read_and_pack(f) for f in batch]
+                results = [read_and_pack(f, shas[f]) for f in batch]
                 _write_batch(results, pack_name=pack, link_radius=link_radius, summary=summary)
                 bar.update(len(batch))
     finally:

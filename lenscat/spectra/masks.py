@@ -7,6 +7,8 @@ residuals of bright night-sky lines.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from lenscat.spectra.grid import C_KMS
@@ -81,20 +83,40 @@ def galaxy_line_masks(wave: np.ndarray, z: np.ndarray, *,
     """
     wave = np.asarray(wave, dtype=np.float64)
     z = np.atleast_1d(np.asarray(z, dtype=np.float64))
+    mask = np.zeros((z.size, wave.size), dtype=bool)
+    mask.reshape(-1)[galaxy_line_pixels(wave, z, half_width_kms=half_width_kms, extended=extended)] = True
+    return mask
+
+
+@lru_cache(maxsize=2)
+def _rest_lines(extended: bool) -> np.ndarray:
+    return np.unique(np.array(list(galaxy_lines(extended).values()), dtype=np.float64))
+
+
+def galaxy_line_pixels(wave: np.ndarray, z: np.ndarray, *, half_width_kms: float = 600.0,
+                       extended: bool = False) -> np.ndarray:
+    """Flat indices into an (N, P) array of the pixels :func:`galaxy_line_masks` masks.
+
+    Index runs per (spectrum, line): a few hundred pixels per spectrum instead of all P, for callers
+    that only need to zero those pixels.
+    """
+    wave = np.asarray(wave, dtype=np.float64)
+    z = np.atleast_1d(np.asarray(z, dtype=np.float64))
+    rest = _rest_lines(extended)
     n, p = z.size, wave.size
-    rest = np.unique(np.array(list(galaxy_lines(extended).values()), dtype=np.float64))
     finite = np.isfinite(z)
-    zz = np.where(finite, z, 0.0)
-    obs = rest[None, :] * (1.0 + zz[:, None])  # (N, L)
+    obs = rest[None, :] * (1.0 + np.where(finite, z, 0.0)[:, None])  # (N, L)
     tol = obs * half_width_kms / C_KMS
     lo = np.searchsorted(wave, (obs - tol).ravel(), side="left").reshape(obs.shape)
     hi = np.searchsorted(wave, (obs + tol).ravel(), side="right").reshape(obs.shape)
     keep = finite[:, None] & (hi > lo)
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64)
     rows = np.broadcast_to(np.arange(n)[:, None], obs.shape)[keep]
-    diff = np.zeros((n, p + 1), dtype=np.int8)  # at most len(rest) < 127 overlapping lines
-    np.add.at(diff, (rows, lo[keep]), 1)
-    np.add.at(diff, (rows, hi[keep]), -1)
-    return np.asarray(np.cumsum(diff, axis=1, dtype=np.int8)[:, :p] > 0)
+    length = (hi - lo)[keep]
+    first = rows * p + lo[keep]
+    run_start = np.cumsum(length) - length
+    return np.asarray(np.arange(int(length.sum())) + np.repeat(first - run_start, length), dtype=np.int64)
 
 
 def sky_line_mask(wave: np.ndarray, *, half_width_kms: float = 150.0) -> np.ndarray:

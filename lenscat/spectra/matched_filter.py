@@ -56,7 +56,7 @@ import torch
 from scipy.ndimage import maximum_filter1d
 
 from lenscat.spectra.grid import C_KMS, WINDOW
-from lenscat.spectra.masks import galaxy_lines, sky_line_mask
+from lenscat.spectra.masks import galaxy_line_pixels, sky_line_mask
 
 __all__ = ["Hits", "MatchedFilterConfig", "scan_batch", "scan_batch_with_max", "snr_map", "snr_max"]
 
@@ -254,35 +254,6 @@ def _torch_single_thread() -> Iterator[None]:
                 torch.set_num_threads(_THREADS_SAVED)
 
 
-_LINES: dict[bool, np.ndarray] = {}
-
-
-def _galaxy_pixels(wave: np.ndarray, z: np.ndarray, half_width_kms: float, extended: bool) -> np.ndarray:
-    """Flat indices into an (N, P) array of the pixels on the foreground galaxy's lines.
-
-    The pixels :func:`lenscat.spectra.masks.galaxy_line_masks` masks (``|wave - c| <= c v / c_light``
-    for each line observed at ``c``; NaN redshift masks nothing), as index runs instead of a
-    cumulative sum over every pixel (a few hundred pixels per spectrum, not P).
-    """
-    rest = _LINES.get(extended)
-    if rest is None:
-        rest = _LINES[extended] = np.unique(np.array(list(galaxy_lines(extended).values()), dtype=np.float64))
-    n, p = z.size, wave.size
-    finite = np.isfinite(z)
-    obs = rest[None, :] * (1.0 + np.where(finite, z, 0.0)[:, None])  # (N, L)
-    tol = obs * half_width_kms / C_KMS
-    lo = np.searchsorted(wave, (obs - tol).ravel(), side="left").reshape(obs.shape)
-    hi = np.searchsorted(wave, (obs + tol).ravel(), side="right").reshape(obs.shape)
-    keep = finite[:, None] & (hi > lo)
-    if not keep.any():
-        return np.zeros(0, dtype=np.int64)
-    rows = np.broadcast_to(np.arange(n)[:, None], obs.shape)[keep]
-    length = (hi - lo)[keep]
-    first = rows * p + lo[keep]
-    run_start = np.cumsum(length) - length
-    return np.asarray(np.arange(int(length.sum())) + np.repeat(first - run_start, length), dtype=np.int64)
-
-
 def _check(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
            wave: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     wv = WINDOW.wave if wave is None else np.asarray(wave, dtype=np.float64)
@@ -323,7 +294,7 @@ def _prepare(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.nd
         good &= iv < np.inf
     if sky_cols.size:
         good[:, sky_cols] = False
-    gal = _galaxy_pixels(wave, z, cfg.galaxy_half_width_kms, cfg.galaxy_extended)
+    gal = galaxy_line_pixels(wave, z, half_width_kms=cfg.galaxy_half_width_kms, extended=cfg.galaxy_extended)
     if gal.size:
         good.reshape(-1)[gal] = False
     ng = np.count_nonzero(good, axis=1)

@@ -170,3 +170,17 @@ def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(sessi
     assert png.stat().st_size > 5000
     doc = json.dumps(results[0].as_dict(fluxes, fwhms))
     assert "false_hits_per_1000" in doc
+
+
+def test_the_same_spectrum_in_two_files_of_one_batch_is_one_row(session, data_dir, tmp_path):
+    from astropy.io import fits
+
+    src = data_dir / "spectra" / "sdss" / "spec-0403-51871-0462.fits"
+    shutil.copy(src, tmp_path / "a.fits")
+    with fits.open(src) as h:  # a re-reduction: same key, other bytes
+        h[0].header["RERUN"] = "test"
+        h.writeto(tmp_path / "b.fits")
+    s = ingest_spectra([tmp_path / "a.fits", tmp_path / "b.fits"], pack="t-dup", workers=1, progress=False)
+    assert (s.spectra_inserted, s.spectra_updated, s.files_failed) == (1, 1, 0)
+    path = session.execute(text("SELECT file_path FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")).scalar()
+    assert path.endswith("b.fits")  # the later file wins

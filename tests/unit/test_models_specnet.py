@@ -12,7 +12,6 @@ from lenscat.models.specnet import (
     completeness_at_fpr,
     flops_per_spectrum,
     focal_loss,
-    galaxy_masks,
     load_specnet,
     predict,
     prepare_inputs,
@@ -22,7 +21,7 @@ from lenscat.models.specnet import (
     train_specnet,
 )
 from lenscat.spectra.grid import WINDOW
-from lenscat.spectra.masks import galaxy_line_masks, sky_line_mask
+from lenscat.spectra.masks import galaxy_line_masks, galaxy_lines, line_mask, sky_line_mask
 from lenscat.spectra.synth import make_training_set
 
 TINY = {"widths": [8, 16, 16], "kernels": [5, 5, 3], "head_width": 16}
@@ -62,7 +61,10 @@ def test_prepare_inputs_channels():
 
 def test_galaxy_masks_match_reference():
     z = np.concatenate([np.linspace(0.0, 0.8, 300), [np.nan]])
-    assert np.array_equal(galaxy_masks(WINDOW.wave, z), galaxy_line_masks(WINDOW.wave, z))
+    rest = np.array(list(galaxy_lines().values()))
+    reference = np.array([line_mask(WINDOW.wave, rest * (1 + zi), 600.0) if np.isfinite(zi)
+                          else np.zeros(WINDOW.n, bool) for zi in z])
+    assert np.array_equal(galaxy_line_masks(WINDOW.wave, z), reference)
 
 
 def test_shapes_and_flops():
