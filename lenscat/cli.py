@@ -11,6 +11,7 @@ import click
 
 from lenscat.cli_classify import register as register_classify_commands
 from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.cli_grading import register as register_grading_commands
 from lenscat.cli_images import register as register_image_commands
 from lenscat.cli_spectra import register as register_spectra_commands
 from lenscat.errors import LenscatError
@@ -323,7 +324,8 @@ def sql_cmd(statement: str, max_rows: int | None, fmt: str) -> None:
     """Run one read-only SQL statement against the documented views.
 
     Views: sources, surveys, literature_catalogs, literature_lenses, crossmatches, ingests,
-    ingest_rejects; functions: cone_search(ra, dec, radius_arcsec), lenscat_angsep(...).
+    ingest_rejects, embeddings, scores, spectra, spectral_hits, grades, grade_consensus,
+    grade_conflicts, candidates; functions: cone_search(ra, dec, radius_arcsec), lenscat_angsep(...).
     Writes are refused.
     """
     from lenscat.usersql import run_readonly_sql
@@ -358,6 +360,7 @@ def simulate_catalog_cmd(n: int, seed: int, lenses_from: Path | None, out: Path)
 register_image_commands(cli, simulate, ingest)
 register_classify_commands(cli)
 register_spectra_commands(cli)
+register_grading_commands(cli)
 
 
 def main() -> None:

@@ -65,7 +65,8 @@ def run_readonly_sql(sql: str, *, max_rows: int | None = None) -> tuple[list[str
                 raise ReadOnlyError(f"lenscat sql is read-only; refused: {msg}") from exc
             raise LenscatError(
                 f"SQL error: {msg}; lenscat sql reads the documented views in schema public "
-                f"(sources, surveys, literature_catalogs, literature_lenses, crossmatches, ingests, ingest_rejects)"
+                f"(sources, surveys, literature_catalogs, literature_lenses, crossmatches, ingests, ingest_rejects, "
+                f"embeddings, scores, spectra, spectral_hits, grades, grade_consensus, grade_conflicts, candidates)"
             ) from exc
         except psycopg.errors.ReadOnlySqlTransaction as exc:
             raise ReadOnlyError(
