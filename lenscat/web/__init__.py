@@ -1,0 +1,1 @@
+"""The grading web app (``lenscat serve``): inspection grids, candidate pages, search, export."""
