@@ -89,6 +89,15 @@ def candidate_ids(*, session: Session, surveys: list[int] | None, encoder: Model
     return np.asarray(ids, dtype=np.int64)
 
 
+def negative_pool(candidates: np.ndarray, positives: np.ndarray, *, session: Session,
+                  surveys: list[int] | None = None) -> np.ndarray:
+    """The ``candidates`` that may be drawn as negatives: not a positive, and more than 25 arcsec
+    from every positive label and literature lens (:func:`lenscat.labels.near_known_lenses`)."""
+    excluded = near_known_lenses(session=session, surveys=surveys)
+    return candidates[~np.isin(candidates, positives)
+                      & ~np.isin(candidates, np.fromiter(excluded, np.int64, len(excluded)))]
+
+
 def make_split(
     *,
     session: Session,
@@ -128,8 +137,7 @@ def make_split(
             f"{len(pos)} labelled lens(es) among the {len(cand)} candidate sources; need at least 2 (one to train, "
             "one to validate): add labels with `lenscat labels from-crossmatch` or `lenscat labels import`")
     notes: list[str] = []
-    excluded = near_known_lenses(session=session, surveys=sv)
-    pool = cand[~np.isin(cand, pos) & ~np.isin(cand, np.fromiter(excluded, np.int64, len(excluded)))]
+    pool = negative_pool(cand, pos, session=session, surveys=sv)
     rng = np.random.default_rng(seed)
     pos = rng.permutation(pos)
     n_val_pos = max(1, int(round(val_fraction * len(pos))))
@@ -158,8 +166,13 @@ def make_split(
         pool_size=len(pool), notes=notes)
 
 
-def _vectors_for(encoder: ModelVersion, ids: np.ndarray, session: Session) -> np.ndarray:
-    got, vec = read_embeddings(encoder, source_ids=ids, session=session)
+def _vectors_for(encoder: ModelVersion, ids: np.ndarray, session: Session,
+                 vectors: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Embeddings of ``ids`` in that order: read from the database, or looked up in ``vectors``
+    ((sorted source ids, matrix) already in memory)."""
+    if len(ids) == 0:
+        return np.zeros((0, int(encoder.output_dim or 0)), dtype=np.float32)
+    got, vec = vectors if vectors is not None else read_embeddings(encoder, source_ids=ids, session=session)
     pos = np.searchsorted(got, ids)
     if len(got) == 0 or (pos >= len(got)).any() or (got[np.minimum(pos, len(got) - 1)] != ids).any():
         raise LenscatError(f"some training sources lost their {encoder.label} embedding while training")
@@ -211,23 +224,67 @@ def train_linear_classifier(
     The same labels, embeddings and options give the same checkpoint, so re-running registers
     nothing new (``created`` False).
     """
-    import torch
-
-    from lenscat.models.linear import state_dict, train_linear
-
     check_name(name)
     enc = get_model("encoder", encoder, session=session)
     split = make_split(session=session, surveys=surveys, encoder=enc, ratio=ratio, val_ratio=val_ratio,
                        val_fraction=val_fraction, test_fraction=test_fraction, origins=origins, seed=seed)
+    hparams = {"ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction, "test_fraction": test_fraction,
+               "origins": origins or [], "surveys": surveys or []}
+    return fit_linear_version(name, enc, split, session=session, hparams=hparams, epochs=epochs, l2=l2, loss=loss,
+                              focal_gamma=focal_gamma, class_weight=class_weight, top_n=top_n, seed=seed,
+                              progress=progress)
+
+
+def fit_linear_version(
+    name: str,
+    enc: ModelVersion,
+    split: TrainingSplit,
+    *,
+    session: Session,
+    hparams: dict[str, Any],
+    vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    epochs: int = 30,
+    l2: float = 1e-4,
+    loss: str = "bce",
+    focal_gamma: float = 2.0,
+    class_weight: str = "none",
+    top_n: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainResult:
+    """Train the linear probe on an explicit training split and register it as the next version of ``name``.
+
+    Parameters
+    ----------
+    name, enc
+        Classifier name; encoder version whose embeddings it learns on (its ``parent_model_id``).
+    split
+        Training and validation ids and labels; an empty validation set keeps the last epoch.
+    hparams
+        How the split was made (ratios, origins, ...), stored with the training options.
+    vectors
+        (sorted source ids, matrix) of the encoder's embeddings already in memory; by default the
+        training vectors are read from the database.
+    epochs, l2, loss, focal_gamma, class_weight, top_n, seed, progress
+        As :func:`lenscat.models.linear.train_linear`.
+
+    Returns
+    -------
+    TrainResult
+        The version (``created`` False when the same checkpoint was already registered) and a report.
+    """
+    import torch
+
+    from lenscat.models.linear import state_dict, train_linear
+
     t0 = time.perf_counter()
-    x, xv = _vectors_for(enc, split.train_ids, session), _vectors_for(enc, split.val_ids, session)
+    x = _vectors_for(enc, split.train_ids, session, vectors)
+    xv = _vectors_for(enc, split.val_ids, session, vectors)
     t_read = time.perf_counter() - t0
     fit = train_linear(x, split.train_y, x_val=xv, y_val=split.val_y, epochs=epochs, l2=l2, loss=loss,
                        focal_gamma=focal_gamma, class_weight=class_weight, top_n=top_n, seed=seed, progress=progress)
-    hparams = {"ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction, "test_fraction": test_fraction,
-               "epochs": epochs, "l2": l2,
-               "loss": loss, "focal_gamma": focal_gamma, "class_weight": class_weight, "top_n": top_n, "seed": seed,
-               "optimizer": "lbfgs", "origins": origins or [], "surveys": surveys or []}
+    hparams = {**hparams, "epochs": epochs, "l2": l2, "loss": loss, "focal_gamma": focal_gamma,
+               "class_weight": class_weight, "top_n": top_n, "seed": seed, "optimizer": "lbfgs"}
     last = fit.history[fit.epoch - 1] if fit.epoch else {}
     metrics = {**split.summary(), "epoch_kept": fit.epoch, "seconds": round(fit.seconds, 3),
                "read_seconds": round(t_read, 3), **{k: v for k, v in last.items() if k != "epoch"}}

@@ -11,9 +11,12 @@ import click
 
 from lenscat.cli_classify import register as register_classify_commands
 from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.cli_export import register as register_export_commands
 from lenscat.cli_grading import register as register_grading_commands
 from lenscat.cli_images import register as register_image_commands
+from lenscat.cli_learn import register as register_learn_commands
 from lenscat.cli_spectra import register as register_spectra_commands
+from lenscat.cli_web import register as register_web_commands
 from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
@@ -361,6 +364,9 @@ register_image_commands(cli, simulate, ingest)
 register_classify_commands(cli)
 register_spectra_commands(cli)
 register_grading_commands(cli)
+register_export_commands(cli)
+register_learn_commands(cli)
+register_web_commands(cli)
 
 
 def main() -> None:

@@ -356,28 +356,12 @@ def similar_cmd(encoder_name: str, source_id: int | None, ra: str | None, dec: s
 @click.option("--stretch", type=click.Choice(["lupton", "asinh"]), default="asinh", show_default=True)
 def cutout_cmd(source_id: int, out: Path, stretch: str) -> None:
     """Render a source's cutout as an RGB PNG (z,r,g -> R,G,B)."""
-    from sqlalchemy import text
-
-    from lenscat.cutouts import open_store, read_fits_cutout, rgb_image, save_png
+    from lenscat.cutouts import rgb_image, save_png, source_cutout
     from lenscat.db.session import session_scope
 
     ensure_schema()
     with session_scope() as s:
-        row = s.execute(text(
-            "SELECT f.path, f.format, f.member_paths, f.bands AS file_bands, x.cutout_row, v.bands "
-            "FROM lenscat.sources x JOIN lenscat.surveys v USING (survey_id) "
-            "LEFT JOIN lenscat.cutout_files f ON f.file_id = x.cutout_file_id WHERE x.source_id = :i"),
-            {"i": source_id}).one_or_none()
-    if row is None:
-        raise LenscatError(f"no source with source_id {source_id}")
-    if row.path is None:
-        raise LenscatError(f"source {source_id} has no cutout")
-    if row.format == "fits":
-        cut = read_fits_cutout(list(row.member_paths) if row.member_paths else row.path)
-        img, bands = cut.data, cut.bands
-    else:
-        img = open_store(row.path, row.format).get([int(row.cutout_row)])[0]
-        bands = list(row.file_bands or row.bands or ["g", "r", "z"])
+        img, bands = source_cutout(source_id, session=s)
     save_png(rgb_image(img, bands, stretch=stretch), out)
     click.echo(f"wrote {out}")
 

@@ -553,3 +553,32 @@ def open_store(path: str | Path, format: str = "hdf5-stein", *,
 def close_stores() -> None:
     """Close every store :func:`open_store` has cached in this process."""
     _REGISTRY.close_all()
+
+
+def source_cutout(source_id: int, *, session: Any) -> tuple[np.ndarray, list[str]]:
+    """The (bands, H, W) cutout of a catalogue source and its band names.
+
+    Raises
+    ------
+    LenscatError
+        No such source, or it has no cutout.
+    """
+    from sqlalchemy import text
+
+    row = session.execute(text(
+        "SELECT f.path, f.format, f.member_paths, f.bands AS file_bands, x.cutout_row, v.bands "
+        "FROM lenscat.sources x JOIN lenscat.surveys v USING (survey_id) "
+        "LEFT JOIN lenscat.cutout_files f ON f.file_id = x.cutout_file_id WHERE x.source_id = :i"),
+        {"i": int(source_id)}).one_or_none()
+    if row is None:
+        raise LenscatError(f"no source with source_id {source_id}")
+    if row.path is None:
+        raise LenscatError(f"source {source_id} has no cutout")
+    if row.format == "fits":
+        cut = read_fits_cutout(list(row.member_paths) if row.member_paths else row.path)
+        return np.asarray(cut.data), list(cut.bands)
+    img = np.asarray(open_store(row.path, row.format).get([int(row.cutout_row)])[0])
+    bands = list(row.file_bands or row.bands or [])
+    if len(bands) != img.shape[0]:  # a survey listing fewer bands than the file has planes
+        bands = ["g", "r", "z"] if img.shape[0] == 3 else [f"band{i}" for i in range(img.shape[0])]
+    return img, bands

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
     reprocess_interval_s
         Seconds between the scheduled re-processing runs of Celery beat (``lenscat worker --beat``)
         that queue missing embeddings and scores (``LENSCAT_REPROCESS_INTERVAL_S``; 0 disables).
+    web_secret_key
+        Key that signs the web app's login cookies (``LENSCAT_WEB_SECRET_KEY``). Unset: a random
+        key kept in ``home/web-secret`` (mode 0600), so logins survive a restart of ``lenscat serve``.
+    web_session_hours
+        How long a web login lasts, hours.
+    web_secure_cookies
+        Mark cookies ``Secure`` (set when serving behind HTTPS).
     """
 
     model_config = SettingsConfigDict(env_prefix="LENSCAT_", extra="ignore")
@@ -52,6 +59,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout_s: float = Field(default=1800.0, gt=0)
     device: str | None = None
     reprocess_interval_s: float = Field(default=300.0, ge=0)
+    web_secret_key: str | None = None
+    web_session_hours: float = Field(default=12.0, gt=0)
+    web_secure_cookies: bool = False
 
     @property
     def embedded(self) -> bool:

@@ -146,4 +146,51 @@ lenscat spectra hits --candidates
 step "27. Injection-recovery into the real spectra, both detectors side by side"
 lenscat spectra evaluate --detector matched-filter --detector demo-specnet --per-cell 40 --plots "$OUT/spectra-eval"
 
-step "Done. Explore with: lenscat sql \"SELECT * FROM scores ORDER BY score DESC LIMIT 5\" --format json"
+step "28. Graders: accounts with scrypt-hashed passwords (the web app needs a login to grade)"
+echo "demo-password" | lenscat grader add demo --password-stdin --reset
+echo "second-password" | lenscat grader add second --password-stdin --reset
+lenscat grader list
+
+# a simulated expert: grades from the simulation truth (A = lens, N = not a lens); the request id is a
+# hash of (grader, source), so a second run of the demo records nothing new
+truth_grades() {  # $1 grader, $2 comma-separated source ids, $3 file
+    lenscat sql "SELECT s.source_id, CASE WHEN (s.extra->>'is_lens')::int = 1 THEN 'A' ELSE 'N' END AS grade,
+                        md5('$1-' || s.source_id)::uuid AS request_id
+                 FROM sources s WHERE s.source_id = ANY('{$2}'::bigint[])" --format csv > "$3"
+    lenscat grade --file "$3" --grader "$1" --sample demo-truth
+}
+
+step "29. Grade the top 30 of the linear probe from a script; a second grader disagrees on a few"
+TOP30=$(lenscat sql "SELECT source_id FROM scores WHERE classifier = 'demo-probe' ORDER BY score DESC LIMIT 30" \
+        --format csv | tail -n +2 | paste -sd, -)
+truth_grades demo "$TOP30" "$OUT/grades_demo.csv"
+lenscat sql "SELECT source_id, 'C' AS grade, md5('second-' || source_id)::uuid AS request_id FROM scores
+             WHERE classifier = 'demo-probe' ORDER BY score DESC LIMIT 5" --format csv > "$OUT/grades_second.csv"
+lenscat grade --file "$OUT/grades_second.csv" --grader second --sample demo-second-opinion
+lenscat grades consensus --limit 8
+lenscat grades conflicts
+
+step "30. Active learning: the probe retrains on the human grades after every batch and proposes the next"
+lenscat learn start demo-al --encoder demo-moco --batch 25 --survey demo-images
+for loop in 1 2 3; do
+    BATCH=$(lenscat learn batch demo-al --format csv | tail -n +2 | cut -d, -f1 | paste -sd, -)
+    truth_grades demo "$BATCH" "$OUT/grades_loop.csv"
+    lenscat learn next demo-al
+done
+lenscat learn status demo-al
+
+step "31. The candidate catalogue: consensus A/B with scores, literature status, provenance; a gallery; Table 1"
+lenscat export --grades A,B --format fits --out "$OUT/candidates.fits" --gallery "$OUT/candidates.png" --summary --quiet
+lenscat export --grades A,B --format votable --out "$OUT/candidates.xml" --quiet
+lenscat sql "SELECT source_id, consensus_grade, n_votes, round(best_score::numeric, 3) AS best_score,
+                    literature_status FROM candidates ORDER BY mean_grade DESC, best_score DESC LIMIT 8"
+
+step "Done. Explore with: lenscat sql \"SELECT * FROM candidates ORDER BY mean_grade DESC LIMIT 5\" --format json"
+
+if [ "${LENSCAT_DEMO_SERVE:-1}" = "1" ]; then
+    step "32. The inspection grid: open http://127.0.0.1:8765/ and log in as demo / demo-password
+    (a: sure lens, b: probable, c: possible, n: not a lens, space: skip; Enter submits an
+    active-learning batch). Ctrl-C stops the server; LENSCAT_DEMO_SERVE=0 skips this step."
+    lenscat serve --port "${LENSCAT_DEMO_PORT:-8765}"
+fi
+
