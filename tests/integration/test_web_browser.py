@@ -135,6 +135,8 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
             spec = page.locator(".spectrum img")
             expect(spec).to_have_count(1)
             assert page.evaluate("document.querySelector('.spectrum img').naturalWidth") > 500
+            expect(page.locator("#hits")).to_contain_text("webmf@1")
+            expect(page.locator("#hits")).to_contain_text("448")  # the injected line at 4480 A
 
             # the search box: a lens name, then RA Dec
             page.fill("#search-box", "slacs j1000")

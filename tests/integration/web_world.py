@@ -3,7 +3,8 @@
 Run in a subprocess whose environment points LENSCAT_DATABASE_URL at a fresh database (the
 ``own_database`` fixture): ``python -m tests.integration.web_world WORKDIR``. It writes a
 Stein-layout survey whose first ``n_lens`` sources show an arc, a literature list holding one of
-them, a real SDSS spectrum at another source's position, external embeddings where the arcs cluster,
+them, a real SDSS spectrum with an injected Lyman-alpha line at another source's position (scanned
+by the matched filter), external embeddings where the arcs cluster,
 a linear classifier with scores for every source, and two graders (alice, bob; password
 ``correct-horse``). Prints a JSON summary on its last line.
 """
@@ -18,7 +19,7 @@ import h5py
 import numpy as np
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SPECTRUM = DATA / "spectra" / "sdss" / "spec-0266-51602-0638.fits"
+SPECTRUM = DATA / "spectra" / "sdss" / "spec-0403-51871-0462.fits"  # an early-type galaxy at z = 0.13
 PASSWORD = "correct-horse"
 DIM = 16
 
@@ -63,6 +64,7 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     from lenscat.grading import add_grader
     from lenscat.jobs import pending_chunks, start_chunk
     from lenscat.registry import register_model
+    from lenscat.spectra.scan import plan_scan, scan_chunk
     from lenscat.vectors import upsert_embeddings
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,17 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     run("ingest", "literature", str(lit), "--catalog", "weblit", "--layout", "generic", "--ra-col", "ra",
         "--dec-col", "dec", "--name-col", "name", "--grade-col", "grade")
     run("crossmatch", "--catalog", "weblit", "--radius", "2arcsec")
-    run("spectra", "ingest", str(SPECTRUM), "--workers", "1")
+    # a copy of the real spectrum with a Lyman-alpha-like line at 4480 A, found by the matched filter
+    injected = workdir / "spectra" / "spec-0403-51871-0962.fits"
+    injected.parent.mkdir(exist_ok=True)
+    run("spectra", "inject", str(SPECTRUM), str(injected), "--wavelength", "4480", "--flux", "40", "--overwrite")
+    run("spectra", "ingest", str(injected), "--workers", "1")
+    run("spectra", "matched-filter", "--name", "webmf")
+    with session_scope() as s:
+        plan = plan_scan("webmf", chunk_size=10, session=s)
+        for c in pending_chunks(plan.job_id, session=s):
+            lo, hi, _ = start_chunk(plan.job_id, c, session=s)
+            scan_chunk(plan.job_id, c, lo, hi, session=s)
     rng = np.random.default_rng(seed + 1)
     with session_scope() as s:
         ids = np.array(s.execute(text(
