@@ -32,13 +32,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def served(own_database, tmp_path):
-    """A built world (tests/integration/web_world.py) and `lenscat serve` on it."""
+@pytest.fixture(scope="module")
+def served(engine, tmp_path_factory):
+    """A fresh database with a built world (tests/integration/web_world.py) and `lenscat serve` on it,
+    shared by the tests of this module."""
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)")
     pytest.importorskip("playwright.sync_api")
-    url, env = own_database
+    from urllib.parse import urlsplit, urlunsplit
+
+    from lenscat.db.server import libpq_url
+
+    tmp_path = tmp_path_factory.mktemp("web")
+    base_url = libpq_url(engine.url.render_as_string(hide_password=False))
+    name = f"lenscat_web_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(base_url, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    url = urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
+    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"),
+           "LENSCAT_DEVICE": "cpu"}
+    env.pop("LENSCAT_BROKER_URL", None)
     build = subprocess.run([sys.executable, "-m", "tests.integration.web_world", str(tmp_path / "world")],
                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
@@ -63,6 +76,8 @@ def served(own_database, tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 def _login(page, base, name):
@@ -194,7 +209,9 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
                 page.keyboard.press("a" if sid in lens_ids else "n")
                 expect(batch.nth(i)).to_have_attribute("data-grade", "A" if sid in lens_ids else "N")
             expect(page.locator("#status")).to_contain_text("batch complete")
-            page.keyboard.press("Enter")
+            with page.expect_response(lambda r: "/advance" in r.url, timeout=120_000) as adv:
+                page.keyboard.press("Enter")
+            assert adv.value.status == 200, adv.value.text()
             expect(page.locator("#grid-title")).to_contain_text("Campaign webal, loop 2 (al-webal@1)")
             assert page.locator(".cell").count() == 6
             assert not errors, errors
@@ -205,7 +222,9 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
 
 def test_two_graders_grading_the_same_image_at_once_are_both_recorded(served):
     base, url, world = served
-    sid = world["source_ids"][-1]
+    with psycopg.connect(url) as conn:  # a source nobody has graded yet
+        sid = conn.execute("SELECT max(source_id) FROM lenscat.sources s WHERE NOT EXISTS "
+                           "(SELECT 1 FROM lenscat.grades g WHERE g.source_id = s.source_id)").fetchone()[0]
     clients = {}
     for name in ("alice", "bob"):
         c = httpx.Client(base_url=base, follow_redirects=False)
