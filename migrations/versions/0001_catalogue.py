@@ -22,7 +22,7 @@ Design notes
 from __future__ import annotations
 
 from alembic import op
-from lenscat.migrations.comments import comment_sql
+from lenscat.migrations.comments import apply_comments
 
 revision = "0001"
 down_revision = None
@@ -529,12 +529,7 @@ def upgrade() -> None:
         "IS 'Sources within radius_arcsec of (ra, dec) [deg], nearest first; join the sources view on source_id.'"
     )
 
-    for table, comments in COMMENTS.items():
-        for stmt in comment_sql(table, comments):
-            op.execute(stmt)
-    for view, comments in VIEW_COMMENTS.items():
-        for stmt in comment_sql(view, comments, kind="VIEW"):
-            op.execute(stmt)
+    apply_comments(op, COMMENTS, VIEW_COMMENTS)
 
     # --- read-only role for `lenscat sql` ------------------------------------------------------
     # Created when the migrating user may create roles (the embedded server: superuser). On a

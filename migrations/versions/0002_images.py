@@ -26,7 +26,7 @@ Design notes
 from __future__ import annotations
 
 from alembic import op
-from lenscat.migrations.comments import comment_sql
+from lenscat.migrations.comments import apply_comments, comment_sql, grant_reader
 
 revision = "0002"
 down_revision = "0001"
@@ -337,23 +337,8 @@ def upgrade() -> None:
         "'The k sources most similar to a source (its own embedding under the encoder), excluding itself.'"
     )
 
-    for table, comments in COMMENTS.items():
-        for stmt in comment_sql(table, comments):
-            op.execute(stmt)
-    for view, comments in VIEW_COMMENTS.items():
-        for stmt in comment_sql(view, comments, kind="VIEW"):
-            op.execute(stmt)
-    op.execute(
-        """
-        DO $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lenscat_reader') THEN
-                GRANT SELECT ON public.encoders, public.embeddings, public.model_versions, public.jobs
-                    TO lenscat_reader;
-            END IF;
-        END
-        $$"""
-    )
+    apply_comments(op, COMMENTS, VIEW_COMMENTS)
+    grant_reader(op, ['public.encoders', 'public.embeddings', 'public.model_versions', 'public.jobs'])
 
 
 def downgrade() -> None:

@@ -20,7 +20,7 @@ Design notes
 from __future__ import annotations
 
 from alembic import op
-from lenscat.migrations.comments import comment_sql
+from lenscat.migrations.comments import apply_comments, grant_reader
 
 revision = "0003"
 down_revision = "0002"
@@ -144,22 +144,8 @@ def upgrade() -> None:
         JOIN lenscat.model_versions m ON m.model_id = c.model_id
         LEFT JOIN lenscat.model_versions p ON p.model_id = m.parent_model_id"""
     )
-    for table, comments in COMMENTS.items():
-        for stmt in comment_sql(table, comments):
-            op.execute(stmt)
-    for view, comments in VIEW_COMMENTS.items():
-        for stmt in comment_sql(view, comments, kind="VIEW"):
-            op.execute(stmt)
-    op.execute(
-        """
-        DO $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lenscat_reader') THEN
-                GRANT SELECT ON public.labels, public.classifiers, public.scores TO lenscat_reader;
-            END IF;
-        END
-        $$"""
-    )
+    apply_comments(op, COMMENTS, VIEW_COMMENTS)
+    grant_reader(op, ['public.labels', 'public.classifiers', 'public.scores'])
 
 
 def downgrade() -> None:

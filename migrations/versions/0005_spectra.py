@@ -26,7 +26,7 @@ Design notes
 from __future__ import annotations
 
 from alembic import op
-from lenscat.migrations.comments import comment_sql
+from lenscat.migrations.comments import apply_comments, comment_sql, grant_reader
 
 revision = "0005"
 down_revision = "0004"
@@ -302,22 +302,8 @@ def upgrade() -> None:
     for stmt in comment_sql("lenscat.model_versions", {"origin": "'trained', 'imported', 'external', "
                             "'initialised' or 'configured' (a matched filter's settings) (no unit)."}):
         op.execute(stmt)
-    for table, comments in COMMENTS.items():
-        for stmt in comment_sql(table, comments):
-            op.execute(stmt)
-    for view, comments in VIEW_COMMENTS.items():
-        for stmt in comment_sql(view, comments, kind="VIEW"):
-            op.execute(stmt)
-    op.execute(
-        """
-        DO $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lenscat_reader') THEN
-                GRANT SELECT ON public.spectra, public.spectral_hits TO lenscat_reader;
-            END IF;
-        END
-        $$"""
-    )
+    apply_comments(op, COMMENTS, VIEW_COMMENTS)
+    grant_reader(op, ['public.spectra', 'public.spectral_hits'])
 
 
 def downgrade() -> None:

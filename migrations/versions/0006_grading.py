@@ -27,7 +27,7 @@ Design notes
 from __future__ import annotations
 
 from alembic import op
-from lenscat.migrations.comments import comment_sql
+from lenscat.migrations.comments import apply_comments, grant_reader
 
 revision = "0006"
 down_revision = "0005"
@@ -284,23 +284,8 @@ def upgrade() -> None:
               AND h.fit_ok AND NOT (h.veto_oii OR h.veto_skew OR h.veto_overdensity)
         ) sh ON true"""
     )
-    for table, comments in COMMENTS.items():
-        for stmt in comment_sql(table, comments):
-            op.execute(stmt)
-    for view, comments in VIEW_COMMENTS.items():
-        for stmt in comment_sql(view, comments, kind="VIEW"):
-            op.execute(stmt)
-    op.execute(
-        """
-        DO $$
-        BEGIN
-            IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lenscat_reader') THEN
-                GRANT SELECT ON public.grades, public.grade_consensus, public.grade_conflicts,
-                                public.candidates TO lenscat_reader;
-            END IF;
-        END
-        $$"""
-    )
+    apply_comments(op, COMMENTS, VIEW_COMMENTS)
+    grant_reader(op, ["public.grades", "public.grade_consensus", "public.grade_conflicts", "public.candidates"])
 
 
 def downgrade() -> None:
