@@ -156,7 +156,8 @@ lenscat grader list
 truth_grades() {  # $1 grader, $2 comma-separated source ids, $3 file
     lenscat sql "SELECT s.source_id, CASE WHEN (s.extra->>'is_lens')::int = 1 THEN 'A' ELSE 'N' END AS grade,
                         md5('$1-' || s.source_id)::uuid AS request_id
-                 FROM sources s WHERE s.source_id = ANY('{$2}'::bigint[])" --format csv > "$3"
+                 FROM sources s WHERE s.survey = 'demo-images' AND s.source_id = ANY('{$2}'::bigint[])" \
+        --format csv > "$3"
     lenscat grade --file "$3" --grader "$1" --sample demo-truth
 }
 
@@ -173,7 +174,8 @@ lenscat grades conflicts
 step "30. Active learning: the probe retrains on the human grades after every batch and proposes the next"
 lenscat learn start demo-al --encoder demo-moco --batch 25 --survey demo-images
 for loop in 1 2 3; do
-    BATCH=$(lenscat learn batch demo-al --format csv | tail -n +2 | cut -d, -f1 | paste -sd, -)
+    BATCH=$(lenscat learn batch demo-al --format json \
+            | python -c "import json, sys; print(','.join(str(json.loads(r)['source_id']) for r in sys.stdin))")
     truth_grades demo "$BATCH" "$OUT/grades_loop.csv"
     lenscat learn next demo-al
 done
