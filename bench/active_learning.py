@@ -197,7 +197,7 @@ def run_trial(world: dict[str, Any], trial: int, args: argparse.Namespace, ks: l
                 Table({"objid": world["objid"][sel], "lens": np.ones(int(sel.sum()), int)}).write(known)
                 import_labels(known, label_col="lens", survey=SURVEY, session=s, provenance="known-lenses")
                 grader, _ = add_grader("sim-expert", token=True, session=s)
-                settings = {"seed_origins": ["import"], **({"ratio": args.ratio} if args.ratio else {})}
+                settings = {"seed_origins": ["import"], **args.settings}
                 camp = create_campaign(f"bench-{strategy}", world["encoder"], batch_size=args.batch,
                                        strategy=strategy, settings=settings, session=s)
             order: list[int] = []
@@ -342,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder-images", type=int, default=3000, help="cutouts the encoder trains on")
     ap.add_argument("--seed-lenses", type=int, default=10, help="lenses known beforehand (labels of origin import)")
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--ratio", type=float, default=None, help="campaign random negatives per lens (default: lenscat's)")
+    ap.add_argument("--settings", type=json.loads, default={},
+                    help='campaign settings overrides as JSON, e.g. \'{"ratio": 100, "l2": 0.01}\' (default: lenscat\'s)')
     ap.add_argument("--strategies", default="top,uncertainty")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--max-images", type=int, default=None, help="stop a campaign after this many images")

@@ -14,7 +14,8 @@ A *campaign* learns on one encoder version's embeddings. Each *loop* (``lenscat.
 3. scores every embedded source of the encoder in memory, reading the vectors in bulk by
    source-id range (one binary COPY per range), and proposes the ``batch_size`` sources nobody has
    graded, not labelled for training and not proposed before: the highest scores (strategy
-   ``top``) or the scores nearest the decision boundary 0.5 (``uncertainty``);
+   ``top``) or the scores nearest the decision boundary (``uncertainty``: 0.5 once corrected for
+   the training set's imbalance, see :func:`uncertainty`);
 4. records the labels used (counts and ``labels_sha256``), the model version, the batch in
    proposal order with its scores, and timings (``detail``).
 
@@ -201,7 +202,8 @@ def create_campaign(name: str, encoder: str | ModelVersion, *, session: Session,
     batch_size
         Sources proposed per loop.
     strategy
-        ``top`` (highest scores among ungraded sources) or ``uncertainty`` (scores nearest 0.5).
+        ``top`` (highest scores among ungraded sources) or ``uncertainty`` (scores nearest the
+        imbalance-corrected decision boundary, :func:`uncertainty`).
     settings
         Overrides of :data:`DEFAULT_SETTINGS` (``seed_origins``, ``ratio``, ``l2``, ...).
 
@@ -449,6 +451,22 @@ def _score_all(model: ModelVersion, enc: ModelVersion, ids: np.ndarray, *, sessi
     return out
 
 
+def uncertainty(scores: np.ndarray, boundary: float) -> np.ndarray:
+    """Distance of each score from the decision boundary, in logit units (smaller = more uncertain).
+
+    The probe is trained at the campaign's lens:non-lens imbalance (1:``ratio`` plus the graded
+    non-lenses), so its scores are calibrated to that prior and 0.5 lies beyond nearly every
+    source: "nearest 0.5" would then just be "highest score". The boundary used is the prior-
+    corrected one (King & Zeng 2001), the score whose odds equal the training set's n_pos / n_neg,
+    i.e. where a class-balanced classifier would say 0.5 (0.5 itself when the campaign trains
+    with ``class_weight='balanced'``); ``|logit(s) - logit(boundary)|`` is proportional to the
+    distance of the embedding from that hyperplane.
+    """
+    s = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1 - 1e-12)
+    b = min(max(float(boundary), 1e-12), 1 - 1e-12)
+    return np.abs(np.log(s / (1 - s)) - np.log(b / (1 - b)))
+
+
 def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -> Loop:
     """Train the campaign's classifier on the labels so far and propose the next batch.
 
@@ -546,9 +564,13 @@ def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -
         t1 = time.perf_counter()
         sc = _score_all(model, enc, free, session=session)
         t_score = time.perf_counter() - t1
-        key = np.abs(sc - 0.5) if camp.strategy == "uncertainty" else -sc
+        # a class-weighted fit is balanced already; otherwise correct 0.5 for the training prior
+        boundary = 0.5 if st["class_weight"] == "balanced" else len(pos) / (len(pos) + n_neg)
+        key = uncertainty(sc, boundary) if camp.strategy == "uncertainty" else -sc
         order = np.lexsort((free, key))[:camp.batch_size]  # ties: smaller source id first
         batch, scores = free[order], sc[order]
+        if camp.strategy == "uncertainty":
+            detail["boundary"] = boundary
         detail.update(random=False, notes=notes, created_version=res.created,
                       train={"epoch_kept": res.report["epoch_kept"], "train_loss": res.report.get("train_loss")},
                       batch_score_min=float(scores.min()), batch_score_max=float(scores.max()),
@@ -557,7 +579,7 @@ def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -
                    "read_training_vectors": float(res.report["read_seconds"]), "score": t_score}
     timings["total"] = time.perf_counter() - t_start
     detail["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
-    detail["scores"] = [round(float(s), 7) for s in scores] if scores is not None else None
+    detail["scores"] = [float(f"{s:.7g}") for s in scores] if scores is not None else None
     row = session.execute(
         text(
             """

@@ -93,7 +93,7 @@ def negative_pool(candidates: np.ndarray, positives: np.ndarray, *, session: Ses
                   surveys: list[int] | None = None) -> np.ndarray:
     """The ``candidates`` that may be drawn as negatives: not a positive, and more than 25 arcsec
     from every positive label and literature lens (:func:`lenscat.labels.near_known_lenses`)."""
-    excluded = near_known_lenses(session=session, surveys=surveys)
+    excluded = near_known_lenses(session=session, surveys=surveys, candidates=candidates)
     return candidates[~np.isin(candidates, positives)
                       & ~np.isin(candidates, np.fromiter(excluded, np.int64, len(excluded)))]
 

@@ -33,7 +33,8 @@ def _describe(loop: Any) -> str:
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=100, show_default=True,
               help="Sources proposed per loop.")
 @click.option("--strategy", type=click.Choice(["top", "uncertainty"]), default="top", show_default=True,
-              help="top: highest scores among ungraded sources; uncertainty: scores nearest 0.5.")
+              help="top: highest scores among ungraded sources; uncertainty: nearest the decision boundary "
+                   "(0.5 once corrected for the training imbalance).")
 @click.option("--seed-labels", default=None, metavar="ORIGINS",
               help="Also train on the lens labels of these origins, comma-separated: literature, import, simulation.")
 @click.option("--seed-negatives", is_flag=True, help="Also train on those origins' non-lens labels.")

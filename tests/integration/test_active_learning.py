@@ -24,6 +24,7 @@ from lenscat.active_learning import (
     loops_table,
     propose_next,
     refresh_loop,
+    uncertainty,
 )
 from lenscat.classifier import score_function
 from lenscat.errors import LenscatError, NotFoundError
@@ -140,12 +141,19 @@ def test_uncertainty_sampling_proposes_the_scores_nearest_the_boundary(session, 
                            settings={"seed_origins": ["import"], "ratio": 20}, session=session)
     loop = propose_next(camp, session=session, seed=3)
     assert loop.model == "al-edge@1" and loop.n_positive == 6 and loop.scores is not None
-    dist = np.abs(np.array(loop.scores) - 0.5)
+    # the boundary: where the odds equal the training set's lens:non-lens ratio (a balanced classifier's 0.5)
+    boundary = loop.detail["boundary"]
+    assert boundary == pytest.approx(6 / (6 + loop.n_negative))
+    dist = uncertainty(np.array(loop.scores), boundary)
     assert np.all(np.diff(dist) >= 0)  # nearest the boundary first
     ids, vec = read_embeddings(enc, session=session)
     sc = score_function(get_model("classifier", loop.model_id, session=session))(vec)
     others = ~np.isin(ids, loop.batch) & ~np.isin(ids, list(seeds))
-    assert dist.max() <= np.abs(sc[others] - 0.5).min() + 1e-6
+    assert dist.max() <= uncertainty(sc[others], boundary).min() + 1e-6
+    # not the top of the ranking: sources on both sides of the boundary
+    assert min(loop.scores) < boundary < max(loop.scores)
+    top = np.sort(sc[others | np.isin(ids, loop.batch)])[::-1][:25]
+    assert sorted(loop.scores, reverse=True) != pytest.approx(top.tolist())
     _grade(grader, loop, lenses, session)
     loop2 = advance(camp, session=session, seed=3)
     assert loop2 is not None and loop2.model == "al-edge@2" and not set(loop2.batch) & set(loop.batch)

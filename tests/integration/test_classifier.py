@@ -294,3 +294,15 @@ def test_reingested_literature_list_drops_the_matches_of_removed_lenses(session,
     left = session.execute(text("SELECT x.source_id FROM lenscat.crossmatches x LEFT JOIN lenscat.literature_lenses l "
                                 "USING (lens_id) WHERE l.lens_id IS NULL OR l.name = 'A'")).scalars().all()
     assert left == [int(ids[0])]
+
+
+def test_near_known_lenses_in_memory_matches_the_cone_searches(session, tmp_path):
+    from lenscat.labels import near_known_lenses
+
+    enc, ids, lens = _world(session, tmp_path, n=1500, n_lens=25, seed=11)
+    everywhere = near_known_lenses(session=session)
+    some = ids[::3]
+    assert near_known_lenses(session=session, candidates=some) == everywhere & {int(i) for i in some}
+    assert near_known_lenses(session=session, candidates=ids) == everywhere & {int(i) for i in ids}
+    assert set(ids[lens].tolist()) <= everywhere  # a lens is within 25 arcsec of itself
+    assert near_known_lenses(session=session, candidates=ids[:0]) == set()
