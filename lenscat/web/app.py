@@ -302,6 +302,8 @@ def create_app() -> FastAPI:
         if format not in MEDIA_TYPES:
             raise LenscatError(f"unknown export format {format!r}; expected {', '.join(MEDIA_TYPES)}")
         table = candidate_table(session=session, grades=[g for g in grades.split(",") if g.strip()])
+        if len(table) == 0:
+            raise NotFoundError(f"no source has a consensus grade among {grades} yet: grade some first")
         name = f"lenscat_candidates{FILE_SUFFIXES[format]}"
         return Response(export_bytes(table, format), media_type=MEDIA_TYPES[format],
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -177,6 +177,25 @@ def test_injection_strings_in_every_field_change_nothing(client, world, session)
     assert after[0] == before[0] and after[1] == before[1] + 1
 
 
+def test_export_download_reads_back_with_astropy(client, world, tmp_path):
+    from astropy.table import Table
+
+    login(client)
+    empty = client.get("/export", params={"grades": "A,B", "format": "ecsv"})
+    assert empty.status_code == 404 and "no source has a consensus grade" in empty.text
+    csrf = csrf_of(client)
+    for sid, g in ((world[7], "A"), (world[8], "B"), (world[9], "N")):
+        client.post("/api/grades", json={"source_id": int(sid), "grade": g}, headers={"X-CSRF-Token": csrf})
+    for fmt, suffix in (("ecsv", ".ecsv"), ("votable", ".vot"), ("fits", ".fits")):
+        r = client.get("/export", params={"grades": "A,B", "format": fmt})
+        assert r.status_code == 200 and suffix in r.headers["content-disposition"]
+        path = tmp_path / f"c{suffix}"
+        path.write_bytes(r.content)
+        t = Table.read(path)
+        assert sorted(int(x) for x in t["source_id"]) == sorted([int(world[7]), int(world[8])])
+        assert str(t["ra"].unit) == "deg"
+
+
 def test_query_page_is_read_only(client):
     login(client)
     ok = client.get("/query", params={"sql": "SELECT 1 AS source_id, 'x' AS y"})
