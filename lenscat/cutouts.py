@@ -574,11 +574,8 @@ def source_cutout(source_id: int, *, session: Any) -> tuple[np.ndarray, list[str
         raise LenscatError(f"no source with source_id {source_id}")
     if row.path is None:
         raise LenscatError(f"source {source_id} has no cutout")
+    store = open_store(row.path, row.format, member_paths=list(row.member_paths) if row.member_paths else None)
     if row.format == "fits":
-        cut = read_fits_cutout(list(row.member_paths) if row.member_paths else row.path)
+        cut = store.get_one(0)
         return np.asarray(cut.data), list(cut.bands)
-    img = np.asarray(open_store(row.path, row.format).get([int(row.cutout_row)])[0])
-    bands = list(row.file_bands or row.bands or [])
-    if len(bands) != img.shape[0]:  # a survey listing fewer bands than the file has planes
-        bands = ["g", "r", "z"] if img.shape[0] == 3 else [f"band{i}" for i in range(img.shape[0])]
-    return img, bands
+    return np.asarray(store.get([int(row.cutout_row)])[0]), list(row.file_bands or store.bands)

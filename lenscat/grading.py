@@ -360,6 +360,16 @@ def grades_table(*, session: Session, grader: str | None = None, source_id: int 
     return _table(session.execute(text(sql), params).all(), GRADE_COLUMNS)
 
 
+def _consensus_rows(where: list[str], params: dict[str, Any], order: str, limit: int | None,
+                    session: Session) -> Table:
+    sql = (f"SELECT {', '.join(CONSENSUS_COLUMNS)} FROM public.grade_consensus "
+           f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY {order}")
+    if limit:
+        sql += " LIMIT :limit"
+        params = {**params, "limit": int(limit)}
+    return _table(session.execute(text(sql), params).all(), CONSENSUS_COLUMNS)
+
+
 def consensus_table(*, session: Session, source_ids: Sequence[int] | None = None,
                     grades: Sequence[str] | None = None, limit: int | None = None) -> Table:
     """``public.grade_consensus`` rows, best first, optionally for some sources or consensus grades."""
@@ -371,25 +381,15 @@ def consensus_table(*, session: Session, source_ids: Sequence[int] | None = None
     if grades:
         where.append("consensus_grade = ANY(:grades)")
         params["grades"] = [parse_grade(g) for g in grades]
-    sql = (f"SELECT {', '.join(CONSENSUS_COLUMNS)} FROM public.grade_consensus "
-           f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY mean_grade DESC, n_votes DESC, source_id")
-    if limit:
-        sql += " LIMIT :limit"
-        params["limit"] = int(limit)
-    return _table(session.execute(text(sql), params).all(), CONSENSUS_COLUMNS)
+    return _consensus_rows(where, params, "mean_grade DESC, n_votes DESC, source_id", limit, session)
 
 
 def conflicts_table(*, session: Session, min_spread: int = 2, limit: int | None = None) -> Table:
     """Sources whose graders' latest grades differ by at least ``min_spread`` grade points."""
     if not 1 <= min_spread <= 3:
         raise LenscatError("--min-spread must be 1, 2 or 3 grade points")
-    sql = (f"SELECT {', '.join(CONSENSUS_COLUMNS)} FROM public.grade_consensus "
-           "WHERE n_votes >= 2 AND disagreement >= :m ORDER BY disagreement DESC, grade_std DESC, source_id")
-    params: dict[str, Any] = {"m": int(min_spread)}
-    if limit:
-        sql += " LIMIT :limit"
-        params["limit"] = int(limit)
-    return _table(session.execute(text(sql), params).all(), CONSENSUS_COLUMNS)
+    return _consensus_rows(["n_votes >= 2", "disagreement >= :m"], {"m": int(min_spread)},
+                           "disagreement DESC, grade_std DESC, source_id", limit, session)
 
 
 def graded_by(grader: Grader, source_ids: Sequence[int], *, session: Session) -> dict[int, str]:

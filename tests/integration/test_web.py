@@ -205,3 +205,28 @@ def test_query_page_is_read_only(client):
         r = client.get("/query", params={"sql": sql})
         assert r.status_code == 200 and 'id="sql-error"' in r.text, sql
     assert "password_hash" not in client.get("/query", params={"sql": "SELECT * FROM grades"}).text
+
+
+def test_fits_cutouts_render_per_band_and_in_rgb(client, session, data_dir, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from lenscat.cutout_ingest import ingest_fits_cutouts
+    from lenscat.cutouts import source_cutout
+    from tests.integration.test_cli import run
+
+    files = sorted((data_dir / "images" / "ps1_sled_lenses").glob("SDSSJ1430_6104_PS1_[grz].fits"))
+    (src,) = ingest_fits_cutouts(files, "web-ps1", session=session)
+    img, bands = source_cutout(src.source_id, session=session)
+    assert bands == ["g", "r", "z"] and img.shape[0] == 3
+    login(client)
+    for band in ("rgb", "g", "z"):
+        r = client.get(f"/cutout/{src.source_id}.png", params={"band": band})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        path = tmp_path / f"{band}.png"
+        path.write_bytes(r.content)
+        assert Image.open(path).size[0] == min(img.shape[-1], 152)
+    assert client.get(f"/cutout/{src.source_id}.png", params={"band": "u"}).status_code == 400
+    page = client.get(f"/source/{src.source_id}").text
+    assert page.count('<img src="/cutout/') == 4  # RGB + g, r, z
+    code, out, err = run(monkeypatch, capsys, "cutout", str(src.source_id), "--out", str(tmp_path / "c.png"))
+    assert code == 0 and (tmp_path / "c.png").stat().st_size > 1000
