@@ -183,9 +183,28 @@ def pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
     """
 
 
-PAIR_WORKERS = 2
-"""Connections that search lens pairs at once (lenses split by lens_id modulo this)."""
+def ranked_pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
+    """SELECT of the rows of ``lenscat.crossmatches`` for catalogue ``:cid`` within ``:r`` degrees.
 
+    Each lens's sources are ranked by separation (ties by source_id); rank 1 is its match. Rows
+    come sorted by (lens_id, rank), the order of the primary key, in the table's column types.
+    """
+    return f"""
+        SELECT p.lens_id, p.source_id, p.sep * 3600.0 AS separation_arcsec, p.rank = 1 AS is_nearest,
+               p.rank::integer AS rank, :r * 3600.0 AS radius_arcsec
+        FROM (
+            SELECT q.lens_id, q.source_id, q.sep,
+                   row_number() OVER (PARTITION BY q.lens_id ORDER BY q.sep, q.source_id) AS rank
+            FROM ({pairs_sql(survey_filter, part)}) q
+        ) p
+        ORDER BY p.lens_id, p.rank
+    """
+
+
+XMATCH_COLUMNS = "lens_id, source_id, separation_arcsec, is_nearest, rank, radius_arcsec"
+
+PAIR_WORKERS = 2
+"""Connections that search lens pairs at once (each PostgreSQL backend uses one core)."""
 
 def _parallel_parts(session: Session) -> int:
     """How many connections may search at once: 1 inside a bound (test) connection, or once this
@@ -200,31 +219,63 @@ def _parallel_parts(session: Session) -> int:
     return 1 if wrote else max(1, min(PAIR_WORKERS, os.cpu_count() or 1))
 
 
-def find_pairs(cid: int, r: float, sids: list[int] | None, *, session: Session) -> list[tuple[int, int, float]]:
-    """All (lens_id, source_id, separation [deg]) pairs of catalogue ``cid`` within ``r`` degrees.
+def _literal_sql(sql: str, params: dict[str, Any]) -> str:
+    """``sql`` with its ``:name`` placeholders replaced by literals (COPY takes no parameters).
 
-    With committed inputs the lenses are split over ``PAIR_WORKERS`` connections searched in
-    parallel (each PostgreSQL backend uses one core); results are the same as one query.
+    Only lenscat's own numbers go through here: ints, floats (``repr`` is exact) and int lists.
     """
-    params: dict[str, Any] = {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
-    nparts = _parallel_parts(session)
-    if nparts == 1:
-        rows = session.execute(text(pairs_sql(bool(sids))), params).all()
-        return [(int(a), int(b), float(c)) for a, b, c in rows]
-    from concurrent.futures import ThreadPoolExecutor
+    import re
+
+    def literal(m: re.Match[str]) -> str:
+        v = params[m.group(1)]
+        if isinstance(v, bool) or not isinstance(v, int | float | list):
+            raise TypeError(f"no literal for {m.group(1)}={v!r}")
+        if isinstance(v, list):
+            return "ARRAY[" + ",".join(str(int(x)) for x in v) + "]::integer[]"
+        return f"{float(v)!r}::double precision" if isinstance(v, float) else str(int(v))
+
+    return re.sub(r"(?<!:):([a-z_]+)\b", literal, sql)
+
+
+def _store_pairs_parallel(cid: int, r: float, sids: list[int] | None, nworkers: int, *,
+                          session: Session) -> None:
+    """Search the catalogue's pairs on ``nworkers`` connections and COPY them into ``session``.
+
+    The lenses are split in ``nworkers`` chunks (``lens_id % nworkers``); each worker sends its
+    ranked rows back as one binary COPY stream, which is written unchanged into
+    ``lenscat.crossmatches`` on the caller's transaction as soon as it arrives (while the other
+    chunks may still be searched). No row passes through Python objects. (More chunks than
+    workers was measured slower: each chunk scans the catalogue's lenses again.)
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from lenscat.db.session import get_engine
 
-    sql = text(pairs_sql(bool(sids), part=True))
+    params: dict[str, Any] = {"r": r, "cid": cid, "nparts": nworkers, **({"sids": sids} if sids else {})}
+    query = ranked_pairs_sql(bool(sids), part=True)
 
-    def run(part: int) -> list[tuple[int, int, float]]:
+    def run(part: int) -> bytes:
+        sql = _literal_sql(query, {**params, "part": part})
         with get_engine().connect() as conn:
-            rows = conn.execute(sql, {**params, "nparts": nparts, "part": part}).all()
-        return [(int(a), int(b), float(c)) for a, b, c in rows]
+            pg = conn.connection.driver_connection
+            with pg.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)") as copy:
+                data = b"".join(bytes(block) for block in copy)
+            conn.rollback()
+        return data
 
-    with ThreadPoolExecutor(max_workers=nparts, thread_name_prefix="lenscat-xmatch") as pool:
-        parts = list(pool.map(run, range(nparts)))
-    return [p for chunk in parts for p in chunk]
+    conn = raw_connection(session)
+    with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="lenscat-xmatch") as pool:
+        futures = [pool.submit(run, part) for part in range(nworkers)]
+        try:
+            for fut in as_completed(futures):
+                data = fut.result()
+                with conn.cursor() as cur, cur.copy(
+                    f"COPY lenscat.crossmatches ({XMATCH_COLUMNS}) FROM STDIN (FORMAT binary)"
+                ) as copy:
+                    copy.write(data)
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 @dataclass
@@ -257,16 +308,7 @@ def crossmatch_catalog(
     r = _check_radius(radius)
     cid = get_catalog_id(catalog, session=session)
     sids = _survey_ids(surveys, session)
-    found = find_pairs(cid, r, sids, session=session)
-    # rank each lens's sources by separation (ties by source_id): rank 1 is the match
-    lens = np.array([p[0] for p in found], dtype=np.int64)
-    src = np.array([p[1] for p in found], dtype=np.int64)
-    sep_arcsec = np.array([p[2] for p in found], dtype=np.float64) * 3600.0
-    order = np.lexsort((src, sep_arcsec, lens))
-    lens, src, sep_arcsec = lens[order], src[order], sep_arcsec[order]
-    first = np.r_[True, lens[1:] != lens[:-1]] if len(lens) else np.zeros(0, bool)
-    start = np.maximum.accumulate(np.where(first, np.arange(len(lens)), 0)) if len(lens) else first
-    rank = np.arange(len(lens)) - start + 1
+    nworkers = _parallel_parts(session)  # asked before this transaction writes anything
     session.execute(
         text(
             """
@@ -276,21 +318,24 @@ def crossmatch_catalog(
         ),
         {"cid": cid},
     )
-    conn = raw_connection(session)
-    radius_txt = repr(r * 3600.0)
-    body = "".join(  # one text COPY buffer; repr keeps every digit of the separations
-        f"{a}\t{b}\t{c!r}\t{'t' if k == 1 else 'f'}\t{k}\t{radius_txt}\n"
-        for a, b, c, k in zip(lens.tolist(), src.tolist(), sep_arcsec.tolist(), rank.tolist(), strict=True))
-    with conn.cursor() as cur, cur.copy(
-        "COPY lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank, radius_arcsec) "
-        "FROM STDIN"
-    ) as copy:
-        copy.write(body)
-    n_lenses = session.execute(
-        text("SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid"), {"cid": cid}
-    ).scalar_one()
-    n_matched = int(first.sum())
-    n_pairs = len(lens)
+    if nworkers == 1:
+        session.execute(
+            text(f"INSERT INTO lenscat.crossmatches ({XMATCH_COLUMNS}) {ranked_pairs_sql(bool(sids))}"),
+            {"r": r, "cid": cid, **({"sids": sids} if sids else {})},
+        )
+    else:
+        _store_pairs_parallel(cid, r, sids, nworkers, session=session)
+    n_lenses, n_matched, n_pairs = session.execute(
+        text(
+            """
+            SELECT (SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid),
+                   count(*) FILTER (WHERE x.is_nearest), count(*)
+            FROM lenscat.crossmatches x JOIN lenscat.literature_lenses l USING (lens_id)
+            WHERE l.catalog_id = :cid
+            """
+        ),
+        {"cid": cid},
+    ).one()
     session.execute(
         text(
             """

@@ -12,7 +12,6 @@ The work splits in two:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from lenscat.columns import angle_column, float_column
 from lenscat.db.session import raw_connection, session_scope
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import Reject
+from lenscat.pgbinary import Column, encode_copy_binary
 from lenscat.readers import ColumnTable, read_table
 from lenscat.surveys import ensure_survey
 
@@ -450,36 +450,29 @@ def _ensure_stage(session: Session, nbands: int) -> str:
     return name
 
 
-def _batch_csv(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> tuple[list[str], bytes]:
-    """The staging rows of ``rows`` as CSV bytes (pyarrow's writer, NULL as empty)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+def _batch_copy(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> tuple[list[str], bytes]:
+    """The staging rows of ``rows`` as one binary COPY stream (non-finite floats as NULL).
 
-    cols: dict[str, Any] = {
-        "row_number": pa.array(rows + 1, type=pa.int64()),
-        "objid": pa.array(prep.objid[rows].astype(str), type=pa.string()),
-        "ra": pa.array(prep.ra[rows], type=pa.float64()),
-        "dec": pa.array(prep.dec[rows], type=pa.float64()),
+    Columns carry the staging table's types: bigint row numbers, float8 positions, real
+    (float4) photometry and redshifts, integer cutout rows and text ids, types and extras.
+    """
+    cols: dict[str, Column] = {
+        "row_number": Column("int8", rows + 1),
+        "objid": Column("text", prep.objid[rows].astype(str), np.zeros(len(rows), bool)),
+        "ra": Column("float8", prep.ra[rows]),
+        "dec": Column("float8", prep.dec[rows]),
     }
     for name, values in prep.scalars.items():
         v = values[rows]
-        if v.dtype == object:
-            cols[name] = pa.array(list(v), type=pa.string())
-        else:
-            cols[name] = pa.array(v, type=pa.float64(), mask=~np.isfinite(v))
+        cols[name] = Column("text", v) if v.dtype == object else Column("float4", v)
     if with_cutouts:
-        cols["cutout_row"] = pa.array(rows, type=pa.int64())
+        cols["cutout_row"] = Column("int4", rows)
     if prep.extra is not None:
-        cols["extra"] = pa.array([prep.extra[i] for i in rows], type=pa.string())
+        cols["extra"] = Column("text", [prep.extra[i] for i in rows])
     for fieldname, values in prep.band_values.items():
         for j in range(values.shape[1]):
-            v = values[rows, j]
-            cols[f"{fieldname}_{j}"] = pa.array(v, type=pa.float64(), mask=~np.isfinite(v))
-    table = pa.table(cols)
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf, write_options=pacsv.WriteOptions(include_header=False,
-                                                                  quoting_style="needed"))
-    return list(cols), buf.getvalue()
+            cols[f"{fieldname}_{j}"] = Column("float4", values[rows, j])
+    return list(cols), encode_copy_binary(list(cols.values()))
 
 
 def _array_expr(fieldname: str, nbands: int) -> str:
@@ -541,10 +534,10 @@ def write_batch(
         return 0, 0, 0
     nb = len(prep.bands)
     stage = _ensure_stage(session, nb)
-    names, data = _batch_csv(prep, rows, cutout_file_id is not None)
+    names, data = _batch_copy(prep, rows, cutout_file_id is not None)
     conn = raw_connection(session)
     with conn.cursor() as cur, cur.copy(
-        f"COPY {stage} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)"
+        f"COPY {stage} ({', '.join(names)}) FROM STDIN (FORMAT binary)"
     ) as copy:
         copy.write(data)
 
@@ -661,7 +654,7 @@ def run_source_ingest(
     """Write a prepared file in batches, one transaction each; resumable and idempotent.
 
     Outside tests (no bound connection) two batches are written at once, on two connections:
-    while one batch's upsert runs in the database, the other's CSV is built and copied.
+    while one batch's upsert runs in the database, the other's binary COPY stream is built and copied.
 
     Parameters
     ----------

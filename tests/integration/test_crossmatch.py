@@ -85,6 +85,40 @@ def test_crossmatch_rerun_is_idempotent(loaded):
     assert a == b and before == after
 
 
+def test_crossmatch_keys_refuse_inconsistent_rows(loaded):
+    """(lens, rank) is the key, each pair is stored once and is_nearest is exactly rank 1."""
+    import sqlalchemy.exc
+
+    crossmatch_catalog("stein-new", RADIUS, session=loaded)
+    lens, src = loaded.execute(text(
+        "SELECT lens_id, source_id FROM crossmatches WHERE catalog = 'stein-new' AND is_nearest LIMIT 1")).one()
+    other = loaded.execute(text("SELECT source_id FROM sources WHERE source_id <> :s LIMIT 1"), {"s": src}).scalar()
+    insert = text("INSERT INTO lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank, "
+                  "radius_arcsec) VALUES (:l, :s, 1.0, :n, :k, 5)")
+    for params, constraint in (({"s": other, "n": True, "k": 1}, "pk_crossmatches"),
+                               ({"s": src, "n": False, "k": 9}, "uq_crossmatches_source_lens"),
+                               ({"s": other, "n": True, "k": 9}, "ck_crossmatches_nearest_rank")):
+        with pytest.raises(sqlalchemy.exc.IntegrityError, match=constraint), loaded.begin_nested():
+            loaded.execute(insert, {"l": lens, **params})
+
+
+def test_ranked_pairs_query_ranks_by_separation(loaded):
+    """The query both write paths use: ranks 1..n per lens in separation order."""
+    from lenscat.crossmatch import ranked_pairs_sql
+
+    cid = loaded.execute(text("SELECT catalog_id FROM literature_catalogs WHERE catalog='lenscat'")).scalar()
+    rows = loaded.execute(text(ranked_pairs_sql()), {"r": 30 / 3600, "cid": cid}).all()
+    by_lens: dict[int, list] = {}
+    for lens_id, _, sep, nearest, rank, radius in rows:
+        by_lens.setdefault(lens_id, []).append((rank, sep, nearest))
+        assert radius == pytest.approx(30.0) and sep <= 30.0
+    assert any(len(v) > 1 for v in by_lens.values())
+    for v in by_lens.values():
+        assert [k for k, _, _ in v] == list(range(1, len(v) + 1))
+        assert [s for _, s, _ in v] == sorted(s for _, s, _ in v)
+        assert [n for _, _, n in v] == [True] + [False] * (len(v) - 1)
+
+
 def test_crossmatch_uses_the_sky_index(loaded):
     cid = loaded.execute(text("SELECT catalog_id FROM literature_catalogs WHERE catalog='lenscat'")).scalar()
     plan = "\n".join(r[0] for r in loaded.execute(text("EXPLAIN " + pairs_sql()), {"r": 5 / 3600, "cid": cid}))

@@ -32,7 +32,7 @@ def test_parallel_crossmatch_equals_astropy(own_database, data_dir, tmp_path):
     _cli(env, "ingest", "literature", str(stein), "--catalog", "stein-par")
     _cli(env, "crossmatch", "--catalog", "stein-par", "--radius", "5arcsec", "--quiet")
     rows = [json.loads(x) for x in _cli(
-        env, "sql", "SELECT l.ra AS lra, l.dec AS ldec, s.ra, s.dec, x.separation_arcsec, x.is_nearest "
+        env, "sql", "SELECT x.lens_id, l.ra AS lra, l.dec AS ldec, s.ra, s.dec, x.separation_arcsec, x.is_nearest, x.rank "
         "FROM crossmatches x JOIN literature_lenses l USING (lens_id) JOIN sources s USING (source_id)",
         "--format", "json").splitlines()]
     lens_tab = Table.read(stein, format="ascii.tab")
@@ -43,3 +43,10 @@ def test_parallel_crossmatch_equals_astropy(own_database, data_dir, tmp_path):
     assert len(rows) == len(i1) > 500
     assert sorted(round(r["separation_arcsec"], 6) for r in rows) == sorted(np.round(sep.arcsec, 6))
     assert sum(r["is_nearest"] for r in rows) == len(set(i1.tolist()))
+    by_lens: dict[int, list] = {}  # ranks 1..n in separation order, written through binary COPY
+    for r in rows:
+        by_lens.setdefault(r["lens_id"], []).append((r["rank"], r["separation_arcsec"]))
+    for pairs in by_lens.values():
+        pairs.sort()
+        assert [k for k, _ in pairs] == list(range(1, len(pairs) + 1))
+        assert [s for _, s in pairs] == sorted(s for _, s in pairs)

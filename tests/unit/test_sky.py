@@ -48,3 +48,16 @@ def test_zone_matches_database_formula():
     assert zone_of(90.0) == 10800
     assert zone_of(0.0) == 5400
     assert zone_of(-0.0001) == 5399
+
+
+def test_literal_sql_binds_numbers_and_leaves_casts():
+    """COPY takes no parameters: lenscat's numbers become exact literals, ``::`` casts stay."""
+    from lenscat.crossmatch import _literal_sql
+
+    sql = _literal_sql("SELECT :r::float8, :cid, x::text, :sids, :part", {
+        "r": 1 / 3600, "cid": 3, "sids": [1, 2], "part": 0})
+    assert sql == (f"SELECT {1 / 3600!r}::double precision::float8, 3, x::text, "
+                   "ARRAY[1,2]::integer[], 0")
+    assert float(sql.split()[1].split("::")[0]) == 1 / 3600
+    with pytest.raises(TypeError, match="name"):
+        _literal_sql("SELECT :name", {"name": "x'; DROP TABLE y"})
