@@ -237,25 +237,67 @@ def _literal_sql(sql: str, params: dict[str, Any]) -> str:
     return re.sub(r"(?<!:):([a-z_]+)\b", literal, sql)
 
 
-def _store_pairs_parallel(cid: int, r: float, sids: list[int] | None, nworkers: int, *,
-                          session: Session) -> None:
-    """Search the catalogue's pairs on ``nworkers`` connections and COPY them into ``session``.
+XMATCH_ROW_BYTES = 2 + (4 + 8) * 3 + (4 + 1) + (4 + 4) + (4 + 8)
+"""Bytes of one ``ranked_pairs_sql`` row in a binary COPY stream: field count, then (length, value)
+for lens_id, source_id, separation_arcsec, is_nearest, rank and radius_arcsec (none NULL)."""
 
-    The lenses are split in ``nworkers`` chunks (``lens_id % nworkers``); each worker sends its
-    ranked rows back as one binary COPY stream, which is written unchanged into
-    ``lenscat.crossmatches`` on the caller's transaction as soon as it arrives (while the other
-    chunks may still be searched). No row passes through Python objects. (More chunks than
-    workers was measured slower: each chunk scans the catalogue's lenses again.)
+NEAREST_OFFSET = 2 + (4 + 8) * 3 + 4
+"""Offset of the ``is_nearest`` byte in such a row."""
+
+
+def _stream_counts(data: bytes) -> tuple[int, int]:
+    """(pairs, nearest matches) in a binary COPY stream of ``ranked_pairs_sql`` rows."""
+    from lenscat.pgbinary import SIGNATURE, TRAILER
+
+    body = len(data) - len(SIGNATURE) - len(TRAILER)
+    if body < 0 or body % XMATCH_ROW_BYTES or not data.startswith(SIGNATURE):
+        raise LenscatError(f"unexpected cross-match stream of {len(data)} bytes")
+    rows = np.frombuffer(data, np.uint8, body, len(SIGNATURE)).reshape(-1, XMATCH_ROW_BYTES)
+    return len(rows), int(rows[:, NEAREST_OFFSET].sum())
+
+
+def _delete_pairs(cid: int, *, session: Session) -> None:
+    session.execute(
+        text(
+            """
+            DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l
+            WHERE x.lens_id = l.lens_id AND l.catalog_id = :cid
+            """
+        ),
+        {"cid": cid},
+    )
+
+
+def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Session) -> tuple[int, int]:
+    """Replace the catalogue's stored pairs with those within ``r`` degrees: (pairs, matched lenses).
+
+    With committed inputs the lenses are split in chunks (``lens_id % PAIR_WORKERS``) searched on
+    connections of their own; each sends its ranked rows back as one binary COPY stream, which is
+    written unchanged into ``lenscat.crossmatches`` on the caller's transaction as soon as it
+    arrives, so no row passes through Python objects. The old rows are deleted while the search
+    runs. (More chunks than workers was measured slower: each chunk scans the catalogue's lenses
+    again.) Otherwise (a bound test connection, or inputs this transaction wrote) one
+    ``INSERT ... SELECT`` does the same on ``session``.
     """
+    params: dict[str, Any] = {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
+    nworkers = _parallel_parts(session)  # asked before this transaction writes anything
+    if nworkers == 1:
+        _delete_pairs(cid, session=session)
+        n_pairs, n_matched = session.execute(text(f"""
+            WITH ins AS (
+                INSERT INTO lenscat.crossmatches ({XMATCH_COLUMNS}) {ranked_pairs_sql(bool(sids))}
+                RETURNING is_nearest
+            )
+            SELECT count(*), count(*) FILTER (WHERE is_nearest) FROM ins"""), params).one()
+        return int(n_pairs), int(n_matched)
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from lenscat.db.session import get_engine
 
-    params: dict[str, Any] = {"r": r, "cid": cid, "nparts": nworkers, **({"sids": sids} if sids else {})}
     query = ranked_pairs_sql(bool(sids), part=True)
 
     def run(part: int) -> bytes:
-        sql = _literal_sql(query, {**params, "part": part})
+        sql = _literal_sql(query, {**params, "nparts": nworkers, "part": part})
         with get_engine().connect() as conn:
             pg = conn.connection.driver_connection
             with pg.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)") as copy:
@@ -264,18 +306,23 @@ def _store_pairs_parallel(cid: int, r: float, sids: list[int] | None, nworkers: 
         return data
 
     conn = raw_connection(session)
+    n_pairs = n_matched = 0
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="lenscat-xmatch") as pool:
         futures = [pool.submit(run, part) for part in range(nworkers)]
         try:
+            _delete_pairs(cid, session=session)
             for fut in as_completed(futures):
                 data = fut.result()
                 with conn.cursor() as cur, cur.copy(
                     f"COPY lenscat.crossmatches ({XMATCH_COLUMNS}) FROM STDIN (FORMAT binary)"
                 ) as copy:
                     copy.write(data)
+                pairs, matched = _stream_counts(data)
+                n_pairs, n_matched = n_pairs + pairs, n_matched + matched
         finally:
             for fut in futures:
                 fut.cancel()
+    return n_pairs, n_matched
 
 
 @dataclass
@@ -308,34 +355,10 @@ def crossmatch_catalog(
     r = _check_radius(radius)
     cid = get_catalog_id(catalog, session=session)
     sids = _survey_ids(surveys, session)
-    nworkers = _parallel_parts(session)  # asked before this transaction writes anything
-    session.execute(
-        text(
-            """
-            DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l
-            WHERE x.lens_id = l.lens_id AND l.catalog_id = :cid
-            """
-        ),
-        {"cid": cid},
-    )
-    if nworkers == 1:
-        session.execute(
-            text(f"INSERT INTO lenscat.crossmatches ({XMATCH_COLUMNS}) {ranked_pairs_sql(bool(sids))}"),
-            {"r": r, "cid": cid, **({"sids": sids} if sids else {})},
-        )
-    else:
-        _store_pairs_parallel(cid, r, sids, nworkers, session=session)
-    n_lenses, n_matched, n_pairs = session.execute(
-        text(
-            """
-            SELECT (SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid),
-                   count(*) FILTER (WHERE x.is_nearest), count(*)
-            FROM lenscat.crossmatches x JOIN lenscat.literature_lenses l USING (lens_id)
-            WHERE l.catalog_id = :cid
-            """
-        ),
-        {"cid": cid},
-    ).one()
+    n_pairs, n_matched = _replace_pairs(cid, r, sids, session=session)
+    n_lenses = session.execute(
+        text("SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid"), {"cid": cid}
+    ).scalar_one()
     session.execute(
         text(
             """

@@ -6,8 +6,9 @@ parsing them again in the server. The binary format carries each value as its bi
 (no per-value Python work except encoding text to UTF-8), for ``COPY ... FROM STDIN (FORMAT binary)``.
 
 Each column is a :class:`Column`: its PostgreSQL type (``int2``, ``int4``, ``int8``, ``float4``,
-``float8`` or ``text``), its values and which of them are NULL. Floats that are not finite are
-NULL, as the CSV path wrote them.
+``float8``, ``text``, ``jsonb``, or the one-dimensional arrays ``float4[]`` / ``float8[]`` given as
+an (n, m) array), its values and which of them are NULL. Floats that are not finite are NULL, as
+the CSV path wrote them; an array whose elements are all NULL is itself NULL.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ TRAILER = b"\xff\xff"
 
 FIXED: dict[str, str] = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8"}
 """Fixed-width PostgreSQL types and the big-endian numpy dtype of their binary form."""
+
+ARRAY_ELEMENT_OID = {"float4": 700, "float8": 701}
+"""pg_type OIDs of the array element types (fixed since PostgreSQL 7)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,13 @@ class Column:
             payload = values[keep].astype(dtype).view(np.uint8)
             lengths = np.where(keep, dtype.itemsize, -1).astype(np.int64)
             return lengths, payload
+        if self.pgtype.endswith("[]") and self.pgtype[:-2] in ARRAY_ELEMENT_OID:
+            return self._encoded_array(self.pgtype[:-2])
+        if self.pgtype == "jsonb":  # version 1 of the jsonb binary format: a byte 1, then the text
+            lengths, payload = Column("text", self.values, self.null).encoded()
+            starts = np.cumsum(np.maximum(lengths, 0)) - np.maximum(lengths, 0)
+            payload = np.insert(payload, starts[lengths >= 0], 1)
+            return np.where(lengths >= 0, lengths + 1, -1), payload
         if self.pgtype != "text":
             raise ValueError(f"no binary encoder for PostgreSQL type {self.pgtype!r}")
         items = list(self.values)
@@ -58,6 +69,35 @@ class Column:
         lengths = np.fromiter((len(b) for b in blobs), np.int64, len(blobs))
         lengths[null] = -1
         return lengths, np.frombuffer(b"".join(blobs), np.uint8)
+
+    def _encoded_array(self, element: str) -> tuple[np.ndarray, np.ndarray]:
+        """One-dimensional arrays: ndim, has-NULL flag, element OID, size, lower bound 1, then
+        each element as (length, bytes) with length -1 for a NULL element."""
+        dtype = np.dtype(FIXED[element])
+        values = np.asarray(self.values, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"{self.pgtype} column needs an (n, m) array, not shape {values.shape}")
+        n, m = values.shape
+        isnull = ~np.isfinite(values)
+        null = isnull.all(axis=1) if m else np.ones(n, bool)
+        if self.null is not None:
+            null |= np.asarray(self.null, bool)
+        w = dtype.itemsize
+        grid = np.empty((n, 20 + m * (4 + w)), np.uint8)
+        head = np.empty((n, 5), ">i4")
+        head[:, 0], head[:, 1], head[:, 2], head[:, 3], head[:, 4] = 1, isnull.any(axis=1), \
+            ARRAY_ELEMENT_OID[element], m, 1
+        grid[:, :20] = head.view(np.uint8).reshape(n, 20)
+        cells = grid[:, 20:].reshape(n, m, 4 + w)
+        cells[:, :, :4] = np.where(isnull, -1, w).astype(">i4").view(np.uint8).reshape(n, m, 4)
+        cells[:, :, 4:] = np.where(isnull, 0.0, values).astype(dtype).view(np.uint8).reshape(n, m, w)
+        keep = np.ones((n, m, 4 + w), bool)
+        keep[:, :, 4:] = ~isnull[:, :, None]
+        keep = np.concatenate([np.ones((n, 20), bool), keep.reshape(n, -1)], axis=1)
+        keep[null] = False
+        lengths = keep.sum(axis=1).astype(np.int64)
+        lengths[null] = -1
+        return lengths, grid[keep]
 
 
 def encode_copy_binary(columns: list[Column]) -> bytes:

@@ -475,6 +475,34 @@ def _batch_copy(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> 
     return list(cols), encode_copy_binary(list(cols.values()))
 
 
+def _sources_copy(prep: PreparedSources, rows: np.ndarray, *, survey_id: int, ingest_id: int,
+                  cutout_file_id: int | None) -> tuple[list[str], bytes]:
+    """The rows ``rows`` as a binary COPY stream in ``lenscat.sources``'s own columns and types.
+
+    The same values the staging path writes: smallint survey, integer ingest and cutout columns,
+    real photometry (an array per field, NULL when every band is missing), jsonb extras.
+    """
+    n = len(rows)
+    cols: dict[str, Column] = {
+        "survey_id": Column("int2", np.full(n, survey_id)),
+        "objid": Column("text", prep.objid[rows].astype(str), np.zeros(n, bool)),
+        "ingest_id": Column("int4", np.full(n, ingest_id)),
+        "ra": Column("float8", prep.ra[rows]),
+        "dec": Column("float8", prep.dec[rows]),
+    }
+    for name, values in prep.scalars.items():
+        v = values[rows]
+        cols[name] = Column("text", v) if v.dtype == object else Column("float4", v)
+    for fieldname, values in prep.band_values.items():
+        cols[fieldname] = Column("float4[]", values[rows])
+    if cutout_file_id is not None:
+        cols["cutout_file_id"] = Column("int4", np.full(n, cutout_file_id))
+        cols["cutout_row"] = Column("int4", rows)
+    if prep.extra is not None:
+        cols["extra"] = Column("jsonb", [prep.extra[i] for i in rows])
+    return list(cols), encode_copy_binary(list(cols.values()))
+
+
 def _array_expr(fieldname: str, nbands: int) -> str:
     cols = ", ".join(f"{fieldname}_{j}" for j in range(nbands))
     return f"CASE WHEN num_nonnulls({cols}) = 0 THEN NULL ELSE ARRAY[{cols}]::real[] END"
@@ -500,9 +528,9 @@ def _target_columns(prep: PreparedSources, with_cutouts: bool) -> tuple[list[str
     return target, select
 
 
-def _is_key_conflict(exc: IntegrityError) -> bool:
+def _is_key_conflict(exc: Exception) -> bool:
     """True when ``exc`` is a unique violation of the natural key (survey_id, objid)."""
-    orig = getattr(exc, "orig", None)
+    orig = getattr(exc, "orig", exc)  # SQLAlchemy's wrapper, or psycopg's own error from a COPY
     diag = getattr(orig, "diag", None)
     return (getattr(orig, "sqlstate", None) == "23505"
             and getattr(diag, "constraint_name", None) == "uq_sources_survey_objid")
@@ -517,30 +545,45 @@ def write_batch(
     ingest_id: int,
     cutout_file_id: int | None,
 ) -> tuple[int, int, int]:
-    """COPY ``rows`` (indices of good rows) into staging and upsert them into ``lenscat.sources``.
+    """Write ``rows`` (indices of good rows) into ``lenscat.sources``, as one upsert would.
 
-    The rows first go in with a plain INSERT inside a SAVEPOINT: when none of their keys exists
-    yet (a first load, the common case) that is all, at about two thirds of the cost of the
-    upsert (no speculative insertion, no RETURNING). If any key exists (a re-ingest, a concurrent
-    writer), the unique index refuses the INSERT, the savepoint is rolled back and the batch is
-    written with ``INSERT ... ON CONFLICT DO UPDATE`` (changed rows only). Either way the rows and
-    the counts are those of the upsert.
+    The rows first go in with one binary ``COPY`` straight into ``lenscat.sources`` inside a
+    SAVEPOINT: when none of their keys exists yet (a first load, the common case) that is all,
+    with no staging table, no INSERT ... SELECT and no speculative insertion. If any key exists (a
+    re-ingest, a concurrent writer), the unique index refuses the COPY, the savepoint is rolled
+    back, and the batch goes through staging: binary COPY into a temporary table, then
+    ``INSERT ... ON CONFLICT DO UPDATE`` of the changed rows only. Either way the rows and the
+    counts are those of the upsert, and source ids follow the file's row order.
 
     Returns
     -------
     inserted, updated, unchanged
     """
+    import psycopg
+
     if len(rows) == 0:
         return 0, 0, 0
-    nb = len(prep.bands)
-    stage = _ensure_stage(session, nb)
-    names, data = _batch_copy(prep, rows, cutout_file_id is not None)
     conn = raw_connection(session)
+    names, data = _sources_copy(prep, rows, survey_id=survey_id, ingest_id=ingest_id,
+                                cutout_file_id=cutout_file_id)
+    try:
+        with session.begin_nested():
+            session.connection()  # emits the SAVEPOINT before the raw COPY
+            with conn.cursor() as cur, cur.copy(
+                f"COPY lenscat.sources ({', '.join(names)}) FROM STDIN (FORMAT binary)"
+            ) as copy:
+                copy.write(data)
+        return len(rows), 0, 0  # a COPY writes every row or none
+    except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
+        if not _is_key_conflict(exc):
+            raise
+    del data
+    stage = _ensure_stage(session, len(prep.bands))
+    names, data = _batch_copy(prep, rows, cutout_file_id is not None)
     with conn.cursor() as cur, cur.copy(
         f"COPY {stage} ({', '.join(names)}) FROM STDIN (FORMAT binary)"
     ) as copy:
         copy.write(data)
-
     target, select = _target_columns(prep, cutout_file_id is not None)
     params = {"survey_id": survey_id, "ingest_id": ingest_id, "file_id": cutout_file_id}
     insert = f"""
@@ -548,13 +591,6 @@ def write_batch(
         SELECT :survey_id, objid, :ingest_id, {", ".join(select)}
         FROM {stage} ORDER BY row_number
     """
-    try:
-        with session.begin_nested():
-            n = session.connection().execute(text(insert), params).rowcount
-        return int(n), 0, 0
-    except IntegrityError as exc:
-        if not _is_key_conflict(exc):
-            raise
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in target)
     changed = " OR ".join(f"s.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in target)
     sql = f"""

@@ -61,3 +61,23 @@ def test_literal_sql_binds_numbers_and_leaves_casts():
     assert float(sql.split()[1].split("::")[0]) == 1 / 3600
     with pytest.raises(TypeError, match="name"):
         _literal_sql("SELECT :name", {"name": "x'; DROP TABLE y"})
+
+
+def test_crossmatch_stream_counts_pairs_and_nearest_rows():
+    """The counts of a binary COPY stream of ranked pairs come from its fixed-width rows."""
+    import struct
+
+    from lenscat.crossmatch import _stream_counts
+    from lenscat.errors import LenscatError
+    from lenscat.pgbinary import SIGNATURE, TRAILER
+
+    def row(lens, src, sep, nearest, rank):
+        return (struct.pack(">h", 6) + struct.pack(">iq", 8, lens) + struct.pack(">iq", 8, src)
+                + struct.pack(">id", 8, sep) + struct.pack(">i?", 1, nearest) + struct.pack(">ii", 4, rank)
+                + struct.pack(">id", 8, 5.0))
+
+    data = SIGNATURE + row(1, 10, 0.2, True, 1) + row(1, 11, 3.0, False, 2) + row(2, 12, 1.0, True, 1) + TRAILER
+    assert _stream_counts(data) == (3, 2)
+    assert _stream_counts(SIGNATURE + TRAILER) == (0, 0)
+    with pytest.raises(LenscatError, match="unexpected"):
+        _stream_counts(data[:-3])
