@@ -547,11 +547,11 @@ def write_batch(
 ) -> tuple[int, int, int]:
     """Write ``rows`` (indices of good rows) into ``lenscat.sources``, as one upsert would.
 
-    The rows first go in with one binary ``COPY`` straight into ``lenscat.sources`` inside a
-    SAVEPOINT: when none of their keys exists yet (a first load, the common case) that is all,
-    with no staging table, no INSERT ... SELECT and no speculative insertion. If any key exists (a
-    re-ingest, a concurrent writer), the unique index refuses the COPY, the savepoint is rolled
-    back, and the batch goes through staging: binary COPY into a temporary table, then
+    Unless the batch's first key exists already, the rows first go in with one binary ``COPY``
+    straight into ``lenscat.sources`` inside a SAVEPOINT: when none of their keys exists yet (a
+    first load, the common case) that is all, with no staging table, no INSERT ... SELECT and no
+    speculative insertion. If any key exists (a re-ingest, a concurrent writer), the unique index
+    refuses the COPY, the savepoint is rolled back, and the batch goes through staging: binary COPY into a temporary table, then
     ``INSERT ... ON CONFLICT DO UPDATE`` of the changed rows only. Either way the rows and the
     counts are those of the upsert, and source ids follow the file's row order.
 
@@ -564,20 +564,24 @@ def write_batch(
     if len(rows) == 0:
         return 0, 0, 0
     conn = raw_connection(session)
-    names, data = _sources_copy(prep, rows, survey_id=survey_id, ingest_id=ingest_id,
-                                cutout_file_id=cutout_file_id)
-    try:
-        with session.begin_nested():
-            session.connection()  # emits the SAVEPOINT before the raw COPY
-            with conn.cursor() as cur, cur.copy(
-                f"COPY lenscat.sources ({', '.join(names)}) FROM STDIN (FORMAT binary)"
-            ) as copy:
-                copy.write(data)
-        return len(rows), 0, 0  # a COPY writes every row or none
-    except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
-        if not _is_key_conflict(exc):
-            raise
-    del data
+    # a re-ingest is seen at its first row: then go straight to the upsert
+    known = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.sources WHERE survey_id = :s "
+                                 "AND objid = :o)"), {"s": survey_id, "o": str(prep.objid[rows[0]])}).scalar()
+    if not known:
+        names, data = _sources_copy(prep, rows, survey_id=survey_id, ingest_id=ingest_id,
+                                    cutout_file_id=cutout_file_id)
+        try:
+            with session.begin_nested():
+                session.connection()  # emits the SAVEPOINT before the raw COPY
+                with conn.cursor() as cur, cur.copy(
+                    f"COPY lenscat.sources ({', '.join(names)}) FROM STDIN (FORMAT binary)"
+                ) as copy:
+                    copy.write(data)
+            return len(rows), 0, 0  # a COPY writes every row or none
+        except (IntegrityError, psycopg.errors.UniqueViolation) as exc:
+            if not _is_key_conflict(exc):
+                raise
+        del data
     stage = _ensure_stage(session, len(prep.bands))
     names, data = _batch_copy(prep, rows, cutout_file_id is not None)
     with conn.cursor() as cur, cur.copy(

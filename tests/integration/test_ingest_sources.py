@@ -44,6 +44,29 @@ def test_ingest_is_idempotent_and_detects_changes(sim_fits, tmp_path):
     assert mag == pytest.approx(12.5)
 
 
+def test_batch_with_new_rows_first_and_known_rows_later_is_upserted(sim_fits, tmp_path):
+    """The direct COPY of a batch whose first key is new but a later one exists falls back to the
+    upsert: nothing is duplicated and the counts say which rows were new."""
+    from astropy.table import Table, vstack
+
+    t = Table.read(sim_fits)
+    ingest_sources(sim_fits, "sim", batch_rows=10_000)
+    fresh = t[:300].copy()
+    fresh["brickid"] = fresh["brickid"] + 10**6  # new keys
+    fresh["ra"] = (fresh["ra"] + 0.5) % 360
+    mixed = tmp_path / "mixed.fits"
+    vstack([fresh, t[:200]]).write(mixed)
+    s = ingest_sources(mixed, "sim", batch_rows=10_000)
+    assert (s.inserted, s.updated, s.unchanged) == (300, 0, 200)
+    assert _count("sim") == 2800
+    with session_scope() as ss:
+        ids = ss.execute(text("SELECT s.source_id FROM sources s WHERE survey = 'sim' AND objid = ANY(:o) "
+                              "ORDER BY source_id"),
+                         {"o": [f"{b}_{o}" for b, o in zip(fresh["brickid"], fresh["objid"], strict=True)]}
+                         ).scalars().all()
+    assert len(ids) == 300
+
+
 def test_interrupted_ingest_resumes_without_duplicates(sim_fits):
     part = ingest_sources(sim_fits, "sim", batch_rows=500, stop_after_batches=2)
     assert part.inserted == 1000 and _count("sim") == 1000
