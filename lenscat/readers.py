@@ -171,7 +171,9 @@ def _read_astropy(path: Path, fmt: str, delimiter: str | None) -> ColumnTable:
         mask = np.ma.getmaskarray(col)
         data = np.array(np.ma.getdata(col))
         if data.dtype.kind == "S":
-            data = np.char.decode(data, "utf-8", errors="replace")
+            ascii_only = data.size == 0 or bool((np.frombuffer(data.tobytes(), np.uint8) < 128).all())
+            data = (data.astype(str) if ascii_only  # a C cast; ~10x faster than decoding
+                    else np.char.decode(data, "utf-8", errors="replace"))
         elif data.dtype.kind == "O":
             data = np.array([("" if v is None else str(v)) for v in data], dtype=str)
         columns[name] = np.ma.MaskedArray(data, mask=mask)

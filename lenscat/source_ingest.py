@@ -166,7 +166,7 @@ class IngestSummary:
 
 def _id_strings(table: ColumnTable, cols: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Object-id strings (joined with '_') and a mask of missing ids."""
-    parts = []
+    parts: list[list[str]] = []
     missing = np.zeros(table.n_rows, dtype=bool)
     for c in cols:
         arr = table.columns[c]
@@ -174,19 +174,22 @@ def _id_strings(table: ColumnTable, cols: list[str]) -> tuple[np.ndarray, np.nda
         data = np.ma.getdata(arr)
         if data.dtype.kind == "f":
             integral = np.isfinite(data) & (np.mod(data, 1) == 0)
-            s = np.where(integral, np.char.mod("%d", np.where(integral, data, 0).astype(np.int64)),
-                         data.astype(str))
+            text_ids = np.where(integral, np.char.mod("%d", np.where(integral, data, 0).astype(np.int64)),
+                                data.astype(str))
             mask = mask | ~np.isfinite(data)
-        elif data.dtype.kind in "iu":
-            s = data.astype(str)
+            missing |= mask | (np.char.str_len(text_ids) == 0)
+            parts.append(text_ids.tolist())
+        elif data.dtype.kind in "iu":  # never empty; str() of a Python int is numpy's astype(str)
+            missing |= mask
+            parts.append(list(map(str, data.tolist())))
         else:
-            s = np.char.strip(data.astype(str))
-        missing |= mask | (np.char.str_len(s) == 0)
-        parts.append(s)
-    out = parts[0]
-    for p in parts[1:]:
-        out = np.char.add(np.char.add(out, "_"), p)
-    return out.astype(object), missing
+            text_ids = np.char.strip(data.astype(str))
+            missing |= mask | (np.char.str_len(text_ids) == 0)
+            parts.append(text_ids.tolist())
+    joined = parts[0] if len(parts) == 1 else list(map("_".join, zip(*parts, strict=True)))
+    out = np.empty(len(joined), dtype=object)
+    out[:] = joined
+    return out, missing
 
 
 def _infer_bands(table: ColumnTable) -> list[str]:
@@ -458,7 +461,7 @@ def _batch_copy(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> 
     """
     cols: dict[str, Column] = {
         "row_number": Column("int8", rows + 1),
-        "objid": Column("text", prep.objid[rows].astype(str), np.zeros(len(rows), bool)),
+        "objid": Column("text", prep.objid[rows], np.zeros(len(rows), bool)),
         "ra": Column("float8", prep.ra[rows]),
         "dec": Column("float8", prep.dec[rows]),
     }
@@ -485,7 +488,7 @@ def _sources_copy(prep: PreparedSources, rows: np.ndarray, *, survey_id: int, in
     n = len(rows)
     cols: dict[str, Column] = {
         "survey_id": Column("int2", np.full(n, survey_id)),
-        "objid": Column("text", prep.objid[rows].astype(str), np.zeros(n, bool)),
+        "objid": Column("text", prep.objid[rows], np.zeros(n, bool)),
         "ingest_id": Column("int4", np.full(n, ingest_id)),
         "ra": Column("float8", prep.ra[rows]),
         "dec": Column("float8", prep.dec[rows]),

@@ -81,3 +81,15 @@ def test_unknown_suffix(tmp_path):
     p.write_text("hello")
     with pytest.raises(InputFileError, match="unknown table format"):
         read_table(p)
+
+
+def test_fits_byte_strings_become_text_ascii_fast_path_and_utf8(tmp_path):
+    """FITS string columns are bytes: ASCII ones are cast, others decoded as UTF-8 (bad bytes replaced)."""
+    ascii_path, utf8_path = tmp_path / "a.fits", tmp_path / "u.fits"
+    Table({"type": np.array([b"PSF", b"DEV", b"REX"]), "ra": [1.0, 2.0, 3.0]}).write(ascii_path)
+    Table({"name": np.array([b"Abell 370", "Einstein ring é".encode(), b"\xff"]),
+           "ra": [1.0, 2.0, 3.0]}).write(utf8_path)
+    a = read_table(ascii_path).columns["type"]
+    assert a.dtype.kind == "U" and list(a) == ["PSF", "DEV", "REX"]
+    u = read_table(utf8_path).columns["name"]
+    assert u.dtype.kind == "U" and list(u) == ["Abell 370", "Einstein ring é", "\ufffd"]
