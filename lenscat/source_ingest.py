@@ -453,14 +453,9 @@ def _ensure_stage(session: Session, nbands: int) -> str:
     return name
 
 
-def _batch_copy(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> tuple[list[str], bytes]:
-    """The staging rows of ``rows`` as one binary COPY stream (non-finite floats as NULL).
-
-    Columns carry the staging table's types: bigint row numbers, float8 positions, real
-    (float4) photometry and redshifts, integer cutout rows and text ids, types and extras.
-    """
+def _value_columns(prep: PreparedSources, rows: np.ndarray) -> dict[str, Column]:
+    """The columns both COPY streams share: object id, position, scalar fields."""
     cols: dict[str, Column] = {
-        "row_number": Column("int8", rows + 1),
         "objid": Column("text", prep.objid[rows], np.zeros(len(rows), bool)),
         "ra": Column("float8", prep.ra[rows]),
         "dec": Column("float8", prep.dec[rows]),
@@ -468,6 +463,16 @@ def _batch_copy(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> 
     for name, values in prep.scalars.items():
         v = values[rows]
         cols[name] = Column("text", v) if v.dtype == object else Column("float4", v)
+    return cols
+
+
+def _batch_copy(prep: PreparedSources, rows: np.ndarray, with_cutouts: bool) -> tuple[list[str], bytes]:
+    """The staging rows of ``rows`` as one binary COPY stream (non-finite floats as NULL).
+
+    Columns carry the staging table's types: bigint row numbers, float8 positions, real
+    (float4) photometry and redshifts, integer cutout rows and text ids, types and extras.
+    """
+    cols = {"row_number": Column("int8", rows + 1), **_value_columns(prep, rows)}
     if with_cutouts:
         cols["cutout_row"] = Column("int4", rows)
     if prep.extra is not None:
@@ -486,16 +491,8 @@ def _sources_copy(prep: PreparedSources, rows: np.ndarray, *, survey_id: int, in
     real photometry (an array per field, NULL when every band is missing), jsonb extras.
     """
     n = len(rows)
-    cols: dict[str, Column] = {
-        "survey_id": Column("int2", np.full(n, survey_id)),
-        "objid": Column("text", prep.objid[rows], np.zeros(n, bool)),
-        "ingest_id": Column("int4", np.full(n, ingest_id)),
-        "ra": Column("float8", prep.ra[rows]),
-        "dec": Column("float8", prep.dec[rows]),
-    }
-    for name, values in prep.scalars.items():
-        v = values[rows]
-        cols[name] = Column("text", v) if v.dtype == object else Column("float4", v)
+    cols = {"survey_id": Column("int2", np.full(n, survey_id)), "ingest_id": Column("int4", np.full(n, ingest_id)),
+            **_value_columns(prep, rows)}
     for fieldname, values in prep.band_values.items():
         cols[fieldname] = Column("float4[]", values[rows])
     if cutout_file_id is not None:

@@ -152,3 +152,21 @@ def test_band_mismatch_is_refused(tmp_path):
     q.write_text("objid,ra,dec,mag_g,mag_r,mag_i\n2,1,1,20,19,18\n")
     with pytest.raises(LenscatError, match="has bands g,r"):
         ingest_sources(q, "two-band", SourceMapping(bands=["g", "r", "i"]))
+
+
+def test_unmapped_columns_kept_as_json_on_first_load_and_reingest(tmp_path):
+    """--keep-extra: unmapped columns land in the jsonb column, through the direct COPY and the upsert."""
+    path = tmp_path / "extra.csv"
+    path.write_text("objid,ra,dec,mag_r,flag,note\n1,10.0,1.0,20.1,3,first é\n2,10.1,1.1,20.2,,second\n")
+    first = ingest_sources(path, "xtra", SourceMapping(keep_extra=True))
+    assert first.inserted == 2
+    query = text("SELECT objid, extra FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
+                 "WHERE v.name = 'xtra' ORDER BY objid")
+    with session_scope() as s:
+        rows = s.execute(query).all()
+    assert [r.extra for r in rows] == [{"flag": 3, "note": "first é"}, {"flag": None, "note": "second"}]
+    path.write_text("objid,ra,dec,mag_r,flag,note\n1,10.0,1.0,20.1,4,first é\n2,10.1,1.1,20.2,,second\n")
+    again = ingest_sources(path, "xtra", SourceMapping(keep_extra=True))
+    assert (again.inserted, again.updated, again.unchanged) == (0, 1, 1)
+    with session_scope() as s:
+        assert s.execute(query).all()[0].extra == {"flag": 4, "note": "first é"}
