@@ -16,7 +16,7 @@ step "2. Simulate a DECaLS-like catalogue (200,000 sources + a deflector at each
 [ -f "$OUT/sim_catalog.fits" ] || lenscat simulate catalog --n 200000 --seed 42 \
     --lenses-from "$CATS/lenscat_catalog.csv.gz" --out "$OUT/sim_catalog.fits"
 
-step "3. Ingest it (COPY -> staging -> upsert; a second run changes nothing)"
+step "3. Ingest it (binary COPY of new rows; a second run changes nothing)"
 lenscat ingest sources "$OUT/sim_catalog.fits" --survey demo-decals
 lenscat ingest sources "$OUT/sim_catalog.fits" --survey demo-decals
 
