@@ -50,3 +50,14 @@ def test_parallel_crossmatch_equals_astropy(own_database, data_dir, tmp_path):
         pairs.sort()
         assert [k for k, _ in pairs] == list(range(1, len(pairs) + 1))
         assert [s for _, s in pairs] == sorted(s for _, s in pairs)
+    # a survey filter goes through the literal-bound COPY query too: the same rows, or none
+    before = _cli(env, "sql", "SELECT lens_id, source_id, rank FROM crossmatches ORDER BY 1, 3", "--format", "csv")
+    _cli(env, "crossmatch", "--catalog", "stein-par", "--radius", "5arcsec", "--survey", "par", "--quiet")
+    assert _cli(env, "sql", "SELECT lens_id, source_id, rank FROM crossmatches ORDER BY 1, 3",
+                "--format", "csv") == before
+    _cli(env, "ingest", "sources", str(sim), "--survey", "par-copy")
+    _cli(env, "crossmatch", "--catalog", "stein-par", "--radius", "5arcsec", "--survey", "par-copy", "--quiet")
+    pairs = [json.loads(x) for x in _cli(
+        env, "sql", "SELECT c.survey, count(*) AS n FROM crossmatches x JOIN sources c USING (source_id) "
+        "GROUP BY 1", "--format", "json").splitlines()]
+    assert pairs == [{"survey": "par-copy", "n": len(i1)}]
