@@ -206,6 +206,7 @@ XMATCH_COLUMNS = "lens_id, source_id, separation_arcsec, is_nearest, rank, radiu
 PAIR_WORKERS = 2
 """Connections that search lens pairs at once (each PostgreSQL backend uses one core)."""
 
+
 def _parallel_parts(session: Session) -> int:
     """How many connections may search at once: 1 inside a bound (test) connection, or once this
     session's transaction has written anything (other connections would not see those rows)."""

@@ -31,6 +31,16 @@ ARRAY_ELEMENT_OID = {"float4": 700, "float8": 701}
 """pg_type OIDs of the array element types (fixed since PostgreSQL 7)."""
 
 
+FLOAT4_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float4_range(values: np.ndarray) -> None:
+    """PostgreSQL refuses a real beyond float32's range; so does the encoder (no silent inf)."""
+    if values.size and float(np.max(np.abs(values))) > FLOAT4_MAX:
+        bad = values[np.abs(values) > FLOAT4_MAX][0]
+        raise ValueError(f"value {bad!r} is out of range for type real (float4)")
+
+
 @dataclass(frozen=True)
 class Column:
     """One column of a binary COPY: PostgreSQL type name, values (length n) and NULL mask."""
@@ -50,6 +60,8 @@ class Column:
             elif values.dtype.kind == "f":
                 raise TypeError(f"{self.pgtype} column given floats")
             keep = ~null
+            if dtype.kind == "f" and dtype.itemsize == 4:
+                _check_float4_range(values[keep])
             payload = values[keep].astype(dtype).view(np.uint8)
             lengths = np.where(keep, dtype.itemsize, -1).astype(np.int64)
             return lengths, payload
@@ -83,6 +95,8 @@ class Column:
         if self.null is not None:
             null |= np.asarray(self.null, bool)
         w = dtype.itemsize
+        if w == 4:
+            _check_float4_range(values[~isnull])
         grid = np.empty((n, 20 + m * (4 + w)), np.uint8)
         head = np.empty((n, 5), ">i4")
         head[:, 0], head[:, 1], head[:, 2], head[:, 3], head[:, 4] = 1, isnull.any(axis=1), \

@@ -30,7 +30,7 @@ from lenscat.columns import angle_column, float_column
 from lenscat.db.session import raw_connection, session_scope
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import Reject
-from lenscat.pgbinary import Column, encode_copy_binary
+from lenscat.pgbinary import FLOAT4_MAX, Column, encode_copy_binary
 from lenscat.readers import ColumnTable, read_table
 from lenscat.surveys import ensure_survey
 
@@ -252,6 +252,12 @@ def prepare_sources(
             rejects.append(Reject(int(i) + 1, column, str(values[i]), why))
         good[idx] = False
 
+    def reject_beyond_real(v: np.ndarray, column: str, raw: np.ndarray) -> None:
+        """Photometry and redshifts are stored as real (float4): refuse what it cannot hold."""
+        with np.errstate(invalid="ignore"):
+            big = np.isfinite(v) & (np.abs(v) > FLOAT4_MAX)
+        reject_rows(big, column, raw, "beyond the range of a 32-bit real (|x| > 3.4e38)")
+
     # coordinates ------------------------------------------------------------------------------
     ra_name = mapping.ra_col and table.require(mapping.ra_col, "right ascension (--ra-col)")
     ra_name = ra_name or table.find(RA_NAMES)
@@ -339,6 +345,7 @@ def prepare_sources(
         if fieldname in NUMERIC_SCALARS:
             vals, bad = float_column(table, name)
             reject_rows(bad, name, np.ma.getdata(table.columns[name]), "not a number")
+            reject_beyond_real(vals, name, np.ma.getdata(table.columns[name]))
             vals[np.isin(vals, mapping.null_values)] = np.nan
             vals[~np.isfinite(vals)] = np.nan
             scalars[fieldname] = vals
@@ -365,6 +372,7 @@ def prepare_sources(
                 )
             for j in range(width):
                 v, bad = float_column(table, two_d, col_index=j)
+                reject_beyond_real(v, two_d, np.ma.getdata(table.columns[two_d])[:, j])
                 values[:, j] = v
             mapped[fieldname] = two_d
             any_found = True
@@ -377,6 +385,7 @@ def prepare_sources(
                     continue
                 v, bad = float_column(table, name)
                 reject_rows(bad, name, np.ma.getdata(table.columns[name]), "not a number")
+                reject_beyond_real(v, name, np.ma.getdata(table.columns[name]))
                 values[:, j] = v
                 mapped[key] = name
                 any_found = True
@@ -551,9 +560,10 @@ def write_batch(
     straight into ``lenscat.sources`` inside a SAVEPOINT: when none of their keys exists yet (a
     first load, the common case) that is all, with no staging table, no INSERT ... SELECT and no
     speculative insertion. If any key exists (a re-ingest, a concurrent writer), the unique index
-    refuses the COPY, the savepoint is rolled back, and the batch goes through staging: binary COPY into a temporary table, then
-    ``INSERT ... ON CONFLICT DO UPDATE`` of the changed rows only. Either way the rows and the
-    counts are those of the upsert, and source ids follow the file's row order.
+    refuses the COPY, the savepoint is rolled back, and the batch goes through staging: a binary
+    COPY into a temporary table, then ``INSERT ... ON CONFLICT DO UPDATE`` of the changed rows
+    only. Either way the rows and the counts are those of the upsert, and source ids follow the
+    file's row order.
 
     Returns
     -------

@@ -64,3 +64,11 @@ def test_bad_columns_are_refused():
         encode_copy_binary([Column("numeric", np.arange(2))])
     with pytest.raises(TypeError, match="floats"):
         encode_copy_binary([Column("int8", np.array([1.5]))])
+
+
+def test_values_beyond_float4_are_refused_not_turned_into_infinity():
+    with pytest.raises(ValueError, match="out of range for type real"):
+        encode_copy_binary([Column("float4", np.array([1.0, 1e300]))])
+    with pytest.raises(ValueError, match="out of range for type real"):
+        encode_copy_binary([Column("float4[]", np.array([[1.0, -1e39]]))])
+    assert len(encode_copy_binary([Column("float8", np.array([1e300]))])) > 0

@@ -53,6 +53,20 @@ def test_rejects_name_row_column_and_reason(tmp_path):
     assert str(p) in line and "row 2" in line and "'ra'" in line and "\n" not in line
 
 
+def test_values_a_real_column_cannot_hold_are_rejected(tmp_path):
+    """Photometry and redshifts are stored as 32-bit reals: 1e300 is a reject, not an infinity."""
+    p = _write_csv(tmp_path / "big.csv", [
+        "objid,ra,dec,mag_r,z_spec",
+        "a,10,10,20.0,0.1",
+        "b,10,11,1e300,0.1",
+        "c,10,12,20.0,-5e38",
+    ])
+    prep = prepare_sources(p, "s")
+    assert {(r.row, r.column) for r in prep.rejects} == {(2, "mag_r"), (3, "z_spec")}
+    assert "32-bit real" in prep.rejects[0].reason
+    assert prep.good.tolist() == [True, False, False]
+
+
 def test_wrap_ra_option(tmp_path):
     p = _write_csv(tmp_path / "w.csv", ["objid,ra,dec", "1,-10,0", "2,370,0"])
     assert prepare_sources(p, "s").n_rejected == 2
