@@ -146,10 +146,11 @@ def pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
     are computed inline, ``zone = ANY(ARRAY[z0, z1]) AND ra BETWEEN lo AND hi``, one probe with no
     set-returning function; the few others go through ``lenscat_sky_ranges`` (split ra ranges,
     polar caps, wide radii). ``OFFSET 0`` keeps each lateral subquery parameterised by the lens:
-    flattened, the planner could hash-join all sources.
+    flattened, the planner could hash-join all sources. With ``part``, only the lenses with
+    ``:row_lo <= row_number < :row_hi`` (a range of ``uq_literature_lenses_catalog_row``).
     """
     survey = "AND s.survey_id = ANY(:sids)" if survey_filter else ""
-    parts = "AND l.lens_id % :nparts = :part" if part else ""
+    parts = "AND l.row_number >= :row_lo AND l.row_number < :row_hi" if part else ""
     return f"""
         WITH l AS MATERIALIZED (
             SELECT l.lens_id, l.ra, l.dec,
@@ -206,6 +207,12 @@ XMATCH_COLUMNS = "lens_id, source_id, separation_arcsec, is_nearest, rank, radiu
 PAIR_WORKERS = 2
 """Connections that search lens pairs at once (each PostgreSQL backend uses one core)."""
 
+LENSES_PER_CHUNK = 4_000
+"""Lenses per searched chunk (a ``row_number`` range): with several chunks per connection, the
+caller's connection writes the first chunks' changes while the others are still searched."""
+
+MAX_CHUNKS = 4 * PAIR_WORKERS
+
 
 def _parallel_parts(session: Session) -> int:
     """How many connections may search at once: 1 inside a bound (test) connection, or once this
@@ -245,16 +252,74 @@ for lens_id, source_id, separation_arcsec, is_nearest, rank and radius_arcsec (n
 NEAREST_OFFSET = 2 + (4 + 8) * 3 + 4
 """Offset of the ``is_nearest`` byte in such a row."""
 
+LENS_ID_OFFSET = 2 + 4
+"""Offset of the big-endian ``lens_id`` in such a row."""
 
-def _stream_counts(data: bytes) -> tuple[int, int]:
-    """(pairs, nearest matches) in a binary COPY stream of ``ranked_pairs_sql`` rows."""
+XMATCH_EMPTY_STREAM = 19 + 2
+"""Bytes of a binary COPY stream with no rows (header and trailer)."""
+
+STORED_PAIRS_SQL = f"""
+    WITH l AS MATERIALIZED (
+        SELECT lens_id FROM lenscat.literature_lenses
+        WHERE catalog_id = :cid AND row_number >= :row_lo AND row_number < :row_hi
+    )
+    SELECT {", ".join("x." + c for c in XMATCH_COLUMNS.split(", "))}
+    FROM lenscat.crossmatches x
+    WHERE x.lens_id BETWEEN (SELECT min(lens_id) FROM l) AND (SELECT max(lens_id) FROM l)
+      AND x.lens_id IN (SELECT lens_id FROM l)
+"""
+"""The stored rows of a chunk of lenses, in the layout of ``ranked_pairs_sql``: one range scan of
+``pk_crossmatches`` between the chunk's smallest and largest lens id (contiguous when the
+catalogue was ingested in one go), not one probe per lens."""
+
+
+def _stream_rows(data: bytes, width: int = XMATCH_ROW_BYTES) -> np.ndarray:
+    """The rows of a binary COPY stream of fixed-width rows (by default ``ranked_pairs_sql``'s),
+    as an (n, width) array of bytes."""
     from lenscat.pgbinary import SIGNATURE, TRAILER
 
     body = len(data) - len(SIGNATURE) - len(TRAILER)
-    if body < 0 or body % XMATCH_ROW_BYTES or not data.startswith(SIGNATURE):
+    if body < 0 or body % width or not data.startswith(SIGNATURE):
         raise LenscatError(f"unexpected cross-match stream of {len(data)} bytes")
-    rows = np.frombuffer(data, np.uint8, body, len(SIGNATURE)).reshape(-1, XMATCH_ROW_BYTES)
+    return np.frombuffer(data, np.uint8, body, len(SIGNATURE)).reshape(-1, width)
+
+
+def _stream_counts(data: bytes) -> tuple[int, int]:
+    """(pairs, nearest matches) in a binary COPY stream of ``ranked_pairs_sql`` rows."""
+    rows = _stream_rows(data)
     return len(rows), int(rows[:, NEAREST_OFFSET].sum())
+
+
+def _lens_ids(rows: np.ndarray) -> np.ndarray:
+    """The lens_id of each row of :func:`_stream_rows`."""
+    return rows[:, LENS_ID_OFFSET:LENS_ID_OFFSET + 8].copy().view(">i8").ravel()
+
+
+def changed_rows(new: bytes, rows_old: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """What turns the stored rows ``rows_old`` (an (n, row bytes) array, as from
+    :func:`_stream_rows`) into ``new`` (a binary COPY stream of ranked pairs).
+
+    Returns
+    -------
+    stale : numpy.ndarray
+        Lens ids whose stored rows must be deleted: those with a stored row that ``new`` lacks
+        (a lens whose pairs differ in any way has all its rows rewritten).
+    insert : bytes
+        A binary COPY stream of the rows of ``new`` for the lenses whose pairs changed; just the
+        header and trailer when nothing did.
+    """
+    from lenscat.pgbinary import SIGNATURE, TRAILER
+
+    rows_new = _stream_rows(new)
+    rows_old = np.ascontiguousarray(rows_old)
+    void = np.dtype((np.void, XMATCH_ROW_BYTES))
+    v_new, v_old = rows_new.view(void).ravel(), rows_old.view(void).ravel()
+    lens_new, lens_old = _lens_ids(rows_new), _lens_ids(rows_old)
+    gone = np.unique(lens_old[~np.isin(v_old, v_new)])
+    changed = np.union1d(gone, lens_new[~np.isin(v_new, v_old)])
+    stale = np.intersect1d(changed, lens_old)
+    keep = np.isin(lens_new, changed)
+    return stale, SIGNATURE + rows_new[keep].tobytes() + TRAILER
 
 
 def _delete_pairs(cid: int, *, session: Session) -> None:
@@ -269,19 +334,34 @@ def _delete_pairs(cid: int, *, session: Session) -> None:
     )
 
 
-def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Session) -> tuple[int, int]:
-    """Replace the catalogue's stored pairs with those within ``r`` degrees: (pairs, matched lenses).
+def _chunks(cid: int, nworkers: int, *, session: Session) -> list[tuple[int, int]]:
+    """``row_number`` ranges [lo, hi) covering the catalogue's lenses, about equal in size."""
+    lo, hi, n = session.execute(text(
+        "SELECT min(row_number), max(row_number), count(*) FROM lenscat.literature_lenses "
+        "WHERE catalog_id = :cid"), {"cid": cid}).one()
+    if not n:
+        return []
+    k = max(nworkers, min(MAX_CHUNKS, -(-int(n) // LENSES_PER_CHUNK)))
+    edges = np.linspace(int(lo), int(hi) + 1, k + 1).round().astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
-    With committed inputs the lenses are split in chunks (``lens_id % PAIR_WORKERS``) searched on
-    connections of their own; each sends its ranked rows back as one binary COPY stream, which is
-    written unchanged into ``lenscat.crossmatches`` on the caller's transaction as soon as it
-    arrives, so no row passes through Python objects. The old rows are deleted while the search
-    runs. (More chunks than workers was measured slower: each chunk scans the catalogue's lenses
-    again.) Otherwise (a bound test connection, or inputs this transaction wrote) one
-    ``INSERT ... SELECT`` does the same on ``session``.
+
+def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Session) -> tuple[int, int]:
+    """Make the catalogue's stored pairs those within ``r`` degrees: (pairs, matched lenses).
+
+    With committed inputs the lenses are split into ``row_number`` ranges searched on connections
+    of their own; each sends back its ranked rows and the chunk's stored rows as binary COPY
+    streams, :func:`changed_rows` compares them, and the caller's transaction deletes and writes
+    only the lenses whose pairs changed (through binary COPY: no row passes through Python
+    objects). A re-run on unchanged inputs writes nothing; chunks are written as they arrive,
+    while later ones are still searched. Otherwise (a bound test connection, or inputs this
+    transaction wrote, which other connections cannot see) the old rows are deleted and one
+    ``INSERT ... SELECT`` writes the new ones on ``session``. Runs for one catalogue are
+    serialised by a transaction-level advisory lock.
     """
     params: dict[str, Any] = {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
     nworkers = _parallel_parts(session)  # asked before this transaction writes anything
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtext('lenscat.crossmatch'), :cid)"), {"cid": cid})
     if nworkers == 1:
         _delete_pairs(cid, session=session)
         n_pairs, n_matched = session.execute(text(f"""
@@ -297,28 +377,36 @@ def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Sessi
 
     query = ranked_pairs_sql(bool(sids), part=True)
 
-    def run(part: int) -> bytes:
-        sql = _literal_sql(query, {**params, "nparts": nworkers, "part": part})
+    def run(lo: int, hi: int) -> tuple[bytes, np.ndarray]:
+        """The chunk's new rows (a binary COPY stream) and its stored rows (an array)."""
+        bounds = {**params, "row_lo": lo, "row_hi": hi}
+        streams = []
         with get_engine().connect() as conn:
             pg = conn.connection.driver_connection
-            with pg.cursor() as cur, cur.copy(f"COPY ({sql}) TO STDOUT (FORMAT binary)") as copy:
-                data = b"".join(bytes(block) for block in copy)
+            for sql in (query, STORED_PAIRS_SQL):
+                with pg.cursor() as cur, cur.copy(
+                        f"COPY ({_literal_sql(sql, bounds)}) TO STDOUT (FORMAT binary)") as copy:
+                    streams.append(b"".join(bytes(block) for block in copy))
             conn.rollback()
-        return data
+        return streams[0], _stream_rows(streams[1])
 
     conn = raw_connection(session)
     n_pairs = n_matched = 0
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="lenscat-xmatch") as pool:
-        futures = [pool.submit(run, part) for part in range(nworkers)]
+        futures = [pool.submit(run, lo, hi) for lo, hi in _chunks(cid, nworkers, session=session)]
         try:
-            _delete_pairs(cid, session=session)
             for fut in as_completed(futures):
-                data = fut.result()
-                with conn.cursor() as cur, cur.copy(
-                    f"COPY lenscat.crossmatches ({XMATCH_COLUMNS}) FROM STDIN (FORMAT binary)"
-                ) as copy:
-                    copy.write(data)
-                pairs, matched = _stream_counts(data)
+                new, stored = fut.result()
+                stale, insert = changed_rows(new, stored)
+                with conn.cursor() as cur:
+                    if stale.size:
+                        cur.execute("DELETE FROM lenscat.crossmatches WHERE lens_id = ANY(%s::bigint[])",
+                                    (stale.tolist(),))
+                    if len(insert) > XMATCH_EMPTY_STREAM:
+                        with cur.copy(
+                                f"COPY lenscat.crossmatches ({XMATCH_COLUMNS}) FROM STDIN (FORMAT binary)") as copy:
+                            copy.write(insert)
+                pairs, matched = _stream_counts(new)
                 n_pairs, n_matched = n_pairs + pairs, n_matched + matched
         finally:
             for fut in futures:

@@ -63,19 +63,41 @@ def test_literal_sql_binds_numbers_and_leaves_casts():
         _literal_sql("SELECT :name", {"name": "x'; DROP TABLE y"})
 
 
-def test_crossmatch_stream_counts_pairs_and_nearest_rows():
-    """The counts of a binary COPY stream of ranked pairs come from its fixed-width rows."""
+def _xmatch_row(lens, src, sep, nearest, rank, radius=5.0):
+    """One row of a binary COPY stream of ranked pairs, as PostgreSQL writes it."""
     import struct
 
+    return (struct.pack(">h", 6) + struct.pack(">iq", 8, lens) + struct.pack(">iq", 8, src)
+            + struct.pack(">id", 8, sep) + struct.pack(">i?", 1, nearest) + struct.pack(">ii", 4, rank)
+            + struct.pack(">id", 8, radius))
+
+
+def test_crossmatch_changed_rows_rewrites_only_lenses_whose_pairs_changed():
+    """Unchanged lenses are left alone; a lens with any changed, added or lost row is rewritten."""
+    from lenscat.crossmatch import _lens_ids, _stream_rows, changed_rows
+    from lenscat.pgbinary import SIGNATURE, TRAILER
+
+    r = _xmatch_row
+    old = SIGNATURE + r(1, 10, .2, True, 1) + r(1, 11, 3., False, 2) + r(2, 12, 1., True, 1) \
+        + r(3, 13, 1., True, 1) + r(5, 16, 2., True, 1) + TRAILER
+    new = SIGNATURE + r(1, 10, .2, True, 1) + r(2, 12, 1., True, 1) + r(2, 14, 2., False, 2) \
+        + r(4, 15, 1., True, 1) + r(5, 16, 2., True, 1, radius=6.0) + TRAILER
+    stale, insert = changed_rows(new, _stream_rows(old))
+    assert stale.tolist() == [1, 2, 3, 5]  # lost a row, gained one, vanished, new radius
+    assert _lens_ids(_stream_rows(insert)).tolist() == [1, 2, 2, 4, 5]  # lens 4 is new: nothing to delete
+    stale, insert = changed_rows(old, _stream_rows(old))
+    assert stale.size == 0 and insert == SIGNATURE + TRAILER
+    stale, insert = changed_rows(old, _stream_rows(SIGNATURE + TRAILER))  # first run: all rows
+    assert stale.size == 0 and insert == old
+
+
+def test_crossmatch_stream_counts_pairs_and_nearest_rows():
+    """The counts of a binary COPY stream of ranked pairs come from its fixed-width rows."""
     from lenscat.crossmatch import _stream_counts
     from lenscat.errors import LenscatError
     from lenscat.pgbinary import SIGNATURE, TRAILER
 
-    def row(lens, src, sep, nearest, rank):
-        return (struct.pack(">h", 6) + struct.pack(">iq", 8, lens) + struct.pack(">iq", 8, src)
-                + struct.pack(">id", 8, sep) + struct.pack(">i?", 1, nearest) + struct.pack(">ii", 4, rank)
-                + struct.pack(">id", 8, 5.0))
-
+    row = _xmatch_row
     data = SIGNATURE + row(1, 10, 0.2, True, 1) + row(1, 11, 3.0, False, 2) + row(2, 12, 1.0, True, 1) + TRAILER
     assert _stream_counts(data) == (3, 2)
     assert _stream_counts(SIGNATURE + TRAILER) == (0, 0)
