@@ -7,7 +7,9 @@ One run measures, on the same seeded data set, lenscat's database paths against 
     batch) vs a row-by-row baseline (psycopg ``executemany`` of a single-row
     ``INSERT ... ON CONFLICT`` into the same table, timed on a prefix of the file);
 (b) cross-match of the community lens catalogue (32,838 lenses) within 5 arcsec:
-    ``crossmatch_catalog`` (cold: first call after a server restart; warm: repeated calls) vs
+    ``crossmatch_catalog`` (cold: first call after a server restart, every pair written; fresh:
+    the catalogue's pairs deleted first, so every pair is written again on a running server; warm:
+    a re-run on unchanged inputs, which compares and writes nothing) vs
     astropy ``match_coordinates_sky`` and ``search_around_sky`` on fresh ``SkyCoord`` objects
     (so the KD-tree build is included), with a check that both give the same nearest matches;
 (c) cone-search latency (p50/p95) for 5 arcsec and 1 arcmin cones: ``cone_search`` and the raw SQL
@@ -339,15 +341,24 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
 
     # lenscat and astropy interleaved, so a change in the shared machine's speed during the run
     # falls on both alike
+    # fresh: the catalogue's stored pairs deleted first, so every pair is written (the first
+    # cross-match of a catalogue on a running server); warm: a re-run on unchanged inputs (which
+    # compares and writes nothing)
+    fresh: list[float] = []
     warm: list[float] = []
     t_match, t_around = [], []
     for _ in range(repeats):
         with session_scope() as s:
-            s.execute(text("SELECT 1"))
-            t0 = time.perf_counter()
-            summary = crossmatch_catalog(LENS_CATALOG, radius, session=s)
+            s.execute(text("DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l "
+                           "WHERE x.lens_id = l.lens_id AND l.catalog_id = :c"), {"c": cid})
             s.commit()
-            warm.append(time.perf_counter() - t0)
+        for times in (fresh, warm):
+            with session_scope() as s:
+                s.execute(text("SELECT 1"))
+                t0 = time.perf_counter()
+                summary = crossmatch_catalog(LENS_CATALOG, radius, session=s)
+                s.commit()
+                times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         lc = SkyCoord(lra * u.deg, ldec * u.deg)
         sc = SkyCoord(sra * u.deg, sdec * u.deg)
@@ -361,10 +372,12 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
         t_around.append(time.perf_counter() - t0)
     del lc, sc
     paired = [m / w for m, w in zip(t_match, warm, strict=True)]
+    paired_fresh = [m / w for m, w in zip(t_match, fresh, strict=True)]
     print(f"  crossmatch_catalog: {summary.n_lenses:,} lenses, {summary.n_matched:,} matched, "
-          f"{summary.n_pairs:,} pairs; cold {t_cold:.2f} s, warm {statistics.median(warm):.2f} s"
-          f"; pair query alone {statistics.median(t_pairs):.2f} s; astropy/lenscat per repeat "
-          + ", ".join(f"{x:.2f}" for x in paired), flush=True)
+          f"{summary.n_pairs:,} pairs; cold {t_cold:.2f} s, fresh {statistics.median(fresh):.2f} s, "
+          f"warm {statistics.median(warm):.2f} s; pair query alone {statistics.median(t_pairs):.2f} s; "
+          "astropy/lenscat per repeat, fresh " + ", ".join(f"{x:.2f}" for x in paired_fresh)
+          + "; warm " + ", ".join(f"{x:.2f}" for x in paired), flush=True)
 
     ap_nearest = {int(lens_id[j]): (int(sid[idx[j]]), float(d2d[j].to_value(u.arcsec)))
                   for j in np.flatnonzero(hit)}
@@ -381,6 +394,8 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
     out = {
         "radius_arcsec": radius_arcsec, "lenses": len(lens_id), "sources": len(sid),
         "lenscat_cold_s": t_cold, "lenscat_warm_s": statistics.median(warm), "lenscat_warm_all_s": warm,
+        "lenscat_fresh_s": statistics.median(fresh), "lenscat_fresh_all_s": fresh,
+        "paired_ratios_fresh": paired_fresh,
         "lenscat_pairs_query_s": statistics.median(t_pairs),
         "astropy_match_s": statistics.median(t_match), "astropy_match_all_s": t_match,
         "paired_ratio_median": statistics.median(paired), "paired_ratios": paired,
@@ -518,6 +533,10 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
          speedup(xm["astropy_match_s"], xm["lenscat_cold_s"]),
          goal(xm["lenscat_cold_s"] <= xm["astropy_match_s"], "<= astropy")),
+        ("cross-match 5\", crossmatch_catalog fresh (s)", f"{xm['lenscat_fresh_s']:.2f}",
+         f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
+         speedup(xm["astropy_match_s"], xm["lenscat_fresh_s"]),
+         goal(xm["lenscat_fresh_s"] <= xm["astropy_match_s"], "<= astropy")),
         ("cross-match 5\", crossmatch_catalog warm (s)", f"{xm['lenscat_warm_s']:.2f}",
          f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
          speedup(xm["astropy_match_s"], xm["lenscat_warm_s"]),
