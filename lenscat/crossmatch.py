@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
 from lenscat.literature import get_catalog_id
+from lenscat.pgbinary import SIGNATURE, TRAILER
 from lenscat.surveys import get_survey
 
 MAX_RADIUS = 10 * u.deg
@@ -212,6 +213,7 @@ LENSES_PER_CHUNK = 4_000
 caller's connection writes the first chunks' changes while the others are still searched."""
 
 MAX_CHUNKS = 4 * PAIR_WORKERS
+"""At most this many chunks per run (each costs a query and its planning on a worker)."""
 
 
 def _parallel_parts(session: Session) -> int:
@@ -255,8 +257,8 @@ NEAREST_OFFSET = 2 + (4 + 8) * 3 + 4
 LENS_ID_OFFSET = 2 + 4
 """Offset of the big-endian ``lens_id`` in such a row."""
 
-XMATCH_EMPTY_STREAM = 19 + 2
-"""Bytes of a binary COPY stream with no rows (header and trailer)."""
+EMPTY_STREAM = SIGNATURE + TRAILER
+"""A binary COPY stream with no rows."""
 
 STORED_PAIRS_SQL = f"""
     WITH l AS MATERIALIZED (
@@ -273,15 +275,12 @@ STORED_PAIRS_SQL = f"""
 catalogue was ingested in one go), not one probe per lens."""
 
 
-def _stream_rows(data: bytes, width: int = XMATCH_ROW_BYTES) -> np.ndarray:
-    """The rows of a binary COPY stream of fixed-width rows (by default ``ranked_pairs_sql``'s),
-    as an (n, width) array of bytes."""
-    from lenscat.pgbinary import SIGNATURE, TRAILER
-
+def _stream_rows(data: bytes) -> np.ndarray:
+    """The rows of a binary COPY stream of ``ranked_pairs_sql`` rows, as an (n, row bytes) array."""
     body = len(data) - len(SIGNATURE) - len(TRAILER)
-    if body < 0 or body % width or not data.startswith(SIGNATURE):
+    if body < 0 or body % XMATCH_ROW_BYTES or not data.startswith(SIGNATURE):
         raise LenscatError(f"unexpected cross-match stream of {len(data)} bytes")
-    return np.frombuffer(data, np.uint8, body, len(SIGNATURE)).reshape(-1, width)
+    return np.frombuffer(data, np.uint8, body, len(SIGNATURE)).reshape(-1, XMATCH_ROW_BYTES)
 
 
 def _stream_counts(data: bytes) -> tuple[int, int]:
@@ -308,8 +307,6 @@ def changed_rows(new: bytes, rows_old: np.ndarray) -> tuple[np.ndarray, bytes]:
         A binary COPY stream of the rows of ``new`` for the lenses whose pairs changed; just the
         header and trailer when nothing did.
     """
-    from lenscat.pgbinary import SIGNATURE, TRAILER
-
     rows_new = _stream_rows(new)
     rows_old = np.ascontiguousarray(rows_old)
     void = np.dtype((np.void, XMATCH_ROW_BYTES))
@@ -319,7 +316,7 @@ def changed_rows(new: bytes, rows_old: np.ndarray) -> tuple[np.ndarray, bytes]:
     changed = np.union1d(gone, lens_new[~np.isin(v_new, v_old)])
     stale = np.intersect1d(changed, lens_old)
     keep = np.isin(lens_new, changed)
-    return stale, SIGNATURE + rows_new[keep].tobytes() + TRAILER
+    return stale, SIGNATURE + rows_new[keep].tobytes() + TRAILER if keep.any() else EMPTY_STREAM
 
 
 def _delete_pairs(cid: int, *, session: Session) -> None:
@@ -361,7 +358,8 @@ def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Sessi
     """
     params: dict[str, Any] = {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
     nworkers = _parallel_parts(session)  # asked before this transaction writes anything
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtext('lenscat.crossmatch'), :cid)"), {"cid": cid})
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtext('lenscat.crossmatch'), CAST(:cid AS integer))"),
+                    {"cid": cid})
     if nworkers == 1:
         _delete_pairs(cid, session=session)
         n_pairs, n_matched = session.execute(text(f"""
@@ -402,7 +400,7 @@ def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Sessi
                     if stale.size:
                         cur.execute("DELETE FROM lenscat.crossmatches WHERE lens_id = ANY(%s::bigint[])",
                                     (stale.tolist(),))
-                    if len(insert) > XMATCH_EMPTY_STREAM:
+                    if insert != EMPTY_STREAM:
                         with cur.copy(
                                 f"COPY lenscat.crossmatches ({XMATCH_COLUMNS}) FROM STDIN (FORMAT binary)") as copy:
                             copy.write(insert)
