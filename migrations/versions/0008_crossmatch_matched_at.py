@@ -13,7 +13,6 @@ changes.
 from __future__ import annotations
 
 from alembic import op
-
 from lenscat.migrations.comments import comment_sql
 
 revision = "0008"
