@@ -331,19 +331,26 @@ def _delete_pairs(cid: int, *, session: Session) -> None:
     )
 
 
-def _chunks(cid: int, nworkers: int, *, session: Session) -> list[tuple[int, int]]:
-    """``row_number`` ranges [lo, hi) covering the catalogue's lenses, about equal in size."""
-    lo, hi, n = session.execute(text(
-        "SELECT min(row_number), max(row_number), count(*) FROM lenscat.literature_lenses "
+def _lens_rows(cid: int, *, session: Session) -> tuple[int, int, int]:
+    """(number of lenses, smallest row_number, largest row_number) of the catalogue."""
+    n, lo, hi = session.execute(text(
+        "SELECT count(*), min(row_number), max(row_number) FROM lenscat.literature_lenses "
         "WHERE catalog_id = :cid"), {"cid": cid}).one()
+    return int(n), int(lo or 0), int(hi or 0)
+
+
+def _chunks(lens_rows: tuple[int, int, int], nworkers: int) -> list[tuple[int, int]]:
+    """``row_number`` ranges [lo, hi) covering the catalogue's lenses, about equal in size."""
+    n, lo, hi = lens_rows
     if not n:
         return []
-    k = max(nworkers, min(MAX_CHUNKS, -(-int(n) // LENSES_PER_CHUNK)))
-    edges = np.linspace(int(lo), int(hi) + 1, k + 1).round().astype(np.int64)
+    k = max(nworkers, min(MAX_CHUNKS, -(-n // LENSES_PER_CHUNK)))
+    edges = np.linspace(lo, hi + 1, k + 1).round().astype(np.int64)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
-def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Session) -> tuple[int, int]:
+def _replace_pairs(cid: int, r: float, sids: list[int] | None, lens_rows: tuple[int, int, int], *,
+                   session: Session) -> tuple[int, int]:
     """Make the catalogue's stored pairs those within ``r`` degrees: (pairs, matched lenses).
 
     With committed inputs the lenses are split into ``row_number`` ranges searched on connections
@@ -354,7 +361,7 @@ def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Sessi
     while later ones are still searched. Otherwise (a bound test connection, or inputs this
     transaction wrote, which other connections cannot see) the old rows are deleted and one
     ``INSERT ... SELECT`` writes the new ones on ``session``. Runs for one catalogue are
-    serialised by a transaction-level advisory lock.
+    serialised by a transaction-level advisory lock. ``lens_rows`` is :func:`_lens_rows`.
     """
     params: dict[str, Any] = {"r": r, "cid": cid, **({"sids": sids} if sids else {})}
     nworkers = _parallel_parts(session)  # asked before this transaction writes anything
@@ -391,7 +398,7 @@ def _replace_pairs(cid: int, r: float, sids: list[int] | None, *, session: Sessi
     conn = raw_connection(session)
     n_pairs = n_matched = 0
     with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="lenscat-xmatch") as pool:
-        futures = [pool.submit(run, lo, hi) for lo, hi in _chunks(cid, nworkers, session=session)]
+        futures = [pool.submit(run, lo, hi) for lo, hi in _chunks(lens_rows, nworkers)]
         try:
             for fut in as_completed(futures):
                 new, stored = fut.result()
@@ -442,10 +449,9 @@ def crossmatch_catalog(
     r = _check_radius(radius)
     cid = get_catalog_id(catalog, session=session)
     sids = _survey_ids(surveys, session)
-    n_pairs, n_matched = _replace_pairs(cid, r, sids, session=session)
-    n_lenses = session.execute(
-        text("SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :cid"), {"cid": cid}
-    ).scalar_one()
+    lens_rows = _lens_rows(cid, session=session)
+    n_lenses = lens_rows[0]
+    n_pairs, n_matched = _replace_pairs(cid, r, sids, lens_rows, session=session)
     session.execute(
         text(
             """
