@@ -2,16 +2,17 @@
 
 A survey is simulated with a seed the code has never seen (random per run unless
 LENSCAT_SCIENCE_SEED is set; it is printed so a failure can be reproduced), ingested, an encoder
-is pre-trained self-supervised on its cutouts (no labels), every cutout is embedded, and each lens
-is used as a query with lenscat's default filters (+-0.5 mag window, 25 arcsec exclusion).
+is pre-trained self-supervised on a random subset of its cutouts (no labels), every cutout is
+embedded, and each lens is used as a query with lenscat's default filters (+-0.5 mag window,
+25 arcsec exclusion).
 
-The issue's goal is >= 10x the survey's base rate among the top-100 neighbours. An encoder that
-trains in CI's budget (15 epochs of MoCo-v2 on 3,000 cutouts, a few minutes on 2 CPU cores)
-reaches about 4x on this survey, where a fifth of the non-lenses are designed impostors (blue
+The issue's goal is >= 10x the survey's base rate among the top-100 neighbours. The survey
+(10,000 cutouts, 1 % lenses) is large enough for that: a perfect encoder under the same filters
+reaches about 30x, which the test computes and prints (a 3,000-cutout survey capped it below 10x).
+An encoder that trains in CI's budget (15 epochs of MoCo-v2 on 3,000 cutouts, about two minutes on
+2 CPU cores) reaches about 5x, because a fifth of the non-lenses are designed impostors (blue
 companions, rings, mergers); the test asserts the enrichment this budget reliably gives and prints
-the measured value, which docs/benchmarks.md records next to longer trainings. It also prints the
-ceiling: the enrichment of a perfect encoder under the same filters (about 10x here, because a
-+-0.5 mag window of a 3,000-cutout survey holds few lenses), and checks that none exceeds it.
+the measured value, which docs/benchmarks.md records next to longer trainings.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from sqlalchemy import text
 
 pytestmark = pytest.mark.slow
 
-N = 3000
-LENS_FRACTION = 0.03
+N = 10000
+LENS_FRACTION = 0.01
+TRAIN_IMAGES = 3000
 K = 100
-MIN_ENRICHMENT = 2.5
+MIN_ENRICHMENT = 3.0
 
 
 def test_lens_queries_find_lenses(session, tmp_path):
@@ -38,7 +40,7 @@ def test_lens_queries_find_lenses(session, tmp_path):
     from lenscat.similarity import _dedupe, query_from_source, similar
     from lenscat.simsurvey import read_truth, simulate_survey
     from lenscat.source_ingest import ingest_sources
-    from lenscat.vectors import ensure_hnsw_index, get_embedding
+    from lenscat.vectors import ensure_hnsw_index, read_embeddings
 
     seed = int(os.environ.get("LENSCAT_SCIENCE_SEED") or secrets.randbelow(2**31))
     print(f"science check seed: {seed}")
@@ -46,7 +48,7 @@ def test_lens_queries_find_lenses(session, tmp_path):
     simulate_survey(N, LENS_FRACTION, seed, path, progress=False)
     truth = read_truth(path)
     ingest_sources(path, "science")
-    model, _, metrics = train_encoder("science-moco", ["science"], epochs=15, batch_size=64, max_images=N,
+    model, _, metrics = train_encoder("science-moco", ["science"], epochs=15, batch_size=64, max_images=TRAIN_IMAGES,
                                       lr=0.1, queue_size=1024, crop=48, temperature=0.1, seed=seed % 1000,
                                       progress=False)
     job = plan_embed_job(model.label, surveys=["science"], chunk_size=1000, session=session)
@@ -65,7 +67,9 @@ def test_lens_queries_find_lenses(session, tmp_path):
     all_ids = np.array([r[0] for r in rows])
     mag_r = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
     ra, dec = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
-    vecs = np.stack([get_embedding(model, int(i), session=session) for i in all_ids]).astype(np.float64)
+    stored_ids, stored = read_embeddings(model, session=session)
+    assert np.array_equal(np.sort(all_ids), stored_ids)  # every cutout embedded
+    vecs = stored[np.searchsorted(stored_ids, all_ids)].astype(np.float64)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     fractions, ceilings = [], []
     for sid in [s for s, lens in is_lens.items() if lens]:
