@@ -316,7 +316,7 @@ def changed_rows(new: bytes, rows_old: np.ndarray) -> tuple[np.ndarray, bytes]:
     changed = np.union1d(gone, lens_new[~np.isin(v_new, v_old)])
     stale = np.intersect1d(changed, lens_old)
     keep = np.isin(lens_new, changed)
-    return stale, SIGNATURE + rows_new[keep].tobytes() + TRAILER if keep.any() else EMPTY_STREAM
+    return stale, SIGNATURE + rows_new[keep].tobytes() + TRAILER
 
 
 def _delete_pairs(cid: int, *, session: Session) -> None:
