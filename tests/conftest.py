@@ -7,17 +7,28 @@ opens joins it through a SAVEPOINT, and the outer transaction is rolled back aft
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 # Settings are read once: point LENSCAT_HOME at a throw-away directory before lenscat is imported.
+# The directory (an embedded PostgreSQL data directory of ~600 MB after a full run) is removed when
+# the session ends, after the servers in it have stopped (see ``pytest_sessionfinish``).
+THROWAWAY_HOME: str | None = None
 if "LENSCAT_DATABASE_URL" not in os.environ:
-    os.environ["LENSCAT_HOME"] = tempfile.mkdtemp(prefix="lenscat-test-")
+    THROWAWAY_HOME = tempfile.mkdtemp(prefix="lenscat-test-")
+    os.environ["LENSCAT_HOME"] = THROWAWAY_HOME
     os.environ.pop("LENSCAT_READONLY_DATABASE_URL", None)
 
 DATA = Path(__file__).parent / "data"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete the throw-away ``LENSCAT_HOME`` (session fixtures have stopped its servers by now)."""
+    if THROWAWAY_HOME is not None:
+        shutil.rmtree(THROWAWAY_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

