@@ -18,10 +18,11 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.columns import angle_column
 from lenscat.db.session import raw_connection
 from lenscat.errors import InputFileError, LenscatError, NotFoundError
 from lenscat.ingest_log import file_sha256
-from lenscat.readers import read_table
+from lenscat.readers import ColumnTable, read_table
 from lenscat.surveys import get_survey
 
 ORIGINS = ("literature", "simulation", "import", "human")
@@ -209,8 +210,13 @@ def import_labels(
         if ra_name is None or dec_name is None:
             raise InputFileError(f"{path}: no ra/dec columns to match labels by position; pass --ra-col/--dec-col, "
                                  f"or --survey with --id-col to match by object id")
-        ra: np.ndarray = np.ma.filled(np.ma.asarray(table.columns[ra_name], dtype=float), np.nan)
-        dec: np.ndarray = np.ma.filled(np.ma.asarray(table.columns[dec_name], dtype=float), np.nan)
+        ra, bad_ra = angle_column(table, ra_name, hours=True)
+        dec, bad_dec = angle_column(table, dec_name, hours=False)
+        rejected = {r for r, _ in summary.rejects}
+        for i in range(n):
+            why = _position_problem(ra[i], dec[i], bad_ra[i], bad_dec[i], ra_name, dec_name, table, i)
+            if why and i + 1 not in rejected:
+                summary.rejects.append((i + 1, why))
         r_arcsec = float(radius.to_value(u.arcsec))
         ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)
         rows = session.execute(
@@ -244,6 +250,25 @@ def import_labels(
     summary.n_written, summary.n_removed = _upsert(sid[keep], lab, det, origin, provenance, session=session,
                                                    replace=True)
     return summary
+
+
+def _position_problem(ra: float, dec: float, bad_ra: bool, bad_dec: bool, ra_name: str, dec_name: str,
+                      table: ColumnTable, i: int) -> str | None:
+    """Why row ``i``'s position cannot be matched (None when it can)."""
+    def raw(name: str) -> str:
+        return repr(str(np.ma.getdata(table.columns[name])[i]))
+
+    if bad_ra:
+        return f"column {ra_name!r}: cannot read {raw(ra_name)} as a right ascension (degrees or h:m:s)"
+    if bad_dec:
+        return f"column {dec_name!r}: cannot read {raw(dec_name)} as a declination (degrees or d:m:s)"
+    if not np.isfinite(ra):
+        return f"column {ra_name!r}: right ascension missing"
+    if not np.isfinite(dec):
+        return f"column {dec_name!r}: declination missing"
+    if abs(dec) > 90:
+        return f"column {dec_name!r}: declination {dec:g} deg outside [-90, 90]"
+    return None
 
 
 def resolve_labels(*, session: Session, origins: list[str] | None = None,

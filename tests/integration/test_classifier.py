@@ -192,6 +192,29 @@ def test_labels_from_crossmatch_and_positions_with_rejects(session, tmp_path):
         import_labels(tab, label_col="grade", ra_col="RA", dec_col="DEC", session=session)
 
 
+def test_label_positions_that_cannot_be_read_are_rejected_with_reasons(session, tmp_path):
+    """Text positions: sexagesimal RA in hours is read; junk, missing and impossible values are rejects."""
+    from astropy.coordinates import Angle
+
+    ids, ra, dec = _sources(session, "labpos", 50, 12)
+    hms = Angle(ra[0] * u.deg).to_string(unit=u.hourangle, sep=":", precision=3)
+    dms = Angle(dec[0] * u.deg).to_string(unit=u.deg, sep=":", precision=2, alwayssign=True)
+    tab = tmp_path / "positions.csv"
+    tab.write_text("ra,dec,lens\n"
+                   f"{hms},{dms},1\n"
+                   f"abc,{dec[1]},0\n"
+                   f"{ra[2]},95,0\n"
+                   f",{dec[3]},0\n"
+                   f"{ra[4]},{dec[4]},0\n")
+    imp = import_labels(tab, label_col="lens", radius=1 * u.arcsec, session=session)
+    reasons = dict(imp.rejects)
+    assert set(reasons) == {2, 3, 4}
+    assert "column 'ra': cannot read 'abc' as a right ascension" in reasons[2]
+    assert "column 'dec': declination 95 deg outside [-90, 90]" in reasons[3]
+    assert "column 'ra': right ascension missing" in reasons[4]
+    assert resolve_labels(session=session) == {int(ids[0]): 1, int(ids[4]): 0}
+
+
 def test_too_few_labels_is_a_clear_error(session, tmp_path):
     ids, _, _ = _sources(session, "few", 50, 2)
     enc, _ = register_model("encoder", "few-enc", architecture="external", output_dim=DIM, checkpoint_path=None,
