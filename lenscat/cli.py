@@ -147,6 +147,8 @@ def db_stop() -> None:
     if settings.embedded:
         dispose_engine()
         click.echo(f"PostgreSQL: {'stopped' if stop_embedded() else 'not running'}")
+    else:
+        click.echo("PostgreSQL: LENSCAT_DATABASE_URL is set; lenscat does not manage that server")
     if not settings.broker_url:
         click.echo(f"Redis broker: {'stopped' if stop_home_broker(settings) else 'not running'}")
 
