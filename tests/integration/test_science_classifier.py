@@ -81,5 +81,8 @@ def test_linear_probe_ranks_lenses(session, tmp_path):
     assert {"auc", "tpr0", "tpr10", "top_n"} <= set(lin) and len(res["plots"]) == 3
     assert lin["auc"] >= MIN_AUC
     assert base["auc"] >= 0.65  # 400 CPU steps from scratch on 20 lenses (measured 0.78-0.90)
-    # precision in the top 1% beats random selection (measured 5-20x the evaluation set's lens rate)
-    assert lin["top_n"][0]["precision"] >= 2 * res["n_lenses"] / res["n_eval"]
+    # the ranking beats random selection. Measured as average precision (random: the lens rate), not as
+    # the count in the top 1% (printed above, 5-20x the lens rate on most seeds): with ~20 held-out
+    # lenses that count is too noisy for a floor. Seed 724685395 (AUC 0.81) put none of its 20 lenses
+    # in the top 50, while its average precision was 3.3x the lens rate.
+    assert lin["average_precision"] >= 2 * res["n_lenses"] / res["n_eval"]
