@@ -212,13 +212,13 @@ def import_labels(
                                  f"or --survey with --id-col to match by object id")
         ra, bad_ra = angle_column(table, ra_name, hours=True)
         dec, bad_dec = angle_column(table, dec_name, hours=False)
+        ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)  # NaN for missing or unreadable
         rejected = {r for r, _ in summary.rejects}
-        for i in range(n):
-            why = _position_problem(ra[i], dec[i], bad_ra[i], bad_dec[i], ra_name, dec_name, table, i)
-            if why and i + 1 not in rejected:
-                summary.rejects.append((i + 1, why))
+        for i in np.flatnonzero(~ok).tolist():
+            if i + 1 not in rejected:
+                summary.rejects.append((i + 1, _position_problem(ra[i], dec[i], bad_ra[i], bad_dec[i],
+                                                                 ra_name, dec_name, table, i)))
         r_arcsec = float(radius.to_value(u.arcsec))
-        ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)
         rows = session.execute(
             text(
                 """
@@ -253,8 +253,8 @@ def import_labels(
 
 
 def _position_problem(ra: float, dec: float, bad_ra: bool, bad_dec: bool, ra_name: str, dec_name: str,
-                      table: ColumnTable, i: int) -> str | None:
-    """Why row ``i``'s position cannot be matched (None when it can)."""
+                      table: ColumnTable, i: int) -> str:
+    """Why row ``i``'s position (NaN where missing or unreadable, or |dec| > 90) cannot be matched."""
     def raw(name: str) -> str:
         return repr(str(np.ma.getdata(table.columns[name])[i]))
 
@@ -266,9 +266,7 @@ def _position_problem(ra: float, dec: float, bad_ra: bool, bad_dec: bool, ra_nam
         return f"column {ra_name!r}: right ascension missing"
     if not np.isfinite(dec):
         return f"column {dec_name!r}: declination missing"
-    if abs(dec) > 90:
-        return f"column {dec_name!r}: declination {dec:g} deg outside [-90, 90]"
-    return None
+    return f"column {dec_name!r}: declination {dec:g} deg outside [-90, 90]"
 
 
 def resolve_labels(*, session: Session, origins: list[str] | None = None,

