@@ -212,7 +212,9 @@ def import_labels(
                                  f"or --survey with --id-col to match by object id")
         ra, bad_ra = angle_column(table, ra_name, hours=True)
         dec, bad_dec = angle_column(table, dec_name, hours=False)
-        ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)  # NaN for missing or unreadable
+        ra = np.where(ra == 360.0, 0.0, ra)
+        ok = (np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)  # NaN for missing or unreadable
+              & (ra >= 0) & (ra < 360))
         rejected = {r for r, _ in summary.rejects}
         for i in np.flatnonzero(~ok).tolist():
             if i + 1 not in rejected:
@@ -254,7 +256,8 @@ def import_labels(
 
 def _position_problem(ra: float, dec: float, bad_ra: bool, bad_dec: bool, ra_name: str, dec_name: str,
                       table: ColumnTable, i: int) -> str:
-    """Why row ``i``'s position (NaN where missing or unreadable, or |dec| > 90) cannot be matched."""
+    """Why row ``i``'s position (NaN where missing or unreadable, RA outside [0, 360) or |dec| > 90)
+    cannot be matched."""
     def raw(name: str) -> str:
         return repr(str(np.ma.getdata(table.columns[name])[i]))
 
@@ -266,6 +269,8 @@ def _position_problem(ra: float, dec: float, bad_ra: bool, bad_dec: bool, ra_nam
         return f"column {ra_name!r}: right ascension missing"
     if not np.isfinite(dec):
         return f"column {dec_name!r}: declination missing"
+    if not 0.0 <= ra < 360.0:
+        return f"column {ra_name!r}: right ascension {ra:g} deg out of range [0, 360)"
     return f"column {dec_name!r}: declination {dec:g} deg outside [-90, 90]"
 
 

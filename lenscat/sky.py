@@ -51,17 +51,22 @@ def parse_angle_quantity(text: str | u.Quantity, default_unit: u.UnitBase = u.ar
 def parse_position(ra: str | float, dec: str | float) -> SkyCoord:
     """Parse a position given in decimal degrees or sexagesimal (``12:34:56.7 -01:02:03``).
 
-    Sexagesimal right ascension is in hours; declination in degrees.
+    Sexagesimal right ascension is in hours; declination in degrees. A right ascension outside
+    [0, 360] deg (or 24 h) is an error rather than being wrapped: it is usually a typo.
     """
+    degrees = bool(_NUMBER.match(str(ra)) and _NUMBER.match(str(dec)))
+    if degrees and not 0.0 <= float(ra) <= 360.0:
+        # astropy would wrap 400 to 40 deg; a catalogue ingest rejects such a value, so do we
+        raise LenscatError(f"right ascension {float(ra):g} deg out of range [0, 360)")
     try:
-        if _NUMBER.match(str(ra)) and _NUMBER.match(str(dec)):
+        if degrees:
             coord = SkyCoord(float(ra) * u.deg, float(dec) * u.deg, frame="icrs")
         else:
             coord = SkyCoord(str(ra), str(dec), unit=(u.hourangle, u.deg), frame="icrs")
     except (ValueError, TypeError) as exc:
         raise LenscatError(
             f"cannot read position ({ra!r}, {dec!r}): use degrees (150.1 2.2) or sexagesimal "
-            f"(10:00:24 +02:12:00); dec must be within [-90, 90]"
+            f"(10:00:24 +02:12:00); RA must be within [0, 360) deg or [0, 24) h, dec within [-90, 90]"
         ) from exc
     return coord
 

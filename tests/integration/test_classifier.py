@@ -205,13 +205,15 @@ def test_label_positions_that_cannot_be_read_are_rejected_with_reasons(session, 
                    f"abc,{dec[1]},0\n"
                    f"{ra[2]},95,0\n"
                    f",{dec[3]},0\n"
-                   f"{ra[4]},{dec[4]},0\n")
+                   f"{ra[4]},{dec[4]},0\n"
+                   f"{ra[5] + 360},{dec[5]},0\n")
     imp = import_labels(tab, label_col="lens", radius=1 * u.arcsec, session=session)
     reasons = dict(imp.rejects)
-    assert set(reasons) == {2, 3, 4}
+    assert set(reasons) == {2, 3, 4, 6}
     assert "column 'ra': cannot read 'abc' as a right ascension" in reasons[2]
     assert "column 'dec': declination 95 deg outside [-90, 90]" in reasons[3]
     assert "column 'ra': right ascension missing" in reasons[4]
+    assert f"column 'ra': right ascension {ra[5] + 360:g} deg out of range [0, 360)" in reasons[6]
     assert resolve_labels(session=session) == {int(ids[0]): 1, int(ids[4]): 0}
 
 

@@ -31,6 +31,16 @@ def test_parse_position_sexagesimal_matches_astropy():
         parse_position("150", "95")
 
 
+@pytest.mark.parametrize("ra", ["400", "-10", "360.5"])
+def test_parse_position_rejects_right_ascension_out_of_range(ra):
+    """astropy would wrap 400 deg to 40 deg; a typo must not silently move the query."""
+    with pytest.raises(LenscatError, match=r"right ascension .* out of range \[0, 360\)"):
+        parse_position(ra, "0")
+    assert parse_position("360", "0").ra.deg == pytest.approx(0.0)
+    with pytest.raises(LenscatError, match=r"RA must be within"):
+        parse_position("25:00:00", "+01:00:00")
+
+
 def test_parse_sexagesimal_array_marks_bad_values():
     deg, ok = parse_sexagesimal(np.array(["12:30:00", "187.5", "garbage", ""]), hours=True)
     assert ok.tolist() == [True, True, False, False]
