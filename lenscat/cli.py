@@ -153,6 +153,63 @@ def db_stop() -> None:
         click.echo(f"Redis broker: {'stopped' if stop_home_broker(settings) else 'not running'}")
 
 
+@db.command("files")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["cutouts", "spectra", "checkpoint"]),
+              help="Only this kind of file (repeatable).")
+@click.option("--problems", is_flag=True, help="List only the files that are missing or changed.")
+@FORMAT_OPTION
+def db_files(kinds: tuple[str, ...], problems: bool, fmt: str) -> None:
+    """The files the database points at (cutouts, spectrum stores, checkpoints), each checked.
+
+    A file is 'ok' when it is where it was registered and unchanged (sha256, or for a spectrum
+    store the rows committed to it). Exit status 1 when any file has a problem. After moving
+    data, point the database at the new place with `lenscat db relocate OLD NEW`.
+    """
+    from lenscat.datafiles import check_files, referenced_files
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        files = referenced_files(session=s, kinds=list(kinds) or None)
+    found = check_files(files, progress=sys.stderr.isatty())
+    rows = [[f.kind, f.path, f.label, f.n_rows, p or "ok"] for f, p in zip(files, found, strict=True)
+            if p is not None or not problems]
+    write_rows(["kind", "path", "used_by", "n_rows", "status"], rows, fmt, sys.stdout)
+    bad = sum(p is not None for p in found)
+    if fmt == "table":
+        _err(f"{len(files)} files, {bad} with problems")
+    if bad:
+        sys.exit(1)
+
+
+@db.command("relocate")
+@click.argument("old")
+@click.argument("new", type=click.Path(exists=True, file_okay=True))
+@click.option("--dry-run", is_flag=True, help="Check the files at the new place; change nothing.")
+@FORMAT_OPTION
+def db_relocate(old: str, new: str, dry_run: bool, fmt: str) -> None:
+    """Point the references under directory OLD at the same files under NEW (after moving data).
+
+    Every cutout file, spectrum store and checkpoint registered under OLD must be found at NEW
+    and pass the `lenscat db files` check; otherwise nothing changes and the failures are
+    listed. Running it again after success finds nothing under OLD (an error).
+    """
+    from lenscat.datafiles import relocate_files
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        res = relocate_files(old, new, session=s, dry_run=dry_run, progress=sys.stderr.isatty())
+    bad = {id(f): p for f, p in res.problems}
+    rows = [[a.kind, a.path, b.path, a.label, bad.get(id(b), "ok")] for a, b in res.moves]
+    write_rows(["kind", "old_path", "new_path", "used_by", "status"], rows, fmt, sys.stdout)
+    counts = ", ".join(f"{n} {k}" for k, n in res.counts().items() if n)
+    if res.problems:
+        raise LenscatError(f"{len(res.problems)} of {len(res.moves)} files fail at the new place "
+                           f"(first: {res.problems[0][0].path}: {res.problems[0][1]}); nothing changed")
+    _err(f"{'would relocate' if dry_run else 'relocated'} {counts}")
+
+
 # --------------------------------------------------------------------------------------- ingest
 @cli.group()
 def ingest() -> None:
