@@ -34,7 +34,8 @@ def ingest_cmd(paths: tuple[Path, ...], pack: str, link_radius: str, workers: in
     """Ingest spectrum files or directories (spec-*.fits, spPlate-*.fits, DESI coadd-*.fits).
 
     Unreadable files are reported with their reason and skipped; re-running skips files already
-    ingested, so an interrupted ingest resumes where it stopped.
+    ingested, so an interrupted ingest resumes where it stopped. Exit status 1 when no file at
+    all could be read.
     """
     from lenscat.sky import parse_angle_quantity
     from lenscat.spectra.ingest import ingest_spectra
@@ -44,12 +45,14 @@ def ingest_cmd(paths: tuple[Path, ...], pack: str, link_radius: str, workers: in
                              workers=workers, progress=None if not as_json else False)
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
-        return
-    for f, reason in summary.failures:
-        _err(f"lenscat: skipped {reason}" if reason.startswith(f) else f"lenscat: skipped {f}: {reason}")
-    click.echo(f"{summary.files} files: {summary.spectra_inserted} spectra new, {summary.spectra_updated} updated, "
-               f"{summary.files_skipped} files already ingested, {summary.files_failed} unreadable; "
-               f"{summary.linked} linked to catalogue sources (store {summary.pack!r})")
+    else:
+        for f, reason in summary.failures:
+            _err(f"lenscat: skipped {reason}" if reason.startswith(f) else f"lenscat: skipped {f}: {reason}")
+        click.echo(f"{summary.files} files: {summary.spectra_inserted} spectra new, {summary.spectra_updated} "
+                   f"updated, {summary.files_skipped} files already ingested, {summary.files_failed} unreadable; "
+                   f"{summary.linked} linked to catalogue sources (store {summary.pack!r})")
+    if summary.files and summary.files_failed == summary.files:
+        sys.exit(1)
 
 
 @spectra.command("inject")

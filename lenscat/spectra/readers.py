@@ -171,7 +171,9 @@ def iter_spectrum_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLi
     ``spec-*``, ``spPlate-*`` and ``coadd-*`` FITS files are taken by name; other FITS files are
     probed with :func:`detect_format` and kept when they are spectrum files. Redshift and
     calibration companions (``redrock-*``, ``zbest-*``, ``spZbest-*``...) and non-FITS files are
-    skipped. Each file is yielded once, in sorted order within each argument.
+    skipped. A file named on its own is always yielded, so that reading it says what is wrong with
+    it rather than it being dropped unseen. Each file is yielded once, in sorted order within each
+    argument.
 
     Parameters
     ----------
@@ -194,7 +196,11 @@ def iter_spectrum_files(paths: str | os.PathLike[str] | Iterable[str | os.PathLi
         if p.is_dir():
             candidates = sorted(q for q in p.rglob("*") if q.is_file())
         elif p.is_file():
-            candidates = [p]
+            key = p.absolute()
+            if key not in seen:
+                seen.add(key)
+                yield p
+            continue
         else:
             matches = sorted(glob.glob(str(arg), recursive=True)) if glob.has_magic(str(arg)) else []
             if not matches:

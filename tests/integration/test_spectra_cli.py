@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -28,6 +30,10 @@ def test_ingest_scan_hits_evaluate_reprocess_from_the_cli(own_database, data_dir
     out = json.loads(_cli(env, "spectra", "ingest", str(d), "--json").strip().splitlines()[-1])
     assert out["spectra_inserted"] == 30 and out["files_failed"] == 1
     assert "spec-9999-59999-0001.fits" in out["failures"][0]["file"]
+    (tmp_path / "notes.txt").write_text("not a spectrum")  # named on its own: read, reported, exit 1
+    res = subprocess.run([sys.executable, "-m", "lenscat.cli", "spectra", "ingest", str(tmp_path / "notes.txt")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "notes.txt: not a FITS file" in res.stderr and "1 unreadable" in res.stdout
     scan = json.loads(_cli(env, "spectra", "scan", "--detector", "matched-filter", "--local-workers", "1",
                            "--chunk-size", "3", "--json").strip().splitlines()[-1])
     # the science sample: galaxies with a pipeline redshift (4 SDSS, 1 DESI; not spPlate rows without spZbest)

@@ -341,6 +341,9 @@ def test_iter_spectrum_files_skips_companions_and_other_fits(tmp_path: Path) -> 
     sub.mkdir()
     shutil.copy(COADD, sub / COADD.name)
     assert list(iter_spectrum_files(tmp_path)) == [tmp_path / "mystery.fits", sub / COADD.name]
+    # named on its own, a file is never dropped unseen: reading it reports what is wrong
+    named = [tmp_path / "notes.txt", tmp_path / "tractor-1.fits", tmp_path / "notes.txt"]
+    assert list(iter_spectrum_files(named)) == named[:2]
     with pytest.raises(SpectrumReadError) as exc:
         list(iter_spectrum_files(tmp_path / "nothing-here"))
     _one_line_error(exc, tmp_path / "nothing-here", "no such file")
