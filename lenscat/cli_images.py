@@ -29,14 +29,18 @@ def simulate_survey_cmd(n: int, lens_fraction: float, seed: int, stamp: int, wor
 
     Writes cutouts in nanomaggies at 0.262"/px with a catalogue and the simulation truth
     (is_lens, kind, theta_e, ...) in the Stein et al. HDF5 layout; ingest it with
-    `lenscat ingest sources OUT --survey NAME`.
+    `lenscat ingest sources OUT --survey NAME`. Interrupted (Ctrl-C), the same command resumes
+    after the finished rows.
     """
     from lenscat.simsurvey import simulate_survey
 
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = simulate_survey(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
-    click.echo(f"wrote {summary.n} cutouts ({summary.n_lenses} lenses) to {out} in {summary.seconds:.1f} s; {kinds}")
+    resumed = (f" (resumed: {summary.resumed_rows} rows kept from the interrupted run)"
+               if summary.resumed_rows else "")
+    click.echo(f"wrote {summary.n} cutouts ({summary.n_lenses} lenses) to {out} in {summary.seconds:.1f} s"
+               f"{resumed}; {kinds}")
 
 
 # ---------------------------------------------------------------------------------- encoder

@@ -44,10 +44,13 @@ same arguments give a bit-identical file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -128,6 +131,8 @@ class SimSummary:
         The HDF5 file.
     seconds
         Wall-clock time taken.
+    resumed_rows
+        Rows an interrupted earlier run had written, which this one kept (0 for a fresh run).
     """
 
     n: int
@@ -135,6 +140,7 @@ class SimSummary:
     counts: dict[str, int] = field(default_factory=dict)
     path: Path = Path()
     seconds: float = 0.0
+    resumed_rows: int = 0
 
     @property
     def rate(self) -> float:
@@ -310,8 +316,12 @@ def simulate_survey(n: int, lens_fraction: float, seed: int, out: str | Path, *,
         Non-negative random seed; the file is a deterministic function of all arguments except
         ``workers`` and ``progress``.
     out
-        HDF5 file to write (its directory must exist). It is written to a temporary file in the
-        same directory and renamed when complete, so an interrupted run leaves no partial file.
+        HDF5 file to write (its directory must exist). It is written to ``.OUT.partial`` in the
+        same directory and renamed when complete, so ``out`` never holds a partial survey. After
+        Ctrl-C or SIGTERM (a batch system's time limit) the partial file stays; running again
+        with the same arguments keeps its finished rows and renders only the rest (the result is
+        the same as an uninterrupted run). A partial file that cannot be read (a process killed
+        with SIGKILL while writing) is started over; a failed run (e.g. a full disk) removes it.
     stamp
         Cutout side in pixels (>= 32; 152 = 39.8 arcsec).
     workers
@@ -343,25 +353,41 @@ def simulate_survey(n: int, lens_fraction: float, seed: int, out: str | Path, *,
     objid = (seed % 1_000_000) * 10_000_000_000 + np.arange(1, n + 1, dtype=np.int64)
     tasks = [(seed, s, [str(k) for k in kinds[s:s + CHUNK]], [float(e) for e in ebv[s:s + CHUNK]], stamp)
              for s in range(0, n, CHUNK)]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial = path.with_name(f".{path.name}.partial")
+    key = json.dumps({"n": n, "lens_fraction": lens_fraction, "seed": seed, "stamp": stamp,
+                      "generator": GENERATOR}, sort_keys=True)
+    meta = {"seed": seed, "lens_fraction": lens_fraction}
     n_proc = min(n_workers, len(tasks))
     # workers are forked before the HDF5 file is opened and before tqdm starts its thread
     pool = _pool_context().Pool(processes=n_proc) if n_proc > 1 else None
+    keep = False  # the partial file stays after an interrupt, and when it is another run's
+    done = 0
     try:
-        _write(tmp, _results(tasks, pool), progress, n, stamp, objid, ra, dec,
-               {"seed": seed, "lens_fraction": lens_fraction})
-        os.replace(tmp, path)
+        try:
+            fh, done = _open_partial(partial, key, n, stamp, objid, ra, dec)
+        except BlockingIOError:
+            keep = True
+            raise LenscatError(f"{partial} is being written by another run; wait for it or stop it") from None
+        try:
+            with _sigterm_as_interrupt():
+                _write(fh, _results([t for t in tasks if t[1] >= done], pool), progress, n, done, meta)
+        finally:
+            fh.close()
+        os.replace(partial, path)
+    except KeyboardInterrupt:
+        keep = True  # the rows written so far are kept: the same command resumes after them
+        raise
     except OSError as exc:
         raise LenscatError(f"{path}: cannot write: {exc}") from exc
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-        if tmp.exists():
-            tmp.unlink()
+        if not keep and partial.exists():
+            partial.unlink()
     counts = {k: int((kinds == k).sum()) for k in KINDS}
     return SimSummary(n=n, n_lenses=counts["lens"], counts=counts, path=path.resolve(),
-                      seconds=time.perf_counter() - t0)
+                      seconds=time.perf_counter() - t0, resumed_rows=done)
 
 
 def _ebv(ra: np.ndarray, dec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -373,47 +399,97 @@ def _ebv(ra: np.ndarray, dec: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return np.clip(0.025 / np.abs(np.sin(np.radians(b))) * rng.lognormal(0, 0.3, len(ra)), 0.003, 0.5)
 
 
-def _write(tmp: Path, results: Iterator[tuple[int, np.ndarray, list[dict[str, Any]]]], progress: bool, n: int, stamp: int, objid: np.ndarray, ra: np.ndarray, dec: np.ndarray,
-           meta: dict[str, Any]) -> None:
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """In the main thread, SIGTERM raises KeyboardInterrupt (so the partial file is closed cleanly)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _open_partial(partial: Path, key: str, n: int, stamp: int, objid: np.ndarray, ra: np.ndarray,
+                  dec: np.ndarray) -> tuple[Any, int]:
+    """The partial file to fill and the rows already in it (0 for a new one).
+
+    A partial file left by an interrupted run with the same arguments (``key``) is reopened; one
+    for other arguments, or one that cannot be read (a run killed mid-write), is started over.
+    """
     import h5py
+
+    if partial.exists():
+        try:
+            fh = h5py.File(partial, "a")
+        except OSError as exc:
+            if "lock" in str(exc).lower():
+                raise BlockingIOError(str(exc)) from exc
+            partial.unlink()
+        else:
+            if fh.attrs.get("resume_key") == key and "rows_done" in fh.attrs:
+                return fh, int(fh.attrs["rows_done"])
+            fh.close()
+            partial.unlink()
+    fh = h5py.File(partial, "w", libver="latest")
+    # uncompressed: noisy float32 shrinks only 7-13% with lzf or gzip-1 + shuffle, while reading one
+    # cutout gets ~5x slower
+    images = fh.create_dataset("images", shape=(n, 3, stamp, stamp), dtype="f4", chunks=(1, 3, stamp, stamp))
+    images.attrs["unit"] = "nanomaggy"
+    images.attrs["bands"] = "grz"
+    images.attrs["pixel_scale_arcsec"] = PIXEL_SCALE
+    known = {"objid": objid, "ra": ra, "dec": dec}
+    for name, (dtype, unit, desc) in COLUMNS.items():
+        ds = (fh.create_dataset(name, data=np.asarray(known[name]).astype(dtype)) if name in known
+              else fh.create_dataset(name, shape=(n,), dtype=dtype))
+        if unit:
+            ds.attrs["unit"] = unit
+        ds.attrs["description"] = desc
+    fh.attrs["resume_key"] = key
+    fh.attrs["rows_done"] = 0
+    fh.flush()
+    return fh, 0
+
+
+def _write(fh: Any, results: Iterator[tuple[int, np.ndarray, list[dict[str, Any]]]], progress: bool, n: int,
+           done: int, meta: dict[str, Any]) -> None:
+    """Fill the rows from ``done`` on, chunk by chunk (each flushed with its ``rows_done``), then finish."""
     import lenstronomy
     from tqdm import tqdm
 
-    rows: list[dict[str, Any]] = []
-    with h5py.File(tmp, "w", libver="latest") as fh:
-        # uncompressed: noisy float32 shrinks only 7-13% with lzf or gzip-1 + shuffle, while
-        # reading one cutout gets ~5x slower
-        images = fh.create_dataset("images", shape=(n, 3, stamp, stamp), dtype="f4",
-                                   chunks=(1, 3, stamp, stamp))
-        images.attrs["unit"] = "nanomaggy"
-        images.attrs["bands"] = "grz"
-        images.attrs["pixel_scale_arcsec"] = PIXEL_SCALE
-        with tqdm(total=n, disable=not progress, unit="cutout", desc="simulate", dynamic_ncols=True) as bar:
-            for start, imgs, chunk_rows in results:
-                images[start:start + len(imgs)] = imgs
-                rows.extend(chunk_rows)
-                bar.update(len(imgs))
-        values: dict[str, np.ndarray] = {"objid": objid, "ra": ra, "dec": dec}
-        for name in COLUMNS:
-            if name not in values:
-                values[name] = np.array([r[name] for r in rows])
-        for name, (dtype, unit, desc) in COLUMNS.items():
-            v = values[name]
-            data = np.char.encode(v.astype(str), "ascii") if dtype.startswith("S") else v
-            ds = fh.create_dataset(name, data=np.asarray(data).astype(dtype))
-            if unit:
-                ds.attrs["unit"] = unit
-            ds.attrs["description"] = desc
-        fh.attrs["pixel_scale_arcsec"] = PIXEL_SCALE
-        fh.attrs["bands"] = "grz"
-        fh.attrs["unit"] = "nanomaggy"
-        fh.attrs["zero_point"] = ZERO_POINT
-        fh.attrs["seed"] = meta["seed"]
-        fh.attrs["lens_fraction"] = meta["lens_fraction"]
-        fh.attrs["n_lenses"] = int(values["is_lens"].sum())
-        fh.attrs["generator"] = GENERATOR
-        fh.attrs["lenstronomy_version"] = str(lenstronomy.__version__)
-        fh.attrs["nonlens_fractions"] = json.dumps(NONLENS_FRACTIONS)
+    images = fh["images"]
+    filled = [name for name in COLUMNS if name not in ("objid", "ra", "dec")]
+    with tqdm(total=n, initial=done, disable=not progress, unit="cutout", desc="simulate",
+              dynamic_ncols=True) as bar:
+        for start, imgs, chunk_rows in results:
+            stop = start + len(imgs)
+            images[start:stop] = imgs
+            for name in filled:
+                v = np.array([r[name] for r in chunk_rows])
+                dtype = COLUMNS[name][0]
+                fh[name][start:stop] = (np.char.encode(v.astype(str), "ascii") if dtype.startswith("S")
+                                        else v).astype(dtype)
+            fh.attrs["rows_done"] = stop
+            fh.flush()
+            bar.update(len(imgs))
+    for name in ("resume_key", "rows_done"):
+        del fh.attrs[name]
+    fh.attrs["pixel_scale_arcsec"] = PIXEL_SCALE
+    fh.attrs["bands"] = "grz"
+    fh.attrs["unit"] = "nanomaggy"
+    fh.attrs["zero_point"] = ZERO_POINT
+    fh.attrs["seed"] = meta["seed"]
+    fh.attrs["lens_fraction"] = meta["lens_fraction"]
+    fh.attrs["n_lenses"] = int(fh["is_lens"][()].sum())
+    fh.attrs["generator"] = GENERATOR
+    fh.attrs["lenstronomy_version"] = str(lenstronomy.__version__)
+    fh.attrs["nonlens_fractions"] = json.dumps(NONLENS_FRACTIONS)
 
 
 def read_truth(path: str | Path) -> Any:

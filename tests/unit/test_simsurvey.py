@@ -72,7 +72,7 @@ def test_layout_dtypes_and_attributes(survey):
     assert attrs["seed"] == SEED and attrs["lens_fraction"] == pytest.approx(FRACTION)
     assert attrs["generator"] == "lenscat.simsurvey" and attrs["lenstronomy_version"]
     assert summary.n == N and summary.path == path.resolve() and summary.seconds > 0
-    assert not list(path.parent.glob(".*.tmp"))
+    assert not list(path.parent.glob(".*.partial"))
 
 
 def test_same_seed_gives_identical_file_whatever_the_workers(survey, tmp_path):
@@ -263,6 +263,107 @@ def test_a_failed_run_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(LenscatError, match="cannot write"):
         simulate_survey(4, 0.5, 1, out, workers=1, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def _contents(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    with h5py.File(path, "r") as fh:
+        return {k: fh[k][()] for k in fh}, {k: v for k, v in fh.attrs.items() if k != "lenstronomy_version"}
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(survey, tmp_path, monkeypatch):
+    """Ctrl-C keeps the finished rows in .OUT.partial; the same command renders only the rest."""
+    import lenscat.simsurvey as sim
+
+    real = sim._render_chunk
+    calls: list[int] = []
+
+    def interrupted(task):
+        calls.append(task[1])
+        if calls == [0, sim.CHUNK, 2 * sim.CHUNK]:  # Ctrl-C while the third chunk renders
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(sim, "_render_chunk", interrupted)
+    out = tmp_path / "s.h5"
+    with pytest.raises(KeyboardInterrupt):
+        simulate_survey(N, FRACTION, SEED, out, workers=1, progress=False)
+    partial = tmp_path / ".s.h5.partial"
+    assert not out.exists() and partial.exists()
+    with h5py.File(partial, "r") as fh:
+        assert fh.attrs["rows_done"] == 2 * sim.CHUNK
+
+    calls.clear()
+    summary = simulate_survey(N, FRACTION, SEED, out, workers=1, progress=False)
+    assert summary.resumed_rows == 2 * sim.CHUNK and calls[0] == 2 * sim.CHUNK  # finished rows not redone
+    assert len(calls) == -(-N // sim.CHUNK) - 2 and not partial.exists()
+    data, attrs = _contents(out)
+    ref_data, ref_attrs = _contents(survey[0])
+    assert attrs == ref_attrs and data.keys() == ref_data.keys()
+    for k, v in ref_data.items():
+        assert np.array_equal(data[k], v, equal_nan=v.dtype.kind == "f"), k
+
+
+def test_a_partial_file_for_other_arguments_is_started_over(tmp_path, monkeypatch):
+    import lenscat.simsurvey as sim
+
+    real = sim._render_chunk
+
+    def stop_second(task):
+        if task[1] >= sim.CHUNK:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(sim, "_render_chunk", stop_second)
+    out = tmp_path / "s.h5"
+    with pytest.raises(KeyboardInterrupt):
+        simulate_survey(20, 0.5, 3, out, workers=1, progress=False)
+    monkeypatch.setattr(sim, "_render_chunk", real)
+    summary = simulate_survey(20, 0.5, 4, out, workers=1, progress=False)  # another seed
+    assert summary.resumed_rows == 0
+    fresh = tmp_path / "fresh.h5"
+    simulate_survey(20, 0.5, 4, fresh, workers=1, progress=False)
+    assert _sha(out) == _sha(fresh)
+
+
+def test_a_partial_file_another_run_is_writing_is_left_alone(tmp_path):
+    import subprocess
+    import sys
+
+    partial = tmp_path / ".s.h5.partial"
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
+                               f"f = h5py.File({str(partial)!r}, 'w'); print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(LenscatError, match="being written by another run"):
+            simulate_survey(4, 0.5, 1, tmp_path / "s.h5", workers=1, progress=False)
+        assert partial.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sigterm_from_a_batch_system_leaves_a_resumable_partial_file(tmp_path):
+    """The CLI killed by SIGTERM (a job's time limit) exits 130; the same command then resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "lenscat.cli", "simulate", "survey", "--n", "400", "--seed", "5",
+           "--workers", "1", "--out", str(tmp_path / "s.h5")]
+    partial = tmp_path / ".s.h5.partial"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while (not partial.exists() or partial.stat().st_size < 20 * 277_000) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for a few chunks to be written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert partial.exists() and not (tmp_path / "s.h5").exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "(resumed: " in res.stdout and not partial.exists()
 
 
 def test_small_stamp_and_all_lenses(tmp_path):
