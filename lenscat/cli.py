@@ -444,14 +444,17 @@ def main() -> None:
     """Entry point: one-line errors, resumable interrupts."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        _err("lenscat: interrupted; re-run the same command to resume")
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        why = exc.__context__
+        _err(f"lenscat: interrupted; {why}" if isinstance(why, KeyboardInterrupt) and str(why) else
+             "lenscat: interrupted; re-run the same command to resume")
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _err("lenscat: interrupted; committed batches are kept, re-run the same command to resume")
+    except KeyboardInterrupt as exc:
+        _err(f"lenscat: interrupted; {exc}" if str(exc) else
+             "lenscat: interrupted; committed batches are kept, re-run the same command to resume")
         sys.exit(130)
     except LenscatError as exc:
         _err(f"lenscat: error: {exc}")

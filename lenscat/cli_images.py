@@ -95,8 +95,10 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
         click.echo(json.dumps(out))
     else:
         state = "registered" if created else "identical to the existing"
+        resumed = f", resumed at step {metrics['resumed_from_step']}" if metrics["resumed_from_step"] else ""
         click.echo(f"encoder {model.label} ({state}): {model.architecture}, {model.output_dim}-d, "
-                   f"{metrics['steps']} steps in {metrics['seconds']:.0f} s, final loss {metrics['final_loss']:.3f}")
+                   f"{metrics['steps']} steps in {metrics['seconds']:.0f} s{resumed}, "
+                   f"final loss {metrics['final_loss']:.3f}")
 
 
 @encoder.command("import")

@@ -19,9 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import session_scope
-from lenscat.errors import InputFileError, LenscatError
+from lenscat.errors import InputFileError, Interrupted, LenscatError
 from lenscat.ingest_log import file_sha256
 from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
+from lenscat.settings import get_settings
 from lenscat.surveys import get_survey
 from lenscat.vectors import upsert_embeddings
 
@@ -148,7 +149,10 @@ def train_encoder(
     moco_hp = {"queue_size": queue_size, "temperature": temperature, "preprocess": {"crop": int(crop)}}
     result = train_moco(ts.images, arch=arch, hparams={**arch_hp, **moco_hp}, epochs=epochs,
                         batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=progress,
-                        max_steps=max_steps)
+                        max_steps=max_steps, state_dir=training_state_dir(), run_tag=ts.sha256)
+    if result.stop_reason == "interrupted":
+        raise Interrupted(f"training state saved at step {result.steps} of {result.hparams['steps_planned']} "
+                          f"({result.state_path}); re-run the same command to resume")
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "encoder.pt"
         save_encoder(result.encoder, ckpt, arch=arch, hparams=result.encoder_hparams)
@@ -156,7 +160,7 @@ def train_encoder(
     metrics = {"final_loss": float(result.history[-1]) if result.history else None,
                "steps": int(result.steps), "seconds": round(float(result.elapsed_s), 2), "device": dev,
                "images_per_s": round(float(result.images_per_s), 1),
-               "n_train": ts.n}
+               "n_train": ts.n, "resumed_from_step": int(result.resumed_from_step)}
     with session_scope() as s:
         model, created = register_model(
             "encoder", name, architecture=arch, output_dim=int(result.encoder.output_dim),
@@ -165,7 +169,14 @@ def train_encoder(
             input_spec={**DEFAULT_INPUT_SPEC, "crop": int(crop)}, training_set_sha256=ts.sha256, metrics=metrics,
             session=s,
         )
+    if result.state_path is not None:  # the version is registered: nothing is left to resume
+        result.state_path.unlink(missing_ok=True)
     return model, created, metrics
+
+
+def training_state_dir() -> Path:
+    """Where resumable training runs keep their state (``LENSCAT_HOME/training``)."""
+    return get_settings().home.expanduser().resolve() / "training"
 
 
 def import_encoder(path: str | Path, name: str, *, arch: str = "resnet50", session: Session,

@@ -17,3 +17,7 @@ class NotFoundError(LenscatError):
 
 class ReadOnlyError(LenscatError):
     """A write was attempted through the read-only SQL interface."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Long work stopped by Ctrl-C after saving what it had done; the message says how to resume."""

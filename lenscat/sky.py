@@ -66,7 +66,7 @@ def parse_position(ra: str | float, dec: str | float) -> SkyCoord:
     except (ValueError, TypeError) as exc:
         raise LenscatError(
             f"cannot read position ({ra!r}, {dec!r}): use degrees (150.1 2.2) or sexagesimal "
-            f"(10:00:24 +02:12:00); RA must be within [0, 360) deg or [0, 24) h, dec within [-90, 90]"
+            f"(10:00:24 +02:12:00); RA must be within [0, 360) deg or [0, 24) h and dec must be within [-90, 90]"
         ) from exc
     return coord
 

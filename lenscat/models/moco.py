@@ -23,6 +23,8 @@ raises :class:`KeyboardInterrupt` at once and nothing is returned. A ``callback`
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import signal
 import threading
@@ -260,6 +262,10 @@ class TrainResult:
         Source images (pairs of views) per second.
     stop_reason : str
         ``'completed'``, ``'max_steps'``, ``'interrupted'`` (Ctrl-C) or ``'callback'``.
+    resumed_from_step : int
+        Steps restored from a saved state (0 for a fresh run).
+    state_path : Path or None
+        The saved training state of a resumable run (``state_dir`` given).
     """
 
     encoder: Encoder
@@ -272,6 +278,8 @@ class TrainResult:
     steps: int = 0
     images_per_s: float = 0.0
     stop_reason: str = "completed"
+    resumed_from_step: int = 0
+    state_path: Path | None = None
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -342,6 +350,9 @@ def train_moco(
     progress: bool = True,
     max_steps: int | None = None,
     callback: Callable[[StepInfo], bool | None] | None = None,
+    state_dir: str | Path | None = None,
+    state_every_s: float = 600.0,
+    run_tag: str = "",
 ) -> TrainResult:
     """Train an encoder with MoCo-v2 on cutouts.
 
@@ -375,6 +386,18 @@ def train_moco(
     callback : callable, optional
         Called with a :class:`StepInfo` every ``log_every`` steps, at the end of every epoch and
         after the last step; returning ``True`` stops training after that step.
+    state_dir : str or Path, optional
+        Make the run resumable: the full training state (both encoders and heads, the queue,
+        optimiser, gradient scaler, data order and augmentation generators, losses) is saved to
+        ``state_dir/moco-<run key>.state`` at every epoch end, every ``state_every_s`` seconds
+        and when training stops early (Ctrl-C, a callback); a later call with the same
+        arguments, data and ``run_tag`` continues from it. On the CPU the resumed run is
+        bit-identical to an uninterrupted one. The file is left in place when training completes
+        (:attr:`TrainResult.state_path`); delete it once the result is safely stored.
+    state_every_s : float
+        Seconds between periodic state saves (checked at progress updates).
+    run_tag : str
+        Extra text that identifies the run in the key, e.g. a hash of the training set.
 
     Returns
     -------
@@ -443,12 +466,6 @@ def train_moco(
         span = max(1, total - warmup)
         return 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup) / span))
 
-    def batches():
-        for _ in range(epochs):
-            order = rng.permutation(n)
-            for s in range(steps_per_epoch):
-                yield order[s * batch_size : (s + 1) * batch_size]
-
     def to_device(a: np.ndarray) -> Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         return t.pin_memory().to(dev, non_blocking=True) if cuda else t
@@ -472,9 +489,44 @@ def train_moco(
         "amp_dtype": str(amp_dtype).removeprefix("torch.") if amp else None,
     }
     step = 0
-    last_log = 0
+    elapsed_before = 0.0
+    state_path: Path | None = None
+    run_key = ""
+    if state_dir is not None:
+        keyed = {k: v for k, v in hp_record.items() if k not in ("device", "amp_dtype", "log_every")}
+        run_key = hashlib.sha256(json.dumps({**keyed, "max_steps": max_steps, "run_tag": run_tag},
+                                            sort_keys=True, default=str).encode()).hexdigest()
+        state_path = Path(state_dir).expanduser() / f"moco-{run_key[:20]}.state"
+        if state_path.exists():
+            step, elapsed_before = _load_state(state_path, run_key, model, opt, scaler, gen, rng, losses, top1s)
+    step0 = step
+    epoch_rng: dict[int, Any] = {}
+
+    def save_state() -> None:
+        assert state_path is not None
+        elapsed_now = elapsed_before + time.perf_counter() - t0
+        epoch_next = step // steps_per_epoch
+        _save_state(state_path, {
+            "key": run_key, "step": step, "model": model.state_dict(), "ptr": model._ptr,
+            "opt": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "gen": gen.get_state(),
+            # the data order of the epoch of the next step (its permutation may be drawn already)
+            "epoch_rng": epoch_rng.get(epoch_next, rng.bit_generator.state),
+            "losses": losses[:step].cpu(), "top1s": top1s[:step].cpu(), "elapsed_s": elapsed_now,
+        })
+
+    def batches():
+        first_epoch, skip = divmod(step0, steps_per_epoch)
+        for epoch in range(first_epoch, epochs):
+            epoch_rng[epoch] = copy.deepcopy(rng.bit_generator.state)
+            order = rng.permutation(n)
+            for s in range(skip if epoch == first_epoch else 0, steps_per_epoch):
+                yield order[s * batch_size : (s + 1) * batch_size]
+
+    last_log = step
+    last_save = time.perf_counter()
     stop_reason = "completed"
-    bar = tqdm(total=total, disable=not progress, unit="step", desc=f"moco {arch}", leave=True)
+    bar = tqdm(total=total, initial=step, disable=not progress, unit="step", desc=f"moco {arch}", leave=True)
     t0 = time.perf_counter()
     data = prefetch(images_source, batches(), with_ebv=with_ebv)
     try:
@@ -515,7 +567,7 @@ def train_moco(
                             "lower the learning rate"
                         )
                     elapsed = time.perf_counter() - t0
-                    ips = step * batch_size / max(elapsed, 1e-9)
+                    ips = (step - step0) * batch_size / max(elapsed, 1e-9)
                     bar.set_postfix(loss=f"{recent:.3f}", img_s=f"{ips:.0f}", lr=f"{cur_lr:.3g}")
                     if callback is not None:
                         info = StepInfo(
@@ -531,14 +583,19 @@ def train_moco(
                     break
                 if step >= total:
                     break
+                if state_path is not None and (epoch_end or time.perf_counter() - last_save > state_every_s):
+                    save_state()
+                    last_save = time.perf_counter()
     finally:
         data.close()
         bar.close()
+    if state_path is not None and stop_reason in ("interrupted", "callback"):
+        save_state()
     if stop_reason == "completed" and step < epochs * steps_per_epoch:
         stop_reason = "max_steps"
     if cuda:
         torch.cuda.synchronize(dev)
-    elapsed = time.perf_counter() - t0
+    elapsed = elapsed_before + time.perf_counter() - t0
     encoder = model.backbone_q
     encoder.to(device="cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     encoder.eval()
@@ -555,4 +612,36 @@ def train_moco(
         steps=step,
         images_per_s=step * batch_size / max(elapsed, 1e-9),
         stop_reason=stop_reason,
+        resumed_from_step=step0,
+        state_path=state_path,
     )
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a training state atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_state(path: Path, run_key: str, model: MoCo, opt: torch.optim.Optimizer, scaler: Any,
+                gen: torch.Generator, rng: np.random.Generator, losses: Tensor, top1s: Tensor) -> tuple[int, float]:
+    """Restore a saved training state in place; returns (step, seconds already trained)."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file: say which, do not guess
+        raise LenscatError(f"{path}: cannot read the saved training state ({exc}); delete it to start over") from exc
+    if st.get("key") != run_key:
+        raise LenscatError(f"{path}: saved state of another run; delete it to start over")
+    model.load_state_dict(st["model"])
+    model._ptr = int(st["ptr"])
+    opt.load_state_dict(st["opt"])
+    if st["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(st["scaler"])
+    gen.set_state(st["gen"])
+    rng.bit_generator.state = st["epoch_rng"]
+    step = int(st["step"])
+    losses[:step] = st["losses"].to(losses.device)
+    top1s[:step] = st["top1s"].to(top1s.device)
+    return step, float(st["elapsed_s"])

@@ -127,6 +127,42 @@ def test_callback_and_ctrl_c_stop_cleanly(data):
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
+@pytest.mark.parametrize("stop_at", [4, 3])  # mid-epoch, and exactly at an epoch end (3 steps per epoch)
+def test_a_stopped_run_resumes_bit_identically(data, tmp_path: Path, stop_at: int):
+    """State saved on an early stop; the same call continues and ends where an uninterrupted run does."""
+    src = ArraySource(data[0][:48], ebv=np.linspace(0, 0.2, 48))
+    kw = dict(arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=3, batch_size=16, lr=0.05,
+              seed=3, progress=False)
+    ref = train_moco(src, **kw)
+    first = train_moco(src, **kw, state_dir=tmp_path, callback=lambda info: info.step >= stop_at)
+    assert first.stop_reason == "callback" and first.steps == stop_at and first.state_path.exists()
+    resumed = train_moco(src, **kw, state_dir=tmp_path)
+    assert resumed.resumed_from_step == stop_at and resumed.steps == 9 and resumed.stop_reason == "completed"
+    assert resumed.history == ref.history and resumed.top1 == ref.top1
+    for k, v in ref.encoder.state_dict().items():
+        assert torch.equal(v, resumed.encoder.state_dict()[k]), k
+    # another run (other seed) gets its own state file; a damaged file is a clear error
+    other = train_moco(src, **{**kw, "seed": 4}, state_dir=tmp_path, max_steps=1)
+    assert other.state_path != first.state_path and other.resumed_from_step == 0
+    first.state_path.write_bytes(b"truncated")
+    with pytest.raises(LenscatError, match="cannot read the saved training state"):
+        train_moco(src, **kw, state_dir=tmp_path)
+
+
+def test_periodic_state_saves(data, tmp_path: Path):
+    src = ArraySource(data[0][:32])
+    seen = []
+
+    def look(info):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    r = train_moco(src, arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=3, batch_size=16,
+                   lr=0.05, progress=False, state_dir=tmp_path, state_every_s=0.0, callback=look)
+    assert r.stop_reason == "completed" and r.state_path is not None
+    assert seen[0] == [] and seen[1] == [r.state_path.name]  # saved after step 1, never half-written
+    assert not list(tmp_path.glob("*.part"))
+
+
 def test_training_errors(data):
     src = ArraySource(data[0][:8])
     with pytest.raises(LenscatError, match="at least batch_size=16 images"):
