@@ -403,15 +403,21 @@ def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:
 
 # ------------------------------------------------------------------------------------ loading
 @lru_cache(maxsize=4)
-def _load_checkpoint(path: str, sha256: str) -> dict[str, Any]:
-    import torch
-
+def _check_checkpoint(path: str, sha256: str) -> None:
+    """A registered classifier checkpoint is where it was stored and unchanged."""
     from lenscat.ingest_log import file_sha256
 
     if not Path(path).is_file():
-        raise LenscatError(f"{path}: classifier checkpoint not found (is LENSCAT_HOME/models shared with workers?)")
+        raise LenscatError(f"{path}: classifier checkpoint not found (is LENSCAT_HOME/models shared with workers? "
+                           "if it is mounted elsewhere: `lenscat db relocate OLD_DIR NEW_DIR`)")
     if file_sha256(Path(path)) != sha256:
         raise LenscatError(f"{path}: checkpoint sha256 does not match the registered version")
+
+
+def _load_checkpoint(path: str, sha256: str) -> dict[str, Any]:
+    import torch
+
+    _check_checkpoint(path, sha256)
     return dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -443,11 +449,9 @@ def score_function(model: ModelVersion, device: str | None = None) -> Any:
 
 @lru_cache(maxsize=2)
 def _load_image_model(path: str, sha256: str) -> Any:
-    from lenscat.ingest_log import file_sha256
     from lenscat.models.supervised import load_classifier
 
-    if file_sha256(Path(path)) != sha256:
-        raise LenscatError(f"{path}: checkpoint sha256 does not match the registered version")
+    _check_checkpoint(path, sha256)
     net, _ = load_classifier(path)
     return net
 

@@ -181,7 +181,8 @@ class HDF5CutoutStore:
         import h5py
 
         if not self.path.is_file():
-            raise InputFileError(f"{self.path}: cutout file not found")
+            raise InputFileError(f"{self.path}: cutout file not found (if the data moved: "
+                                 "`lenscat db relocate OLD_DIR NEW_DIR`; `lenscat db files` lists what is missing)")
         try:
             fh = h5py.File(self.path, "r", rdcc_nbytes=self.rdcc_nbytes, rdcc_nslots=10007)
         except OSError as exc:

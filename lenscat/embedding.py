@@ -46,7 +46,8 @@ def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[An
     path = Path(model.checkpoint_path)
     if not path.is_file():
         raise InputFileError(f"{path}: checkpoint of encoder {model.label} is missing "
-                             "(workers need the same LENSCAT_HOME/models, e.g. a shared volume)")
+                             "(workers need the same LENSCAT_HOME/models, e.g. a shared volume; if it is "
+                             "mounted elsewhere: `lenscat db relocate OLD_DIR NEW_DIR`)")
     sha = file_sha256(path)
     if sha != model.checkpoint_sha256:
         raise InputFileError(f"{path}: checkpoint sha256 {sha[:12]}... does not match encoder {model.label} "

@@ -60,6 +60,13 @@ def test_moved_files_are_found_missing_then_relocated(session, tmp_path):
 
     shutil.move(old, new)
     assert check_files(files, progress=False) == ["missing"] * 4
+    from lenscat.cutouts import source_cutout
+    from lenscat.errors import InputFileError
+
+    sid = session.execute(text("SELECT source_id FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
+                               "WHERE v.name = 'moved-survey' LIMIT 1")).scalar_one()
+    with pytest.raises(InputFileError, match="cutout file not found .*lenscat db relocate"):
+        source_cutout(sid, session=session)  # the reader says what to do
 
     plan = relocate_files(old, new, session=session, dry_run=True, progress=False)
     assert plan.counts() == {"cutouts": 2, "spectra": 1, "checkpoint": 1}
@@ -74,10 +81,6 @@ def test_moved_files_are_found_missing_then_relocated(session, tmp_path):
     fits = next(f for f in moved if f.members)
     assert all(m.startswith(str(new / "fits") + "/") for m in fits.members) and fits.path == fits.members[0]
 
-    from lenscat.cutouts import source_cutout
-
-    sid = session.execute(text("SELECT source_id FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
-                               "WHERE v.name = 'moved-survey' LIMIT 1")).scalar_one()
     image, _ = source_cutout(sid, session=session)  # read from the new place
     assert image.shape == (3, 152, 152)
 
