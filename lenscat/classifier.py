@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import raw_connection
-from lenscat.errors import LenscatError
+from lenscat.errors import Interrupted, LenscatError
 from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
 from lenscat.labels import near_known_lenses, resolve_labels
 from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
@@ -347,9 +347,19 @@ def train_image_classifier_version(
         spec = dict(enc.input_spec or spec)
     crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
     images = catalogue_images(split.train_ids, session=session)
+    from lenscat.encoders import training_state_dir
+
+    tag = hashlib.sha256(np.asarray(split.train_ids, dtype=np.int64).tobytes()
+                         + np.asarray(split.train_y, dtype=np.int8).tobytes()
+                         + str(enc.checkpoint_sha256 if enc else "").encode()).hexdigest()
     model, train_metrics = train_image_classifier(
         images, split.train_y.astype(np.float32), backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
-        lens_fraction=lens_fraction, crop=crop, device=device, seed=seed, progress=progress, max_steps=max_steps)
+        lens_fraction=lens_fraction, crop=crop, device=device, seed=seed, progress=progress, max_steps=max_steps,
+        state_dir=training_state_dir(), run_tag=tag)
+    if train_metrics["interrupted"] and train_metrics["state_path"]:
+        raise Interrupted(f"training state saved at step {train_metrics['steps']} of "
+                          f"{train_metrics['steps_planned']} ({train_metrics['state_path']}); "
+                          "re-run the same command to resume")
     # one validation pass at the end (every epoch would cost more than training on small sets)
     val_images = catalogue_images(split.val_ids, session=session)
     val_scores = score_images(model, val_images, device=device)
@@ -363,13 +373,16 @@ def train_image_classifier_version(
                "batch_size": batch_size, "lr": lr, "lens_fraction": lens_fraction, "crop": crop,
                "max_steps": max_steps, "seed": seed,
                "origins": origins or [], "surveys": surveys or []}
-    metrics = {**split.summary(), **{k: v for k, v in train_metrics.items() if isinstance(v, (int, float, str))}}
+    metrics = {**split.summary(), **{k: v for k, v in train_metrics.items()
+                                     if isinstance(v, (int, float, str)) and k != "state_path"}}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{arch}.pt"
         save_classifier(model, path, hparams={**hparams, "train_ids": split.train_ids.tolist(),
                                               "val_ids": split.val_ids.tolist()})
         version, created = _register(name, arch, path, encoder=enc, hparams=hparams, split=split, metrics=metrics,
                                      input_spec={"input": "image", **spec}, session=session)
+    if train_metrics["state_path"]:  # registered (the caller commits): nothing is left to resume
+        Path(train_metrics["state_path"]).unlink(missing_ok=True)
     return TrainResult(version, created, {**metrics, "classifier": version.label,
                                           "encoder": enc.label if enc else None, "created": created,
                                           "notes": split.notes})
@@ -402,7 +415,6 @@ def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:
 
 
 # ------------------------------------------------------------------------------------ loading
-@lru_cache(maxsize=4)
 def _check_checkpoint(path: str, sha256: str) -> None:
     """A registered classifier checkpoint is where it was stored and unchanged."""
     from lenscat.ingest_log import file_sha256
@@ -414,6 +426,7 @@ def _check_checkpoint(path: str, sha256: str) -> None:
         raise LenscatError(f"{path}: checkpoint sha256 does not match the registered version")
 
 
+@lru_cache(maxsize=4)
 def _load_checkpoint(path: str, sha256: str) -> dict[str, Any]:
     import torch
 

@@ -23,8 +23,6 @@ raises :class:`KeyboardInterrupt` at once and nothing is returned. A ``callback`
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import signal
 import threading
@@ -41,6 +39,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from lenscat.errors import LenscatError
+from lenscat.models import trainstate
 from lenscat.models.augment import AugmentConfig, Augmenter
 from lenscat.models.data import ImageSource, prefetch
 from lenscat.models.preprocess import Preprocessing
@@ -493,12 +492,11 @@ def train_moco(
     state_path: Path | None = None
     run_key = ""
     if state_dir is not None:
-        keyed = {k: v for k, v in hp_record.items() if k not in ("device", "amp_dtype", "log_every")}
-        run_key = hashlib.sha256(json.dumps({**keyed, "max_steps": max_steps, "run_tag": run_tag},
-                                            sort_keys=True, default=str).encode()).hexdigest()
-        state_path = Path(state_dir).expanduser() / f"moco-{run_key[:20]}.state"
+        run_key = trainstate.run_key({**hp_record, "max_steps": max_steps, "run_tag": run_tag})
+        state_path = trainstate.state_file(state_dir, "moco", run_key)
         if state_path.exists():
-            step, elapsed_before = _load_state(state_path, run_key, model, opt, scaler, gen, rng, losses, top1s)
+            step, elapsed_before = _restore(trainstate.read_state(state_path, run_key), model, opt, scaler, gen,
+                                            rng, losses, top1s)
     step0 = step
     epoch_rng: dict[int, Any] = {}
 
@@ -506,7 +504,7 @@ def train_moco(
         assert state_path is not None
         elapsed_now = elapsed_before + time.perf_counter() - t0
         epoch_next = step // steps_per_epoch
-        _save_state(state_path, {
+        trainstate.write_state(state_path, {
             "key": run_key, "step": step, "model": model.state_dict(), "ptr": model._ptr,
             "opt": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "gen": gen.get_state(),
@@ -617,23 +615,9 @@ def train_moco(
     )
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write a training state atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def _load_state(path: Path, run_key: str, model: MoCo, opt: torch.optim.Optimizer, scaler: Any,
-                gen: torch.Generator, rng: np.random.Generator, losses: Tensor, top1s: Tensor) -> tuple[int, float]:
-    """Restore a saved training state in place; returns (step, seconds already trained)."""
-    try:
-        st = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: say which, do not guess
-        raise LenscatError(f"{path}: cannot read the saved training state ({exc}); delete it to start over") from exc
-    if st.get("key") != run_key:
-        raise LenscatError(f"{path}: saved state of another run; delete it to start over")
+def _restore(st: dict[str, Any], model: MoCo, opt: torch.optim.Optimizer, scaler: Any, gen: torch.Generator,
+             rng: np.random.Generator, losses: Tensor, top1s: Tensor) -> tuple[int, float]:
+    """Put a saved MoCo training state back in place; returns (step, seconds already trained)."""
     model.load_state_dict(st["model"])
     model._ptr = int(st["ptr"])
     opt.load_state_dict(st["opt"])

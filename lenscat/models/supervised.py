@@ -64,6 +64,7 @@ from tqdm import tqdm
 
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.evaluation import roc_auc
+from lenscat.models import trainstate
 from lenscat.models.augment import AugmentConfig, Augmenter
 from lenscat.models.checkpoint import (
     _build_empty,
@@ -523,6 +524,9 @@ def train_image_classifier(
     seed: int = 0,
     progress: bool = False,
     max_steps: int | None = None,
+    state_dir: str | Path | None = None,
+    state_every_s: float = 600.0,
+    run_tag: str = "",
 ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Train a lens classifier: fine-tune ``backbone``, or a CNN from scratch when it is None.
 
@@ -583,6 +587,13 @@ def train_image_classifier(
     max_steps : int, optional
         Stop after this many steps (the cosine spans ``min(epochs * steps_per_epoch,
         max_steps)``).
+    state_dir : str or Path, optional
+        Make the run resumable (as :func:`~lenscat.models.moco.train_moco`): model, optimiser,
+        gradient scaler, augmentation generator, losses and validation history are saved to
+        ``state_dir/classifier-<run key>.state`` at every epoch end, every ``state_every_s``
+        seconds and on Ctrl-C; the same call later continues from there (the batches are
+        replayed from the seed, so on the CPU the result is bit-identical). ``run_tag`` joins
+        the key (e.g. a hash of the training and validation sets and of the backbone).
 
     Returns
     -------
@@ -684,11 +695,6 @@ def train_image_classifier(
     reader = _UniqueReads(source)
     with_ebv = augmenter is not None and augmenter.config.reddening and hasattr(source, "ebv")
 
-    def batches() -> Iterator[np.ndarray]:
-        yield first
-        for _ in range(total - 1):
-            yield next(batch_iter)
-
     hp_record: dict[str, Any] = {
         "mode": "fine-tune" if fine_tune else "supervised",
         "arch": arch,
@@ -725,10 +731,45 @@ def train_image_classifier(
     losses = torch.zeros(total, device=dev)
     n_lens_seen = 0
     step = 0
-    last_log = 0
+    elapsed_before = 0.0
+    key = trainstate.run_key({**hp_record, "n_val": None if y_val is None else len(y_val), "run_tag": run_tag})
+    state_path = None if state_dir is None else trainstate.state_file(state_dir, "classifier", key)
+    if state_path is not None and state_path.exists():
+        st = trainstate.read_state(state_path, key)
+        model.load_state_dict(st["model"])
+        _move(model, dev)
+        opt.load_state_dict(st["opt"])
+        if st["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(st["scaler"])
+        gen.set_state(st["gen"])
+        step, n_lens_seen, elapsed_before = int(st["step"]), int(st["n_lens_seen"]), float(st["elapsed_s"])
+        losses[:step] = st["losses"].to(dev)
+        val_loss[:], val_auc[:], val_steps[:] = st["val_loss"], st["val_auc"], st["val_steps"]
+    step0 = step
+
+    def save_state() -> None:
+        assert state_path is not None
+        trainstate.write_state(state_path, {
+            "key": key, "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "gen": gen.get_state(),
+            "losses": losses[:step].cpu(), "n_lens_seen": n_lens_seen, "val_loss": val_loss,
+            "val_auc": val_auc, "val_steps": val_steps,
+            "elapsed_s": elapsed_before + time.perf_counter() - t0,
+        })
+
+    def batches() -> Iterator[np.ndarray]:
+        # the batch indices depend only on the seed: a resumed run replays (without reading) the first ones
+        for i in range(total):
+            idx = first if i == 0 else next(batch_iter)
+            if i >= step0:
+                yield idx
+
+    last_log = step
+    last_save = time.perf_counter()
     stop_reason = "completed"
+    clean_stop = False
     desc = f"{'fine-tune' if fine_tune else 'cnn'} {arch}"
-    bar = tqdm(total=total, disable=not progress, unit="step", desc=desc, leave=True)
+    bar = tqdm(total=total, initial=step, disable=not progress, unit="step", desc=desc, leave=True)
     t0 = time.perf_counter()
     data = prefetch(reader, batches(), with_ebv=with_ebv)
     try:
@@ -772,17 +813,24 @@ def train_image_classifier(
                     validate(step)
                 if sigint.requested:
                     stop_reason = "interrupted"
+                    clean_stop = True  # at a step boundary: the state can be saved
                     break
+                if (state_path is not None and step < total
+                        and (epoch_end or time.perf_counter() - last_save > state_every_s)):
+                    save_state()
+                    last_save = time.perf_counter()
     except KeyboardInterrupt:
         stop_reason = "interrupted"
     finally:
         data.close()
         bar.close()
+    if state_path is not None and clean_stop:  # not after a second Ctrl-C, which may land mid-step
+        save_state()
     if stop_reason == "completed" and step < epochs * steps_per_epoch:
         stop_reason = "max_steps"
     if cuda:
         torch.cuda.synchronize(dev)
-    elapsed = time.perf_counter() - t0
+    elapsed = elapsed_before + time.perf_counter() - t0
     if frozen:
         model.backbone.requires_grad_(True)
     _to_cpu(model)
@@ -803,6 +851,8 @@ def train_image_classifier(
         "amp_dtype": hp_record["amp_dtype"],
         "stop_reason": stop_reason,
         "interrupted": stop_reason == "interrupted",
+        "resumed_from_step": step0,
+        "state_path": None if state_path is None else str(state_path),
         "lr_head": lr,
         "lr_backbone": 0.0 if frozen else lr * factor,
         "param_groups": [

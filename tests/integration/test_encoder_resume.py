@@ -42,3 +42,43 @@ def test_interrupted_training_resumes_and_registers_once(session, tmp_path, monk
     again, created_again, fresh = train_encoder("resume-enc", ["resume-survey"], **args)
     assert fresh["resumed_from_step"] == 0 and not created_again
     assert again.model_id == model.model_id and again.checkpoint_sha256 == model.checkpoint_sha256
+
+
+def test_interrupted_classifier_training_resumes_and_registers_once(session, tmp_path, monkeypatch):
+    import numpy as np
+    from astropy.table import Table
+
+    from lenscat.classifier import train_image_classifier_version
+    from lenscat.labels import import_labels
+    from lenscat.source_ingest import ingest_sources
+    from tests.integration.test_embed_workers import write_stein_h5
+
+    h5 = tmp_path / "clf.h5"
+    write_stein_h5(h5, 96, seed=9)
+    ingest_sources(h5, "resume-clf")
+    truth = tmp_path / "truth.csv"
+    Table({"objid": np.arange(1000, 1096), "lens": (np.arange(96) % 8 == 0).astype(int)}).write(
+        truth, format="ascii.csv")
+    import_labels(truth, label_col="lens", survey="resume-clf", session=session)
+    args = dict(arch="cnn", session=session, surveys=["resume-clf"], ratio=5, val_ratio=5, epochs=3,
+                batch_size=8, crop=32, seed=1)
+    real_get = CatalogueImages.get
+    reads = []
+
+    def ctrl_c_on_fourth_read(self, indices):
+        reads.append(len(indices))
+        if len(reads) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_get(self, indices)
+
+    monkeypatch.setattr(CatalogueImages, "get", ctrl_c_on_fourth_read)
+    with pytest.raises(Interrupted, match=r"training state saved at step \d+ of \d+"):
+        train_image_classifier_version("resume-cnn", **args)
+    assert session.execute(text("SELECT count(*) FROM lenscat.model_versions WHERE name = 'resume-cnn'")).scalar() == 0
+    states = list(training_state_dir().glob("classifier-*.state"))
+    assert len(states) == 1
+    monkeypatch.setattr(CatalogueImages, "get", real_get)
+    done = train_image_classifier_version("resume-cnn", **args)
+    assert done.created and done.report["resumed_from_step"] >= 1 and not states[0].exists()
+    again = train_image_classifier_version("resume-cnn", **args)  # uninterrupted: the same checkpoint
+    assert not again.created and again.model.model_id == done.model.model_id

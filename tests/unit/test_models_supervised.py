@@ -247,6 +247,25 @@ def test_ctrl_c_returns_the_model_so_far(data, how: str):
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
+def test_an_interrupted_run_resumes_bit_identically(data, tmp_path):
+    """Ctrl-C saves the state; the same call continues, with the validation history, to the same model."""
+    x, y = data["x"][:64], data["y"][:64]
+    kw = dict(encoder_hparams=TINY, crop=CROP, batch_size=16, epochs=3, device="cpu", seed=2,
+              val_images=data["x"][64:96], val_labels=data["y"][64:96])
+    ref_model, ref = train_image_classifier(x, y, **kw)
+    _, first = train_image_classifier(_StopAt(x, n=7, how="sigint"), y, **kw, state_dir=tmp_path, run_tag="t")
+    assert first["stop_reason"] == "interrupted" and 4 < first["steps"] < 12 and first["val_steps"] == [4]
+    model, again = train_image_classifier(x, y, **kw, state_dir=tmp_path, run_tag="t")
+    assert again["resumed_from_step"] == first["steps"] and again["steps"] == 12
+    assert again["loss_history"] == ref["loss_history"] and again["val_auc"] == ref["val_auc"]
+    assert again["val_steps"] == [4, 8, 12] and again["lens_fraction_seen"] == ref["lens_fraction_seen"]
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    # another tag is another run: it starts from step 0
+    _, other = train_image_classifier(x, y, **kw, state_dir=tmp_path, run_tag="u", max_steps=1)
+    assert other["resumed_from_step"] == 0
+
+
 def test_errors(data):
     x, y = data["x"][:32], data["y"][:32]
     with pytest.raises(LenscatError, match="31 labels for 32 images"):
