@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lenscat.errors import InputFileError, LenscatError
+from lenscat.errors import InputFileError, Interrupted, LenscatError
 from lenscat.evaluation import roc_auc
+from lenscat.models import trainstate
 from lenscat.models.checkpoint import _load, _plain, cpu_state_dict, write_checkpoint
 from lenscat.spectra.grid import WINDOW
 from lenscat.spectra.masks import galaxy_line_masks, sky_line_mask
@@ -635,6 +636,8 @@ def train_specnet(
     amp: bool = True,
     progress: bool = True,
     wave: np.ndarray | None = None,
+    state_dir: str | Path | None = None,
+    run_tag: str = "",
 ) -> tuple[SpecResNet, dict[str, Any]]:
     """Train a :class:`SpecResNet` on (synthetic) spectra.
 
@@ -670,6 +673,13 @@ def train_specnet(
         Autocast on CUDA.
     progress : bool
         tqdm bar on stderr.
+    state_dir : str or Path, optional
+        Make the run resumable: after every epoch but the last, the model, optimiser, random
+        generators, history and best weights so far are saved to
+        ``state_dir/specnet-<run key>.state``; the same call later continues with the next epoch
+        (bit-identical on the CPU). Ctrl-C then raises :class:`~lenscat.errors.Interrupted`
+        saying how far the saved state got. ``run_tag`` joins the key (e.g. a hash of the
+        training-set recipe); the file is left in place at the end (``history['state_path']``).
 
     Returns
     -------
@@ -723,11 +733,29 @@ def train_specnet(
         best_state: dict[str, Tensor] | None = None
         best_epoch = epochs
         step = 0
-        bar = tqdm(total=total, disable=not progress, unit="step", desc="specnet", leave=True)
+        epoch0 = 0
+        elapsed_before = 0.0
+        state_key = trainstate.run_key({"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                                  "gamma": gamma, "alpha": alpha, "position_weight": position_weight, "fpr": fpr,
+                                  "config": cfg, "seed": seed, "n": n, "n_val": None if val is None else len(val[1]),
+                                  "run_tag": run_tag})
+        state_path = None if state_dir is None else trainstate.state_file(state_dir, "specnet", state_key)
+        if state_path is not None and state_path.exists():
+            st = trainstate.read_state(state_path, state_key)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            rng.bit_generator.state = st["rng"]
+            torch.set_rng_state(st["torch_rng"])
+            if cuda and st["cuda_rng"] is not None:
+                torch.cuda.set_rng_state(st["cuda_rng"], dev)
+            hist, best_key, best_state, best_epoch = st["hist"], st["best_key"], st["best_state"], st["best_epoch"]
+            epoch0, step, elapsed_before = int(st["epochs_done"]), int(st["step"]), float(st["elapsed_s"])
+        bar = tqdm(total=total, initial=step, disable=not progress, unit="step", desc="specnet", leave=True)
         t0 = time.perf_counter()
         amp_on = amp and cuda
+        saved = epoch0
         try:
-            for epoch in range(epochs):
+            for epoch in range(epoch0, epochs):
                 model.train()
                 order = torch.from_numpy(rng.permutation(n))
                 sums = torch.zeros(3, device=dev)
@@ -777,11 +805,24 @@ def train_specnet(
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                     bar.set_postfix(loss=f"{means[0]:.4f}", auc=f"{auc:.4f}",
                                     comp=f"{comp:.3f}", epoch=epoch + 1)
+                if state_path is not None and epoch + 1 < epochs:
+                    trainstate.write_state(state_path, {
+                        "key": state_key, "epochs_done": epoch + 1, "step": step, "model": model.state_dict(),
+                        "opt": opt.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(dev) if cuda else None, "hist": hist,
+                        "best_key": best_key, "best_state": best_state, "best_epoch": best_epoch,
+                        "elapsed_s": elapsed_before + time.perf_counter() - t0})
+                    saved = epoch + 1
+        except KeyboardInterrupt:
+            if state_path is None or not saved:
+                raise
+            raise Interrupted(f"training state saved after epoch {saved} of {epochs} ({state_path}); "
+                              "re-run the same command to resume") from None
         finally:
             bar.close()
         if cuda:
             torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - t0
+        seconds = elapsed_before + time.perf_counter() - t0
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
@@ -794,7 +835,8 @@ def train_specnet(
     }
     history: dict[str, Any] = {k: v for k, v in hist.items() if v}
     history.update(best_epoch=best_epoch, seconds=seconds, steps=step,
-                   spectra_per_s=step * batch_size / max(seconds, 1e-9), hparams=hparams)
+                   spectra_per_s=step * batch_size / max(seconds, 1e-9), hparams=hparams,
+                   resumed_from_epoch=epoch0, state_path=None if state_path is None else str(state_path))
     return model, history
 
 

@@ -116,7 +116,15 @@ def train_detector(
     train = make_training_set(n_train, positive_fraction=positive_fraction, seed=seed, residuals=residuals)
     val = make_training_set(n_val, positive_fraction=positive_fraction, seed=seed + 1, residuals=residuals)
     t_synth = time.perf_counter() - t0
-    kwargs: dict[str, Any] = {"seed": seed, "device": device, "progress": progress}
+    set_desc = {"generator": "lenscat.spectra.synth.make_training_set", "n_train": n_train, "n_val": n_val,
+                "positive_fraction": positive_fraction, "seed": seed, "residual_pack": residual_pack,
+                "residual_spectrum_ids_sha256": hashlib.sha256(json.dumps(residual_ids).encode()).hexdigest()
+                if residual_ids else None}
+    tsha = hashlib.sha256(json.dumps(set_desc, sort_keys=True).encode()).hexdigest()
+    from lenscat.encoders import training_state_dir
+
+    kwargs: dict[str, Any] = {"seed": seed, "device": device, "progress": progress,
+                              "state_dir": training_state_dir(), "run_tag": tsha}
     if epochs is not None:
         kwargs["epochs"] = epochs
     model, history = train_specnet(train.arrays(), val.arrays(), **kwargs)
@@ -135,11 +143,6 @@ def train_detector(
         "train_seconds": float(history.get("seconds", 0.0)), "synth_seconds": t_synth,
         "best_epoch": history.get("best_epoch"), "n_train": n_train, "n_val": n_val,
     }
-    set_desc = {"generator": "lenscat.spectra.synth.make_training_set", "n_train": n_train, "n_val": n_val,
-                "positive_fraction": positive_fraction, "seed": seed, "residual_pack": residual_pack,
-                "residual_spectrum_ids_sha256": hashlib.sha256(json.dumps(residual_ids).encode()).hexdigest()
-                if residual_ids else None}
-    tsha = hashlib.sha256(json.dumps(set_desc, sort_keys=True).encode()).hexdigest()
     hparams = {**history.get("hparams", {}), "threshold": thr, "training_set": set_desc, "sample": sample}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "specnet.pt"
@@ -152,4 +155,6 @@ def train_detector(
                     "channels": ["snr_residual", "scaled_residual", "good_mask"]},
         training_set_sha256=tsha, metrics=json.loads(json.dumps(metrics, default=float)),
         description="Li et al. (2018) 1-D ResNet for background Lyman-alpha lines", session=session)
+    if history.get("state_path"):  # registered (the caller commits): nothing is left to resume
+        Path(history["state_path"]).unlink(missing_ok=True)
     return mv, metrics

@@ -145,6 +145,9 @@ def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(sessi
     ingest_spectra([d], pack="t-rn", workers=1, progress=False)
     mv, metrics = train_detector("t-specnet", n_train=3000, n_val=1500, epochs=3, residual_pack="t-rn",
                                  seed=3, progress=False, session=session)
+    from lenscat.encoders import training_state_dir
+
+    assert not list(training_state_dir().glob("specnet-*.state"))  # registered: the resumable state is gone
     write_injected(d / "sdss" / "spec-0403-51871-0462.fits", tmp_path / "spec-0403-51871-0999.fits")
     ingest_spectra([tmp_path / "spec-0403-51871-0999.fits"], pack="t-rn", workers=1, progress=False)
     assert metrics["val_auc"] > 0.8 and 0 < metrics["threshold"] < 1

@@ -144,6 +144,43 @@ def test_training_deterministic(one_torch_thread):
         assert torch.equal(v, w), k
 
 
+def test_an_interrupted_training_resumes_at_the_next_epoch(one_torch_thread, tmp_path, monkeypatch):
+    """State saved after each epoch; Ctrl-C says so; the same call finishes bit-identically."""
+    import lenscat.models.specnet as specnet
+    from lenscat.errors import Interrupted
+
+    tr = make_training_set(256, seed=5, positive_fraction=0.25, line_priors=BRIGHT)
+    va = make_training_set(128, seed=6, positive_fraction=0.25, line_priors=BRIGHT)
+    kw = {"epochs": 3, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu", "progress": False}
+    ref, ref_hist = train_specnet(tr.arrays(), va.arrays(), **kw)
+    real = specnet.specnet_loss
+    calls = []
+
+    def ctrl_c_at(n):
+        def loss(*a, **k):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+        return loss
+
+    monkeypatch.setattr(specnet, "specnet_loss", ctrl_c_at(2))  # in epoch 1: nothing saved yet
+    with pytest.raises(KeyboardInterrupt) as exc:
+        train_specnet(tr.arrays(), va.arrays(), **kw, state_dir=tmp_path)
+    assert not isinstance(exc.value, Interrupted) and not list(tmp_path.iterdir())
+    calls.clear()
+    monkeypatch.setattr(specnet, "specnet_loss", ctrl_c_at(10))  # in epoch 3 (4 steps per epoch)
+    with pytest.raises(Interrupted, match="saved after epoch 2 of 3"):
+        train_specnet(tr.arrays(), va.arrays(), **kw, state_dir=tmp_path)
+    monkeypatch.setattr(specnet, "specnet_loss", real)
+    model, hist = train_specnet(tr.arrays(), va.arrays(), **kw, state_dir=tmp_path)
+    assert hist["resumed_from_epoch"] == 2 and hist["steps"] == 12
+    assert hist["loss"] == ref_hist["loss"] and hist["val_auc"] == ref_hist["val_auc"]
+    assert hist["best_epoch"] == ref_hist["best_epoch"]
+    for (k, v), w in zip(ref.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
 def test_save_load_round_trip(trained, tmp_path):
     model, hist, va, xva = trained
     path = tmp_path / "spec.pt"
