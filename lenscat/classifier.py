@@ -320,12 +320,14 @@ def train_image_classifier_version(
     device: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    resume: bool = True,
 ) -> TrainResult:
     """Fine-tune an encoder with a head (``finetune``) or train a CNN from scratch (``cnn``) on cutouts.
 
     Meant for a GPU; runs (slowly) on a CPU. Lenses are oversampled to ``lens_fraction`` of each
     batch (Stein et al.: ~5%). An epoch is one pass over the training images; ``max_steps`` caps the
-    number of batches.
+    number of batches. Interrupted (Ctrl-C), it raises :class:`~lenscat.errors.Interrupted` after
+    saving its state; the same call resumes (``resume=False``: start over).
     """
     from lenscat.encoders import DEFAULT_INPUT_SPEC
     from lenscat.models.checkpoint import load_encoder
@@ -355,7 +357,7 @@ def train_image_classifier_version(
     model, train_metrics = train_image_classifier(
         images, split.train_y.astype(np.float32), backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
         lens_fraction=lens_fraction, crop=crop, device=device, seed=seed, progress=progress, max_steps=max_steps,
-        state_dir=training_state_dir(), run_tag=tag)
+        state_dir=training_state_dir(), run_tag=tag, resume=resume)
     if train_metrics["interrupted"] and train_metrics["state_path"]:
         raise Interrupted(f"training state saved at step {train_metrics['steps']} of "
                           f"{train_metrics['steps_planned']} ({train_metrics['state_path']}); "

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.cli_common import FORMAT_OPTION, RESTART_OPTION, _err, ensure_schema
 from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
@@ -134,6 +134,7 @@ def _origins(values: tuple[str, ...]) -> list[str] | None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop image training after this many steps.")
 @click.option("--device", default=None, help="cpu, cuda (image architectures; default CUDA when available).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@RESTART_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
 def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys: tuple[str, ...],
                          origins: tuple[str, ...], ratio: float | None, val_ratio: float, val_fraction: float,
@@ -141,8 +142,12 @@ def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys
                          top_n: int | None, batch_size: int, lr: float, lens_fraction: float, crop: int | None,
                          max_steps: int | None,
                          device: str | None,
-                         seed: int, as_json: bool) -> None:
-    """Train a lens classifier and register it as a new version (same inputs: no new version)."""
+                         seed: int, restart: bool, as_json: bool) -> None:
+    """Train a lens classifier and register it as a new version (same inputs: no new version).
+
+    The image architectures (finetune, cnn) save their training state every epoch, every 10
+    minutes and on Ctrl-C; the same command resumes an interrupted run.
+    """
     from lenscat.classifier import train_image_classifier_version, train_linear_classifier
     from lenscat.db.session import session_scope
 
@@ -161,7 +166,7 @@ def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys
                 name, arch=arch, session=s, encoder=encoder_name, surveys=list(surveys) or None,
                 ratio=ratio or 100, val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=_origins(origins),
                 epochs=epochs or 3, batch_size=batch_size, lr=lr, lens_fraction=lens_fraction, crop=crop, max_steps=max_steps, device=device, seed=seed,
-                progress=not as_json)
+                progress=not as_json, resume=not restart)
     for note in res.report.get("notes", []):
         _err(f"lenscat: note: {note}")
     if as_json:

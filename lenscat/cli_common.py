@@ -13,6 +13,12 @@ FORMAT_OPTION = click.option(
 )
 
 
+RESTART_OPTION = click.option(
+    "--restart", is_flag=True,
+    help="Start over, discarding the saved state of an interrupted run with the same options.",
+)
+
+
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.cli_common import FORMAT_OPTION, RESTART_OPTION, _err, ensure_schema
 from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
@@ -71,13 +71,18 @@ def encoder() -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available).")
+@RESTART_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int, batch_size: int,
                       lr: float, queue_size: int, crop: int, temperature: float, max_images: int,
                       max_steps: int | None, seed: int,
-                      device: str | None, as_json: bool) -> None:
+                      device: str | None, restart: bool, as_json: bool) -> None:
     """Self-supervised MoCo-v2 pre-training with Stein et al.'s augmentations (reddening, flips,
-    rotations, 0.9-1.1 scaling, PSF blur, +-7 px jitter with a 96 px centre crop, noise)."""
+    rotations, 0.9-1.1 scaling, PSF blur, +-7 px jitter with a 96 px centre crop, noise).
+
+    The training state is saved every epoch, every 10 minutes and on Ctrl-C (in
+    LENSCAT_HOME/training); the same command resumes an interrupted run.
+    """
     from lenscat.encoders import train_encoder
     from lenscat.settings import get_settings
 
@@ -87,7 +92,7 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
         name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
         max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature, seed=seed,
         device=device or get_settings().device,
-        hparams=hp,
+        hparams=hp, resume=not restart,
     )
     out = {"encoder": model.label, "created": created, "architecture": model.architecture,
            "dim": model.output_dim, "checkpoint_sha256": model.checkpoint_sha256, **metrics}

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
+from lenscat.cli_common import FORMAT_OPTION, RESTART_OPTION, _err, ensure_schema
 from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
@@ -139,10 +139,15 @@ def matched_filter_cmd(name: str, threshold: float, sample: str, as_json: bool) 
               help="Spectra the detector scans: galaxies with a pipeline redshift, or all.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda when available).")
+@RESTART_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def train_cmd(name: str, n_train: int, n_val: int, positive_fraction: float, epochs: int | None, pack: str | None,
-              threshold: float | None, sample: str, seed: int, device: str | None, as_json: bool) -> None:
-    """Train the Li et al. (2018) 1-D ResNet on synthetic spectra and register it as a detector."""
+              threshold: float | None, sample: str, seed: int, device: str | None, restart: bool,
+              as_json: bool) -> None:
+    """Train the Li et al. (2018) 1-D ResNet on synthetic spectra and register it as a detector.
+
+    The training state is saved after every epoch; after Ctrl-C the same command resumes.
+    """
     from lenscat.db.session import session_scope
     from lenscat.spectra.training import train_detector
 
@@ -150,7 +155,8 @@ def train_cmd(name: str, n_train: int, n_val: int, positive_fraction: float, epo
     with session_scope() as s:
         mv, metrics = train_detector(name, n_train=n_train, n_val=n_val, positive_fraction=positive_fraction,
                                      epochs=epochs, residual_pack=pack, threshold=threshold, seed=seed,
-                                     device=device, progress=not as_json, sample=sample, session=s)
+                                     device=device, progress=not as_json, sample=sample, session=s,
+                                     resume=not restart)
     out = {"detector": mv.label, "model_id": mv.model_id, "metrics": metrics}
     click.echo(json.dumps(out, default=str) if as_json else
                f"{mv.label}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

@@ -129,12 +129,15 @@ def train_encoder(
     device: str | None = None,
     progress: bool = True,
     hparams: dict[str, Any] | None = None,
+    resume: bool = True,
 ) -> tuple[ModelVersion, bool, dict[str, Any]]:
     """Self-supervised MoCo-v2 training of an encoder on a survey's cutouts; registers the version.
 
     ``crop`` is the side [pixels] of the centre crop the network sees (Stein et al.: 96 of 152;
     smaller crops train faster and concentrate on the central galaxy, where arcs are for
     Einstein radii up to ~3 arcsec). The crop is stored with the checkpoint and applied at inference.
+    An interrupted run (Ctrl-C) raises :class:`~lenscat.errors.Interrupted` after saving its state
+    in :func:`training_state_dir`; the same call resumes it (``resume=False``: start over).
     Returns (version, created, metrics). Sessions are short: the training itself holds none.
     """
     from lenscat.models.checkpoint import save_encoder
@@ -149,7 +152,8 @@ def train_encoder(
     moco_hp = {"queue_size": queue_size, "temperature": temperature, "preprocess": {"crop": int(crop)}}
     result = train_moco(ts.images, arch=arch, hparams={**arch_hp, **moco_hp}, epochs=epochs,
                         batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=progress,
-                        max_steps=max_steps, state_dir=training_state_dir(), run_tag=ts.sha256)
+                        max_steps=max_steps, state_dir=training_state_dir(), run_tag=ts.sha256,
+                        resume=resume)
     if result.stop_reason == "interrupted":
         raise Interrupted(f"training state saved at step {result.steps} of {result.hparams['steps_planned']} "
                           f"({result.state_path}); re-run the same command to resume")

@@ -352,6 +352,7 @@ def train_moco(
     state_dir: str | Path | None = None,
     state_every_s: float = 600.0,
     run_tag: str = "",
+    resume: bool = True,
 ) -> TrainResult:
     """Train an encoder with MoCo-v2 on cutouts.
 
@@ -397,6 +398,8 @@ def train_moco(
         Seconds between periodic state saves (checked at progress updates).
     run_tag : str
         Extra text that identifies the run in the key, e.g. a hash of the training set.
+    resume : bool
+        Continue from a saved state of this run; ``False`` discards it and starts over.
 
     Returns
     -------
@@ -494,6 +497,8 @@ def train_moco(
     if state_dir is not None:
         run_key = trainstate.run_key({**hp_record, "max_steps": max_steps, "run_tag": run_tag})
         state_path = trainstate.state_file(state_dir, "moco", run_key)
+        if not resume:
+            state_path.unlink(missing_ok=True)
         if state_path.exists():
             step, elapsed_before = _restore(trainstate.read_state(state_path, run_key), model, opt, scaler, gen,
                                             rng, losses, top1s)

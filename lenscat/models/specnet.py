@@ -638,6 +638,7 @@ def train_specnet(
     wave: np.ndarray | None = None,
     state_dir: str | Path | None = None,
     run_tag: str = "",
+    resume: bool = True,
 ) -> tuple[SpecResNet, dict[str, Any]]:
     """Train a :class:`SpecResNet` on (synthetic) spectra.
 
@@ -680,6 +681,7 @@ def train_specnet(
         (bit-identical on the CPU). Ctrl-C then raises :class:`~lenscat.errors.Interrupted`
         saying how far the saved state got. ``run_tag`` joins the key (e.g. a hash of the
         training-set recipe); the file is left in place at the end (``history['state_path']``).
+        ``resume=False`` discards a saved state and starts over.
 
     Returns
     -------
@@ -740,6 +742,8 @@ def train_specnet(
                                   "config": cfg, "seed": seed, "n": n, "n_val": None if val is None else len(val[1]),
                                   "run_tag": run_tag})
         state_path = None if state_dir is None else trainstate.state_file(state_dir, "specnet", state_key)
+        if state_path is not None and not resume:
+            state_path.unlink(missing_ok=True)
         if state_path is not None and state_path.exists():
             st = trainstate.read_state(state_path, state_key)
             model.load_state_dict(st["model"])

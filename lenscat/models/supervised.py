@@ -527,6 +527,7 @@ def train_image_classifier(
     state_dir: str | Path | None = None,
     state_every_s: float = 600.0,
     run_tag: str = "",
+    resume: bool = True,
 ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Train a lens classifier: fine-tune ``backbone``, or a CNN from scratch when it is None.
 
@@ -593,7 +594,8 @@ def train_image_classifier(
         ``state_dir/classifier-<run key>.state`` at every epoch end, every ``state_every_s``
         seconds and on Ctrl-C; the same call later continues from there (the batches are
         replayed from the seed, so on the CPU the result is bit-identical). ``run_tag`` joins
-        the key (e.g. a hash of the training and validation sets and of the backbone).
+        the key (e.g. a hash of the training and validation sets and of the backbone);
+        ``resume=False`` discards a saved state and starts over.
 
     Returns
     -------
@@ -734,6 +736,8 @@ def train_image_classifier(
     elapsed_before = 0.0
     key = trainstate.run_key({**hp_record, "n_val": None if y_val is None else len(y_val), "run_tag": run_tag})
     state_path = None if state_dir is None else trainstate.state_file(state_dir, "classifier", key)
+    if state_path is not None and not resume:
+        state_path.unlink(missing_ok=True)
     if state_path is not None and state_path.exists():
         st = trainstate.read_state(state_path, key)
         model.load_state_dict(st["model"])

@@ -67,6 +67,7 @@ def train_detector(
     device: str | None = None,
     progress: bool = True,
     sample: str = "galaxies",
+    resume: bool = True,
 ) -> tuple[ModelVersion, dict[str, Any]]:
     """Train a ResNet detector on synthetic spectra and register it.
 
@@ -90,6 +91,9 @@ def train_detector(
         Torch device (default: CUDA when available).
     sample
         Spectra the detector scans (:data:`lenscat.spectra.scan.SAMPLES`).
+    resume
+        Continue an interrupted training of the same recipe (its state is kept after every
+        epoch); ``False`` starts over.
 
     Returns
     -------
@@ -124,7 +128,7 @@ def train_detector(
     from lenscat.encoders import training_state_dir
 
     kwargs: dict[str, Any] = {"seed": seed, "device": device, "progress": progress,
-                              "state_dir": training_state_dir(), "run_tag": tsha}
+                              "state_dir": training_state_dir(), "run_tag": tsha, "resume": resume}
     if epochs is not None:
         kwargs["epochs"] = epochs
     model, history = train_specnet(train.arrays(), val.arrays(), **kwargs)

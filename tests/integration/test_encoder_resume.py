@@ -1,5 +1,6 @@
 """`lenscat encoder train` stopped by Ctrl-C keeps its state; the same command resumes and registers."""
 
+import json
 import os
 import signal
 
@@ -42,6 +43,24 @@ def test_interrupted_training_resumes_and_registers_once(session, tmp_path, monk
     again, created_again, fresh = train_encoder("resume-enc", ["resume-survey"], **args)
     assert fresh["resumed_from_step"] == 0 and not created_again
     assert again.model_id == model.model_id and again.checkpoint_sha256 == model.checkpoint_sha256
+
+    # interrupted again, then `--restart` from the CLI: the saved state is discarded, training starts at 0
+    reads.clear()
+    monkeypatch.setattr(CatalogueImages, "get", ctrl_c_on_third_read)
+    with pytest.raises(Interrupted):
+        train_encoder("resume-enc", ["resume-survey"], **args)
+    monkeypatch.setattr(CatalogueImages, "get", real_get)
+    from click.testing import CliRunner
+
+    from lenscat.cli import cli
+
+    res = CliRunner().invoke(cli, ["encoder", "train", "--name", "resume-enc", "--survey", "resume-survey",
+                                   "--epochs", "2", "--batch-size", "16", "--crop", "32", "--queue-size", "32",
+                                   "--seed", "5", "--restart", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["resumed_from_step"] == 0 and out["checkpoint_sha256"] == model.checkpoint_sha256
+    assert not list(training_state_dir().glob("moco-*.state"))
 
 
 def test_interrupted_classifier_training_resumes_and_registers_once(session, tmp_path, monkeypatch):
