@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import raw_connection
-from lenscat.errors import Interrupted, LenscatError
+from lenscat.errors import LenscatError
 from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
 from lenscat.labels import near_known_lenses, resolve_labels
 from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
@@ -350,6 +350,7 @@ def train_image_classifier_version(
     crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
     images = catalogue_images(split.train_ids, session=session)
     from lenscat.encoders import training_state_dir
+    from lenscat.models import trainstate
 
     tag = hashlib.sha256(np.asarray(split.train_ids, dtype=np.int64).tobytes()
                          + np.asarray(split.train_y, dtype=np.int8).tobytes()
@@ -359,9 +360,8 @@ def train_image_classifier_version(
         lens_fraction=lens_fraction, crop=crop, device=device, seed=seed, progress=progress, max_steps=max_steps,
         state_dir=training_state_dir(), run_tag=tag, resume=resume)
     if train_metrics["interrupted"] and train_metrics["state_path"]:
-        raise Interrupted(f"training state saved at step {train_metrics['steps']} of "
-                          f"{train_metrics['steps_planned']} ({train_metrics['state_path']}); "
-                          "re-run the same command to resume")
+        raise trainstate.interrupted(f"at step {train_metrics['steps']} of {train_metrics['steps_planned']}",
+                                     train_metrics["state_path"])
     # one validation pass at the end (every epoch would cost more than training on small sets)
     val_images = catalogue_images(split.val_ids, session=session)
     val_scores = score_images(model, val_images, device=device)

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import session_scope
-from lenscat.errors import InputFileError, Interrupted, LenscatError
+from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import file_sha256
 from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
 from lenscat.settings import get_settings
@@ -140,6 +140,7 @@ def train_encoder(
     in :func:`training_state_dir`; the same call resumes it (``resume=False``: start over).
     Returns (version, created, metrics). Sessions are short: the training itself holds none.
     """
+    from lenscat.models import trainstate
     from lenscat.models.checkpoint import save_encoder
     from lenscat.models.inference import best_device
     from lenscat.models.moco import train_moco
@@ -155,8 +156,7 @@ def train_encoder(
                         max_steps=max_steps, state_dir=training_state_dir(), run_tag=ts.sha256,
                         resume=resume)
     if result.stop_reason == "interrupted":
-        raise Interrupted(f"training state saved at step {result.steps} of {result.hparams['steps_planned']} "
-                          f"({result.state_path}); re-run the same command to resume")
+        raise trainstate.interrupted(f"at step {result.steps} of {result.hparams['steps_planned']}", result.state_path)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "encoder.pt"
         save_encoder(result.encoder, ckpt, arch=arch, hparams=result.encoder_hparams)

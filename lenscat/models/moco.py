@@ -492,16 +492,10 @@ def train_moco(
     }
     step = 0
     elapsed_before = 0.0
-    state_path: Path | None = None
-    run_key = ""
-    if state_dir is not None:
-        run_key = trainstate.run_key({**hp_record, "max_steps": max_steps, "run_tag": run_tag})
-        state_path = trainstate.state_file(state_dir, "moco", run_key)
-        if not resume:
-            state_path.unlink(missing_ok=True)
-        if state_path.exists():
-            step, elapsed_before = _restore(trainstate.read_state(state_path, run_key), model, opt, scaler, gen,
-                                            rng, losses, top1s)
+    run_key, state_path, saved = trainstate.saved_run(
+        state_dir, "moco", {**hp_record, "max_steps": max_steps, "run_tag": run_tag}, resume=resume)
+    if saved is not None:
+        step, elapsed_before = _restore(saved, model, opt, scaler, gen, rng, losses, top1s)
     step0 = step
     epoch_rng: dict[int, Any] = {}
 

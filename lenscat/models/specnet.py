@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from lenscat.errors import InputFileError, Interrupted, LenscatError
+from lenscat.errors import InputFileError, LenscatError
 from lenscat.evaluation import roc_auc
 from lenscat.models import trainstate
 from lenscat.models.checkpoint import _load, _plain, cpu_state_dict, write_checkpoint
@@ -737,15 +737,11 @@ def train_specnet(
         step = 0
         epoch0 = 0
         elapsed_before = 0.0
-        state_key = trainstate.run_key({"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                                  "gamma": gamma, "alpha": alpha, "position_weight": position_weight, "fpr": fpr,
-                                  "config": cfg, "seed": seed, "n": n, "n_val": None if val is None else len(val[1]),
-                                  "run_tag": run_tag})
-        state_path = None if state_dir is None else trainstate.state_file(state_dir, "specnet", state_key)
-        if state_path is not None and not resume:
-            state_path.unlink(missing_ok=True)
-        if state_path is not None and state_path.exists():
-            st = trainstate.read_state(state_path, state_key)
+        state_key, state_path, st = trainstate.saved_run(state_dir, "specnet", {
+            "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "gamma": gamma,
+            "alpha": alpha, "position_weight": position_weight, "fpr": fpr, "config": cfg, "seed": seed, "n": n,
+            "n_val": None if val is None else len(val[1]), "run_tag": run_tag}, resume=resume)
+        if st is not None:
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
             rng.bit_generator.state = st["rng"]
@@ -820,8 +816,7 @@ def train_specnet(
         except KeyboardInterrupt:
             if state_path is None or not saved:
                 raise
-            raise Interrupted(f"training state saved after epoch {saved} of {epochs} ({state_path}); "
-                              "re-run the same command to resume") from None
+            raise trainstate.interrupted(f"after epoch {saved} of {epochs}", state_path) from None
         finally:
             bar.close()
         if cuda:

@@ -734,12 +734,10 @@ def train_image_classifier(
     n_lens_seen = 0
     step = 0
     elapsed_before = 0.0
-    key = trainstate.run_key({**hp_record, "n_val": None if y_val is None else len(y_val), "run_tag": run_tag})
-    state_path = None if state_dir is None else trainstate.state_file(state_dir, "classifier", key)
-    if state_path is not None and not resume:
-        state_path.unlink(missing_ok=True)
-    if state_path is not None and state_path.exists():
-        st = trainstate.read_state(state_path, key)
+    key, state_path, st = trainstate.saved_run(
+        state_dir, "classifier", {**hp_record, "n_val": None if y_val is None else len(y_val), "run_tag": run_tag},
+        resume=resume)
+    if st is not None:
         model.load_state_dict(st["model"])
         _move(model, dev)
         opt.load_state_dict(st["opt"])

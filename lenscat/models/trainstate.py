@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from lenscat.errors import LenscatError
+from lenscat.errors import Interrupted, LenscatError
 
-__all__ = ["read_state", "run_key", "state_file", "write_state"]
+__all__ = ["interrupted", "read_state", "run_key", "saved_run", "state_file", "write_state"]
 
 
 def run_key(record: dict[str, Any], *, ignore: tuple[str, ...] = ("device", "amp_dtype", "log_every")) -> str:
@@ -30,6 +30,27 @@ def run_key(record: dict[str, Any], *, ignore: tuple[str, ...] = ("device", "amp
 def state_file(state_dir: str | Path, prefix: str, key: str) -> Path:
     """The state file of run ``key`` (``state_dir/<prefix>-<key[:20]>.state``)."""
     return Path(state_dir).expanduser() / f"{prefix}-{key[:20]}.state"
+
+
+def saved_run(state_dir: str | Path | None, prefix: str, record: dict[str, Any], *,
+              resume: bool = True) -> tuple[str, Path | None, dict[str, Any] | None]:
+    """The key, state file and saved state of the run ``record`` describes.
+
+    Returns ``(key, None, None)`` without a ``state_dir``, and no state when there is none yet or
+    ``resume`` is False (then a saved one is deleted: the run starts over).
+    """
+    key = run_key(record)
+    if state_dir is None:
+        return key, None, None
+    path = state_file(state_dir, prefix, key)
+    if not resume:
+        path.unlink(missing_ok=True)
+    return key, path, read_state(path, key) if path.exists() else None
+
+
+def interrupted(where: str, path: str | Path | None) -> Interrupted:
+    """The exception a trainer's caller raises after Ctrl-C, e.g. ``where='at step 57 of 80'``."""
+    return Interrupted(f"training state saved {where} ({path}); re-run the same command to resume")
 
 
 def write_state(path: Path, state: dict[str, Any]) -> None:
