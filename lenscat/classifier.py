@@ -349,8 +349,8 @@ def train_image_classifier_version(
         spec = dict(enc.input_spec or spec)
     crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
     images = catalogue_images(split.train_ids, session=session)
-    from lenscat.encoders import training_state_dir
     from lenscat.models import trainstate
+    from lenscat.registry import training_state_dir
 
     tag = hashlib.sha256(np.asarray(split.train_ids, dtype=np.int64).tobytes()
                          + np.asarray(split.train_y, dtype=np.int8).tobytes()

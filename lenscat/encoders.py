@@ -21,8 +21,14 @@ from sqlalchemy.orm import Session
 from lenscat.db.session import session_scope
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import file_sha256
-from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
-from lenscat.settings import get_settings
+from lenscat.registry import (
+    ModelVersion,
+    check_name,
+    get_model,
+    register_model,
+    store_checkpoint,
+    training_state_dir,
+)
 from lenscat.surveys import get_survey
 from lenscat.vectors import upsert_embeddings
 
@@ -176,11 +182,6 @@ def train_encoder(
     if result.state_path is not None:  # the version is registered: nothing is left to resume
         result.state_path.unlink(missing_ok=True)
     return model, created, metrics
-
-
-def training_state_dir() -> Path:
-    """Where resumable training runs keep their state (``LENSCAT_HOME/training``)."""
-    return get_settings().home.expanduser().resolve() / "training"
 
 
 def import_encoder(path: str | Path, name: str, *, arch: str = "resnet50", session: Session,

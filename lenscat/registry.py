@@ -70,6 +70,11 @@ def models_dir() -> Path:
     return d
 
 
+def training_state_dir() -> Path:
+    """Where resumable training runs keep their state (``LENSCAT_HOME/training``)."""
+    return get_settings().home.expanduser().resolve() / "training"
+
+
 def store_checkpoint(path: str | Path) -> tuple[Path, str]:
     """Copy a checkpoint into the model store; returns (stored path, sha256)."""
     src = Path(path).expanduser().resolve()

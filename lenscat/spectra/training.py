@@ -125,7 +125,7 @@ def train_detector(
                 "residual_spectrum_ids_sha256": hashlib.sha256(json.dumps(residual_ids).encode()).hexdigest()
                 if residual_ids else None}
     tsha = hashlib.sha256(json.dumps(set_desc, sort_keys=True).encode()).hexdigest()
-    from lenscat.encoders import training_state_dir
+    from lenscat.registry import training_state_dir
 
     kwargs: dict[str, Any] = {"seed": seed, "device": device, "progress": progress,
                               "state_dir": training_state_dir(), "run_tag": tsha, "resume": resume}
