@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from lenscat.cli_common import FORMAT_OPTION, RESTART_OPTION, _err, ensure_schema
+from lenscat.cli_common import FORMAT_OPTION, RESTART_OPTION, _err, ensure_schema, parse_origins
 from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
@@ -95,10 +95,6 @@ def classifier() -> None:
     """Lens classifiers (versioned): train, score, evaluate, list."""
 
 
-def _origins(values: tuple[str, ...]) -> list[str] | None:
-    return [v for x in values for v in x.split(",") if v] or None
-
-
 @classifier.command("train")
 @click.option("--name", required=True, help="Classifier name; a new checkpoint becomes its next version.")
 @click.option("--encoder", "encoder_name", default=None,
@@ -158,13 +154,13 @@ def classifier_train_cmd(name: str, encoder_name: str | None, arch: str, surveys
                 raise LenscatError("--arch linear needs --encoder (the embeddings it is trained on)")
             res = train_linear_classifier(
                 name, encoder_name, session=s, surveys=list(surveys) or None, ratio=ratio or 4000,
-                val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=_origins(origins), epochs=epochs or 30,
+                val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=parse_origins(origins), epochs=epochs or 30,
                 l2=l2, loss=loss, focal_gamma=focal_gamma, class_weight=class_weight, top_n=top_n, seed=seed,
                 progress=not as_json)
         else:
             res = train_image_classifier_version(
                 name, arch=arch, session=s, encoder=encoder_name, surveys=list(surveys) or None,
-                ratio=ratio or 100, val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=_origins(origins),
+                ratio=ratio or 100, val_ratio=val_ratio, val_fraction=val_fraction, test_fraction=test_fraction, origins=parse_origins(origins),
                 epochs=epochs or 3, batch_size=batch_size, lr=lr, lens_fraction=lens_fraction, crop=crop, max_steps=max_steps, device=device, seed=seed,
                 progress=not as_json, resume=not restart)
     for note in res.report.get("notes", []):
@@ -253,7 +249,7 @@ def classifier_evaluate_cmd(name: str, baselines: tuple[str, ...], surveys: tupl
     ensure_schema()
     with session_scope() as s:
         res = evaluate_classifier(name, baselines=list(baselines), surveys=list(surveys) or None,
-                                  origins=_origins(origins), top_n=ns, plots=plots, session=s)
+                                  origins=parse_origins(origins), top_n=ns, plots=plots, session=s)
     if fmt == "json":
         click.echo(json.dumps(res, default=str))
         return

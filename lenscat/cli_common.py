@@ -19,6 +19,11 @@ RESTART_OPTION = click.option(
 )
 
 
+def parse_origins(values: tuple[str, ...]) -> list[str] | None:
+    """Label origins from repeatable, comma-separated ``--labels`` values (None: all origins)."""
+    return [v.strip() for x in values for v in x.split(",") if v.strip()] or None
+
+
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
 

@@ -100,6 +100,8 @@ step "16. Labels: the simulation truth of the imaging survey (and the literature
 lenscat labels import "$OUT/sim_survey.h5" --label-col is_lens --survey demo-images --origin simulation
 lenscat labels from-crossmatch --catalog lenscat-1.1.3
 lenscat labels list
+# the step-14 check again, from the labels, beside what a perfect encoder could reach on this survey
+lenscat encoder evaluate --name demo-moco --survey demo-images --labels simulation
 
 step "17. Linear probe on the embeddings (L-BFGS; 1:4000 asked for, the survey is smaller) and a CNN baseline"
 lenscat classifier train --name demo-probe --encoder demo-moco --survey demo-images --labels simulation \

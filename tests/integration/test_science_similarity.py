@@ -13,7 +13,10 @@ An encoder that trains in CI's budget (15 epochs of MoCo-v2 on 3,000 cutouts, ab
 2 CPU cores) reaches 5-7x: it groups sources by brightness first, and the designed impostors (blue
 companions above all) share the lenses' look of a red galaxy with blue structure beside it. The
 test asserts the enrichment this budget reliably gives and prints the measured value, which
-docs/benchmarks.md records next to the recipes tried to raise it.
+docs/benchmarks.md records next to the recipes tried to raise it. The figure grows with the survey
+(about 1.2x per doubling): bench/science_similarity.py runs this path on 10^5 cutouts, where the
+same encoder recipe reaches the 10x goal (12x), in ten minutes that CI does not spend on every run.
+The test also checks that `lens_query_enrichment` (`lenscat encoder evaluate`) reproduces its figures.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def test_lens_queries_find_lenses(session, tmp_path):
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
     from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.labels import import_labels
     from lenscat.similarity import _dedupe, query_from_source, similar
+    from lenscat.similarity_eval import lens_query_enrichment
     from lenscat.simsurvey import read_truth, simulate_survey
     from lenscat.source_ingest import ingest_sources
     from lenscat.vectors import ensure_hnsw_index, read_embeddings
@@ -90,6 +95,14 @@ def test_lens_queries_find_lenses(session, tmp_path):
         ceilings.append(np.mean([is_lens[int(all_ids[lens_first[j]])] for j in best]))
     enrichment = float(np.mean(fractions)) / base_rate
     ceiling = float(np.mean(ceilings)) / base_rate
+    # `lenscat encoder evaluate` computes the same figures from the labels table
+    import_labels(path, label_col="is_lens", survey="science", origin="simulation", session=session)
+    ev = lens_query_enrichment(model, session=session, k=K, surveys=["science"], origins=["simulation"],
+                               progress=False)
+    assert ev.n_lenses == sum(is_lens.values()) and ev.n_sources == len(all_ids)
+    assert ev.filters["n_queries"] == ev.n_lenses
+    assert ev.enrichment == pytest.approx(enrichment, rel=1e-9)
+    assert ev.ceiling == pytest.approx(ceiling, rel=1e-9)
     print(f"lens fraction in the top {K}: {np.mean(fractions):.3f} vs base rate {base_rate:.3f}: "
           f"enrichment {enrichment:.1f}x (a perfect encoder: {ceiling:.1f}x with these filters); "
           f"encoder {metrics}")

@@ -1,5 +1,8 @@
 """Similarity search with filters, FITS cutouts registered as sources, and embedding in-process."""
 
+import json
+import re
+import sys
 from pathlib import Path
 
 import astropy.units as u
@@ -8,6 +11,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 from sqlalchemy import text
 
+from lenscat.cli import main
 from lenscat.errors import LenscatError, NotFoundError
 from lenscat.registry import register_model
 from lenscat.similarity import Query, query_from_source, similar
@@ -17,8 +21,9 @@ from lenscat.vectors import ensure_hnsw_index, upsert_embeddings
 IMAGES = Path(__file__).parents[1] / "data" / "images"
 
 
-def _world(session, n=3000, seed=0):
-    """Sources in a 2x2 deg field with r mags, clustered unit vectors, and one known lens."""
+def _world(session, n=3000, seed=0, clusters=None):
+    """Sources in a 2x2 deg field with r mags and clustered unit vectors (``clusters``: a list that
+    receives each source's cluster)."""
     rng = np.random.default_rng(seed)
     sv = ensure_survey("sim-sim", ["g", "r", "z"], session=session)
     ra, dec = rng.uniform(150, 152, n), rng.uniform(1, 3, n)
@@ -32,7 +37,10 @@ def _world(session, n=3000, seed=0):
     model, _ = register_model("encoder", "filt", architecture="resnet-small", output_dim=24,
                               checkpoint_path=None, checkpoint_sha256="f" * 64, origin="trained", session=session)
     centres = rng.normal(size=(10, 24))
-    vec = centres[rng.integers(0, 10, n)] + 0.5 * rng.normal(size=(n, 24))
+    member = rng.integers(0, 10, n)
+    if clusters is not None:
+        clusters.extend(member.tolist())
+    vec = centres[member] + 0.5 * rng.normal(size=(n, 24))
     upsert_embeddings(model, ids, vec, session=session)
     ensure_hnsw_index(model, session=session)
     return model, ids, ra, dec, mag
@@ -130,3 +138,61 @@ def test_fits_cutouts_register_and_embed(session, tmp_path):
     assert n == 3
     state = session.execute(text("SELECT status, n_done FROM jobs WHERE job_id = :j"), {"j": job.job_id}).one()
     assert tuple(state) == ("done", 3)
+
+
+def _label(session, ids, labels):
+    session.execute(text("INSERT INTO lenscat.labels (source_id, label, origin, provenance) "
+                         "SELECT s, l, 'simulation', 'test' FROM unnest(CAST(:s AS bigint[]), CAST(:l AS int[])) "
+                         "AS t(s, l)"), {"s": [int(i) for i in ids], "l": [int(v) for v in labels]})
+
+
+def test_lens_query_enrichment(session, monkeypatch, capsys):
+    from lenscat.similarity_eval import lens_query_enrichment
+
+    member: list[int] = []
+    model, ids, *_ = _world(session, seed=3, clusters=member)
+    with pytest.raises(LenscatError, match="no labelled lens among the 3000 sources"):
+        lens_query_enrichment(model, session=session, progress=False)
+    # lenses = one cluster of the embedding space: the neighbours of a lens are lenses
+    lens = np.array(member) == 0
+    _label(session, ids, lens)
+    ev = lens_query_enrichment(model, session=session, max_queries=40, progress=False)
+    assert ev.n_sources == 3000 and ev.n_lenses == int(lens.sum()) and len(ev.queries) == 40
+    assert ev.base_rate == pytest.approx(lens.mean())
+    assert set(ev.queries["source_id"]) <= set(ids[lens].tolist())
+    q = ev.queries
+    assert np.all(q["n_results"] == 100) and np.all(q["n_lenses_found"] <= 100)
+    assert np.allclose(q["lens_fraction"], q["n_lenses_found"] / q["n_results"])
+    # a +-0.5 mag window of a 6 mag range holds ~50 lenses: the ceiling is ~half the top 100
+    assert 3 < ev.ceiling < 7 and 0.8 * ev.ceiling < ev.enrichment <= ev.ceiling + 1e-9
+    wide = lens_query_enrichment(model, session=session, max_queries=40, mag_window=None, exclude_radius=None,
+                                 progress=False)
+    assert wide.ceiling == pytest.approx(1 / ev.base_rate) and wide.enrichment > 0.9 / ev.base_rate
+    assert wide.filters["mag_window"] is None and wide.filters["exclude_radius_arcsec"] is None
+    # random labels: no enrichment beyond noise
+    session.execute(text("DELETE FROM lenscat.labels WHERE provenance = 'test'"))
+    _label(session, ids, np.random.default_rng(0).random(3000) < 0.05)
+    rand = lens_query_enrichment(model, session=session, k=200, progress=False)
+    assert rand.filters["n_queries"] == rand.n_lenses and 0.5 < rand.enrichment < 1.6
+    # the command line: summary and per-query rows
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["lenscat", "encoder", "evaluate", "--name", "filt", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = int(e.code or 0)
+        return (code, *capsys.readouterr())
+
+    code, out, _ = cli("--format", "json", "--labels", "simulation", "-k", "200")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["enrichment"] == pytest.approx(rand.enrichment, abs=1e-3) and summary["k"] == 200
+    assert summary["label_origins"] == ["simulation"] and summary["mag_window"] == 0.5
+    code, out, _ = cli("--per-query", "--max-queries", "5", "--format", "csv")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("source_id,objid,mag,n_window") and len(lines) == 6
+    code, out, _ = cli("-k", "200")
+    assert code == 0 and re.search(r"160 lens queries, top 200 .* enrichment [01]\.\dx \(a perfect encoder", out)
+    code, _, err = cli("--survey", "nope")
+    assert code == 2 and "nope" in err
