@@ -91,7 +91,7 @@ def main() -> None:
     from lenscat.embedding import embed_chunk, load_encoder_for, plan_embed_job
     from lenscat.encoders import train_encoder
     from lenscat.jobs import pending_chunks, start_chunk
-    from lenscat.labels import import_labels
+    from lenscat.labels import import_labels, resolve_labels
     from lenscat.models.inference import encode
     from lenscat.similarity import _dedupe
     from lenscat.similarity_eval import lens_query_enrichment
@@ -140,14 +140,10 @@ def main() -> None:
     sid = np.array([r[0] for r in rows])
     mag = np.array([r[1] for r in rows], float)
     ra, dec = np.array([r[2] for r in rows], float), np.array([r[3] for r in rows], float)
-    labels = set(ev.queries["source_id"].tolist())
-    truth = np.zeros(len(sid), bool)
     with session_scope() as s:
-        pos = set(s.execute(text("SELECT l.source_id FROM lenscat.labels l JOIN lenscat.sources s USING (source_id) "
-                                 "JOIN lenscat.surveys v USING (survey_id) WHERE v.name = 'bench-sci' "
-                                 "AND l.label = 1")).scalars())
-    truth[:] = [int(i) in pos for i in sid]
-    queries = np.flatnonzero(np.isin(sid, list(labels)))
+        labels = resolve_labels(session=s, origins=["simulation"])
+    truth = np.array([labels.get(int(i), 0) == 1 for i in sid])
+    queries = np.flatnonzero(np.isin(sid, ev.queries["source_id"]))
     vec = stored[np.searchsorted(ids, sid)].astype(np.float64)
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)
     t = time.perf_counter()
