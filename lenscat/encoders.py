@@ -35,6 +35,38 @@ from lenscat.vectors import upsert_embeddings
 DEFAULT_INPUT_SPEC = {"bands": ["g", "r", "z"], "pixel_scale_arcsec": 0.262, "stamp": 152,
                       "unit": "nanomaggy"}
 
+_STEIN_RECIPE: dict[str, Any] = {"epochs": 5, "batch_size": 64, "lr": 0.06, "queue_size": 4096, "crop": 96,
+                                 "temperature": 0.2}
+TRAINING_RECIPES: dict[str, dict[str, Any]] = {
+    # measured on 2 CPU cores (docs/benchmarks.md, "Science check: more like this lens"): no variant
+    # of this recipe (crop, temperature, queue, epochs, lr, batch, width, depth) beat it beyond the
+    # spread between splits; about two minutes per 3,000 cutouts
+    "resnet-small": {"epochs": 15, "batch_size": 64, "lr": 0.1, "queue_size": 1024, "crop": 48,
+                     "temperature": 0.1},
+    # Stein et al.'s setting (96-pixel crop of the 152-pixel cutout), for GPUs
+    "resnet18": dict(_STEIN_RECIPE),
+    "resnet50": dict(_STEIN_RECIPE),
+}
+"""Default MoCo-v2 training options per architecture; an explicit argument overrides each one."""
+
+
+def training_recipe(arch: str, **given: Any) -> dict[str, Any]:
+    """The training options of ``arch``'s recipe, with every non-``None`` value of ``given`` on top.
+
+    Raises
+    ------
+    LenscatError
+        Unknown architecture or option.
+    """
+    if arch not in TRAINING_RECIPES:
+        raise LenscatError(f"unknown architecture {arch!r}; expected one of {', '.join(TRAINING_RECIPES)}")
+    recipe = dict(TRAINING_RECIPES[arch])
+    unknown = sorted(set(given) - set(recipe))
+    if unknown:
+        raise LenscatError(f"unknown training option(s) {', '.join(unknown)}")
+    recipe.update({k: v for k, v in given.items() if v is not None})
+    return recipe
+
 
 class CatalogueImages:
     """Training images of catalogued sources, read on demand from their cutout files.
@@ -123,14 +155,14 @@ def train_encoder(
     surveys: list[str],
     *,
     arch: str = "resnet-small",
-    epochs: int = 5,
-    batch_size: int = 64,
-    lr: float = 0.06,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
     max_images: int | None = 20_000,
     max_steps: int | None = None,
-    queue_size: int = 4096,
-    crop: int = 96,
-    temperature: float = 0.2,
+    queue_size: int | None = None,
+    crop: int | None = None,
+    temperature: float | None = None,
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
@@ -139,6 +171,9 @@ def train_encoder(
 ) -> tuple[ModelVersion, bool, dict[str, Any]]:
     """Self-supervised MoCo-v2 training of an encoder on a survey's cutouts; registers the version.
 
+    ``epochs``, ``batch_size``, ``lr``, ``queue_size``, ``crop`` and ``temperature`` left at ``None``
+    take the architecture's value in :data:`TRAINING_RECIPES` (``resnet-small``: the CPU recipe
+    measured in docs/benchmarks.md; ``resnet18``/``resnet50``: Stein et al.'s 96-pixel setting).
     ``crop`` is the side [pixels] of the centre crop the network sees (Stein et al.: 96 of 152;
     smaller crops train faster and concentrate on the central galaxy, where arcs are for
     Einstein radii up to ~3 arcsec). The crop is stored with the checkpoint and applied at inference.
@@ -152,6 +187,10 @@ def train_encoder(
     from lenscat.models.moco import train_moco
 
     check_name(name)
+    r = training_recipe(arch, epochs=epochs, batch_size=batch_size, lr=lr, queue_size=queue_size, crop=crop,
+                        temperature=temperature)
+    epochs, batch_size, lr, crop = int(r["epochs"]), int(r["batch_size"]), float(r["lr"]), int(r["crop"])
+    queue_size, temperature = int(r["queue_size"]), float(r["temperature"])
     with session_scope() as s:
         ts = training_set(surveys, max_images=max_images, seed=seed, session=s)
     dev = device or best_device()

@@ -60,3 +60,35 @@ def test_ingest_vectors_keys_by_objid_and_rejects_bad_rows(session, tmp_path):
     np.savez(tmp_path / "noids.npz", embeddings=vec)
     with pytest.raises(InputFileError, match="noids.npz: no id array 'objid'"):
         ingest_vectors(tmp_path / "noids.npz", "precomputed", "enc-survey", session=session)
+
+
+def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
+    """`encoder train` without recipe options uses resnet-small's CPU recipe, and records it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lenscat.cli import cli
+    from lenscat.encoders import TRAINING_RECIPES, training_recipe
+    from lenscat.source_ingest import ingest_sources
+    from tests.integration.test_embed_workers import write_stein_h5
+
+    h5 = tmp_path / "recipe.h5"
+    write_stein_h5(h5, 40, seed=3)
+    ingest_sources(h5, "recipe-survey")
+    res = CliRunner().invoke(cli, ["encoder", "train", "--name", "recipe-enc", "--survey", "recipe-survey",
+                                   "--batch-size", "16", "--max-steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["steps"] == 1
+    hp, spec = session.execute(text("SELECT hparams, input_spec FROM lenscat.model_versions "
+                                    "WHERE name = 'recipe-enc'")).one()
+    small = TRAINING_RECIPES["resnet-small"]
+    assert spec["crop"] == small["crop"] == 48 and hp["preprocess"]["crop"] == 48
+    assert (hp["epochs"], hp["lr"], hp["temperature"], hp["queue_size"]) == (
+        small["epochs"], small["lr"], small["temperature"], small["queue_size"])
+    assert hp["batch_size"] == 16  # given on the command line: the recipe does not override it
+    assert training_recipe("resnet50")["crop"] == 96 and training_recipe("resnet50", crop=64)["crop"] == 64
+    with pytest.raises(LenscatError, match="unknown architecture 'vit'"):
+        training_recipe("vit")
+    with pytest.raises(LenscatError, match="unknown training option"):
+        training_recipe("resnet-small", momentum=0.9)
