@@ -349,6 +349,22 @@ def train_image_classifier_version(
         spec = dict(enc.input_spec or spec)
     crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
     images = catalogue_images(split.train_ids, session=session)
+    augment: bool | dict[str, Any] = True
+    preprocessing: dict[str, Any] | None = None
+    band_notes: list[str] = []
+    if enc is not None and isinstance((enc.hparams or {}).get("augment"), dict):
+        augment = dict(enc.hparams["augment"])  # fine-tuning: the encoder's own augmentations
+    elif arch == "cnn":  # from scratch: channels, stretch and augmentations follow the survey's bands
+        from lenscat.band_setup import image_training_options
+        from lenscat.encoders import cutout_bands
+
+        shape = np.asarray(images.get(np.array([0], dtype=np.int64))).shape
+        opts = image_training_options(cutout_bands(split.train_ids, shape[1], session=session), images, seed=seed,
+                                      shape=shape)
+        augment = opts.augment if opts.augment is not None else True
+        preprocessing = opts.preprocess(crop) if opts.scales is not None else None
+        spec.update(bands=opts.bands, stamp=int(shape[-1]))
+        band_notes = opts.notes
     from lenscat.models import trainstate
     from lenscat.registry import training_state_dir
 
@@ -357,8 +373,9 @@ def train_image_classifier_version(
                          + str(enc.checkpoint_sha256 if enc else "").encode()).hexdigest()
     model, train_metrics = train_image_classifier(
         images, split.train_y.astype(np.float32), backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
-        lens_fraction=lens_fraction, crop=crop, device=device, seed=seed, progress=progress, max_steps=max_steps,
-        state_dir=training_state_dir(), run_tag=tag, resume=resume)
+        lens_fraction=lens_fraction, crop=crop, preprocessing=preprocessing, augment=augment, device=device,
+        seed=seed, progress=progress, max_steps=max_steps, state_dir=training_state_dir(), run_tag=tag,
+        resume=resume)
     if train_metrics["interrupted"] and train_metrics["state_path"]:
         raise trainstate.interrupted(f"at step {train_metrics['steps']} of {train_metrics['steps_planned']}",
                                      train_metrics["state_path"])
@@ -387,7 +404,8 @@ def train_image_classifier_version(
         Path(train_metrics["state_path"]).unlink(missing_ok=True)
     return TrainResult(version, created, {**metrics, "classifier": version.label,
                                           "encoder": enc.label if enc else None, "created": created,
-                                          "notes": split.notes})
+                                          "notes": [*band_notes, *split.notes]})
+
 
 
 def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:

@@ -108,6 +108,8 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
     else:
         state = "registered" if created else "identical to the existing"
         resumed = f", resumed at step {metrics['resumed_from_step']}" if metrics["resumed_from_step"] else ""
+        for note in metrics.get("band_setup", []):
+            click.echo(note)
         click.echo(f"encoder {model.label} ({state}): {model.architecture}, {model.output_dim}-d, "
                    f"{metrics['steps']} steps in {metrics['seconds']:.0f} s{resumed}, "
                    f"final loss {metrics['final_loss']:.3f}")

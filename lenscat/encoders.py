@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.band_setup import image_training_options
 from lenscat.db.session import session_scope
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import file_sha256
@@ -112,13 +113,18 @@ class TrainingSet:
     sha256: str
     n: int
     surveys: list[str]
+    bands: list[str]
+    pixel_scale_arcsec: float | None
+    image_shape: tuple[int, ...]
 
 
 def training_set(surveys: list[str], *, max_images: int | None, seed: int, session: Session) -> TrainingSet:
     """Sources with cutouts in ``surveys`` (a seeded random subset of at most ``max_images``)."""
     if not surveys:
         raise LenscatError("name at least one survey to train on (--survey)")
-    sids = [get_survey(s, session=session).survey_id for s in surveys]
+    records = [get_survey(s, session=session) for s in surveys]
+    sids = [r.survey_id for r in records]
+    scales = {r.pixel_scale_arcsec for r in records if r.pixel_scale_arcsec}
     rows = session.execute(
         text(
             """
@@ -146,8 +152,43 @@ def training_set(surveys: list[str], *, max_images: int | None, seed: int, sessi
     desc = {"files": [{"sha256": f[2], "path": f[0]} for f in files],
             "rows_sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "n": len(chosen)}
     sha = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
-    return TrainingSet(CatalogueImages([f[0] for f in files], [f[1] for f in files], arr, ebv), sha,
-                       len(chosen), list(surveys))
+    images = CatalogueImages([f[0] for f in files], [f[1] for f in files], arr, ebv)
+    shape = tuple(np.asarray(images.get(np.array([0], dtype=np.int64))).shape)
+    bands = cutout_bands(np.array([r.source_id for r in chosen]), shape[1], session=session)
+    return TrainingSet(images, sha, len(chosen), list(surveys), bands, scales.pop() if len(scales) == 1 else None,
+                       shape)
+
+
+def cutout_bands(source_ids: np.ndarray, n_channels: int, *, session: Session) -> list[str]:
+    """The band names of the cutout channels of ``source_ids`` ([] when nothing names them).
+
+    A FITS cutout file records its bands; a Stein-layout HDF5 file does not, and then the survey's
+    band list names the channels when it has one name per channel (a survey's bands can also be
+    just those of its photometry columns): lists of another length than ``n_channels`` are ignored.
+
+    Raises
+    ------
+    LenscatError
+        The sources' cutouts have channels named differently (train one model per band set).
+    """
+    nb = int(n_channels)
+    named = session.execute(
+        text(
+            """
+            SELECT DISTINCT COALESCE(NULLIF(f.bands, '{}'), v.bands) AS bands
+            FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id)
+            LEFT JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
+            WHERE s.source_id = ANY(:ids)
+            """
+        ),
+        {"ids": [int(i) for i in source_ids]},
+    ).scalars().all()
+    fitting = sorted({tuple(b) for b in named if b and len(b) == nb})
+    if len(fitting) > 1:
+        raise LenscatError("the training cutouts have channels named differently ("
+                           + "; ".join(",".join(b) for b in fitting) + "): train one model per band set "
+                           "(restrict it with --survey)")
+    return list(fitting[0]) if fitting else []
 
 
 def train_encoder(
@@ -194,8 +235,10 @@ def train_encoder(
     with session_scope() as s:
         ts = training_set(surveys, max_images=max_images, seed=seed, session=s)
     dev = device or best_device()
-    arch_hp = dict(hparams or {})
-    moco_hp = {"queue_size": queue_size, "temperature": temperature, "preprocess": {"crop": int(crop)}}
+    bands = image_training_options(ts.bands, ts.images, seed=seed, shape=ts.image_shape)
+    arch_hp = {**bands.encoder_hparams, **(hparams or {})}
+    moco_hp = {"queue_size": queue_size, "temperature": temperature, "preprocess": bands.preprocess(crop),
+               **({"augment": bands.augment} if bands.augment is not None else {})}
     result = train_moco(ts.images, arch=arch, hparams={**arch_hp, **moco_hp}, epochs=epochs,
                         batch_size=batch_size, lr=lr, device=dev, seed=seed, progress=progress,
                         max_steps=max_steps, state_dir=training_state_dir(), run_tag=ts.sha256,
@@ -209,13 +252,17 @@ def train_encoder(
     metrics = {"final_loss": float(result.history[-1]) if result.history else None,
                "steps": int(result.steps), "seconds": round(float(result.elapsed_s), 2), "device": dev,
                "images_per_s": round(float(result.images_per_s), 1),
-               "n_train": ts.n, "resumed_from_step": int(result.resumed_from_step)}
+               "n_train": ts.n, "resumed_from_step": int(result.resumed_from_step), "band_setup": bands.notes}
+    spec = {**DEFAULT_INPUT_SPEC, "bands": bands.bands, "stamp": int(ts.image_shape[-1]),
+            "crop": int(crop)}
+    if ts.pixel_scale_arcsec:
+        spec["pixel_scale_arcsec"] = float(ts.pixel_scale_arcsec)
     with session_scope() as s:
         model, created = register_model(
             "encoder", name, architecture=arch, output_dim=int(result.encoder.output_dim),
             checkpoint_path=stored, checkpoint_sha256=sha, origin="trained",
             hparams={**result.hparams, "training": "moco-v2", "surveys": surveys, "max_images": max_images},
-            input_spec={**DEFAULT_INPUT_SPEC, "crop": int(crop)}, training_set_sha256=ts.sha256, metrics=metrics,
+            input_spec=spec, training_set_sha256=ts.sha256, metrics=metrics,
             session=s,
         )
     if result.state_path is not None:  # the version is registered: nothing is left to resume
