@@ -235,7 +235,11 @@ def _parse_map(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--dec-col", default=None, help="Declination column (deg, or sexagesimal).")
 @click.option("--id-col", default=None,
               help="Object-id column(s), comma-separated to join with '_'; @iau = J-name from position; @row = row number.")
-@click.option("--bands", default=None, help="Band names of per-band columns, e.g. g,r,z.")
+@click.option("--bands", default=None,
+              help="Band names of per-band columns, e.g. g,r,z (and of the cutout channels of a Stein-layout file).")
+@click.option("--pixel-scale", default=None,
+              help="Pixel scale of a Stein-layout file's cutouts, e.g. 0.168arcsec (a number: arcsec) "
+                   "[the file does not say; DECaLS: 0.262].")
 @click.option("--map", "maps", multiple=True, metavar="FIELD=COLUMN",
               help="Map a field (ebv, source_type, z_spec, z_phot, mag_g, flux_r, ...) to a file column.")
 @click.option("--keep-extra", is_flag=True, help="Keep unmapped columns in the extra JSON column.")
@@ -244,7 +248,8 @@ def _parse_map(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any row is rejected.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def ingest_sources_cmd(paths: tuple[Path, ...], survey: str, file_format: str | None, ra_col: str | None,
-                       dec_col: str | None, id_col: str | None, bands: str | None, maps: tuple[str, ...],
+                       dec_col: str | None, id_col: str | None, bands: str | None, pixel_scale: str | None,
+                       maps: tuple[str, ...],
                        keep_extra: bool, wrap_ra: bool, batch_rows: int | None, strict: bool,
                        as_json: bool) -> None:
     """Ingest source catalogue files (FITS, CSV, ECSV, VOTable, Parquet, Stein HDF5) into SURVEY.
@@ -265,7 +270,8 @@ def ingest_sources_cmd(paths: tuple[Path, ...], survey: str, file_format: str | 
     )
     for path in paths:
         summary = ingest_sources(path, survey, mapping, format=file_format,
-                                 batch_rows=batch_rows or get_settings().ingest_batch_rows, strict=strict)
+                                 batch_rows=batch_rows or get_settings().ingest_batch_rows, strict=strict,
+                                 pixel_scale=pixel_scale)
         _report_rejects(summary.rejects, summary.path)
         if as_json:
             click.echo(json.dumps(summary.as_dict()))

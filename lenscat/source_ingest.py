@@ -794,17 +794,29 @@ def ingest_sources(
     progress: bool | None = None,
     strict: bool = False,
     stop_after_batches: int | None = None,
+    pixel_scale: Any = None,
 ) -> IngestSummary:
     """Validate and load a source catalogue file (see :func:`prepare_sources`).
 
-    With ``strict``, any rejected row stops the ingest before anything is written.
+    With ``strict``, any rejected row stops the ingest before anything is written. ``pixel_scale``
+    (an angle Quantity or a number in arcsec per pixel) records the pixel scale of the file's
+    cutouts on the survey (a Stein-layout file does not say it; FITS cutouts carry a WCS); a
+    survey that already has a different one is an error.
     """
+    scale_arcsec: float | None = None
+    if pixel_scale is not None:
+        from lenscat.sky import parse_angle_quantity
+
+        scale_arcsec = float(parse_angle_quantity(pixel_scale).to_value("arcsec"))
+        if not scale_arcsec > 0:
+            raise LenscatError(f"pixel scale must be positive, got {pixel_scale!r}")
     existing: list[str] | None = None
     with session_scope() as session:
         row = session.execute(text("SELECT bands FROM lenscat.surveys WHERE name = :n"), {"n": survey}).one_or_none()
         if row is not None and row[0]:
             existing = list(row[0])
     prep = prepare_sources(path, survey, mapping, format=format, existing_bands=existing)
+    prep.pixel_scale_arcsec = scale_arcsec
     if strict and prep.rejects:
         first = prep.rejects[0]
         raise LenscatError(f"{first.line(prep.path)} ({len(prep.rejects)} rejects; nothing written: --strict)")

@@ -67,6 +67,12 @@ def ensure_survey(
             {"b": bands, "i": survey.survey_id},
         )
         survey = Survey(survey.survey_id, survey.name, bands, survey.pixel_scale_arcsec)
+    if (pixel_scale_arcsec is not None and survey.pixel_scale_arcsec is not None
+            and abs(survey.pixel_scale_arcsec - pixel_scale_arcsec) > 1e-6 * pixel_scale_arcsec):
+        raise LenscatError(
+            f"survey {name!r} has a pixel scale of {survey.pixel_scale_arcsec:g} arcsec/pixel but this input "
+            f"says {pixel_scale_arcsec:g}; use another survey name for cutouts of another pixel scale"
+        )
     if pixel_scale_arcsec is not None and survey.pixel_scale_arcsec is None:
         session.execute(
             text("UPDATE lenscat.surveys SET pixel_scale_arcsec = :p WHERE survey_id = :i"),

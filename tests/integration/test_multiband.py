@@ -1,8 +1,12 @@
 """Cutouts in other bands than DECaLS g, r, z (HSC-like g, r, i, z, y): train, embed, search, classify."""
 
+import astropy.units as u
 import h5py
 import numpy as np
+import pytest
 from sqlalchemy import text
+
+from lenscat.errors import LenscatError
 
 BANDS = ["g", "r", "i", "z", "y"]
 SKY = [0.002, 0.003, 0.004, 0.008, 0.02]
@@ -35,13 +39,16 @@ def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_pat
 
     h5 = tmp_path / "hsc.h5"
     _write_hsc_like(h5, 48)
-    ingest_sources(h5, "hsc-like", SourceMapping(bands=BANDS))
+    ingest_sources(h5, "hsc-like", SourceMapping(bands=BANDS), pixel_scale=0.168 * u.arcsec)
+    with pytest.raises(LenscatError, match=r"pixel scale of 0.168 arcsec/pixel but this input says 0.262"):
+        ingest_sources(h5, "hsc-like", SourceMapping(bands=BANDS), pixel_scale="0.262")
     model, created, metrics = train_encoder("hsc-moco", ["hsc-like"], batch_size=16, max_steps=2, crop=32,
                                             progress=False)
     assert created and metrics["steps"] == 2
     hp, spec = session.execute(text("SELECT hparams, input_spec FROM lenscat.model_versions "
                                     "WHERE name = 'hsc-moco'")).one()
     assert hp["in_chans"] == 5 and spec["bands"] == BANDS and spec["stamp"] == 64
+    assert spec["pixel_scale_arcsec"] == pytest.approx(0.168)
     np.testing.assert_allclose(hp["preprocess"]["scales"], SKY, rtol=0.05)  # measured, not DECaLS'
     assert hp["augment"]["blur"] is False and len(hp["augment"]["extinction"]) == 5
     assert any(n.startswith("bands g, r, i, z, y") for n in metrics["band_setup"])
