@@ -355,12 +355,9 @@ def train_image_classifier_version(
     if enc is not None and isinstance((enc.hparams or {}).get("augment"), dict):
         augment = dict(enc.hparams["augment"])  # fine-tuning: the encoder's own augmentations
     elif arch == "cnn":  # from scratch: channels, stretch and augmentations follow the survey's bands
-        from lenscat.band_setup import image_training_options
-        from lenscat.encoders import cutout_bands
+        from lenscat.encoders import band_options
 
-        shape = np.asarray(images.get(np.array([0], dtype=np.int64))).shape
-        opts = image_training_options(cutout_bands(split.train_ids, shape[1], session=session), images, seed=seed,
-                                      shape=shape)
+        opts, shape = band_options(split.train_ids, images, seed=seed, session=session)
         augment = opts.augment if opts.augment is not None else True
         preprocessing = opts.preprocess(crop) if opts.scales is not None else None
         spec.update(bands=opts.bands, stamp=int(shape[-1]))
@@ -405,7 +402,6 @@ def train_image_classifier_version(
     return TrainResult(version, created, {**metrics, "classifier": version.label,
                                           "encoder": enc.label if enc else None, "created": created,
                                           "notes": [*band_notes, *split.notes]})
-
 
 
 def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:

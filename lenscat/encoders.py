@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.band_setup import image_training_options
+from lenscat.band_setup import BandOptions, image_training_options
 from lenscat.db.session import session_scope
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import file_sha256
@@ -113,7 +113,7 @@ class TrainingSet:
     sha256: str
     n: int
     surveys: list[str]
-    bands: list[str]
+    band_options: BandOptions
     pixel_scale_arcsec: float | None
     image_shape: tuple[int, ...]
 
@@ -153,10 +153,18 @@ def training_set(surveys: list[str], *, max_images: int | None, seed: int, sessi
             "rows_sha256": hashlib.sha256(arr.tobytes()).hexdigest(), "n": len(chosen)}
     sha = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
     images = CatalogueImages([f[0] for f in files], [f[1] for f in files], arr, ebv)
-    shape = tuple(np.asarray(images.get(np.array([0], dtype=np.int64))).shape)
-    bands = cutout_bands(np.array([r.source_id for r in chosen]), shape[1], session=session)
-    return TrainingSet(images, sha, len(chosen), list(surveys), bands, scales.pop() if len(scales) == 1 else None,
+    opts, shape = band_options(np.array([r.source_id for r in chosen]), images, seed=seed, session=session)
+    return TrainingSet(images, sha, len(chosen), list(surveys), opts, scales.pop() if len(scales) == 1 else None,
                        shape)
+
+
+def band_options(source_ids: np.ndarray, images: Any, *, seed: int,
+                 session: Session) -> tuple[BandOptions, tuple[int, ...]]:
+    """Training options for the cutouts of ``source_ids`` (:func:`~lenscat.band_setup.image_training_options`
+    with the channel names of :func:`cutout_bands`), and the shape of one cutout batch ``(1, C, H, W)``."""
+    shape = tuple(np.asarray(images.get(np.array([0], dtype=np.int64))).shape)
+    names = cutout_bands(source_ids, shape[1], session=session)
+    return image_training_options(names, images, seed=seed, shape=shape), shape
 
 
 def cutout_bands(source_ids: np.ndarray, n_channels: int, *, session: Session) -> list[str]:
@@ -235,7 +243,7 @@ def train_encoder(
     with session_scope() as s:
         ts = training_set(surveys, max_images=max_images, seed=seed, session=s)
     dev = device or best_device()
-    bands = image_training_options(ts.bands, ts.images, seed=seed, shape=ts.image_shape)
+    bands = ts.band_options
     arch_hp = {**bands.encoder_hparams, **(hparams or {})}
     moco_hp = {"queue_size": queue_size, "temperature": temperature, "preprocess": bands.preprocess(crop),
                **({"augment": bands.augment} if bands.augment is not None else {})}
