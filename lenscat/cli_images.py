@@ -69,6 +69,9 @@ def encoder() -> None:
                    "as Stein et al.].")
 @click.option("--temperature", type=click.FloatRange(min=0.01), default=None,
               help="InfoNCE temperature [default: resnet-small 0.1, others 0.2].")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+              help="Steps of linear learning-rate warm-up before the cosine decay "
+                   "[default: resnet-small 50, others 0].")
 @click.option("--max-images", type=click.IntRange(min=2), default=20000, show_default=True,
               help="Train on a seeded random subset of at most this many cutouts.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
@@ -78,14 +81,15 @@ def encoder() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int | None,
                       batch_size: int | None, lr: float | None, queue_size: int | None, crop: int | None,
-                      temperature: float | None, max_images: int,
+                      temperature: float | None, warmup_steps: int | None, max_images: int,
                       max_steps: int | None, seed: int,
                       device: str | None, restart: bool, as_json: bool) -> None:
     """Self-supervised MoCo-v2 pre-training with Stein et al.'s augmentations (reddening, flips,
     rotations, 0.9-1.1 scaling, PSF blur, +-7 px jitter with a 96 px centre crop, noise).
 
     Options left out take the architecture's recipe: for resnet-small the CPU recipe measured
-    in docs/benchmarks.md (15 epochs, 48 px crop, temperature 0.1, queue 1,024, lr 0.1), for
+    in docs/benchmarks.md (15 epochs, 48 px crop, temperature 0.1, queue 1,024, lr 0.1 after a
+    50-step warm-up), for
     resnet18/resnet50 Stein et al.'s 96 px setting. The registered version records every value.
     The training state is saved every epoch, every 10 minutes and on Ctrl-C (in
     LENSCAT_HOME/training); the same command resumes an interrupted run.
@@ -97,7 +101,8 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
     hp: dict[str, Any] = {"output_dim": dim} if dim and arch == "resnet-small" else {}
     model, created, metrics = train_encoder(
         name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
-        max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature, seed=seed,
+        max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature,
+        warmup_steps=warmup_steps, seed=seed,
         device=device or get_settings().device,
         hparams=hp, resume=not restart,
     )
