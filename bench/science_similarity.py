@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Science benchmark: "more like this lens" enrichment on a simulated survey, through lenscat.
 
-The CI science check (``tests/integration/test_science_similarity.py``) runs on 10,000 cutouts;
+The CI science check (``tests/integration/test_science_similarity.py``) runs on 10^5 cutouts;
 this script runs the same path on a survey of any size, because the figure depends on it: a
 query's top 100 are a smaller and purer neighbourhood the more sources it competes with (Stein et
 al.'s ~500x is the top 100 of ~10^7 DECaLS sources).

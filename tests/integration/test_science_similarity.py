@@ -6,23 +6,27 @@ is pre-trained self-supervised on a random subset of its cutouts (no labels), ev
 embedded, and each lens is used as a query with lenscat's default filters (+-0.5 mag window,
 25 arcsec exclusion).
 
-The issue's goal is >= 10x the survey's base rate among the top-100 neighbours. The survey
-(10,000 cutouts, 1 % lenses) is large enough for that: a perfect encoder under the same filters
-reaches about 30x, which the test computes and prints (a 3,000-cutout survey capped it below 10x).
-An encoder that trains in CI's budget (15 epochs of MoCo-v2 on 3,000 cutouts, about two minutes on
-2 CPU cores) reaches 5-7x: it groups sources by brightness first, and the designed impostors (blue
-companions above all) share the lenses' look of a red galaxy with blue structure beside it. The
-test asserts the enrichment this budget reliably gives and prints the measured value, which
-docs/benchmarks.md records next to the recipes tried to raise it. The figure grows with the survey
-(about 1.2x per doubling): bench/science_similarity.py runs this path on 10^5 cutouts, where the
-same encoder recipe reaches the 10x goal (12x), in ten minutes that CI does not spend on every run.
-The test also checks that `lens_query_enrichment` (`lenscat encoder evaluate`) reproduces its figures.
+The issue's goal, asserted here: >= 10x the survey's base rate among the top-100 neighbours. The
+figure is a property of the survey's size as much as of the encoder (a query's top 100 is a purer
+neighbourhood the more sources it competes with; about 1.2x per doubling, see docs/benchmarks.md):
+the encoder that trains in CI's budget (15 epochs of MoCo-v2 on 3,000 cutouts, under a minute to
+two on 2 CPU cores) reaches 5-7x on 10,000 cutouts and 12-14x on 10^5. So the survey has 10^5
+cutouts with 1 % lenses (1,000 queries; a perfect encoder reaches about 99x under the same filters,
+which the test computes and prints). They are rendered at 96x96 pixels instead of the survey
+default of 152x152: the encoder sees the central 48 pixels plus jitter and rotation margin, the
+pixels it sees are the same, and the file takes 11 GB instead of 28 GB (deleted at the end) and
+4-8 minutes instead of 8-13 to simulate. The whole test takes 7-13 minutes; it prints the time
+of each step.
+The enrichment is `lens_query_enrichment`'s (`lenscat encoder evaluate`), over every lens; on a
+random subset of the queries the test repeats the search itself and checks that figure against an
+exact numpy search with the same filters, and the perfect-encoder ceiling from the truth table.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 
 import numpy as np
 import pytest
@@ -30,14 +34,25 @@ from sqlalchemy import text
 
 pytestmark = pytest.mark.slow
 
-N = 10000
+N = 100_000
+STAMP = 96  # pixels
 LENS_FRACTION = 0.01
 TRAIN_IMAGES = 3000
 K = 100
-MIN_ENRICHMENT = 3.0
+REFERENCE_QUERIES = 150  # lenses whose figures are recomputed independently
+MIN_ENRICHMENT = 10.0  # the issue's goal; measured 10.5-14.7x on 10^5 cutouts (docs/benchmarks.md)
 
 
-def test_lens_queries_find_lenses(session, tmp_path):
+@pytest.fixture
+def survey_path(tmp_path):
+    """Where the survey is written; removed afterwards (11 GB), even when the test fails."""
+    path = tmp_path / "survey.h5"
+    yield path
+    path.unlink(missing_ok=True)
+    path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
+
+
+def test_lens_queries_find_lenses(session, survey_path):
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
     from lenscat.jobs import pending_chunks, start_chunk
@@ -50,24 +65,48 @@ def test_lens_queries_find_lenses(session, tmp_path):
 
     seed = int(os.environ.get("LENSCAT_SCIENCE_SEED") or secrets.randbelow(2**31))
     print(f"science check seed: {seed}")
-    path = tmp_path / "survey.h5"
-    simulate_survey(N, LENS_FRACTION, seed, path, progress=False)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal t0
+        times[step] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+
+    path = survey_path
+    simulate_survey(N, LENS_FRACTION, seed, path, stamp=STAMP, progress=False)
+    lap("simulate")
     truth = read_truth(path)
     ingest_sources(path, "science")
+    lap("ingest")
     model, _, metrics = train_encoder("science-moco", ["science"], epochs=15, batch_size=64, max_images=TRAIN_IMAGES,
                                       lr=0.1, queue_size=1024, crop=48, temperature=0.1, seed=seed % 1000,
                                       progress=False)
+    lap("train")
     job = plan_embed_job(model.label, surveys=["science"], chunk_size=1000, session=session)
     for c in pending_chunks(job.job_id, session=session):
         lo, hi, _ = start_chunk(job.job_id, c, session=session)
         embed_chunk(job.job_id, c, lo, hi, session=session)
     ensure_hnsw_index(model, session=session)
+    lap("embed + index")
+
+    # every lens a query, through the HNSW index (Stein's +-0.5 mag window, 25" exclusion)
+    import_labels(path, label_col="is_lens", survey="science", origin="simulation", session=session)
+    ev = lens_query_enrichment(model, session=session, k=K, surveys=["science"], origins=["simulation"],
+                               progress=False)
+    lap("lens queries")
 
     ids = dict(session.execute(text(
         "SELECT objid, source_id FROM sources WHERE survey = 'science'")).all())
     is_lens = {ids[str(o)]: bool(t) for o, t in zip(truth["objid"], truth["is_lens"], strict=True)}
-    base_rate = np.mean(list(is_lens.values()))
-    # exact reference: every embedded source with its r magnitude and position
+    lens_ids = [s for s, lens in is_lens.items() if lens]
+    base_rate = len(lens_ids) / len(is_lens)
+    assert ev.n_lenses == len(lens_ids) and ev.n_sources == len(is_lens)
+    assert ev.filters["n_queries"] == ev.n_lenses
+    assert ev.base_rate == pytest.approx(base_rate, rel=1e-12)
+    assert sorted(int(s) for s in ev.queries["source_id"]) == sorted(lens_ids)
+
+    # the reference: every embedded source with its r magnitude, position and vector
     rows = session.execute(text(
         "SELECT s.source_id, s.mag_r, s.ra, s.dec FROM public.sources s WHERE s.survey = 'science'")).all()
     all_ids = np.array([r[0] for r in rows])
@@ -77,34 +116,31 @@ def test_lens_queries_find_lenses(session, tmp_path):
     assert np.array_equal(np.sort(all_ids), stored_ids)  # every cutout embedded
     vecs = stored[np.searchsorted(stored_ids, all_ids)].astype(np.float64)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    fractions, ceilings = [], []
-    for sid in [s for s, lens in is_lens.items() if lens]:
-        q = query_from_source(sid, model, session=session)
-        res = similar(q, encoder=model, k=K, session=session)  # Stein's +-0.5 mag window, 25" exclusion
+    lens_arr = np.array([is_lens[int(i)] for i in all_ids])
+    per_query = {int(r["source_id"]): r for r in ev.queries}
+    recalls = []
+    for sid in np.random.default_rng(seed).choice(lens_ids, REFERENCE_QUERIES, replace=False):
+        q = query_from_source(int(sid), model, session=session)
+        res = similar(q, encoder=model, k=K, session=session)
         # a bright or faint lens can have fewer than K sources in its +-0.5 mag window: expect what an
         # exact search with the same filters keeps
         ok = (np.abs(mag_r - q.mag) <= 0.5) & (all_ids != sid)
         order = np.flatnonzero(ok)[np.argsort(-(vecs[ok] @ vecs[all_ids == sid][0]))]
-        expected = len(_dedupe(ra[order], dec[order], 25 / 3600, K, q.coord))
-        assert len(res) == expected, (sid, q.mag, int(ok.sum()))
-        fractions.append(np.mean([is_lens[int(s)] for s in res["source_id"]]))
+        exact = order[_dedupe(ra[order], dec[order], 25 / 3600, K, q.coord)]
+        assert len(res) == len(exact), (sid, q.mag, int(ok.sum()))
+        recalls.append(len(set(all_ids[exact]) & {int(s) for s in res["source_id"]}) / max(len(exact), 1))
+        row = per_query[int(sid)]
+        assert row["n_results"] == len(res)
+        assert row["lens_fraction"] == pytest.approx(np.mean([is_lens[int(s)] for s in res["source_id"]]))
         # the ceiling: a perfect encoder ranks every lens of the window first
-        lens_first = np.flatnonzero(ok)[np.argsort(~np.array([is_lens[int(i)] for i in all_ids[ok]]),
-                                                   kind="stable")]
+        lens_first = np.flatnonzero(ok)[np.argsort(~lens_arr[ok], kind="stable")]
         best = _dedupe(ra[lens_first], dec[lens_first], 25 / 3600, K, q.coord)
-        ceilings.append(np.mean([is_lens[int(all_ids[lens_first[j]])] for j in best]))
-    enrichment = float(np.mean(fractions)) / base_rate
-    ceiling = float(np.mean(ceilings)) / base_rate
-    # `lenscat encoder evaluate` computes the same figures from the labels table
-    import_labels(path, label_col="is_lens", survey="science", origin="simulation", session=session)
-    ev = lens_query_enrichment(model, session=session, k=K, surveys=["science"], origins=["simulation"],
-                               progress=False)
-    assert ev.n_lenses == sum(is_lens.values()) and ev.n_sources == len(all_ids)
-    assert ev.filters["n_queries"] == ev.n_lenses
-    assert ev.enrichment == pytest.approx(enrichment, rel=1e-9)
-    assert ev.ceiling == pytest.approx(ceiling, rel=1e-9)
-    print(f"lens fraction in the top {K}: {np.mean(fractions):.3f} vs base rate {base_rate:.3f}: "
-          f"enrichment {enrichment:.1f}x (a perfect encoder: {ceiling:.1f}x with these filters); "
-          f"encoder {metrics}")
-    assert enrichment <= ceiling + 1e-9
-    assert enrichment >= MIN_ENRICHMENT
+        assert row["ceiling_fraction"] == pytest.approx(np.mean(lens_arr[lens_first[best]]))
+    lap("reference")
+    print(f"lens fraction in the top {K}: {ev.lens_fraction:.3f} vs base rate {base_rate:.3f}: "
+          f"enrichment {ev.enrichment:.1f}x (a perfect encoder: {ev.ceiling:.1f}x with these filters); "
+          f"HNSW recall against exact search {np.mean(recalls):.3f} over {REFERENCE_QUERIES} queries; "
+          f"seconds {times}; encoder {metrics}")
+    assert np.mean(recalls) >= 0.9
+    assert ev.enrichment <= ev.ceiling + 1e-9
+    assert ev.enrichment >= MIN_ENRICHMENT
