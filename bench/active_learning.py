@@ -111,7 +111,7 @@ def image_embeddings(args: argparse.Namespace, t: dict[str, float]) -> tuple[str
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
     from lenscat.errors import NotFoundError
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.registry import get_model
 
     try:
@@ -129,12 +129,9 @@ def image_embeddings(args: argparse.Namespace, t: dict[str, float]) -> tuple[str
     t0 = time.perf_counter()
     with session_scope() as s:
         job = plan_embed_job(enc.label, surveys=[SURVEY], chunk_size=1000, session=s)
-        chunks = pending_chunks(job.job_id, session=s)
-    for c in tqdm(chunks, desc="embed", unit="chunk"):
-        with session_scope() as s:
-            lo, hi, _ = start_chunk(job.job_id, c, session=s)  # type: ignore[misc]
-            embed_chunk(job.job_id, c, lo, hi, session=s)
-    if chunks:
+    with session_scope() as s:
+        n_embedded = run_here(job.job_id, embed_chunk, session=s, progress=True, desc="embed")
+    if n_embedded:
         t["embed_s"] = time.perf_counter() - t0
     info.update(arch=enc.architecture, dim=enc.output_dim, epochs=args.encoder_epochs, images=args.encoder_images)
     return enc.label, info

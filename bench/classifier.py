@@ -82,7 +82,7 @@ def bench(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy import text
 
     from lenscat.classifier import plan_score_job, score_chunk
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.models.linear import predict_linear, state_dict, train_linear
     from lenscat.ranking import top_candidates
     from lenscat.registry import register_model, store_checkpoint
@@ -130,12 +130,9 @@ def bench(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
                                 checkpoint_sha256=sha, origin="trained", parent_model_id=enc.model_id,
                                 input_spec={"input": "embedding", "dim": dim}, session=s)
         job = plan_score_job(clf, chunk_size=args.chunk, session=s)
-        chunks = pending_chunks(job.job_id, session=s)
     t0 = time.perf_counter()
-    for c in chunks:
-        with session_scope() as s:
-            lo, hi, _ = start_chunk(job.job_id, c, session=s)  # type: ignore[misc]
-            score_chunk(job.job_id, c, lo, hi, session=s)
+    with session_scope() as s:
+        run_here(job.job_id, score_chunk, session=s)
     out["score_rows_per_s"] = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     sc = predict_linear(fit.weight, fit.bias, x)

@@ -90,7 +90,7 @@ def main() -> None:
     from lenscat.cli_common import ensure_schema
     from lenscat.embedding import embed_chunk, load_encoder_for, plan_embed_job
     from lenscat.encoders import train_encoder
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.labels import import_labels, resolve_labels
     from lenscat.models.inference import encode
     from lenscat.similarity import _dedupe
@@ -120,11 +120,8 @@ def main() -> None:
     t = time.perf_counter()
     with session_scope() as s:
         job = plan_embed_job(model.label, surveys=["bench-sci"], chunk_size=2000, session=s)
-        chunks = pending_chunks(job.job_id, session=s)
-    for c in chunks:
-        with session_scope() as s:
-            lo, hi, _ = start_chunk(job.job_id, c, session=s)
-            embed_chunk(job.job_id, c, lo, hi, session=s)
+    with session_scope() as s:
+        run_here(job.job_id, embed_chunk, session=s, progress=True, desc="embed")
     with session_scope() as s:
         ensure_hnsw_index(model, session=s)
     times["embed_and_index_s"] = time.perf_counter() - t

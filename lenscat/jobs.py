@@ -230,6 +230,42 @@ def pending_chunks(job_id: int, *, session: Session) -> list[int]:
     ).scalars()]
 
 
+def run_here(job_id: int, work: Callable[..., int], *, session: Session, progress: bool = False,
+             desc: str | None = None) -> int:
+    """Run a job's pending chunks in this process and transaction, without a broker or worker.
+
+    For tests and benchmarks, which hold one transaction (a test's SAVEPOINT) or want no Celery
+    round trip: each pending chunk is marked running and handed to ``work`` exactly as a worker
+    would (``work(job_id, chunk_no, lo_id, hi_id, session=...)``, see :func:`run_chunk`). The
+    caller commits. Chunks already done are skipped, so a second call does nothing.
+
+    Parameters
+    ----------
+    job_id
+        The job.
+    work
+        The chunk function of the job's kind (``embed_chunk``, ``score_chunk``...).
+    session
+        The caller's session; everything is written in its transaction.
+    progress
+        Show a tqdm progress bar over the chunks on stderr.
+    desc
+        Label of the progress bar.
+
+    Returns
+    -------
+    int
+        Rows written over all chunks run.
+    """
+    written = 0
+    for chunk_no in tqdm(pending_chunks(job_id, session=session), disable=not progress, unit="chunk",
+                         desc=desc or f"job {job_id}"):
+        started = start_chunk(job_id, chunk_no, session=session)
+        if started is not None:
+            written += int(work(job_id, chunk_no, started[0], started[1], session=session))
+    return written
+
+
 def wait_for_job(job_id: int, *, progress: bool = True, poll_s: float = 0.5, timeout_s: float | None = None,
                  unit: str = "item", desc: str | None = None) -> JobState:
     """Block until the job finishes, drawing a progress bar from the jobs tables.

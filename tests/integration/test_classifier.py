@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from lenscat.classifier import plan_score_job, score_chunk, train_linear_classifier
 from lenscat.errors import LenscatError
-from lenscat.jobs import pending_chunks, start_chunk
+from lenscat.jobs import pending_chunks, run_here
 from lenscat.labels import import_labels, label_counts, labels_from_crossmatch, resolve_labels
 from lenscat.ranking import evaluate_classifier, top_candidates
 from lenscat.registry import get_model, register_model
@@ -66,9 +66,7 @@ def _world(session, tmp_path, n=4000, n_lens=40, seed=0):
 
 def _score_all(name, session):
     job = plan_score_job(name, chunk_size=1500, session=session)
-    for c in pending_chunks(job.job_id, session=session):
-        lo, hi, _ = start_chunk(job.job_id, c, session=session)
-        score_chunk(job.job_id, c, lo, hi, session=session)
+    run_here(job.job_id, score_chunk, session=session)
     return job
 
 
@@ -144,9 +142,8 @@ def test_new_version_and_new_sources_are_reprocessed_once(session, tmp_path):
     # a second run while that job is queued plans nothing (never the same work twice)
     assert plan_reprocess(session=session) == []
     job_id = planned[0].job_id
-    for c in planned[0].chunks:
-        lo, hi, _ = start_chunk(job_id, c, session=session)
-        score_chunk(job_id, c, lo, hi, session=session)
+    assert pending_chunks(job_id, session=session) == planned[0].chunks
+    assert run_here(job_id, score_chunk, session=session) == 1500
     # new sources with embeddings: only they are queued
     new_ids, _, _ = _sources(session, "clf-sim", 100, 9, ra0=160.0)
     upsert_embeddings(enc, new_ids, np.random.default_rng(1).normal(size=(100, DIM)), session=session)

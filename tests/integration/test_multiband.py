@@ -32,7 +32,7 @@ def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_pat
     from lenscat.classifier import train_image_classifier_version
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.labels import import_labels
     from lenscat.similarity import query_from_source, similar
     from lenscat.source_ingest import SourceMapping, ingest_sources
@@ -54,9 +54,7 @@ def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_pat
     assert any(n.startswith("bands g, r, i, z, y") for n in metrics["band_setup"])
 
     job = plan_embed_job(model.label, surveys=["hsc-like"], chunk_size=100, session=session)
-    for c in pending_chunks(job.job_id, session=session):
-        lo, hi, _ = start_chunk(job.job_id, c, session=session)
-        embed_chunk(job.job_id, c, lo, hi, session=session)
+    run_here(job.job_id, embed_chunk, session=session)
     assert session.execute(text("SELECT count(*) FROM embeddings WHERE encoder = 'hsc-moco'")).scalar() == 48
     sid = session.execute(text("SELECT min(source_id) FROM sources WHERE survey = 'hsc-like'")).scalar()
     res = similar(query_from_source(sid, model, session=session), encoder=model, k=5, mag_window=None,

@@ -37,7 +37,7 @@ def test_linear_probe_ranks_lenses(session, tmp_path):
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
     from lenscat.evaluation import format_metrics
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.labels import import_labels
     from lenscat.ranking import evaluate_classifier
     from lenscat.simsurvey import simulate_survey
@@ -51,12 +51,8 @@ def test_linear_probe_ranks_lenses(session, tmp_path):
     model, _, _ = train_encoder("science-clf-moco", ["science-clf"], epochs=15, batch_size=64, max_images=3000,
                                 lr=0.1, queue_size=1024, crop=48, temperature=0.1, seed=seed % 1000, progress=False)
 
-    def run(job_id, fn):
-        for c in pending_chunks(job_id, session=session):
-            lo, hi, _ = start_chunk(job_id, c, session=session)
-            fn(job_id, c, lo, hi, session=session)
-
-    run(plan_embed_job(model.label, surveys=["science-clf"], chunk_size=1000, session=session).job_id, embed_chunk)
+    run_here(plan_embed_job(model.label, surveys=["science-clf"], chunk_size=1000, session=session).job_id,
+             embed_chunk, session=session)
     labels = import_labels(path, label_col="is_lens", survey="science-clf", origin="simulation", session=session)
     assert labels.n_positive == round(N * LENS_FRACTION) and not labels.rejects
 
@@ -65,7 +61,7 @@ def test_linear_probe_ranks_lenses(session, tmp_path):
     cnn = train_image_classifier_version("science-cnn", arch="cnn", session=session, ratio=100, test_fraction=0.4,
                                          epochs=100, crop=48, max_steps=400, lens_fraction=0.2, seed=seed % 1000)
     for clf in (probe.model, cnn.model):
-        run(plan_score_job(clf, chunk_size=2500, session=session).job_id, score_chunk)
+        run_here(plan_score_job(clf, chunk_size=2500, session=session).job_id, score_chunk, session=session)
     n_scored = session.execute(text("SELECT count(*) FROM lenscat.scores WHERE model_id = ANY(:m)"),
                                {"m": [probe.model.model_id, cnn.model.model_id]}).scalar()
     assert n_scored == 2 * N

@@ -55,7 +55,7 @@ def survey_path(tmp_path):
 def test_lens_queries_find_lenses(session, survey_path):
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.labels import import_labels
     from lenscat.similarity import _dedupe, query_from_source, similar
     from lenscat.similarity_eval import lens_query_enrichment
@@ -84,9 +84,7 @@ def test_lens_queries_find_lenses(session, survey_path):
                                       progress=False)
     lap("train")
     job = plan_embed_job(model.label, surveys=["science"], chunk_size=1000, session=session)
-    for c in pending_chunks(job.job_id, session=session):
-        lo, hi, _ = start_chunk(job.job_id, c, session=session)
-        embed_chunk(job.job_id, c, lo, hi, session=session)
+    run_here(job.job_id, embed_chunk, session=session)
     ensure_hnsw_index(model, session=session)
     lap("embed + index")
 

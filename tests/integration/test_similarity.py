@@ -106,7 +106,7 @@ def test_query_errors(session):
 def test_fits_cutouts_register_and_embed(session, tmp_path):
     from lenscat.cutout_ingest import ingest_fits_cutouts
     from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.models.checkpoint import save_encoder
     from lenscat.models.resnet import build_encoder
     from lenscat.registry import store_checkpoint
@@ -131,9 +131,8 @@ def test_fits_cutouts_register_and_embed(session, tmp_path):
                    session=session)
     job = plan_embed_job("tiny", surveys=["real-lenses"], chunk_size=2, session=session)
     assert (job.n_items, job.n_chunks) == (3, 2)
-    for c in pending_chunks(job.job_id, session=session):
-        lo, hi, _ = start_chunk(job.job_id, c, session=session)
-        embed_chunk(job.job_id, c, lo, hi, session=session)
+    assert run_here(job.job_id, embed_chunk, session=session) == 3
+    assert run_here(job.job_id, embed_chunk, session=session) == 0  # nothing left to do
     n = session.execute(text("SELECT count(*) FROM embeddings WHERE encoder = 'tiny'")).scalar()
     assert n == 3
     state = session.execute(text("SELECT status, n_done FROM jobs WHERE job_id = :j"), {"j": job.job_id}).one()

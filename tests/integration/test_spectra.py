@@ -89,13 +89,11 @@ def write_injected(src, dest, *, centre=4480.0, line_flux=40.0, fwhm_kms=300.0, 
 
 
 def _scan_all(detector, session):
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.spectra.scan import plan_scan, refresh_overdensity, scan_chunk
 
     job = plan_scan(detector, chunk_size=7, session=session)
-    for c in pending_chunks(job.job_id, session=session):
-        lo, hi, _ = start_chunk(job.job_id, c, session=session)
-        scan_chunk(job.job_id, c, lo, hi, session=session)
+    run_here(job.job_id, scan_chunk, session=session)
     refresh_overdensity(job.detector, session=session)
     return job
 

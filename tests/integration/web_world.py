@@ -62,7 +62,7 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     from lenscat.classifier import plan_score_job, score_chunk, train_linear_classifier
     from lenscat.cli import cli
     from lenscat.grading import add_grader
-    from lenscat.jobs import pending_chunks, start_chunk
+    from lenscat.jobs import run_here
     from lenscat.registry import register_model
     from lenscat.spectra.scan import plan_scan, scan_chunk
     from lenscat.vectors import upsert_embeddings
@@ -91,9 +91,7 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     run("spectra", "matched-filter", "--name", "webmf")
     with session_scope() as s:
         plan = plan_scan("webmf", chunk_size=10, session=s)
-        for c in pending_chunks(plan.job_id, session=s):
-            lo, hi, _ = start_chunk(plan.job_id, c, session=s)
-            scan_chunk(plan.job_id, c, lo, hi, session=s)
+        run_here(plan.job_id, scan_chunk, session=s)
     rng = np.random.default_rng(seed + 1)
     with session_scope() as s:
         ids = np.array(s.execute(text(
@@ -111,9 +109,7 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
         train_linear_classifier("webclf", "webenc", ratio=4, val_ratio=4, session=s, seed=0)
     with session_scope() as s:
         job = plan_score_job("webclf", chunk_size=1000, session=s)
-        for c in pending_chunks(job.job_id, session=s):
-            lo, hi, _ = start_chunk(job.job_id, c, session=s)
-            score_chunk(job.job_id, c, lo, hi, session=s)
+        run_here(job.job_id, score_chunk, session=s)
     with session_scope() as s:
         for name in ("alice", "bob"):
             add_grader(name, password=PASSWORD, session=s)
