@@ -183,6 +183,23 @@ def test_noise_matches_declared_depth(data):
     assert np.median(data["sky_sigma_g"]) < np.median(data["sky_sigma_r"]) < np.median(data["sky_sigma_z"])
 
 
+@pytest.mark.parametrize(("fwhm", "beta", "size"), [(1.3, 3.5, 41), (0.6, 2.2, 41), (2.1, 4.8, 15)])
+def test_psf_kernel_is_the_pixel_mean_of_the_moffat_profile(fwhm, beta, size):
+    from lenscat.simsurvey_render import _moffat_pixels
+
+    # the full 5x sub-pixel grid, evaluated directly (psf_kernel uses one quadrant and a matrix product)
+    offs = (np.arange(5) + 0.5) / 5 - 0.5
+    ax = ((np.arange(-(size // 2), size // 2 + 1)[:, None] + offs[None, :]).ravel()) * PIXEL_SCALE
+    x, y = np.meshgrid(ax, ax)
+    direct = _moffat_pixels(x, y, fwhm, beta).reshape(size, 5, size, 5).mean(axis=(1, 3))
+    k = psf_kernel(fwhm, beta, size)
+    assert k.shape == (size, size) and k.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(k, direct / direct.sum(), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(k, k.T, rtol=1e-12)
+    np.testing.assert_allclose(k, k[::-1, ::-1], rtol=1e-12)
+    assert k.argmax() == (size * size) // 2  # peaked on the centre pixel
+
+
 def test_lenses_have_blue_arcs_beyond_their_lens_light(data):
     images = data["images"]
     rad = _radius()
