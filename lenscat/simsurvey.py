@@ -67,6 +67,7 @@ __all__ = ["SimSummary", "simulate_survey", "simulate_cutout", "read_truth", "KI
 
 GENERATOR = "lenscat.simsurvey"
 CHUNK = 8  # objects per worker task
+WRITE_ROWS = 128  # rendered rows buffered per HDF5 write (written at once on an interrupt)
 _GLOBAL_ENTROPY = 0x1E45CA7  # mixed with the seed for the survey-level stream (kinds, positions)
 
 # name -> (dtype, unit or None, description)
@@ -416,6 +417,32 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise ``KeyboardInterrupt``.
+
+    A write is never cut in half, and no interrupt is lost: one raised inside h5py's object
+    finalisers would be swallowed ("exception ignored"). Outside the main thread the block runs
+    unguarded (signal handlers run only there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _open_partial(partial: Path, key: str, n: int, stamp: int, objid: np.ndarray, ra: np.ndarray,
                   dec: np.ndarray) -> tuple[Any, int]:
     """The partial file to fill and the rows already in it (0 for a new one).
@@ -459,25 +486,47 @@ def _open_partial(partial: Path, key: str, n: int, stamp: int, objid: np.ndarray
 
 def _write(fh: Any, results: Iterator[tuple[int, np.ndarray, list[dict[str, Any]]]], progress: bool, n: int,
            done: int, meta: dict[str, Any]) -> None:
-    """Fill the rows from ``done`` on, chunk by chunk (each flushed with its ``rows_done``), then finish."""
+    """Fill the rows from ``done`` on, :data:`WRITE_ROWS` at a time (each write flushed with its ``rows_done``), then finish."""
     import lenstronomy
     from tqdm import tqdm
 
     images = fh["images"]
     filled = [name for name in COLUMNS if name not in ("objid", "ra", "dec")]
+    pending: list[tuple[int, np.ndarray, list[dict[str, Any]]]] = []  # contiguous rendered chunks
+
+    def flush() -> None:
+        """Write the buffered chunks in one go and mark their rows done."""
+        with _interrupts_deferred():
+            _flush()
+
+    def _flush() -> None:
+        start = pending[0][0]
+        stop = pending[-1][0] + len(pending[-1][1])
+        images[start:stop] = np.concatenate([imgs for _, imgs, _ in pending])
+        rows = [r for _, _, chunk_rows in pending for r in chunk_rows]
+        for name in filled:
+            v = np.array([r[name] for r in rows])
+            dtype = COLUMNS[name][0]
+            fh[name][start:stop] = (np.char.encode(v.astype(str), "ascii") if dtype.startswith("S")
+                                    else v).astype(dtype)
+        fh.attrs["rows_done"] = stop
+        fh.flush()
+        pending.clear()
+
     with tqdm(total=n, initial=done, disable=not progress, unit="cutout", desc="simulate",
               dynamic_ncols=True) as bar:
-        for start, imgs, chunk_rows in results:
-            stop = start + len(imgs)
-            images[start:stop] = imgs
-            for name in filled:
-                v = np.array([r[name] for r in chunk_rows])
-                dtype = COLUMNS[name][0]
-                fh[name][start:stop] = (np.char.encode(v.astype(str), "ascii") if dtype.startswith("S")
-                                        else v).astype(dtype)
-            fh.attrs["rows_done"] = stop
-            fh.flush()
-            bar.update(len(imgs))
+        try:
+            for chunk in results:
+                pending.append(chunk)
+                if chunk[0] + len(chunk[1]) - pending[0][0] >= WRITE_ROWS:
+                    flush()
+                bar.update(len(chunk[1]))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every row rendered so far
+            if pending:
+                flush()
+            raise
+        if pending:
+            flush()
     for name in ("resume_key", "rows_done"):
         del fh.attrs[name]
     fh.attrs["pixel_scale_arcsec"] = PIXEL_SCALE
