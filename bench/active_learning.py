@@ -120,9 +120,8 @@ def image_embeddings(args: argparse.Namespace, t: dict[str, float]) -> tuple[str
         info: dict[str, Any] = {"reused": True}
     except NotFoundError:
         t0 = time.perf_counter()
-        enc, _, metrics = train_encoder(ENCODER, [SURVEY], epochs=args.encoder_epochs, batch_size=64,
-                                        max_images=args.encoder_images, lr=0.1, queue_size=1024, crop=48,
-                                        temperature=0.1, seed=args.sim_seed % 1000, progress=True)
+        enc, _, metrics = train_encoder(ENCODER, [SURVEY], epochs=args.encoder_epochs,
+                                        max_images=args.encoder_images, seed=args.sim_seed % 1000, progress=True)
         t["encoder_train_s"] = time.perf_counter() - t0
         info = {"reused": False, **metrics}
         print(f"trained {enc.label} in {t['encoder_train_s']:.0f} s (loss {metrics.get('final_loss')})", flush=True)

@@ -9,7 +9,7 @@ al.'s ~500x is the top 100 of ~10^7 DECaLS sources).
 Steps, all with lenscat's library calls on its own embedded PostgreSQL in a temporary
 ``LENSCAT_HOME``: ``simulate_survey(n, lens_fraction, seed, stamp)`` (the command
 ``lenscat simulate survey``), ``ingest_sources``, ``train_encoder`` (MoCo-v2, the CI check's recipe:
-``resnet-small``, 15 epochs on a random 3,000 cutouts, crop 48, batch 64, lr 0.1, queue 1,024,
+``resnet-small``, 15 epochs on a random 3,000 cutouts, crop 48, batch 64, lr 0.2, queue 1,024,
 temperature 0.1), every cutout embedded (the ``embed`` job's chunks, in-process), the HNSW index,
 the truth imported as labels, and :func:`lenscat.similarity_eval.lens_query_enrichment` (what
 ``lenscat encoder evaluate`` prints: every lens a query, +-0.5 mag window, 25 arcsec exclusion,
@@ -113,9 +113,8 @@ def main() -> None:
         import_labels(survey, label_col="is_lens", survey="bench-sci", origin="simulation", session=s)
     times["ingest_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model, _, metrics = train_encoder("bench-sci-moco", ["bench-sci"], epochs=15, batch_size=64, max_images=3000,
-                                      lr=0.1, queue_size=1024, crop=48, temperature=0.1, seed=args.seed % 1000,
-                                      progress=True)
+    model, _, metrics = train_encoder("bench-sci-moco", ["bench-sci"], max_images=3000, seed=args.seed % 1000,
+                                      progress=True)  # resnet-small's recipe (TRAINING_RECIPES)
     times["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with session_scope() as s:

@@ -61,7 +61,7 @@ def encoder() -> None:
               help="Passes over the training cutouts [default: resnet-small 15, resnet18/resnet50 5].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="[default: 64]")
 @click.option("--lr", type=float, default=None,
-              help="Initial SGD learning rate, cosine decay [default: resnet-small 0.1, others 0.06].")
+              help="Initial SGD learning rate, cosine decay [default: resnet-small 0.2, others 0.06].")
 @click.option("--queue-size", type=click.IntRange(min=16), default=None,
               help="MoCo queue of negatives [default: resnet-small 1024, others 4096].")
 @click.option("--crop", type=click.IntRange(min=16), default=None,
@@ -72,6 +72,9 @@ def encoder() -> None:
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
               help="Steps of linear learning-rate warm-up before the cosine decay "
                    "[default: resnet-small 50, others 0].")
+@click.option("--zero-init-residual/--no-zero-init-residual", default=None,
+              help="Start every residual block as the identity (its last BatchNorm scale at zero) "
+                   "[default: resnet-small yes, resnet18/resnet50 no].")
 @click.option("--max-images", type=click.IntRange(min=2), default=20000, show_default=True,
               help="Train on a seeded random subset of at most this many cutouts.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
@@ -81,15 +84,16 @@ def encoder() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int | None,
                       batch_size: int | None, lr: float | None, queue_size: int | None, crop: int | None,
-                      temperature: float | None, warmup_steps: int | None, max_images: int,
+                      temperature: float | None, warmup_steps: int | None,
+                      zero_init_residual: bool | None, max_images: int,
                       max_steps: int | None, seed: int,
                       device: str | None, restart: bool, as_json: bool) -> None:
     """Self-supervised MoCo-v2 pre-training with Stein et al.'s augmentations (reddening, flips,
     rotations, 0.9-1.1 scaling, PSF blur, +-7 px jitter with a 96 px centre crop, noise).
 
     Options left out take the architecture's recipe: for resnet-small the CPU recipe measured
-    in docs/benchmarks.md (15 epochs, 48 px crop, temperature 0.1, queue 1,024, lr 0.1 after a
-    50-step warm-up), for
+    in docs/benchmarks.md (15 epochs, 48 px crop, temperature 0.1, queue 1,024, lr 0.2 after a
+    50-step warm-up, residual blocks starting as the identity), for
     resnet18/resnet50 Stein et al.'s 96 px setting. The registered version records every value.
     The training state is saved every epoch, every 10 minutes and on Ctrl-C (in
     LENSCAT_HOME/training); the same command resumes an interrupted run.
@@ -102,7 +106,7 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
     model, created, metrics = train_encoder(
         name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
         max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature,
-        warmup_steps=warmup_steps, seed=seed,
+        warmup_steps=warmup_steps, zero_init_residual=zero_init_residual, seed=seed,
         device=device or get_settings().device,
         hparams=hp, resume=not restart,
     )

@@ -64,8 +64,8 @@ step "11. Self-supervised encoder (MoCo-v2, Stein et al. augmentations), small e
 if [ -n "$(lenscat sql "SELECT encoder_id FROM encoders WHERE encoder = 'demo-moco'" --format csv | tail -n +2)" ]; then
     echo "encoder demo-moco exists (retraining with the same seed would give the same checkpoint)"
 else
-    lenscat encoder train --name demo-moco --survey demo-images --arch resnet-small \
-        --epochs 10 --batch-size 64 --crop 48 --lr 0.1 --queue-size 1024 --temperature 0.1 --seed 1
+    # resnet-small's CPU recipe (docs/benchmarks.md), 10 epochs instead of 15 for the demo's time
+    lenscat encoder train --name demo-moco --survey demo-images --arch resnet-small --epochs 10 --seed 1
 fi
 lenscat encoder list
 

@@ -263,6 +263,7 @@ def _resnet_small(
     widths: Sequence[int] = (32, 64, 128, 256),
     blocks: Sequence[int] = (1, 1, 1, 1),
     strides: Sequence[int] = (2, 2, 2, 1),
+    zero_init_residual: bool = False,
 ) -> ResNetEncoder:
     return ResNetEncoder(
         BasicBlock,
@@ -273,6 +274,7 @@ def _resnet_small(
         stem_width=int(widths[0]),
         strides=tuple(int(s) for s in strides),
         output_dim=int(output_dim),
+        zero_init_residual=bool(zero_init_residual),
     )
 
 
@@ -299,9 +301,10 @@ def build_encoder(arch: str, **hparams: Any) -> Encoder:
     arch : {'resnet50', 'resnet18', 'resnet-small'}
         Architecture name.
     **hparams
-        Builder options. All: ``in_chans`` (default 3: g, r, z). ResNet-18/50 also take
-        ``zero_init_residual``. ``resnet-small`` takes ``output_dim`` (128), ``widths``
-        ((32, 64, 128, 256)), ``blocks`` ((1, 1, 1, 1)) and ``strides`` ((2, 2, 2, 1)).
+        Builder options. All: ``in_chans`` (default 3: g, r, z) and ``zero_init_residual``
+        (False: every residual branch's last BatchNorm starts at one; True: at zero, so each
+        block starts as the identity). ``resnet-small`` also takes ``output_dim`` (128),
+        ``widths`` ((32, 64, 128, 256)), ``blocks`` ((1, 1, 1, 1)) and ``strides`` ((2, 2, 2, 1)).
 
     Returns
     -------

@@ -87,6 +87,8 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
     assert (hp["epochs"], hp["lr"], hp["temperature"], hp["queue_size"], hp["warmup_steps"]) == (
         small["epochs"], small["lr"], small["temperature"], small["queue_size"], small["warmup_steps"])
     assert small["warmup_steps"] == 50 and training_recipe("resnet50")["warmup_steps"] == 0
+    assert hp["zero_init_residual"] is small["zero_init_residual"] is True
+    assert training_recipe("resnet50")["zero_init_residual"] is False
     assert hp["batch_size"] == 16  # given on the command line: the recipe does not override it
     assert training_recipe("resnet50")["crop"] == 96 and training_recipe("resnet50", crop=64)["crop"] == 64
     assert training_recipe("resnet-small", warmup_steps=0)["warmup_steps"] == 0

@@ -50,8 +50,8 @@ def test_linear_probe_ranks_lenses(session, tmp_path):
     path = tmp_path / "survey.h5"
     simulate_survey(N, LENS_FRACTION, seed, path, progress=False)
     ingest_sources(path, "science-clf")
-    model, _, _ = train_encoder("science-clf-moco", ["science-clf"], epochs=15, batch_size=64, max_images=3000,
-                                lr=0.1, queue_size=1024, crop=48, temperature=0.1, seed=seed % 1000, progress=False)
+    model, _, _ = train_encoder("science-clf-moco", ["science-clf"], max_images=3000, seed=seed % 1000,
+                                progress=False)  # resnet-small's recipe (TRAINING_RECIPES)
 
     run_here(plan_embed_job(model.label, surveys=["science-clf"], chunk_size=1000, session=session).job_id,
              embed_chunk, session=session)

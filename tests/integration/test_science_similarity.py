@@ -79,8 +79,8 @@ def test_lens_queries_find_lenses(session, survey_path):
     truth = read_truth(path)
     ingest_sources(path, "science")
     lap("ingest")
-    model, _, metrics = train_encoder("science-moco", ["science"], epochs=15, batch_size=64, max_images=TRAIN_IMAGES,
-                                      lr=0.1, queue_size=1024, crop=48, temperature=0.1, seed=seed % 1000,
+    # resnet-small's recipe (TRAINING_RECIPES): 15 epochs, batch 64, lr 0.2, queue 1,024, crop 48, ...
+    model, _, metrics = train_encoder("science-moco", ["science"], max_images=TRAIN_IMAGES, seed=seed % 1000,
                                       progress=False)
     lap("train")
     job = plan_embed_job(model.label, surveys=["science"], chunk_size=1000, session=session)

@@ -69,6 +69,22 @@ def test_output_dims(arch, hparams, dim):
     assert out.shape == (2, dim)
 
 
+@pytest.mark.parametrize("arch", ["resnet-small", "resnet18"])
+def test_zero_init_residual_starts_every_block_as_the_identity(arch):
+    from lenscat.models.resnet import BasicBlock
+
+    blocks = [m for m in build_encoder(arch, zero_init_residual=True).modules() if isinstance(m, BasicBlock)]
+    assert blocks and all(float(b.bn2.weight.abs().max()) == 0.0 for b in blocks)
+    default = [m for m in build_encoder(arch).modules() if isinstance(m, BasicBlock)]
+    assert all(bool((b.bn2.weight == 1).all()) for b in default)
+    plain = [b.eval() for b in blocks if b.downsample is None]  # resnet-small: every block downsamples
+    torch.manual_seed(0)
+    for block in plain:  # the residual branch adds zero: the block returns relu(x)
+        x = torch.randn(2, block.conv1.in_channels, 12, 12)
+        with torch.no_grad():
+            assert torch.equal(block(x), torch.relu(x))
+
+
 def test_build_encoder_errors():
     with pytest.raises(LenscatError, match="unknown architecture 'vgg'"):
         build_encoder("vgg")
