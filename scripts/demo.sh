@@ -64,8 +64,8 @@ step "11. Self-supervised encoder (MoCo-v2, Stein et al. augmentations), small e
 if [ -n "$(lenscat sql "SELECT encoder_id FROM encoders WHERE encoder = 'demo-moco'" --format csv | tail -n +2)" ]; then
     echo "encoder demo-moco exists (retraining with the same seed would give the same checkpoint)"
 else
-    # resnet-small's CPU recipe (docs/benchmarks.md), 10 epochs instead of 15 for the demo's time
-    lenscat encoder train --name demo-moco --survey demo-images --arch resnet-small --epochs 10 --seed 1
+    # resnet-small's CPU recipe (docs/benchmarks.md): 15 epochs, crop 48, lr 0.2, ... (about a minute here)
+    lenscat encoder train --name demo-moco --survey demo-images --arch resnet-small --seed 1
 fi
 lenscat encoder list
 
