@@ -498,22 +498,18 @@ def _write(fh: Any, results: Iterator[tuple[int, np.ndarray, list[dict[str, Any]
 
     def flush() -> None:
         """Write the buffered chunks in one go and mark their rows done."""
-        with _interrupts_deferred():
-            _flush()
-
-    def _flush() -> None:
-        start = pending[0][0]
-        stop = pending[-1][0] + len(pending[-1][1])
-        images[start:stop] = np.concatenate([imgs for _, imgs, _ in pending])
+        start, stop = pending[0][0], pending[-1][0] + len(pending[-1][1])
         rows = [r for _, _, chunk_rows in pending for r in chunk_rows]
-        for name in filled:
-            v = np.array([r[name] for r in rows])
-            dtype = COLUMNS[name][0]
-            fh[name][start:stop] = (np.char.encode(v.astype(str), "ascii") if dtype.startswith("S")
-                                    else v).astype(dtype)
-        fh.attrs["rows_done"] = stop
-        fh.flush()
-        pending.clear()
+        with _interrupts_deferred():
+            images[start:stop] = np.concatenate([imgs for _, imgs, _ in pending])
+            for name in filled:
+                v = np.array([r[name] for r in rows])
+                dtype = COLUMNS[name][0]
+                fh[name][start:stop] = (np.char.encode(v.astype(str), "ascii") if dtype.startswith("S")
+                                        else v).astype(dtype)
+            fh.attrs["rows_done"] = stop
+            fh.flush()
+            pending.clear()
 
     with tqdm(total=n, initial=done, disable=not progress, unit="cutout", desc="simulate",
               dynamic_ncols=True) as bar:
