@@ -75,6 +75,10 @@ def encoder() -> None:
 @click.option("--zero-init-residual/--no-zero-init-residual", default=None,
               help="Start every residual block as the identity (its last BatchNorm scale at zero) "
                    "[default: resnet-small yes, resnet18/resnet50 no].")
+@click.option("--views", type=click.Choice(["1", "4", "8"]), default=None,
+              help="Orientations of the crop every embedding of this encoder is averaged over: 1 as it is, "
+                   "4 its 90-degree turns, 8 those and their mirror images (exactly rotation- and "
+                   "flip-invariant, 8 times the embedding cost) [default: resnet-small 8, resnet18/resnet50 1].")
 @click.option("--max-images", type=click.IntRange(min=2), default=20000, show_default=True,
               help="Train on a seeded random subset of at most this many cutouts.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many steps.")
@@ -85,7 +89,7 @@ def encoder() -> None:
 def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int | None,
                       batch_size: int | None, lr: float | None, queue_size: int | None, crop: int | None,
                       temperature: float | None, warmup_steps: int | None,
-                      zero_init_residual: bool | None, max_images: int,
+                      zero_init_residual: bool | None, views: str | None, max_images: int,
                       max_steps: int | None, seed: int,
                       device: str | None, restart: bool, as_json: bool) -> None:
     """Self-supervised MoCo-v2 pre-training with Stein et al.'s augmentations (reddening, flips,
@@ -93,7 +97,8 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
 
     Options left out take the architecture's recipe: for resnet-small the CPU recipe measured
     in docs/benchmarks.md (15 epochs, 48 px crop, temperature 0.1, queue 1,024, lr 0.2 after a
-    50-step warm-up, residual blocks starting as the identity), for
+    50-step warm-up, residual blocks starting as the identity, embeddings averaged over the 8
+    turns and flips of the crop), for
     resnet18/resnet50 Stein et al.'s 96 px setting. The registered version records every value.
     The training state is saved every epoch, every 10 minutes and on Ctrl-C (in
     LENSCAT_HOME/training); the same command resumes an interrupted run.
@@ -106,7 +111,8 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
     model, created, metrics = train_encoder(
         name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
         max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature,
-        warmup_steps=warmup_steps, zero_init_residual=zero_init_residual, seed=seed,
+        warmup_steps=warmup_steps, zero_init_residual=zero_init_residual,
+        views=int(views) if views else None, seed=seed,
         device=device or get_settings().device,
         hparams=hp, resume=not restart,
     )
@@ -129,14 +135,17 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
 @click.option("--name", required=True, help="Encoder name, e.g. stein2022-moco.")
 @click.option("--arch", default="resnet50", show_default=True, type=click.Choice(["resnet50"]))
 @click.option("--description", default=None)
-def encoder_import_cmd(checkpoint: Path, name: str, arch: str, description: str | None) -> None:
+@click.option("--views", type=click.Choice(["1", "4", "8"]), default="1", show_default=True,
+              help="Orientations of the crop every embedding is averaged over (see `encoder train --views`).")
+def encoder_import_cmd(checkpoint: Path, name: str, arch: str, description: str | None, views: str) -> None:
     """Register a torchvision ResNet-50 state dict (e.g. Stein et al.'s MoCo release; fc is dropped)."""
     from lenscat.db.session import session_scope
     from lenscat.encoders import import_encoder
 
     ensure_schema()
     with session_scope() as s:
-        model, created = import_encoder(checkpoint, name, arch=arch, session=s, description=description)
+        model, created = import_encoder(checkpoint, name, arch=arch, session=s, description=description,
+                                        views=int(views))
     click.echo(f"encoder {model.label} {'registered' if created else 'already registered'}: "
                f"{model.architecture}, {model.output_dim}-d, sha256 {model.checkpoint_sha256}")
 
@@ -151,7 +160,7 @@ def encoder_list_cmd(fmt: str) -> None:
     ensure_schema()
     with session_scope() as s:
         rows = list_models("encoder", session=s)
-    cols = ["model_id", "name", "version", "architecture", "dim", "origin", "n_embeddings",
+    cols = ["model_id", "name", "version", "architecture", "dim", "crop", "views", "origin", "n_embeddings",
             "checkpoint_sha256", "training_set_sha256", "created_at"]
     write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
 

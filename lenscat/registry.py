@@ -183,12 +183,17 @@ def get_model(kind: str, ref: str | int, *, session: Session) -> ModelVersion:
 
 
 def list_models(kind: str, *, session: Session) -> list[dict[str, Any]]:
-    """All versions of a kind, with the number of embeddings for encoders."""
+    """All versions of a kind, with the number of embeddings for encoders.
+
+    ``crop`` [pixels] and ``views`` (orientations each embedding averages; 1 where the version
+    predates the option) come from the version's input spec; ``crop`` is ``None`` where it has none.
+    """
     rows = session.execute(
         text(
             """
             SELECT m.model_id, m.name, m.version, m.architecture, m.output_dim AS dim, m.origin,
                    m.checkpoint_sha256, m.training_set_sha256, m.created_at,
+                   (m.input_spec ->> 'crop')::int AS crop, coalesce((m.input_spec ->> 'views')::int, 1) AS views,
                    (SELECT count(*) FROM lenscat.embeddings e WHERE e.model_id = m.model_id) AS n_embeddings
             FROM lenscat.model_versions m WHERE m.kind = :k ORDER BY m.name, m.version
             """

@@ -7,7 +7,8 @@ Nothing here knows about the database: images come from any object with ``__len_
 module          owns
 ==============  =========================================================================
 ``resnet``      :func:`build_encoder` ('resnet50', 'resnet18', 'resnet-small'), :class:`Encoder`
-``preprocess``  :class:`Preprocessing`: NaN -> 0, 96-px centre crop, per-band arcsinh stretch
+``preprocess``  :class:`Preprocessing`: NaN -> 0, 96-px centre crop, per-band arcsinh stretch,
+                the orientations an embedding averages (``views``); :func:`oriented`
 ``augment``     :class:`Augmenter`, :class:`AugmentConfig`: Stein et al. 2022 augmentations
 ``moco``        :func:`train_moco` -> :class:`TrainResult`
 ``checkpoint``  :func:`save_encoder`, :func:`load_encoder`, :func:`import_torchvision_resnet50`
@@ -26,7 +27,7 @@ from lenscat.models.checkpoint import (
 from lenscat.models.data import ArraySource, ImageSource
 from lenscat.models.inference import best_device, encode, iter_encode
 from lenscat.models.moco import MOCO_DEFAULTS, StepInfo, TrainResult, train_moco
-from lenscat.models.preprocess import DECALS_SKY_NOISE, Preprocessing, preprocess
+from lenscat.models.preprocess import DECALS_SKY_NOISE, VIEWS, Preprocessing, oriented, preprocess
 from lenscat.models.resnet import ARCHITECTURES, Encoder, build_encoder
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Preprocessing",
     "StepInfo",
     "TrainResult",
+    "VIEWS",
     "best_device",
     "build_encoder",
     "encode",
@@ -48,6 +50,7 @@ __all__ = [
     "import_torchvision_resnet50",
     "iter_encode",
     "load_encoder",
+    "oriented",
     "preprocess",
     "save_encoder",
     "train_moco",

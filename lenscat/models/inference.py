@@ -6,7 +6,8 @@ while the current one runs), for workers that write results as they go.
 
 Both run without gradients in eval mode (BatchNorm uses its running statistics, so every
 image's vector is independent of the batch it is in), apply the encoder's
-:class:`~lenscat.models.preprocess.Preprocessing` on the device, and on CUDA use channels-last
+:class:`~lenscat.models.preprocess.Preprocessing` on the device (with ``views`` 4 or 8 the vector
+is the renormalised mean of the unit vectors of that many orientations of the crop), and on CUDA use channels-last
 memory and bfloat16 (else float16) autocast; the final normalisation is done in float32.
 Thread counts are left as the caller set them (``torch.set_num_threads``): torch's default is
 one thread per physical core, so a process running several workers should lower it.
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from lenscat.errors import LenscatError
 from lenscat.models.data import ImageSource, prefetch
-from lenscat.models.preprocess import Preprocessing
+from lenscat.models.preprocess import Preprocessing, sum_over_views
 from lenscat.models.resnet import Encoder
 
 __all__ = ["best_device", "encode", "iter_encode"]
@@ -89,8 +90,13 @@ class _Runner:
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:
         x = self.pre.apply_torch(x) if self.pre is not None else x.float()
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        views = self.pre.views if self.pre is not None else 1
+        if views == 1:
+            return self._unit(x.contiguous(memory_format=torch.channels_last) if self.cuda else x)
+        # the mean of the orientations' unit vectors, renormalised
+        return F.normalize(sum_over_views(self._unit, x, views, channels_last=self.cuda), dim=1)
+
+    def _unit(self, x: Tensor) -> Tensor:
         with torch.autocast(self.dev.type, dtype=self.amp_dtype, enabled=self.amp):
             feats = self.encoder(x)
         return F.normalize(feats.float(), dim=1)

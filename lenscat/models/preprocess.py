@@ -19,6 +19,12 @@ DECaLS DR9 g, r, z at 0.262 arcsec/pixel). :class:`Preprocessing` does, in this 
 4. **Clip** to ``[-clip, clip]`` when ``clip`` is set (default 10: ``asinh`` reaches 10 only at
    ~1.1e4 times the sky noise, i.e. saturated stars and artefacts).
 
+``views`` is not a pixel operation: it says over how many orientations of the crop
+:func:`lenscat.models.inference.encode` averages an embedding (1: the crop as it is; 4: its four
+90-degree rotations; 8: those and their mirror images, the dihedral group of the square). With 8
+the embedding is exactly invariant under those turns and flips of the cutout, at 8 times the cost.
+Training ignores it (the augmentations rotate and flip the views themselves).
+
 Default scales, DECaLS DR9 typical per-pixel sky noise in nanomaggies: g 0.0024, r 0.0034,
 z 0.0099 (:data:`DECALS_SKY_NOISE`). Stein et al.'s log-normal fits of the DR9 south noise
 distribution have medians of 0.0031, 0.0044 and 0.0118; the stretch is insensitive to this
@@ -30,7 +36,7 @@ versions agree to float32 rounding; both are deterministic and vectorised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,12 +47,15 @@ from torch import Tensor
 from lenscat.errors import LenscatError
 from lenscat.models.options import dataclass_kwargs
 
-__all__ = ["DECALS_SKY_NOISE", "STRETCHES", "Preprocessing", "preprocess"]
+__all__ = ["DECALS_SKY_NOISE", "STRETCHES", "VIEWS", "Preprocessing", "oriented", "preprocess", "sum_over_views"]
 
 DECALS_SKY_NOISE: tuple[float, float, float] = (0.0024, 0.0034, 0.0099)
 """Typical DECaLS DR9 per-pixel sky noise (nanomaggies) in g, r, z."""
 
 STRETCHES = ("arcsinh", "linear", "none")
+
+VIEWS = (1, 4, 8)
+"""Numbers of orientations an embedding may be averaged over (:attr:`Preprocessing.views`)."""
 
 
 @dataclass(frozen=True)
@@ -63,12 +72,16 @@ class Preprocessing:
         Per-band softening scale ``s_b`` in nanomaggies; one per input channel.
     clip : float or None
         Clip the stretched values to ``[-clip, clip]``; ``None`` disables.
+    views : {1, 4, 8}
+        Orientations of the crop an embedding is the mean of (see the module docstring); 1 for
+        checkpoints written before the option existed.
     """
 
     crop: int = 96
     stretch: str = "arcsinh"
     scales: tuple[float, ...] = field(default=DECALS_SKY_NOISE)
     clip: float | None = 10.0
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.stretch not in STRETCHES:
@@ -86,6 +99,9 @@ class Preprocessing:
             if not self.clip > 0:
                 raise LenscatError(f"clip must be positive or None, got {self.clip!r}")
             object.__setattr__(self, "clip", float(self.clip))
+        if isinstance(self.views, bool) or self.views not in VIEWS:
+            raise LenscatError(f"views must be one of {', '.join(map(str, VIEWS))}, got {self.views!r}")
+        object.__setattr__(self, "views", int(self.views))
 
     @classmethod
     def stein(cls) -> Preprocessing:
@@ -197,3 +213,32 @@ class Preprocessing:
 def preprocess(images: np.ndarray, config: Preprocessing | None = None) -> np.ndarray:
     """Shorthand for ``(config or Preprocessing()).apply_numpy(images)``."""
     return (config or Preprocessing()).apply_numpy(images)
+
+
+def oriented(x: Tensor, view: int) -> Tensor:
+    """Orientation ``view`` (0-7) of a ``(N, C, H, W)`` batch of square crops.
+
+    Views 0-3 are rotations by ``90 * view`` degrees; 4-7 are the same rotations of the mirror
+    image (the last axis reversed). ``oriented(x, 0)`` is ``x`` itself.
+    """
+    if not 0 <= view < 8:
+        raise LenscatError(f"view must be in 0..7, got {view}")
+    if view >= 4:
+        x = torch.flip(x, dims=(3,))
+    return torch.rot90(x, view % 4, dims=(2, 3)) if view % 4 else x
+
+
+def sum_over_views(fn: Callable[[Tensor], Tensor], x: Tensor, views: int, *, channels_last: bool = False) -> Tensor:
+    """``sum(fn(oriented(x, v)) for v in range(views))``: what :attr:`Preprocessing.views` averages.
+
+    ``fn`` maps a batch of crops to per-image outputs (unit vectors, logits); ``channels_last``
+    gives each oriented batch channels-last memory (CUDA inference).
+    """
+    total: Tensor | None = None
+    for view in range(views):
+        xv = oriented(x, view)
+        out = fn(xv.contiguous(memory_format=torch.channels_last) if channels_last else xv)
+        total = out if total is None else total + out
+    if total is None:
+        raise LenscatError(f"views must be positive, got {views}")
+    return total

@@ -78,7 +78,7 @@ from lenscat.models.checkpoint import (
 from lenscat.models.data import ArraySource, ImageSource, prefetch
 from lenscat.models.inference import best_device
 from lenscat.models.moco import _SigintStop
-from lenscat.models.preprocess import Preprocessing
+from lenscat.models.preprocess import Preprocessing, sum_over_views
 from lenscat.models.resnet import Encoder, build_encoder
 
 __all__ = [
@@ -116,7 +116,9 @@ class ImageClassifier(nn.Module):
     head : nn.Linear
         ``Linear(backbone.output_dim, 1)``.
     preprocessing : Preprocessing
-        Applied by :meth:`prepare` and :func:`score_images`; saved in checkpoints.
+        Applied by :meth:`prepare` and :func:`score_images`; saved in checkpoints. With ``views``
+        4 or 8 (inherited from a backbone trained so) a score is the sigmoid of the mean logit over
+        that many orientations of the crop; training ignores it.
     """
 
     def __init__(
@@ -411,10 +413,13 @@ def _batch_logits(
 ) -> Tensor:
     x = model.prepare(batch)
     cuda = dev.type == "cuda"
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(dev.type, dtype=_amp_dtype(cuda), enabled=amp and cuda):
-        return model(x).float()
+
+    def logits(xv: Tensor) -> Tensor:
+        with torch.autocast(dev.type, dtype=_amp_dtype(cuda), enabled=amp and cuda):
+            return model(xv).float()
+
+    views = model.preprocessing.views  # the mean logit over the orientations of the crop (1: as it is)
+    return sum_over_views(logits, x, views, channels_last=cuda) / views
 
 
 @torch.no_grad()

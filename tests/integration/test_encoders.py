@@ -33,6 +33,11 @@ def test_import_resnet50_state_dict_is_versioned_and_idempotent(session, tmp_pat
     assert (m.architecture, m.output_dim, m.version, m.origin) == ("resnet50", 2048, 1, "imported")
     row = session.execute(text("SELECT * FROM encoders WHERE encoder = 'stein-like'")).mappings().one()
     assert row["dim"] == 2048 and row["is_latest"] and len(row["checkpoint_sha256"]) == 64
+    assert m.input_spec["views"] == 1  # as the weights were published
+    # the same weights averaged over 8 orientations are another checkpoint, so another version
+    tta, created_tta = import_encoder(tmp_path / "moco.pth.tar", "stein-like", session=session, views=8)
+    assert created_tta and tta.version == 2 and tta.input_spec["views"] == 8
+    assert tta.checkpoint_sha256 != m.checkpoint_sha256
     with pytest.raises(LenscatError, match="broken.pth"):
         (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
         import_encoder(tmp_path / "broken.pth", "stein-like", session=session)
@@ -89,6 +94,17 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
     assert small["warmup_steps"] == 50 and training_recipe("resnet50")["warmup_steps"] == 0
     assert hp["zero_init_residual"] is small["zero_init_residual"] is True
     assert training_recipe("resnet50")["zero_init_residual"] is False
+    # embeddings averaged over the 8 turns and flips, stored with the checkpoint the workers load
+    assert spec["views"] == hp["preprocess"]["views"] == small["views"] == 8
+    assert training_recipe("resnet50")["views"] == 1
+    from lenscat.models import load_encoder
+    path = session.execute(text("SELECT checkpoint_path FROM lenscat.model_versions "
+                                "WHERE name = 'recipe-enc'")).scalar_one()
+    assert load_encoder(path)[0].preprocessing.views == 8
+    listed = CliRunner().invoke(cli, ["encoder", "list", "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    row = next(r for r in map(json.loads, listed.stdout.splitlines()) if r["name"] == "recipe-enc")
+    assert (row["crop"], row["views"]) == (48, 8)
     assert hp["batch_size"] == 16  # given on the command line: the recipe does not override it
     assert training_recipe("resnet50")["crop"] == 96 and training_recipe("resnet50", crop=64)["crop"] == 64
     assert training_recipe("resnet-small", warmup_steps=0)["warmup_steps"] == 0

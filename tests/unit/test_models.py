@@ -18,6 +18,7 @@ from lenscat.models import (
     import_torchvision_resnet,
     import_torchvision_resnet50,
     load_encoder,
+    oriented,
     save_encoder,
 )
 
@@ -131,6 +132,26 @@ def test_preprocessing_variants_and_errors():
         Preprocessing(stretch="log")
     with pytest.raises(LenscatError, match="unknown preprocessing option"):
         Preprocessing.from_dict({"size": 3})
+    assert Preprocessing.from_dict({"crop": 48}).views == 1  # checkpoints from before the option
+    assert Preprocessing.from_dict(Preprocessing(views=8).to_dict()).views == 8
+    for bad in (0, 2, 16, True, 8.5):
+        with pytest.raises(LenscatError, match="views must be one of 1, 4, 8"):
+            Preprocessing(views=bad)
+
+
+def test_oriented_is_the_dihedral_group_of_the_square():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    views = [oriented(x, v) for v in range(8)]
+    assert torch.equal(views[0], x)
+    assert torch.equal(views[1], torch.rot90(x, 1, dims=(2, 3)))
+    assert torch.equal(views[4], torch.flip(x, dims=(3,)))
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8  # eight different images
+    # closed under a turn and a flip: the set of views of a transformed image is the same set
+    for g in (lambda t: torch.rot90(t, 1, dims=(2, 3)), lambda t: torch.flip(t, dims=(2,))):
+        assert ({tuple(oriented(g(x), v).flatten().tolist()) for v in range(8)}
+                == {tuple(v.flatten().tolist()) for v in views})
+    with pytest.raises(LenscatError, match="view must be in 0..7"):
+        oriented(x, 8)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -297,7 +318,7 @@ def test_lenscat_format_round_trip_and_errors(tmp_path: Path):
     torch.manual_seed(0)
     hp = {"widths": (8, 16, 32, 32), "output_dim": 24}
     enc = build_encoder("resnet-small", **hp)
-    enc.preprocessing = Preprocessing(crop=64, clip=5.0)
+    enc.preprocessing = Preprocessing(crop=64, clip=5.0, views=4)
     path = tmp_path / "sub" / "small.pt"
     digest = save_encoder(enc, path, arch="resnet-small", hparams=hp,
                           extra={"loss": np.float32(1.5), "steps": np.int64(7), "note": "x"})
@@ -311,6 +332,7 @@ def test_lenscat_format_round_trip_and_errors(tmp_path: Path):
     loaded, meta = load_encoder(path)
     _assert_same_weights(loaded, enc)
     assert loaded.preprocessing == enc.preprocessing and not loaded.training
+    assert loaded.preprocessing.views == 4
     assert meta["extra"] == {"loss": 1.5, "steps": 7, "note": "x"} and meta["sha256"] == digest
     assert not list(tmp_path.glob("sub/.*tmp"))  # atomic write left nothing behind
 

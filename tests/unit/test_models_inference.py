@@ -14,6 +14,7 @@ from lenscat.models import (
     build_encoder,
     encode,
     iter_encode,
+    oriented,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -56,6 +57,31 @@ def test_encode_inputs_and_preprocessing(encoder, images):
         encode(encoder, np.zeros((3, 152, 152), np.float32))
 
 
+def test_views_average_the_orientations_and_make_the_embedding_invariant(encoder, images):
+    plain = encode(encoder, images)
+    assert encode(encoder, images, preprocess=Preprocessing(views=1)).tolist() == plain.tolist()
+    ready = encoder.preprocessing.apply_numpy(images)
+    turned = [encode(encoder, np.ascontiguousarray(oriented(torch.from_numpy(ready), v).numpy()),
+                     preprocess=False) for v in range(8)]
+    mean = np.sum(turned, axis=0)
+    mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    d8 = encode(encoder, images, preprocess=Preprocessing(views=8))
+    np.testing.assert_allclose(d8, mean, atol=1e-5)  # the renormalised mean of the 8 unit vectors
+    np.testing.assert_allclose(np.linalg.norm(d8, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(d8, plain, atol=1e-3)
+    # a turned or mirrored cutout gets the same vector (an untrained encoder is far from invariant)
+    for image in (np.rot90(images, 1, axes=(2, 3)), images[..., ::-1], np.rot90(images, 3, axes=(2, 3))):
+        image = np.ascontiguousarray(image)
+        assert not np.allclose(encode(encoder, image), plain, atol=1e-3)
+        np.testing.assert_allclose(encode(encoder, image, preprocess=Preprocessing(views=8)), d8, atol=1e-5)
+    rot4 = encode(encoder, images, preprocess=Preprocessing(views=4))
+    np.testing.assert_allclose(encode(encoder, np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3))),
+                                      preprocess=Preprocessing(views=4)), rot4, atol=1e-5)
+    streamed = np.concatenate([v for _, v in iter_encode(encoder, ArraySource(images), np.arange(20), 7,
+                                                         preprocess=Preprocessing(views=8))])
+    np.testing.assert_allclose(streamed, d8, atol=1e-5)
+
+
 def test_iter_encode_streams_in_order(encoder, images):
     ref = encode(encoder, images)
     order = np.array([5, 3, 19, 0, 7, 8, 2])
@@ -76,4 +102,7 @@ def test_cuda_matches_cpu(encoder, images):
     cpu = encode(encoder, images)
     gpu = encode(encoder, images, device="cuda")
     assert np.mean(np.sum(cpu * gpu, axis=1)) > 0.999  # bfloat16 autocast
+    d8 = Preprocessing(views=8)
+    gpu8 = encode(encoder, images, device="cuda", preprocess=d8)
+    assert np.mean(np.sum(encode(encoder, images, preprocess=d8) * gpu8, axis=1)) > 0.999
     encoder.to("cpu")

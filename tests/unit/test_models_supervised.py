@@ -197,6 +197,26 @@ def test_save_load_round_trip(trained, data, tmp_path: Path):
         load_classifier(tmp_path / "missing.pt")
 
 
+def test_views_score_the_mean_logit_of_the_orientations(trained, data):
+    import copy
+    import dataclasses
+
+    model, _ = trained
+    tta = copy.deepcopy(model)
+    tta.preprocessing = dataclasses.replace(model.preprocessing, views=8)
+    x = data["xt"][:40]
+    turns = [np.ascontiguousarray(np.rot90(x, k, axes=(2, 3))) for k in range(4)]
+    views = turns + [np.ascontiguousarray(t[..., ::-1]) for t in turns]
+    logits = [np.log(p / (1 - p)) for p in (score_images(model, v, device="cpu").astype(np.float64)
+                                            for v in views)]
+    expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+    got = score_images(tta, x, device="cpu")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # a turned cutout scores the same, which the plain model does not promise
+    np.testing.assert_allclose(score_images(tta, views[1], device="cpu"), got, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(score_images(model, views[1], device="cpu"), score_images(model, x, device="cpu"))
+
+
 def test_training_is_deterministic(data):
     def run(seed: int):
         return train_image_classifier(
