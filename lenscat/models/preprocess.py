@@ -22,7 +22,8 @@ DECaLS DR9 g, r, z at 0.262 arcsec/pixel). :class:`Preprocessing` does, in this 
 ``views`` is not a pixel operation: it says over how many orientations of the crop
 :func:`lenscat.models.inference.encode` averages an embedding (1: the crop as it is; 4: its four
 90-degree rotations; 8: those and their mirror images, the dihedral group of the square). With 8
-the embedding is exactly invariant under those turns and flips of the cutout, at 8 times the cost.
+the embedding is exactly invariant under those turns and flips of the cutout (when ``H - crop`` is
+even, so the crop is centred: 152 -> 96, 96 -> 48), at 8 times the cost.
 Training ignores it (the augmentations rotate and flip the views themselves).
 
 Default scales, DECaLS DR9 typical per-pixel sky noise in nanomaggies: g 0.0024, r 0.0034,
