@@ -150,6 +150,35 @@ def encoder_import_cmd(checkpoint: Path, name: str, arch: str, description: str 
                f"{model.architecture}, {model.output_dim}-d, sha256 {model.checkpoint_sha256}")
 
 
+@encoder.command("derive")
+@click.argument("source")
+@click.option("--views", type=click.Choice(["1", "4", "8"]), required=True,
+              help="Orientations of the crop every embedding of the new version is averaged over "
+                   "(see `encoder train --views`).")
+@click.option("--name", default=None, help="Register under this name [default: the source's name, as its next version].")
+@click.option("--description", default=None)
+def encoder_derive_cmd(source: str, views: str, name: str | None, description: str | None) -> None:
+    """A new version of SOURCE (NAME or NAME@VERSION) with the same weights and another --views.
+
+    Nothing is trained: the checkpoint is the source's with its embedding rule changed, the new
+    version's parent is the source, and it keeps the source's hyper-parameters, training-set hash
+    and metrics. Its embeddings are new (`lenscat embed --encoder NEW`, or `lenscat reprocess`).
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.encoders import derive_encoder
+
+    ensure_schema()
+    with session_scope() as s:
+        src, model, created = derive_encoder(source, views=int(views), name=name, description=description,
+                                             session=s)
+    if model.model_id == src.model_id:
+        click.echo(f"encoder {src.label} already averages {views} view(s): nothing registered")
+        return
+    state = "registered" if created else "already registered"
+    click.echo(f"encoder {model.label} {state}: the weights of {src.label}, embeddings averaged over {views} "
+               f"view(s); embed with `lenscat embed --encoder {model.label}`")
+
+
 @encoder.command("list")
 @FORMAT_OPTION
 def encoder_list_cmd(fmt: str) -> None:

@@ -329,6 +329,60 @@ def import_encoder(path: str | Path, name: str, *, arch: str = "resnet50", sessi
     )
 
 
+def derive_encoder(source: str, *, views: int, name: str | None = None, session: Session,
+                   description: str | None = None) -> tuple[ModelVersion, ModelVersion, bool]:
+    """Register an encoder version's weights with another ``views``, without training.
+
+    The new version (of ``name``, default the source's own name) holds the same weights, hyper-
+    parameters, training-set hash and metrics; its checkpoint differs only in
+    :attr:`~lenscat.models.preprocess.Preprocessing.views`, and ``parent_model_id`` points at the
+    source. Idempotent: the same request gives the same checkpoint, hence the same version (asking
+    for the source's own ``views`` under its own name returns the source).
+
+    Returns
+    -------
+    (source, derived, created)
+
+    Raises
+    ------
+    LenscatError
+        Unknown encoder, one that holds precomputed vectors only, or a bad ``views``.
+    InputFileError
+        The source checkpoint is missing or was changed.
+    """
+    from dataclasses import replace
+
+    from lenscat.models.checkpoint import load_encoder, save_encoder
+
+    src = get_model("encoder", source, session=session)
+    if src.origin == "external" or not src.checkpoint_path:
+        raise LenscatError(f"encoder {src.label} holds precomputed vectors only; it has no checkpoint to derive from")
+    path = Path(src.checkpoint_path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: checkpoint of encoder {src.label} is missing")
+    if file_sha256(path) != src.checkpoint_sha256:
+        raise InputFileError(f"{path}: checkpoint sha256 does not match encoder {src.label}; the file was changed")
+    encoder, meta = load_encoder(path)
+    encoder.preprocessing = replace(encoder.preprocessing, views=views)
+    target = check_name(name or src.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "encoder.pt"
+        save_encoder(encoder, ckpt, arch=meta["arch"], hparams=meta["hparams"], extra=meta["extra"])
+        stored, sha = store_checkpoint(ckpt)
+    if target == src.name and sha == src.checkpoint_sha256:
+        return src, src, False
+    metrics = session.execute(text("SELECT metrics FROM lenscat.model_versions WHERE model_id = :m"),
+                              {"m": src.model_id}).scalar_one()
+    derived, created = register_model(
+        "encoder", target, architecture=src.architecture, output_dim=src.output_dim, checkpoint_path=stored,
+        checkpoint_sha256=sha, origin=src.origin, hparams={**src.hparams, "derived_from": src.label},
+        input_spec={**src.input_spec, "views": int(views)}, training_set_sha256=src.training_set_sha256,
+        parent_model_id=src.model_id, metrics=dict(metrics or {}),
+        description=description or f"{src.label} with embeddings averaged over {views} view(s)", session=session,
+    )
+    return src, derived, created
+
+
 VECTOR_DATASETS = ("embeddings", "embedding", "representations", "features", "vectors")
 
 

@@ -112,3 +112,48 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
         training_recipe("vit")
     with pytest.raises(LenscatError, match="unknown training option"):
         training_recipe("resnet-small", momentum=0.9)
+
+
+def test_derive_registers_the_same_weights_with_another_views(session, tmp_path):
+    """`encoder derive` makes a new version with another embedding rule and nothing retrained."""
+    from click.testing import CliRunner
+
+    from lenscat.cli import cli
+    from lenscat.embedding import embed_images
+    from lenscat.encoders import derive_encoder, train_encoder
+    from lenscat.models import load_encoder
+    from lenscat.registry import get_model
+    from lenscat.source_ingest import ingest_sources
+    from tests.integration.test_embed_workers import write_stein_h5
+
+    h5 = tmp_path / "derive.h5"
+    write_stein_h5(h5, 24, seed=5)
+    ingest_sources(h5, "derive-survey")
+    src, _, _ = train_encoder("derive-enc", ["derive-survey"], batch_size=8, max_steps=1, crop=32, progress=False)
+    assert src.input_spec["views"] == 8
+    res = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc", "--views", "1"])
+    assert res.exit_code == 0, res.output
+    assert "encoder derive-enc@2 registered: the weights of derive-enc@1" in res.output
+    one = get_model("encoder", "derive-enc", session=session)
+    assert (one.version, one.parent_model_id, one.input_spec["views"]) == (2, src.model_id, 1)
+    assert one.training_set_sha256 == src.training_set_sha256 and one.hparams["derived_from"] == "derive-enc@1"
+    assert one.checkpoint_sha256 != src.checkpoint_sha256
+    a, b = load_encoder(src.checkpoint_path)[0], load_encoder(one.checkpoint_path)[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert (a.preprocessing.views, b.preprocessing.views) == (8, 1)
+    images = np.random.default_rng(2).normal(0, 0.01, (3, 3, 152, 152)).astype(np.float32)
+    turned = np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3)))
+    np.testing.assert_allclose(embed_images(src, turned, device="cpu"), embed_images(src, images, device="cpu"),
+                               atol=1e-5)  # 8 views: invariant; 1 view: not
+    assert not np.allclose(embed_images(one, turned, device="cpu"), embed_images(one, images, device="cpu"),
+                           atol=1e-4)
+    again = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--views", "1"])
+    assert again.exit_code == 0 and "derive-enc@2 already registered" in again.output
+    same = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--views", "8"])
+    assert same.exit_code == 0 and "already averages 8 view(s): nothing registered" in same.output
+    _, other, created = derive_encoder("derive-enc@1", views=4, name="derive-enc-rot4", session=session)
+    assert created and other.label == "derive-enc-rot4@1" and other.parent_model_id == src.model_id
+    bad = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc", "--views", "3"])
+    assert bad.exit_code == 2 and "'3' is not one of" in bad.output
+    missing = CliRunner().invoke(cli, ["encoder", "derive", "no-such-encoder", "--views", "8"])
+    assert isinstance(missing.exception, LenscatError) and "no encoder 'no-such-encoder'" in str(missing.exception)
