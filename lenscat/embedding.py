@@ -32,15 +32,16 @@ DEFAULT_BATCH = 128
 _loaded: dict[tuple[int, str], Any] = {}
 
 
-def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[Any, str]:
-    """The torch encoder of a model version, loaded once per process and checked by sha256."""
-    from lenscat.models.checkpoint import load_encoder
-    from lenscat.models.inference import best_device
+def verified_checkpoint(model: ModelVersion) -> Path:
+    """The checkpoint file of an encoder version, checked to exist and to match its sha256.
 
-    dev = device or best_device()
-    key = (model.model_id, dev)
-    if key in _loaded:
-        return _loaded[key], dev
+    Raises
+    ------
+    LenscatError
+        The version holds precomputed vectors only.
+    InputFileError
+        The file is missing or was changed.
+    """
     if model.origin == "external" or not model.checkpoint_path:
         raise LenscatError(f"encoder {model.label} holds precomputed vectors only; it has no checkpoint to run")
     path = Path(model.checkpoint_path)
@@ -52,7 +53,19 @@ def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[An
     if sha != model.checkpoint_sha256:
         raise InputFileError(f"{path}: checkpoint sha256 {sha[:12]}... does not match encoder {model.label} "
                              f"({str(model.checkpoint_sha256)[:12]}...); the file was changed")
-    encoder, _meta = load_encoder(path)
+    return path
+
+
+def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[Any, str]:
+    """The torch encoder of a model version, loaded once per process and checked by sha256."""
+    from lenscat.models.checkpoint import load_encoder
+    from lenscat.models.inference import best_device
+
+    dev = device or best_device()
+    key = (model.model_id, dev)
+    if key in _loaded:
+        return _loaded[key], dev
+    encoder, _meta = load_encoder(verified_checkpoint(model))
     encoder = encoder.to(dev).eval()
     _loaded[key] = encoder
     return encoder, dev

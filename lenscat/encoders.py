@@ -352,17 +352,11 @@ def derive_encoder(source: str, *, views: int, name: str | None = None, session:
     """
     from dataclasses import replace
 
+    from lenscat.embedding import verified_checkpoint
     from lenscat.models.checkpoint import load_encoder, save_encoder
 
     src = get_model("encoder", source, session=session)
-    if src.origin == "external" or not src.checkpoint_path:
-        raise LenscatError(f"encoder {src.label} holds precomputed vectors only; it has no checkpoint to derive from")
-    path = Path(src.checkpoint_path)
-    if not path.is_file():
-        raise InputFileError(f"{path}: checkpoint of encoder {src.label} is missing")
-    if file_sha256(path) != src.checkpoint_sha256:
-        raise InputFileError(f"{path}: checkpoint sha256 does not match encoder {src.label}; the file was changed")
-    encoder, meta = load_encoder(path)
+    encoder, meta = load_encoder(verified_checkpoint(src))
     encoder.preprocessing = replace(encoder.preprocessing, views=views)
     target = check_name(name or src.name)
     with tempfile.TemporaryDirectory() as tmp:
