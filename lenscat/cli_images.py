@@ -57,6 +57,13 @@ def encoder() -> None:
               help="resnet-small trains in minutes on a CPU; resnet50 (2048-d) is for GPUs.")
 @click.option("--dim", type=click.IntRange(min=8, max=4000), default=None,
               help="Output dimension of resnet-small (default 128).")
+@click.option("--blocks", type=click.IntRange(min=1, max=8), default=None,
+              help="Residual blocks per stage of resnet-small (default 1; 2 with 45 epochs reached probe AUC "
+                   "0.96 with --readout gap+annuli2, docs/benchmarks.md).")
+@click.option("--readout", type=click.Choice(["gap", "gap+annuli2"]), default=None,
+              help="What resnet-small stores as the embedding: gap, the pooled 128-d vector (default), or "
+                   "gap+annuli2, that vector beside the mean and maximum of the stage-2 map in three annuli "
+                   "(512-d; the arcs' ring shows there).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Passes over the training cutouts [default: resnet-small 15, resnet18/resnet50 5].")
 @click.option("--batch-size", type=click.IntRange(min=2), default=None, help="[default: 64]")
@@ -86,7 +93,8 @@ def encoder() -> None:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available).")
 @RESTART_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, epochs: int | None,
+def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int | None, blocks: int | None,
+                      readout: str | None, epochs: int | None,
                       batch_size: int | None, lr: float | None, queue_size: int | None, crop: int | None,
                       temperature: float | None, warmup_steps: int | None,
                       zero_init_residual: bool | None, views: str | None, max_images: int,
@@ -107,7 +115,10 @@ def encoder_train_cmd(name: str, surveys: tuple[str, ...], arch: str, dim: int |
     from lenscat.settings import get_settings
 
     ensure_schema()
-    hp: dict[str, Any] = {"output_dim": dim} if dim and arch == "resnet-small" else {}
+    if arch != "resnet-small" and (dim or blocks or readout):
+        raise click.UsageError("--dim, --blocks and --readout apply to --arch resnet-small only")
+    hp: dict[str, Any] = {k: v for k, v in (("output_dim", dim), ("blocks", [blocks] * 4 if blocks else None),
+                                            ("readout", readout)) if v}
     model, created, metrics = train_encoder(
         name, list(surveys), arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, max_images=max_images,
         max_steps=max_steps, queue_size=queue_size, crop=crop, temperature=temperature,

@@ -284,7 +284,7 @@ def train_encoder(
         spec["pixel_scale_arcsec"] = float(ts.pixel_scale_arcsec)
     with session_scope() as s:
         model, created = register_model(
-            "encoder", name, architecture=arch, output_dim=int(result.encoder.output_dim),
+            "encoder", name, architecture=arch, output_dim=int(result.encoder.feature_dim),
             checkpoint_path=stored, checkpoint_sha256=sha, origin="trained",
             hparams={**result.hparams, "training": "moco-v2", "surveys": surveys, "max_images": max_images},
             input_spec=spec, training_set_sha256=ts.sha256, metrics=metrics,
@@ -319,7 +319,7 @@ def import_encoder(path: str | Path, name: str, *, arch: str = "resnet50", sessi
         save_encoder(encoder, ckpt, arch=arch, hparams=hp)
         stored, sha = store_checkpoint(ckpt)
     return register_model(
-        "encoder", name, architecture=arch, output_dim=int(encoder.output_dim), checkpoint_path=stored,
+        "encoder", name, architecture=arch, output_dim=int(encoder.feature_dim), checkpoint_path=stored,
         checkpoint_sha256=sha, origin="imported",
         hparams={"source_checkpoint": str(src), "source_checkpoint_sha256": src_sha,
                  **({k: v for k, v in meta.items() if isinstance(v, str | int | float | bool)}

@@ -98,7 +98,7 @@ class _Runner:
 
     def _unit(self, x: Tensor) -> Tensor:
         with torch.autocast(self.dev.type, dtype=self.amp_dtype, enabled=self.amp):
-            feats = self.encoder(x)
+            feats = self.encoder.features(x)
         return F.normalize(feats.float(), dim=1)
 
 
@@ -141,7 +141,7 @@ def encode(
 
     Returns
     -------
-    ndarray, shape (N, output_dim), float32
+    ndarray, shape (N, feature_dim), float32
         Unit-length rows (an all-zero feature vector stays zero).
     """
     if batch_size < 1:
@@ -149,7 +149,7 @@ def encode(
     run = _Runner(encoder, device, preprocess, amp)
     run.check(tuple(images.shape))
     n = int(images.shape[0])
-    out = np.empty((n, encoder.output_dim), dtype=np.float32)
+    out = np.empty((n, getattr(encoder, "feature_dim", encoder.output_dim)), dtype=np.float32)
     with _eval_mode(encoder):
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
@@ -191,7 +191,7 @@ def iter_encode(
     ------
     indices : ndarray of int64, shape (b,)
         The batch's indices.
-    vectors : ndarray of float32, shape (b, output_dim)
+    vectors : ndarray of float32, shape (b, feature_dim)
         Their unit-length embeddings.
     """
     if batch_size < 1:

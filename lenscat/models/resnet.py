@@ -26,10 +26,12 @@ per 96x96 image: resnet-small 63 M, resnet18 333 M, resnet50 751 M. Only ``resne
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lenscat.errors import LenscatError
@@ -123,7 +125,9 @@ class Encoder(nn.Module):
     Attributes
     ----------
     output_dim : int
-        Length of the feature vector.
+        Length of the ``forward`` vector (what training uses).
+    feature_dim : int
+        Length of the :meth:`features` vector (what is stored as the embedding).
     in_chans : int
         Number of input channels (bands).
     arch : str
@@ -136,10 +140,16 @@ class Encoder(nn.Module):
     """
 
     output_dim: int
+    feature_dim: int
     in_chans: int
     arch: str
     hparams: dict[str, Any]
     preprocessing: Preprocessing
+
+    def features(self, x: Tensor) -> Tensor:
+        """The stored embedding of images ``(B, in_chans, H, W)``: ``forward``'s vector by default."""
+        out: Tensor = self(x)
+        return out
 
 
 class ResNetEncoder(Encoder):
@@ -167,6 +177,13 @@ class ResNetEncoder(Encoder):
         the pooled features to ``output_dim``.
     zero_init_residual : bool
         Initialise the last BN of every residual branch to zero (torchvision option).
+    readout : {'gap', 'gap+annuli2'}
+        What :meth:`features` returns (the stored embedding). ``'gap'``: ``forward``'s vector.
+        ``'gap+annuli2'``: that vector, unit-normalised, followed by the per-channel mean and
+        maximum of the stage-2 map in three annuli around its centre (r < 1, 1-2.2, > 2.2 map
+        pixels), unit-normalised, the whole divided by sqrt(2): ``output_dim + 6 * widths[1]``
+        values (docs/benchmarks.md: the arcs are in the stage-2 map more than in the pooled
+        output). Training (MoCo, the supervised CNN) always uses ``forward``.
     """
 
     def __init__(
@@ -181,8 +198,12 @@ class ResNetEncoder(Encoder):
         strides: Sequence[int] = (1, 2, 2, 2),
         output_dim: int | None = None,
         zero_init_residual: bool = False,
+        readout: str = "gap",
     ) -> None:
         super().__init__()
+        if readout not in READOUTS:
+            raise LenscatError(f"unknown readout {readout!r}; choose from {', '.join(READOUTS)}")
+        self.readout = readout
         if len(layers) != 4 or len(widths) != 4 or len(strides) != 4:
             raise LenscatError("a ResNet needs exactly four stages (layers, widths, strides)")
         if in_chans < 1:
@@ -211,6 +232,7 @@ class ResNetEncoder(Encoder):
         else:
             self.embed = nn.Identity()
             self.output_dim = pooled
+        self.feature_dim = self.output_dim + (6 * widths[1] * block.expansion if readout != "gap" else 0)
         self.preprocessing = Preprocessing()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -243,6 +265,44 @@ class ResNetEncoder(Encoder):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.embed(torch.flatten(self.avgpool(x), 1))
 
+    def features(self, x: Tensor) -> Tensor:
+        """The stored embedding ``(B, feature_dim)`` of images ``(B, in_chans, H, W)`` (see ``readout``)."""
+        if self.readout == "gap":
+            return self.forward(x)
+        stage2 = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+        pooled = self.embed(torch.flatten(self.avgpool(self.layer4(self.layer3(stage2))), 1))
+        both = torch.cat([F.normalize(pooled.float(), dim=1), F.normalize(annulus_stats(stage2.float()), dim=1)], 1)
+        return both / math.sqrt(2.0)
+
+
+READOUTS = ("gap", "gap+annuli2")
+"""Readouts of :class:`ResNetEncoder` (its ``readout`` option)."""
+
+ANNULI_EDGES = (1.0, 2.2)
+"""Radii [map pixels from the map centre] that split a stage map into the annuli of ``gap+annuli2``."""
+
+
+def annulus_stats(maps: Tensor, edges: Sequence[float] = ANNULI_EDGES) -> Tensor:
+    """Per-channel mean and maximum of ``(B, C, H, W)`` maps in annuli around the map centre.
+
+    Returns ``(B, 2 * C * (len(edges) + 1))``: for each annulus from the centre out, the C means
+    then the C maxima. An annulus with no pixel (a map too small) repeats its inner neighbour's.
+    """
+    h, w = maps.shape[-2:]
+    yy = torch.arange(h, device=maps.device, dtype=torch.float32)[:, None] - (h - 1) / 2
+    xx = torch.arange(w, device=maps.device, dtype=torch.float32)[None, :] - (w - 1) / 2
+    ring = torch.bucketize(torch.hypot(yy, xx), torch.tensor(list(edges), device=maps.device), right=True)
+    flat = maps.flatten(2)
+    out: list[Tensor] = []
+    last: list[Tensor] = [flat.mean(-1), flat.amax(-1)]
+    for b in range(len(edges) + 1):
+        mask = (ring == b).flatten()
+        if bool(mask.any()):
+            sel = flat[:, :, mask]
+            last = [sel.mean(-1), sel.amax(-1)]
+        out += last
+    return torch.cat(out, 1)
+
 
 def _resnet50(*, in_chans: int = 3, zero_init_residual: bool = False) -> ResNetEncoder:
     return ResNetEncoder(
@@ -264,6 +324,7 @@ def _resnet_small(
     blocks: Sequence[int] = (1, 1, 1, 1),
     strides: Sequence[int] = (2, 2, 2, 1),
     zero_init_residual: bool = False,
+    readout: str = "gap",
 ) -> ResNetEncoder:
     return ResNetEncoder(
         BasicBlock,
@@ -275,6 +336,7 @@ def _resnet_small(
         strides=tuple(int(s) for s in strides),
         output_dim=int(output_dim),
         zero_init_residual=bool(zero_init_residual),
+        readout=str(readout),
     )
 
 

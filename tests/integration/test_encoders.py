@@ -114,6 +114,41 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
         training_recipe("resnet-small", momentum=0.9)
 
 
+def test_deeper_encoder_with_the_annuli_readout_stores_512_d_vectors(session, tmp_path):
+    """`encoder train --blocks 2 --readout gap+annuli2` registers 512-d vectors and embeds them."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lenscat.cli import cli
+    from lenscat.embedding import embed_chunk, plan_embed_job
+    from lenscat.jobs import run_here
+    from lenscat.registry import get_model
+    from lenscat.source_ingest import ingest_sources
+    from lenscat.vectors import read_embeddings
+    from tests.integration.test_embed_workers import write_stein_h5
+
+    h5 = tmp_path / "ring.h5"
+    write_stein_h5(h5, 30, seed=5)
+    ingest_sources(h5, "ring-survey")
+    res = CliRunner().invoke(cli, ["encoder", "train", "--name", "ring-enc", "--survey", "ring-survey",
+                                   "--blocks", "2", "--readout", "gap+annuli2", "--batch-size", "8",
+                                   "--max-steps", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["dim"] == 128 + 6 * 64
+    hp = session.execute(text("SELECT hparams FROM lenscat.model_versions WHERE name = 'ring-enc'")).scalar_one()
+    assert hp["blocks"] == [2, 2, 2, 2] and hp["readout"] == "gap+annuli2"
+    model = get_model("encoder", "ring-enc", session=session)
+    run_here(plan_embed_job(model.label, surveys=["ring-survey"], chunk_size=16, session=session).job_id,
+             embed_chunk, session=session)
+    ids, vec = read_embeddings(model, session=session)
+    assert vec.shape == (30, 512)
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-3)
+    bad = CliRunner().invoke(cli, ["encoder", "train", "--name", "x", "--survey", "ring-survey", "--arch",
+                                   "resnet18", "--readout", "gap+annuli2"])
+    assert bad.exit_code != 0 and "resnet-small only" in bad.output
+
+
 def test_derive_registers_the_same_weights_with_another_views(session, tmp_path):
     """`encoder derive` makes a new version with another embedding rule and nothing retrained."""
     from click.testing import CliRunner

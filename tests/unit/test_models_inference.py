@@ -82,6 +82,42 @@ def test_views_average_the_orientations_and_make_the_embedding_invariant(encoder
     np.testing.assert_allclose(streamed, d8, atol=1e-5)
 
 
+def test_annuli_readout_stores_the_pooled_vector_beside_the_stage2_rings(encoder, images, tmp_path):
+    from lenscat.models.checkpoint import load_encoder, save_encoder
+    from lenscat.models.resnet import annulus_stats
+
+    torch.manual_seed(0)
+    ring = build_encoder("resnet-small", widths=(8, 16, 32, 32), output_dim=16, readout="gap+annuli2")
+    ring.load_state_dict(encoder.state_dict())  # the readout adds no weights
+    ring.eval()
+    assert (ring.output_dim, ring.feature_dim) == (16, 16 + 6 * 16)
+    x = torch.from_numpy(encoder.preprocessing.apply_numpy(images))
+    with torch.no_grad():
+        feats = ring.features(x)
+        np.testing.assert_allclose(ring(x).numpy(), encoder.eval()(x).numpy(), atol=1e-6)  # training unchanged
+        stage2 = ring.layer2(ring.layer1(ring.relu(ring.bn1(ring.conv1(x)))))
+    assert stage2.shape[-2:] == (12, 12) and feats.shape == (20, 112)
+    np.testing.assert_allclose(np.linalg.norm(feats[:, :16].numpy(), axis=1), 2 ** -0.5, rtol=1e-5)
+    np.testing.assert_allclose(feats[:, 16:].numpy() * 2 ** 0.5,
+                               torch.nn.functional.normalize(annulus_stats(stage2), dim=1).numpy(), atol=1e-5)
+    vec = encode(ring, images, preprocess=Preprocessing(views=8))
+    assert vec.shape == (20, 112)
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(encode(ring, np.ascontiguousarray(images[..., ::-1]),
+                                      preprocess=Preprocessing(views=8)), vec, atol=1e-5)
+    ring.preprocessing = Preprocessing(views=8)
+    save_encoder(ring, tmp_path / "ring.pt", arch=ring.arch, hparams=ring.hparams)
+    again, meta = load_encoder(tmp_path / "ring.pt")
+    assert again.feature_dim == 112 and meta["hparams"]["readout"] == "gap+annuli2"
+    np.testing.assert_allclose(encode(again, images), vec, atol=1e-5)
+    # annuli by hand: a 6x6 map splits into 4 pixels (r < 1), 12 (1 <= r < 2.2) and 20 (r >= 2.2)
+    m = torch.arange(36, dtype=torch.float32).reshape(1, 1, 6, 6)
+    stats = annulus_stats(m)[0].tolist()
+    assert stats[:2] == [17.5, 21.0] and stats[5] == 35.0
+    with pytest.raises(LenscatError, match="readout"):
+        build_encoder("resnet-small", readout="max")
+
+
 def test_iter_encode_streams_in_order(encoder, images):
     ref = encode(encoder, images)
     order = np.array([5, 3, 19, 0, 7, 8, 2])
