@@ -259,18 +259,19 @@ class ResNetEncoder(Encoder):
         mods += [block(out, planes) for _ in range(1, blocks)]
         return nn.Sequential(*mods)
 
+    def _stage2_and_pooled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        stage2 = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+        return stage2, self.embed(torch.flatten(self.avgpool(self.layer4(self.layer3(stage2))), 1))
+
     def forward(self, x: Tensor) -> Tensor:
         """Features ``(B, output_dim)`` of images ``(B, in_chans, H, W)``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.embed(torch.flatten(self.avgpool(x), 1))
+        return self._stage2_and_pooled(x)[1]
 
     def features(self, x: Tensor) -> Tensor:
         """The stored embedding ``(B, feature_dim)`` of images ``(B, in_chans, H, W)`` (see ``readout``)."""
+        stage2, pooled = self._stage2_and_pooled(x)
         if self.readout == "gap":
-            return self.forward(x)
-        stage2 = self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
-        pooled = self.embed(torch.flatten(self.avgpool(self.layer4(self.layer3(stage2))), 1))
+            return pooled
         both = torch.cat([F.normalize(pooled.float(), dim=1), F.normalize(annulus_stats(stage2.float()), dim=1)], 1)
         return both / math.sqrt(2.0)
 
