@@ -21,6 +21,9 @@ top 100). In the same run, on the same sources and filters:
   search): how much of the enrichment the training adds;
 * **one view** (the same trained encoder embedding each cutout as it is, not averaged over the
   recipe's 8 turns and flips; exact search): what the orientation averaging adds;
+* **pooled vector alone** (with the recipe's ``gap+annuli2`` readout: the stored vector's first
+  128 values, the encoder's pooled output, without the stage-2 annuli; exact search): what the
+  annuli add to the search, as ``--readout gap`` would have stored it;
 * **perfect encoder**: every lens of the window ranked first (the ceiling of this survey).
 
 ``--stamp 96`` (default) renders 96x96 cutouts instead of 152x152: the encoder sees the central
@@ -179,6 +182,12 @@ def main() -> None:
     one_view = copy.deepcopy(trained)
     one_view.preprocessing = dataclasses.replace(trained.preprocessing, views=1)
     one_view_enr = exact_for(one_view, "one_view") if trained.preprocessing.views > 1 else exact
+    # the pooled output alone: the readout's first output_dim values (unit-normalised in each view)
+    readout = getattr(trained, "readout", "gap")
+    pooled = vec[:, : trained.output_dim].copy()
+    pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    pooled_enr = (exact_enrichment(pooled, mag, ra, dec, truth, queries, _dedupe) / truth.mean()
+                  if readout != "gap" else exact)
 
     result = {
         "machine": machine_info(with_torch=True), "n": args.n, "lens_fraction": args.lens_fraction,
@@ -186,13 +195,15 @@ def main() -> None:
         "n_queries": ev.filters["n_queries"], "k": K, "encoder": metrics,
         "enrichment_lenscat_hnsw": round(ev.enrichment, 2), "enrichment_exact": round(exact, 2),
         "enrichment_untrained": round(untrained_enr, 2), "views": trained.preprocessing.views,
-        "enrichment_exact_one_view": round(one_view_enr, 2), "ceiling": round(ev.ceiling, 1),
+        "enrichment_exact_one_view": round(one_view_enr, 2), "readout": readout,
+        "enrichment_exact_pooled_only": round(pooled_enr, 2), "ceiling": round(ev.ceiling, 1),
         "times_s": {k: round(v, 1) for k, v in times.items()},
     }
     print(json.dumps(result, indent=1))
     print(f"\nenrichment in the top {K} (+-{WINDOW} mag, {EXCLUDE_ARCSEC:.0f}\" exclusion), {ev.n_sources} sources, "
           f"{ev.n_lenses} lenses: lenscat (HNSW) {ev.enrichment:.2f}x, exact search {exact:.2f}x, "
           f"the same encoder with one view instead of {trained.preprocessing.views} {one_view_enr:.2f}x, "
+          f"its pooled {trained.output_dim}-d output alone {pooled_enr:.2f}x (readout {readout}), "
           f"untrained encoder {untrained_enr:.2f}x, perfect encoder {ev.ceiling:.1f}x; "
           f"goal >= 10x: {'met' if ev.enrichment >= 10 else 'NOT met'}")
     from lenscat.db.server import stop_embedded

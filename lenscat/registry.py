@@ -187,6 +187,8 @@ def list_models(kind: str, *, session: Session) -> list[dict[str, Any]]:
 
     ``crop`` [pixels] and ``views`` (orientations each embedding averages; 1 where the version
     predates the option) come from the version's input spec; ``crop`` is ``None`` where it has none.
+    ``readout`` (what an encoder's stored vector holds: ``gap`` or ``gap+annuli2``; ``gap`` where the
+    version predates the option) comes from its hyper-parameters, ``None`` without a checkpoint.
     """
     rows = session.execute(
         text(
@@ -194,6 +196,8 @@ def list_models(kind: str, *, session: Session) -> list[dict[str, Any]]:
             SELECT m.model_id, m.name, m.version, m.architecture, m.output_dim AS dim, m.origin,
                    m.checkpoint_sha256, m.training_set_sha256, m.created_at,
                    (m.input_spec ->> 'crop')::int AS crop, coalesce((m.input_spec ->> 'views')::int, 1) AS views,
+                   CASE WHEN m.checkpoint_path IS NOT NULL
+                        THEN coalesce(m.hparams ->> 'readout', 'gap') END AS readout,
                    (SELECT count(*) FROM lenscat.embeddings e WHERE e.model_id = m.model_id) AS n_embeddings
             FROM lenscat.model_versions m WHERE m.kind = :k ORDER BY m.name, m.version
             """

@@ -38,6 +38,10 @@ def test_import_resnet50_state_dict_is_versioned_and_idempotent(session, tmp_pat
     tta, created_tta = import_encoder(tmp_path / "moco.pth.tar", "stein-like", session=session, views=8)
     assert created_tta and tta.version == 2 and tta.input_spec["views"] == 8
     assert tta.checkpoint_sha256 != m.checkpoint_sha256
+    from lenscat.encoders import derive_encoder
+
+    with pytest.raises(LenscatError, match="resnet-small encoders only; stein-like@1 is a resnet50"):
+        derive_encoder("stein-like@1", readout="gap+annuli2", session=session)
     with pytest.raises(LenscatError, match="broken.pth"):
         (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
         import_encoder(tmp_path / "broken.pth", "stein-like", session=session)
@@ -100,11 +104,16 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
     from lenscat.models import load_encoder
     path = session.execute(text("SELECT checkpoint_path FROM lenscat.model_versions "
                                 "WHERE name = 'recipe-enc'")).scalar_one()
-    assert load_encoder(path)[0].preprocessing.views == 8
+    loaded = load_encoder(path)[0]
+    assert loaded.preprocessing.views == 8
+    # the stored embedding: the pooled 128-d vector beside the stage-2 map's annuli (6 x 64 values)
+    assert hp["readout"] == small["readout"] == "gap+annuli2" and training_recipe("resnet50")["readout"] == "gap"
+    dim = session.execute(text("SELECT output_dim FROM lenscat.model_versions WHERE name = 'recipe-enc'")).scalar_one()
+    assert dim == loaded.feature_dim == 128 + 6 * 64 == 512
     listed = CliRunner().invoke(cli, ["encoder", "list", "--format", "json"])
     assert listed.exit_code == 0, listed.output
     row = next(r for r in map(json.loads, listed.stdout.splitlines()) if r["name"] == "recipe-enc")
-    assert (row["crop"], row["views"]) == (48, 8)
+    assert (row["crop"], row["views"], row["readout"], row["dim"]) == (48, 8, "gap+annuli2", 512)
     assert hp["batch_size"] == 16  # given on the command line: the recipe does not override it
     assert training_recipe("resnet50")["crop"] == 96 and training_recipe("resnet50", crop=64)["crop"] == 64
     assert training_recipe("resnet-small", warmup_steps=0)["warmup_steps"] == 0
@@ -115,13 +124,15 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
 
 
 def test_deeper_encoder_with_the_annuli_readout_stores_512_d_vectors(session, tmp_path):
-    """`encoder train --blocks 2 --readout gap+annuli2` registers 512-d vectors and embeds them."""
+    """`encoder train --blocks 2` (readout gap+annuli2, the default) registers 512-d vectors and embeds
+    them; `--readout gap` stores the pooled 128-d vector alone; resnet18 refuses the annuli."""
     import json
 
     from click.testing import CliRunner
 
     from lenscat.cli import cli
     from lenscat.embedding import embed_chunk, plan_embed_job
+    from lenscat.encoders import train_encoder
     from lenscat.jobs import run_here
     from lenscat.registry import get_model
     from lenscat.source_ingest import ingest_sources
@@ -132,8 +143,7 @@ def test_deeper_encoder_with_the_annuli_readout_stores_512_d_vectors(session, tm
     write_stein_h5(h5, 30, seed=5)
     ingest_sources(h5, "ring-survey")
     res = CliRunner().invoke(cli, ["encoder", "train", "--name", "ring-enc", "--survey", "ring-survey",
-                                   "--blocks", "2", "--readout", "gap+annuli2", "--batch-size", "8",
-                                   "--max-steps", "1", "--json"])
+                                   "--blocks", "2", "--batch-size", "8", "--max-steps", "1", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["dim"] == 128 + 6 * 64
     hp = session.execute(text("SELECT hparams FROM lenscat.model_versions WHERE name = 'ring-enc'")).scalar_one()
@@ -147,6 +157,12 @@ def test_deeper_encoder_with_the_annuli_readout_stores_512_d_vectors(session, tm
     bad = CliRunner().invoke(cli, ["encoder", "train", "--name", "x", "--survey", "ring-survey", "--arch",
                                    "resnet18", "--readout", "gap+annuli2"])
     assert bad.exit_code != 0 and "resnet-small only" in bad.output
+    with pytest.raises(LenscatError, match="resnet-small only"):
+        train_encoder("x", ["ring-survey"], arch="resnet18", readout="gap+annuli2", progress=False)
+    pooled = CliRunner().invoke(cli, ["encoder", "train", "--name", "pooled-enc", "--survey", "ring-survey",
+                                      "--readout", "gap", "--batch-size", "8", "--max-steps", "1", "--json"])
+    assert pooled.exit_code == 0, pooled.output
+    assert json.loads(pooled.stdout.strip().splitlines()[-1])["dim"] == 128
 
 
 def test_derive_registers_the_same_weights_with_another_views(session, tmp_path):
@@ -185,7 +201,25 @@ def test_derive_registers_the_same_weights_with_another_views(session, tmp_path)
     again = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--views", "1"])
     assert again.exit_code == 0 and "derive-enc@2 already registered" in again.output
     same = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--views", "8"])
-    assert same.exit_code == 0 and "already averages 8 view(s): nothing registered" in same.output
+    assert same.exit_code == 0 and "already has 8 view(s): nothing registered" in same.output
+    # the readout: the recipe's 512-d vectors; derived with the pooled output alone, 128-d, the same
+    # direction as the stored vector's first 128 values
+    assert src.output_dim == 512 and src.hparams["readout"] == "gap+annuli2"
+    pooled = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--readout", "gap", "--name", "derive-gap"])
+    assert pooled.exit_code == 0, pooled.output
+    assert "derive-gap@1 registered: the weights of derive-enc@1, 128-d embeddings with readout gap" in pooled.output
+    gap = get_model("encoder", "derive-gap", session=session)
+    assert (gap.output_dim, gap.hparams["readout"], gap.parent_model_id, gap.input_spec["views"]) == (
+        128, "gap", src.model_id, 8)
+    full, part = embed_images(src, images, device="cpu"), embed_images(gap, images, device="cpu")
+    head = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
+    np.testing.assert_allclose(head, part, atol=1e-5)
+    back = derive_encoder("derive-gap", readout="gap+annuli2", name="derive-back", session=session)[1]
+    assert back.output_dim == 512
+    np.testing.assert_allclose(embed_images(back, images, device="cpu"), full, atol=1e-6)
+    with pytest.raises(LenscatError, match="nothing to derive"):
+        derive_encoder("derive-enc@1", session=session)
+    assert "give --views and/or --readout" in CliRunner().invoke(cli, ["encoder", "derive", "derive-enc"]).output
     _, other, created = derive_encoder("derive-enc@1", views=4, name="derive-enc-rot4", session=session)
     assert created and other.label == "derive-enc-rot4@1" and other.parent_model_id == src.model_id
     bad = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc", "--views", "3"])

@@ -7,9 +7,10 @@ linear probe is trained on a part of the lenses (1:4000 asked for; the survey is
 ratio shrinks) and evaluated on the sources it never saw, next to the supervised CNN baseline
 trained on the same labelled images. Figures (AUC, TPR0, TPR10, precision in the top 1%) are
 printed and recorded in docs/benchmarks.md. The issue's goal is AUC >= 0.95 for the probe; an
-encoder trained in CI's budget (15 MoCo epochs on 3,000 cutouts, 2 CPU cores) gives 0.85-0.93 on
-these surveys, where a fifth of the non-lenses are designed impostors, so the test asserts the
-level this budget reliably reaches and prints the measured one.
+encoder trained in CI's budget (15 MoCo epochs on 3,000 cutouts, 2 CPU cores) and read with the
+recipe's stage-2 readout (gap+annuli2, 512-d) gives 0.94-0.96 on most of these surveys, where a fifth
+of the non-lenses are designed impostors, and 0.81-0.92 on weak training seeds, so the test asserts
+the level this budget reliably reaches and prints the measured one.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ pytestmark = pytest.mark.slow
 
 N = 5000
 LENS_FRACTION = 0.01
-# measured 0.84-0.95 over most seeds; 20 held-out lenses make the AUC noisy (+-0.04), and the MoCo training seed
-# alone moves it by up to 0.14 (docs/benchmarks.md): seed 858029628 gave 0.748, seed 561193459 0.689 (its CNN 0.938)
-MIN_AUC = 0.65
+# with the stage-2 readout: 0.942-0.961 end to end on four seeds, 0.81 on seed 1234567; the two seeds that were
+# weakest with the pooled 128-d output (858029628: 0.748, 561193459: 0.689) give 0.854 and 0.915. 20 held-out
+# lenses make one AUC uncertain by about +-0.04 and the MoCo training seed moves it further (docs/benchmarks.md).
+MIN_AUC = 0.70
 
 
 def test_linear_probe_ranks_lenses(session, tmp_path):
