@@ -149,7 +149,7 @@ def encode(
     run = _Runner(encoder, device, preprocess, amp)
     run.check(tuple(images.shape))
     n = int(images.shape[0])
-    out = np.empty((n, getattr(encoder, "feature_dim", encoder.output_dim)), dtype=np.float32)
+    out = np.empty((n, encoder.feature_dim), dtype=np.float32)
     with _eval_mode(encoder):
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
