@@ -276,6 +276,9 @@ def ingest_sources_cmd(paths: tuple[Path, ...], survey: str, file_format: str | 
         if as_json:
             click.echo(json.dumps(summary.as_dict()))
             continue
+        for gone in summary.cutouts_moved_from:
+            click.echo(f"{gone}: no longer there; its sources now read their cutouts from {summary.path} "
+                       "(same content)")
         if summary.batches_skipped == summary.batches_total:
             click.echo(f"{summary.path}: already ingested into survey {survey!r} "
                        f"(ingest {summary.ingest_id}); nothing changed")

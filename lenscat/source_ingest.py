@@ -148,6 +148,8 @@ class IngestSummary:
     mapped_columns: dict[str, str] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    cutouts_moved_from: list[str] = field(default_factory=list)
+    """Earlier paths of this file's content, gone now; their sources' cutouts are read from ``path``."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -157,6 +159,7 @@ class IngestSummary:
             "unchanged": self.unchanged, "rejected": self.rejected,
             "batches": self.batches_total, "batches_already_done": self.batches_skipped,
             "mapped_columns": self.mapped_columns, "ignored_columns": self.ignored_columns,
+            "cutouts_moved_from": self.cutouts_moved_from,
         }
 
 
@@ -621,11 +624,17 @@ def write_batch(
     return int(ins), int(upd), len(rows) - int(ins) - int(upd)
 
 
-def register_cutout_file(prep: PreparedSources, *, session: Session) -> int | None:
-    """Register the file as a cutout store when it carries an ``images`` dataset."""
+def register_cutout_file(prep: PreparedSources, *, session: Session) -> tuple[int | None, list[str]]:
+    """Register the file as a cutout store when it carries an ``images`` dataset.
+
+    Returns its ``file_id`` (None without images) and the paths of earlier registrations of the same
+    content (sha256) whose files no longer exist: their sources now read their cutouts from this
+    file, as after ``lenscat db relocate`` (a survey file moved, then ingested again from its new
+    place, whose rows are otherwise already done).
+    """
     if prep.images_shape is None:
-        return None
-    return int(
+        return None, []
+    file_id = int(
         session.execute(
             text(
                 """
@@ -641,6 +650,15 @@ def register_cutout_file(prep: PreparedSources, *, session: Session) -> int | No
              "shape": list(prep.images_shape[1:])},
         ).scalar_one()
     )
+    copies = session.execute(text("SELECT file_id, path FROM lenscat.cutout_files WHERE sha256 = :sha "
+                                  "AND format = 'hdf5-stein' AND file_id <> :k ORDER BY file_id"),
+                             {"sha": prep.sha256, "k": file_id}).all()
+    gone = [(int(k), str(p)) for k, p in copies if not Path(p).exists()]
+    for old_id, _ in gone:
+        session.execute(text("UPDATE lenscat.sources SET cutout_file_id = :new, updated_at = now() "
+                             "WHERE cutout_file_id = :old"), {"new": file_id, "old": old_id})
+        session.execute(text("DELETE FROM lenscat.cutout_files WHERE file_id = :old"), {"old": old_id})
+    return file_id, [p for _, p in gone]
 
 
 INGEST_WORKERS = 2
@@ -727,7 +745,7 @@ def run_source_ingest(
             session=session, kind="sources", target=prep.survey, path=prep.path, sha256=prep.sha256,
             options=prep.options, n_rows=prep.n_rows, n_batches=len(starts),
         )
-        file_id = register_cutout_file(prep, session=session)
+        file_id, moved_from = register_cutout_file(prep, session=session)
     skipped = len(record.done_batches)
     bounds = [(b, start, min(start + batch_rows, prep.n_rows)) for b, start in enumerate(starts)]
     todo = [x for x in bounds if x[0] not in record.done_batches]
@@ -780,7 +798,7 @@ def run_source_ingest(
         inserted=totals["inserted"], updated=totals["updated"], unchanged=totals["unchanged"],
         rejected=totals["rejected"], batches_total=len(starts), batches_skipped=skipped,
         mapped_columns=prep.mapped_columns, ignored_columns=prep.ignored_columns,
-        rejects=prep.rejects,
+        rejects=prep.rejects, cutouts_moved_from=moved_from,
     )
 
 

@@ -135,3 +135,36 @@ def test_cli_files_and_relocate(session, tmp_path):
     assert "relocated 2 cutouts, 1 spectra, 1 checkpoint" in res.stderr
     res = runner.invoke(cli, ["db", "files", "--problems", "--format", "json"])
     assert not [line for line in res.stdout.splitlines() if str(tmp_path) in line]
+
+
+def test_reingesting_a_moved_survey_file_repoints_its_cutouts(session, tmp_path):
+    """A survey file moved and ingested again from its new place: its rows are done, its cutouts follow it."""
+    from lenscat.cutouts import source_cutout
+    from lenscat.source_ingest import ingest_sources
+
+    def cutout_files() -> set[str]:
+        return set(session.execute(text("SELECT DISTINCT cutout_file FROM public.sources "
+                                        "WHERE survey = 'moved-again'")).scalars())
+
+    old, new = tmp_path / "scratch" / "survey.h5", tmp_path / "project" / "survey.h5"
+    old.parent.mkdir()
+    new.parent.mkdir()
+    write_stein_h5(old, 4)
+    ingest_sources(old, "moved-again")
+    rows = session.execute(text("SELECT source_id, cutout_row FROM public.sources WHERE survey = 'moved-again' "
+                                "ORDER BY cutout_row")).all()
+    shutil.copy(old, new)
+    again = ingest_sources(new, "moved-again")  # the old file still exists: nothing moves
+    assert again.batches_skipped == again.batches_total and again.cutouts_moved_from == []
+    assert cutout_files() == {str(old)}
+    old.unlink()
+    res = CliRunner().invoke(cli, ["ingest", "sources", str(new), "--survey", "moved-again"])
+    assert res.exit_code == 0, res.output
+    assert f"{old}: no longer there; its sources now read their cutouts from {new} (same content)" in res.stdout
+    assert "already ingested" in res.stdout  # no row was written again
+    assert cutout_files() == {str(new)}
+    assert not session.execute(text("SELECT 1 FROM lenscat.cutout_files WHERE path = :p"), {"p": str(old)}).first()
+    with h5py.File(new, "r") as fh:
+        for sid, row in rows:
+            np.testing.assert_array_equal(source_cutout(sid, session=session)[0], fh["images"][row])
+    assert ingest_sources(new, "moved-again").cutouts_moved_from == []
