@@ -184,10 +184,11 @@ def main() -> None:
     one_view_enr = exact_for(one_view, "one_view") if trained.preprocessing.views > 1 else exact
     # the pooled output alone: the readout's first output_dim values (unit-normalised in each view)
     readout = getattr(trained, "readout", "gap")
-    pooled = vec[:, : trained.output_dim].copy()
-    pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    pooled_enr = (exact_enrichment(pooled, mag, ra, dec, truth, queries, _dedupe) / truth.mean()
-                  if readout != "gap" else exact)
+    pooled_enr = exact
+    if readout != "gap":
+        pooled = vec[:, : trained.output_dim].copy()
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        pooled_enr = exact_enrichment(pooled, mag, ra, dec, truth, queries, _dedupe) / truth.mean()
 
     result = {
         "machine": machine_info(with_torch=True), "n": args.n, "lens_fraction": args.lens_fraction,
