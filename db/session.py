@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 from lenscat.db.server import resolve_database_url, sqlalchemy_url
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from lenscat.settings import get_settings
@@ -68,6 +68,18 @@ def session_scope(**kwargs: Any) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def durable(session: Session) -> None:
+    """Make the commit of ``session``'s transaction wait until it is safe on disk.
+
+    The embedded server runs with ``synchronous_commit = off``: right for bulk loads, which are
+    resumable, but a commit it has confirmed can still be lost to an OS crash or power failure.
+    Human work (grades and comments, grader accounts and their sessions, human labels,
+    active-learning batches) cannot be re-run, so the functions that write it call this first:
+    ``SET LOCAL synchronous_commit = on`` for this transaction only, bulk paths keep their speed.
+    """
+    session.execute(text("SET LOCAL synchronous_commit = on"))
 
 
 def raw_connection(session: Session) -> psycopg.Connection[Any]:

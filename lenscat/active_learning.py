@@ -53,6 +53,7 @@ from lenscat.classifier import (
     negative_pool,
     score_function,
 )
+from lenscat.db.session import durable
 from lenscat.errors import LenscatError, NotFoundError
 from lenscat.grading import LABEL_PROVENANCE
 from lenscat.labels import ORIGINS, resolve_labels
@@ -247,6 +248,7 @@ def create_campaign(name: str, encoder: str | ModelVersion, *, session: Session,
             raise LenscatError(f"campaign {name!r} already exists with " + "; ".join(diffs)
                                + ": choose another name")
         return camp
+    durable(session)
     row = session.execute(
         text(
             """
@@ -580,6 +582,7 @@ def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -
     timings["total"] = time.perf_counter() - t_start
     detail["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
     detail["scores"] = [float(f"{s:.7g}") for s in scores] if scores is not None else None
+    durable(session)  # the batch graders are shown is part of their record
     row = session.execute(
         text(
             """

@@ -27,7 +27,9 @@ def grader() -> None:
 @click.option("--token", "with_token", is_flag=True,
               help="Also issue an API token (printed once; only its sha256 is stored).")
 @click.option("--no-password", is_flag=True, help="Token-only account (with --token).")
-@click.option("--reset", is_flag=True, help="Set a new password/token for an existing account.")
+@click.option("--reset", is_flag=True,
+              help="Set a new password/token for an existing account; ends its web sessions (a disabled "
+                   "account stays disabled: see grader enable).")
 def grader_add_cmd(name: str, full_name: str | None, password_stdin: bool, with_token: bool, no_password: bool,
                    reset: bool) -> None:
     """Create a grader account NAME; the password is prompted for unless --password-stdin."""
@@ -46,7 +48,11 @@ def grader_add_cmd(name: str, full_name: str | None, password_stdin: bool, with_
     with session_scope() as s:
         g, token = add_grader(name, password=password, full_name=full_name, token=with_token, reset=reset,
                               session=s)
-    click.echo(f"grader {g.name} {'updated' if reset else 'added'}")
+    if reset:
+        click.echo(f"grader {g.name} updated; its web sessions were ended"
+                   + ("" if g.is_active else f" (the account stays disabled: lenscat grader enable {g.name})"))
+    else:
+        click.echo(f"grader {g.name} added")
     if token:
         click.echo(f"API token (shown once): {token}")
 
@@ -54,28 +60,56 @@ def grader_add_cmd(name: str, full_name: str | None, password_stdin: bool, with_
 @grader.command("list")
 @FORMAT_OPTION
 def grader_list_cmd(fmt: str) -> None:
-    """Accounts, whether they have a password/token, and their grade counts."""
+    """Accounts, whether they have a password/token, their grade counts and live web sessions."""
     from lenscat.db.session import session_scope
     from lenscat.grading import list_graders
 
     ensure_schema()
     with session_scope() as s:
         rows = list_graders(session=s)
-    cols = ["name", "full_name", "is_active", "has_password", "has_token", "n_grades", "last_grade_at", "created_at"]
+    cols = ["name", "full_name", "is_active", "has_password", "has_token", "n_grades", "last_grade_at", "created_at",
+            "n_sessions", "last_seen_at"]
     write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
 
 
 @grader.command("disable")
 @click.argument("name")
 def grader_disable_cmd(name: str) -> None:
-    """Disable an account: it can no longer log in or grade (its grades stay)."""
+    """Disable an account: it can no longer log in or grade, its web sessions end, its API token stops
+    working (its grades stay)."""
     from lenscat.db.session import session_scope
     from lenscat.grading import set_active
 
     ensure_schema()
     with session_scope() as s:
         set_active(name, False, session=s)
-    click.echo(f"grader {name} disabled")
+    click.echo(f"grader {name} disabled; its web sessions were ended")
+
+
+@grader.command("enable")
+@click.argument("name")
+def grader_enable_cmd(name: str) -> None:
+    """Enable a disabled account again (it logs in afresh; ended sessions stay ended)."""
+    from lenscat.db.session import session_scope
+    from lenscat.grading import set_active
+
+    ensure_schema()
+    with session_scope() as s:
+        set_active(name, True, session=s)
+    click.echo(f"grader {name} enabled")
+
+
+@grader.command("logout")
+@click.argument("name")
+def grader_logout_cmd(name: str) -> None:
+    """End every web session of NAME at once (e.g. a lost laptop); the account stays usable."""
+    from lenscat.db.session import session_scope
+    from lenscat.grading import logout_grader
+
+    ensure_schema()
+    with session_scope() as s:
+        n = logout_grader(name, session=s)
+    click.echo(f"grader {name}: {n} web session(s) ended")
 
 
 @click.command("grade")

@@ -16,6 +16,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.db.session import durable
 from lenscat.errors import LenscatError, NotFoundError
 
 GRADES = ("A", "B", "C", "N", "S")
@@ -102,6 +104,9 @@ def add_grader(name: str, *, session: Session, password: str | None = None, full
                token: bool = False, reset: bool = False) -> tuple[Grader, str | None]:
     """Create a grading account (or, with ``reset``, set a new password/token for an existing one).
 
+    A reset ends every web session of the account (:func:`end_sessions`) and leaves a disabled
+    account disabled (:func:`set_active` enables it).
+
     Returns
     -------
     grader, token
@@ -118,6 +123,7 @@ def add_grader(name: str, *, session: Session, password: str | None = None, full
     if not existing and not _valid_name(name):
         raise LenscatError(f"grader name {name!r} must be 1-64 letters, digits, '_', '.', '@' or '-', "
                            "starting with a letter or digit")
+    durable(session)
     row = session.execute(
         text(
             """
@@ -126,12 +132,14 @@ def add_grader(name: str, *, session: Session, password: str | None = None, full
             ON CONFLICT ON CONSTRAINT uq_graders_name DO UPDATE
             SET password_hash = coalesce(EXCLUDED.password_hash, g.password_hash),
                 token_sha256 = coalesce(EXCLUDED.token_sha256, g.token_sha256),
-                full_name = coalesce(EXCLUDED.full_name, g.full_name), is_active = true
+                full_name = coalesce(EXCLUDED.full_name, g.full_name)
             RETURNING grader_id, name, full_name, is_active
             """
         ),
         {"n": name, "f": full_name, "p": pw_hash, "t": tok_hash},
     ).one()
+    if existing:
+        end_sessions(int(row.grader_id), "password reset", session=session)
     return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active)), new_token
 
 
@@ -142,13 +150,49 @@ def _valid_name(name: str) -> bool:
 
 
 def set_active(name: str, active: bool, *, session: Session) -> Grader:
-    """Enable or disable an account (grades already given stay)."""
+    """Enable or disable an account (grades already given stay).
+
+    Disabling ends every web session of the account and stops its API token; enabling it again
+    revives neither (the grader logs in again).
+    """
+    durable(session)
     row = session.execute(
         text("UPDATE lenscat.graders SET is_active = :a WHERE name = :n RETURNING grader_id, name, full_name, "
              "is_active"), {"a": active, "n": name}).first()
     if row is None:
         raise NotFoundError(f"no grader named {name!r} (lenscat grader list shows them)")
+    if not active:
+        end_sessions(int(row.grader_id), "disabled", session=session)
     return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active))
+
+
+def end_sessions(grader_id: int, reason: str, *, session: Session) -> int:
+    """End every live web session of a grader at once; returns how many were live.
+
+    Parameters
+    ----------
+    grader_id
+        The grader.
+    reason
+        Stored with the sessions: 'password reset', 'disabled', 'grader logout' or 'logout'.
+    """
+    durable(session)  # a revocation lost to a crash would bring the sessions back
+    return int(session.execute(
+        text("UPDATE lenscat.web_sessions SET revoked_at = clock_timestamp(), revoked_reason = :r "
+             "WHERE grader_id = :g AND revoked_at IS NULL RETURNING expires_at > clock_timestamp() AS live"),
+        {"g": grader_id, "r": reason}).scalars().all().count(True))
+
+
+def logout_grader(name: str, *, session: Session) -> int:
+    """End every web session of the grader ``name`` (``lenscat grader logout``); returns how many were live.
+
+    Raises
+    ------
+    NotFoundError
+        No such account.
+    """
+    grader = get_grader(name, session=session, active_only=False)
+    return end_sessions(grader.grader_id, "grader logout", session=session)
 
 
 def get_grader(name: str, *, session: Session, active_only: bool = True) -> Grader:
@@ -174,11 +218,16 @@ def authenticate(name: str, password: str, *, session: Session) -> Grader | None
         text("SELECT grader_id, name, full_name, is_active, password_hash FROM lenscat.graders WHERE name = :n"),
         {"n": name}).first()
     if row is None:
-        verify_password(password, hash_password("timing-equaliser"))  # same cost for unknown names
+        verify_password(password, _dummy_hash())  # the same cost as a known name
         return None
-    if not row.is_active or not verify_password(password, row.password_hash):
+    if not verify_password(password, row.password_hash) or not row.is_active:
         return None
     return Grader(int(row.grader_id), row.name, row.full_name, True)
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_hex(16))
 
 
 def authenticate_token(token: str, *, session: Session) -> Grader | None:
@@ -190,15 +239,21 @@ def authenticate_token(token: str, *, session: Session) -> Grader | None:
 
 
 def list_graders(*, session: Session) -> list[dict[str, Any]]:
-    """Accounts with their grade counts (no credentials)."""
+    """Accounts with their grade counts and live web sessions (no credentials)."""
     rows = session.execute(
         text(
             """
             SELECT r.name, r.full_name, r.is_active, r.password_hash IS NOT NULL AS has_password,
                    r.token_sha256 IS NOT NULL AS has_token, count(g.grade_id) AS n_grades,
-                   max(g.created_at) AS last_grade_at, r.created_at
+                   max(g.created_at) AS last_grade_at, r.created_at,
+                   coalesce(ws.n_sessions, 0) AS n_sessions, ws.last_seen_at
             FROM lenscat.graders r LEFT JOIN lenscat.grades g USING (grader_id)
-            GROUP BY r.grader_id ORDER BY r.name
+            LEFT JOIN LATERAL (
+                SELECT count(*) AS n_sessions, max(w.last_seen_at) AS last_seen_at
+                FROM lenscat.web_sessions w
+                WHERE w.grader_id = r.grader_id AND w.revoked_at IS NULL AND w.expires_at > clock_timestamp()
+            ) ws ON true
+            GROUP BY r.grader_id, ws.n_sessions, ws.last_seen_at ORDER BY r.name
             """
         )
     ).mappings().all()
@@ -246,6 +301,7 @@ def record_grades(
         comment = (g.comment or "").strip()[:2000] or None
         rows.append({"s": int(g.source_id), "g": letter, "c": comment, "r": rid})
     ids = sorted({int(g.source_id) for g in grades})
+    durable(session)  # a person's verdict cannot be re-run: its commit waits for the disk
     known = set(session.execute(text("SELECT source_id FROM lenscat.sources WHERE source_id = ANY(:ids)"),
                                 {"ids": ids}).scalars())
     missing = [i for i in ids if i not in known]
@@ -287,6 +343,7 @@ def refresh_human_labels(source_ids: Sequence[int] | None, *, session: Session,
     bad = [g for g in pos if g in ("N", "S")]
     if bad:
         raise LenscatError("positive grades must be among A, B, C")
+    durable(session)
     scope = "WHERE c.source_id = ANY(:ids)" if source_ids is not None else ""
     params: dict[str, Any] = {"pos": pos, "prov": LABEL_PROVENANCE}
     if source_ids is not None:

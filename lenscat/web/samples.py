@@ -3,6 +3,8 @@ an active-learning batch, or the graders' conflicts, as cells with the values a 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,12 +126,29 @@ def default_encoder(source_id: int, *, session: Session) -> str | None:
     return str(row) if row else None
 
 
+def sql_grid_signature(sql: str, csrf: str) -> str:
+    """The signature that lets a grid link run ``sql``: an HMAC of the SQL and the login's CSRF token.
+
+    The query page signs the link it shows after a POST; a link made anywhere else (another site,
+    another login) does not carry a valid signature, so a GET cannot make the server run SQL.
+    """
+    from lenscat.web.auth import secret_key
+
+    return hmac.new(secret_key(), f"sql-grid\0{csrf}\0{sql}".encode(), hashlib.sha256).hexdigest()
+
+
+def sql_grid_ok(sql: str, signature: str | None, csrf: str) -> bool:
+    """Whether ``signature`` is :func:`sql_grid_signature` of ``sql`` for this login."""
+    return bool(signature) and hmac.compare_digest(sql_grid_signature(sql, csrf), str(signature))
+
+
 def _sql(sql: str, n: int) -> Sample:
+    from lenscat.settings import get_settings
     from lenscat.usersql import run_readonly_sql
 
     if not sql.strip():
         raise LenscatError("write a SELECT that returns a source_id column")
-    columns, rows = run_readonly_sql(sql, max_rows=n)
+    columns, rows, _ = run_readonly_sql(sql, max_rows=n, timeout_s=get_settings().web_statement_timeout_s)
     if "source_id" not in columns:
         raise LenscatError(f"the query must return a source_id column (it returned {', '.join(columns) or 'none'})")
     j = columns.index("source_id")

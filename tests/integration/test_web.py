@@ -153,6 +153,8 @@ def test_injection_strings_in_every_field_change_nothing(client, world, session)
     before = session.execute(text("SELECT (SELECT count(*) FROM lenscat.sources), "
                                   "(SELECT count(*) FROM lenscat.grades)")).one()
     for s in INJECTIONS:
+        r = run_query(client, s)
+        assert r.status_code == 200 and "<script>alert(1)</script>" not in r.text
         for path, params in [("/search", {"q": s}), ("/query", {"sql": s}),
                              ("/grid", {"kind": "top", "classifier": s}), ("/grid", {"kind": "similar", "source_id": s}),
                              ("/grid", {"kind": "sql", "sql": s}), ("/grid", {"kind": s}),
@@ -196,15 +198,60 @@ def test_export_download_reads_back_with_astropy(client, world, tmp_path):
         assert str(t["ra"].unit) == "deg"
 
 
+def run_query(client, sql):
+    return client.post("/query", data={"sql": sql, "csrf_token": csrf_of(client)})
+
+
 def test_query_page_is_read_only(client):
     login(client)
-    ok = client.get("/query", params={"sql": "SELECT 1 AS source_id, 'x' AS y"})
+    ok = run_query(client, "SELECT 1 AS source_id, 'x' AS y")
     assert ok.status_code == 200 and 'id="sql-result"' in ok.text and 'id="grade-sql"' in ok.text
     for sql in ("DELETE FROM grades", "INSERT INTO lenscat.grades DEFAULT VALUES", "SELECT * FROM lenscat.graders",
-                "SELECT 1; SELECT 2", "CREATE TABLE x (a int)"):
-        r = client.get("/query", params={"sql": sql})
+                "SELECT 1; SELECT 2", "CREATE TABLE x (a int)",
+                "WITH d AS (DELETE FROM lenscat.grades RETURNING 1) SELECT * FROM d"):
+        r = run_query(client, sql)
         assert r.status_code == 200 and 'id="sql-error"' in r.text, sql
-    assert "password_hash" not in client.get("/query", params={"sql": "SELECT * FROM grades"}).text
+    assert "password_hash" not in run_query(client, "SELECT * FROM grades").text
+
+
+def test_query_runs_only_from_a_post_with_the_csrf_token(client):
+    login(client)
+    sql = "SELECT 7 AS source_id, 'from-a-link' AS y"
+    page = client.get("/query", params={"sql": sql})  # a link fills the form, runs nothing
+    assert page.status_code == 200 and "from-a-link" in page.text and 'id="sql-result"' not in page.text
+    r = client.post("/query", data={"sql": sql})
+    assert r.status_code == 403 and 'id="sql-result"' not in r.text
+    r = client.post("/query", data={"sql": sql, "csrf_token": "forged"})
+    assert r.status_code == 403
+    ok = run_query(client, sql)
+    assert ok.status_code == 200 and 'id="sql-result"' in ok.text
+    # the grid link the page shows is signed for this login; the same SQL unsigned or re-signed is refused
+    link = re.search(r'href="(/grid\?[^"]+)" id="grade-sql"', ok.text).group(1).replace("&amp;", "&")
+    assert client.get(link).status_code == 200
+    assert client.get("/grid", params={"kind": "sql", "sql": sql, "n": 100}).status_code == 403
+    assert client.get("/grid", params={"kind": "sql", "sql": sql, "n": 100, "sig": "0" * 64}).status_code == 403
+
+
+def test_query_page_fetches_at_most_its_cap(client, monkeypatch):
+    from lenscat.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "web_query_max_rows", 25)
+    login(client)
+    r = run_query(client, "SELECT g FROM generate_series(1, 5000000) g")
+    assert r.status_code == 200 and "first 25 rows" in r.text
+    assert r.text.count("<tr>") == 26  # header and 25 rows
+    small = run_query(client, "SELECT g FROM generate_series(1, 3) g")
+    assert "3 row(s)" in small.text and "first" not in small.text
+
+
+def test_query_page_statement_timeout_is_short_and_configurable(client, monkeypatch):
+    from lenscat.settings import get_settings
+
+    assert get_settings().web_statement_timeout_s <= 30
+    monkeypatch.setattr(get_settings(), "web_statement_timeout_s", 0.5)
+    login(client)
+    r = run_query(client, "SELECT pg_sleep(5)")
+    assert r.status_code == 200 and "statement timeout" in r.text
 
 
 def test_fits_cutouts_render_per_band_and_in_rgb(client, session, data_dir, tmp_path, monkeypatch, capsys):

@@ -175,6 +175,9 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
             page.fill("#sql", "SELECT source_id FROM candidates WHERE consensus_grade = 'N' ORDER BY source_id")
             page.click("#run-sql")
             expect(page.locator("#sql-result")).to_be_visible()
+            page.click("#grade-sql")  # the signed link opens the rows as a grid
+            expect(page.locator("#grid-title")).to_contain_text("SQL sample")
+            page.goto(f"{base}/query")
             page.fill("#sql", "DELETE FROM grades")
             page.click("#run-sql")
             expect(page.locator("#sql-error")).to_contain_text("read-only")
