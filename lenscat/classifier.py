@@ -33,7 +33,15 @@ from sqlalchemy.orm import Session
 
 from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
-from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
+from lenscat.jobs import (
+    clear_item_failures,
+    create_job,
+    finish_chunk,
+    outside_open_chunks,
+    plan_chunks,
+    record_item_failures,
+    without_failed_items,
+)
 from lenscat.labels import near_known_lenses, resolve_labels
 from lenscat.registry import ModelVersion, check_name, get_model, register_model, store_checkpoint
 from lenscat.surveys import get_survey
@@ -524,10 +532,12 @@ class PlannedScoreJob:
 
 def plan_score_job(classifier: str | ModelVersion, *, session: Session, surveys: list[str] | None = None,
                    chunk_size: int = DEFAULT_CHUNK, reason: str = "requested",
-                   exclude_open: bool = False) -> PlannedScoreJob:
+                   exclude_open: bool = False, retry_failed: bool = True) -> PlannedScoreJob:
     """Create a ``score`` job over the sources lacking a score from the classifier version.
 
-    ``exclude_open`` leaves out sources already in a queued or running chunk of the same version.
+    ``exclude_open`` leaves out sources already in a queued or running chunk of the same version;
+    ``retry_failed=False`` leaves out sources whose scoring failed before under this version until
+    their input changes (:func:`lenscat.jobs.without_failed_items`).
     """
     model = classifier if isinstance(classifier, ModelVersion) else get_model("classifier", classifier,
                                                                               session=session)
@@ -535,6 +545,8 @@ def plan_score_job(classifier: str | ModelVersion, *, session: Session, surveys:
     job_id = create_job("score", model.model_id, {"classifier": model.label, "surveys": surveys or [],
                                                   "chunk_size": int(chunk_size), "reason": reason}, session=session)
     id_sql = missing_scores_sql(model, bool(sids))
+    if not retry_failed:
+        id_sql = without_failed_items(id_sql, model.model_id)
     if exclude_open:
         id_sql = outside_open_chunks(id_sql, "score", model.model_id)
     n_items, n_chunks = plan_chunks(job_id, id_sql, {"sids": sids} if sids else {}, chunk_size, session=session)
@@ -573,6 +585,40 @@ def upsert_scores(model: ModelVersion, source_ids: np.ndarray, scores: np.ndarra
     return int(n)
 
 
+_ITEM_ERRORS = (LenscatError, OSError, ValueError, KeyError, IndexError)
+"""What reading or scoring one source's cutout can raise for a reason of that source."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _score_images(fn: Any, imgs: Any, positions: np.ndarray, ids: np.ndarray,
+                  failures: list[tuple[int, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the cutouts at ``positions`` of ``imgs``; a batch that fails is retried one by one,
+    and the sources that fail alone (unreadable cutout, NaN pixels, wrong shape) go to ``failures``."""
+    try:
+        x = imgs.get(positions)
+        finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if finite.all():
+            return ids, np.asarray(fn(x), dtype=np.float64).reshape(-1)
+    except _ITEM_ERRORS:
+        pass
+    keep: list[int] = []
+    scores: list[float] = []
+    for pos, sid in zip(positions.tolist(), ids.tolist(), strict=True):
+        try:
+            x = imgs.get(np.array([pos], dtype=np.int64))
+            if not np.isfinite(x).all():
+                failures.append((int(sid), "cutout has NaN or infinite pixels"))
+                continue
+            scores.append(float(np.asarray(fn(x), dtype=np.float64).reshape(-1)[0]))
+            keep.append(int(sid))
+        except _ITEM_ERRORS as exc:
+            failures.append((int(sid), _one_line(exc)))
+    return np.array(keep, dtype=np.int64), np.array(scores, dtype=np.float64)
+
+
 def score_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
                 device: str | None = None, batch_size: int = 256) -> int:
     """Score the sources of one chunk that still lack a score, and mark the chunk done (one transaction).
@@ -580,6 +626,8 @@ def score_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
     What is missing is the set difference of two range scans (scorable ids, scored ids), done in
     numpy: an anti-join planned on statistics taken before this job wrote its first scores can
     degrade into a nested loop over every score of the version (quadratic in the job's size).
+    A source that cannot be scored (its cutout unreadable or with NaN pixels, a non-finite score)
+    is recorded in ``lenscat.job_item_failures`` with the reason; the others are written.
     """
     t0 = time.perf_counter()
     row = session.execute(text("SELECT model_id, params FROM lenscat.jobs WHERE job_id = :j"), {"j": job_id}).one()
@@ -589,19 +637,27 @@ def score_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
                         _ids_in_range(f"SELECT c.source_id AS id FROM lenscat.scores c WHERE c.model_id = "
                                       f"{int(model.model_id)}", lo_id, hi_id, None, session))
     n = 0
+    failures: list[tuple[int, str]] = []
     if len(todo):
         fn = score_function(model, device)
         if model.architecture == "linear":
             enc = get_model("encoder", int(model.parent_model_id or 0), session=session)
             ids, vec = read_embeddings(enc, source_ids=todo, session=session)
-            scores = fn(vec)
+            scores = np.asarray(fn(vec), dtype=np.float64).reshape(-1)
         else:
             imgs = catalogue_images(todo, session=session)
-            ids = todo
-            scores = np.concatenate([fn(imgs.get(np.arange(i, min(i + batch_size, len(todo)))))
-                                     for i in range(0, len(todo), batch_size)])
+            parts = [_score_images(fn, imgs, np.arange(i, min(i + batch_size, len(todo))),
+                                   todo[i:i + batch_size], failures)
+                     for i in range(0, len(todo), batch_size)]
+            ids = np.concatenate([p[0] for p in parts])
+            scores = np.concatenate([p[1] for p in parts])
+        ok = np.isfinite(scores)
+        failures += [(int(i), f"classifier {model.label} gave a non-finite score") for i in np.asarray(ids)[~ok]]
+        ids, scores = np.asarray(ids)[ok], scores[ok]
         n = upsert_scores(model, ids, scores, job_id=job_id, session=session)
-    finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session)
+        clear_item_failures(model.model_id, ids, lo_id, hi_id, session=session)
+    n_failed = record_item_failures(job_id, model.model_id, "score", failures, session=session)
+    finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session, n_failed=n_failed)
     return n
 
 

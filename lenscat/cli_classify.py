@@ -203,7 +203,11 @@ def classifier_score_cmd(name: str, surveys: tuple[str, ...], chunk_size: int, l
     out: dict[str, Any] = {"job_id": job.job_id, "classifier": job.model.label, "queued": job.n_items,
                            "chunks": job.n_chunks}
     if state is not None:
-        out.update(status=state.status, done=state.n_done, failed_chunks=state.n_chunks_failed)
+        out.update(status=state.status, done=state.n_done, failed_chunks=state.n_chunks_failed,
+                   failed_sources=state.n_items_failed)
+        if state.n_items_failed and not as_json:
+            _err(f"lenscat: {state.n_items_failed} sources could not be scored and were skipped; "
+                 f"reasons: `lenscat jobs show {job.job_id}`")
         if state.status == "failed":
             raise LenscatError(f"job {job.job_id} failed: {state.message}")
         if job.n_items:
@@ -309,17 +313,27 @@ def top_cmd(classifier_name: str, n: int, surveys: tuple[str, ...], min_score: f
 @click.option("--dry-run", is_flag=True, help="Report what would be queued; queue nothing.")
 @click.option("--wait", is_flag=True, help="Follow the queued jobs to their end (starts a local worker if needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was queued as JSON lines.")
-def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool) -> None:
+@click.option("--retry-failed", is_flag=True,
+              help="Also queue sources whose embedding or score failed before (see `lenscat jobs show ID`).")
+def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool, retry_failed: bool) -> None:
     """Queue the embeddings, scores and spectral scans that new sources, spectra or model versions left
-    missing (as beat does)."""
+    missing (as beat does).
+
+    Chunks whose worker died (no heartbeat for LENSCAT_JOB_STALL_S) are queued again. Sources that
+    failed under a model version are left out until their input changes, or with --retry-failed.
+    """
     from lenscat.db.session import session_scope
     from lenscat.jobs import submit_and_wait
     from lenscat.reprocess import build_missing_indexes, plan_reprocess, send
 
     ensure_schema()
     with session_scope() as s:
-        planned = plan_reprocess(session=s, dry_run=dry_run)
+        planned = plan_reprocess(session=s, dry_run=dry_run, retry_failed=retry_failed)
     for p in planned:
+        if p.requeued and not as_json:
+            click.echo(f"{'would queue again' if dry_run else 'queued again'} {p.n_chunks} stalled chunk(s) "
+                       f"{', '.join(map(str, p.chunks))} of job {p.job_id} ({p.kind} {p.model})")
+            continue
         click.echo(json.dumps(p.as_dict()) if as_json else
                    f"{'would queue' if dry_run else 'queued'} {p.kind} {p.model}: {p.n_items} "
                    f"{'spectra' if p.kind == 'spectral_scan' else 'sources'} in {p.n_chunks} "

@@ -320,6 +320,7 @@ def embed_cmd(encoder_name: str, surveys: tuple[str, ...], chunk_size: int, batc
     out = {"job_id": job.job_id, "encoder": job.model.label, "n_items": job.n_items, "n_chunks": job.n_chunks,
            "status": state.status if state else "submitted",
            "n_done": state.n_done if state else 0, "n_retried": state.n_retried if state else 0,
+           "n_items_failed": state.n_items_failed if state else 0,
            "index_build_s": None if index_s is None else round(index_s, 2)}
     if as_json:
         click.echo(json.dumps(out))
@@ -327,6 +328,9 @@ def embed_cmd(encoder_name: str, surveys: tuple[str, ...], chunk_size: int, batc
         extra = f"; HNSW index built in {index_s:.1f} s" if index_s is not None else ""
         click.echo(f"job {out['job_id']} {out['status']}: {out['n_done']}/{out['n_items']} embedded with "
                    f"{out['encoder']}{extra}")
+    if out["n_items_failed"]:
+        _err(f"lenscat: {out['n_items_failed']} sources could not be embedded and were skipped; "
+             f"reasons: `lenscat jobs show {job.job_id}`")
     if state is not None and state.status == "failed":
         raise LenscatError(f"job {job.job_id} failed: {state.message}")
 
@@ -357,18 +361,26 @@ def jobs_list_cmd(limit: int, fmt: str) -> None:
 @jobs.command("show")
 @click.argument("job_id", type=int)
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar until it finishes.")
-def jobs_show_cmd(job_id: int, wait: bool) -> None:
-    """One job's progress (chunks done, retried, failed)."""
+@click.option("--max-items", type=click.IntRange(min=0), default=100, show_default=True,
+              help="List at most this many failed items.")
+def jobs_show_cmd(job_id: int, wait: bool, max_items: int) -> None:
+    """One job's progress as JSON: chunks done, retried and failed; the chunks running now, with
+    their worker, start and heartbeat age ("stalled" when the worker stopped beating for
+    LENSCAT_JOB_STALL_S: `lenscat reprocess` queues it again); the items that failed, with reasons.
+    """
     from lenscat.db.session import session_scope
-    from lenscat.jobs import job_state, wait_for_job
+    from lenscat.jobs import job_details, wait_for_job
 
     ensure_schema()
     if wait:
-        state = wait_for_job(job_id)
-    else:
-        with session_scope() as s:
-            state = job_state(job_id, session=s)
-    click.echo(json.dumps(state.__dict__))
+        wait_for_job(job_id)
+    with session_scope() as s:
+        details = job_details(job_id, session=s, max_items=max_items)
+    click.echo(json.dumps(details, default=str))
+    for c in details["chunks"]:
+        if c["status"] == "stalled":
+            _err(f"lenscat: job {job_id} chunk {c['chunk_no']} is stalled: started {c['started_at']} by "
+                 f"{c['worker']}, no heartbeat for {c['heartbeat_age_s']:.0f} s (`lenscat reprocess` queues it again)")
 
 
 # ------------------------------------------------------------------------------------ similar

@@ -33,9 +33,12 @@ def spectra() -> None:
 def ingest_cmd(paths: tuple[Path, ...], pack: str, link_radius: str, workers: int | None, as_json: bool) -> None:
     """Ingest spectrum files or directories (spec-*.fits, spPlate-*.fits, DESI coadd-*.fits).
 
-    Unreadable files are reported with their reason and skipped; re-running skips files already
-    ingested, so an interrupted ingest resumes where it stopped. Exit status 1 when no file at
-    all could be read.
+    The readable files are loaded; each file that cannot be (missing, not FITS, truncated or
+    corrupt, no usable spectrum) is named on stderr with its reason, one line each, and the exit
+    status is then 2, so scripts notice. A spectrum with no pixel of finite flux and ivar > 0 in
+    the search window (e.g. flux all NaN) is rejected with its reason (listed in
+    ``ingest_rejects``) and not ingested. Re-running skips files already ingested, so an
+    interrupted ingest resumes where it stopped.
     """
     from lenscat.sky import parse_angle_quantity
     from lenscat.spectra.ingest import ingest_spectra
@@ -43,16 +46,23 @@ def ingest_cmd(paths: tuple[Path, ...], pack: str, link_radius: str, workers: in
     ensure_schema()
     summary = ingest_spectra(list(paths), pack=pack, link_radius=parse_angle_quantity(link_radius),
                              workers=workers, progress=None if not as_json else False)
+    show = 20
+    for _f, line in summary.rejections[:show]:
+        _err(line)
+    if len(summary.rejections) > show:
+        _err(f"... and {len(summary.rejections) - show} more rejected spectra "
+             "(see: lenscat sql \"SELECT * FROM ingest_rejects\")")
+    for f, reason in summary.failures:
+        _err(f"lenscat: error: {reason}" if reason.startswith(f) else f"lenscat: error: {f}: {reason}")
     if as_json:
         click.echo(json.dumps(summary.as_dict()))
     else:
-        for f, reason in summary.failures:
-            _err(f"lenscat: skipped {reason}" if reason.startswith(f) else f"lenscat: skipped {f}: {reason}")
+        rejected = f", {summary.spectra_rejected} rejected" if summary.spectra_rejected else ""
         click.echo(f"{summary.files} files: {summary.spectra_inserted} spectra new, {summary.spectra_updated} "
-                   f"updated, {summary.files_skipped} files already ingested, {summary.files_failed} unreadable; "
-                   f"{summary.linked} linked to catalogue sources (store {summary.pack!r})")
-    if summary.files and summary.files_failed == summary.files:
-        sys.exit(1)
+                   f"updated{rejected}, {summary.files_skipped} files already ingested, {summary.files_failed} "
+                   f"failed; {summary.linked} linked to catalogue sources (store {summary.pack!r})")
+    if summary.files_failed:
+        sys.exit(2)
 
 
 @spectra.command("inject")

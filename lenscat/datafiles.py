@@ -10,8 +10,9 @@ and only after every moved file has been found, and checked, at its new place.
 Checks, per kind of file:
 
 * **cutouts**: the file (every per-band member of a FITS set) exists and its sha256 is the one
-  recorded at ingest (for HDF5 the digest covers the catalogue datasets and the shape of
-  ``images``, so this reads the catalogue, not the images);
+  recorded at ingest (for HDF5 the digest covers the catalogue datasets and every pixel of
+  ``images``, through per-row digests, so this reads the whole file: a changed pixel is a
+  problem; re-ingesting the file says which rows changed and recomputes what they feed);
 * **spectra** (a packed-window store): the HDF5 file exists and holds at least the rows the
   database has committed to it;
 * **checkpoint**: the file exists and its sha256 is the model version's ``checkpoint_sha256``
@@ -62,6 +63,10 @@ class DataFile:
         Images in a cutout file, or rows committed to a spectrum store.
     label : str
         What refers to it, for people: the surveys of a cutout file, the store name, the model.
+    pixel_digests : bool
+        For a Stein-layout HDF5 cutout file: its per-row pixel digests were recorded at ingest, so
+        ``sha256`` covers the pixels. False for a file ingested before they were kept, whose
+        ``sha256`` covers the catalogue only (and is checked as such).
     """
 
     kind: str
@@ -71,6 +76,7 @@ class DataFile:
     sha256: str | None
     n_rows: int | None
     label: str
+    pixel_digests: bool = True
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -98,11 +104,14 @@ def referenced_files(*, session: Session, kinds: Sequence[str] | None = None) ->
             """
             SELECT f.file_id, f.path, f.member_paths, f.sha256, f.n_images,
                    (SELECT string_agg(DISTINCT v.name, ',') FROM lenscat.sources s
-                    JOIN lenscat.surveys v USING (survey_id) WHERE s.cutout_file_id = f.file_id) AS surveys
+                    JOIN lenscat.surveys v USING (survey_id) WHERE s.cutout_file_id = f.file_id) AS surveys,
+                   f.format <> 'hdf5-stein' OR EXISTS (SELECT 1 FROM lenscat.cutout_row_digests d
+                                                       WHERE d.file_id = f.file_id) AS pixel_digests
             FROM lenscat.cutout_files f ORDER BY f.path
             """)).all()
         out += [DataFile("cutouts", int(r.file_id), r.path, tuple(r.member_paths or ()), r.sha256,
-                         None if r.n_images is None else int(r.n_images), f"survey {r.surveys or '(none)'}")
+                         None if r.n_images is None else int(r.n_images), f"survey {r.surveys or '(none)'}",
+                         bool(r.pixel_digests))
                 for r in rows]
     if "spectra" in want:
         rows = session.execute(text(
@@ -123,9 +132,17 @@ def referenced_files(*, session: Session, kinds: Sequence[str] | None = None) ->
 
 def _cutout_digest(f: DataFile) -> str:
     from lenscat.ingest_log import file_sha256
+    from lenscat.readers import HDF5_SUFFIXES, hdf5_fingerprint
 
     if f.members:  # a FITS set: digest of the members' digests (as `lenscat ingest cutouts` records it)
         return hashlib.sha256("".join(file_sha256(Path(p)) for p in f.members).encode()).hexdigest()
+    if Path(f.path).suffix.lower() in HDF5_SUFFIXES:
+        import h5py
+
+        with h5py.File(f.path, "r") as fh:  # OSError: reported as unreadable
+            fp = hdf5_fingerprint(fh, progress=False)
+        # a file ingested before pixel digests were kept was recorded with its catalogue digest
+        return fp.sha256 if f.pixel_digests else fp.catalogue_sha256
     return file_sha256(Path(f.path))
 
 
@@ -166,7 +183,9 @@ def file_problem(f: DataFile) -> str | None:
     except LenscatError as exc:
         return str(exc)
     if f.sha256 and sha != f.sha256:
-        return f"contents changed (sha256 {sha[:12]}..., registered {f.sha256[:12]}...)"
+        again = ("; ingest it again (`lenscat ingest sources`) to find the changed cutouts and recompute "
+                 "their embeddings and scores" if f.kind == "cutouts" and not f.members else "")
+        return f"contents changed (sha256 {sha[:12]}..., registered {f.sha256[:12]}...){again}"
     return None
 
 
@@ -263,6 +282,9 @@ def relocate_files(old: str | Path, new: str | Path, *, session: Session, dry_ru
         if before.kind == "cutouts":
             session.execute(text("UPDATE lenscat.cutout_files SET path = :p, member_paths = :m WHERE file_id = :k"),
                             {"p": after.path, "m": list(after.members) or None, "k": after.key})
+            # items that failed because the file was missing can be run again now
+            session.execute(text("DELETE FROM lenscat.job_item_failures f USING lenscat.sources s "
+                                 "WHERE s.source_id = f.item_id AND s.cutout_file_id = :k"), {"k": after.key})
         elif before.kind == "spectra":
             session.execute(text("UPDATE lenscat.spectrum_packs SET path = :p WHERE pack_id = :k"),
                             {"p": after.path, "k": after.key})

@@ -5,6 +5,11 @@ splits them into source_id ranges; a worker runs ``embed_chunk`` per range: read
 (grouped by file, in file order), run the encoder, upsert the vectors. Work is keyed on
 (encoder version, source), so a chunk run twice, or redelivered after a worker died, writes each
 vector once. A new encoder version makes every source "missing" again for that version.
+
+A source whose cutout cannot be embedded (its file missing or unreadable, a row that cannot be
+read, non-finite pixels, a cutout smaller than the encoder's crop or with other bands) is recorded
+in ``lenscat.job_item_failures`` with the reason and skipped; the other sources of the chunk are
+embedded and written.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from sqlalchemy.orm import Session
 
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import file_sha256
-from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
+from lenscat.jobs import (
+    clear_item_failures,
+    create_job,
+    finish_chunk,
+    outside_open_chunks,
+    plan_chunks,
+    record_item_failures,
+    without_failed_items,
+)
 from lenscat.registry import ModelVersion, get_model
 from lenscat.surveys import get_survey
 from lenscat.vectors import upsert_embeddings
@@ -103,6 +116,7 @@ def plan_embed_job(
     chunk_size: int = DEFAULT_CHUNK,
     batch_size: int = DEFAULT_BATCH,
     exclude_open: bool = False,
+    retry_failed: bool = True,
     session: Session,
 ) -> PlannedJob:
     """Create an ``embed`` job over the sources that lack an embedding from the encoder.
@@ -119,6 +133,9 @@ def plan_embed_job(
         Images per forward pass in the worker.
     exclude_open
         Leave out sources already in a queued or running chunk of this encoder (scheduled runs).
+    retry_failed
+        Include sources whose embedding failed before under this version (False: leave them out
+        until their input changes, see :func:`lenscat.jobs.without_failed_items`).
     session
         Database session; the caller commits before submitting the chunks.
     """
@@ -132,6 +149,8 @@ def plan_embed_job(
               "chunk_size": int(chunk_size)}
     job_id = create_job("embed", model.model_id, params, session=session)
     id_sql = _missing_sql(model.model_id, bool(sids))
+    if not retry_failed:
+        id_sql = without_failed_items(id_sql, model.model_id)
     if exclude_open:
         id_sql = outside_open_chunks(id_sql, "embed", model.model_id)
     n_items, n_chunks = plan_chunks(job_id, id_sql,
@@ -147,9 +166,30 @@ def _job(job_id: int, session: Session) -> tuple[ModelVersion, dict[str, Any]]:
     return get_model("encoder", int(row.model_id), session=session), dict(row.params)
 
 
-def _cutout_batches(rows: Sequence[Any], batch_size: int, spec: dict[str, Any]
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(source_ids, images) batches: HDF5 rows in file order; FITS cutouts resampled to ``spec``."""
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_ITEM_ERRORS = (LenscatError, OSError, ValueError, KeyError, IndexError)
+"""What reading one source's cutout can raise for a reason of that source (its file, its row)."""
+
+
+def _finite_rows(ids: np.ndarray, images: np.ndarray, failures: list[tuple[int, str]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Drop images with a NaN or infinite pixel (recorded as failures)."""
+    ok = np.isfinite(images.reshape(len(images), -1)).all(axis=1) if len(images) else np.ones(0, bool)
+    failures += [(int(i), "cutout has NaN or infinite pixels") for i in ids[~ok]]
+    return ids[ok], images[ok]
+
+
+def _cutout_batches(rows: Sequence[Any], batch_size: int, spec: dict[str, Any],
+                    failures: list[tuple[int, str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(source_ids, images) batches: HDF5 rows in file order; FITS cutouts resampled to ``spec``.
+
+    A source whose cutout cannot be read (file missing or not a cutout store, row unreadable,
+    resampling impossible) or holds non-finite pixels is appended to ``failures`` as
+    (source_id, reason) and left out of the batches.
+    """
     import astropy.units as u
 
     from lenscat.cutouts import open_store, read_fits_cutout, resample
@@ -164,26 +204,73 @@ def _cutout_batches(rows: Sequence[Any], batch_size: int, spec: dict[str, Any]
         items.sort(key=lambda t: (t[0], t[1]))
         if fmt == "fits":  # one object per file (set): read, resample to the encoder's pixels
             for _, sid, members in items:
-                cut = read_fits_cutout(list(members) if members else path)
-                res = resample(cut, float(spec.get("pixel_scale_arcsec", 0.262)) * u.arcsec, (stamp, stamp),
-                               tuple(spec.get("bands", ("g", "r", "z"))))
+                try:
+                    cut = read_fits_cutout(list(members) if members else path)
+                    res = resample(cut, float(spec.get("pixel_scale_arcsec", 0.262)) * u.arcsec, (stamp, stamp),
+                                   tuple(spec.get("bands", ("g", "r", "z"))))
+                except _ITEM_ERRORS as exc:
+                    failures.append((sid, _one_line(exc)))
+                    continue
                 fits_ids.append(sid)
                 fits_imgs.append(res.data)
             continue
-        store = open_store(path, fmt)
+        try:
+            store = open_store(path, fmt)
+            len(store)  # opens the file: a missing or malformed file fails here, for all its sources
+        except _ITEM_ERRORS as exc:
+            failures += [(sid, _one_line(exc)) for _, sid, _ in items]
+            continue
         for i in range(0, len(items), batch_size):
             part = items[i:i + batch_size]
             file_rows = np.array([p[0] for p in part], dtype=np.int64)
-            yield np.array([p[1] for p in part], dtype=np.int64), store.get(file_rows)
+            ids = np.array([p[1] for p in part], dtype=np.int64)
+            try:
+                images = store.get(file_rows)
+            except _ITEM_ERRORS:  # find which rows: read them one by one
+                good_ids, good_imgs = [], []
+                for sid, fr in zip(ids.tolist(), file_rows.tolist(), strict=True):
+                    try:
+                        good_imgs.append(store.get(np.array([fr], dtype=np.int64))[0])
+                        good_ids.append(sid)
+                    except _ITEM_ERRORS as exc:
+                        failures.append((sid, f"{path}: row {fr}: {_one_line(exc)}"))
+                if not good_ids:
+                    continue
+                ids, images = np.array(good_ids, dtype=np.int64), np.stack(good_imgs)
+            ids, images = _finite_rows(ids, images, failures)
+            if len(ids):
+                yield ids, images
     for i in range(0, len(fits_ids), batch_size):
-        yield np.array(fits_ids[i:i + batch_size], dtype=np.int64), np.stack(fits_imgs[i:i + batch_size])
+        ids, images = _finite_rows(np.array(fits_ids[i:i + batch_size], dtype=np.int64),
+                                   np.stack(fits_imgs[i:i + batch_size]), failures)
+        if len(ids):
+            yield ids, images
+
+
+def _shape_problem(encoder: Any, model: ModelVersion, shape: tuple[int, ...]) -> str | None:
+    """Why images of ``shape`` (N, bands, H, W) cannot go through the encoder, or None."""
+    from lenscat.models.inference import _preprocessing
+
+    if len(shape) != 4:
+        return f"cutout has shape {tuple(shape[1:])}, expected (bands, H, W)"
+    in_chans = int(getattr(encoder, "in_chans", 0) or 0)
+    if in_chans and shape[1] != in_chans:
+        return f"cutout has {shape[1]} bands, encoder {model.label} takes {in_chans}"
+    pre = _preprocessing(encoder, True)
+    if pre is not None:
+        try:
+            pre._check(tuple(shape))
+        except LenscatError as exc:
+            return f"encoder {model.label}: {_one_line(exc)}"
+    return None
 
 
 def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
                 device: str | None = None) -> int:
     """Embed the sources of one chunk that still lack a vector, and mark the chunk done.
 
-    Runs in the caller's transaction: the vectors and the chunk's ``done`` mark commit together.
+    Runs in the caller's transaction: the vectors, the failures of sources that could not be
+    embedded (``lenscat.job_item_failures``) and the chunk's ``done`` mark commit together.
     Returns the number of vectors written.
     """
     from lenscat.models.inference import encode
@@ -210,17 +297,28 @@ def embed_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
     ).scalars())
     rows = [r for r in rows if int(r.source_id) not in done]
     n = 0
+    failures: list[tuple[int, str]] = []
     if rows:
         encoder, dev = load_encoder_for(model, device)
         batch_size = int(params.get("batch_size") or DEFAULT_BATCH)
         ids_all: list[np.ndarray] = []
         vecs_all: list[np.ndarray] = []
-        for ids, images in _cutout_batches(rows, batch_size, model.input_spec or {}):
-            ids_all.append(ids)
-            vecs_all.append(encode(encoder, images, batch_size=batch_size, device=dev))
-        n = upsert_embeddings(model, np.concatenate(ids_all), np.concatenate(vecs_all), job_id=job_id,
-                              session=session)
-    finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session)
+        for ids, images in _cutout_batches(rows, batch_size, model.input_spec or {}, failures):
+            problem = _shape_problem(encoder, model, tuple(images.shape))
+            if problem is not None:  # a whole file's cutouts share their shape
+                failures += [(int(i), problem) for i in ids]
+                continue
+            vecs = np.asarray(encode(encoder, images, batch_size=batch_size, device=dev))
+            ok = np.isfinite(vecs).all(axis=1)
+            failures += [(int(i), f"encoder {model.label} gave a non-finite vector") for i in ids[~ok]]
+            ids_all.append(ids[ok])
+            vecs_all.append(vecs[ok])
+        if ids_all and sum(len(x) for x in ids_all):
+            written_ids = np.concatenate(ids_all)
+            n = upsert_embeddings(model, written_ids, np.concatenate(vecs_all), job_id=job_id, session=session)
+            clear_item_failures(model.model_id, written_ids, lo_id, hi_id, session=session)
+    n_failed = record_item_failures(job_id, model.model_id, "embed", failures, session=session)
+    finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session, n_failed=n_failed)
     return n
 
 

@@ -24,24 +24,19 @@ _CHUNK = 1 << 20
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's contents.
 
-    For HDF5 files, whose image datasets can be hundreds of GB, the digest covers every dataset
-    except ``images`` in full, plus the ``images`` shape and dtype: it changes whenever the
-    catalogue changes, at the cost of reading the catalogue only.
+    For HDF5 files the digest is :func:`lenscat.readers.hdf5_fingerprint`: every root dataset in
+    full, the ``images`` rows through per-row digests (so a changed pixel changes it), independent
+    of how HDF5 laid the data out in the file.
     """
     h = hashlib.sha256()
     if path.suffix.lower() in HDF5_SUFFIXES:
         import h5py
 
+        from lenscat.readers import hdf5_fingerprint
+
         try:
             with h5py.File(path, "r") as fh:
-                for name in sorted(fh):
-                    ds = fh[name]
-                    if not isinstance(ds, h5py.Dataset):
-                        continue
-                    h.update(f"{name}:{ds.shape}:{ds.dtype}".encode())
-                    if name != "images":
-                        h.update(ds[()].tobytes())
-            return h.hexdigest()
+                return hdf5_fingerprint(fh).sha256
         except OSError:
             pass  # not readable as HDF5: hash bytes; the reader reports the error
     with path.open("rb") as fh:
@@ -60,13 +55,14 @@ class Reject:
     """A refused input row."""
 
     row: int  # 1-based data row
-    column: str
+    column: str  # '' when no one column is at fault (a row with too many fields)
     value: str
     reason: str
 
     def line(self, path: Path | str) -> str:
         """One-line message naming file, row and column."""
-        return f"{path}: row {self.row}: column {self.column!r}: {self.reason} (value {self.value!r}); row rejected"
+        col = f"column {self.column!r}: " if self.column else ""
+        return f"{path}: row {self.row}: {col}{self.reason} (value {self.value!r}); row rejected"
 
 
 @dataclass

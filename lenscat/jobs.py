@@ -4,6 +4,14 @@ A job is split into chunks (id ranges). A worker marks a chunk ``running`` (coun
 one short transaction, then does the work and marks it ``done`` in the same transaction as the
 results, so a chunk is either finished with its results or not at all. Progress bars read these
 tables, never the broker, so they survive restarts of the CLI.
+
+An item of a chunk that cannot be processed (a missing or unreadable cutout, a NaN image) is
+recorded in ``lenscat.job_item_failures`` with its reason (:func:`record_item_failures`) and left
+out; the rest of the chunk is written. While it works, a worker's heartbeat thread touches the
+chunk's ``heartbeat_at`` every ``LENSCAT_JOB_HEARTBEAT_S``; a running chunk whose heartbeat is
+older than ``LENSCAT_JOB_STALL_S`` is stalled (:func:`stalled_chunks`): its worker died, and
+:func:`requeue_stalled` (``lenscat reprocess``, Celery beat, a CLI waiting for the job) sends it
+again without waiting for the broker's visibility timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -41,6 +50,8 @@ class JobState:
     n_chunks_failed: int
     n_retried: int
     message: str | None
+    n_items_failed: int = 0
+    n_chunks_stalled: int = 0
 
     @property
     def finished(self) -> bool:
@@ -94,6 +105,72 @@ def plan_chunks(job_id: int, id_query: str, params: dict[str, Any], chunk_size: 
     return int(n_items), int(n_chunks)
 
 
+TASKS = {"embed": "lenscat.embed_chunk", "score": "lenscat.score_chunk",
+         "spectral_scan": "lenscat.scan_spectra_chunk"}
+"""Celery task that runs one chunk, per job kind."""
+
+
+def without_failed_items(id_sql: str, model_id: int) -> str:
+    """Wrap a source-id query so sources that failed under the model version are left out.
+
+    A failure counts until its input changes: the source row updated after the failure (a
+    re-ingest that changed it) brings the source back; so does a change of its cutout pixels,
+    which removes the failure (:func:`lenscat.source_ingest.mark_cutouts_stale`).
+    """
+    return (
+        f"SELECT q.id FROM ({id_sql}) q WHERE NOT EXISTS ("
+        "SELECT 1 FROM lenscat.job_item_failures f JOIN lenscat.sources s ON s.source_id = f.item_id "
+        f"WHERE f.model_id = {int(model_id)} AND f.item_id = q.id AND s.updated_at <= f.failed_at)"
+    )
+
+
+def record_item_failures(job_id: int, model_id: int, kind: str, failures: list[tuple[int, str]], *,
+                         session: Session) -> int:
+    """Record items a chunk could not process (upsert on (model version, item): a re-run counts attempts).
+
+    Parameters
+    ----------
+    job_id, model_id, kind
+        The job, its model version and kind (``'embed'``, ``'score'``).
+    failures
+        (item id, one-line reason) pairs.
+    session
+        The chunk's transaction: failures commit with its results.
+
+    Returns
+    -------
+    int
+        Items recorded.
+    """
+    if not failures:
+        return 0
+    latest = {int(i): " ".join(str(r).split())[:2000] for i, r in failures}
+    session.execute(
+        text(
+            """
+            INSERT INTO lenscat.job_item_failures AS f (model_id, item_id, job_id, kind, reason)
+            SELECT :m, t.item_id, :j, :k, t.reason
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS t (item_id, reason)
+            ON CONFLICT ON CONSTRAINT pk_job_item_failures DO UPDATE
+            SET job_id = EXCLUDED.job_id, reason = EXCLUDED.reason, attempts = f.attempts + 1, failed_at = now()
+            """
+        ),
+        {"m": model_id, "j": job_id, "k": kind, "ids": list(latest), "reasons": list(latest.values())},
+    )
+    return len(latest)
+
+
+def clear_item_failures(model_id: int, item_ids: Any, lo_id: int, hi_id: int, *, session: Session) -> None:
+    """Forget earlier failures of items now processed under the model version (range-bounded)."""
+    ids = [int(i) for i in item_ids]
+    if ids:
+        session.execute(
+            text("DELETE FROM lenscat.job_item_failures WHERE model_id = :m AND item_id BETWEEN :lo AND :hi "
+                 "AND item_id = ANY(:ids)"),
+            {"m": model_id, "lo": lo_id, "hi": hi_id, "ids": ids},
+        )
+
+
 def outside_open_chunks(id_query: str, kind: str, model_id: int) -> str:
     """Wrap an id query so ids already inside a queued or running chunk of the same work are left out.
 
@@ -129,7 +206,7 @@ def start_chunk(job_id: int, chunk_no: int, *, session: Session) -> tuple[int, i
         return None
     session.execute(
         text("UPDATE lenscat.job_chunks SET status = 'running', attempts = attempts + 1, worker = :w, "
-             "started_at = now(), error = NULL WHERE job_id = :j AND chunk_no = :c"),
+             "started_at = now(), heartbeat_at = now(), error = NULL WHERE job_id = :j AND chunk_no = :c"),
         {"w": worker_name(), "j": job_id, "c": chunk_no},
     )
     session.execute(
@@ -139,12 +216,16 @@ def start_chunk(job_id: int, chunk_no: int, *, session: Session) -> tuple[int, i
     return int(row.lo_id), int(row.hi_id), str(row.status)
 
 
-def finish_chunk(job_id: int, chunk_no: int, n_written: int, seconds: float, *, session: Session) -> None:
-    """Mark a chunk done (in the transaction that wrote its results) and update the job."""
+def finish_chunk(job_id: int, chunk_no: int, n_written: int, seconds: float, *, session: Session,
+                 n_failed: int = 0) -> None:
+    """Mark a chunk done (in the transaction that wrote its results) and update the job.
+
+    ``n_failed`` items of the chunk were recorded as failed (:func:`record_item_failures`).
+    """
     updated = session.execute(
-        text("UPDATE lenscat.job_chunks SET status = 'done', n_written = :n, finished_at = now(), "
+        text("UPDATE lenscat.job_chunks SET status = 'done', n_written = :n, n_failed = :nf, finished_at = now(), "
              "seconds = :s WHERE job_id = :j AND chunk_no = :c AND status <> 'done' RETURNING n_items"),
-        {"n": n_written, "s": seconds, "j": job_id, "c": chunk_no},
+        {"n": n_written, "nf": int(n_failed), "s": seconds, "j": job_id, "c": chunk_no},
     ).scalar()
     if updated is None:
         return  # a concurrent duplicate finished it first
@@ -192,7 +273,7 @@ def run_chunk(job_id: int, chunk_no: int, work: Callable[..., int]) -> dict[str,
         return {"job_id": job_id, "chunk_no": chunk_no, "skipped": True}
     lo, hi, _ = started
     try:
-        with session_scope() as session:
+        with heartbeat(job_id, chunk_no), session_scope() as session:
             n = work(job_id, chunk_no, lo, hi, session=session)
     except LenscatError as exc:
         with session_scope() as session:
@@ -201,25 +282,197 @@ def run_chunk(job_id: int, chunk_no: int, work: Callable[..., int]) -> dict[str,
     return {"job_id": job_id, "chunk_no": chunk_no, "written": n}
 
 
+@contextmanager
+def heartbeat(job_id: int, chunk_no: int, interval_s: float | None = None) -> Iterator[None]:
+    """Touch the chunk's ``heartbeat_at`` every ``interval_s`` (``LENSCAT_JOB_HEARTBEAT_S``) while the block runs.
+
+    A thread does it, each beat in its own short transaction, so a worker busy in one long
+    forward pass still shows it is alive; a killed worker stops beating and its chunk is seen as
+    stalled. Nothing runs when sessions join a bound (test) connection, which a thread must not share.
+    """
+    from lenscat.db import session as db_session
+    from lenscat.settings import get_settings
+
+    if db_session._bound_connection is not None:
+        yield
+        return
+    every = float(interval_s if interval_s is not None else get_settings().job_heartbeat_s)
+    me = worker_name()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                with session_scope() as s:
+                    s.execute(text("UPDATE lenscat.job_chunks SET heartbeat_at = now() WHERE job_id = :j "
+                                   "AND chunk_no = :c AND status = 'running' AND worker = :w"),
+                              {"j": job_id, "c": chunk_no, "w": me})
+            except Exception:  # a missed beat is harmless; the next one may get through
+                continue
+
+    thread = threading.Thread(target=beat, name=f"lenscat-heartbeat-{job_id}-{chunk_no}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _stall_s(stall_s: float | None) -> float:
+    from lenscat.settings import get_settings
+
+    return float(stall_s if stall_s is not None else get_settings().job_stall_s)
+
+
+_STALLED = ("c.status = 'running' AND coalesce(c.heartbeat_at, c.started_at) "
+            "< now() - make_interval(secs => :stall)")
+
+
+@dataclass
+class StalledChunk:
+    """A running chunk whose worker stopped beating."""
+
+    job_id: int
+    kind: str
+    chunk_no: int
+    worker: str | None
+    started_at: Any
+    heartbeat_at: Any
+    heartbeat_age_s: float
+    n_items: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"job_id": self.job_id, "kind": self.kind, "chunk_no": self.chunk_no, "worker": self.worker,
+                "started_at": None if self.started_at is None else self.started_at.isoformat(),
+                "heartbeat_at": None if self.heartbeat_at is None else self.heartbeat_at.isoformat(),
+                "heartbeat_age_s": round(self.heartbeat_age_s, 1), "n_items": self.n_items}
+
+
+def stalled_chunks(*, session: Session, job_id: int | None = None, stall_s: float | None = None
+                   ) -> list[StalledChunk]:
+    """Running chunks (of open jobs, or of ``job_id``) whose last heartbeat is older than ``stall_s``.
+
+    ``stall_s`` defaults to ``LENSCAT_JOB_STALL_S``; a chunk started by a worker that never beat
+    counts from its ``started_at``.
+    """
+    rows = session.execute(
+        text(
+            f"""
+            SELECT c.job_id, j.kind, c.chunk_no, c.worker, c.started_at, c.heartbeat_at, c.n_items,
+                   extract(epoch FROM now() - coalesce(c.heartbeat_at, c.started_at))::float8 AS age
+            FROM lenscat.job_chunks c JOIN lenscat.jobs j ON j.job_id = c.job_id
+            WHERE {_STALLED} AND j.status IN ('queued', 'running')
+            """
+            + ("AND c.job_id = :j " if job_id is not None else "")
+            + "ORDER BY c.job_id, c.chunk_no"
+        ),
+        {"stall": _stall_s(stall_s), **({"j": job_id} if job_id is not None else {})},
+    ).all()
+    return [StalledChunk(int(r.job_id), str(r.kind), int(r.chunk_no), r.worker, r.started_at, r.heartbeat_at,
+                         float(r.age), int(r.n_items)) for r in rows]
+
+
+def requeue_stalled(*, session: Session, job_id: int | None = None, stall_s: float | None = None
+                    ) -> list[StalledChunk]:
+    """Put stalled chunks back to ``queued`` and return them; the caller commits, then sends each
+    (task :data:`TASKS` of its kind) to the workers.
+
+    A worker that was only slow, not dead, and finishes the chunk after all does no harm: its
+    writes are upserts and the second run of a ``done`` chunk is a no-op.
+    """
+    found = stalled_chunks(session=session, job_id=job_id, stall_s=stall_s)
+    for c in found:
+        session.execute(
+            text(f"UPDATE lenscat.job_chunks c SET status = 'queued', "
+                 "error = 'stalled: no heartbeat from ' || coalesce(c.worker, '?') || ' since ' || "
+                 f"coalesce(c.heartbeat_at, c.started_at)::text WHERE c.job_id = :j AND c.chunk_no = :n AND {_STALLED}"),
+            {"j": c.job_id, "n": c.chunk_no, "stall": _stall_s(stall_s)},
+        )
+    return found
+
+
+def send_chunks(chunks: list[StalledChunk]) -> int:
+    """Send a task for each chunk (after the transaction that re-queued them committed)."""
+    if not chunks:
+        return 0
+    from lenscat.tasks.app import get_app
+
+    app = get_app()
+    for c in chunks:
+        app.send_task(TASKS[c.kind], args=[c.job_id, c.chunk_no])
+    return len(chunks)
+
+
 def job_state(job_id: int, *, session: Session) -> JobState:
     """Current progress of a job."""
     row = session.execute(
         text(
             """
             SELECT j.status, j.n_items, j.n_done, j.n_chunks, j.message,
-                   count(*) FILTER (WHERE c.status = 'done') AS done,
-                   count(*) FILTER (WHERE c.status = 'failed') AS failed,
-                   count(*) FILTER (WHERE c.attempts > 1) AS retried
+                   count(c.chunk_no) FILTER (WHERE c.status = 'done') AS done,
+                   count(c.chunk_no) FILTER (WHERE c.status = 'failed') AS failed,
+                   count(c.chunk_no) FILTER (WHERE c.attempts > 1) AS retried,
+                   coalesce(sum(c.n_failed) FILTER (WHERE c.status = 'done'), 0) AS items_failed,
+                   count(c.chunk_no) FILTER (WHERE """ + _STALLED + """) AS stalled
             FROM lenscat.jobs j LEFT JOIN lenscat.job_chunks c USING (job_id)
             WHERE j.job_id = :j GROUP BY j.job_id
             """
         ),
-        {"j": job_id},
+        {"j": job_id, "stall": _stall_s(None)},
     ).one_or_none()
     if row is None:
         raise LenscatError(f"no job {job_id}")
     return JobState(job_id, row.status, int(row.n_items), int(row.n_done), int(row.n_chunks),
-                    int(row.done), int(row.failed), int(row.retried), row.message)
+                    int(row.done), int(row.failed), int(row.retried), row.message, int(row.items_failed),
+                    int(row.stalled))
+
+
+def job_details(job_id: int, *, session: Session, max_items: int = 100) -> dict[str, Any]:
+    """What ``lenscat jobs show`` prints: the progress, the chunks running now (stalled ones marked)
+    and failed, and the items recorded as failed with their reasons.
+
+    Parameters
+    ----------
+    job_id
+        The job.
+    session
+        Open session (read only).
+    max_items
+        At most this many failed items are listed (``n_items_failed`` counts them all).
+    """
+    state = job_state(job_id, session=session)
+    out: dict[str, Any] = dict(state.__dict__)
+    stall = _stall_s(None)
+    chunks = session.execute(
+        text(
+            f"""
+            SELECT c.chunk_no, c.status, c.worker, c.attempts, c.started_at, c.heartbeat_at, c.error,
+                   extract(epoch FROM now() - coalesce(c.heartbeat_at, c.started_at))::float8 AS age,
+                   ({_STALLED}) AS stalled
+            FROM lenscat.job_chunks c WHERE c.job_id = :j AND c.status IN ('running', 'failed')
+            ORDER BY c.chunk_no
+            """
+        ),
+        {"j": job_id, "stall": stall},
+    ).all()
+    out["stall_s"] = stall
+    out["chunks"] = [
+        {"chunk_no": int(r.chunk_no), "status": "stalled" if r.stalled else str(r.status), "worker": r.worker,
+         "attempts": int(r.attempts), "started_at": None if r.started_at is None else r.started_at.isoformat(),
+         "heartbeat_at": None if r.heartbeat_at is None else r.heartbeat_at.isoformat(),
+         "heartbeat_age_s": None if r.age is None or r.status != "running" else round(float(r.age), 1),
+         "error": r.error}
+        for r in chunks]
+    items = session.execute(
+        text("SELECT item_id, reason, attempts, failed_at FROM lenscat.job_item_failures WHERE job_id = :j "
+             "ORDER BY item_id LIMIT :n"),
+        {"j": job_id, "n": int(max_items)},
+    ).all()
+    out["failed_items"] = [{"item_id": int(r.item_id), "reason": r.reason, "attempts": int(r.attempts),
+                            "failed_at": r.failed_at.isoformat()} for r in items]
+    return out
 
 
 def pending_chunks(job_id: int, *, session: Session) -> list[int]:
@@ -287,6 +540,10 @@ def wait_for_job(job_id: int, *, progress: bool = True, poll_s: float = 0.5, tim
                             refresh=False)
             if state.finished:
                 return state
+            if state.n_chunks_stalled:  # a worker died: send its chunk again now
+                with session_scope() as s:
+                    again = requeue_stalled(session=s, job_id=job_id)
+                send_chunks(again)
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 raise LenscatError(f"job {job_id} did not finish within {timeout_s:.0f} s "
                                    f"({state.n_chunks_done}/{state.n_chunks} chunks done)")

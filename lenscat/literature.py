@@ -14,7 +14,11 @@ Layouts are recognised from their columns:
     anything else, with ``--ra-col/--dec-col/--name-col`` (and optional grade/redshift columns).
 
 Each lens keeps its raw row as JSON. The natural key is (catalogue, data row number): names repeat
-within published lists (the community catalogue has 502 repeated names), positions too.
+within published lists (the community catalogue has 502 repeated names), positions too. A row that
+repeats an earlier one -- the same name, the same other cells, and a position within
+:data:`DUPLICATE_ARCSEC` -- is a duplicate: it is not loaded, and is recorded in ``ingest_rejects``
+as "duplicate of row K". Rows with the same name and position but other values (another redshift,
+another reference) are kept, and counted as repeats in the summary.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from lenscat.errors import InputFileError, LenscatError
 from lenscat.ingest_log import Reject
 from lenscat.readers import ColumnTable, read_table
 from lenscat.sky import iau_name
+
+DUPLICATE_ARCSEC = 0.1
+"""Two rows of one file with the same name and cells are one lens when this close, arcsec."""
 
 MISSING_TOKENS = {"", "-", "--", "nan", "none", "null", "n/a", "na", "measured", "not measured", "?"}
 
@@ -149,6 +156,17 @@ class PreparedLiterature:
     rows: list[dict[str, Any]]
     rejects: list[Reject] = field(default_factory=list)
     columns: dict[str, str | None] = field(default_factory=dict)
+    duplicates: list[Reject] = field(default_factory=list)
+    """Rows not loaded because they repeat an earlier row (reason "duplicate of row K ...")."""
+    repeats: int = 0
+    """Rows loaded although an earlier row has the same name and position (other values differ)."""
+
+
+def _sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular separation (haversine), arcsec."""
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
 
 
 def prepare_literature(
@@ -161,7 +179,7 @@ def prepare_literature(
 ) -> PreparedLiterature:
     """Read and validate a lens list (no database access)."""
     columns = columns or LiteratureColumns()
-    table = read_table(path, format=format)
+    table = read_table(path, format=format, bad_rows="keep")
     if table.n_rows == 0:
         raise InputFileError(f"{table.path}: the table has no data rows")
     layout = layout or detect_layout(table)
@@ -186,8 +204,14 @@ def prepare_literature(
     assert ra_col is not None and dec_col is not None
     ra, ra_bad = angle_column(table, ra_col, hours=True)
     dec, dec_bad = angle_column(table, dec_col, hours=False)
-    rejects: list[Reject] = []
+    # rows with more or fewer fields than the header are refused whatever their cells
+    rejects: list[Reject] = [Reject(b.row, b.column, b.value, b.reason) for b in table.bad_rows]
+    structural = {b.row - 1 for b in table.bad_rows}
     rows: list[dict[str, Any]] = []
+    duplicates: list[Reject] = []
+    repeats = 0
+    by_content: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    by_name: dict[str, list[tuple[float, float]]] = {}
     colnames = list(table.columns)
     # per-column Python lists: row-wise numpy element access is slow
     data = {}
@@ -201,6 +225,8 @@ def prepare_literature(
     colnames = list(data)
     nulls = columns.null_values
     for i in range(table.n_rows):
+        if i in structural:
+            continue
         raw = {c: data[c][i] for c in colnames}
         r, d = float(ra[i]), float(dec[i])
         if ra_bad[i] or not math.isfinite(r):
@@ -218,12 +244,27 @@ def prepare_literature(
             rejects.append(Reject(i + 1, dec_col, str(raw[dec_col]), "declination out of range [-90, 90] deg"))
             continue
         name = _text(raw[chosen["name"]]) if chosen["name"] else None
+        name = name or iau_name(r, d)
+        # the same lens listed twice: same name, same other cells, (almost) the same position
+        others = json.dumps([raw[c] for c in colnames if c not in (ra_col, dec_col)])
+        twin = next((k for r0, d0, k in by_content.get((name, others), ())
+                     if _sep_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC), None)
+        if twin is not None:
+            duplicates.append(Reject(
+                i + 1, chosen["name"] or ra_col, name,
+                f"duplicate of row {twin} (same name and values, position within {DUPLICATE_ARCSEC} arcsec)",
+            ))
+            continue
+        if any(_sep_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC for r0, d0 in by_name.get(name, ())):
+            repeats += 1
+        by_content.setdefault((name, others), []).append((r, d, i + 1))
+        by_name.setdefault(name, []).append((r, d))
         ref_cell = raw[chosen["refs"]] if chosen["refs"] else None
         refs = _split_multi(str(ref_cell)) if ref_cell else None
         rows.append(
             {
                 "row_number": i + 1,
-                "name": name or iau_name(r, d),
+                "name": name,
                 "ra": r,
                 "dec": d,
                 "grade": _text(raw[chosen["grade"]]) if chosen["grade"] else None,
@@ -236,9 +277,11 @@ def prepare_literature(
             }
         )
     options = columns.as_options() | {"layout": layout}
+    rejects.sort(key=lambda rej: rej.row)
     return PreparedLiterature(
         path=table.path, catalog=catalog, layout=layout, sha256=ingest_log.file_sha256(table.path),
-        options=options, rows=rows, rejects=rejects, columns=chosen,
+        options=options, rows=rows, rejects=rejects, columns=chosen, duplicates=duplicates,
+        repeats=repeats,
     )
 
 
@@ -255,12 +298,17 @@ class LiteratureSummary:
     rejected: int
     already_done: bool
     rejects: list[Reject]
+    duplicates: list[Reject] = field(default_factory=list)
+    """Rows skipped as duplicates of an earlier row of the file (recorded in ``ingest_rejects``)."""
+    repeats: int = 0
+    """Loaded rows with the name and position of an earlier row but other values."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
         return {"catalog": self.catalog, "path": str(self.path), "layout": self.layout,
                 "rows": self.n_rows, "loaded": self.loaded, "removed": self.removed,
-                "rejected": self.rejected, "already_ingested": self.already_done}
+                "rejected": self.rejected, "duplicates": len(self.duplicates), "repeats": self.repeats,
+                "already_ingested": self.already_done}
 
 
 def write_literature(
@@ -271,7 +319,7 @@ def write_literature(
     Rows of an earlier version of the same catalogue that the new file no longer has are removed
     (with their cross-matches).
     """
-    n_rows = len(prep.rows) + len(prep.rejects)
+    n_rows = len(prep.rows) + len(prep.rejects) + len(prep.duplicates)
     record = ingest_log.open_ingest(
         session=session, kind="literature", target=prep.catalog, path=prep.path, sha256=prep.sha256,
         options=prep.options, n_rows=n_rows, n_batches=1,
@@ -281,7 +329,7 @@ def write_literature(
     ).scalar_one_or_none()
     if record.status == "done" and 0 in record.done_batches and current == prep.sha256:
         return LiteratureSummary(prep.catalog, prep.path, prep.layout, n_rows, len(prep.rows), 0,
-                                 len(prep.rejects), True, prep.rejects)
+                                 len(prep.rejects), True, prep.rejects, prep.duplicates, prep.repeats)
     catalog_id = session.execute(
         text(
             """
@@ -351,15 +399,17 @@ def write_literature(
         ),
         {"cid": catalog_id},
     ).rowcount  # type: ignore[attr-defined]
-    ingest_log.record_rejects(prep.rejects, session=session, ingest_id=record.ingest_id)
+    ingest_log.record_rejects(prep.rejects + prep.duplicates, session=session, ingest_id=record.ingest_id)
     ingest_log.record_batch(
         session=session, ingest_id=record.ingest_id, batch_no=0, row_start=1, row_stop=n_rows,
-        n_inserted=len(prep.rows), n_updated=0, n_unchanged=0, n_rejected=len(prep.rejects),
+        n_inserted=len(prep.rows), n_updated=0, n_unchanged=0,
+        n_rejected=len(prep.rejects) + len(prep.duplicates),
     )
     ingest_log.close_ingest(session=session, ingest_id=record.ingest_id)
     session.execute(text("ANALYZE lenscat.literature_lenses"))
     return LiteratureSummary(prep.catalog, prep.path, prep.layout, n_rows, len(prep.rows),
-                             int(removed or 0), len(prep.rejects), False, prep.rejects)
+                             int(removed or 0), len(prep.rejects), False, prep.rejects, prep.duplicates,
+                             prep.repeats)
 
 
 def get_catalog_id(name: str, *, session: Session) -> int:

@@ -8,6 +8,11 @@ scanned. Sources already in a queued or running chunk of the same model are left
 so a tick that comes while work is under way queues nothing twice, and one advisory lock keeps
 two planners (Celery beat and ``lenscat reprocess``) from racing. Planning is one transaction;
 the chunks are sent to the workers after it commits.
+
+Sources that failed under a model version (``lenscat.job_item_failures``: an unreadable cutout, NaN
+pixels) are not planned again for it until their input changes, unless asked (``retry_failed``),
+so one bad cutout is not re-queued every tick. Chunks whose worker died (stalled: no heartbeat for
+``LENSCAT_JOB_STALL_S``) are queued again first.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class Planned:
     n_items: int
     n_chunks: int
     chunks: list[int]
+    requeued: bool = False
+    """The chunks are stalled chunks of an existing job, queued again (not a new job)."""
 
     @property
     def task(self) -> str:
@@ -43,8 +50,11 @@ class Planned:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for output."""
-        return {"kind": self.kind, "model": self.model, "job_id": self.job_id, "items": self.n_items,
-                "chunks": self.n_chunks}
+        out: dict[str, Any] = {"kind": self.kind, "model": self.model, "job_id": self.job_id,
+                               "items": self.n_items, "chunks": self.n_chunks}
+        if self.requeued:
+            out["requeued_stalled"] = self.chunks
+        return out
 
 
 def _latest(kind: str, session: Session) -> list[int]:
@@ -60,8 +70,26 @@ def _count(sql: str, session: Session) -> int:
     return n
 
 
+def _requeue(session: Session, dry_run: bool) -> list[Planned]:
+    """Stalled chunks (their worker died) queued again, one entry per job."""
+    from lenscat.jobs import requeue_stalled, stalled_chunks
+
+    found = stalled_chunks(session=session) if dry_run else requeue_stalled(session=session)
+    by_job: dict[int, list[Any]] = {}
+    for c in found:
+        by_job.setdefault(c.job_id, []).append(c)
+    out = []
+    for job_id, chunks in by_job.items():
+        label = session.execute(text("SELECT coalesce(m.name || '@' || m.version, '?') FROM lenscat.jobs j "
+                                     "LEFT JOIN lenscat.model_versions m ON m.model_id = j.model_id "
+                                     "WHERE j.job_id = :j"), {"j": job_id}).scalar_one()
+        out.append(Planned(chunks[0].kind, str(label), job_id, sum(c.n_items for c in chunks), len(chunks),
+                           [c.chunk_no for c in chunks], requeued=True))
+    return out
+
+
 def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int = 1024,
-                   score_chunk: int = 20_000, scan_chunk: int = 5000) -> list[Planned]:
+                   score_chunk: int = 20_000, scan_chunk: int = 5000, retry_failed: bool = False) -> list[Planned]:
     """Plan the missing embeddings, scores and spectral scans of the latest model versions.
 
     Parameters
@@ -69,26 +97,33 @@ def plan_reprocess(*, session: Session, dry_run: bool = False, embed_chunk: int 
     session
         Database session; the caller commits, then sends ``Planned.chunks`` with ``Planned.task``.
     dry_run
-        Count what would be queued, create no job.
+        Count what would be queued, create no job, re-queue no stalled chunk.
     embed_chunk, score_chunk, scan_chunk
         Sources (spectra) per task.
+    retry_failed
+        Plan again the sources whose embedding or score failed before under the same version
+        (by default they wait until their input changes).
     """
     from lenscat.classifier import missing_scores_sql, plan_score_job
     from lenscat.embedding import _missing_sql, plan_embed_job
-    from lenscat.jobs import outside_open_chunks, pending_chunks
+    from lenscat.jobs import outside_open_chunks, pending_chunks, without_failed_items
     from lenscat.spectra.scan import plan_scan, unscanned_sql
 
     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LOCK_KEY})
+    out: list[Planned] = _requeue(session, dry_run)
+
+    def skip_failed(sql: str, m: ModelVersion) -> str:
+        return sql if retry_failed else without_failed_items(sql, m.model_id)
+
     # (job kind, model kind, missing-items SQL, planner, chunk size); external encoders cannot run
     work: list[tuple[str, str, Callable[[ModelVersion], str], Callable[..., Any], int]] = [
-        ("embed", "encoder", lambda m: _missing_sql(m.model_id, False),
-         lambda m, **kw: plan_embed_job(m.label, **kw), embed_chunk),
-        ("score", "classifier", missing_scores_sql,
-         lambda m, **kw: plan_score_job(m, reason="reprocess", **kw), score_chunk),
+        ("embed", "encoder", lambda m: skip_failed(_missing_sql(m.model_id, False), m),
+         lambda m, **kw: plan_embed_job(m.label, retry_failed=retry_failed, **kw), embed_chunk),
+        ("score", "classifier", lambda m: skip_failed(missing_scores_sql(m), m),
+         lambda m, **kw: plan_score_job(m, reason="reprocess", retry_failed=retry_failed, **kw), score_chunk),
         ("spectral_scan", "detector", unscanned_sql,
          lambda m, **kw: plan_scan(m, reason="reprocess", **kw), scan_chunk),
     ]
-    out: list[Planned] = []
     for job_kind, model_kind, missing, plan, chunk in work:
         for mid in _latest(model_kind, session):
             model = get_model(model_kind, mid, session=session)

@@ -30,9 +30,9 @@ class Settings(BaseSettings):
         Rows per all-or-nothing ingest batch.
     ingest_max_field_bytes
         Longest field, in bytes, of a text table (CSV, TSV, ECSV, plain text) that ``lenscat
-        ingest`` accepts, column names included (``LENSCAT_INGEST_MAX_FIELD_BYTES``). A longer one
-        stops the ingest with a one-line error naming file, row and column, before anything is
-        parsed or written.
+        ingest`` accepts (``LENSCAT_INGEST_MAX_FIELD_BYTES``; column names: at most 1024 bytes). A
+        longer one stops the ingest with a one-line error naming file, row and column, before
+        anything is parsed or written.
     ingest_max_columns
         Most columns a text table may have (``LENSCAT_INGEST_MAX_COLUMNS``); more stop the ingest
         with a one-line error.

@@ -124,6 +124,7 @@ class PreparedSources:
     ignored_columns: list[str]
     images_shape: tuple[int, ...] | None
     pixel_scale_arcsec: float | None = None
+    image_digests: np.ndarray | None = None  # (N, 16) per-row digests of a Stein file's images
 
     @property
     def n_rejected(self) -> int:
@@ -150,6 +151,8 @@ class IngestSummary:
     rejects: list[Reject] = field(default_factory=list)
     cutouts_moved_from: list[str] = field(default_factory=list)
     """Earlier paths of this file's content, gone now; their sources' cutouts are read from ``path``."""
+    cutouts_changed: CutoutChanges | None = None
+    """Image rows whose pixels differ from the earlier ingest of the file, and what was made stale."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -160,6 +163,7 @@ class IngestSummary:
             "batches": self.batches_total, "batches_already_done": self.batches_skipped,
             "mapped_columns": self.mapped_columns, "ignored_columns": self.ignored_columns,
             "cutouts_moved_from": self.cutouts_moved_from,
+            "cutouts_changed": self.cutouts_changed.as_dict() if self.cutouts_changed else None,
         }
 
 
@@ -240,13 +244,15 @@ def prepare_sources(
         Parsed columns, a mask of good rows and the list of rejects.
     """
     mapping = mapping or SourceMapping()
-    table = read_table(path, format=format)
+    table = read_table(path, format=format, bad_rows="keep")
     n = table.n_rows
     if n == 0:
         raise InputFileError(f"{table.path}: the table has no data rows")
     mapped: dict[str, str] = {}
-    rejects: list[Reject] = []
+    # rows with more or fewer fields than the header: refused first, whatever their cells
+    rejects: list[Reject] = [Reject(b.row, b.column, b.value, b.reason) for b in table.bad_rows]
     good = np.ones(n, dtype=bool)
+    good[[b.row - 1 for b in table.bad_rows]] = False
 
     def reject_rows(bad: np.ndarray, column: str, values: np.ndarray, reason: str | Callable[[int], str]) -> None:
         idx = np.flatnonzero(bad & good)
@@ -431,10 +437,10 @@ def prepare_sources(
 
     return PreparedSources(
         path=table.path, survey=survey, format=table.format,
-        sha256=sha256 or file_sha256(table.path), options=mapping.as_options(), bands=bands,
+        sha256=sha256 or table.sha256 or file_sha256(table.path), options=mapping.as_options(), bands=bands,
         n_rows=n, objid=objid, ra=ra, dec=dec, scalars=scalars, band_values=band_values,
         extra=extra, good=good, rejects=rejects, mapped_columns=mapped, ignored_columns=ignored,
-        images_shape=table.images_shape,
+        images_shape=table.images_shape, image_digests=table.image_digests,
     )
 
 
@@ -624,16 +630,101 @@ def write_batch(
     return int(ins), int(upd), len(rows) - int(ins) - int(upd)
 
 
-def register_cutout_file(prep: PreparedSources, *, session: Session) -> tuple[int | None, list[str]]:
+@dataclass
+class CutoutChanges:
+    """Image rows of a re-ingested file whose pixels changed, and the results made stale by it."""
+
+    rows: list[int]
+    sources: int
+    embeddings_removed: int
+    scores_removed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (the first 1000 rows)."""
+        return {"n_rows": len(self.rows), "rows": self.rows[:1000], "sources": self.sources,
+                "embeddings_removed": self.embeddings_removed, "scores_removed": self.scores_removed}
+
+
+ROW_DIGEST_BLOCK = 4096
+"""Image rows per ``lenscat.cutout_row_digests`` row."""
+
+
+def update_row_digests(file_id: int, digests: np.ndarray, *, session: Session) -> list[int]:
+    """Store the per-row image digests of a cutout file; return the rows whose digest changed.
+
+    Rows the file did not have before, and a file registered before digests were kept (nothing
+    to compare with), count as unchanged. Idempotent: storing the same digests again returns [].
+    """
+    from lenscat.readers import IMAGE_DIGEST_BYTES
+
+    d = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1, IMAGE_DIGEST_BYTES)
+    old = {int(b): bytes(v) for b, v in session.execute(
+        text("SELECT block_no, digests FROM lenscat.cutout_row_digests WHERE file_id = :f"), {"f": file_id}).all()}
+    changed: list[int] = []
+    n_blocks = -(-len(d) // ROW_DIGEST_BLOCK)
+    for b in range(n_blocks):
+        new = d[b * ROW_DIGEST_BLOCK:(b + 1) * ROW_DIGEST_BLOCK]
+        blob = new.tobytes()
+        before = old.get(b)
+        if before == blob:
+            continue
+        if before is not None:
+            prev = np.frombuffer(before, np.uint8).reshape(-1, IMAGE_DIGEST_BYTES)
+            m = min(len(prev), len(new))
+            diff = np.flatnonzero((prev[:m] != new[:m]).any(axis=1))
+            changed += (diff + b * ROW_DIGEST_BLOCK).tolist()
+        session.execute(
+            text("INSERT INTO lenscat.cutout_row_digests (file_id, block_no, digests) VALUES (:f, :b, :d) "
+                 "ON CONFLICT ON CONSTRAINT pk_cutout_row_digests DO UPDATE SET digests = EXCLUDED.digests"),
+            {"f": file_id, "b": b, "d": blob},
+        )
+    session.execute(text("DELETE FROM lenscat.cutout_row_digests WHERE file_id = :f AND block_no >= :n"),
+                    {"f": file_id, "n": n_blocks})
+    return changed
+
+
+def mark_cutouts_stale(file_id: int, rows: list[int], *, session: Session) -> CutoutChanges:
+    """Remove the results computed from the old pixels of ``rows`` of a cutout file.
+
+    Embeddings of encoders lenscat can run (not sets of precomputed vectors, which cannot be
+    recomputed) and the scores of every classifier except linear ones on precomputed vectors are
+    deleted, so ``lenscat embed``/``score`` and ``lenscat reprocess`` plan exactly these sources
+    again; recorded item failures of the sources are forgotten (their input changed).
+    """
+    if not rows:
+        return CutoutChanges([], 0, 0, 0)
+    sids = [int(x) for x in session.execute(
+        text("SELECT source_id FROM lenscat.sources WHERE cutout_file_id = :f AND cutout_row = ANY(:r)"),
+        {"f": file_id, "r": rows}).scalars()]
+    if not sids:
+        return CutoutChanges(sorted(rows), 0, 0, 0)
+    emb = session.execute(
+        text("DELETE FROM lenscat.embeddings e USING lenscat.model_versions m WHERE m.model_id = e.model_id "
+             "AND m.origin <> 'external' AND e.source_id = ANY(:s)"), {"s": sids})
+    sc = session.execute(
+        text("""DELETE FROM lenscat.scores c USING lenscat.model_versions m
+                WHERE m.model_id = c.model_id AND c.source_id = ANY(:s)
+                  AND NOT (m.architecture = 'linear' AND EXISTS (
+                      SELECT 1 FROM lenscat.model_versions p
+                      WHERE p.model_id = m.parent_model_id AND p.origin = 'external'))"""), {"s": sids})
+    session.execute(text("DELETE FROM lenscat.job_item_failures WHERE item_id = ANY(:s)"), {"s": sids})
+    return CutoutChanges(sorted(rows), len(sids), int(getattr(emb, "rowcount", 0) or 0),
+                         int(getattr(sc, "rowcount", 0) or 0))
+
+
+def register_cutout_file(prep: PreparedSources, *, session: Session
+                         ) -> tuple[int | None, list[str], CutoutChanges | None]:
     """Register the file as a cutout store when it carries an ``images`` dataset.
 
-    Returns its ``file_id`` (None without images) and the paths of earlier registrations of the same
+    Returns its ``file_id`` (None without images), the paths of earlier registrations of the same
     content (sha256) whose files no longer exist: their sources now read their cutouts from this
     file, as after ``lenscat db relocate`` (a survey file moved, then ingested again from its new
-    place, whose rows are otherwise already done).
+    place, whose rows are otherwise already done), and the image rows whose pixels changed since
+    the file was last ingested (their embeddings and scores are removed: see
+    :func:`mark_cutouts_stale`).
     """
     if prep.images_shape is None:
-        return None, []
+        return None, [], None
     file_id = int(
         session.execute(
             text(
@@ -658,7 +749,11 @@ def register_cutout_file(prep: PreparedSources, *, session: Session) -> tuple[in
         session.execute(text("UPDATE lenscat.sources SET cutout_file_id = :new, updated_at = now() "
                              "WHERE cutout_file_id = :old"), {"new": file_id, "old": old_id})
         session.execute(text("DELETE FROM lenscat.cutout_files WHERE file_id = :old"), {"old": old_id})
-    return file_id, [p for _, p in gone]
+    changes = None
+    if prep.image_digests is not None:
+        changes = mark_cutouts_stale(file_id, update_row_digests(file_id, prep.image_digests, session=session),
+                                     session=session)
+    return file_id, [p for _, p in gone], changes
 
 
 INGEST_WORKERS = 2
@@ -745,7 +840,7 @@ def run_source_ingest(
             session=session, kind="sources", target=prep.survey, path=prep.path, sha256=prep.sha256,
             options=prep.options, n_rows=prep.n_rows, n_batches=len(starts),
         )
-        file_id, moved_from = register_cutout_file(prep, session=session)
+        file_id, moved_from, cutout_changes = register_cutout_file(prep, session=session)
     skipped = len(record.done_batches)
     bounds = [(b, start, min(start + batch_rows, prep.n_rows)) for b, start in enumerate(starts)]
     todo = [x for x in bounds if x[0] not in record.done_batches]
@@ -798,7 +893,7 @@ def run_source_ingest(
         inserted=totals["inserted"], updated=totals["updated"], unchanged=totals["unchanged"],
         rejected=totals["rejected"], batches_total=len(starts), batches_skipped=skipped,
         mapped_columns=prep.mapped_columns, ignored_columns=prep.ignored_columns,
-        rejects=prep.rejects, cutouts_moved_from=moved_from,
+        rejects=prep.rejects, cutouts_moved_from=moved_from, cutouts_changed=cutout_changes,
     )
 
 

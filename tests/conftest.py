@@ -26,8 +26,17 @@ DATA = Path(__file__).parent / "data"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Delete the throw-away ``LENSCAT_HOME`` (session fixtures have stopped its servers by now)."""
+    """Delete the throw-away ``LENSCAT_HOME`` (session fixtures have stopped its servers by now).
+
+    A broker a CLI subprocess started there (and left running, as commands do while a Celery
+    connection is open) is stopped first, whoever started it.
+    """
     if THROWAWAY_HOME is not None:
+        from lenscat.tasks.app import stop_home_broker
+
+        from lenscat.settings import Settings
+
+        stop_home_broker(Settings(home=Path(THROWAWAY_HOME), broker_url=None))
         shutil.rmtree(THROWAWAY_HOME, ignore_errors=True)
 
 

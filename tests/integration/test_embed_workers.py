@@ -3,7 +3,9 @@
 The workers are separate processes, so this test commits: it runs in its own database on the
 test server, created and dropped here, and drives everything through the ``lenscat`` CLI as a
 user would. A worker is SIGKILLed mid-chunk; ``acks_late`` redelivers the chunk to a second
-worker, and every source still ends with exactly one embedding.
+worker, and every source still ends with exactly one embedding. With a long visibility timeout,
+the dead worker's chunk stops beating: ``jobs show`` marks it stalled and ``reprocess`` queues it
+again at once.
 """
 
 from __future__ import annotations
@@ -63,22 +65,27 @@ def _stop(proc, sig=signal.SIGTERM):
     proc.wait(timeout=60)
 
 
-def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_path):
+def _survey_and_r50(env, tmp_path, n, survey, **sim):
+    """A migrated database with an ``n``-cutout survey and a ResNet-50 encoder ``r50`` imported."""
     from lenscat.models.resnet import build_encoder
 
-    url, env = own_database
-    n = 192
     h5 = tmp_path / "survey.h5"
-    write_stein_h5(h5, n)
+    write_stein_h5(h5, n, **sim)
     # a torchvision-style ResNet-50 state dict (fc included), as Stein et al. release theirs
     torch.manual_seed(0)
     sd = build_encoder("resnet50").state_dict()
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
     torch.save(sd, tmp_path / "resnet50.pth")
-
     _cli(env, "db", "upgrade")
-    _cli(env, "ingest", "sources", str(h5), "--survey", "killtest")
+    _cli(env, "ingest", "sources", str(h5), "--survey", survey)
     _cli(env, "encoder", "import", str(tmp_path / "resnet50.pth"), "--name", "r50")
+
+
+def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_path):
+
+    url, env = own_database
+    n = 192
+    _survey_and_r50(env, tmp_path, n, "killtest")
 
     first = _worker(env, "first")
     embed = subprocess.Popen([sys.executable, "-m", "lenscat.cli", "embed", "--encoder", "r50",
@@ -139,3 +146,75 @@ def test_sql_embeddings_view_is_documented(session):
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
         "AND table_name = 'embeddings'")).scalars())
     assert {"source_id", "encoder", "encoder_version", "embedding", "dim"} <= cols
+
+
+def _jobs_show(env, job_id):
+    res = subprocess.run([sys.executable, "-m", "lenscat.cli", "jobs", "show", str(job_id)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout), res.stderr
+
+
+def test_stalled_chunk_of_a_killed_worker_is_shown_and_requeued_before_the_visibility_timeout(own_database, tmp_path):
+    """The broker would redeliver only after an hour: the heartbeat shows the chunk stalled, reprocess re-queues it."""
+
+    url, env = own_database
+    env = {**env, "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "3600", "LENSCAT_JOB_STALL_S": "3",
+           "LENSCAT_JOB_HEARTBEAT_S": "0.5", "LENSCAT_REPROCESS_INTERVAL_S": "0"}
+    n = 96
+    _survey_and_r50(env, tmp_path, n, "stalltest", seed=7)
+
+    first = _worker(env, "first")
+    second = None
+    try:
+        job_id = json.loads(_cli(env, "embed", "--encoder", "r50", "--chunk-size", "24", "--batch-size", "24",
+                                 "--local-workers", "0", "--no-wait", "--json").strip().splitlines()[-1])["job_id"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 240
+            while True:  # kill the worker inside its second chunk
+                done, running = conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'running') "
+                    "FROM lenscat.job_chunks").fetchone()
+                if done >= 1 and running == 1:
+                    break
+                assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+                assert time.monotonic() < deadline, "the worker never started a second chunk"
+                time.sleep(0.05)
+            killed_chunk, worker = conn.execute(
+                "SELECT chunk_no, worker FROM lenscat.job_chunks WHERE status = 'running'").fetchone()
+            _stop(first, signal.SIGKILL)
+
+            deadline = time.monotonic() + 120
+            while True:  # no heartbeat any more: `jobs show` says which chunk stalled, where and since when
+                shown, err = _jobs_show(env, job_id)
+                stalled = [c for c in shown["chunks"] if c["status"] == "stalled"]
+                if stalled:
+                    break
+                assert time.monotonic() < deadline, f"the chunk never showed as stalled: {shown}"
+                time.sleep(0.5)
+            assert [c["chunk_no"] for c in stalled] == [killed_chunk] and shown["n_chunks_stalled"] == 1
+            assert stalled[0]["worker"] == worker and stalled[0]["started_at"] and stalled[0]["heartbeat_at"]
+            assert stalled[0]["heartbeat_age_s"] >= shown["stall_s"]
+            assert f"chunk {killed_chunk} is stalled" in err and worker in err
+
+            out = _cli(env, "reprocess", "--json")
+            requeued = [json.loads(x) for x in out.strip().splitlines()]
+            assert [(r["job_id"], r.get("requeued_stalled")) for r in requeued] == [(job_id, [killed_chunk])]
+            second = _worker(env, "second")
+            deadline = time.monotonic() + 300
+            while conn.execute("SELECT status FROM lenscat.jobs WHERE job_id = %s", (job_id,)).fetchone()[0] != "done":
+                assert second.poll() is None, second.stderr.read().decode() if second.stderr else ""
+                assert time.monotonic() < deadline, "the re-queued chunk was never finished"
+                time.sleep(0.3)
+            rows, distinct = conn.execute(
+                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings").fetchone()
+            assert rows == distinct == n
+            attempts = conn.execute("SELECT attempts FROM lenscat.job_chunks WHERE job_id = %s AND chunk_no = %s",
+                                    (job_id, killed_chunk)).fetchone()[0]
+            assert attempts == 2
+        shown, _ = _jobs_show(env, job_id)
+        assert shown["status"] == "done" and not shown["chunks"] and shown["n_chunks_stalled"] == 0
+    finally:
+        _stop(first, signal.SIGKILL)
+        if second is not None:
+            _stop(second)

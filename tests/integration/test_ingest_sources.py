@@ -170,3 +170,27 @@ def test_unmapped_columns_kept_as_json_on_first_load_and_reingest(tmp_path):
     assert (again.inserted, again.updated, again.unchanged) == (0, 1, 1)
     with session_scope() as s:
         assert s.execute(query).all()[0].extra == {"flag": 4, "note": "first é"}
+
+
+def test_rows_cut_short_or_too_long_are_rejected_with_reasons(tmp_path):
+    """A CSV row with fewer (or more) fields than the header is refused, not loaded with empty cells."""
+    p = tmp_path / "short.csv"
+    p.write_text("objid,ra,dec,z_spec\n1,10,10,0.1\n2,11,11\n3,12,12,0.3,9\n4,13,13,0.4\n5,14")
+    summary = ingest_sources(p, "short", batch_rows=2)
+    assert (summary.inserted, summary.rejected) == (2, 3)
+    with session_scope() as s:
+        rows = s.execute(text(
+            "SELECT row_number, column_name, value, reason FROM ingest_rejects WHERE ingest_id=:i "
+            "ORDER BY row_number"), {"i": summary.ingest_id}).all()
+        objids = s.execute(text("SELECT objid FROM sources WHERE survey='short' ORDER BY objid")).scalars().all()
+    assert [tuple(r) for r in rows] == [
+        (2, "z_spec", "2,11,11", "expected 4 fields, found 3"),
+        (3, "", "3,12,12,0.3,9", "expected 4 fields, found 5"),
+        (5, "dec", "5,14", "expected 4 fields, found 2"),
+    ]
+    assert objids == ["1", "4"]
+    with pytest.raises(LenscatError) as err:
+        ingest_sources(p, "short-strict", strict=True)
+    assert str(err.value) == (f"{p}: row 2: column 'z_spec': expected 4 fields, found 3 (value '2,11,11'); "
+                              "row rejected (3 rejects; nothing written: --strict)")
+    assert _count("short-strict") == 0

@@ -25,19 +25,21 @@ def spectra_dir(data_dir, tmp_path):
 
 def test_ingest_real_files_skips_bad_ones_and_reingest_changes_nothing(session, spectra_dir):
     s = ingest_spectra([spectra_dir], pack="t-ingest", workers=1, progress=False)
-    # 4 SDSS spec files + 20 spPlate fibers + 1 + 5 DESI targets
-    assert s.spectra_inserted == 30 and s.files_failed == 2
+    # 4 SDSS spec files + 20 spPlate fibers + 1 + 1 DESI targets; 4 DESI fibers of tile 169 have
+    # no data at all (ivar 0 everywhere) and are rejected, each with its reason
+    assert s.spectra_inserted == 26 and s.files_failed == 2 and s.spectra_rejected == 4
+    assert all(f.endswith("coadd-5-169-thru20210419.fits") and "ivar > 0" in r for f, r in s.rejections)
     reasons = dict(s.failures)
     assert any("truncated" in r for r in reasons.values())
     assert all(f in r for f, r in s.failures)  # each reason names its file
     rows = session.execute(text("SELECT survey, count(*) FROM public.spectra GROUP BY survey")).all()
-    assert dict(rows) == {"sdss": 4, "boss": 20, "desi": 6}
+    assert dict(rows) == {"sdss": 4, "boss": 20, "desi": 2}
     failed = session.execute(text("SELECT count(*) FROM lenscat.ingests WHERE kind = 'spectra' "
                                   "AND status = 'failed' AND message IS NOT NULL")).scalar()
     assert failed == 2
     again = ingest_spectra([spectra_dir], pack="t-ingest", workers=1, progress=False)
     assert again.spectra_inserted == 0 and again.files_skipped == 7 and again.files_failed == 2
-    assert session.execute(text("SELECT count(*) FROM lenscat.spectra")).scalar() == 30
+    assert session.execute(text("SELECT count(*) FROM lenscat.spectra")).scalar() == 26
 
 
 def test_packed_window_equals_the_file_and_the_view_has_the_promised_columns(session, spectra_dir):
@@ -185,3 +187,75 @@ def test_the_same_spectrum_in_two_files_of_one_batch_is_one_row(session, data_di
     assert (s.spectra_inserted, s.spectra_updated, s.files_failed) == (1, 1, 0)
     path = session.execute(text("SELECT file_path FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")).scalar()
     assert path.endswith("b.fits")  # the later file wins
+
+
+def _nan_copy(src, dest, rows=None):
+    """A copy of a spectrum file with the flux of every spectrum (or of ``rows`` of an spPlate) NaN."""
+    from astropy.io import fits
+
+    with fits.open(src) as h:
+        if "COADD" in h:
+            h["COADD"].data["flux"][:] = np.nan
+        else:
+            data = h[0].data.copy()
+            data[rows] = np.nan
+            h[0].data = data
+        h.writeto(dest)
+    return dest
+
+
+def test_spectra_with_no_finite_flux_are_rejected_not_ingested(session, data_dir, tmp_path):
+    from lenscat.spectra.ingest import store_path
+
+    sdss = data_dir / "spectra" / "sdss"
+    good = tmp_path / "spec-0403-51871-0462.fits"
+    shutil.copy(sdss / "spec-0403-51871-0462.fits", good)
+    (tmp_path / "nan").mkdir()
+    nan = _nan_copy(good, tmp_path / "nan" / "spec-0403-51871-0462.fits")
+    plate = _nan_copy(sdss / "spPlate-4055-55359-0020.fits", tmp_path / "spPlate-4055-55359-0020.fits", rows=[2])
+
+    s = ingest_spectra([good, nan, plate], pack="t-nan", workers=1, progress=False)
+
+    # the all-NaN copy (same spectrum as the good file, later in the batch) does not replace it
+    assert s.files_failed == 1 and s.spectra_inserted == 1 + 19 and s.spectra_rejected == 1
+    (failed, reason), = s.failures
+    assert failed == str(nan) and reason.startswith(str(nan)) and "flux all NaN" in reason
+    (rej_file, line), = s.rejections
+    assert rej_file == str(plate) and "(row 3)" in line and "flux all NaN" in line
+    cov = session.execute(text("SELECT window_coverage FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")).scalar()
+    assert cov > 0.95
+    assert session.execute(text("SELECT count(*) FROM lenscat.spectra WHERE survey = 'boss'")).scalar() == 19
+    rejects = session.execute(text("SELECT r.row_number, r.value, r.reason FROM public.ingest_rejects r "
+                                   "WHERE r.path = :p"), {"p": str(plate)}).all()
+    assert len(rejects) == 1 and rejects[0].row_number == 3 and "flux all NaN" in rejects[0].reason
+    status = dict(session.execute(text("SELECT path, status FROM lenscat.ingests WHERE target = 't-nan'")).all())
+    assert status == {str(good): "done", str(nan): "failed", str(plate): "done"}
+    assert store_path("t-nan").exists()
+
+
+def test_a_mixed_batch_loads_the_good_files_and_exits_2_naming_each_bad_one(monkeypatch, capsys, data_dir,
+                                                                            tmp_path, session):
+    import sys
+
+    from lenscat.cli import main
+
+    good = tmp_path / "spec-good.fits"
+    shutil.copy(data_dir / "spectra" / "sdss" / "spec-0403-51871-0462.fits", good)
+    trunc = tmp_path / "spec-trunc.fits"
+    trunc.write_bytes(good.read_bytes()[:20000])
+    nan = _nan_copy(data_dir / "spectra" / "sdss" / "spec-0266-51602-0638.fits", tmp_path / "spec-nan.fits")
+    monkeypatch.setattr(sys, "argv", ["lenscat", "spectra", "ingest", str(good), str(trunc), str(nan),
+                                      "--pack", "t-mixed", "--workers", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out, err = capsys.readouterr()
+
+    assert exit_.value.code == 2
+    errors = [x for x in err.splitlines() if x.startswith("lenscat: error: ")]
+    assert len(errors) == 2
+    assert errors[0].startswith(f"lenscat: error: {trunc}: truncated FITS file")
+    assert errors[1].startswith(f"lenscat: error: {nan}: ") and "flux all NaN" in errors[1]
+    assert "3 files: 1 spectra new" in out and "2 failed" in out
+    keys = session.execute(text("SELECT spec_key FROM lenscat.spectra s JOIN lenscat.spectrum_packs p "
+                                "USING (pack_id) WHERE p.name = 't-mixed'")).scalars().all()
+    assert keys == ["0403-51871-0462"]

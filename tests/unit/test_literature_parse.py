@@ -67,3 +67,31 @@ def test_generic_table_with_options(tmp_path):
     assert [r["name"] for r in prep.rows] == ["A"]
     assert prep.rows[0]["ra"] == pytest.approx(150.0) and prep.rows[0]["z_lens"] == pytest.approx(0.3)
     assert [(r.row, r.column) for r in prep.rejects] == [(2, "alpha"), (3, "delta")]
+
+
+def test_duplicate_rows_are_kept_once_and_reported(tmp_path):
+    """Two identical lines are one lens; the same name and position with other values is kept."""
+    p = tmp_path / "dups.csv"
+    p.write_text("name,ra,dec,grade\nL1,10,10,A\nL1,10,10,A\nL2,20,20,B\nL1,10.00001,10,A\n"
+                 "L2,20,20,C\nL1,10.1,10,A\n")
+    prep = prepare_literature(p, "dups")
+    assert [r["row_number"] for r in prep.rows] == [1, 3, 5, 6]
+    assert [(d.row, d.column, d.value, d.reason) for d in prep.duplicates] == [
+        (2, "name", "L1", "duplicate of row 1 (same name and values, position within 0.1 arcsec)"),
+        (4, "name", "L1", "duplicate of row 1 (same name and values, position within 0.1 arcsec)"),
+    ]
+    assert prep.repeats == 1 and not prep.rejects  # row 5: L2 at row 3's position, grade C
+
+
+def test_rows_cut_short_are_rejected(tmp_path):
+    p = tmp_path / "short.csv"
+    p.write_text("name,ra,dec,grade\nL1,10,10,A\nL2,20\nL3,30,30,B,extra\nL4,40,40,C\n")
+    prep = prepare_literature(p, "short")
+    assert [r["name"] for r in prep.rows] == ["L1", "L4"]
+    assert [(r.row, r.column, r.value, r.reason) for r in prep.rejects] == [
+        (2, "dec", "L2,20", "expected 4 fields, found 2"),
+        (3, "", "L3,30,30,B,extra", "expected 4 fields, found 5"),
+    ]
+    assert prep.rejects[0].line(p) == (f"{p}: row 2: column 'dec': expected 4 fields, found 2 "
+                                       "(value 'L2,20'); row rejected")
+    assert prep.rejects[1].line(p) == f"{p}: row 3: expected 4 fields, found 5 (value 'L3,30,30,B,extra'); row rejected"

@@ -111,12 +111,12 @@ def test_stein_hdf5_composite_ids_flux_to_mag(tmp_path):
         fh["objid"] = np.array([1, 2, 1])
         fh["flux"] = np.array([[1.0, 10.0, 100.0]] * 3, dtype="f4")
         fh["ebv"] = np.array([0.01, 0.02, 0.03], dtype="f4")
-        fh["images"] = np.zeros((3, 3, 4, 4), dtype="f4")
+        fh["images"] = np.zeros((3, 3, 16, 16), dtype="f4")
     prep = prepare_sources(p, "decals")
     assert prep.objid.tolist() == ["7_1", "7_2", "8_1"]
     assert prep.bands == ["g", "r", "z"]
     assert prep.band_values["mag"][0].tolist() == pytest.approx([22.5, 20.0, 17.5])
-    assert prep.images_shape == (3, 3, 4, 4)
+    assert prep.images_shape == (3, 3, 16, 16)
 
 
 def test_fits_units_radians_converted(tmp_path):
