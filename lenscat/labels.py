@@ -179,7 +179,8 @@ def import_labels(
     path = Path(path).expanduser().resolve()
     table = read_table(path)
     lab_name = table.require(label_col, "the label (--label-col)")
-    provenance = provenance or f"{path.name} sha256:{file_sha256(path)[:12]}"
+    # a Stein-layout file's digest was taken while reading it (pixels included): no second pass
+    provenance = provenance or f"{path.name} sha256:{(table.sha256 or file_sha256(path))[:12]}"
     summary = LabelSummary(origin, provenance, n_rows=table.n_rows)
     raw = table.columns[lab_name]
     mask = np.ma.getmaskarray(raw)

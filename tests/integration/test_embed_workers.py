@@ -65,6 +65,20 @@ def _stop(proc, sig=signal.SIGTERM):
     proc.wait(timeout=60)
 
 
+def _wait_inside_second_chunk(conn, worker, timeout_s=240):
+    """Return once one chunk is done and the worker is running another (it must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, running = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'running') "
+            "FROM lenscat.job_chunks").fetchone()
+        if done >= 1 and running == 1:
+            return
+        assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+        assert time.monotonic() < deadline, "the worker never started a second chunk"
+        time.sleep(0.05)
+
+
 def _survey_and_r50(env, tmp_path, n, survey, **sim):
     """A migrated database with an ``n``-cutout survey and a ResNet-50 encoder ``r50`` imported."""
     from lenscat.models.resnet import build_encoder
@@ -94,16 +108,7 @@ def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_p
     second = None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            deadline = time.monotonic() + 240
-            while True:  # kill the first worker while it is inside a chunk, after one chunk is done
-                done, running = conn.execute(
-                    "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'running') "
-                    "FROM lenscat.job_chunks").fetchone()
-                if done >= 1 and running == 1:
-                    break
-                assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
-                assert time.monotonic() < deadline, "the worker never started a second chunk"
-                time.sleep(0.05)
+            _wait_inside_second_chunk(conn, first)  # kill the first worker there, after one chunk is done
             _stop(first, signal.SIGKILL)
             killed_chunk = conn.execute(
                 "SELECT chunk_no FROM lenscat.job_chunks WHERE status = 'running'").fetchone()[0]
@@ -170,16 +175,7 @@ def test_stalled_chunk_of_a_killed_worker_is_shown_and_requeued_before_the_visib
         job_id = json.loads(_cli(env, "embed", "--encoder", "r50", "--chunk-size", "24", "--batch-size", "24",
                                  "--local-workers", "0", "--no-wait", "--json").strip().splitlines()[-1])["job_id"]
         with psycopg.connect(url, autocommit=True) as conn:
-            deadline = time.monotonic() + 240
-            while True:  # kill the worker inside its second chunk
-                done, running = conn.execute(
-                    "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'running') "
-                    "FROM lenscat.job_chunks").fetchone()
-                if done >= 1 and running == 1:
-                    break
-                assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
-                assert time.monotonic() < deadline, "the worker never started a second chunk"
-                time.sleep(0.05)
+            _wait_inside_second_chunk(conn, first)  # kill the worker inside its second chunk
             killed_chunk, worker = conn.execute(
                 "SELECT chunk_no, worker FROM lenscat.job_chunks WHERE status = 'running'").fetchone()
             _stop(first, signal.SIGKILL)
