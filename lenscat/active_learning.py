@@ -20,7 +20,9 @@ A *campaign* learns on one encoder version's embeddings. Each *loop* (``lenscat.
    proposal order with its scores, and timings (``detail``).
 
 With no lens label at all (no grades yet, no seed labels), loop 1 is a random batch
-(``model_id`` NULL, ``detail.random`` true).
+(``model_id`` NULL, ``detail.random`` true), or, when the campaign names a ``start_classifier``
+(e.g. an anomaly score, :mod:`lenscat.anomaly`), the top of that classifier's stored scores
+(``model_id`` that version).
 
 A loop is *complete* once every source of its batch has been inspected: any grade, a skip
 included (a skipped image was looked at; proposing it again would waste the grader's time).
@@ -58,7 +60,7 @@ from lenscat.errors import LenscatError, NotFoundError
 from lenscat.grading import LABEL_PROVENANCE
 from lenscat.labels import ORIGINS, resolve_labels
 from lenscat.registry import ModelVersion, check_name, get_model
-from lenscat.surveys import get_survey
+from lenscat.surveys import get_survey, real_survey_ids
 from lenscat.vectors import read_embeddings
 
 STRATEGIES = ("top", "uncertainty")
@@ -76,6 +78,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "loss": "bce",
     "class_weight": "none",
     "surveys": [],             # only sources of these surveys (default: every embedded source)
+    "start_classifier": "",    # with no lens label yet: propose the top of this classifier (e.g. an anomaly score)
 }
 
 
@@ -164,6 +167,7 @@ def _settings(settings: dict[str, Any] | None) -> dict[str, Any]:
     out["seed_origins"] = sorted(set(origins))
     out["seed_negatives"] = bool(out["seed_negatives"])
     out["surveys"] = sorted({str(s) for s in out["surveys"] or []})
+    out["start_classifier"] = str(out["start_classifier"] or "")
     try:
         out["ratio"], out["l2"] = float(out["ratio"]), float(out["l2"])
         out["max_pool_fraction"], out["epochs"] = float(out["max_pool_fraction"]), int(out["epochs"])
@@ -228,6 +232,8 @@ def create_campaign(name: str, encoder: str | ModelVersion, *, session: Session,
     if enc.kind != "encoder":
         raise LenscatError(f"{enc.label} is a {enc.kind}, not an encoder")
     full = _settings(settings)
+    if full["start_classifier"]:  # the version it names now is the one the campaign keeps
+        full["start_classifier"] = get_model("classifier", full["start_classifier"], session=session).label
     for sv in full["surveys"]:
         get_survey(sv, session=session)
     existing = session.execute(text(_CAMPAIGN_SQL + " WHERE c.name = :n"), {"n": name}).first()
@@ -469,6 +475,18 @@ def uncertainty(scores: np.ndarray, boundary: float) -> np.ndarray:
     return np.abs(np.log(s / (1 - s)) - np.log(b / (1 - b)))
 
 
+def _top_scored(model: ModelVersion, ids: np.ndarray, n: int, *, session: Session) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` of ``ids`` with the highest stored scores of ``model`` (ties: smaller id first), and their scores."""
+    rows = session.execute(
+        text(f"SELECT source_id, score FROM lenscat.scores WHERE model_id = {int(model.model_id)} "
+             "AND source_id = ANY(:ids) ORDER BY score DESC, source_id LIMIT :n"),
+        {"ids": [int(i) for i in ids], "n": int(n)}).all()
+    if not rows:
+        raise LenscatError(f"classifier {model.label} has scored none of the {len(ids)} sources left to propose: "
+                           "score it first")
+    return np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64)
+
+
 def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -> Loop:
     """Train the campaign's classifier on the labels so far and propose the next batch.
 
@@ -506,10 +524,11 @@ def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -
     loop_no = cur.loop_no + 1 if cur is not None else 1
     st = camp.settings
     enc = get_model("encoder", camp.encoder_id, session=session)
-    sv = [get_survey(s, session=session).survey_id for s in st.get("surveys") or []] or None
+    # no surveys named: every real survey (injected lenses are never proposed to graders)
+    sv = [get_survey(s, session=session).survey_id for s in st.get("surveys") or []] or real_survey_ids(session=session)
     cand = candidate_ids(session=session, surveys=sv, encoder=enc)
     if len(cand) == 0:
-        raise LenscatError(f"encoder {enc.label} has no embeddings{' in ' + ', '.join(st['surveys']) if sv else ''}"
+        raise LenscatError(f"encoder {enc.label} has no embeddings{' in ' + ', '.join(st['surveys']) if st.get('surveys') else ''}"
                            f": run lenscat embed --encoder {enc.name}")
     rng = np.random.default_rng([int(seed), loop_no])
     labels, counts = _training_labels(camp, session=session)
@@ -528,7 +547,13 @@ def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -
     model: ModelVersion | None = None
     labels_sha = None
     n_neg = 0
-    if len(pos) == 0:
+    if len(pos) == 0 and st.get("start_classifier"):  # e.g. an anomaly score: the most unusual sources first
+        model = get_model("classifier", str(st["start_classifier"]), session=session)
+        batch, scores = _top_scored(model, free, camp.batch_size, session=session)
+        detail.update(random=False, start_classifier=model.label,
+                      reason=f"no lens labels yet: the top of {model.label} among the sources not yet inspected")
+        timings = {"labels": t_labels}
+    elif len(pos) == 0:
         batch = rng.permutation(free)[:camp.batch_size]
         scores = None
         detail.update(random=True, reason="no lens labels yet (no human lens grades and no seed labels): "

@@ -1,19 +1,24 @@
 """Lens classifiers from the catalogue: training sets, training, versions, and scoring chunks.
 
-Three architectures, each a versioned ``classifier`` row of ``lenscat.model_versions``:
+Four trained architectures, each a versioned ``classifier`` row of ``lenscat.model_versions``:
 
 * ``linear`` -- logistic regression on an encoder's stored embeddings (Stein et al. 2022's linear
   probe; :mod:`lenscat.models.linear`); ``parent_model_id`` is the encoder version.
 * ``finetune`` -- the encoder and a linear head trained together on the cutouts (head learning
   rate 10x the backbone's, lenses oversampled to ~5% of each batch, Stein's augmentations).
-* ``cnn`` -- the same network trained from scratch on the same images and labels: the supervised
-  baseline of the seed papers.
+* ``cnn`` -- a CNN from scratch on the cutouts with the few-label recipe
+  (:data:`lenscat.models.supervised.FEW_LABEL_RECIPE`): every negative, lenses oversampled to a
+  quarter of each batch with augmentations, early stopping on the validation split, 8-view scores.
+  The default of ``lenscat classifier train``.
+* ``radial`` -- the radial colour-profile baseline (:mod:`lenscat.models.radial`): 12 annuli x 3
+  bands of normalised surface brightness and logistic regression, scored on the cutouts.
 
 Training sets follow Stein et al.: the positives are the labelled lenses, the negatives are drawn
 at random from the survey (excluding sources within 25 arcsec of any known lens) at a chosen
-lens:non-lens ratio (1:4000 worked best for them), and a validation split at a realistic ratio
-picks the epoch with the most lenses in its top N. The training and validation source ids are kept
-in the checkpoint, so evaluation can leave them out and the training-set hash can be recomputed.
+lens:non-lens ratio (1:4000 worked best for them; ``cnn`` and ``radial`` take every negative), and
+a validation split at a realistic ratio picks the epoch. Injected lenses (label origin
+``injection``) train only. The training and validation source ids are kept in the checkpoint, so
+evaluation can leave them out and the training-set hash can be recomputed.
 """
 
 from __future__ import annotations
@@ -47,7 +52,10 @@ from lenscat.registry import ModelVersion, check_name, get_model, register_model
 from lenscat.surveys import get_survey
 from lenscat.vectors import read_embeddings
 
-ARCHITECTURES = ("linear", "finetune", "cnn")
+ARCHITECTURES = ("linear", "finetune", "cnn", "radial")
+DERIVED_ARCHITECTURES = ("ensemble", "anomaly")
+"""Classifier versions whose scores are computed from other stored rows (members' scores,
+embeddings) by :mod:`lenscat.ensemble` and :mod:`lenscat.anomaly`."""
 DEFAULT_CHUNK = 20_000
 
 
@@ -61,6 +69,8 @@ class TrainingSplit:
     val_y: np.ndarray
     pool_size: int
     notes: list[str] = field(default_factory=list)
+    n_hard: int = 0
+    hard_weight: int = 1
 
     def sha256(self, salt: str) -> str:
         """Hash of (salt, sorted ids and labels of both sets): the training-set identity."""
@@ -77,7 +87,8 @@ class TrainingSplit:
         return {"train_lenses": tp, "train_nonlenses": len(self.train_y) - tp,
                 "train_ratio": round((len(self.train_y) - tp) / max(tp, 1), 1),
                 "val_lenses": vp, "val_nonlenses": len(self.val_y) - vp,
-                "val_ratio": round((len(self.val_y) - vp) / max(vp, 1), 1), "negative_pool": self.pool_size}
+                "val_ratio": round((len(self.val_y) - vp) / max(vp, 1), 1), "negative_pool": self.pool_size,
+                **({"hard_negatives": self.n_hard, "hard_negative_weight": self.hard_weight} if self.n_hard else {})}
 
 
 def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
@@ -106,12 +117,76 @@ def negative_pool(candidates: np.ndarray, positives: np.ndarray, *, session: Ses
                       & ~np.isin(candidates, np.fromiter(excluded, np.int64, len(excluded)))]
 
 
+INJECTION_ORIGIN = "injection"
+"""Label origin of lenses painted onto the survey's own galaxies (:mod:`lenscat.injection`): they
+train, but never validate or test."""
+
+
+def positive_origins(source_ids: np.ndarray, *, session: Session, origins: list[str] | None = None) -> dict[int, str]:
+    """The origin of the most trusted positive label of each of ``source_ids`` (as :func:`resolve_labels` ranks them)."""
+    if len(source_ids) == 0:
+        return {}
+    rows = session.execute(
+        text(
+            """
+            SELECT DISTINCT ON (l.source_id) l.source_id, l.origin
+            FROM lenscat.labels l
+            WHERE l.source_id = ANY(:ids) AND l.label = 1
+              AND (CAST(:o AS text[]) IS NULL OR l.origin = ANY(CAST(:o AS text[])))
+            ORDER BY l.source_id,
+                     CASE l.origin WHEN 'human' THEN 0 WHEN 'simulation' THEN 1 WHEN 'import' THEN 2 ELSE 3 END,
+                     l.updated_at DESC
+            """
+        ),
+        {"ids": [int(i) for i in source_ids], "o": origins or None},
+    ).all()
+    return {int(r.source_id): str(r.origin) for r in rows}
+
+
+def split_positives(pos: np.ndarray, injected: np.ndarray, *, val_fraction: float, test_fraction: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Lenses for (training, validation, held-out test): injections train only.
+
+    The real lenses (``pos`` not in ``injected``) are shuffled and split by ``val_fraction`` (at least
+    one) and ``test_fraction`` (leaving at least one to train on when there are no injections);
+    every injection is a training lens. With fewer than two real lenses, a ``val_fraction`` of the
+    injections validates instead (a note says so: validating on the training distribution is optimistic).
+
+    Returns
+    -------
+    train, val, test : ndarray of int64
+        Source ids.
+    notes : list of str
+    """
+    notes: list[str] = []
+    inj = np.asarray(pos[np.isin(pos, injected)], dtype=np.int64)
+    inj = rng.permutation(inj) if len(inj) else inj  # no draw without injections: the split of real labels is unchanged
+    real = rng.permutation(np.asarray(pos[~np.isin(pos, injected)], dtype=np.int64))
+    if len(real) < 2 and len(inj):
+        n_val = max(1, int(round(val_fraction * len(inj))))
+        if n_val >= len(inj):
+            n_val = len(inj) - 1
+        if n_val < 1:
+            raise LenscatError(f"{len(inj)} injected and {len(real)} real labelled lens(es): need at least 2 to "
+                               "train and validate")
+        notes.append(f"{len(real)} real labelled lens(es): validating on {n_val} of the {len(inj)} injected lenses "
+                     "(optimistic; label real lenses for an honest validation), none held out for evaluation")
+        return np.concatenate([real, inj[n_val:]]), inj[:n_val], np.empty(0, np.int64), notes
+    n_val = max(1, int(round(val_fraction * len(real))))
+    spare = len(real) - n_val - (0 if len(inj) else 1)
+    n_test = max(min(int(round(test_fraction * len(real))), spare), 0)
+    if test_fraction > 0 and n_test < 1:
+        notes.append(f"only {len(real)} lenses: none held out for evaluation")
+    val, test = real[:n_val], real[n_val:n_val + n_test]
+    return np.concatenate([real[n_val + n_test:], inj]), val, test, notes
+
+
 def make_split(
     *,
     session: Session,
     surveys: list[str] | None,
     encoder: ModelVersion | None,
-    ratio: float = 4000,
+    ratio: float | None = 4000,
     val_ratio: float = 10000,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
@@ -122,12 +197,18 @@ def make_split(
     """Positives from the labels; negatives drawn from the survey at the requested ratios.
 
     A fraction ``test_fraction`` of the lenses is used neither for training nor validation, so the
-    evaluation (every source not in either set) has lenses it never saw. Negatives are sources
-    labelled non-lens or unlabelled, more than 25 arcsec from every positive label and literature
-    lens. At most ``max_pool_fraction`` of them are drawn: when the survey is too small for the
-    requested ratios both sets shrink (training keeping at least half) and a note says so.
+    evaluation (every source not in either set) has lenses it never saw. Lenses labelled with origin
+    ``injection`` (painted onto the survey's galaxies) only ever train: validation and held-out lenses
+    come from the other labels (:func:`split_positives`). Negatives are sources labelled non-lens or
+    unlabelled, more than 25 arcsec from every positive label and literature lens
+    (:func:`lenscat.labels.near_known_lenses`: injections do not count, so their hosts stay negatives).
+
+    With a ``ratio``, at most ``max_pool_fraction`` of the negatives are drawn: when the survey is too
+    small for the requested ratios both sets shrink (training keeping at least half) and a note says
+    so. With ``ratio`` None every negative is used: ``min(val_ratio`` per validation lens,
+    ``val_fraction`` of them``)`` validate and all the others train.
     """
-    if ratio <= 0 or val_ratio <= 0:
+    if (ratio is not None and ratio <= 0) or val_ratio <= 0:
         raise LenscatError("--ratio and --val-ratio must be positive")
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise LenscatError(f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) must be in [0, 1) "
@@ -144,24 +225,28 @@ def make_split(
         raise LenscatError(
             f"{len(pos)} labelled lens(es) among the {len(cand)} candidate sources; need at least 2 (one to train, "
             "one to validate): add labels with `lenscat labels from-crossmatch` or `lenscat labels import`")
-    notes: list[str] = []
-    pool = negative_pool(cand, pos, session=session, surveys=sv)
+    by_origin = positive_origins(pos, session=session, origins=origins)
+    injected = np.array([i for i in pos.tolist() if by_origin.get(i) == INJECTION_ORIGIN], dtype=np.int64)
+    pool = negative_pool(cand, pos, session=session, surveys=sv)  # an injection's host stays a negative
     rng = np.random.default_rng(seed)
-    pos = rng.permutation(pos)
-    n_val_pos = max(1, int(round(val_fraction * len(pos))))
-    n_test_pos = min(int(round(test_fraction * len(pos))), len(pos) - n_val_pos - 1)
-    if test_fraction > 0 and n_test_pos < 1:
-        notes.append(f"only {len(pos)} lenses: none held out for evaluation")
-    n_test_pos = max(n_test_pos, 0)
-    val_pos, train_pos = pos[:n_val_pos], pos[n_val_pos + n_test_pos:]
-    want_train, want_val = int(round(ratio * len(train_pos))), int(round(val_ratio * len(val_pos)))
-    usable = int(max_pool_fraction * len(pool))
-    if want_train + want_val > usable:  # too few: training keeps at least half of what is usable
-        train_n = min(want_train, max(usable // 2, usable - want_val))
-        val_n = min(want_val, usable - train_n)
-        notes.append(f"{len(pool)} negatives in the survey, {usable} usable: training 1:{train_n / len(train_pos):.3g} "
-                     f"instead of 1:{ratio:g}, validation 1:{val_n / len(val_pos):.3g} instead of 1:{val_ratio:g}")
-        want_train, want_val = train_n, val_n
+    train_pos, val_pos, _test_pos, notes = split_positives(pos, injected, val_fraction=val_fraction,
+                                                           test_fraction=test_fraction, rng=rng)
+    if len(injected):
+        notes.append(f"{len(injected)} injected lenses train only; {len(train_pos) - len(injected)} real lenses "
+                     f"train, {len(val_pos)} validate")
+    want_val = int(round(val_ratio * len(val_pos)))
+    if ratio is None:  # every negative: a validation share, the rest to train
+        want_val = min(want_val, max(1, int(round(val_fraction * len(pool)))))
+        want_train = len(pool) - want_val
+    else:
+        want_train = int(round(ratio * len(train_pos)))
+        usable = int(max_pool_fraction * len(pool))
+        if want_train + want_val > usable:  # too few: training keeps at least half of what is usable
+            train_n = min(want_train, max(usable // 2, usable - want_val))
+            val_n = min(want_val, usable - train_n)
+            notes.append(f"{len(pool)} negatives in the survey, {usable} usable: training 1:{train_n / len(train_pos):.3g} "
+                         f"instead of 1:{ratio:g}, validation 1:{val_n / len(val_pos):.3g} instead of 1:{val_ratio:g}")
+            want_train, want_val = train_n, val_n
     neg = rng.permutation(pool)
     train_neg, val_neg = neg[:want_train], neg[want_train:want_train + want_val]
     if len(train_neg) == 0 or len(val_neg) == 0:
@@ -172,6 +257,60 @@ def make_split(
         train_ids=train_ids, train_y=np.r_[np.ones(len(train_pos)), np.zeros(len(train_neg))].astype(np.int8),
         val_ids=val_ids, val_y=np.r_[np.ones(len(val_pos)), np.zeros(len(val_neg))].astype(np.int8),
         pool_size=len(pool), notes=notes)
+
+
+HUMAN_NEGATIVES = "human"
+"""Hard-negative source meaning "every training non-lens a human graded as not a lens"."""
+
+
+def add_hard_negatives(split: TrainingSplit, sources: list[str], *, session: Session, top: int = 200,
+                       weight: int = 3) -> TrainingSplit:
+    """Oversample the hard negatives of a training split: each is drawn ``weight`` times per epoch.
+
+    Hard negatives are training non-lenses that looked like lenses: the ``top`` highest-scored
+    training non-lenses of each classifier named in ``sources`` (its stored scores; the training
+    non-lenses it has not scored are skipped), and with :data:`HUMAN_NEGATIVES` every training
+    non-lens a human graded as not a lens (label origin ``human``, label 0). They are repeated
+    ``weight - 1`` more times in the training ids, so the epoch that draws every negative once
+    draws these ``weight`` times (and the training-set hash records it). Validation is unchanged.
+
+    Raises
+    ------
+    LenscatError
+        A classifier that has scored none of the training non-lenses, ``top`` or ``weight`` below 1,
+        or no hard negative found at all.
+    """
+    if top < 1 or weight < 1:
+        raise LenscatError(f"hard negatives: top ({top}) and weight ({weight}) must be at least 1")
+    negatives = np.unique(split.train_ids[split.train_y == 0])
+    hard: set[int] = set()
+    notes = list(split.notes)
+    for src in sources:
+        if src == HUMAN_NEGATIVES:
+            ids = session.execute(
+                text("SELECT DISTINCT source_id FROM lenscat.labels WHERE origin = 'human' AND label = 0 "
+                     "AND source_id = ANY(:ids)"), {"ids": negatives.tolist()}).scalars().all()
+            notes.append(f"hard negatives: {len(ids)} training non-lenses graded not a lens by a human")
+        else:
+            model = get_model("classifier", src, session=session)
+            ids = session.execute(
+                text("SELECT source_id FROM lenscat.scores WHERE model_id = :m AND source_id = ANY(:ids) "
+                     "ORDER BY score DESC, source_id LIMIT :n"),
+                {"m": model.model_id, "ids": negatives.tolist(), "n": int(top)}).scalars().all()
+            if not ids:
+                raise LenscatError(f"hard negatives: classifier {model.label} has scored none of the "
+                                   f"{len(negatives):,} training non-lenses")
+            notes.append(f"hard negatives: the top {len(ids)} training non-lenses of {model.label}")
+        hard.update(int(i) for i in ids)
+    if not hard:
+        raise LenscatError(f"hard negatives: none found among the {len(negatives):,} training non-lenses "
+                           f"({', '.join(sources)})")
+    extra = np.repeat(np.array(sorted(hard), dtype=np.int64), weight - 1)
+    notes.append(f"{len(hard)} hard negatives drawn {weight}x per epoch")
+    return TrainingSplit(train_ids=np.concatenate([split.train_ids, extra]),
+                         train_y=np.concatenate([split.train_y, np.zeros(len(extra), split.train_y.dtype)]),
+                         val_ids=split.val_ids, val_y=split.val_y, pool_size=split.pool_size, notes=notes,
+                         n_hard=len(hard), hard_weight=weight)
 
 
 def _vectors_for(encoder: ModelVersion, ids: np.ndarray, session: Session,
@@ -310,59 +449,109 @@ def fit_linear_version(
 def train_image_classifier_version(
     name: str,
     *,
-    arch: str,
+    arch: str = "cnn",
     session: Session,
     encoder: str | None = None,
     surveys: list[str] | None = None,
-    ratio: float = 100,
+    ratio: float | None = None,
     val_ratio: float = 10000,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     origins: list[str] | None = None,
-    epochs: int = 3,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    lens_fraction: float = 0.05,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    lens_fraction: float | None = None,
     crop: int | None = None,
     max_steps: int | None = None,
     device: str | None = None,
     seed: int = 0,
     progress: bool = False,
     resume: bool = True,
+    recipe: str | None = None,
+    patience: int | None = None,
+    hard_negatives: list[str] | None = None,
+    hard_negative_top: int = 200,
+    hard_negative_weight: int = 3,
 ) -> TrainResult:
-    """Fine-tune an encoder with a head (``finetune``) or train a CNN from scratch (``cnn``) on cutouts.
+    """Train a CNN from scratch with the few-label recipe (``cnn``) or fine-tune an encoder (``finetune``).
 
-    Meant for a GPU; runs (slowly) on a CPU. Lenses are oversampled to ``lens_fraction`` of each
-    batch (Stein et al.: ~5%). An epoch is one pass over the training images; ``max_steps`` caps the
-    number of batches. Interrupted (Ctrl-C), it raises :class:`~lenscat.errors.Interrupted` after
-    saving its state; the same call resumes (``resume=False``: start over).
+    ``cnn`` follows :data:`lenscat.models.supervised.FEW_LABEL_RECIPE` (``recipe='cpu'``) or
+    :data:`~lenscat.models.supervised.GPU_RECIPE` (``'gpu'``; by default when ``device`` is, or
+    resolves to, CUDA): every non-lens not held out for validation trains (``ratio`` None; a ratio
+    draws that many per lens instead, from at most half the survey, as before), every epoch draws
+    each of them once with lenses oversampled to ``lens_fraction`` (25 %) of each batch, the
+    validation split is scored after every epoch and the best epoch by average precision is kept
+    (stopping after ``patience`` epochs without improvement), and scores average the 8 flips and
+    quarter turns. Given options override the recipe's.
+
+    ``recipe='legacy'`` trains ``cnn`` with the settings it had before the recipe, as ``finetune``
+    does (for comparisons): ``finetune`` trains the encoder with a head at Stein et al.'s settings
+    (ratio 100 from at most half the survey, lenses 5 % of each batch, 3 epochs, the encoder's
+    augmentations, one validation pass at the end; ``legacy``: ``resnet-small`` from scratch on the
+    96-pixel crop with Stein et al.'s augmentations). Meant for a GPU; runs (slowly) on a CPU.
+    ``arch='radial'`` trains :func:`train_radial_classifier` (the image options do not apply). ``max_steps`` caps the number of batches. Interrupted (Ctrl-C), it
+    raises :class:`~lenscat.errors.Interrupted` after saving its state; the same call resumes
+    (``resume=False``: start over).
     """
     from lenscat.encoders import DEFAULT_INPUT_SPEC
+    from lenscat.models.augment import AugmentConfig
     from lenscat.models.checkpoint import load_encoder
-    from lenscat.models.supervised import save_classifier, score_images, train_image_classifier
+    from lenscat.models.preprocess import Preprocessing
+    from lenscat.models.supervised import (
+        FEW_LABEL_RECIPE,
+        GPU_RECIPE,
+        _resolve_device,
+        save_classifier,
+        score_images,
+        train_image_classifier,
+    )
 
+    if arch == "radial":
+        return train_radial_classifier(name, session=session, surveys=surveys, ratio=ratio, val_ratio=val_ratio,
+                                       val_fraction=val_fraction, test_fraction=test_fraction, origins=origins,
+                                       epochs=epochs or 30, seed=seed, progress=progress,
+                                       hard_negatives=hard_negatives, hard_negative_top=hard_negative_top,
+                                       hard_negative_weight=hard_negative_weight)
     if arch not in ("finetune", "cnn"):
-        raise LenscatError(f"unknown image classifier {arch!r}; expected finetune or cnn")
+        raise LenscatError(f"unknown image classifier {arch!r}; expected cnn, finetune or radial")
+    if recipe not in (None, "cpu", "gpu", "legacy"):
+        raise LenscatError(f"unknown CNN recipe {recipe!r}; expected cpu, gpu or legacy")
     check_name(name)
     enc = get_model("encoder", encoder, session=session) if encoder else None
     if arch == "finetune" and (enc is None or not enc.checkpoint_path or enc.origin == "external"):
         raise LenscatError("--arch finetune needs --encoder naming a trained or imported encoder (with a checkpoint)")
+    rec: dict[str, Any] = {}
+    if arch == "cnn" and recipe != "legacy":
+        if recipe is None:
+            recipe = "gpu" if _resolve_device(device).type == "cuda" else "cpu"
+        rec = dict(GPU_RECIPE if recipe == "gpu" else FEW_LABEL_RECIPE)
+        epochs, batch_size = epochs or int(rec["epochs"]), batch_size or int(rec["batch_size"])
+        lr, lens_fraction = lr or float(rec["lr"]), lens_fraction or float(rec["lens_fraction"])
+        patience = patience or int(rec["patience"])
+    else:
+        ratio = 100 if ratio is None else ratio
+        epochs, batch_size, lr, lens_fraction = epochs or 3, batch_size or 64, lr or 1e-3, lens_fraction or 0.05
     split = make_split(session=session, surveys=surveys, encoder=None, ratio=ratio, val_ratio=val_ratio,
                        val_fraction=val_fraction, test_fraction=test_fraction, origins=origins, seed=seed)
+    if hard_negatives:
+        split = add_hard_negatives(split, hard_negatives, session=session, top=hard_negative_top,
+                                   weight=hard_negative_weight)
     backbone = None
     spec = dict(DEFAULT_INPUT_SPEC)
     hp_enc: dict[str, Any] = {}
     if arch == "finetune" and enc is not None:
         backbone, hp_enc = load_encoder(str(enc.checkpoint_path))
         spec = dict(enc.input_spec or spec)
-    crop = int(crop or hp_enc.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
+    crop = int(crop or hp_enc.get("crop") or rec.get("crop") or spec.get("crop") or 96)  # type: ignore[arg-type]
     images = catalogue_images(split.train_ids, session=session)
     augment: bool | dict[str, Any] = True
     preprocessing: dict[str, Any] | None = None
     band_notes: list[str] = []
+    extra: dict[str, Any] = {}
     if enc is not None and isinstance((enc.hparams or {}).get("augment"), dict):
         augment = dict(enc.hparams["augment"])  # fine-tuning: the encoder's own augmentations
-    elif arch == "cnn":  # from scratch: channels, stretch and augmentations follow the survey's bands
+    elif arch == "cnn" and not rec:  # the legacy settings: augmentations and stretch follow the survey's bands
         from lenscat.encoders import band_options
 
         opts, shape = band_options(split.train_ids, images, seed=seed, session=session)
@@ -370,33 +559,60 @@ def train_image_classifier_version(
         preprocessing = opts.preprocess(crop) if opts.scales is not None else None
         spec.update(bands=opts.bands, stamp=int(shape[-1]))
         band_notes = opts.notes
+    elif arch == "cnn":  # the recipe: channels and stretch follow the survey's bands
+        from lenscat.encoders import band_options
+
+        opts, shape = band_options(split.train_ids, images, seed=seed, session=session)
+        pre = Preprocessing.from_dict(opts.preprocess(crop) if opts.scales is not None else {"crop": crop})
+        preprocessing = {**pre.to_dict(), "views": int(rec["views"])}
+        augment = AugmentConfig.few_label().to_dict()
+        spec.update(bands=opts.bands, stamp=int(shape[-1]))
+        band_notes = [n for n in opts.notes if "augmentations" not in n]
+        extra = {"arch": str(rec["arch"]), "encoder_hparams": dict(rec["encoder_hparams"]),
+                 "weight_decay": float(rec["weight_decay"]), "every_negative": bool(rec["every_negative"]),
+                 "early_stopping": str(rec["early_stopping"]), "patience": int(patience or 1),
+                 "val_views": int(rec["val_views"]),
+                 "val_images": catalogue_images(split.val_ids, session=session), "val_labels": split.val_y}
     from lenscat.models import trainstate
     from lenscat.registry import training_state_dir
 
     tag = hashlib.sha256(np.asarray(split.train_ids, dtype=np.int64).tobytes()
                          + np.asarray(split.train_y, dtype=np.int8).tobytes()
+                         + np.asarray(split.val_ids, dtype=np.int64).tobytes()
                          + str(enc.checkpoint_sha256 if enc else "").encode()).hexdigest()
     model, train_metrics = train_image_classifier(
         images, split.train_y.astype(np.float32), backbone=backbone, epochs=epochs, batch_size=batch_size, lr=lr,
         lens_fraction=lens_fraction, crop=crop, preprocessing=preprocessing, augment=augment, device=device,
         seed=seed, progress=progress, max_steps=max_steps, state_dir=training_state_dir(), run_tag=tag,
-        resume=resume)
+        resume=resume, **extra)
     if train_metrics["interrupted"] and train_metrics["state_path"]:
         raise trainstate.interrupted(f"at step {train_metrics['steps']} of {train_metrics['steps_planned']}",
                                      train_metrics["state_path"])
-    # one validation pass at the end (every epoch would cost more than training on small sets)
-    val_images = catalogue_images(split.val_ids, session=session)
+    # the kept model on the validation split, with every view it scores with
+    val_images = extra["val_images"] if "val_images" in extra else catalogue_images(split.val_ids, session=session)
     val_scores = score_images(model, val_images, device=device)
     from lenscat.evaluation import ranking_metrics
 
     val = ranking_metrics(val_scores, split.val_y)
+    train_metrics.pop("val_auc", None)  # per-epoch lists: kept in the report's history, not in the metrics
+    history = {k: train_metrics.pop(k) for k in ("val_loss", "val_ap", "val_steps") if k in train_metrics}
     train_metrics.update(val_auc=round(float(val["auc"]), 4),
+                         val_average_precision=round(float(val["average_precision"]), 4),
                          val_top_n_hits=int(val["top_n"][0]["true_positives"]) if val["top_n"] else 0)
-    hparams = {"arch": arch, "ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction,
-               "test_fraction": test_fraction, "epochs": epochs,
-               "batch_size": batch_size, "lr": lr, "lens_fraction": lens_fraction, "crop": crop,
-               "max_steps": max_steps, "seed": seed,
-               "origins": origins or [], "surveys": surveys or []}
+    hparams: dict[str, Any] = {
+        "arch": arch, "ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction,
+        "test_fraction": test_fraction, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "lens_fraction": lens_fraction, "crop": crop, "max_steps": max_steps, "seed": seed,
+        "origins": origins or [], "surveys": surveys or []}
+    if hard_negatives:
+        hparams.update(hard_negatives=list(hard_negatives), hard_negative_top=hard_negative_top,
+                       hard_negative_weight=hard_negative_weight)
+    if recipe == "legacy":
+        hparams["recipe"] = "legacy"
+    if rec:
+        hparams.update(recipe=recipe, backbone=str(rec["arch"]), backbone_hparams=dict(rec["encoder_hparams"]),
+                       weight_decay=rec["weight_decay"], augment="few_label", views=int(rec["views"]),
+                       early_stopping=rec["early_stopping"], patience=patience, every_negative=True)
     metrics = {**split.summary(), **{k: v for k, v in train_metrics.items()
                                      if isinstance(v, (int, float, str)) and k != "state_path"}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -409,7 +625,77 @@ def train_image_classifier_version(
         Path(train_metrics["state_path"]).unlink(missing_ok=True)
     return TrainResult(version, created, {**metrics, "classifier": version.label,
                                           "encoder": enc.label if enc else None, "created": created,
-                                          "notes": [*band_notes, *split.notes]})
+                                          "notes": [*band_notes, *split.notes], "history": history})
+
+
+def train_radial_classifier(
+    name: str,
+    *,
+    session: Session,
+    surveys: list[str] | None = None,
+    ratio: float | None = None,
+    val_ratio: float = 10000,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    origins: list[str] | None = None,
+    epochs: int = 30,
+    l2: float = 1e-3,
+    pixel_scale: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    hard_negatives: list[str] | None = None,
+    hard_negative_top: int = 200,
+    hard_negative_weight: int = 3,
+) -> TrainResult:
+    """Train the radial colour-profile baseline (:mod:`lenscat.models.radial`) and register it.
+
+    The split is the CNN recipe's (:func:`make_split`; every negative with ``ratio`` None,
+    injections training only), so the baseline and the networks learn from the same labels. The
+    pixel scale is the cutout files' or else the surveys' ``pixel_scale_arcsec``, else 0.262 arcsec/px.
+    The same labels and options give the same checkpoint (``created`` False).
+    """
+    import torch
+
+    from lenscat.models.radial import RadialProfile, radial_state, train_radial
+
+    check_name(name)
+    split = make_split(session=session, surveys=surveys, encoder=None, ratio=ratio, val_ratio=val_ratio,
+                       val_fraction=val_fraction, test_fraction=test_fraction, origins=origins, seed=seed)
+    if hard_negatives:
+        split = add_hard_negatives(split, hard_negatives, session=session, top=hard_negative_top,
+                                   weight=hard_negative_weight)
+    notes = list(split.notes)
+    if pixel_scale is None:
+        scales = session.execute(text(
+            "SELECT DISTINCT q.scale FROM (SELECT COALESCE(f.pixel_scale_arcsec, v.pixel_scale_arcsec) AS scale "
+            "FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
+            "LEFT JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id WHERE s.source_id = ANY(:ids)) q "
+            "WHERE q.scale IS NOT NULL ORDER BY 1"),
+            {"ids": split.train_ids.tolist()}).scalars().all()
+        if len(scales) > 1:
+            notes.append(f"cutouts at {len(scales)} pixel scales; the radial profile uses {float(scales[0]):g}\"/px")
+        pixel_scale = float(scales[0]) if scales else 0.262
+    profile = RadialProfile(pixel_scale=pixel_scale)
+    fit = train_radial(catalogue_images(split.train_ids, session=session), split.train_y,
+                       val_images=catalogue_images(split.val_ids, session=session), val_labels=split.val_y,
+                       profile=profile, epochs=epochs, l2=l2, seed=seed, progress=progress)
+    hparams = {"ratio": ratio, "val_ratio": val_ratio, "val_fraction": val_fraction, "test_fraction": test_fraction,
+               "origins": origins or [], "surveys": surveys or [], "epochs": epochs, "l2": l2, "seed": seed,
+               "profile": profile.to_dict(), "optimizer": "lbfgs",
+               **({"hard_negatives": list(hard_negatives), "hard_negative_top": hard_negative_top,
+                   "hard_negative_weight": hard_negative_weight} if hard_negatives else {})}
+    last = fit.history[fit.epoch - 1] if fit.epoch else {}
+    metrics = {**split.summary(), "epoch_kept": fit.epoch, "seconds": round(fit.seconds, 3),
+               "n_features": len(fit.weight), **{k: v for k, v in last.items() if k != "epoch"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "radial.pt"
+        torch.save(radial_state(fit, train_ids=torch.from_numpy(split.train_ids),
+                                val_ids=torch.from_numpy(split.val_ids)), path)
+        model, created = _register(name, "radial", path, encoder=None, hparams=hparams, split=split,
+                                   metrics=metrics, input_spec={"input": "image", "features": "radial-profile",
+                                                                **profile.to_dict()}, session=session)
+    return TrainResult(model, created, {**metrics, "classifier": model.label, "encoder": None, "created": created,
+                                        "notes": notes, "history": fit.history})
 
 
 def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:
@@ -460,7 +746,9 @@ def _load_checkpoint(path: str, sha256: str) -> dict[str, Any]:
 
 def training_ids(model: ModelVersion) -> np.ndarray:
     """Source ids the classifier saw in training or validation (left out of evaluation)."""
-    if model.architecture == "linear":
+    if model.architecture in DERIVED_ARCHITECTURES:
+        return _derived(model).training_ids(model)
+    if model.architecture in ("linear", "radial"):
         ck = _load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))
         return np.concatenate([ck["train_ids"].numpy(), ck["val_ids"].numpy()]).astype(np.int64)
     from lenscat.models.supervised import load_classifier
@@ -472,16 +760,35 @@ def training_ids(model: ModelVersion) -> np.ndarray:
 
 def score_function(model: ModelVersion, device: str | None = None) -> Any:
     """A callable (source_ids, inputs) -> scores for the classifier version (loaded once per process)."""
+    if model.architecture in DERIVED_ARCHITECTURES:
+        raise LenscatError(f"classifier {model.label} ({model.architecture}) is computed from stored rows, "
+                           "not from inputs")
     if model.architecture == "linear":
         from lenscat.models.linear import predict_linear
 
         ck = _load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))
         w, b = ck["weight"].numpy(), float(ck["bias"])
         return lambda x: predict_linear(w, b, x)
+    if model.architecture == "radial":
+        from lenscat.models.radial import fit_from_state, predict_radial
+
+        fit = fit_from_state(_load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256)))
+        return lambda x: predict_radial(fit, x)
     from lenscat.models.supervised import score_images
 
     net = _load_image_model(str(model.checkpoint_path), str(model.checkpoint_sha256))
     return lambda x: score_images(net, x, device=device)
+
+
+def _derived(model: ModelVersion) -> Any:
+    """The module (:mod:`lenscat.ensemble` or :mod:`lenscat.anomaly`) that scores a derived classifier."""
+    if model.architecture == "ensemble":
+        from lenscat import ensemble
+
+        return ensemble
+    from lenscat import anomaly
+
+    return anomaly
 
 
 @lru_cache(maxsize=2)
@@ -496,7 +803,9 @@ def _load_image_model(path: str, sha256: str) -> Any:
 # ------------------------------------------------------------------------------------ scoring
 def candidates_sql(model: ModelVersion, with_surveys: bool = False) -> str:
     """SQL (one column ``id``) of the sources the classifier version can score: embedded by its
-    encoder (linear), or with a cutout (image classifiers)."""
+    encoder (linear), or with a cutout (image classifiers); see the ensemble and anomaly modules for theirs."""
+    if model.architecture in DERIVED_ARCHITECTURES:
+        return str(_derived(model).candidates_sql(model, with_surveys))
     if model.architecture == "linear":
         base = ("SELECT e.source_id AS id FROM lenscat.embeddings e "
                 + ("JOIN lenscat.sources s USING (source_id) " if with_surveys else "")
@@ -542,6 +851,11 @@ def plan_score_job(classifier: str | ModelVersion, *, session: Session, surveys:
     model = classifier if isinstance(classifier, ModelVersion) else get_model("classifier", classifier,
                                                                               session=session)
     sids = _survey_ids(surveys, session)
+    if model.architecture == "ensemble" and reason == "requested":  # members must have scored first
+        from lenscat.ensemble import check_members_scored, load_ensemble
+
+        check_members_scored([get_model("classifier", i, session=session) for i in load_ensemble(model).member_ids],
+                             session=session, surveys=surveys)
     job_id = create_job("score", model.model_id, {"classifier": model.label, "surveys": surveys or [],
                                                   "chunk_size": int(chunk_size), "reason": reason}, session=session)
     id_sql = missing_scores_sql(model, bool(sids))
@@ -639,8 +953,10 @@ def score_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: 
     n = 0
     failures: list[tuple[int, str]] = []
     if len(todo):
-        fn = score_function(model, device)
-        if model.architecture == "linear":
+        fn: Any = None if model.architecture in DERIVED_ARCHITECTURES else score_function(model, device)
+        if model.architecture in DERIVED_ARCHITECTURES:
+            ids, scores = _derived(model).score_sources(model, todo, session=session)
+        elif model.architecture == "linear":
             enc = get_model("encoder", int(model.parent_model_id or 0), session=session)
             ids, vec = read_embeddings(enc, source_ids=todo, session=session)
             scores = np.asarray(fn(vec), dtype=np.float64).reshape(-1)

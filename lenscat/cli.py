@@ -14,6 +14,7 @@ from lenscat.cli_common import FORMAT_OPTION, _err, ensure_schema
 from lenscat.cli_export import register as register_export_commands
 from lenscat.cli_grading import register as register_grading_commands
 from lenscat.cli_images import register as register_image_commands
+from lenscat.cli_inject import register as register_inject_commands
 from lenscat.cli_learn import register as register_learn_commands
 from lenscat.cli_spectra import register as register_spectra_commands
 from lenscat.cli_web import register as register_web_commands
@@ -477,6 +478,7 @@ def simulate_catalog_cmd(n: int, seed: int, lenses_from: Path | None, out: Path)
 
 
 register_image_commands(cli, simulate, ingest)
+register_inject_commands(simulate)
 register_classify_commands(cli)
 register_spectra_commands(cli)
 register_grading_commands(cli)

@@ -23,19 +23,30 @@ from lenscat.output import write_rows, write_table
 @click.option("--stamp", type=click.IntRange(min=32), default=152, show_default=True, help="Cutout size [pixels].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output HDF5 file (Stein layout).")
+@click.option("--simulator", type=click.Choice(["lenstronomy", "independent"]), default="lenstronomy",
+              show_default=True,
+              help="'independent': a second simulator written separately in numpy (other populations, "
+                   "double-Gaussian PSF, CCD noise, clumpy sources), for the transfer check: evaluate "
+                   "on data made differently from the training data.")
 def simulate_survey_cmd(n: int, lens_fraction: float, seed: int, stamp: int, workers: int | None,
-                        out: Path) -> None:
+                        out: Path, simulator: str) -> None:
     """A DECaLS-like g,r,z imaging survey rendered with lenstronomy (lenses and false positives).
 
     Writes cutouts in nanomaggies at 0.262"/px with a catalogue and the simulation truth
     (is_lens, kind, theta_e, ...) in the Stein et al. HDF5 layout; ingest it with
     `lenscat ingest sources OUT --survey NAME`. Interrupted (Ctrl-C), the same command resumes
-    after the finished rows.
+    after the finished rows. `--simulator independent` renders the same layout with a simulator
+    that shares no code or population with the default one (lenscat.simsurvey_alt).
     """
-    from lenscat.simsurvey import simulate_survey
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = simulate_survey(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
+    if simulator == "independent":
+        from lenscat.simsurvey_alt import simulate_survey_alt
+
+        summary: Any = simulate_survey_alt(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
+    else:
+        from lenscat.simsurvey import simulate_survey
+
+        summary = simulate_survey(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
     resumed = (f" (resumed: {summary.resumed_rows} rows kept from the interrupted run)"
                if summary.resumed_rows else "")
@@ -46,7 +57,7 @@ def simulate_survey_cmd(n: int, lens_fraction: float, seed: int, stamp: int, wor
 # ---------------------------------------------------------------------------------- encoder
 @click.group("encoder")
 def encoder() -> None:
-    """Image encoders (versioned): train, import, list."""
+    """Image encoders (versioned): train, import, derive, from-classifier, list, evaluate."""
 
 
 @encoder.command("train")
@@ -197,6 +208,38 @@ def encoder_derive_cmd(source: str, views: str | None, readout: str | None, name
                f"with {asked}; embed with `lenscat embed --encoder {model.label}`")
 
 
+@encoder.command("from-classifier")
+@click.option("--classifier", "classifier", required=True,
+              help="An image classifier (cnn, finetune, ...): NAME (latest version) or NAME@VERSION.")
+@click.option("--name", default=None, help="Encoder name [default: CLASSIFIER-features].")
+@click.option("--views", type=click.Choice(["1", "4", "8"]), default=None,
+              help="Orientations of the crop every embedding is averaged over [default: those the classifier "
+                   "averages its score over].")
+@click.option("--description", default=None)
+def encoder_from_classifier_cmd(classifier: str, name: str | None, views: str | None,
+                                description: str | None) -> None:
+    """Register a trained image classifier's penultimate layer as an encoder version.
+
+    Similarity that knows lenses: the embedding of a cutout is the classifier's backbone output
+    (the input of its linear head) on the crop it sees, L2-normalised. A network trained on lenses
+    (and injected lenses) puts lenses next to lenses, so `lenscat similar --encoder NAME` and
+    `lenscat encoder evaluate --name NAME` can use it beside a self-supervised encoder. Nothing is
+    trained; the version's parent is the classifier. Fill its vectors with `lenscat embed --encoder
+    NAME` (or `lenscat reprocess`). The same classifier version gives the same encoder version.
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.encoders import encoder_from_classifier
+
+    ensure_schema()
+    with session_scope() as s:
+        clf, model, created = encoder_from_classifier(classifier, name=name, views=int(views) if views else None,
+                                                      description=description, session=s)
+    state = "registered" if created else "already registered"
+    click.echo(f"encoder {model.label} {state}: the penultimate layer of classifier {clf.label}, "
+               f"{model.output_dim}-d embeddings averaged over {model.input_spec.get('views', 1)} view(s); "
+               f"embed with `lenscat embed --encoder {model.label}`")
+
+
 @encoder.command("list")
 @FORMAT_OPTION
 def encoder_list_cmd(fmt: str) -> None:
@@ -207,8 +250,8 @@ def encoder_list_cmd(fmt: str) -> None:
     ensure_schema()
     with session_scope() as s:
         rows = list_models("encoder", session=s)
-    cols = ["model_id", "name", "version", "architecture", "dim", "crop", "views", "readout", "origin", "n_embeddings",
-            "checkpoint_sha256", "training_set_sha256", "created_at"]
+    cols = ["model_id", "name", "version", "architecture", "dim", "crop", "views", "readout", "origin", "parent",
+            "n_embeddings", "checkpoint_sha256", "training_set_sha256", "created_at"]
     write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
 
 
@@ -450,8 +493,8 @@ def similar_cmd(encoder_name: str, source_id: int | None, ra: str | None, dec: s
 @click.option("--name", "encoder_name", required=True, help="Encoder name (latest version) or NAME@VERSION.")
 @click.option("--survey", "surveys", multiple=True, help="Only this survey's sources (repeatable; default all).")
 @click.option("--labels", "origins", multiple=True,
-              help="Lenses are the positive labels of these origins: literature, simulation, import, human "
-                   "(comma-separated; default all).")
+              help="Lenses are the positive labels of these origins: literature, simulation, import, human, "
+                   "injection (comma-separated; default all).")
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=100, show_default=True, help="Neighbours per query.")
 @click.option("--mag-window", type=float, default=0.5, show_default=True,
               help="As for `lenscat similar` (0 or negative: no window).")

@@ -20,6 +20,8 @@ def learn() -> None:
 def _describe(loop: Any) -> str:
     if loop.model is None:
         how = "a random batch (no lens labels yet)"
+    elif loop.detail.get("start_classifier"):
+        how = f"the top of {loop.model} (no lens labels yet)"
     else:
         sec = loop.detail.get("seconds", {})
         how = (f"ranked by {loop.model} trained on {loop.n_positive} lenses : {loop.n_negative} non-lenses "
@@ -40,9 +42,13 @@ def _describe(loop: Any) -> str:
 @click.option("--seed-negatives", is_flag=True, help="Also train on those origins' non-lens labels.")
 @click.option("--ratio", type=float, default=None, help="Random survey negatives per lens label (default 1000).")
 @click.option("--survey", "surveys", multiple=True, help="Only sources of this survey (repeatable).")
+@click.option("--start-classifier", default=None, metavar="CLASSIFIER",
+              help="With no lens label yet, propose the top of this classifier's scores instead of a random batch "
+                   "(e.g. an anomaly score: `lenscat classifier anomaly`).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the proposals.")
 def learn_start_cmd(name: str, encoder: str, batch_size: int, strategy: str, seed_labels: str | None,
-                    seed_negatives: bool, ratio: float | None, surveys: tuple[str, ...], seed: int) -> None:
+                    seed_negatives: bool, ratio: float | None, surveys: tuple[str, ...], start_classifier: str | None,
+                    seed: int) -> None:
     """Create campaign NAME on an encoder's embeddings and propose its first batch.
 
     Re-running with the same options shows the current loop; different options are refused.
@@ -54,6 +60,8 @@ def learn_start_cmd(name: str, encoder: str, batch_size: int, strategy: str, see
                                 "seed_negatives": seed_negatives, "surveys": list(surveys)}
     if ratio is not None:
         settings["ratio"] = ratio
+    if start_classifier:
+        settings["start_classifier"] = start_classifier
     ensure_schema()
     with session_scope() as s:
         camp = create_campaign(name, encoder, batch_size=batch_size, strategy=strategy, settings=settings,

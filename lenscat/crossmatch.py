@@ -26,7 +26,7 @@ from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
 from lenscat.literature import get_catalog_id
 from lenscat.pgbinary import SIGNATURE, TRAILER
-from lenscat.surveys import get_survey
+from lenscat.surveys import get_survey, real_survey_ids
 
 MAX_RADIUS = 10 * u.deg
 
@@ -41,8 +41,11 @@ def _check_radius(radius: u.Quantity) -> float:
 
 
 def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
+    """Ids of the named surveys; none named: every real survey (injection sets left out), or None for all."""
     if not surveys:
-        return None
+        real = real_survey_ids(session=session)
+        n_all = session.execute(text("SELECT count(*) FROM lenscat.surveys")).scalar_one()
+        return real if len(real) < n_all else None
     return [get_survey(s, session=session).survey_id for s in surveys]
 
 

@@ -70,15 +70,24 @@ def verified_checkpoint(model: ModelVersion) -> Path:
 
 
 def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[Any, str]:
-    """The torch encoder of a model version, loaded once per process and checked by sha256."""
+    """The torch encoder of a model version, loaded once per process and checked by sha256.
+
+    A version of architecture ``classifier-features`` (:func:`lenscat.encoders.encoder_from_classifier`)
+    loads as :class:`lenscat.models.features.ClassifierFeatures`: a classifier's penultimate layer.
+    """
     from lenscat.models.checkpoint import load_encoder
+    from lenscat.models.features import FEATURES_ARCH, load_features
     from lenscat.models.inference import best_device
 
     dev = device or best_device()
     key = (model.model_id, dev)
     if key in _loaded:
         return _loaded[key], dev
-    encoder, _meta = load_encoder(verified_checkpoint(model))
+    encoder: Any
+    if model.architecture == FEATURES_ARCH:  # a classifier's penultimate layer
+        encoder, _meta = load_features(verified_checkpoint(model))
+    else:
+        encoder, _meta = load_encoder(verified_checkpoint(model))
     encoder = encoder.to(dev).eval()
     _loaded[key] = encoder
     return encoder, dev

@@ -378,6 +378,18 @@ def derive_encoder(source: str, *, views: int | None = None, readout: str | None
     if views is None and readout is None:
         raise LenscatError("nothing to derive: give another views and/or readout")
     src = get_model("encoder", source, session=session)
+    from lenscat.models.features import FEATURES_ARCH
+
+    if src.architecture == FEATURES_ARCH:  # a classifier's penultimate layer: derived again from it
+        if readout is not None:
+            raise LenscatError(f"encoder {src.label} holds a classifier's penultimate layer: it has no readout "
+                               "to choose (only views)")
+        if src.parent_model_id is None:
+            raise LenscatError(f"encoder {src.label} does not record the classifier it was read from")
+        clf = get_model("classifier", src.parent_model_id, session=session)
+        _, derived, created = encoder_from_classifier(clf.label, name=name or src.name, views=views,
+                                                      description=description, session=session)
+        return src, derived, created
     encoder, meta = load_encoder(verified_checkpoint(src))
     if views is not None:
         encoder.preprocessing = replace(encoder.preprocessing, views=views)
@@ -410,6 +422,93 @@ def derive_encoder(source: str, *, views: int | None = None, readout: str | None
         description=description or f"{src.label} with {' and '.join(changes)}", session=session,
     )
     return src, derived, created
+
+
+def encoder_from_classifier(classifier: str, *, name: str | None = None, views: int | None = None,
+                            description: str | None = None,
+                            session: Session) -> tuple[ModelVersion, ModelVersion, bool]:
+    """Register an image classifier's penultimate layer as an encoder version.
+
+    The encoder (``name``, default ``f"{classifier name}-features"``; architecture
+    ``classifier-features``) embeds a cutout as the L2-normalised output of the classifier's
+    backbone (the input of its linear head) on the crop the classifier sees, averaged over the
+    orientations it averages its score over (``views``: another 1, 4 or 8 instead). Its checkpoint
+    (:mod:`lenscat.models.features`) holds the classifier's network and preprocessing; its parent
+    is the classifier version, whose training-set hash it keeps. Nothing is trained or copied from
+    the database; the embeddings are made as for any encoder (an embed job, or reprocessing).
+    Idempotent: the same classifier version (and ``views``) gives the same checkpoint, hence the
+    same encoder version.
+
+    Parameters
+    ----------
+    classifier : str
+        Classifier name (latest version) or ``NAME@VERSION``: an image classifier (``cnn``,
+        ``finetune``, ...), not a linear probe on embeddings.
+    name : str, optional
+        Encoder name; a new checkpoint under an existing name becomes its next version.
+    views : int, optional
+        Orientations of the crop each embedding averages (1, 4 or 8; default the classifier's).
+    description : str, optional
+        Free text stored with the version.
+    session : Session
+        Database session; the caller commits.
+
+    Returns
+    -------
+    (classifier, encoder, created)
+
+    Raises
+    ------
+    LenscatError
+        Unknown classifier, or one without an image network (a linear probe), or a bad ``views``.
+    InputFileError
+        The classifier's checkpoint is missing or was changed.
+    """
+    from lenscat.models.features import FEATURES_ARCH, save_features
+
+    clf = get_model("classifier", classifier, session=session)
+    if clf.architecture == "linear":
+        enc = (get_model("encoder", clf.parent_model_id, session=session).label
+               if clf.parent_model_id is not None else "its encoder")
+        raise LenscatError(f"classifier {clf.label} is a linear probe on the embeddings of {enc}: it has no image "
+                           f"network whose penultimate layer could be stored (use {enc} itself, or an image "
+                           "classifier such as cnn or finetune)")
+    if not clf.checkpoint_path or not clf.checkpoint_sha256:
+        raise LenscatError(f"classifier {clf.label} ({clf.architecture}) has no image network of its own to read "
+                           "features from (derive from an image classifier, e.g. one of its members)")
+    src = Path(clf.checkpoint_path)
+    if not src.is_file():
+        raise InputFileError(f"{src}: checkpoint of classifier {clf.label} is missing")
+    if file_sha256(src) != clf.checkpoint_sha256:
+        raise InputFileError(f"{src}: checkpoint of classifier {clf.label} does not match its sha256; "
+                             "the file was changed")
+    target = check_name(name or f"{clf.name}-features")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "features.pt"
+        try:
+            _, dim = save_features(src, ckpt, views=views)
+        except InputFileError as exc:  # a checkpoint that is not an image classifier's
+            raise LenscatError(f"classifier {clf.label} ({clf.architecture}) has no image network of its own to "
+                               f"read features from: {' '.join(str(exc).split())}") from None
+        stored, sha = store_checkpoint(ckpt)
+    from lenscat.models.features import load_features
+
+    encoder, _ = load_features(stored)
+    pre = encoder.preprocessing
+    spec = {**{k: v for k, v in (clf.input_spec or {}).items() if k != "input"},
+            "crop": int(pre.crop), "views": int(pre.views)}
+    model, created = register_model(
+        "encoder", target, architecture=FEATURES_ARCH, output_dim=int(dim), checkpoint_path=stored,
+        checkpoint_sha256=sha, origin="trained",
+        hparams={"readout": "penultimate", "classifier": clf.label, "classifier_architecture": clf.architecture,
+                 "classifier_sha256": clf.checkpoint_sha256, "backbone_arch": getattr(encoder.backbone, "arch", None),
+                 "derived_from": clf.label},
+        input_spec=spec, training_set_sha256=clf.training_set_sha256, parent_model_id=clf.model_id,
+        description=description or f"penultimate layer ({dim}-d) of classifier {clf.label}"
+        + (f", averaged over {int(pre.views)} view(s)" if int(pre.views) > 1 else ""),
+        session=session,
+    )
+    return clf, model, created
 
 
 VECTOR_DATASETS = ("embeddings", "embedding", "representations", "features", "vectors")

@@ -128,7 +128,7 @@ _COLUMNS: tuple[tuple[str, str, Any, bool, str], ...] = (
      "or that of the selected classifier (dimensionless)."),
     ("best_classifier", "U", None, False, "Classifier name@version that gave best_score ('' when unscored)."),
     ("classifier_id", "i", None, True, "model_versions id of that classifier version (provenance)."),
-    ("classifier_architecture", "U", None, False, "Architecture of that classifier: linear, finetune, cnn."),
+    ("classifier_architecture", "U", None, False, "Architecture of that classifier: linear, finetune, cnn, radial, ensemble or anomaly."),
     ("classifier_encoder", "U", None, False,
      "Encoder name@version the classifier is built on ('' for a CNN trained from scratch)."),
     ("classifier_training_set_sha256", "U", None, False,
@@ -264,7 +264,7 @@ def candidate_table(
     grades
         Consensus grades to keep: letters or ``'A,B'`` (A sure, B probable, C possible lens, N not a lens).
     surveys
-        Keep only these surveys (default all).
+        Keep only these surveys (default: all real surveys; injection sets only when named).
     min_votes
         Keep sources with at least this many non-skip votes.
     classifier
@@ -291,7 +291,7 @@ def candidate_table(
     from lenscat import __version__
     from lenscat.registry import get_model
     from lenscat.sky import iau_names
-    from lenscat.surveys import get_survey
+    from lenscat.surveys import get_survey, real_source_sql
 
     letters = parse_export_grades(grades)
     if int(min_votes) < 1:
@@ -303,8 +303,10 @@ def candidate_table(
         params["model_id"] = model.model_id
     if survey_names:
         params["surveys"] = survey_names
+    # injection sets (simulated lenses on survey galaxies) are exported only when named
+    real = f"AND EXISTS (SELECT 1 FROM lenscat.sources rs WHERE rs.source_id = c.source_id AND {real_source_sql('rs.survey_id')})"
     sql = _CANDIDATES_SQL.format(model_filter="AND s.model_id = :model_id" if model is not None else "",
-                                 survey_filter="AND c.survey = ANY(:surveys)" if survey_names else "")
+                                 survey_filter="AND c.survey = ANY(:surveys)" if survey_names else real)
     result = session.execute(text(sql), params)
     keys = list(result.keys())
     rows = [dict(zip(keys, r, strict=True)) for r in result.fetchall()]

@@ -3,7 +3,9 @@
 A label row is keyed by (source, origin, provenance) (``uq_labels_source_origin_provenance``), so
 re-importing a list updates it in place and two lists may disagree without overwriting each other.
 When labels disagree, :func:`resolve_labels` takes the most trusted origin: human grades, then
-simulation truth, then imported tables, then literature cross-matches.
+simulation truth, then imported tables, then literature cross-matches (an ``injection`` label, the
+truth of a lens painted on a survey galaxy by :mod:`lenscat.injection`, is the only label of its
+source, which lives in an injection set).
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from lenscat.db.session import raw_connection
 from lenscat.errors import InputFileError, LenscatError, NotFoundError
 from lenscat.ingest_log import file_sha256
 from lenscat.readers import ColumnTable, read_table
-from lenscat.surveys import get_survey
+from lenscat.surveys import REAL_SURVEYS_SQL, get_survey
 
-ORIGINS = ("literature", "simulation", "import", "human")
-PRIORITY = {"human": 0, "simulation": 1, "import": 2, "literature": 3}
+ORIGINS = ("literature", "simulation", "import", "human", "injection")
+PRIORITY = {"human": 0, "simulation": 1, "import": 2, "literature": 3, "injection": 3}
 TRUE_WORDS = {"1", "true", "t", "yes", "y", "lens", "a", "b", "c", "sure", "probable", "possible"}
 FALSE_WORDS = {"0", "false", "f", "no", "n", "nonlens", "non-lens", "not", "not a lens", "x"}
 EXCLUDE_RADIUS = 25 * u.arcsec
@@ -298,8 +300,11 @@ def resolve_labels(*, session: Session, origins: list[str] | None = None,
     return {int(r.source_id): int(r.label) for r in rows}
 
 
+# positives of real surveys only: an injected lens sits on its host's position, and the host (and
+# its neighbours) must stay usable as negatives
 _CENTRES_SQL = """
-    SELECT s.ra, s.dec FROM lenscat.labels l JOIN lenscat.sources s USING (source_id) WHERE l.label = 1
+    SELECT s.ra, s.dec FROM lenscat.labels l JOIN lenscat.sources s USING (source_id)
+    WHERE l.label = 1 AND l.origin <> 'injection' AND s.survey_id IN (""" + REAL_SURVEYS_SQL + """)
     UNION ALL
     SELECT l.ra, l.dec FROM lenscat.literature_lenses l
 """
@@ -308,6 +313,9 @@ _CENTRES_SQL = """
 def near_known_lenses(*, session: Session, radius: u.Quantity = EXCLUDE_RADIUS,
                       surveys: list[int] | None = None, candidates: np.ndarray | None = None) -> set[int]:
     """Sources within ``radius`` of a positive label or of any literature lens (not to be sampled as negatives).
+
+    Positives of injection sets (origin ``injection``) do not count: they sit on their host galaxy's
+    position, and the host stays an ordinary negative of its survey.
 
     With ``candidates`` (source ids), only those are tested, in memory (a KD-tree match of their
     positions against the lens positions): much faster than one cone search per literature lens when

@@ -24,7 +24,7 @@ from lenscat.crossmatch import rows_to_table
 from lenscat.errors import LenscatError
 from lenscat.labels import resolve_labels
 from lenscat.registry import ModelVersion, get_model
-from lenscat.surveys import get_survey
+from lenscat.surveys import get_survey, real_source_sql, real_survey_ids
 
 TOP_UNITS = {"ra": u.deg, "dec": u.deg, "mag_g": u.mag, "mag_r": u.mag, "mag_z": u.mag}
 
@@ -48,7 +48,8 @@ def top_candidates(
     n
         Rows wanted (Stein et al. inspected the top 1,139 of each of their samples).
     surveys
-        Only these surveys.
+        Only these surveys (default: every real survey; the injection sets made by
+        :func:`lenscat.injection.inject_survey` are ranked only when named here).
     min_score
         Only scores at or above this.
     exclude_known
@@ -71,6 +72,8 @@ def top_candidates(
     if surveys:
         where.append("s.survey_id = ANY(:sids)")
         params["sids"] = [get_survey(x, session=session).survey_id for x in surveys]
+    else:  # the sources of injection sets are ranked only when their set is named
+        where.append(real_source_sql("s.survey_id"))
     if min_score is not None:
         where.append("c.score >= :smin")
         params["smin"] = float(min_score)
@@ -83,7 +86,7 @@ def top_candidates(
             f"""
             WITH top AS MATERIALIZED (
                 SELECT c.source_id, c.score FROM lenscat.scores c
-                {"JOIN lenscat.sources s ON s.source_id = c.source_id" if surveys else ""}
+                JOIN lenscat.sources s ON s.source_id = c.source_id
                 WHERE {" AND ".join(where)}
                 ORDER BY c.score DESC, c.source_id LIMIT :n
             )
@@ -139,7 +142,9 @@ def evaluate_classifier(
     """
     from lenscat.evaluation import plot_evaluation, ranking_metrics
 
-    sids = [get_survey(x, session=session).survey_id for x in surveys] if surveys else None
+    # the injection sets train; they are evaluated on only when named
+    sids = ([get_survey(x, session=session).survey_id for x in surveys] if surveys
+            else real_survey_ids(session=session))
     models = [get_model("classifier", c, session=session) for c in [classifier, *(baselines or [])]]
     data = {m.label: _scores(m, session, sids) for m in models}
     for m in models:

@@ -187,8 +187,10 @@ def list_models(kind: str, *, session: Session) -> list[dict[str, Any]]:
 
     ``crop`` [pixels] and ``views`` (orientations each embedding averages; 1 where the version
     predates the option) come from the version's input spec; ``crop`` is ``None`` where it has none.
-    ``readout`` (what an encoder's stored vector holds: ``gap`` or ``gap+annuli2``; ``gap`` where the
-    version predates the option) comes from its hyper-parameters, ``None`` without a checkpoint.
+    ``readout`` (what an encoder's stored vector holds: ``gap`` or ``gap+annuli2``; ``penultimate`` for
+    a classifier's penultimate layer; ``gap`` where the version predates the option) comes from its
+    hyper-parameters, ``None`` without a checkpoint. ``parent`` is the version it was derived from, as
+    ``'KIND NAME@VERSION'`` (``'classifier C@1'`` for a classifier's penultimate layer), or ``None``.
     """
     rows = session.execute(
         text(
@@ -198,7 +200,9 @@ def list_models(kind: str, *, session: Session) -> list[dict[str, Any]]:
                    (m.input_spec ->> 'crop')::int AS crop, coalesce((m.input_spec ->> 'views')::int, 1) AS views,
                    CASE WHEN m.checkpoint_path IS NOT NULL
                         THEN coalesce(m.hparams ->> 'readout', 'gap') END AS readout,
-                   (SELECT count(*) FROM lenscat.embeddings e WHERE e.model_id = m.model_id) AS n_embeddings
+                   (SELECT count(*) FROM lenscat.embeddings e WHERE e.model_id = m.model_id) AS n_embeddings,
+                   (SELECT p.kind || ' ' || p.name || '@' || p.version FROM lenscat.model_versions p
+                    WHERE p.model_id = m.parent_model_id) AS parent
             FROM lenscat.model_versions m WHERE m.kind = :k ORDER BY m.name, m.version
             """
         ),

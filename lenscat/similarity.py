@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from lenscat.crossmatch import rows_to_table
 from lenscat.errors import LenscatError, NotFoundError
 from lenscat.registry import ModelVersion, get_model
-from lenscat.surveys import get_survey
+from lenscat.surveys import get_survey, has_injection_sets, real_source_sql
 from lenscat.vectors import get_embedding, nearest_sql, normalise, set_search_params, vector_literal
 
 MAX_K = 1000
@@ -214,6 +214,9 @@ def similar(
     if surveys:
         where.append("s.survey_id = ANY(:sids)")
         params["sids"] = [get_survey(n, session=session).survey_id for n in surveys]
+    elif has_injection_sets(session=session):  # injected cutouts answer only when their set is named
+        where.append(real_source_sql("s.survey_id"))
+        needs_source = True
     if region is not None:
         centre, radius = region
         where.append("lenscat_angsep(:cra, :cdec, s.ra, s.dec) <= :crad")

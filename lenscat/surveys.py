@@ -1,4 +1,10 @@
-"""Surveys: names, band lists and pixel scales."""
+"""Surveys: names, band lists and pixel scales; real surveys and injection sets.
+
+A survey of kind ``'injection'`` holds cutouts of another survey's galaxies with simulated lensed
+sources painted on (``lenscat simulate inject``). Its sources keep their hosts' positions, so the
+queries that enumerate the sky or a survey's own candidates keep to :data:`REAL_SURVEYS_SQL` (the
+one definition of "sources of real surveys") unless the injection set is named.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,25 @@ from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError, NotFoundError
 
+REAL_SURVEYS_SQL = "SELECT survey_id FROM lenscat.surveys WHERE kind = 'survey'"
+"""SQL: the ids of the real surveys (not injection sets)."""
+
+
+def real_source_sql(survey_id_expr: str = "s.survey_id") -> str:
+    """SQL condition: a source's survey (the column ``survey_id_expr``) is a real survey, not an injection set."""
+    return f"{survey_id_expr} IN ({REAL_SURVEYS_SQL})"
+
+
+def has_injection_sets(*, session: Session) -> bool:
+    """Whether any injection set exists (queries skip the real-survey filter when none does)."""
+    return bool(session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.surveys WHERE kind = 'injection')"))
+                .scalar())
+
+
+def real_survey_ids(*, session: Session) -> list[int]:
+    """Ids of the real surveys (kind ``'survey'``), i.e. every survey but the injection sets."""
+    return [int(x) for x in session.execute(text(REAL_SURVEYS_SQL + " ORDER BY survey_id")).scalars()]
+
 
 @dataclass(frozen=True)
 class Survey:
@@ -18,12 +43,15 @@ class Survey:
     name: str
     bands: list[str]
     pixel_scale_arcsec: float | None
+    kind: str = "survey"
+    parent_survey_id: int | None = None
 
 
 def get_survey(name: str, *, session: Session) -> Survey:
     """The survey called ``name``; raises NotFoundError naming the known surveys."""
     row = session.execute(
-        text("SELECT survey_id, name, bands, pixel_scale_arcsec FROM lenscat.surveys WHERE name = :n"),
+        text("SELECT survey_id, name, bands, pixel_scale_arcsec, kind, parent_survey_id FROM lenscat.surveys "
+             "WHERE name = :n"),
         {"n": name},
     ).one_or_none()
     if row is None:
@@ -31,7 +59,7 @@ def get_survey(name: str, *, session: Session) -> Survey:
         raise NotFoundError(
             f"no survey named {name!r}; known surveys: {', '.join(known) if known else '(none yet)'}"
         )
-    return Survey(row[0], row[1], list(row[2]), row[3])
+    return Survey(row[0], row[1], list(row[2]), row[3], row[4], row[5])
 
 
 def ensure_survey(
@@ -66,7 +94,8 @@ def ensure_survey(
             text("UPDATE lenscat.surveys SET bands = :b WHERE survey_id = :i"),
             {"b": bands, "i": survey.survey_id},
         )
-        survey = Survey(survey.survey_id, survey.name, bands, survey.pixel_scale_arcsec)
+        survey = Survey(survey.survey_id, survey.name, bands, survey.pixel_scale_arcsec, survey.kind,
+                        survey.parent_survey_id)
     if (pixel_scale_arcsec is not None and survey.pixel_scale_arcsec is not None
             and abs(survey.pixel_scale_arcsec - pixel_scale_arcsec) > 1e-6 * pixel_scale_arcsec):
         raise LenscatError(

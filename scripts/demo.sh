@@ -122,6 +122,39 @@ step "20. Science check: the ranking on sources no model trained on, linear prob
 lenscat classifier evaluate --name demo-probe --baseline demo-cnn --survey demo-images --labels simulation \
     --top-n 20,100 --plots "$OUT/evaluation"
 
+step "20a. A survey nobody tuned on: two fields rendered by the independent simulator (not lenstronomy)"
+# its own SIE ray-shooting, galaxy and impostor populations, double-Gaussian PSF and CCD noise; 60 known lenses
+[ -f "$OUT/new_train.h5" ] || lenscat simulate survey --simulator independent --n 1200 --lens-fraction 0.05 \
+    --seed 301 --stamp 96 --out "$OUT/new_train.h5"
+[ -f "$OUT/new_test.h5" ] || lenscat simulate survey --simulator independent --n 1200 --lens-fraction 0.02 \
+    --seed 302 --stamp 96 --out "$OUT/new_test.h5"
+lenscat ingest sources "$OUT/new_train.h5" --survey demo-new
+lenscat ingest sources "$OUT/new_test.h5" --survey demo-new-test
+lenscat labels import "$OUT/new_train.h5" --label-col is_lens --survey demo-new --origin simulation
+lenscat labels import "$OUT/new_test.h5" --label-col is_lens --survey demo-new-test --origin simulation
+
+step "20b. Injections: lenstronomy arcs painted onto 600 red galaxies of the survey's own cutouts (set demo-new-inject)"
+lenscat simulate inject --survey demo-new --n 600 --seed 3
+
+step "20c. The default recipe (no architecture flags: the few-label CNN) and the radial colour-profile baseline, same labels"
+lenscat classifier train --name demo-default --survey demo-new --survey demo-new-inject --test-fraction 0
+lenscat classifier train --name demo-radial --arch radial --survey demo-new --survey demo-new-inject --test-fraction 0
+lenscat classifier score --name demo-default --survey demo-new-test
+lenscat classifier score --name demo-radial --survey demo-new-test
+lenscat classifier ensemble --name demo-ensemble --member demo-default --member demo-radial --survey demo-new-test
+lenscat classifier score --name demo-ensemble --survey demo-new-test
+
+step "20d. Judged on the other field (no source of it trained): the ensemble beside its members"
+lenscat classifier evaluate --name demo-ensemble --survey demo-new-test --labels simulation --top-n 24,100
+
+step "20e. More like this lens with the network's penultimate layer, and the anomaly score of the embeddings"
+lenscat encoder from-classifier --classifier demo-default
+lenscat embed --encoder demo-default-features --survey demo-new-test
+lenscat encoder evaluate --name demo-default-features --survey demo-new-test --labels simulation -k 20
+lenscat classifier anomaly --name demo-anomaly --encoder demo-moco --survey demo-images
+lenscat classifier score --name demo-anomaly
+lenscat top --classifier demo-anomaly -n 10
+
 step "21. Scheduled re-processing (Celery beat runs the same every 5 minutes): nothing is stale now"
 lenscat reprocess
 

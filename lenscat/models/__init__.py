@@ -13,7 +13,12 @@ module          owns
 ``moco``        :func:`train_moco` -> :class:`TrainResult`
 ``checkpoint``  :func:`save_encoder`, :func:`load_encoder`, :func:`import_torchvision_resnet50`
 ``inference``   :func:`encode`, :func:`iter_encode`, :func:`best_device`
+``features``    :class:`~lenscat.models.features.ClassifierFeatures`: a classifier's penultimate layer
+                as an encoder; its checkpoints (``save_features`` / ``load_features``)
 ``data``        :class:`ImageSource` protocol, :class:`ArraySource`
+``supervised``  :class:`ImageClassifier`, :func:`train_image_classifier`, the few-label CNN recipe
+``radial``      :class:`~lenscat.models.radial.RadialProfile`, :func:`train_radial`: the radial
+                colour-profile baseline (12 annuli x 3 bands, logistic regression)
 ==============  =========================================================================
 """
 

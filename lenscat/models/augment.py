@@ -15,8 +15,9 @@ synchronisation, the same code on CPU and CUDA). The steps, in their physical or
    (``flip_rot90``), then optionally an arbitrary angle in [0, 360) (``rotate``, Stein et al.).
 3. **Zoom** by ``s`` ~ U(0.9, 1.1) (``scale_range``; ``s > 1`` enlarges, surface brightness
    kept).
-4. **Jitter and crop**: the crop centre moves by integers ``dx, dy`` ~ U{-7..7} (``jitter``)
-   and a ``crop`` x ``crop`` window (96) is taken. Steps 2-4 are one bilinear resampling
+4. **Jitter and crop**: the crop centre moves by integers ``dx, dy`` ~ U{-7..7} (``jitter``;
+   with ``subpixel`` by real ``dx, dy`` ~ U(-jitter, jitter), bilinear) and a ``crop`` x ``crop``
+   window (96) is taken. Steps 2-4 are one bilinear resampling
    (``grid_sample``, reflection at the borders); with no rotation, unit zoom and integer jitter
    it reproduces the pixels exactly.
 5. **PSF blur** (``blur``): per sample and band, a Gaussian of sigma
@@ -30,7 +31,17 @@ synchronisation, the same code on CPU and CUDA). The steps, in their physical or
    nanomaggies in g/r/z) and Gaussian noise of ``sqrt(max(target^2 - current^2, 0))`` added;
    ``'fixed'``: Gaussian noise of exactly ``noise_sigma`` (default g 0.0024, r 0.0034,
    z 0.0099 nanomaggies per pixel: typical DR9 sky noise); ``'off'``.
-7. The :class:`~lenscat.models.preprocess.Preprocessing` stretch (no second crop).
+   ``noise_jitter`` > 0 (off in Stein et al.'s set) adds Gaussian noise of ``u * noise_jitter``
+   times the preprocessing's per-band scale (the sky noise the stretch is set to), ``u`` ~ U(0, 1)
+   per sample: survey-agnostic, as it needs no DECaLS noise model.
+7. **Flux scale** (``flux_jitter`` > 0; off in Stein et al.'s set): every band of a sample is
+   multiplied by one ``exp(N(0, flux_jitter))``, so the network cannot key on the brightness of
+   a few oversampled lenses (the arcsinh stretch is not scale-free).
+8. The :class:`~lenscat.models.preprocess.Preprocessing` stretch (no second crop).
+
+:meth:`AugmentConfig.few_label` is the set of the few-label CNN recipe: the eight flips and
+quarter turns, sub-pixel shifts of up to 3 pixels, flux scale and noise jitter, and no step that
+needs DECaLS' reddening, seeing or noise distributions.
 
 Reddening is applied to the cropped window (it is a per-band factor, so this equals applying it
 first) and the blur is computed on a window widened by the kernel radius, so each step costs
@@ -104,6 +115,12 @@ class AugmentConfig:
         Extra Gaussian noise model.
     noise_sigma : tuple of float
         Per-band noise (nanomaggies/pixel) for ``noise='fixed'``.
+    subpixel : bool
+        Real-valued (bilinear) instead of integer jitter shifts.
+    flux_jitter : float
+        Log-normal sigma of a per-sample flux factor (0: off).
+    noise_jitter : float
+        Extra Gaussian noise of up to this many times the preprocessing's per-band scale (0: off).
     """
 
     reddening: bool = True
@@ -117,6 +134,9 @@ class AugmentConfig:
     blur_sigma_max: float = 4.0
     noise: str = "survey"
     noise_sigma: tuple[float, ...] = DECALS_SKY_NOISE
+    subpixel: bool = False
+    flux_jitter: float = 0.0
+    noise_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.noise not in ("survey", "fixed", "off"):
@@ -128,6 +148,11 @@ class AugmentConfig:
             raise LenscatError(f"jitter must be a non-negative integer, got {self.jitter!r}")
         if self.blur_sigma_max <= 0:
             raise LenscatError("blur_sigma_max must be positive")
+        if not (self.flux_jitter >= 0 and self.noise_jitter >= 0):
+            raise LenscatError(f"flux_jitter and noise_jitter must be >= 0, got {self.flux_jitter!r}, "
+                               f"{self.noise_jitter!r}")
+        object.__setattr__(self, "flux_jitter", float(self.flux_jitter))
+        object.__setattr__(self, "noise_jitter", float(self.noise_jitter))
         object.__setattr__(self, "scale_range", (lo, hi))
         object.__setattr__(self, "jitter", int(self.jitter))
         object.__setattr__(self, "extinction", tuple(float(v) for v in self.extinction))
@@ -139,6 +164,17 @@ class AugmentConfig:
         return cls(
             reddening=False, flip_rot90=False, rotate=False, scale_range=(1.0, 1.0), jitter=0,
             blur=False, noise="off",
+        )
+
+    @classmethod
+    def few_label(cls) -> AugmentConfig:
+        """The few-label CNN recipe's augmentations (module docstring): dihedral turns and flips,
+        sub-pixel shifts of up to 3 px, flux scale jitter 0.15 (log-normal sigma), noise jitter
+        up to 1x the sky-noise scale; no reddening, extra seeing or DECaLS noise model, so they
+        fit any survey's bands."""
+        return cls(
+            reddening=False, flip_rot90=True, rotate=False, scale_range=(1.0, 1.0), jitter=3,
+            subpixel=True, blur=False, noise="off", flux_jitter=0.15, noise_jitter=1.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,7 +289,9 @@ class Augmenter:
         phi = uniform(b) * (2 * math.pi) if c.rotate else torch.zeros(b, device=dev)
         lo, hi = c.scale_range
         zoom = lo + (hi - lo) * uniform(b)
-        if c.jitter:
+        if c.jitter and c.subpixel:
+            jit = (uniform(b, 2) * 2.0 - 1.0) * c.jitter
+        elif c.jitter:
             jit = torch.floor(uniform(b, 2) * (2 * c.jitter + 1)) - c.jitter
         else:
             jit = torch.zeros(b, 2, device=dev)
@@ -323,5 +361,17 @@ class Augmenter:
                 add = torch.tensor(c.noise_sigma, device=dev, dtype=torch.float32).expand(b, nb)
             noise = torch.randn(x.shape, generator=generator, device=dev)
             x = x + noise * add.reshape(b, nb, 1, 1)
+        if c.noise_jitter > 0:
+            scales = self.preprocessing.scales
+            if len(scales) != nb:
+                raise LenscatError(f"images have {nb} bands but the preprocessing has {len(scales)} scales")
+            level = uniform(b) * c.noise_jitter
+            sd = torch.tensor(scales, device=dev, dtype=torch.float32).view(1, nb) * level.view(b, 1)
+            x = x + torch.randn(x.shape, generator=generator, device=dev) * sd.reshape(b, nb, 1, 1)
+
+        # -- flux scale ----------------------------------------------------------------------------
+        if c.flux_jitter > 0:
+            factor = torch.exp(torch.randn(b, generator=generator, device=dev) * c.flux_jitter)
+            x = x * factor.view(b, 1, 1, 1)
 
         return self.preprocessing.apply_torch(x, crop=False)

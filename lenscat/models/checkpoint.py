@@ -341,7 +341,9 @@ def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:
     obj = _load(path)
     if not isinstance(obj, Mapping) or "arch" not in obj or "state_dict" not in obj:
         hint = ""
-        if isinstance(obj, Mapping):
+        if isinstance(obj, Mapping) and "classifier_features" in obj:
+            hint = " (it holds a classifier's penultimate layer: lenscat.models.features.load_features reads it)"
+        elif isinstance(obj, Mapping):
             hint = "; for torchvision or MoCo weights use import_torchvision_resnet50"
         raise InputFileError(f"{path}: not a lenscat encoder checkpoint{hint}")
     version = obj.get("format_version")

@@ -78,13 +78,17 @@ from lenscat.models.checkpoint import (
 from lenscat.models.data import ArraySource, ImageSource, prefetch
 from lenscat.models.inference import best_device
 from lenscat.models.moco import _SigintStop
-from lenscat.models.preprocess import Preprocessing, sum_over_views
+from lenscat.models.preprocess import Preprocessing, oriented, sum_over_views
 from lenscat.models.resnet import Encoder, build_encoder
 
 __all__ = [
     "CLASSIFIER_FORMAT_VERSION",
+    "FEW_LABEL_RECIPE",
+    "GPU_RECIPE",
     "ImageClassifier",
+    "average_precision",
     "lens_batches",
+    "negative_epoch_steps",
     "load_classifier",
     "make_optimizer",
     "roc_auc",
@@ -94,6 +98,43 @@ __all__ = [
 ]
 
 CLASSIFIER_FORMAT_VERSION = 1
+
+FEW_LABEL_RECIPE: dict[str, Any] = {
+    "arch": "resnet-small",
+    "encoder_hparams": {"widths": [16, 32, 64, 128], "strides": [1, 2, 2, 2], "output_dim": 128},
+    "crop": 64,
+    "views": 8,
+    "epochs": 30,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "lens_fraction": 0.25,
+    "augment": "few_label",
+    "every_negative": True,
+    "early_stopping": "ap",
+    "patience": 6,
+    "val_views": 1,
+}
+"""The few-label CNN recipe (CPU): a 4-stage residual CNN with batch norm (0.31 M parameters) on
+the 64-pixel centre crop (16.8 arcsec at 0.262 arcsec/px) with the arcsinh stretch; every non-lens
+drawn once per epoch, lenses oversampled to 25 % of each batch under the few-label augmentations
+(:meth:`~lenscat.models.augment.AugmentConfig.few_label`); AdamW with a per-step cosine decay;
+validation (one view) after every epoch, keeping the best epoch by average precision, stopping
+after 6 epochs without improvement; scores average the logits of the 8 flips and quarter turns.
+Measured on 2 shared CPU cores (2026-12-07): 460 training images/s; a 6,000-cutout survey with 300
+lenses trained in 6 minutes (27 epochs of 95 steps, early-stopped)."""
+
+GPU_RECIPE: dict[str, Any] = {
+    **FEW_LABEL_RECIPE,
+    "encoder_hparams": {"widths": [32, 64, 128, 256], "strides": [1, 2, 2, 2], "output_dim": 256},
+    "crop": 80,
+    "epochs": 40,
+    "batch_size": 512,
+    "lr": 4e-3,
+    "patience": 8,
+}
+"""The same recipe for 10^5-10^6 cutouts on a GPU (unmeasured parameters: wider network, 80-pixel
+crop, batches of 512 with bfloat16 autocast, a larger rate for the larger batch)."""
 _KIND = "lenscat-image-classifier"
 _LOG_EVERY = 10  # steps between loss checks / progress updates (each one syncs with the GPU)
 
@@ -273,6 +314,32 @@ def _oversampled_batches(
         yield np.concatenate([lenses, negatives.take(batch_size - k)])
 
 
+def negative_epoch_steps(labels: np.ndarray, batch_size: int, lens_fraction: float | None) -> int:
+    """Steps of :func:`lens_batches` batches that draw every non-lens at least once.
+
+    Every batch holds at most ``ceil(lens_fraction * batch_size)`` lenses, so at least the rest
+    are non-lenses, taken in turn from a random permutation of all of them: this many steps
+    exhaust the permutation. Without oversampling (``None``) it is an ordinary epoch,
+    ``ceil(N / batch_size)``.
+    """
+    y = np.asarray(labels).reshape(-1)
+    if lens_fraction is None:
+        return max(1, math.ceil(len(y) / batch_size))
+    n_neg = int((y == 0).sum())
+    per_batch = max(1, batch_size - min(batch_size, math.ceil(float(lens_fraction) * batch_size)))
+    return max(1, math.ceil(n_neg / per_batch))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of ``scores`` for binary ``labels`` (:func:`lenscat.evaluation.ranking_metrics`)."""
+    from lenscat.evaluation import ranking_metrics
+
+    y = np.asarray(labels).reshape(-1)
+    if y.sum() == 0 or y.sum() == len(y):
+        return float("nan")
+    return float(ranking_metrics(np.asarray(scores, dtype=np.float64), y.astype(bool), top_n=[1])["average_precision"])
+
+
 def _loss(logits: Tensor, targets: Tensor, gamma: float | None) -> Tensor:
     """Mean BCE, or focal loss ``(1 - p_t) ** gamma * BCE``; float32."""
     bce = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
@@ -419,6 +486,10 @@ def _batch_logits(
             return model(xv).float()
 
     views = model.preprocessing.views  # the mean logit over the orientations of the crop (1: as it is)
+    if views > 1 and not cuda and len(x) * views <= 512:  # small batches (the retries of one cutout at a
+        # time, small chunks): one forward pass over every orientation, the per-call overhead once, not 8 times
+        stacked = torch.cat([oriented(x, v) for v in range(views)])
+        return logits(stacked).view(views, -1).mean(0)
     return sum_over_views(logits, x, views, channels_last=cuda) / views
 
 
@@ -533,6 +604,10 @@ def train_image_classifier(
     state_every_s: float = 600.0,
     run_tag: str = "",
     resume: bool = True,
+    every_negative: bool = False,
+    early_stopping: str | None = None,
+    patience: int = 6,
+    val_views: int | None = None,
 ) -> tuple[ImageClassifier, dict[str, Any]]:
     """Train a lens classifier: fine-tune ``backbone``, or a CNN from scratch when it is None.
 
@@ -601,6 +676,19 @@ def train_image_classifier(
         replayed from the seed, so on the CPU the result is bit-identical). ``run_tag`` joins
         the key (e.g. a hash of the training and validation sets and of the backbone);
         ``resume=False`` discards a saved state and starts over.
+    every_negative : bool
+        An epoch is as many steps as it takes to draw every non-lens once (the non-lenses of
+        successive epochs are successive random permutations of all of them; lenses are drawn
+        with replacement at ``lens_fraction``), instead of ``N // batch_size`` steps.
+    early_stopping : {'auc', 'ap'}, optional
+        Validate after every epoch (validation data required), keep the weights of the epoch
+        with the best validation ROC AUC or average precision (ties: the other metric), and stop
+        after ``patience`` epochs without improvement. The returned model has the best weights.
+    patience : int
+        Epochs without a better validation metric before stopping early.
+    val_views : {1, 4, 8}, optional
+        Orientations averaged when validating (default: the preprocessing's ``views``; 1 makes
+        a validation of an 8-view classifier 8 times cheaper).
 
     Returns
     -------
@@ -614,8 +702,11 @@ def train_image_classifier(
         ``interrupted``, ``lr_head``, ``lr_backbone``, ``param_groups`` (name, base lr and
         parameter count of each optimiser group), ``lens_fraction_seen`` (lenses among all
         training images drawn) and ``hparams`` (the training record, for
-        :func:`save_classifier`); with validation data also ``val_loss`` and ``val_auc`` (one
-        per validation, with the training loss function) and ``val_steps``.
+        :func:`save_classifier`); with validation data also ``val_loss``, ``val_auc`` and
+        ``val_ap`` (one per validation, the loss with the training loss function) and
+        ``val_steps``; with ``early_stopping`` also ``best_epoch``, ``best_step`` and
+        ``best_val`` (the kept epoch and its validation metric); ``stop_reason`` is then
+        'early_stopping' when patience ran out.
 
     Raises
     ------
@@ -639,6 +730,12 @@ def train_image_classifier(
         raise LenscatError(f"focal_gamma must be >= 0, got {focal_gamma}")
     if (val_images is None) != (val_labels is None):
         raise LenscatError("give both val_images and val_labels, or neither")
+    if early_stopping not in (None, "auc", "ap"):
+        raise LenscatError(f"early_stopping must be 'auc', 'ap' or None, got {early_stopping!r}")
+    if early_stopping is not None and val_images is None:
+        raise LenscatError("early stopping needs validation images and labels")
+    if patience < 1:
+        raise LenscatError(f"patience must be at least 1, got {patience}")
     val_source: ImageSource | None = None
     y_val: np.ndarray | None = None
     if val_images is not None and val_labels is not None:
@@ -692,6 +789,8 @@ def train_image_classifier(
     _set_training(model, frozen)
 
     steps_per_epoch = max(1, n // batch_size)
+    if every_negative:
+        steps_per_epoch = negative_epoch_steps(y, batch_size, lens_fraction)
     total = epochs * steps_per_epoch
     if max_steps is not None:
         total = min(total, int(max_steps))
@@ -718,6 +817,10 @@ def train_image_classifier(
         "focal_gamma": focal_gamma,
         "seed": seed,
         "max_steps": max_steps,
+        "every_negative": bool(every_negative),
+        "early_stopping": early_stopping,
+        "patience": int(patience) if early_stopping else None,
+        "val_views": val_views,
         "n_images": n,
         "n_lenses": int(y.sum()),
         "device": str(dev),
@@ -726,14 +829,31 @@ def train_image_classifier(
     val_loss: list[float] = []
     val_auc: list[float] = []
     val_steps: list[int] = []
+    val_ap: list[float] = []
+    best: dict[str, Any] = {"state": None, "step": 0, "key": None, "since": 0}
 
     def validate(at_step: int) -> None:
         assert val_source is not None and y_val is not None
-        logits = _predict_logits(model, val_source, max(batch_size, 256), dev, amp, "val_images")
+        keep = model.preprocessing
+        if val_views is not None:
+            model.preprocessing = dataclasses.replace(keep, views=int(val_views))
+        try:
+            logits = _predict_logits(model, val_source, max(batch_size, 256), dev, amp, "val_images")
+        finally:
+            model.preprocessing = keep
         loss = _loss(torch.from_numpy(logits), torch.from_numpy(y_val), focal_gamma)
         val_loss.append(float(loss))
         val_auc.append(roc_auc(y_val, logits))
+        val_ap.append(average_precision(y_val, logits))
         val_steps.append(at_step)
+        if early_stopping is None:
+            return
+        key = (val_auc[-1], val_ap[-1]) if early_stopping == "auc" else (val_ap[-1], val_auc[-1])
+        if best["key"] is None or key > tuple(best["key"]):
+            best.update(state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                        step=at_step, key=list(key), since=0)
+        else:
+            best["since"] += 1
 
     losses = torch.zeros(total, device=dev)
     n_lens_seen = 0
@@ -752,6 +872,9 @@ def train_image_classifier(
         step, n_lens_seen, elapsed_before = int(st["step"]), int(st["n_lens_seen"]), float(st["elapsed_s"])
         losses[:step] = st["losses"].to(dev)
         val_loss[:], val_auc[:], val_steps[:] = st["val_loss"], st["val_auc"], st["val_steps"]
+        val_ap[:] = st.get("val_ap", [])
+        if st.get("best"):
+            best.update(st["best"])
     step0 = step
 
     def save_state() -> None:
@@ -760,7 +883,8 @@ def train_image_classifier(
             "key": key, "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None, "gen": gen.get_state(),
             "losses": losses[:step].cpu(), "n_lens_seen": n_lens_seen, "val_loss": val_loss,
-            "val_auc": val_auc, "val_steps": val_steps,
+            "val_auc": val_auc, "val_steps": val_steps, "val_ap": val_ap,
+            "best": best if best["state"] is not None else None,
             "elapsed_s": elapsed_before + time.perf_counter() - t0,
         })
 
@@ -818,6 +942,9 @@ def train_image_classifier(
                     bar.set_postfix(loss=f"{recent:.4f}", lr=f"{lr * mult:.3g}")
                 if val_source is not None and (epoch_end or step == total):
                     validate(step)
+                    if early_stopping is not None and best["since"] >= patience:
+                        stop_reason = "early_stopping"
+                        break
                 if sigint.requested:
                     stop_reason = "interrupted"
                     clean_stop = True  # at a step boundary: the state can be saved
@@ -841,6 +968,8 @@ def train_image_classifier(
     if frozen:
         model.backbone.requires_grad_(True)
     _to_cpu(model)
+    if best["state"] is not None:  # early stopping: the best epoch's weights
+        model.load_state_dict(best["state"])
     model.eval()
     history = losses[:step].tolist()
     hp_record["steps"] = step
@@ -871,7 +1000,11 @@ def train_image_classifier(
         "hparams": hp_record,
     }
     if val_source is not None:
-        metrics.update(val_loss=val_loss, val_auc=val_auc, val_steps=val_steps)
+        metrics.update(val_loss=val_loss, val_auc=val_auc, val_ap=val_ap, val_steps=val_steps)
+    if early_stopping is not None:
+        metrics.update(best_step=int(best["step"]), best_epoch=int(best["step"]) // steps_per_epoch,
+                       best_val=None if best["key"] is None else float(best["key"][0]),
+                       early_stopping=early_stopping)
     return model, metrics
 
 

@@ -328,3 +328,187 @@ def test_near_known_lenses_in_memory_matches_the_cone_searches(session, tmp_path
     assert near_known_lenses(session=session, candidates=ids) == everywhere & {int(i) for i in ids}
     assert set(ids[lens].tolist()) <= everywhere  # a lens is within 25 arcsec of itself
     assert near_known_lenses(session=session, candidates=ids[:0]) == set()
+
+
+def _ring_survey(path, n: int = 150, seed: int = 0) -> np.ndarray:
+    """A Stein-layout file of ``n`` 64-pixel cutouts: red blobs, the lenses with a faint blue ring."""
+    import h5py
+
+    from tests.unit.test_models_supervised import rings_and_blobs
+
+    images, lens = rings_and_blobs(n, size=64, lens_frac=0.2, seed=seed)
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as fh:
+        fh["images"] = images
+        fh["ra"] = rng.uniform(150, 151, n)
+        fh["dec"] = rng.uniform(2, 3, n)
+        fh["objid"] = np.arange(1000, 1000 + n, dtype=np.int64)
+        fh["is_lens"] = lens
+    return lens
+
+
+def test_default_train_is_the_few_label_cnn_recipe_and_radial_scores(session, tmp_path, monkeypatch, capsys):
+    """`classifier train --name C` without --arch: the CNN recipe (every negative, early stopping,
+    8-view scores); `--arch radial`: the radial colour-profile baseline, scored by the score job."""
+    import json
+
+    from lenscat.classifier import training_ids
+    from lenscat.models.supervised import load_classifier
+    from lenscat.source_ingest import ingest_sources
+    from tests.integration.test_cli import run
+
+    h5 = tmp_path / "rings.h5"
+    lens = _ring_survey(h5)
+    ingest_sources(h5, "rings")
+    import_labels(h5, label_col="is_lens", survey="rings", origin="simulation", session=session)
+    n_lens = int(lens.sum())
+    code, out, err = run(monkeypatch, capsys, "classifier", "train", "--name", "C", "--survey", "rings",
+                         "--epochs", "2", "--test-fraction", "0", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    model = get_model("classifier", "C", session=session)
+    assert rep["classifier"] == "C@1" and model.architecture == "cnn" and model.hparams["recipe"] == "cpu"
+    # every non-lens trains or validates; every lens too (nothing held out)
+    assert rep["train_nonlenses"] + rep["val_nonlenses"] == len(lens) - n_lens == rep["negative_pool"]
+    assert rep["train_lenses"] + rep["val_lenses"] == n_lens
+    assert rep["epochs_completed"] <= 2 and rep["stop_reason"] in ("completed", "early_stopping")
+    assert 0 <= rep["val_auc"] <= 1 and rep["best_epoch"] in (1, 2)
+    net, meta = load_classifier(str(model.checkpoint_path))
+    assert net.preprocessing.views == 8 and net.crop == 64 and meta["hparams"]["augment"] == "few_label"
+    assert len(training_ids(model)) == len(lens)
+    assert _score_all("C", session).n_items == len(lens)
+
+    code, out, err = run(monkeypatch, capsys, "classifier", "train", "--name", "R", "--arch", "radial",
+                         "--survey", "rings", "--test-fraction", "0.2")
+    assert code == 0, err
+    assert "classifier R@1 registered" in out and "kept epoch" in out
+    rad = get_model("classifier", "R", session=session)
+    assert rad.architecture == "radial" and rad.input_spec["features"] == "radial-profile"
+    assert rad.input_spec["pixel_scale"] == pytest.approx(0.262) and rad.parent_model_id is None
+    seen = training_ids(rad)
+    assert _score_all("R", session).n_items == len(lens)
+    scores = dict(session.execute(text("SELECT source_id, score FROM lenscat.scores WHERE model_id = :m"),
+                                  {"m": rad.model_id}).all())
+    assert len(scores) == len(lens) and all(0 <= v <= 1 for v in scores.values())
+    truth = resolve_labels(session=session)
+    unseen = [i for i in scores if i not in set(seen.tolist())]
+    assert unseen and all(truth[i] == 1 for i in unseen)  # every non-lens trained or validated: held-out lenses left
+    negatives = [v for i, v in scores.items() if truth[i] == 0]
+    assert np.median([scores[i] for i in unseen]) > np.median(negatives)  # radial profiles see blue rings
+    code, _, err = run(monkeypatch, capsys, "classifier", "train", "--name", "x", "--arch", "linear")
+    assert code == 2 and "needs --encoder" in err
+    # the settings before the recipe stay reachable for comparisons; radial through the same entry point
+    from lenscat.classifier import train_image_classifier_version
+
+    old = train_image_classifier_version("L", recipe="legacy", session=session, surveys=["rings"], epochs=1,
+                                         crop=48, max_steps=2)
+    assert old.model.hparams["recipe"] == "legacy" and old.model.hparams["ratio"] == 100
+    assert old.report["train_nonlenses"] + old.report["val_nonlenses"] <= (len(lens) - n_lens) // 2
+    assert load_classifier(str(old.model.checkpoint_path))[0].preprocessing.views == 1
+    again = train_image_classifier_version("R", arch="radial", session=session, surveys=["rings"],
+                                           test_fraction=0.2)
+    assert again.model.model_id == rad.model_id and not again.created
+
+
+def test_injected_lenses_train_but_never_validate_or_test():
+    from lenscat.classifier import split_positives
+
+    pos = np.arange(1, 41, dtype=np.int64)
+    injected = np.arange(11, 41, dtype=np.int64)  # 10 real lenses, 30 injections
+    train, val, test, notes = split_positives(pos, injected, val_fraction=0.2, test_fraction=0.2,
+                                              rng=np.random.default_rng(0))
+    assert set(injected) <= set(train) and not set(injected) & (set(val) | set(test))
+    assert len(val) == 2 and len(test) == 2 and len(train) == 36 and not notes
+    assert sorted(np.concatenate([train, val, test]).tolist()) == pos.tolist()
+    # no real lens at all: a fraction of the injections validates, and a note says so
+    train, val, test, notes = split_positives(injected, injected, val_fraction=0.2, test_fraction=0.2,
+                                              rng=np.random.default_rng(0))
+    assert len(val) == 6 and len(test) == 0 and len(train) == 24 and "validating on 6 of the 30 injected" in notes[0]
+    # without injections the split is the one real labels always had
+    train, val, test, _ = split_positives(pos[:10], injected[:0], val_fraction=0.2, test_fraction=0.2,
+                                          rng=np.random.default_rng(0))
+    order = np.random.default_rng(0).permutation(pos[:10])
+    assert val.tolist() == order[:2].tolist() and test.tolist() == order[2:4].tolist()
+
+
+def test_split_keeps_injection_labels_out_of_validation_and_test(session, tmp_path):
+    """Positives of origin 'injection' train only; every non-lens is used when no ratio is given."""
+    from lenscat.classifier import make_split
+    from lenscat.source_ingest import ingest_sources
+
+    h5 = tmp_path / "inj.h5"
+    lens = _ring_survey(h5, n=100, seed=4)
+    ingest_sources(h5, "inj-split")
+    import_labels(h5, label_col="is_lens", survey="inj-split", origin="simulation", session=session)
+    pos = np.array(sorted(s for s, y in resolve_labels(session=session).items() if y == 1))
+    injected = pos[: len(pos) // 2]
+    session.execute(text("UPDATE lenscat.labels SET origin = 'injection' WHERE source_id = ANY(:ids)"),
+                    {"ids": injected.tolist()})
+    split = make_split(session=session, surveys=["inj-split"], encoder=None, ratio=None, seed=0)
+    real = set(pos.tolist()) - set(injected.tolist())
+    train_pos = set(split.train_ids[split.train_y == 1].tolist())
+    val_pos = set(split.val_ids[split.val_y == 1].tolist())
+    assert set(injected.tolist()) <= train_pos and val_pos <= real and val_pos
+    held_out = real - train_pos - val_pos
+    assert held_out and len(held_out) == round(0.2 * len(real))
+    assert len(split.train_y) - split.train_y.sum() + len(split.val_y) - split.val_y.sum() == len(lens) - lens.sum()
+    assert any("injected lenses train only" in n for n in split.notes)
+    session.execute(text("UPDATE lenscat.labels SET origin = 'injection' WHERE source_id = ANY(:ids)"),
+                    {"ids": pos.tolist()})
+    only = make_split(session=session, surveys=["inj-split"], encoder=None, ratio=None, seed=0)
+    assert only.val_y.sum() == round(0.2 * len(pos)) and only.train_y.sum() + only.val_y.sum() == len(pos)
+    assert any("validating on" in n and "optimistic" in n for n in only.notes)
+
+
+def test_hard_negatives_are_drawn_more_often_and_recorded(session, tmp_path, monkeypatch, capsys):
+    """`--hard-negatives C` repeats the top-scored training non-lenses of C, `human` the non-lenses a
+    grader rejected; the split, the report and the training-set hash say so; bad requests are one line."""
+    import json
+
+    from lenscat.classifier import train_image_classifier_version, training_ids
+    from lenscat.source_ingest import ingest_sources
+    from tests.integration.test_cli import run
+
+    h5 = tmp_path / "rings.h5"
+    lens = _ring_survey(h5, n=120, seed=3)
+    ingest_sources(h5, "rings")
+    import_labels(h5, label_col="is_lens", survey="rings", origin="simulation", session=session)
+    first = train_image_classifier_version("R0", arch="radial", session=session, surveys=["rings"], test_fraction=0)
+    _score_all("R0", session)
+    ids = dict(session.execute(text("SELECT objid, source_id FROM sources WHERE survey = 'rings'")).all())
+    rejected = [ids[str(1000 + i)] for i in np.flatnonzero(lens == 0)[:4]]  # a grader's "not a lens"
+    objids = [1000 + int(i) for i in np.flatnonzero(lens == 0)[:4]]
+    Table({"objid": objids, "label": [0] * 4}).write(tmp_path / "human.csv")
+    assert import_labels(tmp_path / "human.csv", id_col="objid", survey="rings", origin="human",
+                         session=session).n_negative == 4
+
+    code, out, err = run(monkeypatch, capsys, "classifier", "train", "--name", "H", "--arch", "radial", "--survey",
+                         "rings", "--test-fraction", "0", "--hard-negatives", "R0", "--hard-negatives", "human",
+                         "--hard-negative-top", "10", "--hard-negative-weight", "4", "--json")
+    assert code == 0, err
+    rep = json.loads(out)
+    hard = get_model("classifier", "H", session=session)
+    assert np.array_equal(np.unique(training_ids(hard)), np.unique(training_ids(first.model)))  # same sources
+    import torch
+
+    train_ids = torch.load(hard.checkpoint_path, weights_only=False)["train_ids"].numpy()
+    counts = dict(zip(*np.unique(train_ids, return_counts=True), strict=True))
+    repeated = {int(i) for i, c in counts.items() if c > 1}
+    scores = dict(session.execute(text("SELECT source_id, score FROM lenscat.scores WHERE model_id = :m"),
+                                  {"m": first.model.model_id}).all())
+    truth = resolve_labels(session=session, origins=["simulation"])
+    train_negs = [int(i) for i in counts if truth[int(i)] == 0]
+    top10 = sorted(train_negs, key=lambda i: (-scores[i], i))[:10]
+    assert repeated == set(top10) | (set(rejected) & set(train_negs))
+    assert all(counts[i] == 4 for i in repeated) and all(counts[i] == 1 for i in set(counts) - repeated)
+    assert rep["hard_negatives"] == len(repeated) and rep["hard_negative_weight"] == 4
+    assert hard.hparams["hard_negatives"] == ["R0", "human"]
+    assert hard.training_set_sha256 != first.model.training_set_sha256
+    assert any("hard negatives drawn 4x" in n for n in rep["notes"])
+
+    code, _, err = run(monkeypatch, capsys, "classifier", "train", "--name", "x", "--encoder", "e", "--hard-negatives",
+                       "R0")
+    assert code == 2 and "--hard-negatives applies to --arch cnn and radial" in err
+    code, _, err = run(monkeypatch, capsys, "classifier", "train", "--name", "x", "--arch", "radial", "--survey",
+                       "rings", "--hard-negatives", "nope")
+    assert code == 2 and "no classifier 'nope'" in err and len(err.strip().splitlines()) == 1

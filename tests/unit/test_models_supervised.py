@@ -318,3 +318,90 @@ def test_training_and_scoring_on_cuda(data):
     gpu = score_images(model, data["xt"], device="cuda")
     assert gpu.shape == (200,) and np.all((gpu >= 0) & (gpu <= 1))
     np.testing.assert_allclose(gpu, cpu, atol=0.03)
+
+
+# ---------------------------------------------------------------------- the few-label recipe
+
+
+def test_few_label_augmentations_keep_shape_and_label(trained, data):
+    """Every few-label view is a (crop x crop) input, and the trained model still tells rings from blobs
+    on augmented views (the augmentations do not change what the cutout is)."""
+    from lenscat.models.augment import AugmentConfig, Augmenter
+
+    model, _ = trained
+    aug = Augmenter(AugmentConfig.few_label(), model.preprocessing)
+    x = torch.from_numpy(data["xt"])
+    v = aug(x, generator=torch.Generator().manual_seed(0))
+    assert v.shape == (200, 3, CROP, CROP) and torch.isfinite(v).all()
+    again = aug(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(v, again) and not torch.equal(v, aug(x, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        logits = model(v).numpy()
+    assert auc(data["yt"], logits) > 0.85
+    # flux jitter alone multiplies each cutout by one factor; sub-pixel jitter alone moves it by < 3 px
+    raw = Preprocessing(crop=CROP, stretch="none", clip=None)
+    flux = Augmenter(dataclasses_replace(AugmentConfig.none(), flux_jitter=0.3), raw)
+    out = flux(x[:8], generator=torch.Generator().manual_seed(2)).numpy()
+    plain = raw.apply_numpy(data["xt"][:8])
+    factor = out.sum(axis=(1, 2, 3)) / plain.sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(out, plain * factor[:, None, None, None], rtol=1e-4, atol=1e-6)
+    assert factor.std() > 0.01
+    shift = Augmenter(dataclasses_replace(AugmentConfig.none(), jitter=3, subpixel=True), raw)
+    moved = shift(x[:8], generator=torch.Generator().manual_seed(3)).numpy()
+    assert moved.shape == plain.shape and not np.allclose(moved, plain)
+    with pytest.raises(LenscatError, match="flux_jitter"):
+        AugmentConfig(flux_jitter=-1)
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+class _Recording(ArraySource):
+    """Remembers every index it was asked for."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        super().__init__(images)
+        self.seen: list[int] = []
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        self.seen += np.asarray(indices).tolist()
+        return super().get(indices)
+
+
+def test_every_negative_is_drawn_in_an_epoch(data):
+    from lenscat.models.supervised import negative_epoch_steps
+
+    y = data["y"]
+    neg = set(np.flatnonzero(y == 0).tolist())
+    steps = negative_epoch_steps(y, 16, 0.25)
+    assert steps == int(np.ceil(len(neg) / 12))  # at most 4 lenses per batch of 16
+    batches = list(itertools.islice(lens_batches(y, 16, lens_fraction=0.25, rng=5), steps))
+    assert {int(i) for b in batches for i in b if y[i] == 0} == neg
+    src = _Recording(data["x"])
+    _, m = train_image_classifier(src, y, encoder_hparams=TINY, crop=CROP, batch_size=16, epochs=1,
+                                  lens_fraction=0.25, every_negative=True, device="cpu", augment=False)
+    assert m["steps"] == m["steps_per_epoch"] == steps and m["hparams"]["every_negative"]
+    assert neg <= set(src.seen)
+    assert 0.2 < m["lens_fraction_seen"] < 0.3
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(data):
+    """Validation labels that are the opposite of the training ones: the validation AUC is best early
+    and falls as the network learns, so training stops and returns the best epoch's weights."""
+    xv, yv = data["xt"][:64], data["yt"][:64]
+    model, m = train_image_classifier(
+        data["x"], data["y"], encoder_hparams=TINY, crop=CROP, batch_size=32, epochs=20, lr=3e-3,
+        lens_fraction=0.25, device="cpu", seed=0, val_images=xv, val_labels=1 - yv, early_stopping="auc",
+        patience=2, every_negative=True)
+    assert m["stop_reason"] == "early_stopping" and m["epochs_completed"] < 20
+    assert len(m["val_auc"]) == m["epochs_completed"] == m["best_epoch"] + 2
+    best = int(np.argmax(m["val_auc"]))
+    assert m["best_step"] == m["val_steps"][best] and m["best_val"] == pytest.approx(m["val_auc"][best])
+    assert m["val_auc"][-1] < m["val_auc"][best]
+    got = roc_auc(1 - yv, score_images(model, xv, device="cpu"))
+    assert got == pytest.approx(m["val_auc"][best], abs=1e-6)
+    with pytest.raises(LenscatError, match="needs validation"):
+        train_image_classifier(data["x"], data["y"], early_stopping="ap", device="cpu")
