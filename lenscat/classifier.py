@@ -724,6 +724,22 @@ def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:
     return CatalogueImages([f[0] for f in files], [f[1] for f in files], arr, ebv)
 
 
+CLASSIFIER_LIST_COLUMNS = ("classifier_id", "classifier", "version", "architecture", "encoder", "training_set_sha256",
+                           "n_scores", "created_at", "members")
+
+
+def list_classifiers(*, session: Session) -> list[list[Any]]:
+    """Every classifier version (rows of :data:`CLASSIFIER_LIST_COLUMNS`): encoder, training-set hash,
+    number of scores and, for an ensemble, its members' labels (comma-separated)."""
+    rows = session.execute(text(
+        "SELECT c.classifier_id, c.classifier, c.version, c.architecture, c.encoder, c.training_set_sha256, "
+        "(SELECT count(*) FROM lenscat.scores x WHERE x.model_id = c.classifier_id) AS n_scores, c.created_at, "
+        "(SELECT string_agg(m ->> 'label', ',') FROM jsonb_array_elements(CASE WHEN c.architecture = 'ensemble' "
+        "THEN c.hparams -> 'members' ELSE '[]'::jsonb END) m) AS members "
+        "FROM public.classifiers c ORDER BY c.classifier, c.version")).all()
+    return [list(r) for r in rows]
+
+
 # ------------------------------------------------------------------------------------ loading
 def _check_checkpoint(path: str, sha256: str) -> None:
     """A registered classifier checkpoint is where it was stored and unchanged."""

@@ -333,21 +333,13 @@ def classifier_evaluate_cmd(name: str, baselines: tuple[str, ...], surveys: tupl
 @FORMAT_OPTION
 def classifier_list_cmd(fmt: str) -> None:
     """Classifier versions with their encoder, training-set hash and number of scores (an ensemble: its members)."""
-    from sqlalchemy import text
-
+    from lenscat.classifier import CLASSIFIER_LIST_COLUMNS, list_classifiers
     from lenscat.db.session import session_scope
 
     ensure_schema()
     with session_scope() as s:
-        rows = s.execute(text(
-            "SELECT c.classifier_id, c.classifier, c.version, c.architecture, c.encoder, c.training_set_sha256, "
-            "(SELECT count(*) FROM lenscat.scores x WHERE x.model_id = c.classifier_id) AS n_scores, c.created_at, "
-            "(SELECT string_agg(m ->> 'label', ',') FROM jsonb_array_elements(CASE WHEN c.architecture = 'ensemble' "
-            "THEN c.hparams -> 'members' ELSE '[]'::jsonb END) m) AS members "
-            "FROM public.classifiers c ORDER BY c.classifier, c.version")).all()
-    cols = ["classifier_id", "classifier", "version", "architecture", "encoder", "training_set_sha256", "n_scores",
-            "created_at", "members"]
-    write_rows(cols, [list(r) for r in rows], fmt, sys.stdout)
+        rows = list_classifiers(session=s)
+    write_rows(list(CLASSIFIER_LIST_COLUMNS), rows, fmt, sys.stdout)
 
 
 # ---------------------------------------------------------------------------------------- top
