@@ -15,6 +15,7 @@ from lenscat.errors import LenscatError
 from lenscat.output import write_rows, write_table
 
 DEFAULT_MF = "matched-filter"
+DEFAULT_OII = "oii"
 
 
 @click.group("spectra")
@@ -24,7 +25,7 @@ def spectra() -> None:
 
 @spectra.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--pack", default="default", show_default=True, help="Array store to pack the search window into.")
+@click.option("--pack", default="default", show_default=True, help="Array store to pack the spectra into (search window and full range).")
 @click.option("--link-radius", default="2arcsec", show_default=True,
               help="Link each spectrum to the nearest catalogue source within this radius.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -68,21 +69,45 @@ def ingest_cmd(paths: tuple[Path, ...], pack: str, link_radius: str, workers: in
 @spectra.command("inject")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--wavelength", type=float, required=True, help="Observed peak wavelength [Angstrom].")
-@click.option("--flux", "line_flux", type=float, required=True, help="Line flux [1e-17 erg/s/cm^2].")
-@click.option("--fwhm", type=float, default=300.0, show_default=True, help="Line FWHM [km/s].")
-@click.option("--skew", type=float, default=2.0, show_default=True, help="Skew-normal shape (> 0: red tail).")
+@click.option("--line", type=click.Choice(["lya", "oii"]), default="lya", show_default=True,
+              help="lya: one Lyman-alpha-like line at --wavelength; oii: an [OII] 3726,3729 doublet (with Hbeta "
+                   "and [OIII]) of a background source at --z-source.")
+@click.option("--wavelength", type=float, default=None, help="Observed peak wavelength [Angstrom] (--line lya).")
+@click.option("--z-source", type=float, default=None, help="Redshift of the background source (--line oii).")
+@click.option("--flux", "line_flux", type=float, required=True,
+              help="Line flux [1e-17 erg/s/cm^2] (for oii: both doublet components together).")
+@click.option("--fwhm", type=float, default=None,
+              help="Line FWHM [km/s] (default 300 for lya; 190 for oii, each doublet component).")
+@click.option("--skew", type=float, default=2.0, show_default=True, help="Skew-normal shape (> 0: red tail; lya).")
+@click.option("--ratio", type=float, default=1.0, show_default=True, help="[OII] F(3729)/F(3727) (oii).")
+@click.option("--hbeta", "hbeta_ratio", type=float, default=0.4, show_default=True,
+              help="Hbeta / [OII] flux ratio (oii; 0: none).")
+@click.option("--oiii", "oiii_ratio", type=float, default=0.5, show_default=True,
+              help="[OIII] 5007 / [OII] flux ratio (oii; 0: none; 4959 gets 1/2.98 of it).")
 @click.option("--fiber", type=int, default=None, help="Fiber number of the copy (default: original + 500).")
 @click.option("--overwrite", is_flag=True)
-def inject_cmd(src: Path, dest: Path, wavelength: float, line_flux: float, fwhm: float, skew: float,
+def inject_cmd(src: Path, dest: Path, line: str, wavelength: float | None, z_source: float | None, line_flux: float,
+               fwhm: float | None, skew: float, ratio: float, hbeta_ratio: float, oiii_ratio: float,
                fiber: int | None, overwrite: bool) -> None:
-    """Copy an SDSS spec file with a Lyman-alpha-like line added (to test the search end to end)."""
-    from lenscat.spectra.injection import inject_line_file
+    """Copy an SDSS spec file with a background line added (to test the search end to end)."""
+    from lenscat.spectra.injection import inject_line_file, inject_oii_file
 
-    out = inject_line_file(src, dest, wavelength=wavelength, line_flux=line_flux, fwhm_kms=fwhm, skew=skew,
+    if line == "oii":
+        if z_source is None:
+            raise click.UsageError("--line oii needs --z-source")
+        fw = 190.0 if fwhm is None else fwhm
+        out = inject_oii_file(src, dest, z_source=z_source, line_flux=line_flux, fwhm_kms=fw, ratio=ratio,
+                              hbeta_ratio=hbeta_ratio, oiii_ratio=oiii_ratio, fiber=fiber, overwrite=overwrite)
+        click.echo(f"wrote {out}: [OII] doublet at z = {z_source:.4f} ({3728.48 * (1 + z_source):.1f} A), "
+                   f"{line_flux:g}e-17 erg/s/cm2, FWHM {fw:g} km/s, ratio {ratio:g}")
+        return
+    if wavelength is None:
+        raise click.UsageError("--line lya needs --wavelength")
+    fw = 300.0 if fwhm is None else fwhm
+    out = inject_line_file(src, dest, wavelength=wavelength, line_flux=line_flux, fwhm_kms=fw, skew=skew,
                            fiber=fiber, overwrite=overwrite)
     click.echo(f"wrote {out}: line at {wavelength:.1f} A (z_Lya = {wavelength / 1215.67 - 1:.3f}), "
-               f"{line_flux:g}e-17 erg/s/cm2, FWHM {fwhm:g} km/s")
+               f"{line_flux:g}e-17 erg/s/cm2, FWHM {fw:g} km/s")
 
 
 @spectra.command("link")
@@ -132,17 +157,56 @@ def matched_filter_cmd(name: str, threshold: float, sample: str, as_json: bool) 
     click.echo(json.dumps(out) if as_json else f"{mv.label} ({'registered' if created else 'already registered'})")
 
 
+@spectra.command("oii-filter")
+@click.option("--name", default="oii", show_default=True, help="Detector name.")
+@click.option("--threshold", type=float, default=6.0, show_default=True, help="Doublet S/N threshold of a hit.")
+@click.option("--min-dv", "min_dv_kms", type=click.FloatRange(min=0), default=6000.0, show_default=True,
+              help="Minimum velocity of the source behind the galaxy [km/s].")
+@click.option("--sample", type=click.Choice(["galaxies", "all"]), default="galaxies", show_default=True,
+              help="Spectra it scans: galaxies with a pipeline redshift (z_s > z_l needs it), or all.")
+@click.option("--json", "as_json", is_flag=True)
+def oii_filter_cmd(name: str, threshold: float, min_dv_kms: float, sample: str, as_json: bool) -> None:
+    """Register an [OII] doublet-filter detector version for background emitters (full range).
+
+    The same settings give the same version. Scan with ``lenscat spectra scan --detector NAME``;
+    its hits have line 'oii'.
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.spectra.detector_oii import register_oii_filter
+
+    ensure_schema()
+    with session_scope() as s:
+        mv, created = register_oii_filter(name, threshold=threshold, min_dv_kms=min_dv_kms, sample=sample,
+                                          session=s)
+    out = {"detector": mv.label, "model_id": mv.model_id, "created": created, "hparams": mv.hparams}
+    click.echo(json.dumps(out) if as_json else f"{mv.label} ({'registered' if created else 'already registered'})")
+
+
 @spectra.command("train")
 @click.option("--name", default="specnet", show_default=True, help="Detector name for the trained ResNet.")
-@click.option("--n", "n_train", type=click.IntRange(min=100), default=20_000, show_default=True,
-              help="Synthetic training spectra.")
-@click.option("--n-val", type=click.IntRange(min=100), default=5_000, show_default=True,
-              help="Synthetic validation spectra.")
+@click.option("--recipe", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="Defaults of set size and schedule: cpu (40,000 spectra, 4 epochs, batch 128: minutes on 2 "
+                   "cores) or gpu (Li et al.'s 150,000 spectra, 12 epochs, batch 512, mixed precision).")
+@click.option("--n", "n_train", type=click.IntRange(min=100), default=None,
+              help="Synthetic training spectra (default: the recipe's; Li et al. used --n 150000).")
+@click.option("--n-val", type=click.IntRange(min=100), default=None,
+              help="Synthetic validation spectra, independent seed (default: the recipe's).")
+@click.option("--arch", type=click.Choice(["li2018", "small"]), default="li2018", show_default=True,
+              help="Network: li2018 (two residual blocks per stage, 16/32/64 channels) or small (one block, "
+                   "16/24/48).")
+@click.option("--priors", type=click.Choice(["matched", "li2018"]), default="matched", show_default=True,
+              help="Line priors: matched (FWHM 70-1100 km/s, red tails, matched-filter S/N 3-20) or li2018 "
+                   "(Li et al.: FWHM N(300, 200) km/s, peak flux 1.5-25e-17).")
 @click.option("--positive-fraction", type=click.FloatRange(0.001, 0.5), default=1 / 16, show_default=True,
               help="Fraction with an injected Lyman-alpha line (Li et al.: ~1:15).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the model's).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Spectra per step (default: the recipe's).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate (default: the recipe's).")
 @click.option("--real-residuals", "pack", default=None,
-              help="Add real residuals (flux - continuum) from this spectrum store to part of the set.")
+              help="Take the noise of most of the set from real residuals (flux - continuum) of this spectrum store.")
+@click.option("--residual-fraction", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+              help="Fraction of the spectra whose noise is a real residual (with --real-residuals).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="Probability of a hit (default: the validation threshold giving <= 1 false hit per 1,000).")
 @click.option("--sample", type=click.Choice(["galaxies", "all"]), default="galaxies", show_default=True,
@@ -151,12 +215,15 @@ def matched_filter_cmd(name: str, threshold: float, sample: str, as_json: bool) 
 @click.option("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda when available).")
 @RESTART_OPTION
 @click.option("--json", "as_json", is_flag=True)
-def train_cmd(name: str, n_train: int, n_val: int, positive_fraction: float, epochs: int | None, pack: str | None,
-              threshold: float | None, sample: str, seed: int, device: str | None, restart: bool,
-              as_json: bool) -> None:
+def train_cmd(name: str, recipe: str, n_train: int | None, n_val: int | None, arch: str, priors: str,
+              positive_fraction: float, epochs: int | None, batch_size: int | None, lr: float | None,
+              pack: str | None, residual_fraction: float, threshold: float | None, sample: str, seed: int,
+              device: str | None, restart: bool, as_json: bool) -> None:
     """Train the Li et al. (2018) 1-D ResNet on synthetic spectra and register it as a detector.
 
-    The training state is saved after every epoch; after Ctrl-C the same command resumes.
+    The matched filter is measured on the same validation spectra at the same false-positive rate
+    (metrics mf_val_*). The training state is saved after every epoch; after Ctrl-C the same
+    command resumes.
     """
     from lenscat.db.session import session_scope
     from lenscat.spectra.training import train_detector
@@ -164,50 +231,80 @@ def train_cmd(name: str, n_train: int, n_val: int, positive_fraction: float, epo
     ensure_schema()
     with session_scope() as s:
         mv, metrics = train_detector(name, n_train=n_train, n_val=n_val, positive_fraction=positive_fraction,
-                                     epochs=epochs, residual_pack=pack, threshold=threshold, seed=seed,
-                                     device=device, progress=not as_json, sample=sample, session=s,
-                                     resume=not restart)
+                                     epochs=epochs, residual_pack=pack, residual_fraction=residual_fraction,
+                                     priors=priors, arch=arch, recipe=recipe, batch_size=batch_size, lr=lr,
+                                     threshold=threshold, seed=seed, device=device, progress=not as_json,
+                                     sample=sample, session=s, resume=not restart)
     out = {"detector": mv.label, "model_id": mv.model_id, "metrics": metrics}
     click.echo(json.dumps(out, default=str) if as_json else
                f"{mv.label}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in metrics.items() if not isinstance(v, dict | list)))
 
 
+@spectra.command("ensemble")
+@click.option("--name", default="ensemble", show_default=True, help="Detector name for the ensemble.")
+@click.option("--member", "members", multiple=True, required=True,
+              help="A member detector (NAME or NAME@VERSION): give one matched filter and one ResNet.")
+@click.option("--n", "n_fit", type=click.IntRange(min=200), default=20_000, show_default=True,
+              help="Synthetic spectra to fit the stack on (and as many, independent, to measure it).")
+@click.option("--real-residuals", "pack", default=None,
+              help="Take the noise of most of the synthetic spectra from real residuals of this spectrum store.")
+@click.option("--seed", type=int, default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def ensemble_cmd(name: str, members: tuple[str, ...], n_fit: int, pack: str | None, seed: int,
+                 as_json: bool) -> None:
+    """Stack a ResNet and a matched filter (logistic regression) into one detector version.
+
+    The stack is fitted on synthetic spectra and its threshold set at a false-positive rate of
+    1e-3; completeness of the ensemble and of both members is measured on an independent set.
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.spectra.detector_ensemble import register_ensemble
+
+    ensure_schema()
+    with session_scope() as s:
+        mvs = [_detector(m, s) for m in members]
+        mv, metrics = register_ensemble(name, mvs, n_fit=n_fit, seed=seed, residual_pack=pack,
+                                        progress=not as_json, session=s)
+    out = {"detector": mv.label, "model_id": mv.model_id, "metrics": metrics}
+    click.echo(json.dumps(out, default=str) if as_json else
+               f"{mv.label}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in metrics.items() if v is not None))
+
+
 @spectra.command("detectors")
 @FORMAT_OPTION
 def detectors_cmd(fmt: str) -> None:
     """List detector versions with the number of spectra each has scanned and hits found."""
-    from sqlalchemy import text
-
     from lenscat.db.session import session_scope
+    from lenscat.spectra.hits import detectors_table
 
     ensure_schema()
     with session_scope() as s:
-        res = s.execute(text(
-            """SELECT m.model_id, m.name, m.version, m.architecture, m.checkpoint_sha256,
-                      (SELECT count(*) FROM lenscat.spectral_scans x WHERE x.model_id = m.model_id) AS scanned,
-                      (SELECT count(*) FROM lenscat.spectral_hits h WHERE h.model_id = m.model_id) AS hits,
-                      m.created_at
-               FROM lenscat.model_versions m WHERE m.kind = 'detector' ORDER BY m.name, m.version"""))
-        write_rows(list(res.keys()), [list(r) for r in res], fmt, sys.stdout)
+        write_table(detectors_table(session=s), fmt, sys.stdout)
 
 
 def _detector(name: str, session: Any) -> Any:
+    """A detector version by name; the default matched filter and [OII] filter register on first use."""
     from lenscat.errors import NotFoundError
     from lenscat.registry import get_model
+    from lenscat.spectra.detector_oii import register_oii_filter
     from lenscat.spectra.scan import register_matched_filter
 
     try:
         return get_model("detector", name, session=session)
     except NotFoundError:
-        if name != DEFAULT_MF:
-            raise
-        return register_matched_filter(DEFAULT_MF, session=session)[0]
+        if name == DEFAULT_MF:
+            return register_matched_filter(DEFAULT_MF, session=session)[0]
+        if name == DEFAULT_OII:
+            return register_oii_filter(DEFAULT_OII, session=session)[0]
+        raise
 
 
 @spectra.command("scan")
 @click.option("--detector", required=True,
-              help=f"Detector (NAME or NAME@VERSION); {DEFAULT_MF!r} is registered with default settings on first use.")
+              help=f"Detector (NAME or NAME@VERSION); {DEFAULT_MF!r} and {DEFAULT_OII!r} are registered with default "
+                   "settings on first use.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Spectra per Celery task.")
 @click.option("--local-workers", type=click.IntRange(min=0), default=None,
@@ -216,11 +313,10 @@ def _detector(name: str, session: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True)
 def scan_cmd(detector: str, chunk_size: int, local_workers: int | None, no_wait: bool, as_json: bool) -> None:
     """Scan every spectrum the detector version has not scanned yet, with Celery workers."""
-    from sqlalchemy import text
-
     from lenscat.db.session import session_scope
     from lenscat.jobs import pending_chunks, submit_and_wait
-    from lenscat.spectra.scan import plan_scan, refresh_overdensity
+    from lenscat.spectra.hits import hit_counts
+    from lenscat.spectra.scan import analyze_scans, plan_scan, refresh_overdensity
 
     ensure_schema()
     with session_scope() as s:
@@ -238,10 +334,8 @@ def scan_cmd(detector: str, chunk_size: int, local_workers: int | None, no_wait:
             raise LenscatError(f"job {job.job_id} failed: {state.message}")
         with session_scope() as s:
             out["overdensity_flagged"] = refresh_overdensity(job.detector, session=s)
-            row = s.execute(text("SELECT count(*), count(*) FILTER (WHERE is_candidate) FROM public.spectral_hits "
-                                 "WHERE detector_id = :m"), {"m": job.detector.model_id}).one()
-            out["hits"], out["candidates"] = int(row[0]), int(row[1])
-            s.execute(text("ANALYZE lenscat.spectral_scans"))
+            out["hits"], out["candidates"] = hit_counts(job.detector.model_id, session=s)
+            analyze_scans(session=s)
     click.echo(json.dumps(out) if as_json else
                f"{job.detector.label}: {out.get('done', 0)} of {job.n_items} spectra scanned (job {job.job_id}); "
                f"{out.get('hits', '?')} hits, {out.get('candidates', '?')} without a veto")
@@ -253,56 +347,150 @@ def scan_cmd(detector: str, chunk_size: int, local_workers: int | None, no_wait:
 @click.option("--min-snr", type=float, default=None, help="Lowest S/N.")
 @click.option("--min-prob", type=float, default=None, help="Lowest ResNet probability.")
 @click.option("--spectrum-id", type=int, default=None, help="Only this spectrum.")
+@click.option("--line", type=click.Choice(["lya", "oii"]), default=None,
+              help="Only this line family: background Lyman alpha or [OII] doublets.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @FORMAT_OPTION
 def hits_cmd(detector: str | None, candidates_only: bool, min_snr: float | None, min_prob: float | None,
-             spectrum_id: int | None, limit: int, fmt: str) -> None:
-    """List line hits, most probable / highest S/N first, with the implied Lyman-alpha redshift."""
+             spectrum_id: int | None, line: str | None, limit: int, fmt: str) -> None:
+    """List line hits, most probable / highest S/N first, with the implied source redshift (Lyα or [OII])."""
     from lenscat.db.session import session_scope
     from lenscat.spectra.hits import hits_table
 
     ensure_schema()
     with session_scope() as s:
         t = hits_table(session=s, detector=detector, candidates_only=candidates_only, min_snr=min_snr,
-                       min_prob=min_prob, spectrum_id=spectrum_id, limit=limit)
+                       min_prob=min_prob, spectrum_id=spectrum_id, line=line, limit=limit)
     write_table(t, fmt, sys.stdout)
+
+
+def _floats(text_: str, what: str, n: int | None = None) -> tuple[float, ...]:
+    """Comma-separated positive numbers of an option (``n``: exactly that many)."""
+    try:
+        vals = tuple(float(v) for v in text_.split(",") if v.strip())
+    except ValueError as exc:
+        raise LenscatError(f"--{what}: expected comma-separated numbers, got {text_!r}") from exc
+    if not vals or min(vals) <= 0 or (n is not None and len(vals) != n):
+        raise LenscatError(f"--{what}: expected {n or 'some'} positive comma-separated numbers, got {text_!r}")
+    if n == 2 and vals[0] > vals[1]:
+        raise LenscatError(f"--{what}: expected LOW,HIGH, got {text_!r}")
+    return vals
 
 
 @spectra.command("evaluate")
 @click.option("--detector", "detectors", multiple=True, required=True,
               help="Detector to evaluate (repeatable: side by side).")
-@click.option("--fluxes", default=",".join(str(f) for f in (3, 5, 8, 12, 20, 35, 60)), show_default=True,
-              help="Injected line fluxes [1e-17 erg/s/cm^2], comma-separated.")
+@click.option("--protocol", type=click.Choice(["snr", "flux"]), default=None,
+              help="snr: re-noised early-type hosts with lines at a drawn matched-filter S/N (default); "
+                   "flux: lines by flux into the spectra as observed (default when --fluxes or --per-cell is given).")
+@click.option("--realisations", type=click.IntRange(min=2), default=240, show_default=True,
+              help="[snr] Re-noised realisations, half of them with a line.")
+@click.option("--snr-range", default="4,15", show_default=True, help="[snr] Matched-filter S/N of the lines: LOW,HIGH.")
+@click.option("--fwhm-range", default="120,700", show_default=True, help="[snr] Line FWHM [km/s]: LOW,HIGH.")
+@click.option("--skew-range", default="1,6", show_default=True, help="[snr] Skew-normal shape (> 0: red tail): LOW,HIGH.")
+@click.option("--continuum", type=click.Choice(["chosen", "pipeline", "fit", "both"]), default="chosen",
+              show_default=True,
+              help="[snr] Continuum subtracted: each detector's own per-survey choice, the pipeline model, the "
+                   "project's fit, or both side by side.")
+@click.option("--family", type=click.Choice(["lya", "oii"]), default="lya", show_default=True,
+              help="[snr] Injected line family: Lyman alpha, or a background [OII] doublet.")
+@click.option("--hosts", type=click.Choice(["early-type", "galaxies", "all"]), default="early-type",
+              show_default=True, help="[snr] Host spectra of the realisations.")
+@click.option("--fluxes", default=None,
+              help="[flux] Injected line fluxes [1e-17 erg/s/cm^2], comma-separated (default 3,5,8,12,20,35,60).")
 @click.option("--fwhms", default="150,300,500,800", show_default=True,
-              help="Injected line widths, FWHM [km/s], comma-separated.")
-@click.option("--per-cell", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Injections per (flux, width) cell.")
+              help="[flux] Injected line widths, FWHM [km/s], comma-separated.")
+@click.option("--per-cell", type=click.IntRange(min=1), default=None,
+              help="[flux] Injections per (flux, width) cell (default 200).")
 @click.option("--max-spectra", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Real spectra to inject into (a random subset beyond that).")
+              help="[flux] Real spectra to inject into (a random subset beyond that).")
 @click.option("--sample", type=click.Choice(["galaxies", "all"]), default="galaxies", show_default=True,
-              help="Real spectra to inject into: galaxies with a pipeline redshift, or all.")
+              help="Real spectra scanned as observed (and, for flux, injected into).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plots", type=click.Path(path_type=Path), default=None,
               help="Directory for completeness.png.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def evaluate_cmd(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: int, max_spectra: int, sample: str,
-                 seed: int, plots: Path | None, fmt: str) -> None:
-    """Injection-recovery into the ingested real spectra: completeness vs line flux and width, and
-    false hits per 1,000 spectra, for each detector side by side."""
+def evaluate_cmd(detectors: tuple[str, ...], protocol: str | None, realisations: int, snr_range: str, fwhm_range: str,
+                 skew_range: str, continuum: str, family: str, hosts: str, fluxes: str | None, fwhms: str,
+                 per_cell: int | None, max_spectra: int, sample: str, seed: int, plots: Path | None,
+                 fmt: str) -> None:
+    """Injection-recovery into real spectra, every detector side by side, in memory (nothing is written).
+
+    The snr protocol (default): real early-type spectra re-noised into new realisations (noise of
+    variance 1/ivar added, ivar halved), half with one red-tailed Lyman-alpha-like line scaled to a
+    matched-filter S/N drawn from --snr-range; completeness by S/N, FWHM and skew before and after
+    the vetoes, lines lost to each veto, clean spectra with a false candidate, and every candidate
+    in the real spectra as observed (strong-emission galaxies named). The flux protocol: lines by
+    flux into the spectra as observed, completeness per (flux, FWHM) cell and hits per 1,000.
+    """
+    from lenscat.db.session import session_scope
+
+    if protocol is None:
+        protocol = "flux" if (fluxes is not None or per_cell is not None) else "snr"
+    ensure_schema()
+    if protocol == "flux":
+        _evaluate_flux(detectors, fluxes or "3,5,8,12,20,35,60", fwhms, per_cell or 200, max_spectra, sample, seed,
+                       plots, fmt)
+        return
+    from lenscat.spectra.evaluate import (
+        evaluate_protocol,
+        plot_protocol,
+        protocol_json,
+        protocol_table,
+    )
+
+    sr, fr, kr = (_floats(snr_range, "snr-range", 2), _floats(fwhm_range, "fwhm-range", 2),
+                  _floats(skew_range, "skew-range", 2))
+    conts: Any = {"chosen": None, "pipeline": "pipeline", "fit": "fit", "both": ["pipeline", "fit"]}[continuum]
+    with session_scope() as s:
+        models = [_detector(d, s) for d in detectors]
+        results, info = evaluate_protocol(models, session=s, realisations=realisations, snr_range=(sr[0], sr[1]),
+                                          fwhm_range=(fr[0], fr[1]), skew_range=(kr[0], kr[1]), hosts=hosts,
+                                          continuum=conts, family=family, seed=seed, real_sample=sample)
+    plot = str(plot_protocol(results, plots / "completeness.png")) if plots is not None else None
+    if fmt == "json":
+        doc = json.loads(protocol_json(results, info))
+        if plot:
+            doc["plot"] = plot
+        click.echo(json.dumps(doc, default=str))
+        return
+    click.echo(f"{info['realisations']} re-noised realisations of {info['n_hosts']} {hosts} host spectra: "
+               f"{info['n_lines']} with one {family} line (matched S/N {sr[0]:g}-{sr[1]:g}, FWHM {fr[0]:g}-{fr[1]:g} "
+               f"km/s), {info['n_clean']} clean; seed {seed}")
+    cols, rows = protocol_table(results)
+    write_rows(cols, rows, "table", sys.stdout)
+    click.echo("")
+    edges = info["snr_bins"]
+    bcols = ["detector", "continuum"] + [f"S/N {lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+    def cell(b: dict[str, Any]) -> str:
+        return "-" if not b["n"] else f"{b['before']:.2f} / {b['after']:.2f} (n={b['n']})"
+
+    write_rows(bcols, [[r.detector, r.continuum, *(cell(b) for b in r.binned("snr", edges))] for r in results],
+               "table", sys.stdout)
+    click.echo("(completeness before / after vetoes)")
+    for label, key, eds in (("FWHM [km/s]", "fwhm", info["fwhm_bins"]), ("skew", "skew", info["skew_bins"])):
+        bc = ["detector", "continuum"] + [f"{label} {lo:g}-{hi:g}" for lo, hi in zip(eds[:-1], eds[1:], strict=True)]
+        write_rows(bc, [[r.detector, r.continuum, *(cell(b) for b in r.binned(key, eds))] for r in results],
+                   "table", sys.stdout)
+    for r in results:
+        cands = ", ".join(f"{c['spectrum']} at {c['wavelength']:.1f} A" for c in r.real_candidates) or "none"
+        click.echo(f"{r.detector} ({r.continuum}): candidates in the {r.n_real} real spectra as observed: {cands}")
+        for g in r.emission_galaxies:
+            verdict = "NOT a candidate" if not g["candidates"] else f"{g['candidates']} CANDIDATE(S)"
+            click.echo(f"  strong-emission galaxy {g['spectrum']} ({g['subclass'] or 'emission lines'}): {verdict} "
+                       f"({g['hits']} detections before vetoes)")
+    if plot:
+        click.echo(f"plot: {plot}")
+
+
+def _evaluate_flux(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: int, max_spectra: int, sample: str,
+                   seed: int, plots: Path | None, fmt: str) -> None:
+    """The flux-grid protocol of ``spectra evaluate``."""
     from lenscat.db.session import session_scope
     from lenscat.spectra.evaluate import evaluate_detectors, plot_completeness
 
-    def floats(text_: str, what: str) -> tuple[float, ...]:
-        try:
-            vals = tuple(float(v) for v in text_.split(",") if v.strip())
-        except ValueError as exc:
-            raise LenscatError(f"--{what}: expected comma-separated numbers, got {text_!r}") from exc
-        if not vals or min(vals) <= 0:
-            raise LenscatError(f"--{what}: expected positive numbers, got {text_!r}")
-        return vals
-
-    fl, fw = floats(fluxes, "fluxes"), floats(fwhms, "fwhms")
-    ensure_schema()
+    fl, fw = _floats(fluxes, "fluxes"), _floats(fwhms, "fwhms")
     with session_scope() as s:
         models = [_detector(d, s) for d in detectors]
         results, info = evaluate_detectors(models, session=s, fluxes=fl, fwhms=fw, injections_per_cell=per_cell,
@@ -325,6 +513,50 @@ def evaluate_cmd(detectors: tuple[str, ...], fluxes: str, fwhms: str, per_cell: 
                    + (", ".join(f"{c['spectrum']} at {c['wavelength']:.1f} A" for c in r.real_candidates) or "none"))
     if plots is not None:
         click.echo(f"plot: {out['plot']}")
+
+
+@spectra.group("continuum")
+def continuum_group() -> None:
+    """Which continuum the line detectors subtract per survey: the pipeline model or the project's fit."""
+
+
+@continuum_group.command("choose")
+@click.option("--detector", default=DEFAULT_MF, show_default=True, help="Detector measured with (NAME or NAME@VERSION).")
+@click.option("--survey", "surveys", multiple=True, type=click.Choice(["sdss", "boss", "desi"]),
+              help="Survey to measure (repeatable; default every survey with early-type hosts).")
+@click.option("--realisations", type=click.IntRange(min=2), default=240, show_default=True,
+              help="Re-noised realisations per survey and continuum.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@FORMAT_OPTION
+def continuum_choose_cmd(detector: str, surveys: tuple[str, ...], realisations: int, seed: int, fmt: str) -> None:
+    """Measure completeness (S/N >= 8, after vetoes) and false rate with each continuum, store the choice per survey.
+
+    The more complete continuum wins unless its false-candidate rate is worse by more than one
+    percentage point; a survey without pipeline models gets the fit. Detector versions registered
+    afterwards use the stored choices.
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.spectra.continuum_choice import choose_continua
+
+    ensure_schema()
+    with session_scope() as s:
+        t = choose_continua(_detector(detector, s), session=s, surveys=list(surveys) or None,
+                            realisations=realisations, seed=seed)
+    for sv, why in t.meta.get("skipped", []):
+        _err(f"{sv}: not measured ({why}); its detectors keep the pipeline model where there is one")
+    write_table(t, fmt, sys.stdout)
+
+
+@continuum_group.command("show")
+@FORMAT_OPTION
+def continuum_show_cmd(fmt: str) -> None:
+    """The continuum chosen per survey, with the measurements behind it."""
+    from lenscat.db.session import session_scope
+    from lenscat.spectra.continuum_choice import show_choices
+
+    ensure_schema()
+    with session_scope() as s:
+        write_table(show_choices(session=s), fmt, sys.stdout)
 
 
 def register(cli: click.Group) -> None:

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         (``LENSCAT_WEB_STATEMENT_TIMEOUT_S``); short, so one page cannot hold the server.
     web_query_max_rows
         Rows the web query page fetches and shows at most (``LENSCAT_WEB_QUERY_MAX_ROWS``).
+    redrock_templates
+        Directory of redrock ``rrtemplate-*.fits`` files (or one such file) used to rebuild the
+        DESI pipeline's model from ``redrock-*.fits`` fits (``LENSCAT_REDROCK_TEMPLATES``). Unset:
+        only the GALAXY template shipped with lenscat (5 basis vectors), which does not match
+        fits made with later template sets (see :mod:`lenscat.spectra.redrock`).
     """
 
     model_config = SettingsConfigDict(env_prefix="LENSCAT_", extra="ignore")
@@ -106,6 +111,7 @@ class Settings(BaseSettings):
     web_login_max_failures: int = Field(default=5, gt=0)
     web_login_max_failures_per_client: int = Field(default=20, gt=0)
     web_login_lockout_s: float = Field(default=900.0, gt=0)
+    redrock_templates: Path | None = None
 
     @property
     def embedded(self) -> bool:

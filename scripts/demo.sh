@@ -162,24 +162,39 @@ step "22. Spectra: real SDSS/BOSS/DESI files (a truncated or foreign file would 
 lenscat spectra ingest tests/data/spectra
 lenscat spectra list --limit 8
 
+step "22a. Which continuum to subtract, per survey: the pipeline's own model or the project's fit, by measured completeness"
+lenscat spectra continuum choose --detector matched-filter --realisations 120
+lenscat spectra continuum show
+
 step "23. Train the Li et al. (2018) 1-D ResNet on synthetic spectra: eigenspectrum galaxies, real sky, real residuals"
 lenscat spectra train --name demo-specnet --n 6000 --n-val 3000 --epochs 3 --real-residuals default
 
-step "24. A new spectrum arrives: a copy of an SDSS early-type with a Lyman-alpha line injected at 4480 A"
+step "23a. Stack the ResNet with the matched filter (logistic regression, threshold at 1 false hit in 1,000)"
+lenscat spectra ensemble --name demo-ensemble --member matched-filter --member demo-specnet --n 4000 \
+    --real-residuals default
+
+step "24. Evaluation as a new user would run it: real early types re-noised, lines at matched S/N 4-15, vetoes' cost shown"
+lenscat spectra evaluate --detector matched-filter --detector demo-specnet --detector demo-ensemble \
+    --realisations 120 --plots "$OUT/spectra-eval"
+lenscat spectra evaluate --detector oii --family oii --realisations 60
+
+step "25. New spectra arrive: SDSS early types with a Lyman-alpha line at 4480 A, and with a background [OII] doublet at z = 0.612"
 lenscat spectra inject tests/data/spectra/sdss/spec-0403-51871-0462.fits "$OUT/spectra/spec-0403-51871-0962.fits" \
     --wavelength 4480 --flux 40 --fwhm 300 --overwrite
+lenscat spectra inject tests/data/spectra/sdss/spec-0403-51871-0462.fits "$OUT/spectra/spec-0403-51871-0998.fits" \
+    --line oii --z-source 0.6123 --flux 45 --fwhm 170 --ratio 1.2 --oiii 0.8 --fiber 998 --overwrite
 lenscat spectra ingest "$OUT/spectra"
 
-step "25. Scan the galaxies with a redshift: BELLS GALLERY matched filter and the ResNet (Celery workers, packed store)"
+step "26. Scan the galaxies with a redshift: matched filter, ResNet, their ensemble and the [OII] doublet filter (Celery workers)"
 lenscat spectra scan --detector matched-filter --chunk-size 3
 lenscat spectra scan --detector demo-specnet --chunk-size 3
+lenscat spectra scan --detector demo-ensemble --chunk-size 3
+lenscat spectra scan --detector oii --chunk-size 3
 lenscat spectra detectors
 
-step "26. Hits without a veto, with the implied Lyman-alpha redshift (z_source) and the skew-normal line fit"
-lenscat spectra hits --candidates
-
-step "27. Injection-recovery into the real spectra, both detectors side by side"
-lenscat spectra evaluate --detector matched-filter --detector demo-specnet --per-cell 40 --plots "$OUT/spectra-eval"
+step "27. Hits without a veto: Lyman-alpha (z_source from 1215.67 A) and [OII] (z_source from the doublet)"
+lenscat spectra hits --candidates --line lya
+lenscat spectra hits --candidates --line oii
 
 step "28. Graders: accounts with scrypt-hashed passwords (the web app needs a login to grade)"
 echo "demo-password" | lenscat grader add demo --password-stdin --reset

@@ -52,8 +52,10 @@ from lenscat.spectra.grid import WINDOW
 from lenscat.spectra.masks import galaxy_line_masks, sky_line_mask
 
 __all__ = [
+    "ARCHITECTURES",
     "SPECNET_FORMAT_VERSION",
     "SpecResNet",
+    "architecture_config",
     "completeness_at_fpr",
     "flops_per_spectrum",
     "focal_loss",
@@ -74,6 +76,31 @@ N_INPUT_CHANNELS = 3
 _MAD_TO_SIGMA = 1.4826
 #: rows handled at a time by :func:`prepare_inputs` (bounds the line-mask temporaries)
 _PREP_CHUNK = 1024
+
+#: named :class:`SpecResNet` configurations. ``small``: the default layout (one residual block
+#: per stage, 16/24/48 channels, ~10 MFLOP per window spectrum). ``li2018``: the depth of Li et al.
+#: (2018) within the same stride-8 position head -- two residual blocks per stage, 16/32/64
+#: channels, dilated stages 2-3 (receptive field ~330 px), ~32 MFLOP, 3.3x the parameters.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "small": {"widths": [16, 24, 48], "kernels": [5, 5, 3], "blocks": [1, 1, 1],
+              "dilations": [1, 1, 2], "stem_kernel": 7, "head_width": 32, "dropout": 0.1},
+    "li2018": {"widths": [16, 32, 64], "kernels": [5, 5, 3], "blocks": [2, 2, 2],
+               "dilations": [1, 2, 2], "stem_kernel": 7, "head_width": 32, "dropout": 0.1},
+}
+
+
+def architecture_config(name: str) -> dict[str, Any]:
+    """The :class:`SpecResNet` keyword arguments of a named architecture (:data:`ARCHITECTURES`).
+
+    Raises
+    ------
+    LenscatError
+        Unknown name.
+    """
+    if name not in ARCHITECTURES:
+        raise LenscatError(f"unknown specnet architecture {name!r}; expected one of "
+                           f"{', '.join(ARCHITECTURES)}")
+    return copy.deepcopy(ARCHITECTURES[name])
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +535,7 @@ def predict(
     model: SpecResNet,
     inputs: np.ndarray | Tensor,
     *,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     amp: bool = True,
     fuse: bool = True,
@@ -525,8 +552,9 @@ def predict(
         The network.
     inputs : ndarray or Tensor, shape (N, C, P)
         :func:`prepare_inputs` output.
-    batch_size : int
-        Spectra per forward pass.
+    batch_size : int, optional
+        Spectra per forward pass; default 256 on the CPU (activations stay in cache: 1.7x the
+        rate of 1,024 for the ``li2018`` network on 2 cores) and 1,024 on CUDA.
     device : str or torch.device, optional
         Default CUDA when available, else the CPU.
     amp : bool
@@ -545,12 +573,14 @@ def predict(
     pixel : ndarray, shape (N,), int64
         Pixel index of the most likely line position (on the input grid).
     """
-    if batch_size < 1:
-        raise LenscatError(f"batch_size must be positive, got {batch_size}")
     shape = tuple(inputs.shape)
     if len(shape) != 3 or shape[1] != model.config["in_channels"]:
         raise LenscatError(f"inputs must be (N, {model.config['in_channels']}, P), got {shape}")
     dev = _device(device)
+    if batch_size is None:
+        batch_size = 1024 if dev.type == "cuda" else 256
+    if batch_size < 1:
+        raise LenscatError(f"batch_size must be positive, got {batch_size}")
     net = _fold_bn(model) if fuse else copy.deepcopy(model).eval()
     net.to(dev)
     cuda = dev.type == "cuda"
@@ -789,7 +819,7 @@ def train_specnet(
                     hist[k].append(v)
                 if val is not None:
                     vx, vy, vp = val
-                    prob, pix = predict(model, vx, batch_size=1024, device=dev, amp=amp)
+                    prob, pix = predict(model, vx, device=dev, amp=amp)
                     auc = roc_auc(vy, prob)
                     comp, thr = completeness_at_fpr(vy, prob, fpr)
                     det = (vy == 1) & (vp >= 0) & (prob > thr)

@@ -1,4 +1,7 @@
-"""The search window every spectrum is packed onto: BOSS coadd pixels from 3800 to 5000 Angstrom.
+"""The grids spectra are packed onto: BOSS coadd pixels, 3800-5000 A (WINDOW) and 3600-10400 A (FULL).
+
+:data:`WINDOW` (the Lyman-alpha search window) and :data:`VETO` are exact column slices of
+:data:`FULL` (same ``dlog``, integer offsets; :func:`column_slice`).
 
 SDSS and BOSS coadds sample ``log10(lambda) = 1e-4 * k`` for integer ``k`` (69 km/s per pixel), so
 their pixels drop into the window without interpolation. DESI's linear 0.8 Angstrom grids are
@@ -65,6 +68,27 @@ WINDOW = LogGrid.window()
 #: the red range the [OII]-interloper veto reads: where Hbeta, [OIII] 5007 and Halpha of an [OII]
 #: line in WINDOW would fall (x1.3042, x1.3432, x1.7607)
 VETO = LogGrid.window(4900.0, 8850.0)
+#: the whole SDSS/BOSS/DESI range, 3600-10400 A (4,608 px): the full-range rows of the packed store
+#: ([OII] background emitters, per-hit follow-up). WINDOW and VETO are column slices of it.
+FULL = LogGrid.window(3600.0, 10400.0)
+
+
+def column_slice(outer: LogGrid, inner: LogGrid) -> slice:
+    """The columns of ``outer`` that are the pixels of ``inner`` (same ``dlog``, inner inside outer).
+
+    Raises
+    ------
+    LenscatError
+        When ``inner`` is not an exact column slice of ``outer``.
+    """
+    start = inner.k0 - outer.k0
+    if inner.dlog != outer.dlog or start < 0 or start + inner.n > outer.n:
+        raise LenscatError(f"grid {inner} is not a column slice of {outer}")
+    return slice(start, start + inner.n)
+
+
+assert column_slice(FULL, WINDOW) == slice(WINDOW.k0 - FULL.k0, WINDOW.k0 - FULL.k0 + WINDOW.n)
+assert column_slice(FULL, VETO).stop <= FULL.n
 
 
 def _edges_from_centres(wave: np.ndarray) -> np.ndarray:

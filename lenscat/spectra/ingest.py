@@ -1,7 +1,8 @@
-"""``lenscat spectra ingest``: spectrum files -> one DB row per spectrum + packed window pixels.
+"""``lenscat spectra ingest``: spectrum files -> one DB row per spectrum + packed pixels.
 
-Files are read (and packed: resampled onto the window, continuum fitted where the file has no
-model) in worker processes; each batch of files then goes into the array store and into
+Files are read (and packed: resampled onto the full 3600-10400 A range and its search window, the
+project's continuum fitted for every spectrum beside the pipeline model where the file has one; see
+:mod:`lenscat.spectra.pack`) in worker processes; each batch of files then goes into the array store and into
 ``lenscat.spectra`` in one transaction, together with one ``lenscat.ingests`` row per file. A file
 already ingested (same content, same store) is skipped, so an interrupted ingest resumes and a repeated
 one changes nothing. A file that cannot be read is recorded as a failed ingest with its reason and
@@ -31,7 +32,7 @@ from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
 from lenscat.settings import get_settings
 from lenscat.spectra.grid import VETO, WINDOW
-from lenscat.spectra.pack import PackedRows, PackedVeto, PackStore, pack_spectra, window_quality
+from lenscat.spectra.pack import PackedFull, PackedRows, PackStore, pack_spectra, window_quality
 from lenscat.spectra.spectrum import Spectrum
 
 DEFAULT_LINK_RADIUS = 2.0 * u.arcsec
@@ -45,7 +46,7 @@ class FileResult:
     sha256: str
     spectra: list[dict[str, Any]] = field(default_factory=list)
     rows: PackedRows | None = None
-    veto: PackedVeto | None = None
+    full: PackedFull | None = None
     error: str | None = None
     rejected: list[ingest_log.Reject] = field(default_factory=list)
 
@@ -121,7 +122,7 @@ def read_and_pack(path: Path, sha: str) -> FileResult:
         spectra = read_spectra(path)
         if not spectra:
             raise LenscatError(f"{path}: no spectra in the file")
-        rows, veto = pack_spectra(spectra)
+        rows, full = pack_spectra(spectra)
         usable = usable_rows(rows)
         rejected = [ingest_log.Reject(row=s.index + 1, column="flux", value=s.key, reason=unusable_reason(s))
                     for s, ok in zip(spectra, usable, strict=True) if not ok]
@@ -133,18 +134,18 @@ def read_and_pack(path: Path, sha: str) -> FileResult:
         if rejected:
             keep = np.flatnonzero(usable)
             spectra = [spectra[i] for i in keep]
-            rows = PackedRows(*(getattr(rows, f)[keep] for f in _ROW_FIELDS))
-            veto = PackedVeto(*(getattr(veto, f)[keep] for f in _VETO_FIELDS))
+            rows = rows.take(keep)
+            full = full.take(keep)
     except LenscatError as exc:
         return FileResult(path=path, sha256=sha, error=str(exc))
     except Exception as exc:  # a reader bug on a strange file must not stop the batch
         return FileResult(path=path, sha256=sha, error=f"{path}: unreadable ({type(exc).__name__}: {exc})")
-    return FileResult(path=path, sha256=sha, spectra=[spectrum_row(s) for s in spectra], rows=rows, veto=veto,
+    return FileResult(path=path, sha256=sha, spectra=[spectrum_row(s) for s in spectra], rows=rows, full=full,
                       rejected=rejected)
 
 
-_ROW_FIELDS = ("flux", "ivar", "continuum", "sky", "z", "continuum_source")
-_VETO_FIELDS = ("flux", "ivar", "continuum")
+_ROW_FIELDS = ("flux", "ivar", "continuum", "sky", "z", "continuum_source", "continuum_fit", "has_model")
+_FULL_FIELDS = ("flux", "ivar", "model", "fit", "z", "has_model")
 
 
 def usable_rows(rows: PackedRows) -> np.ndarray:
@@ -246,15 +247,15 @@ def link_spectra(*, session: Session, radius: u.Quantity = DEFAULT_LINK_RADIUS,
 
 def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Quantity,
                  summary: SpectraIngestSummary) -> None:
-    good = [r for r in results if r.error is None and r.rows is not None and r.veto is not None]
+    good = [r for r in results if r.error is None and r.rows is not None and r.full is not None]
     with session_scope() as session:
         pack_id, store = ensure_pack(pack_name, session=session)
         if good:
             rows = PackedRows(*(np.concatenate([getattr(r.rows, f) for r in good]) for f in _ROW_FIELDS))
-            veto = PackedVeto(*(np.concatenate([getattr(r.veto, f) for r in good]) for f in _VETO_FIELDS))
+            full = PackedFull(*(np.concatenate([getattr(r.full, f) for r in good]) for f in _FULL_FIELDS))
             cov, snr = window_quality(rows)
             with store.writer() as fh:
-                start = store.append(fh, rows, veto)
+                start = store.append(fh, rows, full)
             session.execute(text("UPDATE lenscat.spectrum_packs SET n_rows = :n WHERE pack_id = :p"),
                             {"n": start + len(rows), "p": pack_id})
         offset = 0

@@ -16,11 +16,22 @@ Formats
     pixel-to-pixel scatter (:func:`estimate_ivar`, ``ivar_estimated=True``). Redshifts and models
     come from ``spZbest-PLATE-MJD.fits`` next to the plate file (or one directory below) when present.
 ``desi-coadd``
-    DESI ``coadd-*.fits``: arms ``{B,R,Z}_WAVELENGTH/_FLUX/_IVAR/_MASK`` and ``FIBERMAP``, with
-    redshifts from ``redrock-*.fits`` (or ``zbest-*.fits``) of the same suffix next to it. The arms
-    share DESI's 0.8 A grid, so they are merged pixel by pixel with inverse-variance weights on the
-    overlaps (as desispec's ``coadd_cameras`` does); arms on different grids are instead used only
-    redward of the previous arm's last pixel (B, then R, then Z).
+    DESI ``coadd-*.fits``: arms ``{B,R,Z}_WAVELENGTH/_FLUX/_IVAR/_MASK/_RESOLUTION`` and
+    ``FIBERMAP``, with redshifts and redrock fits from ``redrock-*.fits`` (or ``zbest-*.fits``)
+    of the same suffix next to it. The arms share DESI's 0.8 A grid, so they are merged pixel by
+    pixel with inverse-variance weights on the overlaps (as desispec's ``coadd_cameras`` does);
+    arms on different grids are instead used only redward of the previous arm's last pixel (B,
+    then R, then Z).
+
+Pipeline models
+---------------
+``Spectrum.model`` is the pipeline's own best fit, and ``meta['model_source']`` says where it came
+from: ``'sdss-model'`` (the ``model`` column of an SDSS/BOSS spec file), ``'spzbest'`` (the model
+image of the spZbest file next to an spPlate), ``'redrock'`` (a DESI model rebuilt from the
+redrock fit, see :mod:`lenscat.spectra.redrock`; ``meta['model_template']`` names the template
+file) or None. Where there is none, or with a caveat, ``meta['model_note']`` says why in one line
+(e.g. the redrock fit has more terms than the templates available). DESI models are evaluated per
+arm, convolved with the arm's ``*_RESOLUTION`` matrix and merged like the flux.
 
 Masked pixels (SPPIXMASK bits in :data:`SPPIXMASK_REJECT`, any DESI MASK bit), non-finite flux or
 ivar and negative ivar all end as ``ivar = 0`` (with flux 0 where it was not finite).
@@ -53,6 +64,7 @@ from astropy.io import fits
 from scipy.ndimage import median_filter
 
 from lenscat.errors import InputFileError
+from lenscat.spectra.redrock import RedrockFit, coadd_models, header_versions, load_templates
 from lenscat.spectra.spectrum import Spectrum
 
 #: SPPIXMASK bit numbers (idlspec2d ``sdssMaskbits.par``)
@@ -653,7 +665,14 @@ def _read_sdss_spec(h: fits.HDUList, path: Path) -> Spectrum:
     if plate is None or mjd is None or fiber is None:
         where = "HDU SPECOBJ" if obj is not None else "a SPECOBJ HDU"
         raise SpectrumReadError(path, f"no PLATE/MJD/FIBERID in {where} nor in the file name")
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"model_source": None}
+    if model is None:
+        meta["model_note"] = f"no model column in HDU {coadd.name}"
+    elif not np.any(model):
+        model = None
+        meta["model_note"] = f"the model column of HDU {coadd.name} is all zero"
+    else:
+        meta["model_source"] = "sdss-model"
     for k in ("vdisp", "vdisp_err"):
         if (f := _float(info.get(k))) is not None:
             meta[k] = f
@@ -817,7 +836,11 @@ def _read_spplate(h: fits.HDUList, path: Path) -> list[Spectrum]:
         # the spZbest model rows run parallel to its table rows
         mrow = model2[zr["row"]] if model2 is not None and zr and zr["row"] < model2.shape[0] else None
         fl, iv, (sky, model) = _clean(f, iv, None if sky2 is None else sky2[r], mrow)
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = {"model_source": "spzbest" if model is not None else None}
+        if model is None:
+            meta["model_note"] = ("no spZbest file next to the spPlate" if zpath is None else
+                                  f"{zpath.name} has no MODEL image of {npix} pixels" if model2 is None else
+                                  f"fiber {fiber} has no row in {zpath.name}")
         if run2d:
             meta["run2d"] = run2d
         if "objtype" in plug and (ot := _str(plug["objtype"][r])):
@@ -855,8 +878,10 @@ def _find_redrock(path: Path) -> Path | None:
     return None
 
 
-def _read_redrock(zpath: Path) -> dict[int, dict[str, Any]]:
-    def read(h: fits.HDUList) -> dict[int, dict[str, Any]]:
+def _read_redrock(zpath: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
+    """Per-TARGETID redshift rows (with COEFF/NCOEFF when present) and the header's template versions."""
+
+    def read(h: fits.HDUList) -> tuple[dict[int, dict[str, Any]], dict[str, str]]:
         tab = _find_hdu(h, ("REDSHIFTS", "ZBEST"))
         if tab is None:
             raise SpectrumReadError(zpath, "missing HDU REDSHIFTS / ZBEST")
@@ -867,20 +892,66 @@ def _read_redrock(zpath: Path) -> dict[int, dict[str, Any]]:
         picks = {k: n for k, a in {"targetid": ("TARGETID",), "z": ("Z",), "z_err": ("ZERR", "Z_ERR"),
                                      "spectype": ("SPECTYPE",), "subtype": ("SUBTYPE",),
                                      "zwarn": ("ZWARN", "ZWARNING"), "chi2": ("CHI2",),
-                                     "deltachi2": ("DELTACHI2",)}.items()
+                                     "deltachi2": ("DELTACHI2",), "coeff": ("COEFF",),
+                                     "ncoeff": ("NCOEFF",)}.items()
                  if (n := _pick(cols, a)) is not None}
         vals = _read_fields(zpath, tab, picks.values())
         tids = vals[picks["targetid"]]
-        return {int(t): {k: vals[n][r] for k, n in picks.items()} for r, t in enumerate(tids)}
+        rows = {int(t): {k: vals[n][r] for k, n in picks.items()} for r, t in enumerate(tids)}
+        return rows, header_versions(h[0].header)
 
     return _with_fits(zpath, read)
 
 
-def _merge_arms(arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One increasing spectrum from arms sorted by start wavelength (see the module docstring)."""
+def _desi_models(h: fits.HDUList, path: Path, arms: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+                 targetids: np.ndarray, zrows: dict[int, dict[str, Any]], versions: dict[str, str],
+                 zpath: Path | None) -> tuple[list[list[np.ndarray] | None], list[str | None], list[str | None]]:
+    """Per target: the redrock model of each arm (or None), a one-line note, the template used."""
+    n = int(targetids.size)
+    if zpath is None:
+        return [None] * n, ["no redrock/zbest file next to the coadd"] * n, [None] * n
+    fits_: list[RedrockFit | None] = []
+    for t in targetids:
+        zr = zrows.get(int(t))
+        if zr is None:
+            fits_.append(None)
+            continue
+        coeff = np.asarray(zr["coeff"], dtype=np.float64).ravel() if "coeff" in zr else None
+        ncoeff = _int(zr.get("ncoeff"))
+        if ncoeff is not None and (coeff is None or not 0 < ncoeff <= coeff.size):
+            ncoeff = None  # TNULL or nonsense: infer from COEFF
+        fits_.append(RedrockFit(z=_float(zr.get("z")), coeff=coeff, spectype=_str(zr.get("spectype")),
+                                subtype=_str(zr.get("subtype")), ncoeff=ncoeff))
+
+    def resolution(a: int, rows: np.ndarray) -> np.ndarray | None:
+        name, wave = arms[a][0], arms[a][1]
+        hdu = _find_hdu(h, (f"{name}_RESOLUTION",))
+        if hdu is None:
+            return None
+        if hdu.data is None:
+            raise SpectrumReadError(path, f"HDU {name}_RESOLUTION has no data")
+        data = np.asarray(hdu.data)  # FITS byte order: apply_resolution reads it as is, no copy
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim != 3 or data.shape[0] != n or data.shape[2] != wave.size or data.shape[1] % 2 != 1:
+            raise SpectrumReadError(path, f"HDU {name}_RESOLUTION has shape {data.shape}, expected "
+                                          f"({n}, odd number of diagonals, {wave.size})")
+        return data if rows.size == n else data[rows]
+
+    return coadd_models(fits_, [w for _, w, _, _ in arms], resolution, load_templates(), versions,
+                        arm_names=[a for a, _, _, _ in arms])
+
+
+def _merge_arms(arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                models: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One increasing spectrum from arms sorted by start wavelength (see the module docstring).
+
+    ``models`` (one array per arm, or None) are merged with the same inverse-variance weights as
+    the flux; the fourth value is the merged model (None without ``models``).
+    """
     if len(arms) == 1:
-        return arms[0]
+        return (*arms[0], None if models is None else models[0])
     w0 = arms[0][0]
     dw = float(np.median(np.diff(w0)))
     offsets: list[int] = []
@@ -892,31 +963,41 @@ def _merge_arms(arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
             aligned = False
             break
         offsets.append(int(round(off)))
+    mods = models if models is not None else [None] * len(arms)
     if aligned:
         n = max(o + w.size for o, (w, _, _) in zip(offsets, arms, strict=True))
         wave = np.full(n, np.nan)
         num = np.zeros(n)
         den = np.zeros(n)
         first = np.full(n, np.nan)
-        for o, (w, f, iv) in zip(offsets, arms, strict=True):
+        mnum = np.zeros(n) if models is not None else None
+        mfirst = np.full(n, np.nan) if models is not None else None
+        for o, (w, f, iv), m in zip(offsets, arms, mods, strict=True):
             sl = slice(o, o + w.size)
             unset = np.isnan(wave[sl])
             wave[sl][unset] = w[unset]
             first[sl][unset] = f[unset]
             num[sl] += f.astype(np.float64) * iv
             den[sl] += iv
+            if m is not None and mnum is not None and mfirst is not None:
+                mfirst[sl][unset] = m[unset]
+                mnum[sl] += m.astype(np.float64) * iv
         if not np.isnan(wave).any():
             with np.errstate(invalid="ignore", divide="ignore"):
                 flux = np.where(den > 0, num / den, first)
-            return wave, flux.astype(np.float32), den.astype(np.float32)
+                model = (None if mnum is None or mfirst is None else
+                         np.where(den > 0, mnum / den, mfirst).astype(np.float32))
+            return wave, flux.astype(np.float32), den.astype(np.float32), model
     # different grids: each arm only redward of the previous one's last pixel
-    ws, fs, ivs = [arms[0][0]], [arms[0][1]], [arms[0][2]]
-    for w, f, iv in arms[1:]:
+    ws, fs, ivs, ms = [arms[0][0]], [arms[0][1]], [arms[0][2]], [mods[0]]
+    for (w, f, iv), m in zip(arms[1:], mods[1:], strict=True):
         keep = w > ws[-1][-1]
         ws.append(w[keep])
         fs.append(f[keep])
         ivs.append(iv[keep])
-    return np.concatenate(ws), np.concatenate(fs), np.concatenate(ivs)
+        ms.append(None if m is None else m[keep])
+    merged = None if models is None else np.concatenate([m for m in ms if m is not None])
+    return np.concatenate(ws), np.concatenate(fs), np.concatenate(ivs), merged
 
 
 def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
@@ -1002,14 +1083,21 @@ def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
             base["healpix"] = hpx
 
     zpath = _find_redrock(path)
-    zrows = _read_redrock(zpath) if zpath is not None else {}
+    zrows, versions = _read_redrock(zpath) if zpath is not None else ({}, {})
+    models, notes, templates = _desi_models(h, path, arms, fm["targetid"], zrows, versions, zpath)
     abspath = str(path.absolute())
     out: list[Spectrum] = []
     for r in range(ntarget):
         tid = int(fm["targetid"][r])
-        wave, flux, ivar = _merge_arms([(w, f[r].astype(np.float32), iv[r]) for _, w, f, iv in arms])
-        flux, ivar, _ = _clean(flux, ivar)
+        wave, flux, ivar, model = _merge_arms([(w, f[r].astype(np.float32), iv[r]) for _, w, f, iv in arms],
+                                              models[r])
+        flux, ivar, (model,) = _clean(flux, ivar, model)
         meta = dict(base)
+        meta["model_source"] = "redrock" if model is not None else None
+        if templates[r] is not None:
+            meta["model_template"] = templates[r]
+        if notes[r] is not None:
+            meta["model_note"] = notes[r]
         if tile is None:
             for k in ("survey", "program"):
                 if k in fm and (s := _str(fm[k][r])) and k not in meta:
@@ -1029,7 +1117,7 @@ def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
         if zpath is not None:
             meta["redshift_file"] = zpath.name
         out.append(Spectrum(
-            survey="desi", wave=wave, flux=flux, ivar=ivar,
+            survey="desi", wave=wave, flux=flux, ivar=ivar, model=model,
             ra=_float(fm["ra"][r]) if "ra" in fm else None,
             dec=_float(fm["dec"][r]) if "dec" in fm else None,
             z=_float(zr.get("z")), z_err=_float(zr.get("z_err")),

@@ -1,25 +1,22 @@
 """Detector versions, scan jobs over the packed store, and the hits they write.
 
-A detector is a ``lenscat.model_versions`` row of kind ``detector``:
-
-* ``matched-filter`` -- the BELLS GALLERY matched filter (:mod:`lenscat.spectra.matched_filter`);
-  its version is the sha256 of its configuration, so the same settings are the same version;
-* ``specnet`` -- the Li et al. (2018) 1-D ResNet (:mod:`lenscat.models.specnet`), a checkpoint.
+A detector is a ``lenscat.model_versions`` row of kind ``detector`` whose ``architecture`` names a
+registered detector class (:mod:`lenscat.spectra.detectors`): ``matched-filter``, ``specnet``,
+``ensemble`` (Lyα) or ``oii-filter`` ([OII] doublets).
 
 ``lenscat spectra scan`` plans a job over the spectra the detector version has not scanned yet
 (``lenscat.spectral_scans``), split into spectrum-id chunks for Celery workers. A chunk reads its
-rows from the array store, runs the detector, fits every candidate line (skew-normal + continuum),
-applies the per-line vetoes, and writes hits and scan rows with the chunk's ``done`` mark in one
-transaction: a redelivered chunk changes nothing. After the job, the survey-wide wavelength
-over-density veto is refreshed over all hits of the version.
+rows from the array store, subtracts the continuum the version chose for each survey (the pipeline's
+model or the project's fit), runs the detector, fits every candidate line and applies the per-line
+vetoes, and writes hits and scan rows with the chunk's ``done`` mark in one transaction: a
+redelivered chunk changes nothing. After the job, the survey-wide wavelength over-density veto is
+refreshed over all hits of the version.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,9 +25,32 @@ from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
 from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
-from lenscat.registry import ModelVersion, get_model, register_model
-from lenscat.spectra.grid import LYA, VETO, WINDOW
-from lenscat.spectra.pack import PackedRows, PackStore
+from lenscat.registry import ModelVersion, get_model
+from lenscat.spectra.detectors import (
+    CONTINUUM_CHOICES,
+    Candidates,
+    HitRow,
+    apply_continuum,
+    finite_or_none,
+    load_detector,
+    store_batch,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "SAMPLES",
+    "Candidates",
+    "HitRow",
+    "continuum_snapshot",
+    "load_detector",
+    "plan_scan",
+    "refresh_overdensity",
+    "register_matched_filter",
+    "sample_sql",
+    "scan_chunk",
+    "scan_spectra",
+    "write_scan_results",
+]
 
 DEFAULT_CHUNK = 5000
 MATCHED_FILTER = "matched-filter"
@@ -53,157 +73,83 @@ def sample_sql(name: str) -> str:
     return SAMPLES[name]
 
 
-# --- detector versions --------------------------------------------------------------------------
+def continuum_snapshot(continuum: str | dict[str, str] | None, *, session: Session) -> str | dict[str, str]:
+    """The continuum a new detector version subtracts: as given, or the measured per-survey choices.
+
+    Parameters
+    ----------
+    continuum
+        ``'pipeline'`` (the pipeline model where the file has one, else the project's fit),
+        ``'fit'`` (always the project's fit), a mapping ``survey -> choice``, or None: the choices
+        measured by ``lenscat spectra continuum choose`` (:mod:`lenscat.spectra.continuum_choice`),
+        ``'pipeline'`` for surveys never measured.
+
+    Returns
+    -------
+    str or dict
+        Frozen into the version's hyper-parameters (so a new choice makes a new version).
+    """
+    if continuum is None:
+        from lenscat.spectra.continuum_choice import current_choices
+
+        measured = {str(k): str(v) for k, v in current_choices(session=session).items()}
+        if not measured or all(v == "pipeline" for v in measured.values()):
+            return "pipeline"
+        return measured
+    values = list(continuum.values()) if isinstance(continuum, dict) else [continuum]
+    bad = sorted({str(v) for v in values} - set(CONTINUUM_CHOICES))
+    if bad:
+        raise LenscatError(f"unknown continuum {bad[0]!r}; expected one of {', '.join(CONTINUUM_CHOICES)}")
+    return dict(continuum) if isinstance(continuum, dict) else str(continuum)
+
+
 def register_matched_filter(name: str, *, session: Session, sample: str = DEFAULT_SAMPLE,
+                            continuum: str | dict[str, str] | None = None,
                             **config: Any) -> tuple[ModelVersion, bool]:
-    """Register a matched-filter detector version with the given configuration (defaults otherwise).
+    """Register a matched-filter detector version (:func:`lenscat.spectra.detector_mf.register_matched_filter`)."""
+    from lenscat.spectra.detector_mf import register_matched_filter as _register
 
-    ``sample`` names the spectra it scans (:data:`SAMPLES`).
-    """
-    from lenscat.spectra.matched_filter import MatchedFilterConfig
-
-    sample_sql(sample)
-    cfg = MatchedFilterConfig(**config)
-    hp = {**json.loads(json.dumps(asdict(cfg), default=list)), "sample": sample}
-    sha = hashlib.sha256(json.dumps({"architecture": MATCHED_FILTER, **hp}, sort_keys=True).encode()).hexdigest()
-    return register_model("detector", name, architecture=MATCHED_FILTER, output_dim=None, checkpoint_path=None,
-                          checkpoint_sha256=sha, origin="configured", hparams=hp,
-                          input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog},
-                          description="BELLS GALLERY matched filter (Gaussian kernel bank)", session=session)
+    return _register(name, session=session, sample=sample, continuum=continuum, **config)
 
 
-@dataclass
-class Candidates:
-    """Per-line detections of a batch of packed spectra, before the line fit."""
-
-    row: np.ndarray  #: index within the batch
-    pixel: np.ndarray  #: window pixel of the peak
-    snr: np.ndarray  #: detection S/N (NaN for the ResNet)
-    prob: np.ndarray  #: ResNet probability (NaN for the matched filter)
-    best: np.ndarray  #: per spectrum of the batch: best S/N or probability
+# --- hits ---------------------------------------------------------------------------------------
+_HIT_KEY = ("model_id", "spectrum_id", "pixel")
+_HIT_COLUMNS_CACHE: set[str] = set()
 
 
-class Detector:
-    """A loaded detector version: ``detect(rows) -> Candidates``."""
-
-    def __init__(self, model: ModelVersion, device: str | None = None):
-        self.model = model
-        self.device = device
-        if model.architecture == MATCHED_FILTER:
-            from lenscat.spectra.matched_filter import MatchedFilterConfig
-
-            hp: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.hparams.items()
-                                  if k != "sample"}
-            self.config: Any = MatchedFilterConfig(**hp)
-        elif model.architecture == SPECNET:
-            from lenscat.models.specnet import load_specnet
-
-            if not model.checkpoint_path:
-                raise LenscatError(f"detector {model.label} has no checkpoint")
-            self.net, self.net_hparams = load_specnet(model.checkpoint_path)
-            self.threshold = float(model.hparams.get("threshold", 0.5))
-        else:
-            raise LenscatError(f"detector {model.label}: unknown architecture {model.architecture!r}")
-
-    def detect(self, rows: PackedRows) -> Candidates:
-        """Run the detector over packed window rows."""
-        if self.model.architecture == MATCHED_FILTER:
-            from lenscat.spectra.matched_filter import scan_batch_with_max
-
-            hits, best = scan_batch_with_max(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave,
-                                             config=self.config)
-            return Candidates(row=np.asarray(hits.row), pixel=np.asarray(hits.pixel), snr=np.asarray(hits.snr),
-                              prob=np.full(len(hits.row), np.nan), best=np.asarray(best))
-        from lenscat.models.specnet import predict, prepare_inputs
-
-        x = prepare_inputs(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave)
-        prob, pixel = predict(self.net, x, device=self.device)
-        sel = np.flatnonzero(prob >= self.threshold)
-        return Candidates(row=sel, pixel=np.asarray(pixel)[sel], snr=np.full(sel.size, np.nan),
-                          prob=np.asarray(prob)[sel], best=np.asarray(prob))
+def _hit_columns(session: Session) -> set[str]:
+    """Writable columns of lenscat.spectral_hits (read once per process)."""
+    if not _HIT_COLUMNS_CACHE:
+        _HIT_COLUMNS_CACHE.update(session.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'lenscat' "
+            "AND table_name = 'spectral_hits' AND column_name NOT IN ('hit_id', 'created_at')")).scalars())
+    return _HIT_COLUMNS_CACHE
 
 
-_DETECTORS: dict[tuple[int, str | None], Detector] = {}
-
-
-def load_detector(model: ModelVersion, device: str | None = None) -> Detector:
-    """A detector, loaded once per process (workers scan many chunks with the same version)."""
-    key = (model.model_id, device)
-    if key not in _DETECTORS:
-        _DETECTORS[key] = Detector(model, device)
-    return _DETECTORS[key]
-
-
-# --- line fit and per-line vetoes ---------------------------------------------------------------
-@dataclass
-class HitRow:
-    """One ``lenscat.spectral_hits`` row."""
-
-    spectrum_id: int
-    pixel: int
-    wavelength: float
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-def _f(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None
-
-
-def characterise(cands: Candidates, rows: PackedRows, spectrum_ids: np.ndarray, store: PackStore,
-                 pack_rows: np.ndarray) -> list[HitRow]:
-    """Fit each candidate line and apply the [OII]-interloper and skew vetoes."""
-    from lenscat.spectra.linefit import fit_line, negative_skew, oii_interloper
-
-    if cands.row.size == 0:
-        return []
-    veto = store.read_veto(pack_rows[cands.row])
-    wave = WINDOW.wave
-    out: list[HitRow] = []
-    for j, (r, px) in enumerate(zip(cands.row.tolist(), cands.pixel.tolist(), strict=True)):
-        fit = fit_line(wave, rows.flux[r], rows.ivar[r], rows.continuum[r], float(wave[px]))
-        lam = float(fit.wavelength) if fit.ok and np.isfinite(fit.wavelength) else float(wave[px])
-        oii, oii_detail = oii_interloper(lam, VETO.wave, veto.flux[j], veto.ivar[j], veto.continuum[j])
-        skew = bool(fit.ok and negative_skew(fit))
-        snr = cands.snr[j] if np.isfinite(cands.snr[j]) else fit.snr
-        out.append(HitRow(int(spectrum_ids[r]), int(px), lam, {
-            "wavelength_err": _f(fit.wavelength_err), "z_source": lam / LYA - 1.0, "snr": _f(snr),
-            "prob": _f(cands.prob[j]), "line_flux": _f(fit.line_flux), "line_flux_err": _f(fit.line_flux_err),
-            "fwhm_kms": _f(fit.fwhm_kms), "skew_alpha": _f(fit.alpha), "skewness": _f(fit.skewness),
-            "fit_chi2": _f(fit.redchi2), "fit_ok": bool(fit.ok), "veto_oii": bool(oii), "veto_skew": skew,
-            "veto_detail": json.dumps({"oii": {k: _f(v) if not isinstance(v, bool) else v for k, v in oii_detail.items()}}),
-        }))
-    return out
-
-
-_HIT_UPSERT = text(
-    """
-    INSERT INTO lenscat.spectral_hits AS h (model_id, spectrum_id, pixel, wavelength, wavelength_err, z_source,
-        snr, prob, line_flux, line_flux_err, fwhm_kms, skew_alpha, skewness, fit_chi2, fit_ok, veto_oii,
-        veto_skew, veto_detail, job_id)
-    VALUES (:model_id, :spectrum_id, :pixel, :wavelength, :wavelength_err, :z_source, :snr, :prob, :line_flux,
-        :line_flux_err, :fwhm_kms, :skew_alpha, :skewness, :fit_chi2, :fit_ok, :veto_oii, :veto_skew,
-        CAST(:veto_detail AS jsonb), :job_id)
-    ON CONFLICT ON CONSTRAINT uq_spectral_hits_model_spectrum_pixel DO UPDATE SET
-        wavelength = EXCLUDED.wavelength, wavelength_err = EXCLUDED.wavelength_err, z_source = EXCLUDED.z_source,
-        snr = EXCLUDED.snr, prob = EXCLUDED.prob, line_flux = EXCLUDED.line_flux,
-        line_flux_err = EXCLUDED.line_flux_err, fwhm_kms = EXCLUDED.fwhm_kms, skew_alpha = EXCLUDED.skew_alpha,
-        skewness = EXCLUDED.skewness, fit_chi2 = EXCLUDED.fit_chi2, fit_ok = EXCLUDED.fit_ok,
-        veto_oii = EXCLUDED.veto_oii, veto_skew = EXCLUDED.veto_skew, veto_detail = EXCLUDED.veto_detail,
-        job_id = EXCLUDED.job_id
-    """
-)
+def _hit_upsert(columns: tuple[str, ...]) -> Any:
+    cols = ", ".join(columns)
+    vals = ", ".join(f"CAST(:{c} AS jsonb)" if c == "veto_detail" else f":{c}" for c in columns)
+    upd = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in _HIT_KEY)
+    return text(f"INSERT INTO lenscat.spectral_hits AS h ({cols}) VALUES ({vals}) "
+                f"ON CONFLICT ON CONSTRAINT uq_spectral_hits_model_spectrum_pixel DO UPDATE SET {upd}")
 
 
 def write_scan_results(model: ModelVersion, spectrum_ids: np.ndarray, cands: Candidates, hits: list[HitRow], *,
                        job_id: int | None, session: Session) -> int:
     """Upsert hits and one scan row per spectrum (idempotent); returns the number of spectra scanned."""
     if hits:
-        session.execute(_HIT_UPSERT, [{"model_id": model.model_id, "spectrum_id": h.spectrum_id, "pixel": h.pixel,
-                                       "wavelength": h.wavelength, "job_id": job_id, **h.values} for h in hits])
+        allowed = _hit_columns(session)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for h in hits:
+            row = {"model_id": model.model_id, "spectrum_id": h.spectrum_id, "pixel": h.pixel,
+                   "wavelength": h.wavelength, "job_id": job_id, **h.values}
+            unknown = sorted(set(row) - allowed)
+            if unknown:
+                raise LenscatError(f"detector {model.label} produced hit values with no column: {', '.join(unknown)} "
+                                   "(is the database schema up to date? run `lenscat db upgrade`)")
+            groups.setdefault(tuple(row), []).append(row)
+        for cols, rows in groups.items():
+            session.execute(_hit_upsert(cols), rows)
     n_hits = np.bincount(cands.row, minlength=len(spectrum_ids)) if len(spectrum_ids) else np.zeros(0, int)
     if len(spectrum_ids):
         session.execute(
@@ -213,7 +159,7 @@ def write_scan_results(model: ModelVersion, spectrum_ids: np.ndarray, cands: Can
                     ON CONFLICT ON CONSTRAINT pk_spectral_scans DO UPDATE SET n_hits = EXCLUDED.n_hits,
                         best_stat = EXCLUDED.best_stat, job_id = EXCLUDED.job_id, scanned_at = now()"""),
             {"m": model.model_id, "j": job_id, "s": [int(x) for x in spectrum_ids], "n": [int(x) for x in n_hits],
-             "b": [_f(x) for x in cands.best]},
+             "b": [finite_or_none(x) for x in cands.best]},
         )
     return len(spectrum_ids)
 
@@ -266,24 +212,27 @@ def scan_spectra(model: ModelVersion, spectrum_ids: np.ndarray, *, session: Sess
     if ids.size == 0:
         return 0
     meta = session.execute(
-        text("SELECT spectrum_id, pack_id, pack_row FROM lenscat.spectra WHERE spectrum_id = ANY(:ids) "
+        text("SELECT spectrum_id, pack_id, pack_row, survey FROM lenscat.spectra WHERE spectrum_id = ANY(:ids) "
              "ORDER BY pack_id, pack_row"), {"ids": ids.tolist()}).all()
     det = load_detector(model, device)
     n = 0
-    by_pack: dict[int, list[tuple[int, int]]] = {}
-    for sid, pid, prow in meta:
-        by_pack.setdefault(int(pid), []).append((int(sid), int(prow)))
+    by_pack: dict[int, list[tuple[int, int, str]]] = {}
+    for sid, pid, prow, survey in meta:
+        by_pack.setdefault(int(pid), []).append((int(sid), int(prow), str(survey)))
     from lenscat.spectra.ingest import pack_store
 
     for pid, items in by_pack.items():
         store = pack_store(pid, session=session)
         for i in range(0, len(items), batch_size):
             part = items[i:i + batch_size]
-            sids = np.array([s for s, _ in part], dtype=np.int64)
-            prow = np.array([r for _, r in part], dtype=np.int64)
-            rows = store.read(prow, sky=False)
-            cands = det.detect(rows)
-            hits = characterise(cands, rows, sids, store, prow)
+            sids = np.array([s for s, _, _ in part], dtype=np.int64)
+            prow = np.array([r for _, r, _ in part], dtype=np.int64)
+            surveys = [v for _, _, v in part]
+            choice = det.continuum_for(surveys)
+            rows = apply_continuum(store.read(prow, sky=False, fit="fit" in choice), choice)
+            batch = store_batch(store, prow, sids, surveys, rows, choice)
+            cands = det.detect(batch)
+            hits = det.characterise(cands, batch)
             n += write_scan_results(model, sids, cands, hits, job_id=job_id, session=session)
     return n
 
@@ -341,7 +290,11 @@ def refresh_overdensity(model: ModelVersion, *, session: Session) -> int:
     if not rows:
         return 0
     hit_ids = np.array([r[0] for r in rows], dtype=np.int64)
-    flags, _bins = wavelength_overdensity(np.array([r[1] for r in rows], dtype=np.float64), n_spec)
+    from lenscat.spectra.detectors import detector_class
+    from lenscat.spectra.grid import FULL, WINDOW
+
+    grid = FULL if detector_class(model.architecture).family == "oii" else WINDOW
+    flags, _bins = wavelength_overdensity(np.array([r[1] for r in rows], dtype=np.float64), n_spec, grid=grid)
     flags = np.asarray(flags, dtype=bool)
     session.execute(
         text("""UPDATE lenscat.spectral_hits h SET veto_overdensity = t.f
@@ -350,3 +303,10 @@ def refresh_overdensity(model: ModelVersion, *, session: Session) -> int:
         {"ids": hit_ids.tolist(), "f": flags.tolist()},
     )
     return int(flags.sum())
+
+
+def analyze_scans(*, session: Session) -> None:
+    """Refresh the planner's statistics of the scan and hit tables after a scan job."""
+    session.execute(text("ANALYZE lenscat.spectral_scans"))
+    session.execute(text("ANALYZE lenscat.spectral_hits"))
+

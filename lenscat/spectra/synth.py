@@ -24,7 +24,7 @@ The pieces:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -37,17 +37,26 @@ from lenscat.spectra.grid import C_KMS, LYA, WINDOW, LogGrid
 from lenscat.spectra.reference import eigen_basis, sdss_sky_spectra
 
 __all__ = [
+    "LINE_PRIORS",
     "SyntheticSet",
     "draw_lya_params",
+    "draw_matched_params",
     "inject_lines",
     "lya_profile",
+    "iter_training_set",
     "make_training_set",
+    "matched_snr",
     "pixel_edges",
     "skewnorm_shape",
 ]
 
 #: shape parameters covered by the skew-normal tables (values outside are clipped)
 SKEW_LIMIT = 10.0
+
+#: line priors of :func:`make_training_set`: ``'li2018'`` (:func:`draw_lya_params`, line strength
+#: drawn as a peak flux density) and ``'matched'`` (:func:`draw_matched_params`, line strength
+#: drawn as the matched-filter S/N against the spectrum's own noise)
+LINE_PRIORS = ("li2018", "matched")
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +271,133 @@ def draw_lya_params(
         "peak": peak,
         "line_flux": line_flux,
     }
+
+
+def draw_matched_params(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    grid: LogGrid = WINDOW,
+    edge_px: int = 5,
+    fwhm_range: tuple[float, float] = (70.0, 1100.0),
+    red_fraction: float = 0.8,
+    red_skew: tuple[float, float] = (0.0, 8.0),
+    symmetric_sigma: float = 0.5,
+    snr_range: tuple[float, float] = (3.0, 20.0),
+    bright_fraction: float = 0.15,
+    bright_range: tuple[float, float] = (20.0, 150.0),
+) -> dict[str, np.ndarray]:
+    """Draw Lyα line shapes and target matched S/N (the ``'matched'`` priors).
+
+    These priors spread the training lines over everything the search must find (the issue-31
+    protocol: FWHM 120-700 km/s, red-tailed, matched S/N 4-15) and beyond, and put the line
+    strength where detection is decided:
+
+    * centre: uniform in pixel index over the grid, at least ``edge_px`` pixels from either end
+      (the peak wavelength), as :func:`draw_lya_params`;
+    * FWHM: log-uniform over ``fwhm_range`` [km/s] (lower end raised to one pixel / 0.5 A);
+    * skewness: with probability ``red_fraction`` uniform over ``red_skew`` (red tails, as
+      high-z Lyα), otherwise ``N(0, symmetric_sigma)`` (nearly symmetric lines);
+    * strength: the matched-filter S/N ``sqrt(sum(line^2 ivar))`` of the line against the
+      spectrum's own inverse variance (including the line's photon noise and the masks),
+      uniform over ``snr_range``, except for a fraction ``bright_fraction`` drawn log-uniformly
+      over ``bright_range`` (bright lines, BELLS-GALLERY-like, must not look foreign to the
+      network: without them a small network trained on S/N 3-20 missed half of the broad lines
+      at S/N ~40); :func:`make_training_set` converts it into a line flux.
+
+    Returns
+    -------
+    dict of numpy.ndarray, each shape (n,)
+        ``centre`` [A], ``pixel`` (fractional peak pixel on ``grid``), ``z_lya``, ``fwhm_kms``
+        [km/s], ``fwhm_A`` [A], ``skew`` and ``snr_target`` (the matched S/N to reach).
+    """
+    if n < 0:
+        raise LenscatError(f"n must be >= 0, got {n}")
+    if 2 * edge_px >= grid.n - 1:
+        raise LenscatError(f"edge_px={edge_px} leaves no room on a {grid.n}-pixel grid")
+    if not 0 < fwhm_range[0] < fwhm_range[1]:
+        raise LenscatError(f"fwhm_range must be increasing and positive, got {fwhm_range}")
+    if not 0 < snr_range[0] <= snr_range[1]:
+        raise LenscatError(f"snr_range must be increasing and positive, got {snr_range}")
+    if not 0.0 <= red_fraction <= 1.0:
+        raise LenscatError(f"red_fraction must be in [0, 1], got {red_fraction}")
+    pix = rng.uniform(edge_px, grid.n - 1 - edge_px, size=n)
+    centre = 10.0 ** ((grid.k0 + pix) * grid.dlog)
+    lo = np.maximum(np.maximum(0.5 / centre * C_KMS, grid.velocity_per_pixel), fwhm_range[0])
+    hi = np.maximum(lo * 1.0001, fwhm_range[1])
+    fwhm = np.exp(np.log(lo) + rng.random(n) * (np.log(hi) - np.log(lo)))
+    red = rng.random(n) < red_fraction
+    skew = np.where(red, rng.uniform(red_skew[0], red_skew[1], size=n),
+                    rng.normal(0.0, symmetric_sigma, size=n))
+    skew = np.clip(skew, -SKEW_LIMIT, SKEW_LIMIT)
+    snr = rng.uniform(snr_range[0], snr_range[1], size=n)
+    if not 0.0 <= bright_fraction <= 1.0 or not 0 < bright_range[0] <= bright_range[1]:
+        raise LenscatError(f"bright_fraction must be in [0, 1] and bright_range increasing, got "
+                           f"{bright_fraction}, {bright_range}")
+    if bright_fraction > 0:
+        bright = rng.random(n) < bright_fraction
+        snr[bright] = np.exp(rng.uniform(np.log(bright_range[0]), np.log(bright_range[1]),
+                                         size=int(bright.sum())))
+    return {
+        "centre": centre,
+        "pixel": pix,
+        "z_lya": centre / LYA - 1.0,
+        "fwhm_kms": fwhm,
+        "fwhm_A": centre * fwhm / C_KMS,
+        "skew": skew,
+        "snr_target": snr,
+    }
+
+
+def matched_snr(line: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    """Matched-filter (optimal) S/N of known lines: ``sqrt(sum(line^2 ivar))`` per row.
+
+    Parameters
+    ----------
+    line : numpy.ndarray, shape (N, P) or (P,)
+        Line flux density [1e-17 erg/s/cm^2/A] on the pixels.
+    ivar : numpy.ndarray, shape (N, P) or (P,)
+        Inverse variance of the spectrum; 0 (masked) pixels do not count.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N,) or scalar array
+        The S/N a filter of exactly the line's shape reaches (dimensionless).
+    """
+    ln = np.asarray(line, dtype=np.float64)
+    iv = np.asarray(ivar, dtype=np.float64)
+    return np.asarray(np.sqrt(np.sum(ln * ln * np.where(iv > 0, iv, 0.0), axis=-1)))
+
+
+def _matched_line_flux(unit: np.ndarray, gain: np.ndarray, shape_var: np.ndarray, inv_t: np.ndarray,
+                       good: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Line flux F [1e-17 erg/s/cm^2] per row with ``F sqrt(sum(u^2 / var(F))) = target`` over good pixels.
+
+    ``var(F) = gain (shape_var + F u inv_t)`` includes the line's photon noise; ``F S(F)`` is
+    increasing in F, and the fixed-point iteration from the noiseless-line value converges to the
+    root from below (to 1e-12 relative, in a few steps: the line's photon noise is a small
+    correction). A line mostly masked is scaled as if none were masked.
+    """
+    u2 = unit * unit
+    # a line mostly on masked pixels (less than a quarter of its noiseless S/N^2 left) would need
+    # an absurd flux to reach the target on its visible tail: it is scaled as if nothing were
+    # masked (its recorded matched S/N is then lower than drawn: a rare, partly hidden positive)
+    w0 = u2 / (gain[:, None] * shape_var)
+    hidden = ~(np.sum(np.where(good, w0, 0.0), axis=1) >= 0.25 * np.sum(w0, axis=1))
+    good = good | hidden[:, None]
+
+    def s2(f: np.ndarray) -> np.ndarray:
+        var = gain[:, None] * (shape_var + f[:, None] * np.clip(unit, 0.0, None) * inv_t)
+        return np.asarray(np.sum(np.where(good, u2 / var, 0.0), axis=1))
+
+    f = target / np.sqrt(s2(np.zeros(len(target))))
+    for _ in range(200):
+        new = target / np.sqrt(s2(f))
+        done = np.all(np.abs(new - f) <= 1e-12 * np.abs(new))
+        f = new
+        if done:
+            break
+    return np.asarray(f)
 
 
 def inject_lines(
@@ -530,6 +666,7 @@ def make_training_set(
     line_priors: Mapping[str, Any] | None = None,
     keep_truth: bool = True,
     basis: str = "spEigenGal-55740",
+    priors: str = "li2018",
 ) -> SyntheticSet:
     """Synthetic BOSS early-type spectra, about one in 16 with a background Lyα line.
 
@@ -555,8 +692,13 @@ def make_training_set(
        spectra get instead ``sigma * r`` with ``r`` a random row of ``residuals``;
     4. **masks**: a fraction ``bad_pixel_fraction`` of single pixels, and with probability
        ``bad_run_probability`` a run of 5-40 pixels, get ``ivar = 0``;
-    5. **line** (positives): :func:`draw_lya_params` (options ``line_priors``) and
-       :func:`lya_profile`, with its photon noise;
+    5. **line** (positives): :func:`lya_profile` with its photon noise; parameters from
+       :func:`draw_lya_params` (``priors='li2018'``, Li et al.'s peak-flux priors) or
+       :func:`draw_matched_params` (``priors='matched'``: full FWHM range, red tails and some
+       symmetric lines, and the line flux set so that the line's matched-filter S/N against the
+       spectrum's final ``ivar`` (masks and the line's own photon noise included) is exactly the
+       drawn one), with options ``line_priors``; ``line['snr_matched']`` records that S/N for
+       either priors;
     6. **continuum**: ``'true'`` -- the true galaxy with a smooth error: eigen coefficients
        perturbed and a cubic Legendre factor, each ~``continuum_error`` rms relative (a
        template/calibration mismatch like a real fit's); ``'fit'`` -- the
@@ -580,6 +722,11 @@ def make_training_set(
         the synthetic sigma) for ``residual_fraction`` of the spectra, bringing real
         continuum-fit and sky residual structure into training. They may hold a rare real
         line: label noise at the 1e-3 level.
+    priors : {'li2018', 'matched'}
+        Line priors (:data:`LINE_PRIORS`, step 5); ``line_priors`` are the keyword options of
+        the corresponding draw function.
+    keep_truth : bool
+        Keep the noise-free ``truth`` and ``galaxy`` arrays (2 more float32 (N, P) arrays).
 
     Returns
     -------
@@ -593,10 +740,100 @@ def make_training_set(
     """
     if n < 1:
         raise LenscatError(f"n must be positive, got {n}")
+    p = grid.n
+    out = {k: np.empty((n, p), dtype=np.float32) for k in ("flux", "ivar", "continuum")}
+    if keep_truth:
+        out.update({k: np.empty((n, p), dtype=np.float32) for k in ("truth", "galaxy")})
+    z = np.empty(n)
+    labels = np.empty(n, dtype=np.int8)
+    line_pixel = np.empty(n, dtype=np.int64)
+    scalars: dict[str, list[np.ndarray]] = {}
+    line_parts: list[dict[str, np.ndarray]] = []
+    cont_kind = continuum
+    s0 = 0
+    for part in iter_training_set(
+            n, positive_fraction=positive_fraction, seed=seed, sky=sky, residuals=residuals,
+            residual_fraction=residual_fraction, grid=grid, z_range=z_range, level_range=level_range,
+            snr_range=snr_range, sky_scale_range=sky_scale_range, sky_residual=sky_residual,
+            throughput_slope=throughput_slope, read_fraction=read_fraction,
+            bad_pixel_fraction=bad_pixel_fraction, bad_run_probability=bad_run_probability,
+            continuum_error=continuum_error, continuum=continuum, line_priors=line_priors,
+            keep_truth=keep_truth, basis=basis, priors=priors):
+        sl = slice(s0, s0 + len(part))
+        s0 += len(part)
+        for k, arr in out.items():
+            arr[sl] = getattr(part, k)
+        z[sl], labels[sl], line_pixel[sl] = part.z, part.labels, part.line_pixel
+        line_parts.append(part.line)
+        for k, v in part.meta.items():
+            if isinstance(v, np.ndarray):
+                scalars.setdefault(k, []).append(v)
+        cont_kind = str(part.meta["continuum"])
+    meta: dict[str, Any] = {k: np.concatenate(v) for k, v in scalars.items()}
+    line = {k: np.concatenate([d[k] for d in line_parts]) for k in line_parts[0]}
+    meta.update(seed=seed, continuum=cont_kind, priors=priors)
+    return SyntheticSet(
+        wave=grid.wave,
+        flux=out["flux"],
+        ivar=out["ivar"],
+        continuum=out["continuum"],
+        z=z,
+        labels=labels,
+        line=line,
+        line_pixel=line_pixel,
+        truth=out.get("truth"),
+        galaxy=out.get("galaxy"),
+        meta=meta,
+    )
+
+
+def iter_training_set(
+    n: int,
+    *,
+    positive_fraction: float = 1.0 / 16.0,
+    seed: int = 0,
+    sky: np.ndarray | None = None,
+    residuals: np.ndarray | None = None,
+    residual_fraction: float = 0.5,
+    grid: LogGrid = WINDOW,
+    z_range: tuple[float, float] = (0.3, 0.7),
+    level_range: tuple[float, float] = (0.5, 5.0),
+    snr_range: tuple[float, float] = (1.0, 5.0),
+    sky_scale_range: tuple[float, float] = (0.7, 1.5),
+    sky_residual: float = 0.02,
+    throughput_slope: tuple[float, float] = (4.0, 7.0),
+    read_fraction: tuple[float, float] = (0.05, 0.3),
+    bad_pixel_fraction: float = 0.002,
+    bad_run_probability: float = 0.05,
+    continuum_error: float = 0.02,
+    continuum: str = "true",
+    line_priors: Mapping[str, Any] | None = None,
+    keep_truth: bool = True,
+    basis: str = "spEigenGal-55740",
+    priors: str = "li2018",
+) -> Iterator[SyntheticSet]:
+    """:func:`make_training_set` in consecutive blocks of rows, for sets too large to hold twice.
+
+    Takes the options of :func:`make_training_set` and yields :class:`SyntheticSet` blocks of
+    at most 4,096 rows in order; concatenated they are exactly ``make_training_set(n, ...)``
+    (same seed, same arrays). A caller that turns each block into network input
+    (:func:`lenscat.models.specnet.prepare_inputs`) and drops it holds only the inputs: a
+    1.5e5-spectrum set then needs ~2 GB instead of ~6 GB.
+
+    Yields
+    ------
+    SyntheticSet
+        Rows ``[i * 4096, min(n, (i + 1) * 4096))``; ``meta`` holds the per-row arrays and
+        ``seed``, ``continuum``, ``priors``, ``start`` (first row).
+    """
+    if n < 1:
+        raise LenscatError(f"n must be positive, got {n}")
     if not 0.0 <= positive_fraction <= 1.0:
         raise LenscatError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     if continuum not in ("true", "fit", "auto"):
         raise LenscatError(f"continuum must be 'true', 'fit' or 'auto', got {continuum!r}")
+    if priors not in LINE_PRIORS:
+        raise LenscatError(f"line priors must be one of {', '.join(LINE_PRIORS)}, got {priors!r}")
     for name, r in (("z_range", z_range), ("level_range", level_range), ("snr_range", snr_range),
                     ("sky_scale_range", sky_scale_range)):
         if not 0 < r[0] <= r[1]:
@@ -638,11 +875,6 @@ def make_training_set(
     if n_pos:
         labels[np.random.default_rng(seqs[0]).choice(n, size=n_pos, replace=False)] = 1
 
-    out = {k: np.empty((n, p), dtype=np.float32) for k in ("flux", "ivar", "continuum")}
-    if keep_truth:
-        out.update({k: np.empty((n, p), dtype=np.float32) for k in ("truth", "galaxy")})
-    scalars: dict[str, list[np.ndarray]] = {}
-    line_parts: list[dict[str, np.ndarray]] = []
     for j in range(n_chunks):
         sl = slice(j * _CHUNK, min(n, (j + 1) * _CHUNK))
         rng = np.random.default_rng(seqs[1 + j])
@@ -653,32 +885,25 @@ def make_training_set(
             throughput_slope=throughput_slope, read_fraction=read_fraction,
             bad_pixel_fraction=bad_pixel_fraction, bad_run_probability=bad_run_probability,
             continuum_error=continuum_error, line_priors=dict(line_priors or {}), basis=basis,
+            priors=priors,
         )
-        for k, arr in out.items():
-            arr[sl] = chunk.pop(k)
-        line_parts.append(chunk.pop("line"))
-        for k, v in chunk.items():
-            scalars.setdefault(k, []).append(v)
-    meta: dict[str, Any] = {k: np.concatenate(v) for k, v in scalars.items() if k != "z"}
-    z = np.concatenate(scalars["z"])
-    line = {k: np.concatenate([d[k] for d in line_parts]) for k in line_parts[0]}
-    line_pixel = np.where(labels == 1, np.rint(np.nan_to_num(line["pixel"], nan=-1.0)), -1)
-    if fit is not None:
-        out["continuum"] = np.asarray(fit(wave, out["flux"], out["ivar"], z), dtype=np.float32)
-    meta.update(seed=seed, continuum=continuum)
-    return SyntheticSet(
-        wave=wave,
-        flux=out["flux"],
-        ivar=out["ivar"],
-        continuum=out["continuum"],
-        z=z,
-        labels=labels,
-        line=line,
-        line_pixel=line_pixel.astype(np.int64),
-        truth=out.get("truth"),
-        galaxy=out.get("galaxy"),
-        meta=meta,
-    )
+        arrays = {k: np.asarray(chunk.pop(k), dtype=np.float32)
+                  for k in ("flux", "ivar", "continuum", "truth", "galaxy")}
+        line = chunk.pop("line")
+        z = chunk.pop("z")
+        lab = labels[sl].copy()
+        lpix = np.where(lab == 1, np.rint(np.nan_to_num(line["pixel"], nan=-1.0)), -1)
+        if fit is not None:
+            arrays["continuum"] = np.asarray(fit(wave, arrays["flux"], arrays["ivar"], z),
+                                             dtype=np.float32)
+        meta: dict[str, Any] = dict(chunk)
+        meta.update(seed=seed, continuum=continuum, priors=priors, start=sl.start)
+        yield SyntheticSet(
+            wave=wave, flux=arrays["flux"], ivar=arrays["ivar"], continuum=arrays["continuum"],
+            z=z, labels=lab, line=line, line_pixel=lpix.astype(np.int64),
+            truth=arrays["truth"] if keep_truth else None,
+            galaxy=arrays["galaxy"] if keep_truth else None, meta=meta,
+        )
 
 
 #: rows generated at a time (bounds the float64 temporaries to ~40 MB each)
@@ -706,8 +931,14 @@ def _synth_chunk(
     continuum_error: float,
     line_priors: dict[str, Any],
     basis: str,
+    priors: str = "li2018",
 ) -> dict[str, Any]:
-    """One chunk of :func:`make_training_set` (steps 1-6 but the continuum fit)."""
+    """One chunk of :func:`make_training_set` (steps 1-6 but the continuum fit).
+
+    The random draws come in the same order for both priors' code paths as before the
+    ``'matched'`` priors existed, so ``'li2018'`` sets are unchanged; the line amplitude of
+    ``'matched'`` lines is solved for once the noise and masks are known.
+    """
     n = len(positive)
     p = grid.n
     wave = grid.wave
@@ -728,15 +959,19 @@ def _synth_chunk(
 
     # 5. lines (drawn before the noise: they add photon noise)
     pos = np.flatnonzero(positive)
-    drawn = draw_lya_params(rng, len(pos), grid=grid, **line_priors)
-    line = {k: np.full(n, np.nan) for k in drawn}
-    for k, v in drawn.items():
-        line[k][pos] = v
+    matched = priors == "matched"
     line_f = np.zeros((n, p))
-    if len(pos):
-        line_f[pos] = lya_profile(wave, drawn["centre"], drawn["line_flux"], drawn["fwhm_kms"],
-                                  drawn["skew"])
-    truth += line_f
+    unit_line = np.zeros((len(pos), p))
+    if matched:
+        drawn = draw_matched_params(rng, len(pos), grid=grid, **line_priors)
+        if len(pos):  # unit-flux profiles; the flux follows from the noise below
+            unit_line = lya_profile(wave, drawn["centre"], 1.0, drawn["fwhm_kms"], drawn["skew"])
+    else:
+        drawn = draw_lya_params(rng, len(pos), grid=grid, **line_priors)
+        if len(pos):
+            line_f[pos] = lya_profile(wave, drawn["centre"], drawn["line_flux"], drawn["fwhm_kms"],
+                                      drawn["skew"])
+        truth += line_f
 
     # 3. noise: variance per unit gain k from galaxy + sky photons and read noise, k set by S/N
     beta = rng.uniform(throughput_slope[0], throughput_slope[1], size=n)
@@ -747,7 +982,6 @@ def _synth_chunk(
     snr = np.exp(rng.uniform(np.log(snr_range[0]), np.log(snr_range[1]), size=n))
     snr0 = np.median(gal / np.sqrt(shape_var), axis=1)
     gain = (snr0 / snr) ** 2
-    var = gain[:, None] * (shape_var + np.clip(line_f, 0.0, None) * inv_t)
     unit = rng.standard_normal((n, p))
     noise_kind = np.zeros(n, dtype=np.int8)
     masked = np.zeros((n, p), dtype=bool)
@@ -758,7 +992,6 @@ def _synth_chunk(
         unit[use] = np.where(bad_r, 0.0, r)
         masked[use] |= bad_r
         noise_kind[use] = 1
-    flux = truth + np.sqrt(var) * unit
 
     # 4. masked pixels
     if bad_pixel_fraction > 0:
@@ -769,7 +1002,26 @@ def _synth_chunk(
         start = rng.integers(0, p - 5, size=len(runs))
         cols = np.arange(p)[None, :]
         masked[runs] |= (cols >= start[:, None]) & (cols < (start + length)[:, None])
+
+    # 5b. matched priors: the line flux that gives the drawn matched S/N against the final ivar
+    if matched:
+        if len(pos):
+            flux_l = _matched_line_flux(unit_line, gain[pos], shape_var[pos], inv_t[pos],
+                                        ~masked[pos], drawn["snr_target"])
+            line_f[pos] = flux_l[:, None] * unit_line
+        else:
+            flux_l = np.zeros(0)
+        _, width, gmax = skewnorm_shape(drawn["skew"])
+        drawn["line_flux"] = flux_l
+        drawn["peak"] = flux_l * gmax * width / np.maximum(drawn["fwhm_A"], 1e-30)
+        truth += line_f
+    var = gain[:, None] * (shape_var + np.clip(line_f, 0.0, None) * inv_t)
+    flux = truth + np.sqrt(var) * unit
     ivar = np.where(masked, 0.0, 1.0 / var)
+    drawn["snr_matched"] = matched_snr(line_f[pos], ivar[pos]) if len(pos) else np.zeros(0)
+    line = {k: np.full(n, np.nan) for k in drawn}
+    for k, v in drawn.items():
+        line[k][pos] = v
     return {
         "flux": flux, "ivar": ivar, "continuum": cont, "truth": truth, "galaxy": gal,
         "line": line, "z": z, "snr": snr, "level": level, "sky_index": sky_index,

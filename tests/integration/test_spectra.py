@@ -144,7 +144,7 @@ def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(sessi
     # real residuals for training come from the real spectra (a store without the injected line)
     ingest_spectra([d], pack="t-rn", workers=1, progress=False)
     mv, metrics = train_detector("t-specnet", n_train=3000, n_val=1500, epochs=3, residual_pack="t-rn",
-                                 seed=3, progress=False, session=session)
+                                 seed=3, progress=False, session=session, arch="small")  # small: CI time
     from lenscat.encoders import training_state_dir
 
     assert not list(training_state_dir().glob("specnet-*.state"))  # registered: the resumable state is gone

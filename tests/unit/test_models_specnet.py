@@ -213,3 +213,31 @@ def test_predict_on_cuda():
     p_amp, _ = predict(m, x, device="cuda", amp=True, batch_size=128)
     assert p_amp.shape == (300,) and np.all(np.isfinite(p_amp))
     assert next(m.parameters()).device.type == "cpu"
+
+
+# --- issue 31: Li et al.'s depth as a named architecture -------------------------------------
+
+
+def test_li2018_preset_shapes_flops_and_checkpoint_round_trip(tmp_path):
+    from lenscat.models.specnet import ARCHITECTURES, architecture_config
+
+    assert SpecResNet().config == {"in_channels": 3, **architecture_config("small")}
+    torch.manual_seed(0)
+    deep = SpecResNet(**architecture_config("li2018")).eval()
+    small = SpecResNet().eval()
+    assert deep.stride == small.stride == 8  # the same position head (localisation)
+    x = torch.zeros(3, 3, WINDOW.n)
+    assert deep(x).shape == (3, deep.n_positions(WINDOW.n)) == (3, 150)
+    fd, fs = flops_per_spectrum(deep), flops_per_spectrum(small)
+    assert fd["mflop"] > 2.5 * fs["mflop"] and fd["params"] > 3 * fs["params"]
+    n_blocks = sum(1 for m in deep.modules() if m.__class__.__name__ == "_Block")
+    assert n_blocks == sum(ARCHITECTURES["li2018"]["blocks"]) == 6
+    sha = save_specnet(deep, tmp_path / "deep.pt", hparams={"arch": "li2018"})
+    loaded, hp = load_specnet(tmp_path / "deep.pt")
+    assert hp["arch"] == "li2018" and loaded.config == deep.config and len(sha) == 64
+    xin = np.random.default_rng(0).standard_normal((40, 3, WINDOW.n)).astype(np.float32)
+    p1, i1 = predict(deep, xin, device="cpu")
+    p2, i2 = predict(loaded, xin, device="cpu")
+    assert np.array_equal(p1, p2) and np.array_equal(i1, i2)
+    with pytest.raises(LenscatError):
+        architecture_config("resnet152")

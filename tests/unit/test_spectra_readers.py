@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from lenscat.errors import InputFileError
+from lenscat.errors import InputFileError, LenscatError
 from lenscat.spectra.grid import WINDOW, to_grid
 from lenscat.spectra.readers import (
     SPPIXMASK_BITS,
@@ -86,6 +86,7 @@ def test_every_sdss_spec_file_reads(path: Path) -> None:
     assert (s.plate, s.mjd, s.fiber) == (plate, mjd, fiber)
     assert s.ra is not None and s.dec is not None and s.z is not None and 0.05 < s.z < 0.3
     assert s.wave[0] < 3830.0 and s.wave[-1] > 9000.0
+    assert s.model is not None and s.meta["model_source"] == "sdss-model" and "model_note" not in s.meta
 
 
 def test_emission_line_galaxy_subclass() -> None:
@@ -167,6 +168,8 @@ def test_spplate_flux_only_estimates_ivar() -> None:
         assert s.ra is None and s.dec is None and s.z is None
         assert s.ivar_estimated and (s.ivar > 0).mean() > 0.9
         assert s.model is None and s.sky is None
+        assert s.meta["model_source"] is None
+        assert s.meta["model_note"] == "no spZbest file next to the spPlate"
     hdr = fits.getheader(SPPLATE)
     assert np.allclose(np.log10(spectra[0].wave), hdr["COEFF0"] + hdr["COEFF1"] * np.arange(4637))
     assert spectra[0].wave[0] < 3800 and spectra[0].wave[-1] > 5000
@@ -225,6 +228,7 @@ def test_spplate_full_format_and_spzbest(tmp_path: Path) -> None:
     assert s.ivar[1000] == 0 and s.ivar[1001] == 4.0 and s.ivar[999] == 4.0
     assert s.sky is not None and np.all(s.sky == 7.0)
     assert s.model is not None and np.all(s.model == float(np.flatnonzero(order == 104)[0]))
+    assert s.meta["model_source"] == "spzbest" and "model_note" not in s.meta
     assert list(iter_spectrum_files(tmp_path)) == [plate]  # the spZbest companion is skipped
 
 
@@ -305,7 +309,7 @@ def test_grid_exact_copy_for_sdss() -> None:
     ivar, (flux, model) = to_grid(s.wave, s.flux, s.model, ivar=s.ivar)
     dst = np.rint(np.log10(s.wave) / WINDOW.dlog).astype(int) - WINDOW.k0
     ok = (dst >= 0) & (dst < WINDOW.n)
-    assert flux is not None and model is not None
+    assert flux is not None and model is not None and s.model is not None
     assert np.array_equal(flux[dst[ok]], s.flux[ok]) and np.array_equal(model[dst[ok]], s.model[ok])
     assert np.array_equal(ivar[dst[ok]], s.ivar[ok])
     assert np.all(ivar[: dst[ok][0]] == 0)  # window pixels below the file's first pixel
@@ -446,3 +450,209 @@ def test_gzipped_spec_file_reads_identically(tmp_path: Path) -> None:
     (b,) = read_spectra(dst)
     assert np.array_equal(a.flux, b.flux) and np.array_equal(a.wave, b.wave) and a.z == b.z
     assert list(iter_spectrum_files(tmp_path)) == [dst]
+
+
+# ------------------------------------------------------------------ pipeline models (redrock)
+
+SHIPPED_TEMPLATE = "rrtemplate-galaxy-2016-a85ec73.fits.gz"
+
+
+def _dense_resolution(rdata: np.ndarray) -> np.ndarray:
+    """The resolution matrix written out from DESI's definition: diagonal d = ndiag//2 - k of
+    column j is rdata[k, j], i.e. R[j - d, j] = rdata[k, j]."""
+    ndiag, n = rdata.shape
+    dense = np.zeros((n, n))
+    for k in range(ndiag):
+        d = ndiag // 2 - k
+        for j in range(n):
+            if 0 <= j - d < n:
+                dense[j - d, j] = rdata[k, j]
+    return dense
+
+
+def _template_average(wave_rest: np.ndarray, y: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Pixel averages of the piecewise-linear y(wave_rest) between observed-frame ``edges`` already
+    divided by (1 + z): trapezoids over the union of the samples and the edges (exact)."""
+    pts = np.union1d(wave_rest[(wave_rest > edges[0]) & (wave_rest < edges[-1])], edges)
+    vals = np.interp(pts, wave_rest, y)
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (vals[1:] + vals[:-1]) * np.diff(pts))])
+    at = cum[np.searchsorted(pts, edges)]
+    return np.diff(at) / np.diff(edges)
+
+
+def test_resolution_product_equals_dense_matrix() -> None:
+    from scipy.sparse import dia_matrix
+
+    from lenscat.spectra.redrock import apply_resolution
+
+    rng = np.random.default_rng(31)
+    with fits.open(COADD) as h:
+        real = np.asarray(h["B_RESOLUTION"].data[0][:, 500:560], dtype=np.float64)
+    for rdata in (real, rng.normal(size=(11, 60)), rng.normal(size=(5, 7)), rng.normal(size=(11, 4))):
+        n = rdata.shape[1]
+        f = rng.normal(size=(n,))
+        dense = _dense_resolution(rdata)
+        offsets = np.arange(rdata.shape[0] // 2, -(rdata.shape[0] // 2) - 1, -1)
+        assert np.allclose(dia_matrix((rdata, offsets), shape=(n, n)).toarray(), dense)
+        assert np.allclose(apply_resolution(rdata, f), dense @ f, rtol=1e-12, atol=1e-12)
+    # batched: one matrix per row; big-endian float32 as FITS stores it
+    rs = rng.normal(size=(3, 11, 40)).astype(">f4")
+    fs = rng.normal(size=(3, 40)).astype(np.float32)
+    out = apply_resolution(rs, fs)
+    assert out.dtype == np.float32
+    for i in range(3):
+        assert np.allclose(out[i], _dense_resolution(rs[i].astype(np.float64)) @ fs[i], rtol=1e-5, atol=1e-5)
+
+
+def _write_redrock(src: Path, dst: Path, coeff: np.ndarray, ncoeff: int | None) -> None:
+    with fits.open(src) as h:
+        tab = h["REDSHIFTS"].data.copy()
+        tab["COEFF"][0] = coeff
+        if ncoeff is not None:
+            tab["NCOEFF"][0] = ncoeff
+        fits.HDUList([fits.PrimaryHDU(header=h[0].header), fits.BinTableHDU(tab, name="REDSHIFTS")]).writeto(dst)
+
+
+def test_desi_redrock_model_matches_flux_made_from_it(tmp_path: Path) -> None:
+    """A coadd whose flux is the shipped 5-term template (z, COEFF of its redrock file) convolved
+    with each arm's own resolution matrix, plus noise: the reader's model is that flux to far
+    below the noise."""
+    from lenscat.spectra.reference import data_path
+
+    with fits.open(data_path(SHIPPED_TEMPLATE)) as t:
+        basis = np.asarray(t[0].data, dtype=np.float64)
+        rest = t[0].header["CRVAL1"] + t[0].header["CDELT1"] * np.arange(basis.shape[1])
+    z = float(fits.getdata(REDROCK, "REDSHIFTS")["Z"][0])
+    rng = np.random.default_rng(5)
+    shape = np.array([1.0, 0.3, -0.2, 0.1, 0.05])
+    coadd = tmp_path / COADD.name
+    truth: dict[str, np.ndarray] = {}
+    raw: dict[str, np.ndarray] = {}
+    with fits.open(COADD) as h:
+        scale = float(np.median(h["R_FLUX"].data[0]))  # a model as bright as the real galaxy
+        for a in ("B", "R", "Z"):
+            w = np.asarray(h[f"{a}_WAVELENGTH"].data, dtype=np.float64)
+            mid = 0.5 * (w[1:] + w[:-1])
+            edges = np.concatenate([[w[0] - (mid[0] - w[0])], mid, [w[-1] + (w[-1] - mid[-1])]])
+            raw[a] = _template_average(rest, shape @ basis, edges / (1.0 + z))
+            truth[a] = _dense_resolution(np.asarray(h[f"{a}_RESOLUTION"].data[0], dtype=np.float64)) @ raw[a]
+        norm = scale / float(np.median(truth["R"]))
+        for a in ("B", "R", "Z"):
+            truth[a] *= norm
+            raw[a] *= norm
+            ivar = np.asarray(h[f"{a}_IVAR"].data, dtype=np.float32).copy()
+            ivar[ivar <= 0] = np.median(ivar[ivar > 0])
+            noise = rng.normal(size=ivar.shape) / np.sqrt(ivar)
+            h[f"{a}_FLUX"].data = (truth[a][None, :] + noise).astype(np.float32)
+            h[f"{a}_IVAR"].data = ivar
+            h[f"{a}_MASK"].data = np.zeros(ivar.shape, dtype=np.int32)
+        h.writeto(coadd)
+    _write_redrock(REDROCK, tmp_path / REDROCK.name, np.concatenate([shape * norm, np.zeros(5)]), 5)
+
+    (s,) = read_spectra(coadd)
+    _check_arrays(s)
+    assert s.meta["model_source"] == "redrock" and s.meta["model_template"] == SHIPPED_TEMPLATE
+    assert "model_note" not in s.meta and s.model is not None
+    # the noiseless truth merged as the reader merges arms (inverse-variance weights)
+    num, den, unconv = np.zeros(s.wave.size), np.zeros(s.wave.size), np.zeros(s.wave.size)
+    with fits.open(coadd) as h:
+        for a in ("B", "R", "Z"):
+            idx = np.searchsorted(s.wave, h[f"{a}_WAVELENGTH"].data - 0.01)
+            assert np.allclose(s.wave[idx], h[f"{a}_WAVELENGTH"].data)
+            iv = h[f"{a}_IVAR"].data[0].astype(np.float64)
+            np.add.at(num, idx, truth[a] * iv)
+            np.add.at(unconv, idx, raw[a] * iv)
+            np.add.at(den, idx, iv)
+    expected, expected_raw = num / den, unconv / den
+    sigma = 1.0 / np.sqrt(s.ivar)
+    # model against the noiseless flux: a tiny fraction of the noise (float32 rounding)
+    assert np.max(np.abs(s.model - expected) / sigma) < 1e-3
+    assert np.max(np.abs(s.model - expected)) < 1e-5 * np.max(np.abs(expected))
+    # against the noisy flux: residuals are the noise (chi2 per pixel ~ 1)
+    chi2 = float(np.mean((s.flux - s.model) ** 2 * s.ivar))
+    assert 0.95 < chi2 < 1.05, chi2
+    # the resolution matters at this precision: without it the model would be off
+    assert np.max(np.abs(expected_raw - expected) / sigma) > 0.05
+
+
+def test_desi_ten_term_redrock_fit_falls_back_with_a_note() -> None:
+    (s,) = read_spectra(COADD)
+    assert s.model is None and s.meta["model_source"] is None and "model_template" not in s.meta
+    assert s.meta["model_note"] == ("redrock COEFF has 10 terms; available GALAXY templates have 5 "
+                                    "(set LENSCAT_REDROCK_TEMPLATES)")
+    (e, *_) = read_spectra(COADD_EDGE)
+    assert e.model is None and e.meta["model_note"] == "no redrock/zbest file next to the coadd"
+
+
+def _write_template(path: Path, nbasis: int, version: str | None) -> None:
+    from lenscat.spectra.reference import data_path
+
+    with fits.open(data_path(SHIPPED_TEMPLATE)) as t:
+        hdr = t[0].header
+        basis = np.asarray(t[0].data)
+        keep = slice(10_000, 62_000)  # rest 2167-7367 A: covers z = 0.3687 at 3600-9824 A
+        rest0 = hdr["CRVAL1"] + hdr["CDELT1"] * keep.start
+        data = np.concatenate([basis[:, keep], 0.5 * basis[:, keep]])[:nbasis].astype(np.float32)
+    out = fits.PrimaryHDU(data)
+    out.header["EXTNAME"] = "BASIS_VECTORS"
+    out.header["CRVAL1"] = rest0
+    out.header["CDELT1"] = hdr["CDELT1"]
+    out.header["RRTYPE"] = "GALAXY"
+    out.header["RRSUBTYP"] = ""
+    if version is not None:
+        out.header["VERSION"] = version
+    out.writeto(path)
+
+
+def test_user_template_directory_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LENSCAT_REDROCK_TEMPLATES: a 10-term GALAXY template of the version the redrock file names
+    rebuilds the real fit; one of another version is refused with a note."""
+    from lenscat.settings import get_settings
+
+    good, other = tmp_path / "good", tmp_path / "other"
+    good.mkdir()
+    other.mkdir()
+    _write_template(good / "rrtemplate-GALAXY-None-v2.6.fits", 10, "2.6")
+    _write_template(other / "rrtemplate-GALAXY-None-v9.9.fits", 10, "9.9")
+    try:
+        monkeypatch.setenv("LENSCAT_REDROCK_TEMPLATES", str(good))
+        get_settings.cache_clear()
+        (s,) = read_spectra(COADD)
+        assert s.meta["model_source"] == "redrock" and s.model is not None
+        assert s.meta["model_template"] == "rrtemplate-GALAXY-None-v2.6.fits"
+        assert np.all(np.isfinite(s.model)) and np.any(s.model != 0)
+        monkeypatch.setenv("LENSCAT_REDROCK_TEMPLATES", str(other))
+        get_settings.cache_clear()
+        (s,) = read_spectra(COADD)
+        assert s.model is None and s.meta["model_note"] == (
+            "redrock used GALAXY template version 2.6; available versions 9.9 (set LENSCAT_REDROCK_TEMPLATES)")
+        monkeypatch.setenv("LENSCAT_REDROCK_TEMPLATES", str(tmp_path / "missing"))
+        get_settings.cache_clear()
+        with pytest.raises(LenscatError, match="redrock template directory does not exist"):
+            read_spectra(COADD)
+    finally:
+        get_settings.cache_clear()
+
+
+def test_select_template_rules() -> None:
+    from lenscat.spectra.redrock import RedrockTemplate, select_template
+
+    wave = np.linspace(1000.0, 2000.0, 11)
+
+    def tmpl(st: str, sub: str, n: int, version: str | None = None) -> RedrockTemplate:
+        return RedrockTemplate(st, sub, version, wave, np.ones((n, wave.size), np.float32), f"{st}{sub}{n}")
+
+    ts = [tmpl("GALAXY", "", 5), tmpl("GALAXY", "", 10), tmpl("QSO", "HIZ", 4), tmpl("STAR", "K", 5)]
+    c = np.array([1.0, 2, 3, 0, 0, 0, 0, 0, 0, 0])
+    assert select_template(ts, "GALAXY", "", c, 10)[0] is ts[1]
+    assert select_template(ts, "GALAXY", None, c, 5)[0] is ts[0]
+    assert select_template(ts, "qso", "hiz", c, 4)[0] is ts[2]
+    assert select_template(ts, "STAR", "K", c, 5)[0] is ts[3]
+    # no NCOEFF (older files): the smallest template that holds the non-zero terms
+    assert select_template(ts, "GALAXY", "", c, None)[0] is ts[0]
+    assert select_template(ts, "GALAXY", "", np.arange(1.0, 11.0), None)[0] is ts[1]
+    t, why = select_template(ts, "STAR", "M", c, 5)
+    assert t is None and why == ("no redrock STAR:::M template available (have GALAXY, QSO:::HIZ, "
+                                 "STAR:::K; set LENSCAT_REDROCK_TEMPLATES)")
+    t, why = select_template(ts, "GALAXY", "", np.zeros(10), 5)
+    assert t is None and why == "redrock row has no usable COEFF"

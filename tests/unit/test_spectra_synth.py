@@ -170,3 +170,81 @@ def test_inject_lines():
     assert np.all(iv3[1] <= ivar[1]) and np.any(iv3[1] < ivar[1])
     assert np.all(iv3[0, :10] == 0)
     assert f3.dtype == np.float32
+
+
+# --- issue 31: matched-S/N priors, block generation ----------------------------------------
+
+
+def test_matched_priors_reach_the_drawn_matched_snr_exactly():
+    from lenscat.spectra.synth import matched_snr
+
+    s = make_training_set(600, seed=9, priors="matched", positive_fraction=0.25,
+                          line_priors={"snr_range": (4.0, 15.0), "bright_fraction": 0.0})
+    pos = np.flatnonzero(s.labels == 1)
+    assert len(pos) == 150 and s.meta["priors"] == "matched"
+    line = lya_profile(s.wave, s.line["centre"][pos], s.line["line_flux"][pos],
+                       s.line["fwhm_kms"][pos], s.line["skew"][pos])
+    # the optimal-filter S/N of the line against the spectrum's own final ivar (masks and the
+    # line's photon noise included) is the drawn one
+    got = matched_snr(line, s.ivar[pos])
+    assert np.allclose(got, s.line["snr_target"][pos], rtol=1e-5)
+    assert np.allclose(got, s.line["snr_matched"][pos], rtol=1e-5)
+    assert np.all((s.line["snr_target"][pos] >= 4.0) & (s.line["snr_target"][pos] <= 15.0))
+    # the stated peak is the continuous profile's
+    i = int(pos[0])
+    fine = np.linspace(s.line["centre"][i] - 30, s.line["centre"][i] + 30, 60001)
+    p = lya_profile(fine, s.line["centre"][i], s.line["line_flux"][i], s.line["fwhm_kms"][i],
+                    s.line["skew"][i], integrate=False)
+    assert p.max() == pytest.approx(s.line["peak"][i], rel=1e-3)
+    # Li et al.'s priors record the matched S/N too
+    li = make_training_set(300, seed=9, positive_fraction=0.25)
+    lp = np.flatnonzero(li.labels == 1)
+    ll = lya_profile(li.wave, li.line["centre"][lp], li.line["line_flux"][lp], li.line["fwhm_kms"][lp],
+                     li.line["skew"][lp])
+    assert np.allclose(matched_snr(ll, li.ivar[lp]), li.line["snr_matched"][lp], rtol=1e-5)
+
+
+def test_matched_priors_cover_the_full_fwhm_and_skew_range():
+    from lenscat.spectra.synth import draw_matched_params
+
+    d = draw_matched_params(np.random.default_rng(4), 20000)
+    assert np.all((d["fwhm_kms"] >= 70.0) & (d["fwhm_kms"] <= 1100.0))
+    # log-uniform: as many lines below 278 km/s (the geometric middle) as above
+    assert 0.47 < np.mean(d["fwhm_kms"] < np.sqrt(70.0 * 1100.0)) < 0.53
+    assert np.mean(d["fwhm_kms"] < 120) > 0.15 and np.mean(d["fwhm_kms"] > 700) > 0.1
+    red = d["skew"] > 1.5
+    assert 0.6 < np.mean(red) < 0.8 and d["skew"].max() <= 8.0
+    assert np.mean(np.abs(d["skew"]) < 1.0) > 0.15  # some nearly symmetric lines
+    core = d["snr_target"] <= 20.0  # S/N 3-20, plus a bright tail (15 %) up to 150
+    assert np.all(d["snr_target"] >= 3.0) and 0.13 < np.mean(~core) < 0.17 and d["snr_target"].max() <= 150.0
+    assert np.all((d["pixel"] >= 5) & (d["pixel"] <= WINDOW.n - 6))
+    with pytest.raises(LenscatError):
+        make_training_set(10, priors="nope")
+
+
+def test_blocks_concatenate_to_the_whole_set(monkeypatch):
+    from lenscat.spectra import synth as synth_mod
+    from lenscat.spectra.synth import iter_training_set
+
+    monkeypatch.setattr(synth_mod, "_CHUNK", 256)
+    whole = make_training_set(600, seed=13, priors="matched", keep_truth=False)
+    blocks = list(iter_training_set(600, seed=13, priors="matched", keep_truth=False))
+    assert [len(b) for b in blocks] == [256, 256, 88] and blocks[1].meta["start"] == 256
+    for k in ("flux", "ivar", "continuum", "z", "labels", "line_pixel"):
+        assert np.array_equal(np.concatenate([getattr(b, k) for b in blocks]), getattr(whole, k))
+    assert np.array_equal(np.concatenate([b.line["line_flux"] for b in blocks]), whole.line["line_flux"],
+                          equal_nan=True)
+    assert whole.truth is None and blocks[0].truth is None
+
+
+def test_matched_flux_of_a_line_hidden_by_masks_is_finite():
+    from lenscat.spectra.synth import _matched_line_flux
+
+    unit = lya_profile(WINDOW.wave, np.array([4200.0, 4500.0]), 1.0, 300.0, 2.0)
+    ones = np.ones_like(unit)
+    good = np.ones(unit.shape, dtype=bool)
+    good[1, np.abs(WINDOW.wave - 4500.0) < 60.0] = False  # the second line lies entirely on masked pixels
+    f = _matched_line_flux(unit, np.array([1.0, 1.0]), ones, ones, good, np.array([10.0, 10.0]))
+    assert np.all(np.isfinite(f)) and np.all(f > 0)
+    var = 1.0 + f[0] * unit[0]
+    assert np.sqrt(np.sum(f[0] ** 2 * unit[0] ** 2 / var)) == pytest.approx(10.0, rel=1e-9)
