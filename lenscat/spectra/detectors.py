@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -241,7 +242,7 @@ class SpectrumBatch:
         raise LenscatError("these spectra have no red-side arrays for the line vetoes")
 
 
-class Detector:
+class Detector(ABC):
     """A loaded detector version; subclasses implement :meth:`detect` (and may override :meth:`characterise`).
 
     Parameters
@@ -271,9 +272,9 @@ class Detector:
             return [str(spec.get(s, spec.get("*", "pipeline"))) for s in surveys]
         return [str(spec)] * len(surveys)
 
+    @abstractmethod
     def detect(self, batch: SpectrumBatch) -> Candidates:
         """Candidate lines in the batch."""
-        raise NotImplementedError
 
     def characterise(self, cands: Candidates, batch: SpectrumBatch) -> list[HitRow]:
         """Line fit and per-line vetoes of each candidate (default: the Lyα follow-up)."""

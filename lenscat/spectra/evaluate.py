@@ -291,7 +291,7 @@ def make_realisations(real: RealSample, *, realisations: int, line_fraction: flo
                       wave_range: tuple[float, float], renoise: bool, family: str, seed: int) -> Realisations:
     """Draw hosts, re-noise them and inject lines scaled to a matched-filter S/N (see the module docstring)."""
     from lenscat.spectra.masks import galaxy_lines
-    from lenscat.spectra.synth import lya_profile
+    from lenscat.spectra.synth import lya_profile, matched_snr
 
     if realisations < 1:
         raise LenscatError(f"realisations must be >= 1, got {realisations}")
@@ -349,7 +349,7 @@ def make_realisations(real: RealSample, *, realisations: int, line_fraction: flo
                 raise LenscatError("cannot place an injected line clear of the galaxy lines on covered pixels")
             prof = lya_profile(mwave, c, 1.0, fw, sk)
             pw = _on(master, WINDOW, prof[None, :])[0]
-            s1 = float(np.sqrt(np.sum(pw.astype(np.float64) ** 2 * wivar[i])))
+            s1 = float(matched_snr(pw.astype(np.float64), wivar[i]))
             f = target / s1
             centre[i], zsrc[i], lflux[i], fwhm[i], skew[i], msnr[i] = c, c / LYA - 1.0, f, fw, sk, target
             line = (f * prof)[None, :]

@@ -41,6 +41,9 @@ from scipy import optimize, special, stats
 
 from lenscat.spectra.continuum import robust_sigma_rows
 from lenscat.spectra.grid import C_KMS, LYA, WINDOW, LogGrid
+from lenscat.spectra.masks import line_mask, sky_line_mask
+from lenscat.spectra.oii import HALPHA, HBETA, NII_6585, OII_3727, OII_3729, OIII_4959, OIII_5007
+from lenscat.spectra.reference import emission_lines
 
 __all__ = [
     "INTERLOPER_LINES",
@@ -300,11 +303,11 @@ def fit_line(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np
     return out
 
 
-#: the [OII] 3726, 3729 doublet, rest vacuum wavelengths [Angstrom]
-OII_DOUBLET: tuple[float, float] = (3727.092, 3729.875)
+#: the [OII] 3726, 3729 doublet, rest vacuum wavelengths [Angstrom] (:mod:`lenscat.spectra.oii`'s)
+OII_DOUBLET: tuple[float, float] = (OII_3727, OII_3729)
 #: lines an [OII] emitter also shows redward, rest vacuum wavelengths [Angstrom]
-OII_COMPANIONS: dict[str, float] = {"hbeta": 4862.68, "oiii_4960": 4960.30, "oiii_5008": 5008.24,
-                                    "halpha": 6564.61, "nii_6585": 6585.27}
+OII_COMPANIONS: dict[str, float] = {"hbeta": HBETA, "oiii_4960": OIII_4959, "oiii_5008": OIII_5007,
+                                    "halpha": HALPHA, "nii_6585": NII_6585}
 #: bound on |alpha| in the skew-normal fits (as :func:`fit_line`)
 _ALPHA_MAX = 20.0
 #: fixed shapes that trace the chi^2 profile in alpha (besides the constrained optima)
@@ -811,16 +814,10 @@ def _good_red(wave: np.ndarray, r: np.ndarray, iv: np.ndarray, z_oii: float, z_l
               cfg: VetoConfig) -> np.ndarray:
     """Good red pixels: finite, ivar > 0, off bright sky lines and (unless the line is the lens's own
     [OII]) off the lens galaxy's own emission lines."""
-    from lenscat.spectra.masks import line_mask  # local: masks imports nothing from here
-    from lenscat.spectra.reference import emission_lines, sky_lines
-
     good = np.isfinite(r) & np.isfinite(iv) & (iv > 0)
     if wave.size < 2:
         return good
-    dpx = np.gradient(wave)
-    for s in sky_lines():
-        if wave[0] <= s <= wave[-1]:
-            good &= np.abs(wave - s) > cfg.sky_half_px * float(np.interp(s, wave, dpx))
+    good &= ~sky_line_mask(wave, full_range=True, half_width_px=cfg.sky_half_px)
     if z_lens is not None and np.isfinite(z_lens) and abs(z_oii - z_lens) * C_KMS / (1.0 + z_lens) > 1000.0:
         rest = np.array([v for v in emission_lines().values() if v > 3000.0])
         good &= ~line_mask(wave, rest * (1.0 + z_lens), cfg.lens_line_kms)

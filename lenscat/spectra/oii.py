@@ -85,6 +85,7 @@ from scipy import optimize, special
 from scipy.ndimage import maximum_filter1d
 
 from lenscat.spectra.grid import C_KMS
+from lenscat.spectra.synth import matched_snr  # one answer to "the optimal S/N of a known line"
 
 __all__ = [
     "HBETA",
@@ -518,13 +519,6 @@ def companion_snr(wave: np.ndarray, r: np.ndarray, w: np.ndarray, z: float,
     vals = [v for v in (out["hbeta_snr"], out["oiii_snr"]) if np.isfinite(v)]
     out["companion_snr"] = max(vals) if vals else np.nan
     return out
-
-
-def matched_snr(profile: np.ndarray, ivar: np.ndarray) -> np.ndarray:
-    """Matched-filter S/N of a known profile: ``sqrt(sum(ivar * profile^2))`` along the last axis."""
-    p = np.asarray(profile, dtype=np.float64)
-    iv = np.where(np.isfinite(ivar) & (np.asarray(ivar) > 0), ivar, 0.0)
-    return np.asarray(np.sqrt(np.sum(iv * p * p, axis=-1)))
 
 
 # --- per-hit fit ------------------------------------------------------------------------------------

@@ -366,7 +366,7 @@ def matched_snr(line: np.ndarray, ivar: np.ndarray) -> np.ndarray:
     """
     ln = np.asarray(line, dtype=np.float64)
     iv = np.asarray(ivar, dtype=np.float64)
-    return np.asarray(np.sqrt(np.sum(ln * ln * np.where(iv > 0, iv, 0.0), axis=-1)))
+    return np.asarray(np.sqrt(np.sum(ln * ln * np.where(np.isfinite(iv) & (iv > 0), iv, 0.0), axis=-1)))
 
 
 def _matched_line_flux(unit: np.ndarray, gain: np.ndarray, shape_var: np.ndarray, inv_t: np.ndarray,
