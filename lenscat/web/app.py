@@ -89,14 +89,17 @@ class CsrfFailed(Exception):
 
 
 def db_session() -> Iterator[Session]:
-    """One session per request; commits once at the end (rolls back on error)."""
+    """One session per request; commits once when the handler returns (rolls back on error).
+
+    Bound with ``scope="function"``, so the commit happens before the response is sent: a client
+    that follows the login redirect at once finds its session row committed."""
     from lenscat.db.session import session_scope
 
     with session_scope() as s:
         yield s
 
 
-DB = Annotated[Session, Depends(db_session)]
+DB = Annotated[Session, Depends(db_session, scope="function")]
 
 
 def current(request: Request, session: DB) -> tuple[Grader, WebSession]:
