@@ -21,8 +21,8 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check lenscat db migrations tasks tests bench
-	$(BIN)/mypy lenscat db migrations tasks
+	$(BIN)/ruff check lenscat tests bench scripts
+	$(BIN)/mypy lenscat
 
 test: lint
 	$(BIN)/python -m pytest tests -q

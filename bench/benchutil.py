@@ -69,12 +69,20 @@ def machine_info(*, with_torch: bool = False) -> dict[str, Any]:
         pass
     info: dict[str, Any] = {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_count": os.cpu_count(), "cpu": cpu, "machine": platform.machine(), "ram_gb": mem_gb,
-        "os": platform.platform(), "python": platform.python_version(), "loadavg_start": loadavg(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "ram_gb": mem_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_start": loadavg(),
     }
     if with_torch:
         import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                    cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+        info.update(
+            torch=torch.__version__,
+            torch_threads=torch.get_num_threads(),
+            cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        )
     return info

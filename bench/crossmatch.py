@@ -59,8 +59,9 @@ GOAL_CONE_P50_MS = 5.0
 # data
 
 
-def _offset(ra: np.ndarray, dec: np.ndarray, pa_deg: np.ndarray, sep_arcsec: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _offset(
+    ra: np.ndarray, dec: np.ndarray, pa_deg: np.ndarray, sep_arcsec: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``sep`` away from (ra, dec) at position angle ``pa`` (exact spherical offset)."""
     a, d = np.radians(ra), np.radians(dec)
     s, p = np.radians(sep_arcsec / 3600.0), np.radians(pa_deg)
@@ -70,8 +71,15 @@ def _offset(ra: np.ndarray, dec: np.ndarray, pa_deg: np.ndarray, sep_arcsec: np.
     return np.where(ra2 >= 360.0, 0.0, ra2), np.degrees(d2)
 
 
-def make_sources(n: int, lens_ra: np.ndarray, lens_dec: np.ndarray, *, seed: int,
-                 lens_fraction: float = 0.5, companion_fraction: float = 0.2) -> dict[str, np.ndarray]:
+def make_sources(
+    n: int,
+    lens_ra: np.ndarray,
+    lens_dec: np.ndarray,
+    *,
+    seed: int,
+    lens_fraction: float = 0.5,
+    companion_fraction: float = 0.2,
+) -> dict[str, np.ndarray]:
     """``n`` DECaLS-like sources: uniform on the whole sky, plus a deflector within ~0.3 arcsec of
     a random ``lens_fraction`` of the lenses (and a companion 1.5-5 arcsec away for
     ``companion_fraction`` of those), so the cross-match has matches and neighbours.
@@ -82,11 +90,9 @@ def make_sources(n: int, lens_ra: np.ndarray, lens_dec: np.ndarray, *, seed: int
     rng = np.random.default_rng(seed)
     pick = np.flatnonzero(rng.random(len(lens_ra)) < lens_fraction)
     k = len(pick)
-    dra, ddec = _offset(lens_ra[pick], lens_dec[pick], rng.uniform(0, 360, k),
-                        np.abs(rng.normal(0.0, 0.3, k)))
+    dra, ddec = _offset(lens_ra[pick], lens_dec[pick], rng.uniform(0, 360, k), np.abs(rng.normal(0.0, 0.3, k)))
     comp = pick[rng.random(k) < companion_fraction]
-    cra, cdec = _offset(lens_ra[comp], lens_dec[comp], rng.uniform(0, 360, len(comp)),
-                        rng.uniform(1.5, 5.0, len(comp)))
+    cra, cdec = _offset(lens_ra[comp], lens_dec[comp], rng.uniform(0, 360, len(comp)), rng.uniform(1.5, 5.0, len(comp)))
     m = n - k - len(comp)
     if m < 0:
         raise SystemExit(f"--n {n} is smaller than the {k + len(comp)} sources placed at lenses")
@@ -149,6 +155,7 @@ def restart_server() -> None:
 
 def psycopg_connect():
     import psycopg
+
     from lenscat.db.server import resolve_database_url
 
     return psycopg.connect(resolve_database_url())
@@ -170,16 +177,18 @@ def _reset_copy_survey() -> None:
 
 def _count_survey(name: str) -> int:
     with psycopg_connect() as conn:
-        row = conn.execute("SELECT count(*) FROM lenscat.sources s JOIN lenscat.surveys v "
-                           "USING (survey_id) WHERE v.name = %s", (name,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) WHERE v.name = %s", (name,)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
-def bench_ingest(path: Path, changed_path: Path, *, batch_rows: int, baseline_rows: int,
-                 repeats: int) -> dict[str, Any]:
+def bench_ingest(
+    path: Path, changed_path: Path, *, batch_rows: int, baseline_rows: int, repeats: int
+) -> dict[str, Any]:
     """Ingest rates: COPY path (``repeats`` fresh loads, the last one kept), row-by-row baseline,
     and a re-ingest of a corrected copy of the file (every key exists: the upsert path)."""
-    from lenscat.source_ingest import prepare_sources, run_source_ingest
+    from lenscat.catalogue.ingest import prepare_sources, run_source_ingest
 
     t0 = time.perf_counter()
     prep = prepare_sources(path, COPY_SURVEY)
@@ -190,9 +199,11 @@ def bench_ingest(path: Path, changed_path: Path, *, batch_rows: int, baseline_ro
     rowwise_runs = []
     for _ in range(repeats):
         rowwise_runs.append(bench_rowwise(prep, baseline_rows))
-        print(f"  row-by-row baseline: {rowwise_runs[-1]['rows']:,} rows in "
-              f"{rowwise_runs[-1]['seconds']:.2f} s = {rowwise_runs[-1]['rows_per_s']:,.0f} rows/s",
-              flush=True)
+        print(
+            f"  row-by-row baseline: {rowwise_runs[-1]['rows']:,} rows in "
+            f"{rowwise_runs[-1]['seconds']:.2f} s = {rowwise_runs[-1]['rows_per_s']:,.0f} rows/s",
+            flush=True,
+        )
     rowwise = sorted(rowwise_runs, key=lambda r: r["rows_per_s"])[len(rowwise_runs) // 2]
 
     writes = []
@@ -205,8 +216,7 @@ def bench_ingest(path: Path, changed_path: Path, *, batch_rows: int, baseline_ro
         n_db = _count_survey(COPY_SURVEY)
         if n_db != n - prep.n_rejected or summary.inserted != n_db:
             raise SystemExit(f"ingest check failed: {n_db} rows in the database, summary {summary}")
-        print(f"  run_source_ingest #{rep + 1}: {writes[-1]:.2f} s = {n / writes[-1]:,.0f} rows/s",
-              flush=True)
+        print(f"  run_source_ingest #{rep + 1}: {writes[-1]:.2f} s = {n / writes[-1]:,.0f} rows/s", flush=True)
     t_write = statistics.median(writes)
 
     # a corrected release of the same file: every key exists, one row changed
@@ -218,19 +228,30 @@ def bench_ingest(path: Path, changed_path: Path, *, batch_rows: int, baseline_ro
     t_reingest = time.perf_counter() - t0
     if (s2.inserted, s2.updated, s2.unchanged) != (0, 1, n - 1) or _count_survey(COPY_SURVEY) != n:
         raise SystemExit(f"re-ingest check failed: {s2}")
-    print(f"  re-ingest of a corrected file: {t_reingest:.2f} s = {n / t_reingest:,.0f} rows/s "
-          f"(1 updated, {s2.unchanged:,} unchanged)", flush=True)
+    print(
+        f"  re-ingest of a corrected file: {t_reingest:.2f} s = {n / t_reingest:,.0f} rows/s "
+        f"(1 updated, {s2.unchanged:,} unchanged)",
+        flush=True,
+    )
 
     out = {
-        "rows": n, "batch_rows": batch_rows, "prepare_s": t_prepare, "write_s": t_write,
-        "write_all_s": writes, "write_rows_per_s": n / t_write,
+        "rows": n,
+        "batch_rows": batch_rows,
+        "prepare_s": t_prepare,
+        "write_s": t_write,
+        "write_all_s": writes,
+        "write_rows_per_s": n / t_write,
         "end_to_end_rows_per_s": n / (t_prepare + t_write),
-        "reingest_s": t_reingest, "reingest_rows_per_s": n / t_reingest,
+        "reingest_s": t_reingest,
+        "reingest_rows_per_s": n / t_reingest,
         "reingest_end_to_end_rows_per_s": n / (t_prepare2 + t_reingest),
-        "rowwise": rowwise, "rowwise_all": rowwise_runs,
+        "rowwise": rowwise,
+        "rowwise_all": rowwise_runs,
     }
-    print(f"  median: {n / t_write:,.0f} rows/s (with prepare_sources: "
-          f"{out['end_to_end_rows_per_s']:,.0f} rows/s)", flush=True)
+    print(
+        f"  median: {n / t_write:,.0f} rows/s (with prepare_sources: {out['end_to_end_rows_per_s']:,.0f} rows/s)",
+        flush=True,
+    )
     return out
 
 
@@ -240,15 +261,13 @@ def bench_rowwise(prep: Any, k: int) -> dict[str, Any]:
     Parameters are built before the clock starts; the timed part is psycopg ``executemany`` (which
     pipelines the statements) plus one commit.
     """
+    from lenscat.catalogue.surveys import ensure_survey
     from lenscat.db.session import session_scope
-
-    from lenscat.surveys import ensure_survey
 
     with session_scope() as s:
         survey_id = ensure_survey(ROWWISE_SURVEY, prep.bands, session=s).survey_id
     rows = np.flatnonzero(prep.good)[:k]
-    scal = [c for c in ("ebv", "source_type", "z_spec", "z_phot", "z_phot_l68", "z_phot_u68")
-            if c in prep.scalars]
+    scal = [c for c in ("ebv", "source_type", "z_spec", "z_phot", "z_phot_l68", "z_phot_u68") if c in prep.scalars]
     bands = [f for f in ("mag", "mag_err", "flux", "flux_ivar") if f in prep.band_values]
 
     def val(v: Any) -> Any:
@@ -269,7 +288,8 @@ def bench_rowwise(prep: Any, k: int) -> dict[str, Any]:
         f"INSERT INTO lenscat.sources AS s (survey_id, objid, {', '.join(target)}) "
         f"VALUES ({', '.join(['%s'] * (2 + len(target)))}) "
         f"ON CONFLICT ON CONSTRAINT uq_sources_survey_objid DO UPDATE SET "
-        + ", ".join(f"{c} = EXCLUDED.{c}" for c in target) + ", updated_at = now() WHERE "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in target)
+        + ", updated_at = now() WHERE "
         + " OR ".join(f"s.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in target)
     )
     with psycopg_connect() as conn:
@@ -278,8 +298,7 @@ def bench_rowwise(prep: Any, k: int) -> dict[str, Any]:
             cur.executemany(sql, params)
             conn.commit()
             secs = time.perf_counter() - t0
-        n_db = conn.execute("SELECT count(*) FROM lenscat.sources WHERE survey_id = %s",
-                            (survey_id,)).fetchone()[0]
+        n_db = conn.execute("SELECT count(*) FROM lenscat.sources WHERE survey_id = %s", (survey_id,)).fetchone()[0]
         conn.execute("DELETE FROM lenscat.sources WHERE survey_id = %s", (survey_id,))
         conn.commit()
         conn.autocommit = True
@@ -296,11 +315,11 @@ def bench_rowwise(prep: Any, k: int) -> dict[str, Any]:
 def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
     import astropy.units as u
     from astropy.coordinates import SkyCoord, match_coordinates_sky, search_around_sky
-    from lenscat.db.session import session_scope
     from sqlalchemy import text
 
-    from lenscat.crossmatch import crossmatch_catalog, pairs_sql
-    from lenscat.literature import prepare_literature, write_literature
+    from lenscat.db.session import session_scope
+    from lenscat.literature.crossmatch import crossmatch_catalog, pairs_sql
+    from lenscat.literature.ingest import prepare_literature, write_literature
 
     lit = prepare_literature(LENS_FILE, LENS_CATALOG)
     with session_scope() as s:
@@ -317,24 +336,38 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
     # the pair search alone (what astropy computes), without storing the result
     t_pairs: list[float] = []
     with session_scope() as s:
-        cid0 = s.execute(text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"),
-                         {"n": LENS_CATALOG}).scalar_one()
+        cid0 = s.execute(
+            text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"), {"n": LENS_CATALOG}
+        ).scalar_one()
         for _ in range(repeats):
             t0 = time.perf_counter()
-            s.execute(text(f"SELECT count(*) FROM ({pairs_sql(False)}) p"),
-                      {"r": radius_arcsec / 3600.0, "cid": cid0}).scalar_one()
+            s.execute(
+                text(f"SELECT count(*) FROM ({pairs_sql(False)}) p"), {"r": radius_arcsec / 3600.0, "cid": cid0}
+            ).scalar_one()
             t_pairs.append(time.perf_counter() - t0)
 
     with session_scope() as s:
-        cid = s.execute(text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"),
-                        {"n": LENS_CATALOG}).scalar_one()
-        lens = np.array(s.execute(text(
-            "SELECT lens_id, ra, dec FROM lenscat.literature_lenses WHERE catalog_id = :c ORDER BY lens_id"),
-            {"c": cid}).all(), dtype=float)
-        db_nearest = {int(a): (int(b), float(c)) for a, b, c in s.execute(text(
-            """SELECT x.lens_id, x.source_id, x.separation_arcsec FROM lenscat.crossmatches x
+        cid = s.execute(
+            text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"), {"n": LENS_CATALOG}
+        ).scalar_one()
+        lens = np.array(
+            s.execute(
+                text("SELECT lens_id, ra, dec FROM lenscat.literature_lenses WHERE catalog_id = :c ORDER BY lens_id"),
+                {"c": cid},
+            ).all(),
+            dtype=float,
+        )
+        db_nearest = {
+            int(a): (int(b), float(c))
+            for a, b, c in s.execute(
+                text(
+                    """SELECT x.lens_id, x.source_id, x.separation_arcsec FROM lenscat.crossmatches x
                JOIN lenscat.literature_lenses l USING (lens_id)
-               WHERE l.catalog_id = :c AND x.is_nearest"""), {"c": cid})}
+               WHERE l.catalog_id = :c AND x.is_nearest"""
+                ),
+                {"c": cid},
+            )
+        }
     sid, sra, sdec = load_sources()
     lens_id = lens[:, 0].astype(np.int64)
     lra, ldec = lens[:, 1].copy(), lens[:, 2].copy()
@@ -349,8 +382,13 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
     t_match, t_around = [], []
     for _ in range(repeats):
         with session_scope() as s:
-            s.execute(text("DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l "
-                           "WHERE x.lens_id = l.lens_id AND l.catalog_id = :c"), {"c": cid})
+            s.execute(
+                text(
+                    "DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l "
+                    "WHERE x.lens_id = l.lens_id AND l.catalog_id = :c"
+                ),
+                {"c": cid},
+            )
             s.commit()
         for times in (fresh, warm):
             with session_scope() as s:
@@ -373,37 +411,59 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
     del lc, sc
     paired = [m / w for m, w in zip(t_match, warm, strict=True)]
     paired_fresh = [m / w for m, w in zip(t_match, fresh, strict=True)]
-    print(f"  crossmatch_catalog: {summary.n_lenses:,} lenses, {summary.n_matched:,} matched, "
-          f"{summary.n_pairs:,} pairs; cold {t_cold:.2f} s, fresh {statistics.median(fresh):.2f} s, "
-          f"warm {statistics.median(warm):.2f} s; pair query alone {statistics.median(t_pairs):.2f} s; "
-          "astropy/lenscat per repeat, fresh " + ", ".join(f"{x:.2f}" for x in paired_fresh)
-          + "; warm " + ", ".join(f"{x:.2f}" for x in paired), flush=True)
+    print(
+        f"  crossmatch_catalog: {summary.n_lenses:,} lenses, {summary.n_matched:,} matched, "
+        f"{summary.n_pairs:,} pairs; cold {t_cold:.2f} s, fresh {statistics.median(fresh):.2f} s, "
+        f"warm {statistics.median(warm):.2f} s; pair query alone {statistics.median(t_pairs):.2f} s; "
+        "astropy/lenscat per repeat, fresh "
+        + ", ".join(f"{x:.2f}" for x in paired_fresh)
+        + "; warm "
+        + ", ".join(f"{x:.2f}" for x in paired),
+        flush=True,
+    )
 
-    ap_nearest = {int(lens_id[j]): (int(sid[idx[j]]), float(d2d[j].to_value(u.arcsec)))
-                  for j in np.flatnonzero(hit)}
+    ap_nearest = {int(lens_id[j]): (int(sid[idx[j]]), float(d2d[j].to_value(u.arcsec))) for j in np.flatnonzero(hit)}
     same = sum(1 for k, v in ap_nearest.items() if k in db_nearest and db_nearest[k][0] == v[0])
-    differ = sorted(set(ap_nearest) ^ set(db_nearest)
-                    | {k for k in ap_nearest if k in db_nearest and db_nearest[k][0] != ap_nearest[k][0]})
+    differ = sorted(
+        set(ap_nearest) ^ set(db_nearest)
+        | {k for k in ap_nearest if k in db_nearest and db_nearest[k][0] != ap_nearest[k][0]}
+    )
     dsep = [abs(db_nearest[k][1] - ap_nearest[k][1]) for k in ap_nearest if k in db_nearest]
     agree = {
-        "lenses": len(lens_id), "matched_lenscat": len(db_nearest), "matched_astropy": len(ap_nearest),
-        "same_nearest": same, "disagreements": len(differ), "disagreeing_lens_ids": differ[:10],
-        "pairs_lenscat": summary.n_pairs, "pairs_astropy_search_around": len(i1),
+        "lenses": len(lens_id),
+        "matched_lenscat": len(db_nearest),
+        "matched_astropy": len(ap_nearest),
+        "same_nearest": same,
+        "disagreements": len(differ),
+        "disagreeing_lens_ids": differ[:10],
+        "pairs_lenscat": summary.n_pairs,
+        "pairs_astropy_search_around": len(i1),
         "max_sep_diff_mas": 1000 * max(dsep) if dsep else 0.0,
     }
     out = {
-        "radius_arcsec": radius_arcsec, "lenses": len(lens_id), "sources": len(sid),
-        "lenscat_cold_s": t_cold, "lenscat_warm_s": statistics.median(warm), "lenscat_warm_all_s": warm,
-        "lenscat_fresh_s": statistics.median(fresh), "lenscat_fresh_all_s": fresh,
+        "radius_arcsec": radius_arcsec,
+        "lenses": len(lens_id),
+        "sources": len(sid),
+        "lenscat_cold_s": t_cold,
+        "lenscat_warm_s": statistics.median(warm),
+        "lenscat_warm_all_s": warm,
+        "lenscat_fresh_s": statistics.median(fresh),
+        "lenscat_fresh_all_s": fresh,
         "paired_ratios_fresh": paired_fresh,
         "lenscat_pairs_query_s": statistics.median(t_pairs),
-        "astropy_match_s": statistics.median(t_match), "astropy_match_all_s": t_match,
-        "paired_ratio_median": statistics.median(paired), "paired_ratios": paired,
-        "astropy_search_around_s": statistics.median(t_around), "astropy_search_around_all_s": t_around,
+        "astropy_match_s": statistics.median(t_match),
+        "astropy_match_all_s": t_match,
+        "paired_ratio_median": statistics.median(paired),
+        "paired_ratios": paired,
+        "astropy_search_around_s": statistics.median(t_around),
+        "astropy_search_around_all_s": t_around,
         "agreement": agree,
     }
-    print(f"  astropy match_coordinates_sky (with tree build): {out['astropy_match_s']:.2f} s; "
-          f"search_around_sky: {out['astropy_search_around_s']:.2f} s", flush=True)
+    print(
+        f"  astropy match_coordinates_sky (with tree build): {out['astropy_match_s']:.2f} s; "
+        f"search_around_sky: {out['astropy_search_around_s']:.2f} s",
+        flush=True,
+    )
     print(f"  agreement: {agree}", flush=True)
     return out
 
@@ -413,7 +473,9 @@ def load_sources() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with psycopg_connect() as conn, conn.cursor(binary=True) as cur:
         cur.execute(
             "SELECT s.source_id, s.ra, s.dec FROM lenscat.sources s JOIN lenscat.surveys v "
-            "USING (survey_id) WHERE v.name = %s ORDER BY s.source_id", (COPY_SURVEY,))
+            "USING (survey_id) WHERE v.name = %s ORDER BY s.source_id",
+            (COPY_SURVEY,),
+        )
         rows = cur.fetchall()
     arr = np.array(rows, dtype=float)
     return arr[:, 0].astype(np.int64), arr[:, 1].copy(), arr[:, 2].copy()
@@ -426,10 +488,10 @@ def load_sources() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def bench_cones(n_cones: int, n_astropy: int, seed: int) -> dict[str, Any]:
     import astropy.units as u
     from astropy.coordinates import SkyCoord
-    from lenscat.db.session import session_scope
     from scipy.spatial import cKDTree
 
-    from lenscat.crossmatch import CONE_SQL, cone_search
+    from lenscat.db.session import session_scope
+    from lenscat.literature.crossmatch import CONE_SQL, cone_search
 
     sid, sra, sdec = load_sources()
     rng = np.random.default_rng(seed + 1)
@@ -487,21 +549,29 @@ def bench_cones(n_cones: int, n_astropy: int, seed: int) -> dict[str, Any]:
         mismatch_lib_kd = sum(1 for x, y in zip(lib_ids, kd_ids, strict=True) if x != y)
         res = {
             "radius": label,
-            "lib_p50_ms": 1e3 * pct(lib_t, 50), "lib_p95_ms": 1e3 * pct(lib_t, 95),
-            "raw_p50_ms": 1e3 * pct(raw_t, 50), "raw_p95_ms": 1e3 * pct(raw_t, 95),
-            "astropy_p50_ms": 1e3 * pct(ap_t, 50), "astropy_p95_ms": 1e3 * pct(ap_t, 95),
-            "kdtree_p50_ms": 1e3 * pct(kd_t, 50), "kdtree_p95_ms": 1e3 * pct(kd_t, 95),
+            "lib_p50_ms": 1e3 * pct(lib_t, 50),
+            "lib_p95_ms": 1e3 * pct(lib_t, 95),
+            "raw_p50_ms": 1e3 * pct(raw_t, 50),
+            "raw_p95_ms": 1e3 * pct(raw_t, 95),
+            "astropy_p50_ms": 1e3 * pct(ap_t, 50),
+            "astropy_p95_ms": 1e3 * pct(ap_t, 95),
+            "kdtree_p50_ms": 1e3 * pct(kd_t, 50),
+            "kdtree_p95_ms": 1e3 * pct(kd_t, 95),
             "mean_rows": float(np.mean([len(x) for x in lib_ids])),
             "empty_cones": sum(1 for x in lib_ids if not x),
-            "mismatch_lib_vs_raw": mismatch_lib_raw, "mismatch_lib_vs_astropy": mismatch_lib_ap,
+            "mismatch_lib_vs_raw": mismatch_lib_raw,
+            "mismatch_lib_vs_astropy": mismatch_lib_ap,
             "mismatch_lib_vs_kdtree": mismatch_lib_kd,
         }
         out[label] = res
-        print(f"  cones {label}: cone_search p50 {res['lib_p50_ms']:.2f} ms p95 {res['lib_p95_ms']:.2f} ms; "
-              f"raw SQL p50 {res['raw_p50_ms']:.2f} ms p95 {res['raw_p95_ms']:.2f} ms; "
-              f"astropy separation p50 {res['astropy_p50_ms']:.1f} ms; "
-              f"mean rows {res['mean_rows']:.2f}; mismatches lib/raw {mismatch_lib_raw}, "
-              f"lib/astropy {mismatch_lib_ap}, lib/kdtree {mismatch_lib_kd}", flush=True)
+        print(
+            f"  cones {label}: cone_search p50 {res['lib_p50_ms']:.2f} ms p95 {res['lib_p95_ms']:.2f} ms; "
+            f"raw SQL p50 {res['raw_p50_ms']:.2f} ms p95 {res['raw_p95_ms']:.2f} ms; "
+            f"astropy separation p50 {res['astropy_p50_ms']:.1f} ms; "
+            f"mean rows {res['mean_rows']:.2f}; mismatches lib/raw {mismatch_lib_raw}, "
+            f"lib/astropy {mismatch_lib_ap}, lib/kdtree {mismatch_lib_kd}",
+            flush=True,
+        )
     return out
 
 
@@ -521,70 +591,123 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     base = f"{rw['rows_per_s']:,.0f} (row-by-row INSERT, {rw['rows']:,} rows)"
     g_ing = f">= {GOAL_INGEST_ROWS_S:,} rows/s"
     rows = [
-        (f"ingest {ing['rows']:,} new rows, rows/s (run_source_ingest)", f"{ing['write_rows_per_s']:,.0f}",
-         base, speedup(rw["seconds"] / rw["rows"], 1 / ing["write_rows_per_s"]),
-         goal(ing["write_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing)),
-        ("same, incl. prepare_sources (read + validate file)", f"{ing['end_to_end_rows_per_s']:,.0f}",
-         base, speedup(rw["seconds"] / rw["rows"], 1 / ing["end_to_end_rows_per_s"]),
-         goal(ing["end_to_end_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing)),
-        ("re-ingest of a corrected file (all keys exist), rows/s", f"{ing['reingest_rows_per_s']:,.0f}",
-         base, speedup(rw["seconds"] / rw["rows"], 1 / ing["reingest_rows_per_s"]), ""),
-        ("cross-match 5\", crossmatch_catalog cold (s)", f"{xm['lenscat_cold_s']:.2f}",
-         f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
-         speedup(xm["astropy_match_s"], xm["lenscat_cold_s"]),
-         goal(xm["lenscat_cold_s"] <= xm["astropy_match_s"], "<= astropy")),
-        ("cross-match 5\", crossmatch_catalog fresh (s)", f"{xm['lenscat_fresh_s']:.2f}",
-         f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
-         speedup(xm["astropy_match_s"], xm["lenscat_fresh_s"]),
-         goal(xm["lenscat_fresh_s"] <= xm["astropy_match_s"], "<= astropy")),
-        ("cross-match 5\", crossmatch_catalog warm (s)", f"{xm['lenscat_warm_s']:.2f}",
-         f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
-         speedup(xm["astropy_match_s"], xm["lenscat_warm_s"]),
-         goal(xm["lenscat_warm_s"] <= xm["astropy_match_s"], "<= astropy")),
+        (
+            f"ingest {ing['rows']:,} new rows, rows/s (run_source_ingest)",
+            f"{ing['write_rows_per_s']:,.0f}",
+            base,
+            speedup(rw["seconds"] / rw["rows"], 1 / ing["write_rows_per_s"]),
+            goal(ing["write_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing),
+        ),
+        (
+            "same, incl. prepare_sources (read + validate file)",
+            f"{ing['end_to_end_rows_per_s']:,.0f}",
+            base,
+            speedup(rw["seconds"] / rw["rows"], 1 / ing["end_to_end_rows_per_s"]),
+            goal(ing["end_to_end_rows_per_s"] >= GOAL_INGEST_ROWS_S, g_ing),
+        ),
+        (
+            "re-ingest of a corrected file (all keys exist), rows/s",
+            f"{ing['reingest_rows_per_s']:,.0f}",
+            base,
+            speedup(rw["seconds"] / rw["rows"], 1 / ing["reingest_rows_per_s"]),
+            "",
+        ),
+        (
+            'cross-match 5", crossmatch_catalog cold (s)',
+            f"{xm['lenscat_cold_s']:.2f}",
+            f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
+            speedup(xm["astropy_match_s"], xm["lenscat_cold_s"]),
+            goal(xm["lenscat_cold_s"] <= xm["astropy_match_s"], "<= astropy"),
+        ),
+        (
+            'cross-match 5", crossmatch_catalog fresh (s)',
+            f"{xm['lenscat_fresh_s']:.2f}",
+            f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
+            speedup(xm["astropy_match_s"], xm["lenscat_fresh_s"]),
+            goal(xm["lenscat_fresh_s"] <= xm["astropy_match_s"], "<= astropy"),
+        ),
+        (
+            'cross-match 5", crossmatch_catalog warm (s)',
+            f"{xm['lenscat_warm_s']:.2f}",
+            f"{xm['astropy_match_s']:.2f} (match_coordinates_sky + tree build)",
+            speedup(xm["astropy_match_s"], xm["lenscat_warm_s"]),
+            goal(xm["lenscat_warm_s"] <= xm["astropy_match_s"], "<= astropy"),
+        ),
     ]
-    rows.append(("cross-match 5\", pair query alone, warm (s)", f"{xm['lenscat_pairs_query_s']:.2f}",
-                 f"{xm['astropy_search_around_s']:.2f} (search_around_sky + tree build)",
-                 speedup(xm["astropy_search_around_s"], xm["lenscat_pairs_query_s"]), ""))
+    rows.append(
+        (
+            'cross-match 5", pair query alone, warm (s)',
+            f"{xm['lenscat_pairs_query_s']:.2f}",
+            f"{xm['astropy_search_around_s']:.2f} (search_around_sky + tree build)",
+            speedup(xm["astropy_search_around_s"], xm["lenscat_pairs_query_s"]),
+            "",
+        )
+    )
     for label in ("5arcsec", "1arcmin"):
         c = cones[label]
-        name = "5\"" if label == "5arcsec" else "1'"
+        name = '5"' if label == "5arcsec" else "1'"
         ap_txt = f"{c['astropy_p50_ms']:.1f} / {c['astropy_p95_ms']:.1f} (SkyCoord.separation)"
-        rows.append((f"cone {name}, cone_search p50 / p95 (ms)", f"{c['lib_p50_ms']:.2f} / {c['lib_p95_ms']:.2f}",
-                     ap_txt, speedup(c["astropy_p50_ms"], c["lib_p50_ms"]),
-                     goal(c["lib_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms")))
-        rows.append((f"cone {name}, raw SQL round trip p50 / p95 (ms)", f"{c['raw_p50_ms']:.2f} / {c['raw_p95_ms']:.2f}",
-                     ap_txt, speedup(c["astropy_p50_ms"], c["raw_p50_ms"]),
-                     goal(c["raw_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms")))
-        rows.append((f"cone {name}, raw SQL vs in-memory KD-tree (ms)", f"{c['raw_p50_ms']:.2f} / {c['raw_p95_ms']:.2f}",
-                     f"{c['kdtree_p50_ms']:.3f} / {c['kdtree_p95_ms']:.3f} (prebuilt scipy cKDTree)",
-                     speedup(c["kdtree_p50_ms"], c["raw_p50_ms"]), ""))
+        rows.append(
+            (
+                f"cone {name}, cone_search p50 / p95 (ms)",
+                f"{c['lib_p50_ms']:.2f} / {c['lib_p95_ms']:.2f}",
+                ap_txt,
+                speedup(c["astropy_p50_ms"], c["lib_p50_ms"]),
+                goal(c["lib_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms"),
+            )
+        )
+        rows.append(
+            (
+                f"cone {name}, raw SQL round trip p50 / p95 (ms)",
+                f"{c['raw_p50_ms']:.2f} / {c['raw_p95_ms']:.2f}",
+                ap_txt,
+                speedup(c["astropy_p50_ms"], c["raw_p50_ms"]),
+                goal(c["raw_p50_ms"] <= GOAL_CONE_P50_MS, f"p50 <= {GOAL_CONE_P50_MS:g} ms"),
+            )
+        )
+        rows.append(
+            (
+                f"cone {name}, raw SQL vs in-memory KD-tree (ms)",
+                f"{c['raw_p50_ms']:.2f} / {c['raw_p95_ms']:.2f}",
+                f"{c['kdtree_p50_ms']:.3f} / {c['kdtree_p95_ms']:.3f} (prebuilt scipy cKDTree)",
+                speedup(c["kdtree_p50_ms"], c["raw_p50_ms"]),
+                "",
+            )
+        )
     return rows
-
-
-
 
 
 HEADER = ("measure", "lenscat", "baseline", "lenscat speed-up (baseline time / lenscat time)", "goal")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=1_000_000, help="sources (default 10^6)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--batch-rows", type=int, default=100_000, help="rows per ingest batch")
-    ap.add_argument("--baseline-rows", type=int, default=30_000,
-                    help="rows timed for the row-by-row ingest baseline (default 30,000)")
+    ap.add_argument(
+        "--baseline-rows",
+        type=int,
+        default=30_000,
+        help="rows timed for the row-by-row ingest baseline (default 30,000)",
+    )
     ap.add_argument("--radius", type=float, default=5.0, help="cross-match radius, arcsec")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="repeats of the ingest and its row-by-row baseline (median)")
-    ap.add_argument("--xmatch-repeats", type=int, default=7,
-                    help="warm cross-match runs, each followed by the astropy baselines (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of the ingest and its row-by-row baseline (median)")
+    ap.add_argument(
+        "--xmatch-repeats",
+        type=int,
+        default=7,
+        help="warm cross-match runs, each followed by the astropy baselines (median)",
+    )
     ap.add_argument("--cones", type=int, default=1000, help="cone searches per radius")
-    ap.add_argument("--astropy-cones", type=int, default=None,
-                    help="cones timed with SkyCoord.separation (default: all)")
-    ap.add_argument("--home", default=None,
-                    help="LENSCAT_HOME for the scratch server (default $LENSCAT_BENCH_HOME or a temp dir)")
+    ap.add_argument(
+        "--astropy-cones", type=int, default=None, help="cones timed with SkyCoord.separation (default: all)"
+    )
+    ap.add_argument(
+        "--home", default=None, help="LENSCAT_HOME for the scratch server (default $LENSCAT_BENCH_HOME or a temp dir)"
+    )
     ap.add_argument("--keep", action="store_true", help="leave the server running and its data in place")
     ap.add_argument("--out", type=Path, default=None, help="write results as .json or .md")
     args = ap.parse_args(argv)
@@ -599,14 +722,15 @@ def main(argv: list[str] | None = None) -> int:
         print("note: LENSCAT_DATABASE_URL ignored; the benchmark uses its own embedded server")
     os.environ["LENSCAT_HOME"] = str(home)
 
+    from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine
 
-    from lenscat.cli import ensure_schema
-
     info = machine_info()
-    print(f"lenscat benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
-          f"{info['ram_gb']} GB RAM, Python {info['python']}, {info['os']}")
+    print(
+        f"lenscat benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
+        f"{info['ram_gb']} GB RAM, Python {info['python']}, {info['os']}"
+    )
     print(f"LENSCAT_HOME={home}; n={args.n:,}; seed={args.seed}", flush=True)
     results: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
     try:
@@ -615,11 +739,13 @@ def main(argv: list[str] | None = None) -> int:
             info["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
             info["postgres_full"] = conn.execute("SELECT version()").fetchone()[0]
             if conn.execute("SELECT EXISTS (SELECT 1 FROM lenscat.sources)").fetchone()[0]:
-                raise SystemExit(f"{home} holds a catalogue already; the benchmark empties "
-                                 f"lenscat.sources, so give it an empty LENSCAT_HOME")
+                raise SystemExit(
+                    f"{home} holds a catalogue already; the benchmark empties "
+                    f"lenscat.sources, so give it an empty LENSCAT_HOME"
+                )
         print(f"PostgreSQL {info['postgres']}", flush=True)
 
-        from lenscat.literature import prepare_literature
+        from lenscat.literature.ingest import prepare_literature
 
         lit = prepare_literature(LENS_FILE, LENS_CATALOG)
         lra = np.array([r["ra"] for r in lit.rows])
@@ -632,12 +758,15 @@ def main(argv: list[str] | None = None) -> int:
         changed = Path(home) / f"bench_sources_{args.n}_v2.fits"
         write_fits(cols, changed)
         del cols
-        print(f"data: {args.n:,} sources written to {path.name} in {time.perf_counter() - t0:.1f} s; "
-              f"{len(lra):,} lenses", flush=True)
+        print(
+            f"data: {args.n:,} sources written to {path.name} in {time.perf_counter() - t0:.1f} s; {len(lra):,} lenses",
+            flush=True,
+        )
 
         print("(a) ingest", flush=True)
-        results["ingest"] = bench_ingest(path, changed, batch_rows=args.batch_rows,
-                                         baseline_rows=args.baseline_rows, repeats=args.repeats)
+        results["ingest"] = bench_ingest(
+            path, changed, batch_rows=args.batch_rows, baseline_rows=args.baseline_rows, repeats=args.repeats
+        )
         print("(b) cross-match", flush=True)
         results["crossmatch"] = bench_crossmatch(args.radius, args.xmatch_repeats)
         print("(c) cone search", flush=True)

@@ -10,7 +10,7 @@ process:
 * **read only**: the images read from a Stein-layout HDF5 file (root dataset ``images``, float32
   ``(N, 3, 152, 152)`` nanomaggies, one image per chunk) in batches: lenscat's
   ``HDF5CutoutStore.iter_batches(rows, batch_size)`` (which calls ``get``; when
-  :mod:`lenscat.cutouts` is not importable, an h5py reader defined here, reported as such) vs
+  :mod:`lenscat.images.store` is not importable, an h5py reader defined here, reported as such) vs
   ``dataset[lo:hi]`` with h5py;
 * **inference only**: images already in memory: ``lenscat.models.inference.encode(encoder, images,
   batch_size=..., device=...)`` (lenscat's preprocessing: NaN -> 0, 96-pixel centre crop, per-band
@@ -72,8 +72,7 @@ def write_cutouts(path: Path, n: int, *, seed: int, chunk: int = 256) -> float:
     noise = np.asarray(SKY_NOISE, dtype=np.float32)[None, :, None, None]
     t0 = time.perf_counter()
     with h5py.File(path, "w") as fh:
-        dset = fh.create_dataset("images", shape=(n, BANDS, STAMP, STAMP), dtype="f4",
-                                 chunks=(1, BANDS, STAMP, STAMP))
+        dset = fh.create_dataset("images", shape=(n, BANDS, STAMP, STAMP), dtype="f4", chunks=(1, BANDS, STAMP, STAMP))
         for lo in range(0, n, chunk):
             hi = min(n, lo + chunk)
             m = hi - lo
@@ -96,7 +95,7 @@ def write_cutouts(path: Path, n: int, *, seed: int, chunk: int = 256) -> float:
 class H5Source:
     """Fallback :class:`lenscat.models.data.ImageSource` over the HDF5 file (h5py directly).
 
-    Used only when :mod:`lenscat.cutouts` is not importable; sorted reads, contiguous runs as
+    Used only when :mod:`lenscat.images.store` is not importable; sorted reads, contiguous runs as
     slices.
     """
 
@@ -114,7 +113,7 @@ class H5Source:
         """Images at ``indices`` (float32), in the order given."""
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) and np.all(np.diff(idx) == 1):
-            return np.asarray(self._dset[int(idx[0]):int(idx[-1]) + 1], dtype=np.float32)
+            return np.asarray(self._dset[int(idx[0]) : int(idx[-1]) + 1], dtype=np.float32)
         order = np.argsort(idx, kind="stable")
         out = np.asarray(self._dset[idx[order]], dtype=np.float32)
         back = np.empty_like(order)
@@ -129,10 +128,10 @@ class H5Source:
 def open_store(path: Path) -> tuple[Any, str]:
     """lenscat's cutout store for ``path`` (or the fallback) and a description of which one."""
     try:
-        from lenscat.cutouts import HDF5CutoutStore
+        from lenscat.images.store import HDF5CutoutStore
     except ImportError as exc:
-        return H5Source(path), f"bench H5Source (h5py; lenscat.cutouts not importable: {exc})"
-    return HDF5CutoutStore(path), "lenscat.cutouts.HDF5CutoutStore"
+        return H5Source(path), f"bench H5Source (h5py; lenscat.images.store not importable: {exc})"
+    return HDF5CutoutStore(path), "lenscat.images.store.HDF5CutoutStore"
 
 
 def close_store(store: Any) -> None:
@@ -181,8 +180,7 @@ def batches(n: int, bs: int) -> Iterator[tuple[int, int]]:
 # the measurements
 
 
-def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence[int], repeats: int
-               ) -> dict[str, Any]:
+def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence[int], repeats: int) -> dict[str, Any]:
     """Read-only, inference-only and end-to-end rates, lenscat vs baseline, per batch size."""
     import h5py
     import torch
@@ -205,8 +203,10 @@ def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence
     plain.load_state_dict(enc.state_dict())
     if device == "cuda":
         plain = plain.to(memory_format=torch.channels_last)
-    log(f"  {arch}: {n_params / 1e6:.2f} M parameters, output {enc.output_dim}-d, input {pre.crop} px "
-        f"({pre.stretch}); {n} images; store: {store_kind}")
+    log(
+        f"  {arch}: {n_params / 1e6:.2f} M parameters, output {enc.output_dim}-d, input {pre.crop} px "
+        f"({pre.stretch}); {n} images; store: {store_kind}"
+    )
     images = np.asarray(dset[:n])  # in memory, for the inference-only measures
 
     def lib_read(bs: int) -> int:
@@ -255,11 +255,25 @@ def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence
         encode(enc, images[:k], batch_size=bs, device=device)
         plain_forward(images[:k])
 
-    out: dict[str, Any] = {"arch": arch, "device": device, "images": n, "params": n_params,
-                           "store": store_kind, "crop": pre.crop, "stretch": pre.stretch,
-                           "iter_encode_vs_encode_max_diff": max_diff, "by_batch": {}}
-    measures = (("lib_read", lib_read), ("base_read", base_read), ("lib_infer", lib_infer),
-                ("base_infer", base_infer), ("lib_e2e", lib_e2e), ("base_e2e", base_e2e))
+    out: dict[str, Any] = {
+        "arch": arch,
+        "device": device,
+        "images": n,
+        "params": n_params,
+        "store": store_kind,
+        "crop": pre.crop,
+        "stretch": pre.stretch,
+        "iter_encode_vs_encode_max_diff": max_diff,
+        "by_batch": {},
+    }
+    measures = (
+        ("lib_read", lib_read),
+        ("base_read", base_read),
+        ("lib_infer", lib_infer),
+        ("base_infer", base_infer),
+        ("lib_e2e", lib_e2e),
+        ("base_e2e", base_e2e),
+    )
     for bs in batch_sizes:
         r: dict[str, Any] = {key + "_all": [] for key, _ in measures}
         # interleaved: lenscat and baseline alternate, and every measure is repeated after all the
@@ -271,9 +285,11 @@ def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence
             r[key] = max(r[key + "_all"])
         r["loadavg"] = loadavg()
         out["by_batch"][bs] = r
-        log(f"  {arch} {device} batch {bs}: read {r['lib_read']:,.0f} (h5py {r['base_read']:,.0f}); "
+        log(
+            f"  {arch} {device} batch {bs}: read {r['lib_read']:,.0f} (h5py {r['base_read']:,.0f}); "
             f"inference {r['lib_infer']:,.1f} (plain {r['base_infer']:,.1f}); "
-            f"end-to-end {r['lib_e2e']:,.1f} (plain {r['base_e2e']:,.1f}) images/s; load {r['loadavg']}")
+            f"end-to-end {r['lib_e2e']:,.1f} (plain {r['base_e2e']:,.1f}) images/s; load {r['loadavg']}"
+        )
     fh.close()
     close_store(store)
     return out
@@ -288,26 +304,42 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for a in res["runs"]:
         for bs, r in a["by_batch"].items():
+
             def cell(lib: float, base: float) -> str:
-                return f"{lib:,.1f} / {base:,.1f} ({lib / base:.2f})" if lib < 1000 else \
-                    f"{lib:,.0f} / {base:,.0f} ({lib / base:.2f})"
-            rows.append((a["arch"], a["device"], str(bs), cell(r["lib_read"], r["base_read"]),
-                         cell(r["lib_infer"], r["base_infer"]), cell(r["lib_e2e"], r["base_e2e"])))
+                return (
+                    f"{lib:,.1f} / {base:,.1f} ({lib / base:.2f})"
+                    if lib < 1000
+                    else f"{lib:,.0f} / {base:,.0f} ({lib / base:.2f})"
+                )
+
+            rows.append(
+                (
+                    a["arch"],
+                    a["device"],
+                    str(bs),
+                    cell(r["lib_read"], r["base_read"]),
+                    cell(r["lib_infer"], r["base_infer"]),
+                    cell(r["lib_e2e"], r["base_e2e"]),
+                )
+            )
     return rows
 
 
-HEADER = ("encoder", "device", "batch", "read only: lenscat / h5py (ratio)",
-          "inference only: encode / plain forward (ratio)",
-          "end to end: iter_encode / h5py + forward (ratio)")
-
-
-
+HEADER = (
+    "encoder",
+    "device",
+    "batch",
+    "read only: lenscat / h5py (ratio)",
+    "inference only: encode / plain forward (ratio)",
+    "end to end: iter_encode / h5py + forward (ratio)",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, write the HDF5 file, time every (encoder, device, batch) and report."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n-small", type=int, default=2048, help="images for resnet-small (default 2048)")
     ap.add_argument("--n-large", type=int, default=512, help="images for resnet50 on the CPU (default 512)")
     ap.add_argument("--n-cuda", type=int, default=8192, help="images per encoder on CUDA (default 8192)")
@@ -330,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     archs = [a for a in args.archs.split(",") if a]
     info = machine_info(with_torch=True)
-    print(f"lenscat embedding benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
-          f"{info['ram_gb']} GB RAM, Python {info['python']}, torch {info['torch']} "
-          f"({info['torch_threads']} threads), CUDA: {info['cuda']}; load {info['loadavg_start']}", flush=True)
+    print(
+        f"lenscat embedding benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
+        f"{info['ram_gb']} GB RAM, Python {info['python']}, torch {info['torch']} "
+        f"({info['torch_threads']} threads), CUDA: {info['cuda']}; load {info['loadavg_start']}",
+        flush=True,
+    )
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="lenscat-bench-embed-"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / "cutouts.h5"
@@ -352,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = results_table(results)
         print()
         print(format_table(rows, HEADER, markdown=False))
-        print(f"\nimages/s; ratio = lenscat / baseline. Load average at start {info['loadavg_start']}, "
-              f"at end {info['loadavg_end']}")
+        print(
+            f"\nimages/s; ratio = lenscat / baseline. Load average at start {info['loadavg_start']}, "
+            f"at end {info['loadavg_end']}"
+        )
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             if args.out.suffix == ".json":

@@ -11,7 +11,7 @@ Steps, all with lenscat's library calls on its own embedded PostgreSQL in a temp
 ``lenscat simulate survey``), ``ingest_sources``, ``train_encoder`` (MoCo-v2, the CI check's recipe:
 ``resnet-small``, 15 epochs on a random 3,000 cutouts, crop 48, batch 64, lr 0.2, queue 1,024,
 temperature 0.1), every cutout embedded (the ``embed`` job's chunks, in-process), the HNSW index,
-the truth imported as labels, and :func:`lenscat.similarity_eval.lens_query_enrichment` (what
+the truth imported as labels, and :func:`lenscat.embeddings.similarity_eval.lens_query_enrichment` (what
 ``lenscat encoder evaluate`` prints: every lens a query, +-0.5 mag window, 25 arcsec exclusion,
 top 100). In the same run, on the same sources and filters:
 
@@ -89,20 +89,20 @@ def main() -> None:
     os.environ.pop("LENSCAT_BROKER_URL", None)
 
     import torch
-    from lenscat.db.session import session_scope
     from sqlalchemy import text
 
-    from lenscat.cli_common import ensure_schema
-    from lenscat.embedding import embed_chunk, load_encoder_for, plan_embed_job
-    from lenscat.encoders import train_encoder
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels, resolve_labels
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.labels import import_labels, resolve_labels
+    from lenscat.db.migrate import ensure_schema
+    from lenscat.db.session import session_scope
+    from lenscat.embeddings.embed import embed_chunk, load_encoder_for, plan_embed_job
+    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.similarity import _dedupe
+    from lenscat.embeddings.similarity_eval import lens_query_enrichment
+    from lenscat.embeddings.vectors import ensure_hnsw_index, read_embeddings
+    from lenscat.jobs.service import run_here
     from lenscat.models.inference import encode
-    from lenscat.similarity import _dedupe
-    from lenscat.similarity_eval import lens_query_enrichment
-    from lenscat.simsurvey import simulate_survey
-    from lenscat.source_ingest import ingest_sources
-    from lenscat.vectors import ensure_hnsw_index, read_embeddings
+    from lenscat.simulate.survey import simulate_survey
 
     torch.set_num_threads(os.cpu_count() or 1)
     times: dict[str, float] = {}
@@ -118,8 +118,9 @@ def main() -> None:
         import_labels(survey, label_col="is_lens", survey="bench-sci", origin="simulation", session=s)
     times["ingest_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    model, _, metrics = train_encoder("bench-sci-moco", ["bench-sci"], max_images=3000, seed=args.seed % 1000,
-                                      progress=True)  # resnet-small's recipe (TRAINING_RECIPES)
+    model, _, metrics = train_encoder(
+        "bench-sci-moco", ["bench-sci"], max_images=3000, seed=args.seed % 1000, progress=True
+    )  # resnet-small's recipe (TRAINING_RECIPES)
     times["train_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with session_scope() as s:
@@ -131,11 +132,22 @@ def main() -> None:
     times["embed_and_index_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with session_scope() as s:
-        ev = lens_query_enrichment(model, session=s, k=K, surveys=["bench-sci"], origins=["simulation"],
-                                   max_queries=args.queries, progress=True)
-        rows = s.execute(text("SELECT s.source_id, s.mag[2], s.ra, s.dec, s.objid "
-                              "FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
-                              "WHERE v.name = 'bench-sci' ORDER BY s.source_id")).all()
+        ev = lens_query_enrichment(
+            model,
+            session=s,
+            k=K,
+            surveys=["bench-sci"],
+            origins=["simulation"],
+            max_queries=args.queries,
+            progress=True,
+        )
+        rows = s.execute(
+            text(
+                "SELECT s.source_id, s.mag[2], s.ra, s.dec, s.objid "
+                "FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
+                "WHERE v.name = 'bench-sci' ORDER BY s.source_id"
+            )
+        ).all()
         ids, stored = read_embeddings(model, session=s)
     times["lenscat_queries_s"] = time.perf_counter() - t
     sid = np.array([r[0] for r in rows])
@@ -171,7 +183,7 @@ def main() -> None:
         """Exact-search enrichment of every cutout embedded in-process by ``encoder``."""
         t = time.perf_counter()
         with h5py.File(survey) as fh:
-            raw = np.concatenate([encode(encoder, fh["images"][lo:lo + 2000]) for lo in range(0, len(objid), 2000)])
+            raw = np.concatenate([encode(encoder, fh["images"][lo : lo + 2000]) for lo in range(0, len(objid), 2000)])
         times[f"{what}_embed_s"] = time.perf_counter() - t
         rv = raw[rows_h5].astype(np.float64)
         rv /= np.maximum(np.linalg.norm(rv, axis=1, keepdims=True), 1e-12)
@@ -191,22 +203,35 @@ def main() -> None:
         pooled_enr = exact_enrichment(pooled, mag, ra, dec, truth, queries, _dedupe) / truth.mean()
 
     result = {
-        "machine": machine_info(with_torch=True), "n": args.n, "lens_fraction": args.lens_fraction,
-        "seed": args.seed, "stamp": args.stamp, "n_sources": ev.n_sources, "n_lenses": ev.n_lenses,
-        "n_queries": ev.filters["n_queries"], "k": K, "encoder": metrics,
-        "enrichment_lenscat_hnsw": round(ev.enrichment, 2), "enrichment_exact": round(exact, 2),
-        "enrichment_untrained": round(untrained_enr, 2), "views": trained.preprocessing.views,
-        "enrichment_exact_one_view": round(one_view_enr, 2), "readout": readout,
-        "enrichment_exact_pooled_only": round(pooled_enr, 2), "ceiling": round(ev.ceiling, 1),
+        "machine": machine_info(with_torch=True),
+        "n": args.n,
+        "lens_fraction": args.lens_fraction,
+        "seed": args.seed,
+        "stamp": args.stamp,
+        "n_sources": ev.n_sources,
+        "n_lenses": ev.n_lenses,
+        "n_queries": ev.filters["n_queries"],
+        "k": K,
+        "encoder": metrics,
+        "enrichment_lenscat_hnsw": round(ev.enrichment, 2),
+        "enrichment_exact": round(exact, 2),
+        "enrichment_untrained": round(untrained_enr, 2),
+        "views": trained.preprocessing.views,
+        "enrichment_exact_one_view": round(one_view_enr, 2),
+        "readout": readout,
+        "enrichment_exact_pooled_only": round(pooled_enr, 2),
+        "ceiling": round(ev.ceiling, 1),
         "times_s": {k: round(v, 1) for k, v in times.items()},
     }
     print(json.dumps(result, indent=1))
-    print(f"\nenrichment in the top {K} (+-{WINDOW} mag, {EXCLUDE_ARCSEC:.0f}\" exclusion), {ev.n_sources} sources, "
-          f"{ev.n_lenses} lenses: lenscat (HNSW) {ev.enrichment:.2f}x, exact search {exact:.2f}x, "
-          f"the same encoder with one view instead of {trained.preprocessing.views} {one_view_enr:.2f}x, "
-          f"its pooled {trained.output_dim}-d output alone {pooled_enr:.2f}x (readout {readout}), "
-          f"untrained encoder {untrained_enr:.2f}x, perfect encoder {ev.ceiling:.1f}x; "
-          f"goal >= 10x: {'met' if ev.enrichment >= 10 else 'NOT met'}")
+    print(
+        f'\nenrichment in the top {K} (+-{WINDOW} mag, {EXCLUDE_ARCSEC:.0f}" exclusion), {ev.n_sources} sources, '
+        f"{ev.n_lenses} lenses: lenscat (HNSW) {ev.enrichment:.2f}x, exact search {exact:.2f}x, "
+        f"the same encoder with one view instead of {trained.preprocessing.views} {one_view_enr:.2f}x, "
+        f"its pooled {trained.output_dim}-d output alone {pooled_enr:.2f}x (readout {readout}), "
+        f"untrained encoder {untrained_enr:.2f}x, perfect encoder {ev.ceiling:.1f}x; "
+        f"goal >= 10x: {'met' if ev.enrichment >= 10 else 'NOT met'}"
+    )
     from lenscat.db.server import stop_embedded
 
     stop_embedded()

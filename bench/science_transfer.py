@@ -6,7 +6,7 @@ temporary (or ``--keep``) ``LENSCAT_HOME``:
 
 * a *training* survey (``--train-n`` cutouts, ``--train-lenses`` lenses) and a *test* survey
   (``--test-n``, ``--test-lenses``), both rendered by the independent simulator
-  (:mod:`lenscat.simsurvey_alt`, ``lenscat simulate survey --simulator independent``), which shares
+  (:mod:`lenscat.simulate.alt`, ``lenscat simulate survey --simulator independent``), which shares
   no physics with the lenstronomy path the injections use; the training survey's truth is imported
   as labels (a user's few known lenses), the test survey's is used only to evaluate;
 * ``--inject`` lensed sources painted with lenstronomy onto the training survey's own red galaxies
@@ -70,21 +70,21 @@ def main() -> None:
     os.environ.pop("LENSCAT_BROKER_URL", None)
 
     import torch
-    from lenscat.db.session import session_scope
 
-    from lenscat.classifier import (
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.classifier import (
         plan_score_job,
         score_chunk,
         train_image_classifier_version,
         train_linear_classifier,
     )
-    from lenscat.cli_common import ensure_schema
-    from lenscat.injection import inject_survey
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels
-    from lenscat.ranking import evaluate_classifier
-    from lenscat.simsurvey_alt import simulate_survey_alt
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.ranking import evaluate_classifier
+    from lenscat.db.migrate import ensure_schema
+    from lenscat.db.session import session_scope
+    from lenscat.jobs.service import run_here
+    from lenscat.simulate.alt import simulate_survey_alt
+    from lenscat.simulate.injection import inject_survey
 
     torch.set_num_threads(os.cpu_count() or 1)
     times: dict[str, float] = {}
@@ -101,7 +101,7 @@ def main() -> None:
         from types import SimpleNamespace
 
         from lenscat.errors import NotFoundError
-        from lenscat.registry import get_model
+        from lenscat.registry.versions import get_model
 
         try:
             return SimpleNamespace(model=get_model("classifier", name, session=kw["session"]))
@@ -110,19 +110,30 @@ def main() -> None:
 
     train_h5, test_h5 = work / "train.h5", work / "test.h5"
     args.test_h5 = test_h5
-    for path, n, n_lens, seed in ((train_h5, args.train_n, args.train_lenses, args.seed),
-                                  (test_h5, args.test_n, args.test_lenses, args.seed + 1)):
+    for path, n, n_lens, seed in (
+        (train_h5, args.train_n, args.train_lenses, args.seed),
+        (test_h5, args.test_n, args.test_lenses, args.seed + 1),
+    ):
         if not path.exists():
-            timed(f"simulate {path.stem}", simulate_survey_alt, n, n_lens / n, seed, path, stamp=args.stamp,
-                  progress=True)
+            timed(
+                f"simulate {path.stem}", simulate_survey_alt, n, n_lens / n, seed, path, stamp=args.stamp, progress=True
+            )
     ensure_schema()
     for path, survey in ((train_h5, "xfer-train"), (test_h5, "xfer-test")):
         ingest_sources(path, survey)
         with session_scope() as s:
             import_labels(path, label_col="is_lens", survey=survey, origin="simulation", session=s)
     with session_scope() as s:
-        inj = timed("inject", inject_survey, "xfer-train", args.inject, work / "inject.h5", seed=args.seed,
-                    session=s, progress=True)
+        inj = timed(
+            "inject",
+            inject_survey,
+            "xfer-train",
+            args.inject,
+            work / "inject.h5",
+            seed=args.seed,
+            session=s,
+            progress=True,
+        )
     inj_survey = inj.survey
 
     def score(label: str) -> None:
@@ -134,54 +145,113 @@ def main() -> None:
     members: dict[str, str] = {}
     both = ["xfer-train", inj_survey]
     with session_scope() as s:
-        r = trained("train radial", train_image_classifier_version, "xfer-radial", arch="radial", session=s,
-                  surveys=both, test_fraction=0.0, seed=args.seed, progress=True)
+        r = trained(
+            "train radial",
+            train_image_classifier_version,
+            "xfer-radial",
+            arch="radial",
+            session=s,
+            surveys=both,
+            test_fraction=0.0,
+            seed=args.seed,
+            progress=True,
+        )
     members["radial colour profile + logistic regression (labels + injections)"] = r.model.label
     with session_scope() as s:
-        r = trained("train radial, labels only", train_image_classifier_version, "xfer-radial-labels",
-                  arch="radial", session=s, surveys=["xfer-train"], test_fraction=0.0, seed=args.seed, progress=True)
+        r = trained(
+            "train radial, labels only",
+            train_image_classifier_version,
+            "xfer-radial-labels",
+            arch="radial",
+            session=s,
+            surveys=["xfer-train"],
+            test_fraction=0.0,
+            seed=args.seed,
+            progress=True,
+        )
     members["radial colour profile (labels only)"] = r.model.label
     with session_scope() as s:
-        r = trained("train default", train_image_classifier_version, "xfer-default", session=s, surveys=both,
-                  test_fraction=0.0, seed=args.seed, progress=True)
+        r = trained(
+            "train default",
+            train_image_classifier_version,
+            "xfer-default",
+            session=s,
+            surveys=both,
+            test_fraction=0.0,
+            seed=args.seed,
+            progress=True,
+        )
     members["default recipe (labels + injections)"] = r.model.label
     default_label = r.model.label
     with session_scope() as s:
-        r = trained("train default, labels only", train_image_classifier_version, "xfer-default-labels", session=s,
-                  surveys=["xfer-train"], test_fraction=0.0, seed=args.seed, progress=True)
+        r = trained(
+            "train default, labels only",
+            train_image_classifier_version,
+            "xfer-default-labels",
+            session=s,
+            surveys=["xfer-train"],
+            test_fraction=0.0,
+            seed=args.seed,
+            progress=True,
+        )
     members["default recipe (labels only)"] = r.model.label
     with session_scope() as s:
-        r = trained("train old cnn", train_image_classifier_version, "xfer-old-cnn", arch="cnn", session=s,
-                  surveys=["xfer-train"], test_fraction=0.0, seed=args.seed, progress=True,
-                  **old_cnn_recipe(args.old_epochs))
+        r = trained(
+            "train old cnn",
+            train_image_classifier_version,
+            "xfer-old-cnn",
+            arch="cnn",
+            session=s,
+            surveys=["xfer-train"],
+            test_fraction=0.0,
+            seed=args.seed,
+            progress=True,
+            **old_cnn_recipe(args.old_epochs),
+        )
     members[f"old `--arch cnn --epochs {args.old_epochs}` (labels only)"] = r.model.label
 
     encoder = None
     if not args.no_probe:
-        from lenscat.embedding import embed_chunk, plan_embed_job
-        from lenscat.encoders import train_encoder
+        from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+        from lenscat.embeddings.encoders import train_encoder
         from lenscat.errors import NotFoundError
-        from lenscat.registry import get_model
+        from lenscat.registry.versions import get_model
 
         try:
             with session_scope() as s:
                 encoder = get_model("encoder", "xfer-moco", session=s)
         except NotFoundError:
-            encoder, _, _ = timed("train encoder", train_encoder, "xfer-moco", ["xfer-train", "xfer-test"],
-                                  max_images=min(6000, args.train_n + args.test_n), seed=args.seed, progress=True)
+            encoder, _, _ = timed(
+                "train encoder",
+                train_encoder,
+                "xfer-moco",
+                ["xfer-train", "xfer-test"],
+                max_images=min(6000, args.train_n + args.test_n),
+                seed=args.seed,
+                progress=True,
+            )
         with session_scope() as s:
             job = plan_embed_job(encoder.label, surveys=["xfer-train", "xfer-test"], chunk_size=2000, session=s)
         with session_scope() as s:
             timed("embed", run_here, job.job_id, embed_chunk, session=s, progress=True, desc="embed")
         with session_scope() as s:
-            r = trained("train probe", train_linear_classifier, "xfer-probe", encoder.label, session=s,
-                      surveys=["xfer-train"], test_fraction=0.0, seed=args.seed, progress=True)
+            r = trained(
+                "train probe",
+                train_linear_classifier,
+                "xfer-probe",
+                encoder.label,
+                session=s,
+                surveys=["xfer-train"],
+                test_fraction=0.0,
+                seed=args.seed,
+                progress=True,
+            )
         members["linear probe on self-supervised embeddings (labels only)"] = r.model.label
 
     for label in members.values():
         timed(f"score {label}", score, label)
 
-    from lenscat.ensemble import train_ensemble
+    from lenscat.classifiers.ensemble import train_ensemble
 
     ens_members = [default_label, members["radial colour profile + logistic regression (labels + injections)"]]
     if encoder is not None:
@@ -193,24 +263,49 @@ def main() -> None:
 
     n_top = args.test_lenses
     with session_scope() as s:
-        res = evaluate_classifier(default_label, baselines=[v for v in members.values() if v != default_label],
-                                  surveys=["xfer-test"], origins=["simulation"], top_n=[n_top], session=s)
+        res = evaluate_classifier(
+            default_label,
+            baselines=[v for v in members.values() if v != default_label],
+            surveys=["xfer-test"],
+            origins=["simulation"],
+            top_n=[n_top],
+            session=s,
+        )
     by_label = res["models"]
     rows = []
     for name, label in members.items():
         m = by_label[label]
-        rows.append((name, label, f"{m['auc']:.3f}", f"{m['tpr0']:.2f}", f"{m['tpr10']:.2f}",
-                     f"{m['top_n'][0]['precision']:.2f}"))
-    print(f"\ntest survey: {res['n_eval']} sources, {res['n_lenses']} lenses (none trained on); "
-          f"training survey {args.train_n} cutouts with {args.train_lenses} labelled lenses + {args.inject} injected")
-    print(format_table(rows, ("method", "version", "AUC", "TPR0", "TPR10", f"precision in top {n_top}"),
-                       args.markdown))
+        rows.append(
+            (
+                name,
+                label,
+                f"{m['auc']:.3f}",
+                f"{m['tpr0']:.2f}",
+                f"{m['tpr10']:.2f}",
+                f"{m['top_n'][0]['precision']:.2f}",
+            )
+        )
+    print(
+        f"\ntest survey: {res['n_eval']} sources, {res['n_lenses']} lenses (none trained on); "
+        f"training survey {args.train_n} cutouts with {args.train_lenses} labelled lenses + {args.inject} injected"
+    )
+    print(format_table(rows, ("method", "version", "AUC", "TPR0", "TPR10", f"precision in top {n_top}"), args.markdown))
     radial_auc = by_label[members["radial colour profile + logistic regression (labels + injections)"]]["auc"]
     print(f"default - radial AUC: {by_label[default_label]['auc'] - radial_auc:+.3f} (goal >= +0.05)")
 
     extra = similarity_and_anomaly(default_label, encoder, args, session_scope)
-    print(json.dumps({"machine": machine_info(with_torch=True), "seconds": times, "args": vars(args) | {
-        "keep": str(args.keep)}, "similarity_and_anomaly": extra}, default=str, indent=1))
+    print(
+        json.dumps(
+            {
+                "machine": machine_info(with_torch=True),
+                "seconds": times,
+                "args": vars(args) | {"keep": str(args.keep)},
+                "similarity_and_anomaly": extra,
+            },
+            default=str,
+            indent=1,
+        )
+    )
 
 
 def old_cnn_recipe(epochs: int) -> dict[str, Any]:
@@ -218,13 +313,14 @@ def old_cnn_recipe(epochs: int) -> dict[str, Any]:
     return {"ratio": 100, "lens_fraction": 0.05, "epochs": epochs, "recipe": "legacy"}
 
 
-def similarity_and_anomaly(classifier: str, encoder: Any, args: argparse.Namespace, session_scope: Any
-                           ) -> dict[str, Any]:
+def similarity_and_anomaly(
+    classifier: str, encoder: Any, args: argparse.Namespace, session_scope: Any
+) -> dict[str, Any]:
     """Enrichment of "more like this lens" on the test survey with both encoders, and the anomaly score."""
-    from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.encoders import encoder_from_classifier
-    from lenscat.jobs import run_here
-    from lenscat.similarity_eval import lens_query_enrichment
+    from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+    from lenscat.embeddings.encoders import encoder_from_classifier
+    from lenscat.embeddings.similarity_eval import lens_query_enrichment
+    from lenscat.jobs.service import run_here
 
     out: dict[str, Any] = {}
     with session_scope() as s:
@@ -236,16 +332,22 @@ def similarity_and_anomaly(classifier: str, encoder: Any, args: argparse.Namespa
     encoders = [feat] + ([encoder] if encoder is not None else [])
     for enc in encoders:
         with session_scope() as s:
-            ev = lens_query_enrichment(enc, session=s, k=args.k, surveys=["xfer-test"], origins=["simulation"],
-                                       progress=False)
-        out[f"enrichment_top{args.k}[{enc.label}]"] = {"enrichment": round(ev.enrichment, 2),
-                                                       "ceiling": round(ev.ceiling, 1), "n_queries": ev.n_lenses}
-        print(f"more like this lens, top {args.k} on the test survey, {enc.label}: {ev.enrichment:.1f}x the base rate "
-              f"(ceiling {ev.ceiling:.1f}x; goal >= 10x)")
+            ev = lens_query_enrichment(
+                enc, session=s, k=args.k, surveys=["xfer-test"], origins=["simulation"], progress=False
+            )
+        out[f"enrichment_top{args.k}[{enc.label}]"] = {
+            "enrichment": round(ev.enrichment, 2),
+            "ceiling": round(ev.ceiling, 1),
+            "n_queries": ev.n_lenses,
+        }
+        print(
+            f"more like this lens, top {args.k} on the test survey, {enc.label}: {ev.enrichment:.1f}x the base rate "
+            f"(ceiling {ev.ceiling:.1f}x; goal >= 10x)"
+        )
     if encoder is not None:
-        from lenscat.anomaly import fit_anomaly
-        from lenscat.classifier import plan_score_job, score_chunk
-        from lenscat.ranking import evaluate_classifier
+        from lenscat.classifiers.classifier import plan_score_job, score_chunk
+        from lenscat.classifiers.ranking import evaluate_classifier
+        from lenscat.embeddings.anomaly import fit_anomaly
 
         with session_scope() as s:
             a = fit_anomaly("xfer-anomaly", encoder.label, session=s, surveys=["xfer-test"])
@@ -254,8 +356,9 @@ def similarity_and_anomaly(classifier: str, encoder: Any, args: argparse.Namespa
         with session_scope() as s:
             run_here(job.job_id, score_chunk, session=s, progress=True, desc="anomaly")
         with session_scope() as s:
-            res = evaluate_classifier(a.model.label, surveys=["xfer-test"], origins=["simulation"],
-                                      top_n=[args.test_lenses, 100], session=s)
+            res = evaluate_classifier(
+                a.model.label, surveys=["xfer-test"], origins=["simulation"], top_n=[args.test_lenses, 100], session=s
+            )
             m = res["models"][a.model.label]
             kinds = kind_ranks(a.model.label, s, args.test_h5)
         out["anomaly"] = {"auc_lenses": round(m["auc"], 3), "top_n": m["top_n"], "kinds": kinds}
@@ -267,14 +370,18 @@ def kind_ranks(label: str, session: Any, truth_path: Path) -> dict[str, float]:
     """Median rank percentile (0 = most anomalous) of each simulated kind under the score ``label``."""
     from sqlalchemy import text
 
-    from lenscat.simsurvey import read_truth
+    from lenscat.simulate.survey import read_truth
 
     truth = read_truth(truth_path)
     kind_of = {str(o): str(k) for o, k in zip(truth["objid"], truth["kind"], strict=True)}
-    rows = session.execute(text(
-        "SELECT s.objid, percent_rank() OVER (ORDER BY c.score DESC) FROM scores c "
-        "JOIN sources s USING (source_id) WHERE c.classifier || '@' || c.classifier_version = :m "
-        "AND s.survey = 'xfer-test'"), {"m": label}).all()
+    rows = session.execute(
+        text(
+            "SELECT s.objid, percent_rank() OVER (ORDER BY c.score DESC) FROM scores c "
+            "JOIN sources s USING (source_id) WHERE c.classifier || '@' || c.classifier_version = :m "
+            "AND s.survey = 'xfer-test'"
+        ),
+        {"m": label},
+    ).all()
     by: dict[str, list[float]] = {}
     for objid, pr in rows:
         by.setdefault(kind_of[str(objid)], []).append(float(pr))

@@ -2,7 +2,7 @@
 """Benchmark: pgvector embedding storage and k-NN search (HNSW) against exact search baselines.
 
 One run measures, per data set (default 10^6 x 128-d and 10^5 x 2048-d), lenscat's vector paths
-(:mod:`lenscat.vectors`, :mod:`lenscat.registry`, :mod:`lenscat.similarity`) against exact search
+(:mod:`lenscat.embeddings.vectors`, :mod:`lenscat.registry.versions`, :mod:`lenscat.embeddings.similarity`) against exact search
 on the same vectors and queries, in the same process:
 
 (a) load: ``upsert_embeddings`` (binary COPY into a staging table + one upsert) in batches of
@@ -16,7 +16,7 @@ on the same vectors and queries, in the same process:
     recall/latency curve; recall@100 against exact float32 search; baselines: numpy brute force
     (normalised float32 matrix @ query + argpartition) and faiss ``IndexFlatIP`` (exact), plus
     faiss HNSW at the same ef_search values;
-(d) a filtered search: ``lenscat.similarity.similar`` with its +-0.5 mag window around the
+(d) a filtered search: ``lenscat.embeddings.similarity.similar`` with its +-0.5 mag window around the
     query's r magnitude (about 10 % of the sources pass), k=100, via pgvector's iterative scans as
     ``set_search_params`` configures them: latency, whether k rows came back, recall against
     exact search over the sources that pass the filter (numpy baseline on the same filter).
@@ -60,7 +60,7 @@ from benchutil import format_table, goal, loadavg, machine_info, pct, speedup
 
 K = 100
 SURVEY_BANDS = ["g", "r", "z"]
-MAG_WINDOW = 0.5  # the +-0.5 mag window of lenscat.similarity.similar (Stein et al. 2022)
+MAG_WINDOW = 0.5  # the +-0.5 mag window of lenscat.embeddings.similarity.similar (Stein et al. 2022)
 
 # goal from the issue (10^6 x 128-d)
 GOAL_RECALL = 0.95
@@ -72,8 +72,9 @@ GOAL_SHAPE = (1_000_000, 128)
 # data
 
 
-def make_vectors(n: int, dim: int, *, seed: int, latent_dim: int = 32, chunk: int = 100_000
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_vectors(
+    n: int, dim: int, *, seed: int, latent_dim: int = 32, chunk: int = 100_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw ``n`` L2-normalised vectors from a clustered Gaussian mixture.
 
     Parameters
@@ -137,6 +138,7 @@ def make_vectors(n: int, dim: int, *, seed: int, latent_dim: int = 32, chunk: in
 def psycopg_connect(autocommit: bool = False) -> Any:
     """A plain psycopg connection to the benchmark's database."""
     import psycopg
+
     from lenscat.db.server import resolve_database_url
 
     return psycopg.connect(resolve_database_url(), autocommit=autocommit)
@@ -162,9 +164,8 @@ def write_sources(survey: str, first_id: int, r_mag: np.ndarray, *, seed: int) -
     One text COPY (source_id, survey_id, objid, ra, dec, mag[g, r, z]); positions are uniform on
     the sky. Returns the time taken.
     """
+    from lenscat.catalogue.surveys import ensure_survey
     from lenscat.db.session import session_scope
-
-    from lenscat.surveys import ensure_survey
 
     with session_scope() as s:
         sid = ensure_survey(survey, SURVEY_BANDS, session=s).survey_id
@@ -180,11 +181,16 @@ def write_sources(survey: str, first_id: int, r_mag: np.ndarray, *, seed: int) -
             step = 200_000
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
-                cp.write("".join(
-                    f"{first_id + i}\t{sid}\tb{i}\t{ra[i]:.7f}\t{dec[i]:.7f}\t{{{g[i]:.4f},{r_mag[i]:.4f},{z[i]:.4f}}}\n"
-                    for i in range(lo, hi)))
-        cur.execute("SELECT setval(pg_get_serial_sequence('lenscat.sources', 'source_id'), "
-                    "(SELECT max(source_id) FROM lenscat.sources))")
+                cp.write(
+                    "".join(
+                        f"{first_id + i}\t{sid}\tb{i}\t{ra[i]:.7f}\t{dec[i]:.7f}\t{{{g[i]:.4f},{r_mag[i]:.4f},{z[i]:.4f}}}\n"
+                        for i in range(lo, hi)
+                    )
+                )
+        cur.execute(
+            "SELECT setval(pg_get_serial_sequence('lenscat.sources', 'source_id'), "
+            "(SELECT max(source_id) FROM lenscat.sources))"
+        )
         conn.commit()
         conn.autocommit = True
         cur.execute("VACUUM ANALYZE lenscat.sources")
@@ -200,22 +206,28 @@ def next_source_id() -> int:
 def register(name: str, dim: int) -> Any:
     """Register an external encoder version for ``dim``-d vectors (unique per run)."""
     from lenscat.db.session import session_scope
-
-    from lenscat.registry import register_model
+    from lenscat.registry.versions import register_model
 
     sha = hashlib.sha256(f"{name}/{time.time_ns()}".encode()).hexdigest()
     with session_scope() as s:
-        model, _ = register_model("encoder", name, architecture="synthetic-mixture", output_dim=dim,
-                                  checkpoint_path=None, checkpoint_sha256=sha, origin="external",
-                                  description="bench/similarity.py synthetic vectors", session=s)
+        model, _ = register_model(
+            "encoder",
+            name,
+            architecture="synthetic-mixture",
+            output_dim=dim,
+            checkpoint_path=None,
+            checkpoint_sha256=sha,
+            origin="external",
+            description="bench/similarity.py synthetic vectors",
+            session=s,
+        )
     return model
 
 
 def load_embeddings(model: Any, ids: np.ndarray, vectors: np.ndarray, batch: int) -> dict[str, Any]:
     """``upsert_embeddings`` in batches of ``batch`` rows, one transaction each (timed)."""
     from lenscat.db.session import session_scope
-
-    from lenscat.vectors import upsert_embeddings
+    from lenscat.embeddings.vectors import upsert_embeddings
 
     per_batch = []
     t0 = time.perf_counter()
@@ -223,21 +235,20 @@ def load_embeddings(model: Any, ids: np.ndarray, vectors: np.ndarray, batch: int
     for lo in range(0, len(ids), batch):
         tb = time.perf_counter()
         with session_scope() as s:
-            written += upsert_embeddings(model, ids[lo:lo + batch], vectors[lo:lo + batch], session=s)
+            written += upsert_embeddings(model, ids[lo : lo + batch], vectors[lo : lo + batch], session=s)
         per_batch.append(time.perf_counter() - tb)
     secs = time.perf_counter() - t0
     if written != len(ids):
         raise SystemExit(f"upsert_embeddings wrote {written} rows, expected {len(ids)}")
-    return {"rows": written, "seconds": secs, "rows_per_s": written / secs, "batch": batch,
-            "batch_seconds": per_batch}
+    return {"rows": written, "seconds": secs, "rows_per_s": written / secs, "batch": batch, "batch_seconds": per_batch}
 
 
 def build_index(model: Any, m: int, ef_construction: int) -> dict[str, Any]:
     """Drop the encoder's HNSW index if present, then ``ensure_hnsw_index`` (timed) and its size."""
-    from lenscat.db.session import session_scope
     from sqlalchemy import text
 
-    from lenscat.vectors import ensure_hnsw_index, hnsw_index_name
+    from lenscat.db.session import session_scope
+    from lenscat.embeddings.vectors import ensure_hnsw_index, hnsw_index_name
 
     name = hnsw_index_name(model)
     with psycopg_connect(autocommit=True) as conn:
@@ -251,17 +262,25 @@ def build_index(model: Any, m: int, ef_construction: int) -> dict[str, Any]:
     with psycopg_connect() as conn:
         size = int(conn.execute("SELECT pg_relation_size(%s::regclass)", (f"lenscat.{name}",)).fetchone()[0])
         table = int(conn.execute("SELECT pg_total_relation_size('lenscat.embeddings')").fetchone()[0])
-    return {"m": m, "ef_construction": ef_construction, "seconds": secs, "ensure_hnsw_index_s": inner,
-            "index_bytes": size, "table_total_bytes": table, "parallel_workers": workers,
-            "loadavg_after": loadavg()}
+    return {
+        "m": m,
+        "ef_construction": ef_construction,
+        "seconds": secs,
+        "ensure_hnsw_index_s": inner,
+        "index_bytes": size,
+        "table_total_bytes": table,
+        "parallel_workers": workers,
+        "loadavg_after": loadavg(),
+    }
 
 
 # --------------------------------------------------------------------------------------------
 # (c) exact baselines
 
 
-def numpy_exact(matrix: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None
-                ) -> tuple[np.ndarray, list[float]]:
+def numpy_exact(
+    matrix: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, list[float]]:
     """Exact top-k rows by inner product, one query at a time (timed per query).
 
     Parameters
@@ -298,9 +317,16 @@ def numpy_exact(matrix: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarra
     return out, times
 
 
-def faiss_baselines(matrix: np.ndarray, queries: np.ndarray, truth_rows: np.ndarray, k: int,
-                    m: int, ef_construction: int, ef_values: Sequence[int], hnsw: bool
-                    ) -> dict[str, Any] | None:
+def faiss_baselines(
+    matrix: np.ndarray,
+    queries: np.ndarray,
+    truth_rows: np.ndarray,
+    k: int,
+    m: int,
+    ef_construction: int,
+    ef_values: Sequence[int],
+    hnsw: bool,
+) -> dict[str, Any] | None:
     """faiss IndexFlatIP (exact) and IndexHNSWFlat (same m/ef_construction) on the same queries."""
     try:
         import faiss
@@ -323,8 +349,10 @@ def faiss_baselines(matrix: np.ndarray, queries: np.ndarray, truth_rows: np.ndar
         rec.append(recall_at(idx[0], tr))
     out["flat"] = {"p50_ms": 1e3 * pct(times, 50), "p95_ms": 1e3 * pct(times, 95), "recall": float(np.mean(rec))}
     del flat
-    log(f"  faiss IndexFlatIP: p50 {out['flat']['p50_ms']:.2f} ms, p95 {out['flat']['p95_ms']:.2f} ms, "
-        f"recall {out['flat']['recall']:.4f}")
+    log(
+        f"  faiss IndexFlatIP: p50 {out['flat']['p50_ms']:.2f} ms, p95 {out['flat']['p95_ms']:.2f} ms, "
+        f"recall {out['flat']['recall']:.4f}"
+    )
     if not hnsw:
         return out
     t0 = time.perf_counter()
@@ -334,8 +362,10 @@ def faiss_baselines(matrix: np.ndarray, queries: np.ndarray, truth_rows: np.ndar
     out["hnsw_build_s"] = time.perf_counter() - t0
     out["hnsw_bytes"] = int(faiss.serialize_index(index).nbytes)
     out["hnsw_graph_bytes"] = out["hnsw_bytes"] - matrix.nbytes
-    log(f"  faiss IndexHNSWFlat(m={m}, efConstruction={ef_construction}) build {out['hnsw_build_s']:.1f} s, "
-        f"{out['hnsw_bytes'] / 2**20:.0f} MiB")
+    log(
+        f"  faiss IndexHNSWFlat(m={m}, efConstruction={ef_construction}) build {out['hnsw_build_s']:.1f} s, "
+        f"{out['hnsw_bytes'] / 2**20:.0f} MiB"
+    )
     out["hnsw"] = {}
     for ef in ef_values:
         index.hnsw.efSearch = max(ef, k)
@@ -347,8 +377,12 @@ def faiss_baselines(matrix: np.ndarray, queries: np.ndarray, truth_rows: np.ndar
             _, idx = index.search(q[None, :], k)
             times.append(time.perf_counter() - t0)
             rec.append(recall_at(idx[0], tr))
-        out["hnsw"][ef] = {"p50_ms": 1e3 * pct(times, 50), "p95_ms": 1e3 * pct(times, 95),
-                           "recall": float(np.mean(rec)), "ef_search": max(ef, k)}
+        out["hnsw"][ef] = {
+            "p50_ms": 1e3 * pct(times, 50),
+            "p95_ms": 1e3 * pct(times, 95),
+            "recall": float(np.mean(rec)),
+            "ef_search": max(ef, k),
+        }
         log(f"  faiss HNSW efSearch={max(ef, k)}: recall {np.mean(rec):.4f}, p50 {1e3 * pct(times, 50):.2f} ms")
     return out
 
@@ -357,13 +391,12 @@ def faiss_baselines(matrix: np.ndarray, queries: np.ndarray, truth_rows: np.ndar
 # (c) lenscat search
 
 
-def lenscat_nearest(model: Any, queries: np.ndarray, truth_ids: np.ndarray, warmup: int = 20
-                    ) -> dict[str, Any]:
+def lenscat_nearest(model: Any, queries: np.ndarray, truth_ids: np.ndarray, warmup: int = 20) -> dict[str, Any]:
     """``nearest(model, q, k=100)`` per query in one session, at the ef_search it chooses."""
-    from lenscat.db.session import session_scope
     from sqlalchemy import text
 
-    from lenscat.vectors import nearest
+    from lenscat.db.session import session_scope
+    from lenscat.embeddings.vectors import nearest
 
     times, rec, short = [], [], 0
     with session_scope() as s:
@@ -376,29 +409,38 @@ def lenscat_nearest(model: Any, queries: np.ndarray, truth_ids: np.ndarray, warm
             rec.append(recall_at([r[0] for r in rows], tr))
             short += len(rows) < K
         ef = s.execute(text("SHOW hnsw.ef_search")).scalar()
-        plan = "\n".join(r[0] for r in s.execute(
-            text("EXPLAIN " + _nearest_sql_literal(model, queries[0]))).all())
+        plan = "\n".join(r[0] for r in s.execute(text("EXPLAIN " + _nearest_sql_literal(model, queries[0]))).all())
     uses_index = "ix_embeddings_hnsw" in plan
-    return {"ef_search": int(ef), "p50_ms": 1e3 * pct(times, 50), "p95_ms": 1e3 * pct(times, 95),
-            "recall": float(np.mean(rec)), "recall_min": float(np.min(rec)), "queries_recall_lt_half": int(np.sum(np.asarray(rec) < 0.5)), "short_results": short,
-            "uses_hnsw_index": uses_index, "plan": plan, "loadavg": loadavg()}
+    return {
+        "ef_search": int(ef),
+        "p50_ms": 1e3 * pct(times, 50),
+        "p95_ms": 1e3 * pct(times, 95),
+        "recall": float(np.mean(rec)),
+        "recall_min": float(np.min(rec)),
+        "queries_recall_lt_half": int(np.sum(np.asarray(rec) < 0.5)),
+        "short_results": short,
+        "uses_hnsw_index": uses_index,
+        "plan": plan,
+        "loadavg": loadavg(),
+    }
 
 
 def _nearest_sql_literal(model: Any, q: np.ndarray) -> str:
-    from lenscat.vectors import nearest_sql, normalise, vector_literal
+    from lenscat.embeddings.vectors import nearest_sql, normalise, vector_literal
 
     v = vector_literal(normalise(q[None, :])[0])
     return nearest_sql(model).replace(":q", f"'{v}'").replace(":fetch", str(K))
 
 
-def raw_sql_curve(model: Any, queries: np.ndarray, truth_ids: np.ndarray, ef_values: Sequence[int],
-                  warmup: int = 20) -> dict[int, dict[str, Any]]:
+def raw_sql_curve(
+    model: Any, queries: np.ndarray, truth_ids: np.ndarray, ef_values: Sequence[int], warmup: int = 20
+) -> dict[int, dict[str, Any]]:
     """The SQL of ``nearest_sql`` sent with psycopg (prepared), per ``hnsw.ef_search`` value.
 
     Iterative scans and ``max_scan_tuples`` as ``set_search_params`` sets them; ef_search set per
     session before the timed loop (so the timing is the query round trip alone).
     """
-    from lenscat.vectors import nearest_sql, normalise, vector_literal
+    from lenscat.embeddings.vectors import nearest_sql, normalise, vector_literal
 
     sql = re.sub(r"(?<!:):(q|fetch)\b", r"%(\1)s", nearest_sql(model))
     lits = [vector_literal(normalise(q[None, :])[0]) for q in queries]
@@ -419,21 +461,36 @@ def raw_sql_curve(model: Any, queries: np.ndarray, truth_ids: np.ndarray, ef_val
                 times.append(time.perf_counter() - t0)
                 rec.append(recall_at([r[0] for r in rows], tr))
                 short += len(rows) < K
-            out[int(ef)] = {"p50_ms": 1e3 * pct(times, 50), "p95_ms": 1e3 * pct(times, 95),
-                            "recall": float(np.mean(rec)), "recall_min": float(np.min(rec)), "queries_recall_lt_half": int(np.sum(np.asarray(rec) < 0.5)),
-                            "short_results": short, "loadavg": loadavg()}
-            log(f"  raw SQL ef_search={ef}: recall@{K} {np.mean(rec):.4f}, p50 {1e3 * pct(times, 50):.2f} ms, "
-                f"p95 {1e3 * pct(times, 95):.2f} ms")
+            out[int(ef)] = {
+                "p50_ms": 1e3 * pct(times, 50),
+                "p95_ms": 1e3 * pct(times, 95),
+                "recall": float(np.mean(rec)),
+                "recall_min": float(np.min(rec)),
+                "queries_recall_lt_half": int(np.sum(np.asarray(rec) < 0.5)),
+                "short_results": short,
+                "loadavg": loadavg(),
+            }
+            log(
+                f"  raw SQL ef_search={ef}: recall@{K} {np.mean(rec):.4f}, p50 {1e3 * pct(times, 50):.2f} ms, "
+                f"p95 {1e3 * pct(times, 95):.2f} ms"
+            )
     return out
 
 
-def filtered_search(model: Any, matrix: np.ndarray, ids: np.ndarray, r_all: np.ndarray,
-                    queries: np.ndarray, q_mag: np.ndarray, warmup: int = 10) -> dict[str, Any]:
+def filtered_search(
+    model: Any,
+    matrix: np.ndarray,
+    ids: np.ndarray,
+    r_all: np.ndarray,
+    queries: np.ndarray,
+    q_mag: np.ndarray,
+    warmup: int = 10,
+) -> dict[str, Any]:
     """``similar`` with the +-0.5 mag window (no position exclusion), vs exact numpy on the filter."""
     import astropy.units as u
-    from lenscat.db.session import session_scope
 
-    from lenscat.similarity import Query, similar
+    from lenscat.db.session import session_scope
+    from lenscat.embeddings.similarity import Query, similar
 
     # the database stores r as real and compares it with float8 bounds; mirror that here
     r32 = r_all.astype(np.float32).astype(np.float64)
@@ -443,28 +500,49 @@ def filtered_search(model: Any, matrix: np.ndarray, ids: np.ndarray, r_all: np.n
     times, rec, n_rows = [], [], []
     with session_scope() as s:
         for q, m in zip(queries[:warmup], q_mag[:warmup], strict=True):
-            similar(Query(q, mag=float(m)), encoder=model, k=K, session=s,
-                    mag_window=MAG_WINDOW * u.mag, exclude_radius=None)
+            similar(
+                Query(q, mag=float(m)),
+                encoder=model,
+                k=K,
+                session=s,
+                mag_window=MAG_WINDOW * u.mag,
+                exclude_radius=None,
+            )
         for q, m, tr in zip(queries, q_mag, truth_rows, strict=True):
             t0 = time.perf_counter()
-            tab = similar(Query(q, mag=float(m)), encoder=model, k=K, session=s,
-                          mag_window=MAG_WINDOW * u.mag, exclude_radius=None)
+            tab = similar(
+                Query(q, mag=float(m)),
+                encoder=model,
+                k=K,
+                session=s,
+                mag_window=MAG_WINDOW * u.mag,
+                exclude_radius=None,
+            )
             times.append(time.perf_counter() - t0)
             n_rows.append(len(tab))
             rec.append(recall_at(np.asarray(tab["source_id"]), ids[tr]))
     n_rows_a = np.asarray(n_rows)
     out = {
-        "queries": len(queries), "mean_fraction_kept": float(frac.mean()),
-        "min_fraction_kept": float(frac.min()), "max_fraction_kept": float(frac.max()),
-        "p50_ms": 1e3 * pct(times, 50), "p95_ms": 1e3 * pct(times, 95),
-        "k_rows_returned": int((n_rows_a >= K).sum()), "min_rows": int(n_rows_a.min()),
-        "recall": float(np.mean(rec)), "recall_min": float(np.min(rec)), "queries_recall_lt_half": int(np.sum(np.asarray(rec) < 0.5)),
-        "numpy_p50_ms": 1e3 * pct(np_times, 50), "numpy_p95_ms": 1e3 * pct(np_times, 95),
+        "queries": len(queries),
+        "mean_fraction_kept": float(frac.mean()),
+        "min_fraction_kept": float(frac.min()),
+        "max_fraction_kept": float(frac.max()),
+        "p50_ms": 1e3 * pct(times, 50),
+        "p95_ms": 1e3 * pct(times, 95),
+        "k_rows_returned": int((n_rows_a >= K).sum()),
+        "min_rows": int(n_rows_a.min()),
+        "recall": float(np.mean(rec)),
+        "recall_min": float(np.min(rec)),
+        "queries_recall_lt_half": int(np.sum(np.asarray(rec) < 0.5)),
+        "numpy_p50_ms": 1e3 * pct(np_times, 50),
+        "numpy_p95_ms": 1e3 * pct(np_times, 95),
         "loadavg": loadavg(),
     }
-    log(f"  filtered similar(): {out['mean_fraction_kept']:.1%} of sources pass; p50 {out['p50_ms']:.1f} ms, "
+    log(
+        f"  filtered similar(): {out['mean_fraction_kept']:.1%} of sources pass; p50 {out['p50_ms']:.1f} ms, "
         f"p95 {out['p95_ms']:.1f} ms; {out['k_rows_returned']}/{len(queries)} queries got {K} rows; "
-        f"recall {out['recall']:.4f}; numpy p50 {out['numpy_p50_ms']:.1f} ms")
+        f"recall {out['recall']:.4f}; numpy p50 {out['numpy_p50_ms']:.1f} ms"
+    )
     return out
 
 
@@ -487,8 +565,10 @@ def bench_dataset(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
     vectors, queries = allv[:n], allv[n:]
     r_mag, q_mag = r_all[:n], r_all[n:]
     res["clusters"] = int(labels.max()) + 1
-    log(f"  vectors: {n:,} + {args.queries} held-out queries, {res['clusters']} clusters, "
-        f"{time.perf_counter() - t0:.1f} s")
+    log(
+        f"  vectors: {n:,} + {args.queries} held-out queries, {res['clusters']} clusters, "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
 
     first = next_source_id()
     ids = np.arange(first, first + n, dtype=np.int64)
@@ -498,8 +578,10 @@ def bench_dataset(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
 
     model = register(f"bench-sim-{n}x{dim}", dim)
     res["load"] = load_embeddings(model, ids, vectors, args.batch)
-    log(f"  upsert_embeddings: {n:,} rows in {res['load']['seconds']:.1f} s = "
-        f"{res['load']['rows_per_s']:,.0f} rows/s (batches of {args.batch:,})")
+    log(
+        f"  upsert_embeddings: {n:,} rows in {res['load']['seconds']:.1f} s = "
+        f"{res['load']['rows_per_s']:,.0f} rows/s (batches of {args.batch:,})"
+    )
 
     # exact ground truth (float32) = the numpy baseline's answers
     truth_rows, np_times = numpy_exact(vectors, queries, K)
@@ -513,30 +595,39 @@ def bench_dataset(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
     half_rows, _ = numpy_exact(half, queries.astype(np.float16).astype(np.float32), K)
     del half
     res["halfvec_exact_recall"] = float(np.mean([recall_at(a, b) for a, b in zip(half_rows, truth_rows, strict=True)]))
-    log(f"  numpy exact: p50 {res['numpy']['p50_ms']:.2f} ms, p95 {res['numpy']['p95_ms']:.2f} ms; "
+    log(
+        f"  numpy exact: p50 {res['numpy']['p50_ms']:.2f} ms, p95 {res['numpy']['p95_ms']:.2f} ms; "
         f"{res['truth_same_cluster']:.1%} of true neighbours in the query's cluster; exact search on "
-        f"halfvec-rounded vectors has recall {res['halfvec_exact_recall']:.4f}")
+        f"halfvec-rounded vectors has recall {res['halfvec_exact_recall']:.4f}"
+    )
 
-    res["faiss"] = faiss_baselines(vectors, queries, truth_rows, K, args.m, args.ef_construction,
-                                   args.ef_search, hnsw=not args.no_faiss_hnsw)
+    res["faiss"] = faiss_baselines(
+        vectors, queries, truth_rows, K, args.m, args.ef_construction, args.ef_search, hnsw=not args.no_faiss_hnsw
+    )
 
     builds = []
-    configs = [(args.m, args.ef_construction)] + ([] if (n, dim) != GOAL_SHAPE and not args.tune_always
-                                                  else list(args.tune))
+    configs = [(args.m, args.ef_construction)] + (
+        [] if (n, dim) != GOAL_SHAPE and not args.tune_always else list(args.tune)
+    )
     for i, (m, efc) in enumerate(configs):
         b = build_index(model, m, efc)
-        log(f"  ensure_hnsw_index(m={m}, ef_construction={efc}): {b['seconds']:.1f} s, index "
+        log(
+            f"  ensure_hnsw_index(m={m}, ef_construction={efc}): {b['seconds']:.1f} s, index "
             f"{b['index_bytes'] / 2**20:.0f} MiB (max_parallel_maintenance_workers={b['parallel_workers']}, "
-            f"load {b['loadavg_after']})")
+            f"load {b['loadavg_after']})"
+        )
         b["nearest"] = lenscat_nearest(model, queries, truth_ids)
         nr = b["nearest"]
-        log(f"  nearest(k={K}) at default ef_search={nr['ef_search']}: recall {nr['recall']:.4f} "
+        log(
+            f"  nearest(k={K}) at default ef_search={nr['ef_search']}: recall {nr['recall']:.4f} "
             f"(min {nr['recall_min']:.2f}), p50 {nr['p50_ms']:.2f} ms, p95 {nr['p95_ms']:.2f} ms, "
-            f"index used: {nr['uses_hnsw_index']}, short results: {nr['short_results']}")
+            f"index used: {nr['uses_hnsw_index']}, short results: {nr['short_results']}"
+        )
         b["curve"] = raw_sql_curve(model, queries, truth_ids, args.ef_search)
         if i == 0:
-            b["filtered"] = filtered_search(model, vectors, ids, r_mag, queries[:args.filter_queries],
-                                            q_mag[:args.filter_queries])
+            b["filtered"] = filtered_search(
+                model, vectors, ids, r_mag, queries[: args.filter_queries], q_mag[: args.filter_queries]
+            )
         b["goal_ef"] = meets_goal(b["curve"])
         builds.append(b)
         if b["goal_ef"] is not None and not args.tune_always:
@@ -565,49 +656,89 @@ def results_table(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     np_txt = f"{npx['p50_ms']:.2f} / {npx['p95_ms']:.2f} (numpy exact)"
     goal_txt = f"recall >= {GOAL_RECALL} at p50 <= {GOAL_P50_MS:g} ms"
     rows: list[tuple[str, str, str, str, str]] = [
-        (f"{tag}: load, upsert_embeddings rows/s (batches of {res['load']['batch']:,})",
-         f"{res['load']['rows_per_s']:,.0f}", "", "", ""),
+        (
+            f"{tag}: load, upsert_embeddings rows/s (batches of {res['load']['batch']:,})",
+            f"{res['load']['rows_per_s']:,.0f}",
+            "",
+            "",
+            "",
+        ),
     ]
     for b in res["builds"]:
         cfg = f"m={b['m']}, ef_construction={b['ef_construction']}"
         fb = fa.get("hnsw_build_s") if fa else None
         same_cfg = b["m"] == res["builds"][0]["m"] and b["ef_construction"] == res["builds"][0]["ef_construction"]
-        rows.append((f"{tag}: HNSW build, ensure_hnsw_index {cfg} (s)", f"{b['seconds']:.0f}",
-                     f"{fb:.0f} (faiss IndexHNSWFlat, same m/efC, float32)" if fb and same_cfg else "",
-                     speedup(fb, b["seconds"]) if fb and same_cfg else "", ""))
-        rows.append((f"{tag}: HNSW index size ({cfg}, MiB)", f"{b['index_bytes'] / 2**20:,.0f}",
-                     f"{fa['hnsw_bytes'] / 2**20:,.0f} (faiss HNSW incl. float32 vectors)"
-                     if fa and "hnsw_bytes" in fa and same_cfg else "", "", ""))
+        rows.append(
+            (
+                f"{tag}: HNSW build, ensure_hnsw_index {cfg} (s)",
+                f"{b['seconds']:.0f}",
+                f"{fb:.0f} (faiss IndexHNSWFlat, same m/efC, float32)" if fb and same_cfg else "",
+                speedup(fb, b["seconds"]) if fb and same_cfg else "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"{tag}: HNSW index size ({cfg}, MiB)",
+                f"{b['index_bytes'] / 2**20:,.0f}",
+                f"{fa['hnsw_bytes'] / 2**20:,.0f} (faiss HNSW incl. float32 vectors)"
+                if fa and "hnsw_bytes" in fa and same_cfg
+                else "",
+                "",
+                "",
+            )
+        )
         nr = b["nearest"]
         ok = nr["recall"] >= GOAL_RECALL and nr["p50_ms"] <= GOAL_P50_MS
-        rows.append((f"{tag}: nearest(k=100), default ef_search={nr['ef_search']} ({cfg}): recall@100; p50 / p95 (ms)",
-                     f"{nr['recall']:.3f}; {nr['p50_ms']:.2f} / {nr['p95_ms']:.2f}", np_txt,
-                     speedup(npx["p50_ms"], nr["p50_ms"]), goal(ok, goal_txt) if goal_set else ""))
+        rows.append(
+            (
+                f"{tag}: nearest(k=100), default ef_search={nr['ef_search']} ({cfg}): recall@100; p50 / p95 (ms)",
+                f"{nr['recall']:.3f}; {nr['p50_ms']:.2f} / {nr['p95_ms']:.2f}",
+                np_txt,
+                speedup(npx["p50_ms"], nr["p50_ms"]),
+                goal(ok, goal_txt) if goal_set else "",
+            )
+        )
         if fa:
-            rows.append((f"{tag}: same, vs faiss exact", f"{nr['recall']:.3f}; {nr['p50_ms']:.2f} / {nr['p95_ms']:.2f}",
-                         f"{fa['flat']['p50_ms']:.2f} / {fa['flat']['p95_ms']:.2f} (faiss IndexFlatIP)",
-                         speedup(fa["flat"]["p50_ms"], nr["p50_ms"]), ""))
+            rows.append(
+                (
+                    f"{tag}: same, vs faiss exact",
+                    f"{nr['recall']:.3f}; {nr['p50_ms']:.2f} / {nr['p95_ms']:.2f}",
+                    f"{fa['flat']['p50_ms']:.2f} / {fa['flat']['p95_ms']:.2f} (faiss IndexFlatIP)",
+                    speedup(fa["flat"]["p50_ms"], nr["p50_ms"]),
+                    "",
+                )
+            )
         for ef, c in sorted(b["curve"].items()):
             fh = fa.get("hnsw", {}).get(ef) if fa and same_cfg else None
-            base = (f"{fh['recall']:.3f}; {fh['p50_ms']:.2f} / {fh['p95_ms']:.2f} (faiss HNSW efSearch={fh['ef_search']})"
-                    if fh else np_txt)
+            base = (
+                f"{fh['recall']:.3f}; {fh['p50_ms']:.2f} / {fh['p95_ms']:.2f} (faiss HNSW efSearch={fh['ef_search']})"
+                if fh
+                else np_txt
+            )
             ok = c["recall"] >= GOAL_RECALL and c["p50_ms"] <= GOAL_P50_MS
-            rows.append((f"{tag}: raw SQL k=100, ef_search={ef} ({cfg}): recall@100; p50 / p95 (ms)",
-                         f"{c['recall']:.3f}; {c['p50_ms']:.2f} / {c['p95_ms']:.2f}", base,
-                         speedup(fh["p50_ms"] if fh else npx["p50_ms"], c["p50_ms"]),
-                         goal(ok, goal_txt) if goal_set else ""))
+            rows.append(
+                (
+                    f"{tag}: raw SQL k=100, ef_search={ef} ({cfg}): recall@100; p50 / p95 (ms)",
+                    f"{c['recall']:.3f}; {c['p50_ms']:.2f} / {c['p95_ms']:.2f}",
+                    base,
+                    speedup(fh["p50_ms"] if fh else npx["p50_ms"], c["p50_ms"]),
+                    goal(ok, goal_txt) if goal_set else "",
+                )
+            )
         if "filtered" in b:
             f = b["filtered"]
-            rows.append((f"{tag}: filtered similar() k=100, r +-0.5 mag ({f['mean_fraction_kept']:.0%} pass): "
-                         f"recall@100; p50 / p95 (ms); queries with 100 rows",
-                         f"{f['recall']:.3f}; {f['p50_ms']:.1f} / {f['p95_ms']:.1f}; "
-                         f"{f['k_rows_returned']}/{f['queries']}",
-                         f"{f['numpy_p50_ms']:.2f} / {f['numpy_p95_ms']:.2f} (numpy exact on the filter)",
-                         speedup(f["numpy_p50_ms"], f["p50_ms"]), ""))
+            rows.append(
+                (
+                    f"{tag}: filtered similar() k=100, r +-0.5 mag ({f['mean_fraction_kept']:.0%} pass): "
+                    f"recall@100; p50 / p95 (ms); queries with 100 rows",
+                    f"{f['recall']:.3f}; {f['p50_ms']:.1f} / {f['p95_ms']:.1f}; {f['k_rows_returned']}/{f['queries']}",
+                    f"{f['numpy_p50_ms']:.2f} / {f['numpy_p95_ms']:.2f} (numpy exact on the filter)",
+                    speedup(f["numpy_p50_ms"], f["p50_ms"]),
+                    "",
+                )
+            )
     return rows
-
-
-
 
 
 HEADER = ("measure", "lenscat", "baseline", "lenscat speed-up (baseline time / lenscat time)", "goal")
@@ -618,8 +749,12 @@ def _pair(text: str) -> tuple[int, int]:
     return int(m), int(efc)
 
 
-def _write(out: Path | None, results: dict[str, Any], rows: list[tuple[str, str, str, str, str]],
-           writer: Callable[[str], None] | None = None) -> None:
+def _write(
+    out: Path | None,
+    results: dict[str, Any],
+    rows: list[tuple[str, str, str, str, str]],
+    writer: Callable[[str], None] | None = None,
+) -> None:
     if not out:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -632,8 +767,9 @@ def _write(out: Path | None, results: dict[str, Any], rows: list[tuple[str, str,
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, start the scratch server, run every data set and report."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=None, help="vectors (with --dim: one data set instead of the two)")
     ap.add_argument("--dim", type=int, default=None, help="dimension (default 128 with --n)")
     ap.add_argument("--quick", action="store_true", help="one small data set (2x10^4 x 128-d, 200 queries)")
@@ -642,15 +778,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=100_000, help="rows per upsert_embeddings call")
     ap.add_argument("--m", type=int, default=16, help="HNSW m of the first build (lenscat default 16)")
     ap.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction (default 64)")
-    ap.add_argument("--ef-search", type=lambda s: [int(x) for x in s.split(",")], default=[100, 200, 400, 800],
-                    help="hnsw.ef_search values of the recall/latency curve (default 100,200,400,800)")
-    ap.add_argument("--tune", type=lambda s: [_pair(x) for x in s.split(",") if x], default=[(24, 128)],
-                    help="m:ef_construction rebuilds tried in turn while the 10^6 x 128 goal is not met")
+    ap.add_argument(
+        "--ef-search",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[100, 200, 400, 800],
+        help="hnsw.ef_search values of the recall/latency curve (default 100,200,400,800)",
+    )
+    ap.add_argument(
+        "--tune",
+        type=lambda s: [_pair(x) for x in s.split(",") if x],
+        default=[(24, 128)],
+        help="m:ef_construction rebuilds tried in turn while the 10^6 x 128 goal is not met",
+    )
     ap.add_argument("--tune-always", action="store_true", help="run every --tune build on every data set")
     ap.add_argument("--no-faiss-hnsw", action="store_true", help="skip the faiss HNSW baseline")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--home", default=None,
-                    help="LENSCAT_HOME for the scratch server (default $LENSCAT_BENCH_HOME or a temp dir)")
+    ap.add_argument(
+        "--home", default=None, help="LENSCAT_HOME for the scratch server (default $LENSCAT_BENCH_HOME or a temp dir)"
+    )
     ap.add_argument("--keep", action="store_true", help="leave the server running and its data in place")
     ap.add_argument("--out", type=Path, default=None, help="write results as .json or .md")
     args = ap.parse_args(argv)
@@ -673,25 +818,26 @@ def main(argv: list[str] | None = None) -> int:
         print("note: LENSCAT_DATABASE_URL ignored; the benchmark uses its own embedded server")
     os.environ["LENSCAT_HOME"] = str(home)
 
+    from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine
 
-    from lenscat.cli_common import ensure_schema
-
     info = machine_info()
     info["numpy_blas_threads"] = os.environ.get("OMP_NUM_THREADS", f"default ({os.cpu_count()} cores)")
-    print(f"lenscat similarity benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
-          f"{info['ram_gb']} GB RAM, Python {info['python']}, {info['os']}; load {info['loadavg_start']}")
+    print(
+        f"lenscat similarity benchmark, {info['date_utc']}: {info['cpu_count']} CPUs ({info['cpu']}), "
+        f"{info['ram_gb']} GB RAM, Python {info['python']}, {info['os']}; load {info['loadavg_start']}"
+    )
     print(f"LENSCAT_HOME={home}; data sets {datasets}; seed={args.seed}", flush=True)
-    results: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-                               "datasets": []}
+    results: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "datasets": []}
     rows: list[tuple[str, str, str, str, str]] = []
     try:
         ensure_schema()
         with psycopg_connect() as conn:
             info["postgres"] = conn.execute("SHOW server_version").fetchone()[0]
-            info["pgvector"] = conn.execute(
-                "SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+            info["pgvector"] = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[
+                0
+            ]
             if conn.execute("SELECT EXISTS (SELECT 1 FROM lenscat.embeddings)").fetchone()[0]:
                 raise SystemExit(f"{home} holds embeddings already; give the benchmark an empty LENSCAT_HOME")
         print(f"PostgreSQL {info['postgres']}, pgvector {info['pgvector']}", flush=True)

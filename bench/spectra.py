@@ -124,26 +124,40 @@ def bench_etl(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     src.mkdir()
     t0 = time.perf_counter()
     paths = make_copies(src, args.files, args.desi_fraction)
-    print(f"\n(a) ETL: wrote {len(paths)} files ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB) "
-          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"\n(a) ETL: wrote {len(paths)} files ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB) "
+        f"in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     t_base, n_base = astropy_read(paths)
     t0 = time.perf_counter()
     summary = ingest_spectra([src], pack="bench", workers=2, progress=False)
     t_ing = time.perf_counter() - t0
     n_ing = summary.spectra_inserted + summary.spectra_updated
-    out = {"files": len(paths), "spectra": n_ing, "inserted": summary.spectra_inserted,
-           "failed": summary.files_failed, "ingest_s": t_ing, "ingest_rate": n_ing / t_ing,
-           "astropy_s": t_base, "astropy_rate": n_base / t_base}
-    print(f"ingest_spectra (2 workers, DB): {n_ing} spectra ({summary.spectra_inserted} inserted, "
-          f"{summary.files_failed} failed) in {t_ing:.1f} s = {out['ingest_rate']:,.0f} spectra/s; "
-          f"astropy read only: {out['astropy_rate']:,.0f} spectra/s; ratio "
-          f"{out['ingest_rate'] / out['astropy_rate']:.3f}", flush=True)
+    out = {
+        "files": len(paths),
+        "spectra": n_ing,
+        "inserted": summary.spectra_inserted,
+        "failed": summary.files_failed,
+        "ingest_s": t_ing,
+        "ingest_rate": n_ing / t_ing,
+        "astropy_s": t_base,
+        "astropy_rate": n_base / t_base,
+    }
+    print(
+        f"ingest_spectra (2 workers, DB): {n_ing} spectra ({summary.spectra_inserted} inserted, "
+        f"{summary.files_failed} failed) in {t_ing:.1f} s = {out['ingest_rate']:,.0f} spectra/s; "
+        f"astropy read only: {out['astropy_rate']:,.0f} spectra/s; ratio "
+        f"{out['ingest_rate'] / out['astropy_rate']:.3f}",
+        flush=True,
+    )
     return out
 
 
 # --------------------------------------------------------------------------------- matched filter
-def classic_matched_filter(flux: np.ndarray, ivar: np.ndarray, cont: np.ndarray, z: np.ndarray,
-                           wave: np.ndarray, cfg: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+def classic_matched_filter(
+    flux: np.ndarray, ivar: np.ndarray, cont: np.ndarray, z: np.ndarray, wave: np.ndarray, cfg: Any
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Baseline: the BELLS GALLERY matched filter, one spectrum at a time with correlate1d.
 
     Same masks, robust ivar rescaling, kernel bank and coverage cut as lenscat's; returns the best
@@ -167,8 +181,9 @@ def classic_matched_filter(flux: np.ndarray, ivar: np.ndarray, cont: np.ndarray,
         r = flux[i].astype(np.float64) - cont[i]
         iv = ivar[i].astype(np.float64)
         good = np.isfinite(r) & np.isfinite(iv) & (iv > 0) & ~sky
-        good &= ~galaxy_line_mask(wave, float(z[i]), half_width_kms=cfg.galaxy_half_width_kms,
-                                  extended=cfg.galaxy_extended)
+        good &= ~galaxy_line_mask(
+            wave, float(z[i]), half_width_kms=cfg.galaxy_half_width_kms, extended=cfg.galaxy_extended
+        )
         if good.sum() < cfg.min_good_pixels:
             peaks.append(np.zeros(0, dtype=np.int64))
             continue
@@ -201,8 +216,14 @@ def write_store(path: Path, synth: Any) -> Any:
     store = PackStore(path)
     n = len(synth)
     with store.writer() as fh:
-        arrays = {"flux": synth.flux, "ivar": synth.ivar, "continuum": synth.continuum,
-                  "sky": np.zeros_like(synth.flux), "z": synth.z, "continuum_source": np.zeros(n, np.uint8)}
+        arrays = {
+            "flux": synth.flux,
+            "ivar": synth.ivar,
+            "continuum": synth.continuum,
+            "sky": np.zeros_like(synth.flux),
+            "z": synth.z,
+            "continuum_source": np.zeros(n, np.uint8),
+        }
         for name, arr in arrays.items():
             fh[name].resize(n, axis=0)
             fh[name][:] = arr
@@ -234,8 +255,11 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     t0 = time.perf_counter()
     synth = make_training_set(n, seed=args.seed, keep_truth=False)
     store = write_store(work / "mf.h5", synth)
-    print(f"\n(b) matched filter: {n:,} synthetic spectra ({int(synth.labels.sum())} with a line) made and "
-          f"packed in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"\n(b) matched filter: {n:,} synthetic spectra ({int(synth.labels.sum())} with a line) made and "
+        f"packed in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     allrows = np.arange(n)
     t_read, rows = best_of(lambda: store.read(allrows, sky=False), args.repeats)  # as scan.py reads
     cfg = MatchedFilterConfig()
@@ -249,7 +273,7 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     def read_and_scan() -> int:
         k = 0
         for i in range(0, n, 4096):  # scan.py's batch size
-            r = store.read(allrows[i:i + 4096], sky=False)
+            r = store.read(allrows[i : i + 4096], sky=False)
             h, _ = scan_batch_with_max(r.flux, r.ivar, r.continuum, r.z, wave=wave, config=cfg)
             k += len(h)
         return k
@@ -260,17 +284,29 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     t0 = time.perf_counter()
     cbest, cpeaks = classic_matched_filter(*(x[:nb] for x in a), wave, cfg)
     t_classic = time.perf_counter() - t0
-    out = {"rows": n, "lines": int(synth.labels.sum()), "hits": len(hits), "read_rate": n / t_read,
-           "scan_rate": n / t_scan, "max_rate": n / t_max, "both_rate": n / t_both, "e2e_rate": n / t_e2e,
-           "classic_rows": nb, "classic_rate": nb / t_classic}
+    out = {
+        "rows": n,
+        "lines": int(synth.labels.sum()),
+        "hits": len(hits),
+        "read_rate": n / t_read,
+        "scan_rate": n / t_scan,
+        "max_rate": n / t_max,
+        "both_rate": n / t_both,
+        "e2e_rate": n / t_e2e,
+        "classic_rows": nb,
+        "classic_rate": nb / t_classic,
+    }
     pos = synth.labels.astype(bool)
     found = np.zeros(n, bool)
     found[hits.row[np.abs(hits.pixel - synth.line_pixel[hits.row]) <= 3]] = True
     out["completeness"] = float(found[pos].mean())
-    print(f"PackStore.read: {out['read_rate']:,.0f} spectra/s; scan_batch {out['scan_rate']:,.0f}/s, snr_max "
-          f"{out['max_rate']:,.0f}/s, scan_batch_with_max {out['both_rate']:,.0f}/s; read + scan_batch_with_max "
-          f"in 4,096-row batches {out['e2e_rate']:,.0f}/s; classic correlate1d loop ({nb:,} spectra) "
-          f"{out['classic_rate']:,.0f}/s -> speed-up {out['both_rate'] / out['classic_rate']:.0f}x", flush=True)
+    print(
+        f"PackStore.read: {out['read_rate']:,.0f} spectra/s; scan_batch {out['scan_rate']:,.0f}/s, snr_max "
+        f"{out['max_rate']:,.0f}/s, scan_batch_with_max {out['both_rate']:,.0f}/s; read + scan_batch_with_max "
+        f"in 4,096-row batches {out['e2e_rate']:,.0f}/s; classic correlate1d loop ({nb:,} spectra) "
+        f"{out['classic_rate']:,.0f}/s -> speed-up {out['both_rate'] / out['classic_rate']:.0f}x",
+        flush=True,
+    )
     print(f"{len(hits)} hits; {out['completeness']:.1%} of the injected lines found within 3 px", flush=True)
     # sanity: the same best S/N and the same peaks as the classic loop
     both = np.isfinite(cbest) & np.isfinite(best[:nb])
@@ -280,13 +316,19 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     sel = hits.row < nb
     near = [bool(np.any(np.abs(cpeaks[r] - px) <= 1)) for r, px in zip(hits.row[sel], hits.pixel[sel], strict=True)]
     out["classic_peak_agree"] = float(np.mean(near)) if near else float("nan")
-    print(f"sanity vs classic on {nb:,} spectra: best S/N max relative difference {out['classic_max_rel_diff']:.1e} "
-          f"(NaN rows agree: {out['classic_nan_agree']}); {out['classic_peak_agree']:.1%} of lenscat's "
-          f"{int(sel.sum())} hits there have a classic peak within 1 px", flush=True)
+    print(
+        f"sanity vs classic on {nb:,} spectra: best S/N max relative difference {out['classic_max_rel_diff']:.1e} "
+        f"(NaN rows agree: {out['classic_nan_agree']}); {out['classic_peak_agree']:.1%} of lenscat's "
+        f"{int(sel.sum())} hits there have a classic peak within 1 px",
+        flush=True,
+    )
     for r in np.unique(hits.row[sel])[:4]:
-        print(f"  spectrum {r}: lenscat hits at px {hits.pixel[hits.row == r].tolist()} (S/N "
-              f"{np.round(hits.snr[hits.row == r], 2).tolist()}), classic peaks at px {cpeaks[r].tolist()}; "
-              f"best S/N {best[r]:.3f} vs {cbest[r]:.3f}", flush=True)
+        print(
+            f"  spectrum {r}: lenscat hits at px {hits.pixel[hits.row == r].tolist()} (S/N "
+            f"{np.round(hits.snr[hits.row == r], 2).tolist()}), classic peaks at px {cpeaks[r].tolist()}; "
+            f"best S/N {best[r]:.3f} vs {cbest[r]:.3f}",
+            flush=True,
+        )
     return out, rows
 
 
@@ -306,24 +348,33 @@ def bench_resnet(args: argparse.Namespace, rows: Any) -> dict[str, Any]:
     predict(model, prepare_inputs(*(x[:1024] for x in a), wave=WINDOW.wave), batch_size=1024, device="cpu")
     t_prep, x = best_of(lambda: prepare_inputs(*a, wave=WINDOW.wave), args.repeats)
     t_pred, _ = best_of(lambda: predict(model, x, batch_size=1024, device="cpu"), args.repeats)
-    t_both, _ = best_of(lambda: predict(model, prepare_inputs(*a, wave=WINDOW.wave), batch_size=1024,
-                                        device="cpu"), args.repeats)
-    out = {"rows": n, "threads": torch.get_num_threads(), "prepare_rate": n / t_prep, "predict_rate": n / t_pred,
-           "both_rate": n / t_both}
-    print(f"\n(c) ResNet ({n:,} spectra, batch 1,024, {out['threads']} threads): predict {out['predict_rate']:,.0f} "
-          f"spectra/s; prepare_inputs {out['prepare_rate']:,.0f}/s; prepare + predict {out['both_rate']:,.0f}/s "
-          f"({out['both_rate'] / LI2018_RATE:.1f}x Li et al.'s ~230/s)", flush=True)
+    t_both, _ = best_of(
+        lambda: predict(model, prepare_inputs(*a, wave=WINDOW.wave), batch_size=1024, device="cpu"), args.repeats
+    )
+    out = {
+        "rows": n,
+        "threads": torch.get_num_threads(),
+        "prepare_rate": n / t_prep,
+        "predict_rate": n / t_pred,
+        "both_rate": n / t_both,
+    }
+    print(
+        f"\n(c) ResNet ({n:,} spectra, batch 1,024, {out['threads']} threads): predict {out['predict_rate']:,.0f} "
+        f"spectra/s; prepare_inputs {out['prepare_rate']:,.0f}/s; prepare + predict {out['both_rate']:,.0f}/s "
+        f"({out['both_rate'] / LI2018_RATE:.1f}x Li et al.'s ~230/s)",
+        flush=True,
+    )
     return out
 
 
 # ------------------------------------------------------------------------------------ in-DB scans
 def bench_scan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """(d) scan_spectra over the ETL's spectra for both detector kinds."""
-    from lenscat.db.session import session_scope
     from sqlalchemy import text
 
+    from lenscat.db.session import session_scope
     from lenscat.models.specnet import SpecResNet, predict, prepare_inputs, save_specnet
-    from lenscat.registry import register_model, store_checkpoint
+    from lenscat.registry.versions import register_model, store_checkpoint
     from lenscat.spectra.grid import WINDOW
     from lenscat.spectra.ingest import pack_store
     from lenscat.spectra.scan import register_matched_filter, scan_spectra
@@ -331,36 +382,52 @@ def bench_scan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with session_scope() as s:
         ids = np.array(s.execute(text("SELECT spectrum_id FROM lenscat.spectra ORDER BY 1")).scalars().all())
-        pid, prow = s.execute(text("SELECT pack_id, array_agg(pack_row ORDER BY pack_row) FROM lenscat.spectra "
-                                   "GROUP BY pack_id")).one()
+        pid, prow = s.execute(
+            text("SELECT pack_id, array_agg(pack_row ORDER BY pack_row) FROM lenscat.spectra GROUP BY pack_id")
+        ).one()
         store = pack_store(int(pid), session=s)
     out["spectra"] = int(ids.size)
     # a ResNet detector whose threshold passes ~1 % of these spectra (as a trained one at its operating point)
     torch_model = SpecResNet()
     rows = store.read(np.asarray(prow))
-    prob, _ = predict(torch_model, prepare_inputs(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave),
-                      device="cpu")
+    prob, _ = predict(
+        torch_model, prepare_inputs(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave), device="cpu"
+    )
     thr = float(np.quantile(prob, 0.99))
     ck = work / "specnet.pt"
     save_specnet(torch_model, ck, hparams={"threshold": thr})
     stored, sha = store_checkpoint(ck)
     with session_scope() as s:
         mf, _ = register_matched_filter("bench-mf", sample="all", session=s)
-        rn, _ = register_model("detector", "bench-specnet", architecture="specnet", output_dim=1,
-                               checkpoint_path=stored, checkpoint_sha256=sha, origin="initialised",
-                               hparams={"threshold": thr, "sample": "all"}, session=s)
+        rn, _ = register_model(
+            "detector",
+            "bench-specnet",
+            architecture="specnet",
+            output_dim=1,
+            checkpoint_path=stored,
+            checkpoint_sha256=sha,
+            origin="initialised",
+            hparams={"threshold": thr, "sample": "all"},
+            session=s,
+        )
     for label, model in (("matched-filter", mf), ("specnet", rn)):
         t0 = time.perf_counter()
         with session_scope() as s:
             n = scan_spectra(model, ids, session=s, device="cpu")
         dt = time.perf_counter() - t0
         with session_scope() as s:
-            nh = int(s.execute(text("SELECT count(*) FROM lenscat.spectral_hits WHERE model_id = :m"),
-                               {"m": model.model_id}).scalar_one())
+            nh = int(
+                s.execute(
+                    text("SELECT count(*) FROM lenscat.spectral_hits WHERE model_id = :m"), {"m": model.model_id}
+                ).scalar_one()
+            )
         out[f"{label}_rate"] = n / dt
         out[f"{label}_hits"] = nh
-        print(f"(d) scan_spectra {label}: {n:,} spectra in {dt:.2f} s = {n / dt:,.0f} spectra/s, {nh} hits "
-              "line-fitted and written", flush=True)
+        print(
+            f"(d) scan_spectra {label}: {n:,} spectra in {dt:.2f} s = {n / dt:,.0f} spectra/s, {nh} hits "
+            "line-fitted and written",
+            flush=True,
+        )
     return out
 
 
@@ -369,45 +436,86 @@ def report(r: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) ->
     """The markdown section for docs/benchmarks.md."""
     e, m, c, d = r["etl"], r["mf"], r["resnet"], r["scan"]
     rows = [
-        ("(a) ETL: FITS -> packed store + DB", f"{e['ingest_rate']:,.0f} (`ingest_spectra`, 2 workers)",
-         f"{e['astropy_rate']:,.0f} (astropy read only, 1 process)", f"{e['ingest_rate'] / e['astropy_rate']:.2f}x"),
+        (
+            "(a) ETL: FITS -> packed store + DB",
+            f"{e['ingest_rate']:,.0f} (`ingest_spectra`, 2 workers)",
+            f"{e['astropy_rate']:,.0f} (astropy read only, 1 process)",
+            f"{e['ingest_rate'] / e['astropy_rate']:.2f}x",
+        ),
         ("(b) `PackStore.read`", f"{m['read_rate']:,.0f}", "", ""),
-        ("(b) `scan_batch`", f"{m['scan_rate']:,.0f}", f"{m['classic_rate']:,.0f} (classic correlate1d loop)",
-         speedup(1 / m["classic_rate"], 1 / m["scan_rate"])),
+        (
+            "(b) `scan_batch`",
+            f"{m['scan_rate']:,.0f}",
+            f"{m['classic_rate']:,.0f} (classic correlate1d loop)",
+            speedup(1 / m["classic_rate"], 1 / m["scan_rate"]),
+        ),
         ("(b) `snr_max`", f"{m['max_rate']:,.0f}", "", ""),
-        ("(b) `scan_batch_with_max` (hits + best S/N)", f"{m['both_rate']:,.0f}",
-         f"{m['classic_rate']:,.0f} (classic, which gives both)", speedup(1 / m["classic_rate"], 1 / m["both_rate"])),
+        (
+            "(b) `scan_batch_with_max` (hits + best S/N)",
+            f"{m['both_rate']:,.0f}",
+            f"{m['classic_rate']:,.0f} (classic, which gives both)",
+            speedup(1 / m["classic_rate"], 1 / m["both_rate"]),
+        ),
         ("(b) read + `scan_batch_with_max`, 4,096-row batches", f"{m['e2e_rate']:,.0f}", "", ""),
-        ("(c) `predict` (batch 1,024)", f"{c['predict_rate']:,.0f}", f"{LI2018_RATE:.0f} (Li et al. 2018)",
-         f"{c['predict_rate'] / LI2018_RATE:.1f}x"),
-        ("(c) `prepare_inputs` + `predict`", f"{c['both_rate']:,.0f}", f"{LI2018_RATE:.0f} (Li et al. 2018)",
-         f"{c['both_rate'] / LI2018_RATE:.1f}x"),
-        ("(d) `scan_spectra`, matched filter", f"{d['matched-filter_rate']:,.0f} ({d['matched-filter_hits']} hits)",
-         "", ""),
+        (
+            "(c) `predict` (batch 1,024)",
+            f"{c['predict_rate']:,.0f}",
+            f"{LI2018_RATE:.0f} (Li et al. 2018)",
+            f"{c['predict_rate'] / LI2018_RATE:.1f}x",
+        ),
+        (
+            "(c) `prepare_inputs` + `predict`",
+            f"{c['both_rate']:,.0f}",
+            f"{LI2018_RATE:.0f} (Li et al. 2018)",
+            f"{c['both_rate'] / LI2018_RATE:.1f}x",
+        ),
+        (
+            "(d) `scan_spectra`, matched filter",
+            f"{d['matched-filter_rate']:,.0f} ({d['matched-filter_hits']} hits)",
+            "",
+            "",
+        ),
         ("(d) `scan_spectra`, ResNet", f"{d['specnet_rate']:,.0f} ({d['specnet_hits']} hits)", "", ""),
     ]
-    table = "\n".join(["| measure | lenscat spectra/s | baseline spectra/s | ratio |", "|---|---|---|---|"]
-                      + [f"| {' | '.join(x)} |" for x in rows])
+    table = "\n".join(
+        ["| measure | lenscat spectra/s | baseline spectra/s | ratio |", "|---|---|---|---|"]
+        + [f"| {' | '.join(x)} |" for x in rows]
+    )
     goals = [
-        goal(m["both_rate"] >= MF_GOAL, f"matched filter >= 20,000 spectra/s (`scan_batch_with_max`: {m['both_rate']:,.0f})"),
-        goal(m["e2e_rate"] >= MF_GOAL, f"matched filter from the packed store >= 20,000 spectra/s (read + search: {m['e2e_rate']:,.0f})"),
-        goal(c["predict_rate"] >= RESNET_GOAL, f"ResNet inference >= 1,000 spectra/s (`predict`: {c['predict_rate']:,.0f})"),
-        goal(c["both_rate"] >= RESNET_GOAL, f"ResNet with input preparation >= 1,000 spectra/s ({c['both_rate']:,.0f})"),
+        goal(
+            m["both_rate"] >= MF_GOAL,
+            f"matched filter >= 20,000 spectra/s (`scan_batch_with_max`: {m['both_rate']:,.0f})",
+        ),
+        goal(
+            m["e2e_rate"] >= MF_GOAL,
+            f"matched filter from the packed store >= 20,000 spectra/s (read + search: {m['e2e_rate']:,.0f})",
+        ),
+        goal(
+            c["predict_rate"] >= RESNET_GOAL,
+            f"ResNet inference >= 1,000 spectra/s (`predict`: {c['predict_rate']:,.0f})",
+        ),
+        goal(
+            c["both_rate"] >= RESNET_GOAL, f"ResNet with input preparation >= 1,000 spectra/s ({c['both_rate']:,.0f})"
+        ),
     ]
-    cmd = "python bench/spectra.py" + (" --quick" if args.quick else "") + (
-        f" --files {args.files} --rows {args.rows}" if not args.quick else "")
-    return f"""## Spectroscopic search (issue 5)
+    cmd = (
+        "python bench/spectra.py"
+        + (" --quick" if args.quick else "")
+        + (f" --files {args.files} --rows {args.rows}" if not args.quick else "")
+    )
+    return (
+        f"""## Spectroscopic search (issue 5)
 
-**Date:** {info['date_utc']}. **Machine:** {info['cpu_count']}-core {info['cpu']}, {info['ram_gb']} GB RAM,
-Python {info['python']}, torch {info['torch']} ({c['threads']} threads for the ResNet), embedded PostgreSQL;
-load average {info['loadavg_start']} at the start, {info['loadavg_end']} at the end.
+**Date:** {info["date_utc"]}. **Machine:** {info["cpu_count"]}-core {info["cpu"]}, {info["ram_gb"]} GB RAM,
+Python {info["python"]}, torch {info["torch"]} ({c["threads"]} threads for the ResNet), embedded PostgreSQL;
+load average {info["loadavg_start"]} at the start, {info["loadavg_end"]} at the end.
 
 **Command:** `{cmd}` (its own embedded server in a temporary `LENSCAT_HOME`).
 
-**Data.** (a) {e['files']:,} files ({round(args.desi_fraction * 100)} % DESI coadds with their redrock file, the
-rest copies of the four SDSS `spec-*` test files), keys rewritten so that all {e['spectra']:,} spectra are
-inserted. (b)-(c) {m['rows']:,} synthetic BOSS early-type spectra (`make_training_set`, seed {args.seed},
-{m['lines']:,} with a Lyα line) in a `PackStore`; the classic loop runs on the first {m['classic_rows']:,}.
+**Data.** (a) {e["files"]:,} files ({round(args.desi_fraction * 100)} % DESI coadds with their redrock file, the
+rest copies of the four SDSS `spec-*` test files), keys rewritten so that all {e["spectra"]:,} spectra are
+inserted. (b)-(c) {m["rows"]:,} synthetic BOSS early-type spectra (`make_training_set`, seed {args.seed},
+{m["lines"]:,} with a Lyα line) in a `PackStore`; the classic loop runs on the first {m["classic_rows"]:,}.
 (d) the spectra of (a).
 
 **What is timed** (best of {args.repeats} passes where repeated). (a) `ingest_spectra` end to end (2 reader
@@ -424,11 +532,14 @@ candidate, hit and scan rows) for a matched-filter version and a ResNet version 
 
 {table}
 
-Sanity check against the classic loop ({m['classic_rows']:,} spectra): best S/N per spectrum equal to
-{m['classic_max_rel_diff']:.1e} (relative), {m['classic_peak_agree']:.0%} of lenscat's hits there at a classic
-peak (±1 px); {m['completeness']:.1%} of the injected lines found (±3 px, S/N ≥ 6) among {m['hits']:,} hits.
+Sanity check against the classic loop ({m["classic_rows"]:,} spectra): best S/N per spectrum equal to
+{m["classic_max_rel_diff"]:.1e} (relative), {m["classic_peak_agree"]:.0%} of lenscat's hits there at a classic
+peak (±1 px); {m["completeness"]:.1%} of the injected lines found (±3 px, S/N ≥ 6) among {m["hits"]:,} hits.
 
-""" + "\n".join(f"* {g}" for g in goals) + "\n"
+"""
+        + "\n".join(f"* {g}" for g in goals)
+        + "\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,17 +566,22 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(home, 0o755)
     os.environ.pop("LENSCAT_DATABASE_URL", None)
     os.environ["LENSCAT_HOME"] = home
+    from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine
 
-    from lenscat.cli_common import ensure_schema
-
     info = machine_info(with_torch=True)
-    info["date_utc"] = subprocess.run(["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True,
-                                      check=False).stdout.strip() or info["date_utc"]
-    print(f"lenscat spectra benchmark {info['date_utc']}: {info['cpu_count']} cores ({info['cpu']}), "
-          f"{info['ram_gb']} GB, Python {info['python']}, torch {info['torch']}, load {info['loadavg_start']}",
-          flush=True)
+    info["date_utc"] = (
+        subprocess.run(
+            ["date", "-u", "+%Y-%m-%d %H:%M UTC"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or info["date_utc"]
+    )
+    print(
+        f"lenscat spectra benchmark {info['date_utc']}: {info['cpu_count']} cores ({info['cpu']}), "
+        f"{info['ram_gb']} GB, Python {info['python']}, torch {info['torch']}, load {info['loadavg_start']}",
+        flush=True,
+    )
     results: dict[str, Any] = {}
     work = Path(home) / "bench"
     work.mkdir()
@@ -483,8 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     md = report(results, info, args)
     print("\n" + md)
     if args.out:
-        args.out.write_text(json.dumps({"machine": info, "results": results}, indent=1, default=str)
-                            if args.out.suffix == ".json" else md)
+        args.out.write_text(
+            json.dumps({"machine": info, "results": results}, indent=1, default=str)
+            if args.out.suffix == ".json"
+            else md
+        )
     if args.record:
         doc = ROOT / "docs" / "benchmarks.md"
         doc.write_text(doc.read_text().rstrip("\n") + "\n\n" + md)

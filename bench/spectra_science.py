@@ -45,7 +45,7 @@ FALSE_GOAL = 0.01
 def _detectors(args: argparse.Namespace, session: Any) -> list[Any]:
     from sqlalchemy import text
 
-    from lenscat.registry import get_model
+    from lenscat.registry.versions import get_model
     from lenscat.spectra.detector_mf import register_matched_filter
     from lenscat.spectra.training import train_detector
 
@@ -54,12 +54,23 @@ def _detectors(args: argparse.Namespace, session: Any) -> list[Any]:
         models.append(get_model("detector", args.specnet, session=session))
     else:
         print(f"training a small ResNet ({args.train_n} synthetic spectra, {args.epochs} epochs)", flush=True)
-        mv, _ = train_detector("science-specnet", n_train=args.train_n, n_val=max(500, args.train_n // 4),
-                               epochs=args.epochs, residual_pack="science", seed=args.seed, progress=True,
-                               session=session)
+        mv, _ = train_detector(
+            "science-specnet",
+            n_train=args.train_n,
+            n_val=max(500, args.train_n // 4),
+            epochs=args.epochs,
+            residual_pack="science",
+            seed=args.seed,
+            progress=True,
+            session=session,
+        )
         models.append(mv)
-    ens = session.execute(text("SELECT model_id FROM lenscat.model_versions WHERE kind = 'detector' "
-                               "AND architecture = 'ensemble' ORDER BY created_at DESC LIMIT 1")).scalar()
+    ens = session.execute(
+        text(
+            "SELECT model_id FROM lenscat.model_versions WHERE kind = 'detector' "
+            "AND architecture = 'ensemble' ORDER BY created_at DESC LIMIT 1"
+        )
+    ).scalar()
     if ens is not None:
         models.append(get_model("detector", int(ens), session=session))
     return models
@@ -67,9 +78,8 @@ def _detectors(args: argparse.Namespace, session: Any) -> list[Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Ingest, register/train, evaluate; returns the JSON-friendly results."""
+    from lenscat.db.migrate import ensure_schema
     from lenscat.db.session import session_scope
-
-    from lenscat.cli_common import ensure_schema
     from lenscat.spectra.evaluate import evaluate_protocol, protocol_json
     from lenscat.spectra.ingest import ingest_spectra
 
@@ -79,8 +89,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with session_scope() as sess:
         models = _detectors(args, sess)
     with session_scope() as sess:
-        results, info = evaluate_protocol(models, session=sess, realisations=args.realisations,
-                                          continuum=["pipeline", "fit"], seed=args.seed)
+        results, info = evaluate_protocol(
+            models, session=sess, realisations=args.realisations, continuum=["pipeline", "fit"], seed=args.seed
+        )
     return {"doc": json.loads(protocol_json(results, info)), "results": results, "info": info}
 
 
@@ -90,14 +101,24 @@ def report(out: dict[str, Any], markdown: bool) -> str:
 
     results, info = out["results"], out["info"]
     cols, rows = protocol_table(results)
-    lines = [f"{info['realisations']} realisations of {info['n_hosts']} early-type hosts "
-             f"({', '.join(info['host_spectra'])}); {info['n_lines']} with a line, {info['n_clean']} clean; "
-             f"seed {info['seed']}", "", format_table([tuple(str(c) for c in r) for r in rows], tuple(cols), markdown),
-             ""]
+    lines = [
+        f"{info['realisations']} realisations of {info['n_hosts']} early-type hosts "
+        f"({', '.join(info['host_spectra'])}); {info['n_lines']} with a line, {info['n_clean']} clean; "
+        f"seed {info['seed']}",
+        "",
+        format_table([tuple(str(c) for c in r) for r in rows], tuple(cols), markdown),
+        "",
+    ]
     edges = list(SNR_BINS)
     bh = ("detector", "continuum", *(f"S/N {lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)))
-    brows = [(r.detector, r.continuum, *("-" if not b["n"] else f"{b['before']:.2f} / {b['after']:.2f}"
-                                          for b in r.binned("snr", edges))) for r in results]
+    brows = [
+        (
+            r.detector,
+            r.continuum,
+            *("-" if not b["n"] else f"{b['before']:.2f} / {b['after']:.2f}" for b in r.binned("snr", edges)),
+        )
+        for r in results
+    ]
     lines += [format_table(brows, bh, markdown), "(completeness before / after vetoes)", ""]
     for r in results:
         cands = ", ".join(f"{c['spectrum']} {c['wavelength']:.0f} A" for c in r.real_candidates) or "none"
@@ -108,15 +129,24 @@ def report(out: dict[str, Any], markdown: bool) -> str:
     lines.append("")
     for r in results:
         h = r.headline()
-        lines.append("* " + goal(h["completeness_after"] >= COMPLETENESS_GOAL and r.false_rate() <= FALSE_GOAL,
-                                 f"{r.detector} ({r.continuum}): completeness {h['completeness_after']:.2f} after vetoes "
-                                 f">= {COMPLETENESS_GOAL}, false {100 * r.false_rate():.1f} % <= {100 * FALSE_GOAL:g} %"))
+        lines.append(
+            "* "
+            + goal(
+                h["completeness_after"] >= COMPLETENESS_GOAL and r.false_rate() <= FALSE_GOAL,
+                f"{r.detector} ({r.continuum}): completeness {h['completeness_after']:.2f} after vetoes "
+                f">= {COMPLETENESS_GOAL}, false {100 * r.false_rate():.1f} % <= {100 * FALSE_GOAL:g} %",
+            )
+        )
     for r in others:
         base = next((m for m in mf if m.continuum == r.continuum), None)
         if base is not None:
             a, b = r.headline()["completeness_after"], base.headline()["completeness_after"]
-            lines.append("* " + goal(a >= b, f"{r.detector} / matched filter ({r.continuum}) completeness ratio "
-                                             f"{ratio(a, b):.2f} >= 1"))
+            lines.append(
+                "* "
+                + goal(
+                    a >= b, f"{r.detector} / matched filter ({r.continuum}) completeness ratio {ratio(a, b):.2f} >= 1"
+                )
+            )
     return "\n".join(lines)
 
 
@@ -141,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     from lenscat.db.session import dispose_engine
 
     info = machine_info(with_torch=True)
-    print(f"lenscat spectroscopic science check {info['date_utc']}: {info['cpu_count']} cores, "
-          f"load {info['loadavg_start']}", flush=True)
+    print(
+        f"lenscat spectroscopic science check {info['date_utc']}: {info['cpu_count']} cores, "
+        f"load {info['loadavg_start']}",
+        flush=True,
+    )
     try:
         out = run(args)
     finally:

@@ -21,3 +21,7 @@ class ReadOnlyError(LenscatError):
 
 class Interrupted(KeyboardInterrupt):
     """Long work stopped by Ctrl-C after saving what it had done; the message says how to resume."""
+
+
+class SchemaOutOfDate(LenscatError):
+    """A user-managed database whose schema is behind the code (``lenscat db upgrade`` brings it up)."""

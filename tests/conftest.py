@@ -32,9 +32,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     connection is open) is stopped first, whoever started it.
     """
     if THROWAWAY_HOME is not None:
-        from lenscat.tasks.app import stop_home_broker
-
         from lenscat.settings import Settings
+        from lenscat.tasks.app import stop_home_broker
 
         stop_home_broker(Settings(home=Path(THROWAWAY_HOME), broker_url=None))
         shutil.rmtree(THROWAWAY_HOME, ignore_errors=True)

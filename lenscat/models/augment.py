@@ -149,8 +149,9 @@ class AugmentConfig:
         if self.blur_sigma_max <= 0:
             raise LenscatError("blur_sigma_max must be positive")
         if not (self.flux_jitter >= 0 and self.noise_jitter >= 0):
-            raise LenscatError(f"flux_jitter and noise_jitter must be >= 0, got {self.flux_jitter!r}, "
-                               f"{self.noise_jitter!r}")
+            raise LenscatError(
+                f"flux_jitter and noise_jitter must be >= 0, got {self.flux_jitter!r}, {self.noise_jitter!r}"
+            )
         object.__setattr__(self, "flux_jitter", float(self.flux_jitter))
         object.__setattr__(self, "noise_jitter", float(self.noise_jitter))
         object.__setattr__(self, "scale_range", (lo, hi))
@@ -162,8 +163,13 @@ class AugmentConfig:
     def none(cls) -> AugmentConfig:
         """Every augmentation off: a plain centre crop (useful in tests and for evaluation)."""
         return cls(
-            reddening=False, flip_rot90=False, rotate=False, scale_range=(1.0, 1.0), jitter=0,
-            blur=False, noise="off",
+            reddening=False,
+            flip_rot90=False,
+            rotate=False,
+            scale_range=(1.0, 1.0),
+            jitter=0,
+            blur=False,
+            noise="off",
         )
 
     @classmethod
@@ -173,8 +179,16 @@ class AugmentConfig:
         up to 1x the sky-noise scale; no reddening, extra seeing or DECaLS noise model, so they
         fit any survey's bands."""
         return cls(
-            reddening=False, flip_rot90=True, rotate=False, scale_range=(1.0, 1.0), jitter=3,
-            subpixel=True, blur=False, noise="off", flux_jitter=0.15, noise_jitter=1.0,
+            reddening=False,
+            flip_rot90=True,
+            rotate=False,
+            scale_range=(1.0, 1.0),
+            jitter=3,
+            subpixel=True,
+            blur=False,
+            noise="off",
+            flux_jitter=0.15,
+            noise_jitter=1.0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,9 +212,7 @@ class AugmentConfig:
         return cls(**kw)
 
 
-def _lognormal(
-    n: int, shape: Any, loc: Any, scale: Any, generator: torch.Generator, device: torch.device
-) -> Tensor:
+def _lognormal(n: int, shape: Any, loc: Any, scale: Any, generator: torch.Generator, device: torch.device) -> Tensor:
     """``(n, len(shape))`` draws of ``exp(N(ln scale, shape)) + loc`` (scalars give ``(n,)``)."""
     s = torch.as_tensor(shape, dtype=torch.float32, device=device)
     lo = torch.as_tensor(loc, dtype=torch.float32, device=device)
@@ -239,9 +251,7 @@ class Augmenter:
     def _check_bands(self, nb: int) -> None:
         c = self.config
         if c.reddening and len(c.extinction) != nb:
-            raise LenscatError(
-                f"images have {nb} bands but {len(c.extinction)} extinction coefficients are set"
-            )
+            raise LenscatError(f"images have {nb} bands but {len(c.extinction)} extinction coefficients are set")
         if c.noise == "fixed" and len(c.noise_sigma) != nb:
             raise LenscatError(f"images have {nb} bands but noise_sigma has {len(c.noise_sigma)}")
         if (c.blur or c.noise == "survey") and nb != 3:

@@ -118,9 +118,7 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
             return _tensor_items(inner)
     sd = _tensor_items(obj)
     if not sd:
-        raise InputFileError(
-            f"{path}: no tensors found (top-level keys: {_few(sorted(map(str, obj)))})"
-        )
+        raise InputFileError(f"{path}: no tensors found (top-level keys: {_few(sorted(map(str, obj)))})")
     return sd
 
 
@@ -151,8 +149,7 @@ def _choose_prefix(sd: Mapping[str, Tensor], expected: set[str], path: Path) -> 
                 candidates.add(p)
     if not candidates:
         raise InputFileError(
-            f"{path}: no ResNet stem 'conv1.weight' among its keys ({_few(sorted(sd))}); "
-            "not a torchvision-style ResNet"
+            f"{path}: no ResNet stem 'conv1.weight' among its keys ({_few(sorted(sd))}); not a torchvision-style ResNet"
         )
 
     def rank(p: str) -> tuple[int, int, int, int]:
@@ -184,9 +181,7 @@ def _check_state_dict(
     if missing or unexpected:
         desc = _describe(sorted(have))
         if desc is not None and desc != _describe(sorted(want)):
-            raise InputFileError(
-                f"{path}: holds a {_name(desc)}, not the {expected_name} that was asked for"
-            )
+            raise InputFileError(f"{path}: holds a {_name(desc)}, not the {expected_name} that was asked for")
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing key(s): {_few(missing)}")
@@ -196,8 +191,7 @@ def _check_state_dict(
     w = sd.get("conv1.weight")
     if w is not None and w.ndim == 4 and w.shape[1] != model.in_chans:
         raise InputFileError(
-            f"{path}: the first convolution takes {w.shape[1]} input channel(s), "
-            f"expected {model.in_chans}"
+            f"{path}: the first convolution takes {w.shape[1]} input channel(s), expected {model.in_chans}"
         )
     bad = [k for k in sorted(have) if tuple(sd[k].shape) != tuple(ref[k].shape)]
     if bad:
@@ -206,11 +200,7 @@ def _check_state_dict(
             f"{path}: {len(bad)} tensor shape(s) differ from {expected_name}, e.g. {k}: file "
             f"{tuple(sd[k].shape)}, expected {tuple(ref[k].shape)}"
         )
-    nonfinite = [
-        k
-        for k in sorted(have)
-        if sd[k].is_floating_point() and not bool(torch.isfinite(sd[k]).all())
-    ]
+    nonfinite = [k for k in sorted(have) if sd[k].is_floating_point() and not bool(torch.isfinite(sd[k]).all())]
     if nonfinite:
         raise InputFileError(f"{path}: non-finite values in {_few(nonfinite)}")
 
@@ -227,7 +217,7 @@ def _build_empty(arch: str, hparams: Mapping[str, Any]) -> Encoder:
 
 
 def _sha256(path: Path) -> str:
-    from lenscat.ingest_log import file_sha256  # imported lazily: it pulls in SQLAlchemy
+    from lenscat.catalogue.ingest_log import file_sha256  # imported lazily: it pulls in SQLAlchemy
 
     return file_sha256(path)
 
@@ -426,9 +416,7 @@ def import_torchvision_resnet(
         count, shape mismatch, or non-finite weights.
     """
     if arch not in _TORCHVISION_ARCHS:
-        raise LenscatError(
-            f"cannot import {arch!r}; torchvision layouts known: {', '.join(_TORCHVISION_ARCHS)}"
-        )
+        raise LenscatError(f"cannot import {arch!r}; torchvision layouts known: {', '.join(_TORCHVISION_ARCHS)}")
     path = Path(path)
     sd_all = _find_state_dict(_load(path, trust=trust), path)
     encoder = _build_empty(arch, {"in_chans": in_chans})
@@ -451,9 +439,7 @@ def import_torchvision_resnet(
         "path": str(path),
         "sha256": _sha256(path),
         "prefix": prefix,
-        "source_format": (
-            "moco" if "encoder_q" in prefix else "torchvision" if not prefix else "prefixed"
-        ),
+        "source_format": ("moco" if "encoder_q" in prefix else "torchvision" if not prefix else "prefixed"),
         "dropped_keys": dropped,
     }
     return encoder, meta
@@ -467,6 +453,4 @@ def import_torchvision_resnet50(
     trust: bool = False,
 ) -> tuple[Encoder, dict[str, Any]]:
     """Import ResNet-50 weights; :func:`import_torchvision_resnet` with ``arch='resnet50'``."""
-    return import_torchvision_resnet(
-        path, arch="resnet50", in_chans=in_chans, preprocessing=preprocessing, trust=trust
-    )
+    return import_torchvision_resnet(path, arch="resnet50", in_chans=in_chans, preprocessing=preprocessing, trust=trust)

@@ -67,14 +67,10 @@ class ArraySource:
         return self._ebv[np.asarray(indices)]
 
 
-def _read(
-    source: ImageSource, idx: np.ndarray, with_ebv: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read(source: ImageSource, idx: np.ndarray, with_ebv: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     images = source.get(idx)
     if images.ndim != 4 or images.shape[0] != len(idx):
-        raise LenscatError(
-            f"image source returned shape {getattr(images, 'shape', None)} for {len(idx)} indices"
-        )
+        raise LenscatError(f"image source returned shape {getattr(images, 'shape', None)} for {len(idx)} indices")
     ebv = None
     if with_ebv and hasattr(source, "ebv"):
         ebv = np.asarray(source.ebv(idx), dtype=np.float32)

@@ -37,8 +37,14 @@ from lenscat.errors import InputFileError, LenscatError
 from lenscat.models.checkpoint import _load, _sha256, write_checkpoint
 from lenscat.models.resnet import Encoder
 
-__all__ = ["FEATURES_ARCH", "FEATURES_KEY", "ClassifierFeatures", "is_features_checkpoint", "load_features",
-           "save_features"]
+__all__ = [
+    "FEATURES_ARCH",
+    "FEATURES_KEY",
+    "ClassifierFeatures",
+    "is_features_checkpoint",
+    "load_features",
+    "save_features",
+]
 
 FEATURES_ARCH = "classifier-features"
 """``architecture`` of an encoder version that holds a classifier's penultimate layer."""
@@ -131,8 +137,11 @@ def save_features(classifier_path: str | Path, path: str | Path, *, views: int |
         views = None  # the classifier's own: the same file as without it
     dim = ClassifierFeatures(net, views=views).output_dim
     obj = _load(src)
-    info = {"format_version": FEATURES_FORMAT_VERSION, "classifier_sha256": _sha256(src),
-            "views": None if views is None else int(views)}
+    info = {
+        "format_version": FEATURES_FORMAT_VERSION,
+        "classifier_sha256": _sha256(src),
+        "views": None if views is None else int(views),
+    }
     return write_checkpoint({**dict(obj), FEATURES_KEY: info}, path), dim
 
 
@@ -161,13 +170,21 @@ def load_features(path: str | Path) -> tuple[ClassifierFeatures, dict[str, Any]]
     info = dict(obj[FEATURES_KEY])
     version = info.get("format_version")
     if not isinstance(version, int) or version > FEATURES_FORMAT_VERSION:
-        raise InputFileError(f"{path}: classifier-features format version {version!r} is not supported "
-                             f"(this lenscat reads up to {FEATURES_FORMAT_VERSION})")
+        raise InputFileError(
+            f"{path}: classifier-features format version {version!r} is not supported "
+            f"(this lenscat reads up to {FEATURES_FORMAT_VERSION})"
+        )
     net, cmeta = load_classifier(path)
     views = info.get("views")
     encoder = ClassifierFeatures(net, views=None if views is None else int(views))
     encoder.eval()
-    meta = {"arch": FEATURES_ARCH, "backbone_arch": cmeta.get("arch"), "output_dim": encoder.output_dim,
-            "preprocessing": encoder.preprocessing.to_dict(), "classifier_sha256": info.get("classifier_sha256"),
-            "path": str(path), "sha256": _sha256(path)}
+    meta = {
+        "arch": FEATURES_ARCH,
+        "backbone_arch": cmeta.get("arch"),
+        "output_dim": encoder.output_dim,
+        "preprocessing": encoder.preprocessing.to_dict(),
+        "classifier_sha256": info.get("classifier_sha256"),
+        "path": str(path),
+        "sha256": _sha256(path),
+    }
     return encoder, meta

@@ -65,9 +65,7 @@ class _Runner:
         self.pre = _preprocessing(encoder, preprocess)
         self.in_chans = int(getattr(encoder, "in_chans", 0)) or None
         self.amp = amp and self.cuda
-        self.amp_dtype = (
-            torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
-        )
+        self.amp_dtype = torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
         if self.cuda:
             encoder.to(self.dev, memory_format=torch.channels_last)  # type: ignore[call-overload]
         else:
@@ -77,9 +75,7 @@ class _Runner:
         if len(shape) != 4:
             raise LenscatError(f"images must be (N, C, H, W), got shape {tuple(shape)}")
         if self.in_chans is not None and shape[1] != self.in_chans:
-            raise LenscatError(
-                f"images have {shape[1]} band(s) but the encoder takes {self.in_chans}"
-            )
+            raise LenscatError(f"images have {shape[1]} band(s) but the encoder takes {self.in_chans}")
 
     def to_device(self, batch: np.ndarray | Tensor) -> Tensor:
         t = batch if isinstance(batch, Tensor) else torch.from_numpy(np.ascontiguousarray(batch))

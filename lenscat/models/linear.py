@@ -133,8 +133,7 @@ def train_linear(
     w = (torch.randn(xa.shape[1], generator=gen) * 0.01).to(dev).requires_grad_(True)
     b = torch.tensor([float(np.log(n_pos / (len(ya) - n_pos)))], device=dev, requires_grad=True)
     pos_weight = (len(ya) - n_pos) / n_pos if class_weight == "balanced" else 1.0
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters_per_epoch, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters_per_epoch, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -167,11 +166,17 @@ def train_linear(
             best_state = (wn.copy(), bn, epoch)
         history.append(rec)
     weight, bias, kept = best_state
-    return LinearFit(weight=weight, bias=bias, epoch=kept, history=history, seconds=time.perf_counter() - t0,
-                     device=str(dev))
+    return LinearFit(
+        weight=weight, bias=bias, epoch=kept, history=history, seconds=time.perf_counter() - t0, device=str(dev)
+    )
 
 
 def state_dict(fit: LinearFit, **extra: Any) -> dict[str, Any]:
     """Checkpoint contents: tensors and plain values only (loadable with ``weights_only=True``)."""
-    return {"arch": "linear", "weight": torch.from_numpy(np.ascontiguousarray(fit.weight)),
-            "bias": torch.tensor(fit.bias, dtype=torch.float64), "epoch": fit.epoch, **extra}
+    return {
+        "arch": "linear",
+        "weight": torch.from_numpy(np.ascontiguousarray(fit.weight)),
+        "bias": torch.tensor(fit.bias, dtype=torch.float64),
+        "epoch": fit.epoch,
+        **extra,
+    }

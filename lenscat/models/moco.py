@@ -300,9 +300,7 @@ class TrainResult:
                 "elapsed_s": self.elapsed_s,
                 "stop_reason": self.stop_reason,
             }
-        return save_encoder(
-            self.encoder, path, arch=self.arch, hparams=self.encoder_hparams, extra=extra
-        )
+        return save_encoder(self.encoder, path, arch=self.arch, hparams=self.encoder_hparams, extra=extra)
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -493,7 +491,8 @@ def train_moco(
     step = 0
     elapsed_before = 0.0
     run_key, state_path, saved = trainstate.saved_run(
-        state_dir, "moco", {**hp_record, "max_steps": max_steps, "run_tag": run_tag}, resume=resume)
+        state_dir, "moco", {**hp_record, "max_steps": max_steps, "run_tag": run_tag}, resume=resume
+    )
     if saved is not None:
         step, elapsed_before = _restore(saved, model, opt, scaler, gen, rng, losses, top1s)
     step0 = step
@@ -503,14 +502,23 @@ def train_moco(
         assert state_path is not None
         elapsed_now = elapsed_before + time.perf_counter() - t0
         epoch_next = step // steps_per_epoch
-        trainstate.write_state(state_path, {
-            "key": run_key, "step": step, "model": model.state_dict(), "ptr": model._ptr,
-            "opt": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "gen": gen.get_state(),
-            # the data order of the epoch of the next step (its permutation may be drawn already)
-            "epoch_rng": epoch_rng.get(epoch_next, rng.bit_generator.state),
-            "losses": losses[:step].cpu(), "top1s": top1s[:step].cpu(), "elapsed_s": elapsed_now,
-        })
+        trainstate.write_state(
+            state_path,
+            {
+                "key": run_key,
+                "step": step,
+                "model": model.state_dict(),
+                "ptr": model._ptr,
+                "opt": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "gen": gen.get_state(),
+                # the data order of the epoch of the next step (its permutation may be drawn already)
+                "epoch_rng": epoch_rng.get(epoch_next, rng.bit_generator.state),
+                "losses": losses[:step].cpu(),
+                "top1s": top1s[:step].cpu(),
+                "elapsed_s": elapsed_now,
+            },
+        )
 
     def batches():
         first_epoch, skip = divmod(step0, steps_per_epoch)
@@ -560,16 +568,21 @@ def train_moco(
                     last_log = step
                     if not math.isfinite(recent):
                         raise LenscatError(
-                            f"MoCo training diverged (non-finite loss) by step {step}; "
-                            "lower the learning rate"
+                            f"MoCo training diverged (non-finite loss) by step {step}; lower the learning rate"
                         )
                     elapsed = time.perf_counter() - t0
                     ips = (step - step0) * batch_size / max(elapsed, 1e-9)
                     bar.set_postfix(loss=f"{recent:.3f}", img_s=f"{ips:.0f}", lr=f"{cur_lr:.3g}")
                     if callback is not None:
                         info = StepInfo(
-                            step=step, total_steps=total, epoch=epoch, epoch_end=epoch_end,
-                            loss=recent, lr=cur_lr, images_per_s=ips, elapsed_s=elapsed,
+                            step=step,
+                            total_steps=total,
+                            epoch=epoch,
+                            epoch_end=epoch_end,
+                            loss=recent,
+                            lr=cur_lr,
+                            images_per_s=ips,
+                            elapsed_s=elapsed,
                             encoder=model.backbone_q,
                         )
                         if callback(info):
@@ -614,8 +627,16 @@ def train_moco(
     )
 
 
-def _restore(st: dict[str, Any], model: MoCo, opt: torch.optim.Optimizer, scaler: Any, gen: torch.Generator,
-             rng: np.random.Generator, losses: Tensor, top1s: Tensor) -> tuple[int, float]:
+def _restore(
+    st: dict[str, Any],
+    model: MoCo,
+    opt: torch.optim.Optimizer,
+    scaler: Any,
+    gen: torch.Generator,
+    rng: np.random.Generator,
+    losses: Tensor,
+    top1s: Tensor,
+) -> tuple[int, float]:
     """Put a saved MoCo training state back in place; returns (step, seconds already trained)."""
     model.load_state_dict(st["model"])
     model._ptr = int(st["ptr"])

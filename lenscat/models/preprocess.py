@@ -86,9 +86,7 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.stretch not in STRETCHES:
-            raise LenscatError(
-                f"unknown stretch {self.stretch!r}; choose from {', '.join(STRETCHES)}"
-            )
+            raise LenscatError(f"unknown stretch {self.stretch!r}; choose from {', '.join(STRETCHES)}")
         if int(self.crop) != self.crop or self.crop < 1:
             raise LenscatError(f"crop must be a positive integer, got {self.crop!r}")
         scales = tuple(float(s) for s in self.scales)
@@ -136,13 +134,9 @@ class Preprocessing:
             raise LenscatError(f"images must be (N, C, H, W), got shape {tuple(shape)}")
         _, c, h, w = shape
         if self.stretch != "none" and c != len(self.scales):
-            raise LenscatError(
-                f"images have {c} bands but the preprocessing has {len(self.scales)} scales"
-            )
+            raise LenscatError(f"images have {c} bands but the preprocessing has {len(self.scales)} scales")
         if h < self.crop or w < self.crop:
-            raise LenscatError(
-                f"images are {h}x{w} pixels, smaller than the {self.crop}-pixel crop"
-            )
+            raise LenscatError(f"images are {h}x{w} pixels, smaller than the {self.crop}-pixel crop")
         return c
 
     def crop_offsets(self, h: int, w: int) -> tuple[int, int]:
@@ -163,9 +157,7 @@ class Preprocessing:
         """
         self._check(images.shape)
         oy, ox = self.crop_offsets(images.shape[2], images.shape[3])
-        x = np.array(
-            images[:, :, oy : oy + self.crop, ox : ox + self.crop], dtype=np.float32, copy=True
-        )
+        x = np.array(images[:, :, oy : oy + self.crop, ox : ox + self.crop], dtype=np.float32, copy=True)
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         if self.stretch != "none":
             inv = (1.0 / np.asarray(self.scales, dtype=np.float32)).reshape(1, -1, 1, 1)
@@ -199,8 +191,7 @@ class Preprocessing:
         if self.stretch != "none":
             if x.shape[1] != len(self.scales):
                 raise LenscatError(
-                    f"images have {x.shape[1]} bands but the preprocessing has "
-                    f"{len(self.scales)} scales"
+                    f"images have {x.shape[1]} bands but the preprocessing has {len(self.scales)} scales"
                 )
             inv = torch.tensor([1.0 / s for s in self.scales], dtype=x.dtype, device=x.device)
             x = x * inv.view(1, -1, 1, 1)

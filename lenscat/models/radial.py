@@ -112,11 +112,15 @@ class RadialProfile:
         counts = m.sum(axis=0)
         if (counts == 0).any():
             empty = int(np.flatnonzero(counts == 0)[0])
-            raise LenscatError(f"annulus {empty} of the radial profile holds no pixel of a {h}x{w} cutout "
-                               f"({self.n_annuli} annuli out to {self.r_max_px:.3g} px): use fewer annuli")
+            raise LenscatError(
+                f"annulus {empty} of the radial profile holds no pixel of a {h}x{w} cutout "
+                f"({self.n_annuli} annuli out to {self.r_max_px:.3g} px): use fewer annuli"
+            )
         if r1 - r0 < 2 * self.r_max_px or c1 - c0 < 2 * self.r_max_px:
-            raise LenscatError(f"cutouts of {h}x{w} px are smaller than the radial profile's "
-                               f"{2 * self.r_max_arcsec:g} arcsec ({2 * self.r_max_px:.3g} px) aperture")
+            raise LenscatError(
+                f"cutouts of {h}x{w} px are smaller than the radial profile's "
+                f"{2 * self.r_max_arcsec:g} arcsec ({2 * self.r_max_px:.3g} px) aperture"
+            )
         return slice(r0, r1), slice(c0, c1), m / counts
 
 
@@ -153,8 +157,7 @@ def radial_features(images: np.ndarray, profile: RadialProfile | None = None) ->
 def _features_of(images: ImageSource | np.ndarray, profile: RadialProfile, batch_size: int = 512) -> np.ndarray:
     src = ArraySource(images) if isinstance(images, np.ndarray) else images
     n = len(src)
-    parts = [radial_features(src.get(np.arange(i, min(n, i + batch_size))), profile)
-             for i in range(0, n, batch_size)]
+    parts = [radial_features(src.get(np.arange(i, min(n, i + batch_size))), profile) for i in range(0, n, batch_size)]
     if not parts:
         raise LenscatError("no images to compute radial profiles of")
     return np.concatenate(parts)
@@ -226,22 +229,44 @@ def train_radial(
     if val_images is not None and val_labels is not None and len(val_labels):
         zv = ((_features_of(val_images, prof) - mean) / std).astype(np.float32)
         yv = np.asarray(val_labels, dtype=np.float32).reshape(-1)
-    fit = train_linear(z, y, x_val=zv, y_val=yv, epochs=epochs, l2=l2, class_weight=class_weight, seed=seed,
-                       progress=progress, standardize=False)
-    return RadialFit(profile=prof, mean=mean, std=std, weight=np.asarray(fit.weight, dtype=np.float64),
-                     bias=float(fit.bias), epoch=fit.epoch, history=fit.history,
-                     seconds=time.perf_counter() - t0)
+    fit = train_linear(
+        z,
+        y,
+        x_val=zv,
+        y_val=yv,
+        epochs=epochs,
+        l2=l2,
+        class_weight=class_weight,
+        seed=seed,
+        progress=progress,
+        standardize=False,
+    )
+    return RadialFit(
+        profile=prof,
+        mean=mean,
+        std=std,
+        weight=np.asarray(fit.weight, dtype=np.float64),
+        bias=float(fit.bias),
+        epoch=fit.epoch,
+        history=fit.history,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def radial_state(fit: RadialFit, **extra: Any) -> dict[str, Any]:
     """Checkpoint contents (tensors and plain values: loadable with ``weights_only=True``)."""
     import torch
 
-    return {"arch": "radial", "profile": fit.profile.to_dict(),
-            "mean": torch.from_numpy(np.ascontiguousarray(fit.mean)),
-            "std": torch.from_numpy(np.ascontiguousarray(fit.std)),
-            "weight": torch.from_numpy(np.ascontiguousarray(fit.weight)),
-            "bias": torch.tensor(fit.bias, dtype=torch.float64), "epoch": int(fit.epoch), **extra}
+    return {
+        "arch": "radial",
+        "profile": fit.profile.to_dict(),
+        "mean": torch.from_numpy(np.ascontiguousarray(fit.mean)),
+        "std": torch.from_numpy(np.ascontiguousarray(fit.std)),
+        "weight": torch.from_numpy(np.ascontiguousarray(fit.weight)),
+        "bias": torch.tensor(fit.bias, dtype=torch.float64),
+        "epoch": int(fit.epoch),
+        **extra,
+    }
 
 
 def fit_from_state(state: Mapping[str, Any]) -> RadialFit:
@@ -253,8 +278,14 @@ def fit_from_state(state: Mapping[str, Any]) -> RadialFit:
         v = state[key]
         return np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float64)
 
-    return RadialFit(profile=RadialProfile.from_dict(state["profile"]), mean=arr("mean"), std=arr("std"),
-                     weight=arr("weight"), bias=float(state["bias"]), epoch=int(state.get("epoch", 0)))
+    return RadialFit(
+        profile=RadialProfile.from_dict(state["profile"]),
+        mean=arr("mean"),
+        std=arr("std"),
+        weight=arr("weight"),
+        bias=float(state["bias"]),
+        epoch=int(state.get("epoch", 0)),
+    )
 
 
 def predict_radial(fit: RadialFit | Mapping[str, Any], images: ImageSource | np.ndarray) -> np.ndarray:

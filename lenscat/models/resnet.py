@@ -63,9 +63,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -97,9 +95,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -306,15 +302,11 @@ def annulus_stats(maps: Tensor, edges: Sequence[float] = ANNULI_EDGES) -> Tensor
 
 
 def _resnet50(*, in_chans: int = 3, zero_init_residual: bool = False) -> ResNetEncoder:
-    return ResNetEncoder(
-        Bottleneck, (3, 4, 6, 3), in_chans=in_chans, zero_init_residual=zero_init_residual
-    )
+    return ResNetEncoder(Bottleneck, (3, 4, 6, 3), in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
 def _resnet18(*, in_chans: int = 3, zero_init_residual: bool = False) -> ResNetEncoder:
-    return ResNetEncoder(
-        BasicBlock, (2, 2, 2, 2), in_chans=in_chans, zero_init_residual=zero_init_residual
-    )
+    return ResNetEncoder(BasicBlock, (2, 2, 2, 2), in_chans=in_chans, zero_init_residual=zero_init_residual)
 
 
 def _resnet_small(
@@ -383,9 +375,7 @@ def build_encoder(arch: str, **hparams: Any) -> Encoder:
     try:
         builder = ARCHITECTURES[arch]
     except KeyError:
-        raise LenscatError(
-            f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}"
-        ) from None
+        raise LenscatError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}") from None
     allowed = [p for p in inspect.signature(builder).parameters]
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:

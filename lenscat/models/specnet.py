@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from lenscat.classifiers.evaluation import roc_auc
 from lenscat.errors import InputFileError, LenscatError
-from lenscat.evaluation import roc_auc
 from lenscat.models import trainstate
 from lenscat.models.checkpoint import _load, _plain, cpu_state_dict, write_checkpoint
 from lenscat.spectra.grid import WINDOW
@@ -82,10 +82,24 @@ _PREP_CHUNK = 1024
 #: (2018) within the same stride-8 position head -- two residual blocks per stage, 16/32/64
 #: channels, dilated stages 2-3 (receptive field ~330 px), ~32 MFLOP, 3.3x the parameters.
 ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "small": {"widths": [16, 24, 48], "kernels": [5, 5, 3], "blocks": [1, 1, 1],
-              "dilations": [1, 1, 2], "stem_kernel": 7, "head_width": 32, "dropout": 0.1},
-    "li2018": {"widths": [16, 32, 64], "kernels": [5, 5, 3], "blocks": [2, 2, 2],
-               "dilations": [1, 2, 2], "stem_kernel": 7, "head_width": 32, "dropout": 0.1},
+    "small": {
+        "widths": [16, 24, 48],
+        "kernels": [5, 5, 3],
+        "blocks": [1, 1, 1],
+        "dilations": [1, 1, 2],
+        "stem_kernel": 7,
+        "head_width": 32,
+        "dropout": 0.1,
+    },
+    "li2018": {
+        "widths": [16, 32, 64],
+        "kernels": [5, 5, 3],
+        "blocks": [2, 2, 2],
+        "dilations": [1, 2, 2],
+        "stem_kernel": 7,
+        "head_width": 32,
+        "dropout": 0.1,
+    },
 }
 
 
@@ -98,8 +112,7 @@ def architecture_config(name: str) -> dict[str, Any]:
         Unknown name.
     """
     if name not in ARCHITECTURES:
-        raise LenscatError(f"unknown specnet architecture {name!r}; expected one of "
-                           f"{', '.join(ARCHITECTURES)}")
+        raise LenscatError(f"unknown specnet architecture {name!r}; expected one of {', '.join(ARCHITECTURES)}")
     return copy.deepcopy(ARCHITECTURES[name])
 
 
@@ -222,8 +235,7 @@ class _Block(nn.Module):
         self.bn2: nn.Module = nn.BatchNorm1d(c_out)
         self.shortcut: nn.Module
         if c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, bias=False),
-                                          nn.BatchNorm1d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv1d(c_in, c_out, 1, bias=False), nn.BatchNorm1d(c_out))
         else:
             self.shortcut = nn.Identity()
 
@@ -276,20 +288,23 @@ class SpecResNet(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        widths, kernels, blocks, dilations = (list(map(int, v)) for v in
-                                              (widths, kernels, blocks, dilations))
+        widths, kernels, blocks, dilations = (list(map(int, v)) for v in (widths, kernels, blocks, dilations))
         if not (len(widths) == len(kernels) == len(blocks) == len(dilations) >= 1):
             raise LenscatError("widths, kernels, blocks and dilations must have one entry per stage")
         if any(k % 2 == 0 for k in [*kernels, stem_kernel]):
             raise LenscatError("kernel sizes must be odd")
         self.config: dict[str, Any] = {
-            "in_channels": int(in_channels), "widths": widths, "kernels": kernels,
-            "blocks": blocks, "dilations": dilations, "stem_kernel": int(stem_kernel),
-            "head_width": int(head_width), "dropout": float(dropout),
+            "in_channels": int(in_channels),
+            "widths": widths,
+            "kernels": kernels,
+            "blocks": blocks,
+            "dilations": dilations,
+            "stem_kernel": int(stem_kernel),
+            "head_width": int(head_width),
+            "dropout": float(dropout),
         }
         self.stem = nn.Sequential(
-            nn.Conv1d(in_channels, widths[0], stem_kernel, stride=2, padding=stem_kernel // 2,
-                      bias=False),
+            nn.Conv1d(in_channels, widths[0], stem_kernel, stride=2, padding=stem_kernel // 2, bias=False),
             nn.BatchNorm1d(widths[0]),
             nn.ReLU(inplace=True),
         )
@@ -389,8 +404,9 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-def focal_loss(logits: Tensor, targets: Tensor, *, gamma: float = 2.0,
-               alpha: float | None = 0.25, reduction: str = "mean") -> Tensor:
+def focal_loss(
+    logits: Tensor, targets: Tensor, *, gamma: float = 2.0, alpha: float | None = 0.25, reduction: str = "mean"
+) -> Tensor:
     """Binary focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t``.
 
     Parameters
@@ -427,9 +443,15 @@ def focal_loss(logits: Tensor, targets: Tensor, *, gamma: float = 2.0,
     raise LenscatError(f"unknown reduction {reduction!r}")
 
 
-def specnet_loss(position_logits: Tensor, targets: Tensor, line_bin: Tensor, *,
-                 gamma: float = 2.0, alpha: float | None = 0.25,
-                 position_weight: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+def specnet_loss(
+    position_logits: Tensor,
+    targets: Tensor,
+    line_bin: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | None = 0.25,
+    position_weight: float = 0.1,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Training loss: focal loss of the spectrum logit + weighted position cross-entropy.
 
     The position term is the cross-entropy of ``softmax(position_logits)`` against the true
@@ -451,8 +473,7 @@ def specnet_loss(position_logits: Tensor, targets: Tensor, line_bin: Tensor, *,
     return fl + position_weight * pl, fl, pl
 
 
-def completeness_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 1e-3
-                        ) -> tuple[float, float]:
+def completeness_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 1e-3) -> tuple[float, float]:
     """Completeness (true-positive rate) at the threshold keeping the false-positive rate <= fpr.
 
     The threshold is the ``floor(fpr * n_neg) + 1``-th highest negative score; positives
@@ -479,8 +500,7 @@ def completeness_at_fpr(labels: np.ndarray, scores: np.ndarray, fpr: float = 1e-
 
 
 def _device(device: str | torch.device | None) -> torch.device:
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device is None
-                       else device)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device is None else device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LenscatError("device 'cuda' requested but no CUDA device is available")
     return dev
@@ -498,9 +518,15 @@ def _fold_bn(model: SpecResNet) -> nn.Module:
         assert isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d)
         assert bn.running_var is not None and bn.running_mean is not None
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        new = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size[0],
-                        stride=conv.stride[0], padding=int(conv.padding[0]),
-                        dilation=conv.dilation[0], bias=True).to(conv.weight.device)
+        new = nn.Conv1d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size[0],
+            stride=conv.stride[0],
+            padding=int(conv.padding[0]),
+            dilation=conv.dilation[0],
+            bias=True,
+        ).to(conv.weight.device)
         with torch.no_grad():
             new.weight.copy_(conv.weight * scale[:, None, None])
             b = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -590,20 +616,20 @@ def predict(
     stride = model.stride
     with torch.inference_mode():
         for s in range(0, n, batch_size):
-            chunk = inputs[s:s + batch_size]
+            chunk = inputs[s : s + batch_size]
             if isinstance(chunk, Tensor):
                 x = chunk.to(dev, torch.float32)
             else:
                 t = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
                 x = t.pin_memory().to(dev, non_blocking=True) if cuda else t
-            with torch.autocast(dev.type, dtype=_amp_dtype() if cuda else torch.bfloat16,
-                                enabled=amp and cuda):
+            with torch.autocast(dev.type, dtype=_amp_dtype() if cuda else torch.bfloat16, enabled=amp and cuda):
                 pos = net(x).float()
             best, arg = pos.max(dim=1)
-            pix = _refine_pixel(x, arg, stride) if refine else (
-                arg * stride + (stride - 1) // 2).clamp_max(shape[2] - 1)
-            logit[s:s + len(x)] = best.cpu().numpy()
-            pixel[s:s + len(x)] = pix.cpu().numpy()
+            pix = (
+                _refine_pixel(x, arg, stride) if refine else (arg * stride + (stride - 1) // 2).clamp_max(shape[2] - 1)
+            )
+            logit[s : s + len(x)] = best.cpu().numpy()
+            pixel[s : s + len(x)] = pix.cpu().numpy()
     prob = (1.0 / (1.0 + np.exp(-logit.astype(np.float64)))).astype(np.float32)
     return prob, pixel
 
@@ -619,8 +645,7 @@ def _get(data: Any, key: str) -> Any:
     return getattr(data, key, None)
 
 
-def _training_arrays(data: Any, what: str, wave: np.ndarray | None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _training_arrays(data: Any, what: str, wave: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(inputs, labels, line_pixel) from a mapping / SyntheticSet-like object."""
     labels = _get(data, "labels")
     if labels is None:
@@ -632,17 +657,14 @@ def _training_arrays(data: Any, what: str, wave: np.ndarray | None
     if x is None:
         missing = [k for k in ("flux", "ivar", "continuum", "z") if _get(data, k) is None]
         if missing:
-            raise LenscatError(f"{what}: needs 'inputs' or flux, ivar, continuum, z "
-                               f"(missing {', '.join(missing)})")
+            raise LenscatError(f"{what}: needs 'inputs' or flux, ivar, continuum, z (missing {', '.join(missing)})")
         w = _get(data, "wave") if wave is None else wave
-        x = prepare_inputs(_get(data, "flux"), _get(data, "ivar"), _get(data, "continuum"),
-                           _get(data, "z"), wave=w)
+        x = prepare_inputs(_get(data, "flux"), _get(data, "ivar"), _get(data, "continuum"), _get(data, "z"), wave=w)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 3 or len(x) != len(y):
         raise LenscatError(f"{what}: inputs {x.shape} for {len(y)} labels")
     lp = _get(data, "line_pixel")
-    line_pixel = (np.full(len(y), -1, np.int64) if lp is None
-                  else np.asarray(lp, dtype=np.int64).reshape(-1))
+    line_pixel = np.full(len(y), -1, np.int64) if lp is None else np.asarray(lp, dtype=np.int64).reshape(-1)
     if len(line_pixel) != len(y):
         raise LenscatError(f"{what}: {len(line_pixel)} line pixels for {len(y)} labels")
     return x, y, line_pixel
@@ -749,8 +771,9 @@ def train_specnet(
         model.to(dev)
         decay = [p for nme, p in model.named_parameters() if p.ndim > 1]
         no_decay = [p for nme, p in model.named_parameters() if p.ndim <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        )
         steps_per_epoch = n // batch_size
         total = epochs * steps_per_epoch
         warm = max(1, int(0.03 * total))
@@ -758,19 +781,36 @@ def train_specnet(
         xt = torch.from_numpy(x)
         yt = torch.from_numpy(y)
         bt = torch.from_numpy(lbin)
-        hist: dict[str, list[float]] = {k: [] for k in ("loss", "focal", "position", "val_auc",
-                                                        "val_completeness", "val_threshold",
-                                                        "val_loc_within_3px")}
+        hist: dict[str, list[float]] = {
+            k: []
+            for k in ("loss", "focal", "position", "val_auc", "val_completeness", "val_threshold", "val_loc_within_3px")
+        }
         best_key: tuple[float, float] | None = None
         best_state: dict[str, Tensor] | None = None
         best_epoch = epochs
         step = 0
         epoch0 = 0
         elapsed_before = 0.0
-        state_key, state_path, st = trainstate.saved_run(state_dir, "specnet", {
-            "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "gamma": gamma,
-            "alpha": alpha, "position_weight": position_weight, "fpr": fpr, "config": cfg, "seed": seed, "n": n,
-            "n_val": None if val is None else len(val[1]), "run_tag": run_tag}, resume=resume)
+        state_key, state_path, st = trainstate.saved_run(
+            state_dir,
+            "specnet",
+            {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "gamma": gamma,
+                "alpha": alpha,
+                "position_weight": position_weight,
+                "fpr": fpr,
+                "config": cfg,
+                "seed": seed,
+                "n": n,
+                "n_val": None if val is None else len(val[1]),
+                "run_tag": run_tag,
+            },
+            resume=resume,
+        )
         if st is not None:
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["opt"])
@@ -790,7 +830,7 @@ def train_specnet(
                 order = torch.from_numpy(rng.permutation(n))
                 sums = torch.zeros(3, device=dev)
                 for b in range(steps_per_epoch):
-                    idx = order[b * batch_size:(b + 1) * batch_size]
+                    idx = order[b * batch_size : (b + 1) * batch_size]
                     xb = xt[idx].to(dev, non_blocking=True)
                     yb = yt[idx].to(dev, non_blocking=True)
                     bb = bt[idx].to(dev, non_blocking=True)
@@ -798,11 +838,11 @@ def train_specnet(
                     mult = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * frac))
                     for g in opt.param_groups:
                         g["lr"] = lr * mult
-                    with torch.autocast(dev.type, dtype=_amp_dtype() if cuda else torch.bfloat16,
-                                        enabled=amp_on):
+                    with torch.autocast(dev.type, dtype=_amp_dtype() if cuda else torch.bfloat16, enabled=amp_on):
                         plog = model(xb)
-                    loss, fl, pl = specnet_loss(plog.float(), yb, bb, gamma=gamma, alpha=alpha,
-                                                position_weight=position_weight)
+                    loss, fl, pl = specnet_loss(
+                        plog.float(), yb, bb, gamma=gamma, alpha=alpha, position_weight=position_weight
+                    )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -813,8 +853,9 @@ def train_specnet(
                         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", epoch=epoch + 1)
                 means = (sums / steps_per_epoch).tolist()
                 if not all(math.isfinite(v) for v in means):
-                    raise LenscatError(f"specnet training diverged (non-finite loss) in epoch "
-                                       f"{epoch + 1}; lower the learning rate")
+                    raise LenscatError(
+                        f"specnet training diverged (non-finite loss) in epoch {epoch + 1}; lower the learning rate"
+                    )
                 for k, v in zip(("loss", "focal", "position"), means, strict=True):
                     hist[k].append(v)
                 if val is not None:
@@ -833,15 +874,26 @@ def train_specnet(
                         best_key = key
                         best_epoch = epoch + 1
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    bar.set_postfix(loss=f"{means[0]:.4f}", auc=f"{auc:.4f}",
-                                    comp=f"{comp:.3f}", epoch=epoch + 1)
+                    bar.set_postfix(loss=f"{means[0]:.4f}", auc=f"{auc:.4f}", comp=f"{comp:.3f}", epoch=epoch + 1)
                 if state_path is not None and epoch + 1 < epochs:
-                    trainstate.write_state(state_path, {
-                        "key": state_key, "epochs_done": epoch + 1, "step": step, "model": model.state_dict(),
-                        "opt": opt.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state(dev) if cuda else None, "hist": hist,
-                        "best_key": best_key, "best_state": best_state, "best_epoch": best_epoch,
-                        "elapsed_s": elapsed_before + time.perf_counter() - t0})
+                    trainstate.write_state(
+                        state_path,
+                        {
+                            "key": state_key,
+                            "epochs_done": epoch + 1,
+                            "step": step,
+                            "model": model.state_dict(),
+                            "opt": opt.state_dict(),
+                            "rng": rng.bit_generator.state,
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state(dev) if cuda else None,
+                            "hist": hist,
+                            "best_key": best_key,
+                            "best_state": best_state,
+                            "best_epoch": best_epoch,
+                            "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                        },
+                    )
                     saved = epoch + 1
         except KeyboardInterrupt:
             if state_path is None or not saved:
@@ -856,16 +908,33 @@ def train_specnet(
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     hparams = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "gamma": gamma, "alpha": alpha, "position_weight": position_weight, "fpr": fpr,
-        "seed": seed, "config": model.config, "n_train": n, "n_train_lines": int(y.sum()),
-        "n_val": 0 if val is None else len(val[1]), "best_epoch": best_epoch,
-        "device": str(dev), "input_channels": ["snr_residual", "scaled_residual", "good_mask"],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "gamma": gamma,
+        "alpha": alpha,
+        "position_weight": position_weight,
+        "fpr": fpr,
+        "seed": seed,
+        "config": model.config,
+        "n_train": n,
+        "n_train_lines": int(y.sum()),
+        "n_val": 0 if val is None else len(val[1]),
+        "best_epoch": best_epoch,
+        "device": str(dev),
+        "input_channels": ["snr_residual", "scaled_residual", "good_mask"],
     }
     history: dict[str, Any] = {k: v for k, v in hist.items() if v}
-    history.update(best_epoch=best_epoch, seconds=seconds, steps=step,
-                   spectra_per_s=step * batch_size / max(seconds, 1e-9), hparams=hparams,
-                   resumed_from_epoch=epoch0, state_path=None if state_path is None else str(state_path))
+    history.update(
+        best_epoch=best_epoch,
+        seconds=seconds,
+        steps=step,
+        spectra_per_s=step * batch_size / max(seconds, 1e-9),
+        hparams=hparams,
+        resumed_from_epoch=epoch0,
+        state_path=None if state_path is None else str(state_path),
+    )
     return model, history
 
 
@@ -923,8 +992,10 @@ def load_specnet(path: str | Path) -> tuple[SpecResNet, dict[str, Any]]:
         raise InputFileError(f"{path}: not a lenscat specnet checkpoint")
     version = obj.get("format_version")
     if not isinstance(version, int) or version > SPECNET_FORMAT_VERSION:
-        raise InputFileError(f"{path}: specnet checkpoint format {version!r} is not supported "
-                             f"(this lenscat reads up to {SPECNET_FORMAT_VERSION})")
+        raise InputFileError(
+            f"{path}: specnet checkpoint format {version!r} is not supported "
+            f"(this lenscat reads up to {SPECNET_FORMAT_VERSION})"
+        )
     try:
         model = SpecResNet(**dict(obj.get("config") or {}))
     except (TypeError, LenscatError) as exc:

@@ -62,8 +62,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from lenscat.classifiers.evaluation import roc_auc
 from lenscat.errors import InputFileError, LenscatError
-from lenscat.evaluation import roc_auc
 from lenscat.models import trainstate
 from lenscat.models.augment import AugmentConfig, Augmenter
 from lenscat.models.checkpoint import (
@@ -216,9 +216,7 @@ def _binary_labels(labels: np.ndarray, n: int, what: str = "labels") -> np.ndarr
     bad = ~((yf == 0) | (yf == 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise LenscatError(
-            f"{what} must be 0 (non-lens) or 1 (lens); {what}[{i}] is {y[i].item()!r}"
-        )
+        raise LenscatError(f"{what} must be 0 (non-lens) or 1 (lens); {what}[{i}] is {y[i].item()!r}")
     return yf.astype(np.float32)
 
 
@@ -331,8 +329,8 @@ def negative_epoch_steps(labels: np.ndarray, batch_size: int, lens_fraction: flo
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision of ``scores`` for binary ``labels`` (:func:`lenscat.evaluation.ranking_metrics`)."""
-    from lenscat.evaluation import ranking_metrics
+    """Average precision of ``scores`` for binary ``labels`` (:func:`lenscat.classifiers.evaluation.ranking_metrics`)."""
+    from lenscat.classifiers.evaluation import ranking_metrics
 
     y = np.asarray(labels).reshape(-1)
     if y.sum() == 0 or y.sum() == len(y):
@@ -370,15 +368,10 @@ def make_optimizer(
         raise LenscatError(f"lr must be positive, got {lr}")
     if not backbone_lr_factor >= 0:
         raise LenscatError(f"backbone_lr_factor must be >= 0, got {backbone_lr_factor}")
-    groups: list[dict[str, Any]] = [
-        {"params": list(model.head.parameters()), "lr": lr, "base_lr": lr, "name": "head"}
-    ]
+    groups: list[dict[str, Any]] = [{"params": list(model.head.parameters()), "lr": lr, "base_lr": lr, "name": "head"}]
     if backbone_lr_factor > 0:
         blr = lr * backbone_lr_factor
-        groups.append(
-            {"params": list(model.backbone.parameters()), "lr": blr, "base_lr": blr,
-             "name": "backbone"}
-        )
+        groups.append({"params": list(model.backbone.parameters()), "lr": blr, "base_lr": blr, "name": "backbone"})
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
@@ -438,10 +431,7 @@ class _UniqueReads:
         uniq, inv = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
         images = np.asarray(self.source.get(uniq), dtype=np.float32)
         if images.ndim != 4 or images.shape[0] != len(uniq):
-            raise LenscatError(
-                f"image source returned shape {getattr(images, 'shape', None)} "
-                f"for {len(uniq)} indices"
-            )
+            raise LenscatError(f"image source returned shape {getattr(images, 'shape', None)} for {len(uniq)} indices")
         return images[inv]
 
     def ebv(self, indices: np.ndarray) -> np.ndarray:
@@ -456,9 +446,7 @@ def _as_source(images: ImageSource | np.ndarray, what: str) -> ImageSource:
     if isinstance(images, np.ndarray):
         return ArraySource(images)
     if not isinstance(images, ImageSource):
-        raise LenscatError(
-            f"{what} must be an array (N, C, H, W) or an image source with __len__ and get()"
-        )
+        raise LenscatError(f"{what} must be an array (N, C, H, W) or an image source with __len__ and get()")
     return images
 
 
@@ -470,14 +458,11 @@ def _check_input(model: ImageClassifier, shape: tuple[int, ...], what: str = "im
         raise LenscatError(f"{what} have {shape[1]} band(s) but the classifier takes {chans}")
     if shape[2] < model.crop or shape[3] < model.crop:
         raise LenscatError(
-            f"{what} are {shape[2]}x{shape[3]} pixels, smaller than the classifier's "
-            f"{model.crop}-pixel crop"
+            f"{what} are {shape[2]}x{shape[3]} pixels, smaller than the classifier's {model.crop}-pixel crop"
         )
 
 
-def _batch_logits(
-    model: ImageClassifier, batch: Tensor, dev: torch.device, amp: bool
-) -> Tensor:
+def _batch_logits(model: ImageClassifier, batch: Tensor, dev: torch.device, amp: bool) -> Tensor:
     x = model.prepare(batch)
     cuda = dev.type == "cuda"
 
@@ -850,8 +835,12 @@ def train_image_classifier(
             return
         key = (val_auc[-1], val_ap[-1]) if early_stopping == "auc" else (val_ap[-1], val_auc[-1])
         if best["key"] is None or key > tuple(best["key"]):
-            best.update(state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-                        step=at_step, key=list(key), since=0)
+            best.update(
+                state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                step=at_step,
+                key=list(key),
+                since=0,
+            )
         else:
             best["since"] += 1
 
@@ -860,8 +849,11 @@ def train_image_classifier(
     step = 0
     elapsed_before = 0.0
     key, state_path, st = trainstate.saved_run(
-        state_dir, "classifier", {**hp_record, "n_val": None if y_val is None else len(y_val), "run_tag": run_tag},
-        resume=resume)
+        state_dir,
+        "classifier",
+        {**hp_record, "n_val": None if y_val is None else len(y_val), "run_tag": run_tag},
+        resume=resume,
+    )
     if st is not None:
         model.load_state_dict(st["model"])
         _move(model, dev)
@@ -879,14 +871,25 @@ def train_image_classifier(
 
     def save_state() -> None:
         assert state_path is not None
-        trainstate.write_state(state_path, {
-            "key": key, "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None, "gen": gen.get_state(),
-            "losses": losses[:step].cpu(), "n_lens_seen": n_lens_seen, "val_loss": val_loss,
-            "val_auc": val_auc, "val_steps": val_steps, "val_ap": val_ap,
-            "best": best if best["state"] is not None else None,
-            "elapsed_s": elapsed_before + time.perf_counter() - t0,
-        })
+        trainstate.write_state(
+            state_path,
+            {
+                "key": key,
+                "step": step,
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "gen": gen.get_state(),
+                "losses": losses[:step].cpu(),
+                "n_lens_seen": n_lens_seen,
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "val_steps": val_steps,
+                "val_ap": val_ap,
+                "best": best if best["state"] is not None else None,
+                "elapsed_s": elapsed_before + time.perf_counter() - t0,
+            },
+        )
 
     def batches() -> Iterator[np.ndarray]:
         # the batch indices depend only on the seed: a resumed run replays (without reading) the first ones
@@ -936,8 +939,7 @@ def train_image_classifier(
                     last_log = step
                     if not math.isfinite(recent):
                         raise LenscatError(
-                            f"classifier training diverged (non-finite loss) by step {step}; "
-                            "lower the learning rate"
+                            f"classifier training diverged (non-finite loss) by step {step}; lower the learning rate"
                         )
                     bar.set_postfix(loss=f"{recent:.4f}", lr=f"{lr * mult:.3g}")
                 if val_source is not None and (epoch_end or step == total):
@@ -949,8 +951,11 @@ def train_image_classifier(
                     stop_reason = "interrupted"
                     clean_stop = True  # at a step boundary: the state can be saved
                     break
-                if (state_path is not None and step < total
-                        and (epoch_end or time.perf_counter() - last_save > state_every_s)):
+                if (
+                    state_path is not None
+                    and step < total
+                    and (epoch_end or time.perf_counter() - last_save > state_every_s)
+                ):
                     save_state()
                     last_save = time.perf_counter()
     except KeyboardInterrupt:
@@ -992,8 +997,7 @@ def train_image_classifier(
         "lr_head": lr,
         "lr_backbone": 0.0 if frozen else lr * factor,
         "param_groups": [
-            {"name": g["name"], "lr": g["base_lr"],
-             "n_params": int(sum(p.numel() for p in g["params"]))}
+            {"name": g["name"], "lr": g["base_lr"], "n_params": int(sum(p.numel() for p in g["params"]))}
             for g in opt.param_groups
         ],
         "lens_fraction_seen": n_lens_seen / max(1, step * batch_size),
@@ -1002,9 +1006,12 @@ def train_image_classifier(
     if val_source is not None:
         metrics.update(val_loss=val_loss, val_auc=val_auc, val_ap=val_ap, val_steps=val_steps)
     if early_stopping is not None:
-        metrics.update(best_step=int(best["step"]), best_epoch=int(best["step"]) // steps_per_epoch,
-                       best_val=None if best["key"] is None else float(best["key"][0]),
-                       early_stopping=early_stopping)
+        metrics.update(
+            best_step=int(best["step"]),
+            best_epoch=int(best["step"]) // steps_per_epoch,
+            best_val=None if best["key"] is None else float(best["key"][0]),
+            early_stopping=early_stopping,
+        )
     return model, metrics
 
 
@@ -1013,9 +1020,7 @@ def train_image_classifier(
 # --------------------------------------------------------------------------------------------
 
 
-def save_classifier(
-    model: ImageClassifier, path: str | Path, *, hparams: Mapping[str, Any]
-) -> str:
+def save_classifier(model: ImageClassifier, path: str | Path, *, hparams: Mapping[str, Any]) -> str:
     """Write a classifier checkpoint (format in the module docstring).
 
     Parameters
@@ -1109,10 +1114,8 @@ def load_classifier(path: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
     sd_all = obj.get("state_dict")
     if not isinstance(sd_all, Mapping):
         raise InputFileError(f"{path}: no state_dict")
-    bsd = {k[len("backbone.") :]: v for k, v in sd_all.items()
-           if isinstance(v, Tensor) and k.startswith("backbone.")}
-    hsd = {k[len("head.") :]: v for k, v in sd_all.items()
-           if isinstance(v, Tensor) and k.startswith("head.")}
+    bsd = {k[len("backbone.") :]: v for k, v in sd_all.items() if isinstance(v, Tensor) and k.startswith("backbone.")}
+    hsd = {k[len("head.") :]: v for k, v in sd_all.items() if isinstance(v, Tensor) and k.startswith("head.")}
     other = sorted(k for k in sd_all if not k.startswith(("backbone.", "head.")))
     if other:
         raise InputFileError(f"{path}: unexpected state_dict key(s) {', '.join(other[:4])}")

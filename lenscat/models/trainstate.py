@@ -32,8 +32,9 @@ def state_file(state_dir: str | Path, prefix: str, key: str) -> Path:
     return Path(state_dir).expanduser() / f"{prefix}-{key[:20]}.state"
 
 
-def saved_run(state_dir: str | Path | None, prefix: str, record: dict[str, Any], *,
-              resume: bool = True) -> tuple[str, Path | None, dict[str, Any] | None]:
+def saved_run(
+    state_dir: str | Path | None, prefix: str, record: dict[str, Any], *, resume: bool = True
+) -> tuple[str, Path | None, dict[str, Any] | None]:
     """The key, state file and saved state of the run ``record`` describes.
 
     Returns ``(key, None, None)`` without a ``state_dir``, and no state when there is none yet or

@@ -61,10 +61,17 @@ _CHUNK_FULL = 32
 _MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 
 
-def fit_mask(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, *,
-             galaxy_half_width_kms: float = GALAXY_HALF_WIDTH_KMS,
-             sky_half_width_kms: float = SKY_HALF_WIDTH_KMS,
-             extended: bool = True, full_range: bool = False) -> np.ndarray:
+def fit_mask(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    *,
+    galaxy_half_width_kms: float = GALAXY_HALF_WIDTH_KMS,
+    sky_half_width_kms: float = SKY_HALF_WIDTH_KMS,
+    extended: bool = True,
+    full_range: bool = False,
+) -> np.ndarray:
     """(N, P) pixels usable for a continuum or line fit: finite, ``ivar > 0``, off galaxy and sky lines.
 
     Parameters
@@ -84,8 +91,7 @@ def fit_mask(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray
         :data:`lenscat.spectra.masks.FULL_SKY_LINES` (fits over 3600-10400 A).
     """
     good = np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)
-    good &= ~galaxy_line_masks(wave, z, half_width_kms=galaxy_half_width_kms, extended=extended,
-                               full_range=full_range)
+    good &= ~galaxy_line_masks(wave, z, half_width_kms=galaxy_half_width_kms, extended=extended, full_range=full_range)
     if sky_half_width_kms > 0:
         good &= ~sky_line_mask(wave, half_width_kms=sky_half_width_kms, full_range=full_range)[None, :]
     return np.asarray(good)
@@ -166,8 +172,9 @@ def _solve_normal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(c * s)
 
 
-def _fit_block_incremental(design: np.ndarray, flux: np.ndarray, ivar: np.ndarray, good: np.ndarray,
-                           n_clip: int, clip_nsigma: float) -> np.ndarray:
+def _fit_block_incremental(
+    design: np.ndarray, flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, n_clip: int, clip_nsigma: float
+) -> np.ndarray:
     """:func:`_fit_block` for wide designs: the normal equations are built once and then updated by
     the pixels each clipping round adds or removes (a few per cent), not rebuilt.
 
@@ -202,8 +209,9 @@ def _fit_block_incremental(design: np.ndarray, flux: np.ndarray, ivar: np.ndarra
     return model
 
 
-def _fit_block(design: np.ndarray, flux: np.ndarray, ivar: np.ndarray, good: np.ndarray,
-               n_clip: int, clip_nsigma: float) -> np.ndarray:
+def _fit_block(
+    design: np.ndarray, flux: np.ndarray, ivar: np.ndarray, good: np.ndarray, n_clip: int, clip_nsigma: float
+) -> np.ndarray:
     """Fit, clip and refit one block of spectra sharing a design layout; returns (n, P) models."""
     use = good.copy()
     model = np.zeros_like(flux)
@@ -220,9 +228,16 @@ def _fit_block(design: np.ndarray, flux: np.ndarray, ivar: np.ndarray, good: np.
     return model
 
 
-def _fit_inputs(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, *,
-                galaxy_half_width_kms: float, sky_half_width_kms: float,
-                full_range: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fit_inputs(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    *,
+    galaxy_half_width_kms: float,
+    sky_half_width_kms: float,
+    full_range: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Checked float64 inputs of a batch fit: (wave, z, good pixels, flux and ivar zeroed off them, zero output)."""
     wave = np.asarray(wave, dtype=np.float64)
     flux2 = np.atleast_2d(np.asarray(flux, dtype=np.float64))
@@ -231,17 +246,33 @@ def _fit_inputs(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndar
     n, p = flux2.shape
     if ivar2.shape != (n, p) or z1.shape != (n,) or wave.shape != (p,):
         raise ValueError(f"shape mismatch: wave {wave.shape}, flux {flux2.shape}, ivar {ivar2.shape}, z {z1.shape}")
-    good = fit_mask(wave, flux2, ivar2, z1, galaxy_half_width_kms=galaxy_half_width_kms,
-                    sky_half_width_kms=sky_half_width_kms, extended=True, full_range=full_range)
-    return (wave, z1, good, np.where(good, flux2, 0.0), np.where(good, ivar2, 0.0),
-            np.zeros((n, p), dtype=np.float64))
+    good = fit_mask(
+        wave,
+        flux2,
+        ivar2,
+        z1,
+        galaxy_half_width_kms=galaxy_half_width_kms,
+        sky_half_width_kms=sky_half_width_kms,
+        extended=True,
+        full_range=full_range,
+    )
+    return (wave, z1, good, np.where(good, flux2, 0.0), np.where(good, ivar2, 0.0), np.zeros((n, p), dtype=np.float64))
 
 
-def fit_continua(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, *,
-                 n_poly: int = 3, n_poly_no_z: int = N_POLY_NO_Z, n_clip: int = CLIP_ROUNDS,
-                 clip_nsigma: float = CLIP_NSIGMA,
-                 galaxy_half_width_kms: float = GALAXY_HALF_WIDTH_KMS,
-                 sky_half_width_kms: float = SKY_HALF_WIDTH_KMS, full_range: bool = False) -> np.ndarray:
+def fit_continua(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    *,
+    n_poly: int = 3,
+    n_poly_no_z: int = N_POLY_NO_Z,
+    n_clip: int = CLIP_ROUNDS,
+    clip_nsigma: float = CLIP_NSIGMA,
+    galaxy_half_width_kms: float = GALAXY_HALF_WIDTH_KMS,
+    sky_half_width_kms: float = SKY_HALF_WIDTH_KMS,
+    full_range: bool = False,
+) -> np.ndarray:
     """Eigenspectra + polynomial continua for a batch of spectra on one grid (BELLS GALLERY recipe).
 
     Per spectrum the model is ``sum_e a_e T_e(lambda / (1 + z)) + sum_j b_j P_j(x)`` with ``T_e``
@@ -282,8 +313,15 @@ def fit_continua(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.nda
         (N, P) float64 continuum [1e-17 erg/s/cm^2/Angstrom], defined at every pixel (masked ones
         included); zeros where no fit was possible.
     """
-    wave, z1, good, fl, iv, out = _fit_inputs(wave, flux, ivar, z, galaxy_half_width_kms=galaxy_half_width_kms,
-                                              sky_half_width_kms=sky_half_width_kms, full_range=full_range)
+    wave, z1, good, fl, iv, out = _fit_inputs(
+        wave,
+        flux,
+        ivar,
+        z,
+        galaxy_half_width_kms=galaxy_half_width_kms,
+        sky_half_width_kms=sky_half_width_kms,
+        full_range=full_range,
+    )
     n, p = out.shape
     if n == 0 or p == 0:
         return out
@@ -319,9 +357,16 @@ def fit_continua(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.nda
     return out
 
 
-def fit_continuum(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: float | None, *,
-                  n_poly: int = 3, n_clip: int = CLIP_ROUNDS,
-                  clip_nsigma: float = CLIP_NSIGMA) -> np.ndarray:
+def fit_continuum(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: float | None,
+    *,
+    n_poly: int = 3,
+    n_clip: int = CLIP_ROUNDS,
+    clip_nsigma: float = CLIP_NSIGMA,
+) -> np.ndarray:
     """Eigenspectra + polynomial continuum of one spectrum (see :func:`fit_continua`).
 
     Parameters
@@ -348,8 +393,15 @@ def fit_continuum(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: float
         masked.
     """
     zv = np.nan if z is None else float(z)
-    return fit_continua(wave, np.asarray(flux)[None, :], np.asarray(ivar)[None, :], np.array([zv]),
-                        n_poly=n_poly, n_clip=n_clip, clip_nsigma=clip_nsigma)[0]
+    return fit_continua(
+        wave,
+        np.asarray(flux)[None, :],
+        np.asarray(ivar)[None, :],
+        np.array([zv]),
+        n_poly=n_poly,
+        n_clip=n_clip,
+        clip_nsigma=clip_nsigma,
+    )[0]
 
 
 def _row_poly(wave: np.ndarray, good: np.ndarray, n_terms: int, sel: np.ndarray | None = None) -> np.ndarray:
@@ -373,12 +425,21 @@ def _row_poly(wave: np.ndarray, good: np.ndarray, n_terms: int, sel: np.ndarray 
     return np.asarray(basis)
 
 
-def fit_continua_full(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: np.ndarray, *,
-                      n_mult: int = FULL_N_MULT, n_poly: int = FULL_N_POLY,
-                      n_poly_no_z: int = FULL_N_POLY_NO_Z, n_poly_uncovered: int = FULL_N_POLY_UNCOVERED,
-                      n_clip: int = CLIP_ROUNDS, clip_nsigma: float = CLIP_NSIGMA,
-                      galaxy_half_width_kms: float = GALAXY_HALF_WIDTH_KMS,
-                      sky_half_width_kms: float = SKY_HALF_WIDTH_KMS) -> np.ndarray:
+def fit_continua_full(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    z: np.ndarray,
+    *,
+    n_mult: int = FULL_N_MULT,
+    n_poly: int = FULL_N_POLY,
+    n_poly_no_z: int = FULL_N_POLY_NO_Z,
+    n_poly_uncovered: int = FULL_N_POLY_UNCOVERED,
+    n_clip: int = CLIP_ROUNDS,
+    clip_nsigma: float = CLIP_NSIGMA,
+    galaxy_half_width_kms: float = GALAXY_HALF_WIDTH_KMS,
+    sky_half_width_kms: float = SKY_HALF_WIDTH_KMS,
+) -> np.ndarray:
     """Continua over the whole SDSS/BOSS/DESI range (3600-10400 A) for a batch of spectra on one grid.
 
     A single eigenspectra + cubic fit (:func:`fit_continua`) is too stiff over a factor of 2.9 in
@@ -426,8 +487,15 @@ def fit_continua_full(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: n
         (N, P) float64 continuum [1e-17 erg/s/cm^2/Angstrom], defined at every pixel inside the
         spectrum's span (masked ones included), held smooth outside it; zeros where no fit was possible.
     """
-    wave, z1, good, fl, iv, out = _fit_inputs(wave, flux, ivar, z, galaxy_half_width_kms=galaxy_half_width_kms,
-                                              sky_half_width_kms=sky_half_width_kms, full_range=True)
+    wave, z1, good, fl, iv, out = _fit_inputs(
+        wave,
+        flux,
+        ivar,
+        z,
+        galaxy_half_width_kms=galaxy_half_width_kms,
+        sky_half_width_kms=sky_half_width_kms,
+        full_range=True,
+    )
     n, p = out.shape
     if n == 0 or p == 0:
         return out
@@ -444,20 +512,26 @@ def fit_continua_full(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, z: n
         reach = has_z[:, None] & (rest >= rest_lo) & (rest <= rest_hi)  # (m, P) pixels the basis covers
         partial = has_z & ~reach.all(axis=1) & (g & ~reach).any(axis=1)
         for kind in ("eigen", "poly"):
-            rows = np.flatnonzero(has_z & (g & reach).any(axis=1)) if kind == "eigen" else \
-                np.flatnonzero(~(has_z & (g & reach).any(axis=1)))
+            rows = (
+                np.flatnonzero(has_z & (g & reach).any(axis=1))
+                if kind == "eigen"
+                else np.flatnonzero(~(has_z & (g & reach).any(axis=1)))
+            )
             if rows.size == 0:
                 continue
             if kind == "eigen":
                 tmpl, _ = _eigen_on_grid(wave, zc[rows])  # (r, E, P), held at the basis ends outside
                 tmpl = tmpl * reach[rows][:, None, :]
                 mult = _row_poly(wave, g[rows], n_mult, reach[rows])
-                parts = [(tmpl[:, :, None, :] * mult[:, None, :, :]).reshape(rows.size, -1, p),
-                         _row_poly(wave, g[rows], n_poly)]
+                parts = [
+                    (tmpl[:, :, None, :] * mult[:, None, :, :]).reshape(rows.size, -1, p),
+                    _row_poly(wave, g[rows], n_poly),
+                ]
                 k = eb.basis.shape[0] * n_mult + n_poly
                 if partial[rows].any():
-                    parts.append(_row_poly(wave, g[rows], n_poly_uncovered, ~reach[rows])
-                                 * partial[rows][:, None, None])
+                    parts.append(
+                        _row_poly(wave, g[rows], n_poly_uncovered, ~reach[rows]) * partial[rows][:, None, None]
+                    )
                     k += n_poly_uncovered
                 design = np.concatenate(parts, axis=1)
             else:

@@ -29,12 +29,19 @@ from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.crossmatch import rows_to_table
 from lenscat.errors import LenscatError
-from lenscat.registry import ModelVersion
+from lenscat.literature.crossmatch import rows_to_table
+from lenscat.registry.versions import ModelVersion
 
-__all__ = ["FALSE_RATE_MARGIN", "SURVEYS", "choose_continua", "current_choices", "decide", "measure_continua",
-           "show_choices"]
+__all__ = [
+    "FALSE_RATE_MARGIN",
+    "SURVEYS",
+    "choose_continua",
+    "current_choices",
+    "decide",
+    "measure_continua",
+    "show_choices",
+]
 
 #: surveys with a continuum choice
 SURVEYS: tuple[str, ...] = ("sdss", "boss", "desi")
@@ -42,32 +49,57 @@ SURVEYS: tuple[str, ...] = ("sdss", "boss", "desi")
 #: than this (fraction of clean spectra; 0.01 = one percentage point)
 FALSE_RATE_MARGIN = 0.01
 
-_COLUMNS = ("survey", "choice", "reason", "completeness_pipeline", "completeness_fit", "false_rate_pipeline",
-            "false_rate_fit", "margin", "n_spectra", "n_realisations", "detector")
+_COLUMNS = (
+    "survey",
+    "choice",
+    "reason",
+    "completeness_pipeline",
+    "completeness_fit",
+    "false_rate_pipeline",
+    "false_rate_fit",
+    "margin",
+    "n_spectra",
+    "n_realisations",
+    "detector",
+)
 
 
-def decide(comp_pipeline: float | None, comp_fit: float, false_pipeline: float | None, false_fit: float, *,
-           has_model: bool, margin: float = FALSE_RATE_MARGIN) -> tuple[str, str]:
+def decide(
+    comp_pipeline: float | None,
+    comp_fit: float,
+    false_pipeline: float | None,
+    false_fit: float,
+    *,
+    has_model: bool,
+    margin: float = FALSE_RATE_MARGIN,
+) -> tuple[str, str]:
     """The rule: (choice, reason) from completeness and false rates of both continua (fractions 0-1)."""
     if not has_model or comp_pipeline is None or false_pipeline is None:
         return "fit", "no pipeline model in this survey's spectra"
 
     def better(a: str, ca: float, fa: float, cb: float, fb: float) -> tuple[str, str] | None:
         if ca > cb and fa - fb <= margin:
-            return a, (f"completeness {ca:.3f} vs {cb:.3f}, false rate {fa:.3f} vs {fb:.3f} "
-                       f"(within the margin {margin:g})")
+            return a, (
+                f"completeness {ca:.3f} vs {cb:.3f}, false rate {fa:.3f} vs {fb:.3f} (within the margin {margin:g})"
+            )
         return None
 
-    for got in (better("fit", comp_fit, false_fit, comp_pipeline, false_pipeline),
-                better("pipeline", comp_pipeline, false_pipeline, comp_fit, false_fit)):
+    for got in (
+        better("fit", comp_fit, false_fit, comp_pipeline, false_pipeline),
+        better("pipeline", comp_pipeline, false_pipeline, comp_fit, false_fit),
+    ):
         if got is not None:
             return got
     if comp_fit > comp_pipeline:  # more complete but too many false candidates
-        return "pipeline", (f"the fit's completeness {comp_fit:.3f} > {comp_pipeline:.3f} costs false rate "
-                            f"{false_fit:.3f} vs {false_pipeline:.3f} (more than the margin {margin:g})")
+        return "pipeline", (
+            f"the fit's completeness {comp_fit:.3f} > {comp_pipeline:.3f} costs false rate "
+            f"{false_fit:.3f} vs {false_pipeline:.3f} (more than the margin {margin:g})"
+        )
     if comp_pipeline > comp_fit:
-        return "fit", (f"the pipeline's completeness {comp_pipeline:.3f} > {comp_fit:.3f} costs false rate "
-                       f"{false_pipeline:.3f} vs {false_fit:.3f} (more than the margin {margin:g})")
+        return "fit", (
+            f"the pipeline's completeness {comp_pipeline:.3f} > {comp_fit:.3f} costs false rate "
+            f"{false_pipeline:.3f} vs {false_fit:.3f} (more than the margin {margin:g})"
+        )
     if false_fit < false_pipeline - margin:
         return "fit", f"equal completeness {comp_fit:.3f}; false rate {false_fit:.3f} vs {false_pipeline:.3f}"
     return "pipeline", f"equal completeness {comp_fit:.3f}: the pipeline model stays"
@@ -76,12 +108,21 @@ def decide(comp_pipeline: float | None, comp_fit: float, false_pipeline: float |
 def _surveys_present(*, session: Session, hosts: str) -> list[str]:
     from lenscat.spectra.evaluate import HOST_SAMPLES
 
-    return list(session.execute(text(
-        f"SELECT DISTINCT survey FROM lenscat.spectra s WHERE {HOST_SAMPLES[hosts]} ORDER BY survey")).scalars())
+    return list(
+        session.execute(
+            text(f"SELECT DISTINCT survey FROM lenscat.spectra s WHERE {HOST_SAMPLES[hosts]} ORDER BY survey")
+        ).scalars()
+    )
 
 
-def measure_continua(detector: ModelVersion, *, session: Session, surveys: list[str] | None = None,
-                     margin: float = FALSE_RATE_MARGIN, **protocol: Any) -> Table:
+def measure_continua(
+    detector: ModelVersion,
+    *,
+    session: Session,
+    surveys: list[str] | None = None,
+    margin: float = FALSE_RATE_MARGIN,
+    **protocol: Any,
+) -> Table:
     """Completeness and false-candidate rate with each continuum, per survey, and the rule's choice.
 
     Parameters
@@ -127,23 +168,50 @@ def measure_continua(detector: ModelVersion, *, session: Session, surveys: list[
         has = getattr(real.rows, "has_model", None)
         has_model = bool(np.any(has)) if has is not None else bool(np.any(np.asarray(real.rows.continuum_source) == 0))
         conts = ["pipeline", "fit"] if has_model else ["fit"]
-        results, info = evaluate_protocol([detector], session=session, hosts=hosts, survey=sv, continuum=conts,
-                                          host_sample=real, **protocol)
+        results, info = evaluate_protocol(
+            [detector], session=session, hosts=hosts, survey=sv, continuum=conts, host_sample=real, **protocol
+        )
         by = {r.continuum: r for r in results}
         comp = {c: float(r.headline()["completeness_after"]) for c, r in by.items()}
         false = {c: float(r.false_rate(True)) for c, r in by.items()}
-        choice, reason = decide(comp.get("pipeline"), comp["fit"], false.get("pipeline"), false["fit"],
-                                has_model=has_model, margin=margin)
-        rows.append({"survey": sv, "choice": choice, "reason": reason,
-                     "completeness_pipeline": comp.get("pipeline"), "completeness_fit": comp["fit"],
-                     "false_rate_pipeline": false.get("pipeline"), "false_rate_fit": false["fit"],
-                     "margin": margin, "n_spectra": info["n_hosts"], "n_realisations": info["realisations"],
-                     "detector": detector.label, "model_id": detector.model_id,
-                     "protocol": {k: info[k] for k in ("realisations", "line_fraction", "snr_range", "fwhm_range",
-                                                       "skew_range", "wave_range", "seed", "hosts", "family")}})
+        choice, reason = decide(
+            comp.get("pipeline"), comp["fit"], false.get("pipeline"), false["fit"], has_model=has_model, margin=margin
+        )
+        rows.append(
+            {
+                "survey": sv,
+                "choice": choice,
+                "reason": reason,
+                "completeness_pipeline": comp.get("pipeline"),
+                "completeness_fit": comp["fit"],
+                "false_rate_pipeline": false.get("pipeline"),
+                "false_rate_fit": false["fit"],
+                "margin": margin,
+                "n_spectra": info["n_hosts"],
+                "n_realisations": info["realisations"],
+                "detector": detector.label,
+                "model_id": detector.model_id,
+                "protocol": {
+                    k: info[k]
+                    for k in (
+                        "realisations",
+                        "line_fraction",
+                        "snr_range",
+                        "fwhm_range",
+                        "skew_range",
+                        "wave_range",
+                        "seed",
+                        "hosts",
+                        "family",
+                    )
+                },
+            }
+        )
     if not rows:
-        raise LenscatError("no survey has early-type host spectra to measure the continua on: "
-                           + "; ".join(f"{sv}: {why}" for sv, why in skipped))
+        raise LenscatError(
+            "no survey has early-type host spectra to measure the continua on: "
+            + "; ".join(f"{sv}: {why}" for sv, why in skipped)
+        )
     t = rows_to_table(_COLUMNS, [[r[c] for c in _COLUMNS] for r in rows])
     t.meta["rows"] = rows
     t.meta["skipped"] = skipped
@@ -167,8 +235,14 @@ _UPSERT = text(
 )
 
 
-def choose_continua(detector: ModelVersion, *, session: Session, surveys: list[str] | None = None,
-                    margin: float = FALSE_RATE_MARGIN, **protocol: Any) -> Table:
+def choose_continua(
+    detector: ModelVersion,
+    *,
+    session: Session,
+    surveys: list[str] | None = None,
+    margin: float = FALSE_RATE_MARGIN,
+    **protocol: Any,
+) -> Table:
     """:func:`measure_continua` and store the choices (one row per survey, replaced when re-measured).
 
     The caller commits.
@@ -181,24 +255,58 @@ def choose_continua(detector: ModelVersion, *, session: Session, surveys: list[s
 
 def current_choices(*, session: Session) -> dict[str, str]:
     """``{survey: 'pipeline' | 'fit'}`` for every survey; surveys never measured: ``'pipeline'``."""
-    got: dict[str, str] = {str(k): str(v) for k, v in
-                           session.execute(text("SELECT survey, choice FROM lenscat.continuum_choices")).all()}
+    got: dict[str, str] = {
+        str(k): str(v) for k, v in session.execute(text("SELECT survey, choice FROM lenscat.continuum_choices")).all()
+    }
     return {sv: str(got.get(sv, "pipeline")) for sv in SURVEYS}
 
 
 def show_choices(*, session: Session) -> Table:
     """The stored choices with their measurements (surveys never measured: ``'pipeline'``, not measured)."""
-    res = {r.survey: r for r in session.execute(text(
-        "SELECT survey, choice, reason, completeness_pipeline, completeness_fit, false_rate_pipeline, false_rate_fit, "
-        "margin, n_spectra, n_realisations, detector, measured_at FROM lenscat.continuum_choices")).all()}
+    res = {
+        r.survey: r
+        for r in session.execute(
+            text(
+                "SELECT survey, choice, reason, completeness_pipeline, completeness_fit, false_rate_pipeline, false_rate_fit, "
+                "margin, n_spectra, n_realisations, detector, measured_at FROM lenscat.continuum_choices"
+            )
+        ).all()
+    }
     rows = []
     for sv in SURVEYS:
         r = res.get(sv)
         if r is None:
-            rows.append([sv, "pipeline", "not measured: the pipeline model where the spectrum has one", None, None,
-                         None, None, None, None, None, None, None])
+            rows.append(
+                [
+                    sv,
+                    "pipeline",
+                    "not measured: the pipeline model where the spectrum has one",
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                ]
+            )
         else:
-            rows.append([sv, r.choice, r.reason, r.completeness_pipeline, r.completeness_fit, r.false_rate_pipeline,
-                         r.false_rate_fit, r.margin, r.n_spectra, r.n_realisations, r.detector,
-                         r.measured_at.isoformat(timespec="seconds")])
+            rows.append(
+                [
+                    sv,
+                    r.choice,
+                    r.reason,
+                    r.completeness_pipeline,
+                    r.completeness_fit,
+                    r.false_rate_pipeline,
+                    r.false_rate_fit,
+                    r.margin,
+                    r.n_spectra,
+                    r.n_realisations,
+                    r.detector,
+                    r.measured_at.isoformat(timespec="seconds"),
+                ]
+            )
     return rows_to_table((*_COLUMNS, "measured_at"), rows)

@@ -36,7 +36,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.registry import ModelVersion, register_model, store_checkpoint
+from lenscat.registry.versions import ModelVersion, register_model, store_checkpoint
 from lenscat.spectra.detectors import Candidates, Detector, SpectrumBatch, register_detector
 from lenscat.spectra.grid import WINDOW
 
@@ -49,12 +49,18 @@ LOCAL_PX = 4
 #: the ResNet's logit is clipped to +- this (float32 probabilities saturate beyond ~17)
 LOGIT_CLIP = 16.0
 
-__all__ = ["ENSEMBLE", "FEATURES", "SpectralEnsemble", "ensemble_features", "fit_logistic", "fit_stack",
-           "register_ensemble"]
+__all__ = [
+    "ENSEMBLE",
+    "FEATURES",
+    "SpectralEnsemble",
+    "ensemble_features",
+    "fit_logistic",
+    "fit_stack",
+    "register_ensemble",
+]
 
 
-def ensemble_features(prob: np.ndarray, pixel: np.ndarray, mf_map: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def ensemble_features(prob: np.ndarray, pixel: np.ndarray, mf_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stacking features (:data:`FEATURES`) of each spectrum, and the matched filter's peak pixel.
 
     Parameters
@@ -87,8 +93,9 @@ def ensemble_features(prob: np.ndarray, pixel: np.ndarray, mf_map: np.ndarray
     return np.stack([logit, local, best], axis=1), np.asarray(peak, dtype=np.int64)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, iterations: int = 100
-                 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, iterations: int = 100
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """L2-regularised logistic regression on standardised features (Newton / IRLS).
 
     Returns
@@ -141,8 +148,14 @@ def fit_stack(features: np.ndarray, labels: np.ndarray, *, fpr: float = 1e-3) ->
     from lenscat.models.specnet import completeness_at_fpr
 
     coef, b, mean, scale = fit_logistic(features, labels)
-    ck: dict[str, Any] = {"features": list(FEATURES), "coef": coef.tolist(), "intercept": b,
-                          "mean": mean.tolist(), "scale": scale.tolist(), "fpr": fpr}
+    ck: dict[str, Any] = {
+        "features": list(FEATURES),
+        "coef": coef.tolist(),
+        "intercept": b,
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "fpr": fpr,
+    }
     _, thr = completeness_at_fpr(np.asarray(labels).astype(bool), _score(features, ck), fpr)
     ck["threshold_logodds"] = float(thr)
     return ck
@@ -197,10 +210,17 @@ class SpectralEnsemble(Detector):
         at_mf = feat[:, 2] > feat[:, 1] + 1.0
         px = np.where(at_mf, peak, pixel)
         return Candidates(
-            row=sel.astype(np.int64), pixel=px[sel].astype(np.int64),
-            snr=np.where(at_mf, feat[:, 2], feat[:, 1])[sel], prob=_sigmoid(score)[sel], best=_sigmoid(score),
-            extra={"specnet_prob": prob[sel].astype(np.float64), "mf_snr_local": feat[sel, 1],
-                   "mf_snr_max": feat[sel, 2]})
+            row=sel.astype(np.int64),
+            pixel=px[sel].astype(np.int64),
+            snr=np.where(at_mf, feat[:, 2], feat[:, 1])[sel],
+            prob=_sigmoid(score)[sel],
+            best=_sigmoid(score),
+            extra={
+                "specnet_prob": prob[sel].astype(np.float64),
+                "mf_snr_local": feat[sel, 1],
+                "mf_snr_max": feat[sel, 2],
+            },
+        )
 
 
 def _set_scores(net: Any, mf_config: Any, inputs: Any, spectra: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,9 +234,18 @@ def _set_scores(net: Any, mf_config: Any, inputs: Any, spectra: Any) -> tuple[np
     return feat, np.asarray(prob), feat[:, 2]
 
 
-def register_ensemble(name: str, members: list[ModelVersion], *, session: Session, n_fit: int = 20_000,
-                      seed: int = 1000, residual_pack: str | None = None, residual_fraction: float = 0.8,
-                      priors: str = "matched", progress: bool = True) -> tuple[ModelVersion, dict[str, Any]]:
+def register_ensemble(
+    name: str,
+    members: list[ModelVersion],
+    *,
+    session: Session,
+    n_fit: int = 20_000,
+    seed: int = 1000,
+    residual_pack: str | None = None,
+    residual_fraction: float = 0.8,
+    priors: str = "matched",
+    progress: bool = True,
+) -> tuple[ModelVersion, dict[str, Any]]:
     """Fit the ResNet + matched-filter stack on synthetic spectra and register it as a detector version.
 
     Parameters
@@ -253,14 +282,20 @@ def register_ensemble(name: str, members: list[ModelVersion], *, session: Sessio
         raise LenscatError(f"an ensemble needs one matched-filter and one specnet detector; got {got}")
     mf, sn = by_arch[MATCHED_FILTER], by_arch[SPECNET]
     net, _ = load_specnet(check_checkpoint(sn))
-    mf_hp: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in mf.hparams.items()
-                             if k not in VERSION_KEYS}
+    mf_hp: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in mf.hparams.items() if k not in VERSION_KEYS
+    }
     mf_cfg = MatchedFilterConfig(**mf_hp)
     residuals = None
     if residual_pack is not None:
         residuals, _ = real_residuals(residual_pack, session=session, seed=seed)
-    common: dict[str, Any] = {"priors": priors, "residuals": residuals, "residual_fraction": residual_fraction,
-              "keep_spectra": True, "progress": progress}
+    common: dict[str, Any] = {
+        "priors": priors,
+        "residuals": residuals,
+        "residual_fraction": residual_fraction,
+        "keep_spectra": True,
+        "progress": progress,
+    }
     fit_in, fit_set = build_inputs(n_fit, seed=seed, **common)
     feat, _, _ = _set_scores(net, mf_cfg, fit_in, fit_set)
     ck = fit_stack(feat, fit_in.labels)
@@ -274,21 +309,42 @@ def register_ensemble(name: str, members: list[ModelVersion], *, session: Sessio
     for tag, sc in (("ensemble", score_e), ("specnet", prob_e.astype(np.float64)), ("mf", mf_e)):
         comp, thr = completeness_at_fpr(y, sc, 1e-3)
         metrics[f"{tag}_completeness_at_fpr_1e-3"] = comp
-        metrics[f"{tag}_completeness_snr_ge_8"] = float(np.mean(sc[y & bright] > thr)) if (y & bright).any() \
-            else math.nan
+        metrics[f"{tag}_completeness_snr_ge_8"] = (
+            float(np.mean(sc[y & bright] > thr)) if (y & bright).any() else math.nan
+        )
         metrics[f"{tag}_auc"] = roc_auc(y, sc)
     metrics["ensemble_fpr_at_threshold"] = float(np.mean(score_e[~y] >= ck["threshold_logodds"]))
     metrics["ensemble_completeness_at_threshold"] = float(np.mean(score_e[y] >= ck["threshold_logodds"]))
-    ck.update(format=FORMAT, members=[_member_row(mf), _member_row(sn)], seed=seed, n_fit=n_fit, priors=priors,
-              residual_pack=residual_pack)
+    ck.update(
+        format=FORMAT,
+        members=[_member_row(mf), _member_row(sn)],
+        seed=seed,
+        n_fit=n_fit,
+        priors=priors,
+        residual_pack=residual_pack,
+    )
     hparams = {
-        "members": [{"model_id": m.model_id, "label": m.label, "architecture": m.architecture,
-                     "checkpoint_sha256": m.checkpoint_sha256} for m in (mf, sn)],
-        "features": list(FEATURES), "threshold_logodds": ck["threshold_logodds"], "fpr": 1e-3,
+        "members": [
+            {
+                "model_id": m.model_id,
+                "label": m.label,
+                "architecture": m.architecture,
+                "checkpoint_sha256": m.checkpoint_sha256,
+            }
+            for m in (mf, sn)
+        ],
+        "features": list(FEATURES),
+        "threshold_logodds": ck["threshold_logodds"],
+        "fpr": 1e-3,
         "sample": sn.hparams.get("sample", mf.hparams.get("sample", "galaxies")),
         "continuum": mf.hparams.get("continuum", sn.hparams.get("continuum", "pipeline")),
-        "fit": {"n_fit": n_fit, "seed": seed, "priors": priors, "residual_pack": residual_pack,
-                "residual_fraction": residual_fraction if residual_pack else None},
+        "fit": {
+            "n_fit": n_fit,
+            "seed": seed,
+            "priors": priors,
+            "residual_pack": residual_pack,
+            "residual_fraction": residual_fraction if residual_pack else None,
+        },
     }
     tsha = hashlib.sha256(json.dumps(hparams["fit"], sort_keys=True).encode()).hexdigest()
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,9 +352,18 @@ def register_ensemble(name: str, members: list[ModelVersion], *, session: Sessio
         path.write_text(json.dumps(ck, sort_keys=True, default=str))
         stored, sha = store_checkpoint(path)
     mv, _created = register_model(
-        "detector", name, architecture=ENSEMBLE, output_dim=1, checkpoint_path=stored, checkpoint_sha256=sha,
-        origin="trained", hparams=json.loads(json.dumps(hparams, default=float)),
-        input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog}, training_set_sha256=tsha,
+        "detector",
+        name,
+        architecture=ENSEMBLE,
+        output_dim=1,
+        checkpoint_path=stored,
+        checkpoint_sha256=sha,
+        origin="trained",
+        hparams=json.loads(json.dumps(hparams, default=float)),
+        input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog},
+        training_set_sha256=tsha,
         metrics=json.loads(json.dumps(metrics, default=float)),
-        description=f"logistic stack of {sn.label} (ResNet) and {mf.label} (matched filter)", session=session)
+        description=f"logistic stack of {sn.label} (ResNet) and {mf.label} (matched filter)",
+        session=session,
+    )
     return mv, metrics

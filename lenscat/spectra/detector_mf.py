@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from lenscat.registry import ModelVersion, register_model
+from lenscat.registry.versions import ModelVersion, register_model
 from lenscat.spectra.detectors import Candidates, Detector, SpectrumBatch, register_detector
 from lenscat.spectra.grid import WINDOW
 from lenscat.spectra.matched_filter import MatchedFilterConfig, scan_batch_with_max
@@ -25,9 +25,14 @@ MATCHED_FILTER = "matched-filter"
 VERSION_KEYS = ("sample", "continuum")
 
 
-def register_matched_filter(name: str, *, session: Session, sample: str = "galaxies",
-                            continuum: str | dict[str, str] | None = None,
-                            **config: Any) -> tuple[ModelVersion, bool]:
+def register_matched_filter(
+    name: str,
+    *,
+    session: Session,
+    sample: str = "galaxies",
+    continuum: str | dict[str, str] | None = None,
+    **config: Any,
+) -> tuple[ModelVersion, bool]:
     """Register a matched-filter detector version with the given configuration (defaults otherwise).
 
     Parameters
@@ -49,10 +54,19 @@ def register_matched_filter(name: str, *, session: Session, sample: str = "galax
     cont = continuum_snapshot(continuum, session=session)
     hp = {**json.loads(json.dumps(asdict(cfg), default=list)), "sample": sample, "continuum": cont}
     sha = hashlib.sha256(json.dumps({"architecture": MATCHED_FILTER, **hp}, sort_keys=True).encode()).hexdigest()
-    return register_model("detector", name, architecture=MATCHED_FILTER, output_dim=None, checkpoint_path=None,
-                          checkpoint_sha256=sha, origin="configured", hparams=hp,
-                          input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog},
-                          description="BELLS GALLERY matched filter (Gaussian kernel bank)", session=session)
+    return register_model(
+        "detector",
+        name,
+        architecture=MATCHED_FILTER,
+        output_dim=None,
+        checkpoint_path=None,
+        checkpoint_sha256=sha,
+        origin="configured",
+        hparams=hp,
+        input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog},
+        description="BELLS GALLERY matched filter (Gaussian kernel bank)",
+        session=session,
+    )
 
 
 @register_detector
@@ -64,15 +78,22 @@ class MatchedFilterDetector(Detector):
 
     def __init__(self, model: ModelVersion, device: str | None = None) -> None:
         super().__init__(model, device)
-        hp: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.hparams.items()
-                              if k not in VERSION_KEYS}
+        hp: dict[str, Any] = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in model.hparams.items() if k not in VERSION_KEYS
+        }
         self.config = MatchedFilterConfig(**hp)
 
     def detect(self, batch: SpectrumBatch) -> Candidates:
         """Hits (local S/N maxima above the threshold) and the best S/N of every spectrum."""
         rows = batch.rows
-        hits, best = scan_batch_with_max(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave,
-                                         config=self.config)
-        return Candidates(row=np.asarray(hits.row), pixel=np.asarray(hits.pixel), snr=np.asarray(hits.snr),
-                          prob=np.full(len(hits.row), np.nan), best=np.asarray(best),
-                          extra={"mf_sigma_kms": np.asarray(hits.sigma_kms)})
+        hits, best = scan_batch_with_max(
+            rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave, config=self.config
+        )
+        return Candidates(
+            row=np.asarray(hits.row),
+            pixel=np.asarray(hits.pixel),
+            snr=np.asarray(hits.snr),
+            prob=np.full(len(hits.row), np.nan),
+            best=np.asarray(best),
+            extra={"mf_sigma_kms": np.asarray(hits.sigma_kms)},
+        )

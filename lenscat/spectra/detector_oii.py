@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from lenscat.registry import ModelVersion, register_model
+from lenscat.registry.versions import ModelVersion, register_model
 from lenscat.spectra.detectors import (
     Candidates,
     Detector,
@@ -39,8 +39,14 @@ OII_FILTER = "oii-filter"
 VERSION_KEYS = ("sample", "continuum")
 
 
-def register_oii_filter(name: str, *, session: Session, sample: str = "galaxies",
-                        continuum: str | dict[str, str] | None = None, **config: Any) -> tuple[ModelVersion, bool]:
+def register_oii_filter(
+    name: str,
+    *,
+    session: Session,
+    sample: str = "galaxies",
+    continuum: str | dict[str, str] | None = None,
+    **config: Any,
+) -> tuple[ModelVersion, bool]:
     """Register an [OII] doublet-filter detector version with the given configuration (defaults otherwise).
 
     Parameters
@@ -70,17 +76,26 @@ def register_oii_filter(name: str, *, session: Session, sample: str = "galaxies"
     cont = continuum_snapshot(continuum, session=session)
     hp = {**json.loads(json.dumps(asdict(cfg), default=list)), "sample": sample, "continuum": cont}
     sha = hashlib.sha256(json.dumps({"architecture": OII_FILTER, **hp}, sort_keys=True).encode()).hexdigest()
-    return register_model("detector", name, architecture=OII_FILTER, output_dim=None, checkpoint_path=None,
-                          checkpoint_sha256=sha, origin="configured", hparams=hp,
-                          input_spec={"full_k0": FULL.k0, "full_n": FULL.n, "dlog": FULL.dlog},
-                          description="[OII] 3726,3729 doublet matched filter (background emitters)",
-                          session=session)
+    return register_model(
+        "detector",
+        name,
+        architecture=OII_FILTER,
+        output_dim=None,
+        checkpoint_path=None,
+        checkpoint_sha256=sha,
+        origin="configured",
+        hparams=hp,
+        input_spec={"full_k0": FULL.k0, "full_n": FULL.n, "dlog": FULL.dlog},
+        description="[OII] 3726,3729 doublet matched filter (background emitters)",
+        session=session,
+    )
 
 
 def config_from_hparams(hparams: dict[str, Any]) -> OIIConfig:
     """The :class:`OIIConfig` of a version's hyper-parameters."""
-    hp: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hparams.items()
-                          if k not in VERSION_KEYS}
+    hp: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in hparams.items() if k not in VERSION_KEYS
+    }
     return OIIConfig(**hp)
 
 
@@ -106,10 +121,17 @@ class OIIFilter(Detector):
         """Doublet hits (local S/N maxima above the threshold, ``z_s > z_l``) and the best S/N per spectrum."""
         flux, ivar, cont, z = _full_arrays(batch)
         h = search(FULL.wave, flux, ivar, cont, z, self.config)
-        return Candidates(row=h.row, pixel=h.pixel, snr=h.snr, prob=np.full(len(h), np.nan), best=h.best,
-                          family="oii", wavelength=h.wavelength, z_source=h.z,
-                          extra={"filter_sigma_px": h.sigma_px, "filter_ratio": h.ratio,
-                                 "filter_line_flux": h.line_flux})
+        return Candidates(
+            row=h.row,
+            pixel=h.pixel,
+            snr=h.snr,
+            prob=np.full(len(h), np.nan),
+            best=h.best,
+            family="oii",
+            wavelength=h.wavelength,
+            z_source=h.z,
+            extra={"filter_sigma_px": h.sigma_px, "filter_ratio": h.ratio, "filter_line_flux": h.line_flux},
+        )
 
     def characterise(self, cands: Candidates, batch: SpectrumBatch) -> list[HitRow]:
         """Doublet fit, companions and [OII]-family vetoes of every candidate."""
@@ -119,9 +141,16 @@ class OIIFilter(Detector):
         return characterise_oii(cands, batch.spectrum_ids, flux, ivar, cont, z, self.config)
 
 
-def characterise_oii(cands: Candidates, spectrum_ids: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
-                     continuum: np.ndarray, z_lens: np.ndarray, config: OIIConfig | None = None,
-                     wave: np.ndarray | None = None) -> list[HitRow]:
+def characterise_oii(
+    cands: Candidates,
+    spectrum_ids: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z_lens: np.ndarray,
+    config: OIIConfig | None = None,
+    wave: np.ndarray | None = None,
+) -> list[HitRow]:
     """Hit rows of [OII] candidates on full-range arrays (shared by scans and evaluation).
 
     Parameters
@@ -146,7 +175,7 @@ def characterise_oii(cands: Candidates, spectrum_ids: np.ndarray, flux: np.ndarr
     z_src = cands.z_source if cands.z_source is not None else wv[cands.pixel] / 3728.48 - 1.0
     for j, (r, px) in enumerate(zip(cands.row.tolist(), cands.pixel.tolist(), strict=True)):
         if r not in prepared:
-            rr, ww = prepare(wv, flux[r:r + 1], ivar[r:r + 1], continuum[r:r + 1], z_lens[r:r + 1], cfg)
+            rr, ww = prepare(wv, flux[r : r + 1], ivar[r : r + 1], continuum[r : r + 1], z_lens[r : r + 1], cfg)
             prepared[r] = (rr[0], ww[0])
         res, w = prepared[r]
         fit = fit_doublet(wv, res, w, np.zeros_like(res), float(z_src[j]), window_kms=cfg.fit_window_kms)
@@ -156,20 +185,47 @@ def characterise_oii(cands: Candidates, spectrum_ids: np.ndarray, flux: np.ndarr
         comp = companion_snr(wv, res, w, zs, sig)
         vet = oii_vetoes(fit, wv, res, w, float(z_lens[r]), cfg)
         detail: dict[str, Any] = {k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in cands.extra.items()}
-        detail.update({"oii": vet.detail, "companions": comp, "single_wavelength": fit.single_wavelength,
-                       "sigma_kms": fit.sigma_kms, "fit_snr": fit.snr})
-        out.append(HitRow(int(spectrum_ids[r]), int(px), lam, {
-            "line": "oii", "wavelength_err": finite_or_none(fit.wavelength_err), "z_source": zs,
-            "z_source_err": finite_or_none(fit.z_err), "snr": finite_or_none(cands.snr[j]),
-            "prob": None, "line_flux": finite_or_none(fit.line_flux),
-            "line_flux_err": finite_or_none(fit.line_flux_err), "fwhm_kms": finite_or_none(fit.fwhm_kms),
-            "skew_alpha": None, "skewness": None, "fit_chi2": finite_or_none(fit.redchi2), "fit_ok": bool(fit.ok),
-            "veto_oii": False, "veto_skew": False,
-            "doublet_ratio": finite_or_none(fit.ratio), "doublet_ratio_err": finite_or_none(fit.ratio_err),
-            "doublet_dchi2": finite_or_none(fit.delta_chi2), "companion_snr": finite_or_none(comp["companion_snr"]),
-            "veto_doublet": vet.veto_doublet, "veto_foreground": vet.veto_foreground, "veto_interloper": vet.veto_interloper,
-            "veto_detail": json.dumps(_clean(detail)),
-        }))
+        detail.update(
+            {
+                "oii": vet.detail,
+                "companions": comp,
+                "single_wavelength": fit.single_wavelength,
+                "sigma_kms": fit.sigma_kms,
+                "fit_snr": fit.snr,
+            }
+        )
+        out.append(
+            HitRow(
+                int(spectrum_ids[r]),
+                int(px),
+                lam,
+                {
+                    "line": "oii",
+                    "wavelength_err": finite_or_none(fit.wavelength_err),
+                    "z_source": zs,
+                    "z_source_err": finite_or_none(fit.z_err),
+                    "snr": finite_or_none(cands.snr[j]),
+                    "prob": None,
+                    "line_flux": finite_or_none(fit.line_flux),
+                    "line_flux_err": finite_or_none(fit.line_flux_err),
+                    "fwhm_kms": finite_or_none(fit.fwhm_kms),
+                    "skew_alpha": None,
+                    "skewness": None,
+                    "fit_chi2": finite_or_none(fit.redchi2),
+                    "fit_ok": bool(fit.ok),
+                    "veto_oii": False,
+                    "veto_skew": False,
+                    "doublet_ratio": finite_or_none(fit.ratio),
+                    "doublet_ratio_err": finite_or_none(fit.ratio_err),
+                    "doublet_dchi2": finite_or_none(fit.delta_chi2),
+                    "companion_snr": finite_or_none(comp["companion_snr"]),
+                    "veto_doublet": vet.veto_doublet,
+                    "veto_foreground": vet.veto_foreground,
+                    "veto_interloper": vet.veto_interloper,
+                    "veto_detail": json.dumps(_clean(detail)),
+                },
+            )
+        )
     return out
 
 
@@ -190,5 +246,7 @@ def _clean(x: Any) -> Any:
 
 def is_candidate(values: dict[str, Any]) -> bool:
     """A hit row's ``is_candidate`` before the survey-wide over-density veto."""
-    return bool(values.get("fit_ok")) and not any(bool(values.get(k)) for k in (
-        "veto_oii", "veto_skew", "veto_doublet", "veto_foreground", "veto_interloper", "veto_overdensity"))
+    return bool(values.get("fit_ok")) and not any(
+        bool(values.get(k))
+        for k in ("veto_oii", "veto_skew", "veto_doublet", "veto_foreground", "veto_interloper", "veto_overdensity")
+    )

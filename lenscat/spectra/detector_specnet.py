@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lenscat.errors import LenscatError
-from lenscat.registry import ModelVersion
+from lenscat.registry.versions import ModelVersion
 from lenscat.spectra.detectors import Candidates, Detector, SpectrumBatch, register_detector
 from lenscat.spectra.grid import WINDOW
 
@@ -32,14 +32,16 @@ def check_checkpoint(model: ModelVersion) -> Path:
     LenscatError
         No checkpoint registered, file missing, or its sha256 differs from ``checkpoint_sha256``.
     """
-    from lenscat.ingest_log import file_sha256
+    from lenscat.catalogue.ingest_log import file_sha256
 
     if not model.checkpoint_path:
         raise LenscatError(f"detector {model.label} has no checkpoint")
     path = Path(model.checkpoint_path)
     if not path.is_file():
-        raise LenscatError(f"{path}: checkpoint of detector {model.label} not found (is LENSCAT_HOME/models shared "
-                           "with workers? if it is mounted elsewhere: `lenscat db relocate OLD_DIR NEW_DIR`)")
+        raise LenscatError(
+            f"{path}: checkpoint of detector {model.label} not found (is LENSCAT_HOME/models shared "
+            "with workers? if it is mounted elsewhere: `lenscat db relocate OLD_DIR NEW_DIR`)"
+        )
     if model.checkpoint_sha256 and file_sha256(path) != model.checkpoint_sha256:
         raise LenscatError(f"{path}: checkpoint sha256 does not match detector {model.label}")
     return path
@@ -87,7 +89,7 @@ class SpecNetDetector(Detector):
             lo = np.clip(pixel[sel] - LOCAL_PX, 0, m.shape[1] - 1)
             hi = np.clip(pixel[sel] + LOCAL_PX + 1, 1, m.shape[1])
             for k in range(sel.size):
-                seg = m[k, lo[k]:hi[k]]
+                seg = m[k, lo[k] : hi[k]]
                 seg = seg[np.isfinite(seg) & (seg > -1e30)]  # uncovered pixels carry a large negative flag
                 if seg.size:
                     snr[k] = float(seg.max())

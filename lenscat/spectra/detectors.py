@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lenscat.errors import LenscatError
-from lenscat.registry import ModelVersion
+from lenscat.registry.versions import ModelVersion
 from lenscat.spectra.grid import LYA, VETO, WINDOW
 from lenscat.spectra.pack import PackedRows
 
@@ -104,10 +104,16 @@ class Candidates:
     def take(self, index: np.ndarray) -> Candidates:
         """The candidates ``index`` (``best`` is kept whole: it is per spectrum)."""
         idx = np.asarray(index, dtype=np.int64)
-        return replace(self, row=self.row[idx], pixel=self.pixel[idx], snr=self.snr[idx], prob=self.prob[idx],
-                       wavelength=None if self.wavelength is None else self.wavelength[idx],
-                       z_source=None if self.z_source is None else self.z_source[idx],
-                       extra={k: v[idx] for k, v in self.extra.items()})
+        return replace(
+            self,
+            row=self.row[idx],
+            pixel=self.pixel[idx],
+            snr=self.snr[idx],
+            prob=self.prob[idx],
+            wavelength=None if self.wavelength is None else self.wavelength[idx],
+            z_source=None if self.z_source is None else self.z_source[idx],
+            extra={k: v[idx] for k, v in self.extra.items()},
+        )
 
 
 @dataclass
@@ -161,8 +167,10 @@ def apply_continuum(rows: PackedRows, choices: Sequence[str]) -> PackedRows:
         return rows
     fit = getattr(rows, "continuum_fit", None)
     if fit is None:
-        raise LenscatError("this spectrum store predates storing the project's continuum fit beside the pipeline "
-                           "model: ingest the spectra into a new store to use the 'fit' continuum")
+        raise LenscatError(
+            "this spectrum store predates storing the project's continuum fit beside the pipeline "
+            "model: ingest the spectra into a new store to use the 'fit' continuum"
+        )
     cont = np.where(use_fit[:, None], fit, rows.continuum).astype(np.float32)
     return replace(rows, continuum=cont)
 
@@ -190,10 +198,17 @@ class SpectrumBatch:
         default ``'pipeline'``.
     """
 
-    def __init__(self, rows: PackedRows, spectrum_ids: np.ndarray, surveys: Sequence[str] | None = None, *,
-                 full: Any = None, full_loader: Callable[[np.ndarray], Any] | None = None,
-                 red_loader: Callable[[np.ndarray], RedArrays] | None = None,
-                 continuum: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        rows: PackedRows,
+        spectrum_ids: np.ndarray,
+        surveys: Sequence[str] | None = None,
+        *,
+        full: Any = None,
+        full_loader: Callable[[np.ndarray], Any] | None = None,
+        red_loader: Callable[[np.ndarray], RedArrays] | None = None,
+        continuum: Sequence[str] | None = None,
+    ) -> None:
         self.rows = rows
         self.spectrum_ids = np.asarray(spectrum_ids, dtype=np.int64)
         self.surveys = list(surveys) if surveys is not None else [""] * len(rows)
@@ -215,8 +230,10 @@ class SpectrumBatch:
         """The full-range arrays (:class:`lenscat.spectra.pack.PackedFull`) of all the batch's rows."""
         if self._full is None:
             if self._full_loader is None:
-                raise LenscatError("these spectra have no full-range arrays (their store predates full-range "
-                                   "packing: ingest the spectra into a new store)")
+                raise LenscatError(
+                    "these spectra have no full-range arrays (their store predates full-range "
+                    "packing: ingest the spectra into a new store)"
+                )
             self._full = self._full_loader(np.arange(len(self), dtype=np.int64))
         return self._full
 
@@ -232,8 +249,12 @@ class SpectrumBatch:
         choice = [self.continuum_choice[i] for i in idx.tolist()]
         if self._full is not None:
             f = self._full
-            return RedArrays(wave=FULL.wave, flux=f.flux[idx], ivar=f.ivar[idx],
-                             continuum=np.asarray(f.continuum(self.continuum_choice))[idx])
+            return RedArrays(
+                wave=FULL.wave,
+                flux=f.flux[idx],
+                ivar=f.ivar[idx],
+                continuum=np.asarray(f.continuum(self.continuum_choice))[idx],
+            )
         if self._full_loader is not None:
             f = self._full_loader(idx)
             return RedArrays(wave=FULL.wave, flux=f.flux, ivar=f.ivar, continuum=f.continuum(choice))
@@ -338,8 +359,7 @@ def _near_galaxy_line(wavelength: float, z_lens: float) -> bool:
 
     if not (np.isfinite(wavelength) and np.isfinite(z_lens)):
         return False
-    return bool(galaxy_line_mask(np.array([wavelength]), z_lens, half_width_kms=FOREGROUND_LINE_KMS,
-                                 extended=True)[0])
+    return bool(galaxy_line_mask(np.array([wavelength]), z_lens, half_width_kms=FOREGROUND_LINE_KMS, extended=True)[0])
 
 
 def lya_characterise(cands: Candidates, batch: SpectrumBatch) -> list[HitRow]:
@@ -358,8 +378,19 @@ def lya_characterise(cands: Candidates, batch: SpectrumBatch) -> list[HitRow]:
         fit = fit_line(wave, rows.flux[r], rows.ivar[r], rows.continuum[r], float(wave[px]))
         lam = float(fit.wavelength) if fit.ok and np.isfinite(fit.wavelength) else float(wave[px])
         k = int(inv[j])
-        vet = lya_vetoes(wave, rows.flux[r], rows.ivar[r], rows.continuum[r], fit, red.wave, red.flux[k],
-                         red.ivar[k], red.continuum[k], z_lens=float(rows.z[r]), config=cfg)
+        vet = lya_vetoes(
+            wave,
+            rows.flux[r],
+            rows.ivar[r],
+            rows.continuum[r],
+            fit,
+            red.wave,
+            red.flux[k],
+            red.ivar[k],
+            red.continuum[k],
+            z_lens=float(rows.z[r]),
+            config=cfg,
+        )
         foreground = _near_galaxy_line(lam, float(rows.z[r]))
         # a probability alone is not a line: the detector's own S/N or the fitted line's must reach MIN_LINE_SNR
         det_snr = float(cands.snr[j]) if np.isfinite(cands.snr[j]) else -np.inf
@@ -368,27 +399,50 @@ def lya_characterise(cands: Candidates, batch: SpectrumBatch) -> list[HitRow]:
         snr = cands.snr[j] if np.isfinite(cands.snr[j]) else fit.snr
         detail = {k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in cands.extra.items()}
         detail.update(vet.detail)
-        out.append(HitRow(int(batch.spectrum_ids[r]), int(px), lam, {
-            "line": "lya", "wavelength_err": finite_or_none(fit.wavelength_err), "z_source": lam / LYA - 1.0,
-            "snr": finite_or_none(snr), "prob": finite_or_none(cands.prob[j]),
-            "line_flux": finite_or_none(fit.line_flux), "line_flux_err": finite_or_none(fit.line_flux_err),
-            "fwhm_kms": finite_or_none(fit.fwhm_kms), "skew_alpha": finite_or_none(fit.alpha),
-            "skewness": finite_or_none(fit.skewness), "fit_chi2": finite_or_none(fit.redchi2),
-            "fit_ok": bool(fit.ok), "veto_oii": bool(vet.veto_oii), "veto_skew": bool(vet.veto_skew),
-            "veto_foreground": foreground, "veto_weak": bool(weak),
-            "veto_detail": json.dumps(detail, default=finite_or_none),
-        }))
+        out.append(
+            HitRow(
+                int(batch.spectrum_ids[r]),
+                int(px),
+                lam,
+                {
+                    "line": "lya",
+                    "wavelength_err": finite_or_none(fit.wavelength_err),
+                    "z_source": lam / LYA - 1.0,
+                    "snr": finite_or_none(snr),
+                    "prob": finite_or_none(cands.prob[j]),
+                    "line_flux": finite_or_none(fit.line_flux),
+                    "line_flux_err": finite_or_none(fit.line_flux_err),
+                    "fwhm_kms": finite_or_none(fit.fwhm_kms),
+                    "skew_alpha": finite_or_none(fit.alpha),
+                    "skewness": finite_or_none(fit.skewness),
+                    "fit_chi2": finite_or_none(fit.redchi2),
+                    "fit_ok": bool(fit.ok),
+                    "veto_oii": bool(vet.veto_oii),
+                    "veto_skew": bool(vet.veto_skew),
+                    "veto_foreground": foreground,
+                    "veto_weak": bool(weak),
+                    "veto_detail": json.dumps(detail, default=finite_or_none),
+                },
+            )
+        )
     return out
 
 
-def store_batch(store: Any, pack_rows: np.ndarray, spectrum_ids: np.ndarray, surveys: Sequence[str],
-                rows: PackedRows, continuum: Sequence[str]) -> SpectrumBatch:
+def store_batch(
+    store: Any,
+    pack_rows: np.ndarray,
+    spectrum_ids: np.ndarray,
+    surveys: Sequence[str],
+    rows: PackedRows,
+    continuum: Sequence[str],
+) -> SpectrumBatch:
     """A batch over rows of one array store: full-range (or old veto-range) rows are read on demand."""
     prow = np.asarray(pack_rows, dtype=np.int64)
     choice = list(continuum)
     if getattr(store, "has_full", False):
-        return SpectrumBatch(rows, spectrum_ids, surveys, continuum=choice,
-                             full_loader=lambda idx: store.read_full(prow[idx]))
+        return SpectrumBatch(
+            rows, spectrum_ids, surveys, continuum=choice, full_loader=lambda idx: store.read_full(prow[idx])
+        )
 
     def old_red(idx: np.ndarray) -> RedArrays:
         veto = store.read_veto(prow[idx])

@@ -47,7 +47,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.registry import ModelVersion
+from lenscat.registry.versions import ModelVersion
 from lenscat.spectra.grid import C_KMS, LYA, VETO, WINDOW, LogGrid
 from lenscat.spectra.pack import PackedRows
 
@@ -68,8 +68,11 @@ EMISSION_SNR_MAX = 10.0
 VETO_ORDER: tuple[str, ...] = ("fit_not_ok", "veto_skew", "veto_oii")
 #: named host samples of the protocol (SQL on ``lenscat.spectra s``)
 HOST_SAMPLES: dict[str, str] = {
-    "early-type": ("s.spec_class = 'GALAXY' AND s.z IS NOT NULL AND coalesce(upper(s.subclass), '') !~ '("
-                   + "|".join(EMISSION_SUBCLASSES) + ")'"),
+    "early-type": (
+        "s.spec_class = 'GALAXY' AND s.z IS NOT NULL AND coalesce(upper(s.subclass), '') !~ '("
+        + "|".join(EMISSION_SUBCLASSES)
+        + ")'"
+    ),
     "galaxies": "s.spec_class = 'GALAXY' AND s.z IS NOT NULL",
     "all": "true",
 }
@@ -105,9 +108,16 @@ def _concat(parts: list[Any]) -> Any:
     return cls(**out)
 
 
-def load_real_sample(*, session: Session, max_spectra: int | None = None, min_coverage: float = 0.5,
-                     seed: int = 0, sample: str = "galaxies", survey: str | None = None,
-                     full: bool = False) -> RealSample:
+def load_real_sample(
+    *,
+    session: Session,
+    max_spectra: int | None = None,
+    min_coverage: float = 0.5,
+    seed: int = 0,
+    sample: str = "galaxies",
+    survey: str | None = None,
+    full: bool = False,
+) -> RealSample:
     """Packed rows of the ingested spectra of a sample with at least ``min_coverage`` good window pixels.
 
     ``sample`` is a name of :data:`HOST_SAMPLES` or of :data:`lenscat.spectra.scan.SAMPLES`;
@@ -126,13 +136,19 @@ def load_real_sample(*, session: Session, max_spectra: int | None = None, min_co
     if survey is not None:
         cond = f"({cond}) AND s.survey = :sv"
         params["sv"] = survey
-    rows = session.execute(text(
-        "SELECT spectrum_id, survey || ':' || spec_key, pack_id, pack_row, survey, subclass FROM lenscat.spectra s "
-        f"WHERE window_coverage >= :c AND ({cond}) ORDER BY spectrum_id"), params).all()
+    rows = session.execute(
+        text(
+            "SELECT spectrum_id, survey || ':' || spec_key, pack_id, pack_row, survey, subclass FROM lenscat.spectra s "
+            f"WHERE window_coverage >= :c AND ({cond}) ORDER BY spectrum_id"
+        ),
+        params,
+    ).all()
     if not rows:
         where = f" of survey {survey!r}" if survey else ""
-        raise LenscatError(f"no ingested spectra{where} in sample {sample!r} with >= {min_coverage:.0%} good window "
-                           "pixels to inject lines into: ingest spectra first (`lenscat spectra ingest`)")
+        raise LenscatError(
+            f"no ingested spectra{where} in sample {sample!r} with >= {min_coverage:.0%} good window "
+            "pixels to inject lines into: ingest spectra first (`lenscat spectra ingest`)"
+        )
     if max_spectra is not None and len(rows) > max_spectra:
         pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_spectra, replace=False))
         rows = [rows[i] for i in pick]
@@ -158,9 +174,15 @@ def load_real_sample(*, session: Session, max_spectra: int | None = None, min_co
         stores.extend([store] * len(idx))
         order.extend(idx)
     sel = [rows[i] for i in order]
-    out = RealSample(spectrum_ids=np.array([r[0] for r in sel], dtype=np.int64), keys=[r[1] for r in sel],
-                     rows=_concat(parts), pack_rows=np.array([r[3] for r in sel], dtype=np.int64), stores=stores,
-                     surveys=[r[4] for r in sel], subclasses=[r[5] for r in sel])
+    out = RealSample(
+        spectrum_ids=np.array([r[0] for r in sel], dtype=np.int64),
+        keys=[r[1] for r in sel],
+        rows=_concat(parts),
+        pack_rows=np.array([r[3] for r in sel], dtype=np.int64),
+        stores=stores,
+        surveys=[r[4] for r in sel],
+        subclasses=[r[5] for r in sel],
+    )
     if full:
         from lenscat.spectra.detectors import RedArrays
 
@@ -187,8 +209,9 @@ def _fit_continuum_window(rows: PackedRows) -> np.ndarray:
     return out
 
 
-def emission_line_snr(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, fit: np.ndarray, z: np.ndarray, *,
-                      sigma_px: float = 2.0) -> np.ndarray:
+def emission_line_snr(
+    wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, fit: np.ndarray, z: np.ndarray, *, sigma_px: float = 2.0
+) -> np.ndarray:
     """Per spectrum, the S/N of its strongest own emission line (residual from the project's continuum fit).
 
     For every line of :func:`lenscat.spectra.masks.galaxy_lines` (full list) redshifted to ``z``
@@ -275,7 +298,7 @@ def _grid_span(grids: Sequence[LogGrid]) -> LogGrid:
 
 
 def _on(master: LogGrid, g: LogGrid, arr: np.ndarray) -> np.ndarray:
-    return arr[:, g.k0 - master.k0:g.k0 - master.k0 + g.n]
+    return arr[:, g.k0 - master.k0 : g.k0 - master.k0 + g.n]
 
 
 def _renoise(flux: np.ndarray, ivar: np.ndarray, noise: np.ndarray, renoise: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -286,9 +309,19 @@ def _renoise(flux: np.ndarray, ivar: np.ndarray, noise: np.ndarray, renoise: boo
     return (flux + noise * sig).astype(np.float32), np.where(good, 0.5 * ivar, 0.0).astype(np.float32)
 
 
-def make_realisations(real: RealSample, *, realisations: int, line_fraction: float, snr_range: tuple[float, float],
-                      fwhm_range: tuple[float, float], skew_range: tuple[float, float],
-                      wave_range: tuple[float, float], renoise: bool, family: str, seed: int) -> Realisations:
+def make_realisations(
+    real: RealSample,
+    *,
+    realisations: int,
+    line_fraction: float,
+    snr_range: tuple[float, float],
+    fwhm_range: tuple[float, float],
+    skew_range: tuple[float, float],
+    wave_range: tuple[float, float],
+    renoise: bool,
+    family: str,
+    seed: int,
+) -> Realisations:
     """Draw hosts, re-noise them and inject lines scaled to a matched-filter S/N (see the module docstring)."""
     from lenscat.spectra.masks import galaxy_lines
     from lenscat.spectra.synth import lya_profile, matched_snr
@@ -360,33 +393,77 @@ def make_realisations(real: RealSample, *, realisations: int, line_fraction: flo
             if rflux is not None:
                 rflux[i] += _on(master, VETO, line)[0].astype(np.float32)
     elif family == "oii":
-        _inject_oii(rng, has_line, z_host, master, full_grid, wflux, wivar, fflux, fivar, line_win,
-                    (centre, zsrc, lflux, fwhm, skew, msnr), snr_range=snr_range, fwhm_range=fwhm_range)
+        _inject_oii(
+            rng,
+            has_line,
+            z_host,
+            master,
+            full_grid,
+            wflux,
+            wivar,
+            fflux,
+            fivar,
+            line_win,
+            (centre, zsrc, lflux, fwhm, skew, msnr),
+            snr_range=snr_range,
+            fwhm_range=fwhm_range,
+        )
     else:
         raise LenscatError(f"unknown line family {family!r}; expected 'lya' or 'oii'")
-    new_rows = dataclasses.replace(rows, **{f.name: getattr(rows, f.name)[host] for f in dataclasses.fields(rows)
-                                            if getattr(rows, f.name) is not None})
+    new_rows = dataclasses.replace(
+        rows,
+        **{f.name: getattr(rows, f.name)[host] for f in dataclasses.fields(rows) if getattr(rows, f.name) is not None},
+    )
     new_rows = dataclasses.replace(new_rows, flux=wflux, ivar=wivar)
     full = red = None
     if real.full is not None:
-        full = dataclasses.replace(real.full, **{f.name: getattr(real.full, f.name)[host]
-                                                 for f in dataclasses.fields(real.full)
-                                                 if getattr(real.full, f.name) is not None})
+        full = dataclasses.replace(
+            real.full,
+            **{
+                f.name: getattr(real.full, f.name)[host]
+                for f in dataclasses.fields(real.full)
+                if getattr(real.full, f.name) is not None
+            },
+        )
         full = dataclasses.replace(full, flux=fflux, ivar=fivar)
     elif real.red is not None:
         from lenscat.spectra.detectors import RedArrays
 
         assert rflux is not None and rivar is not None
         red = RedArrays(wave=real.red.wave, flux=rflux, ivar=rivar, continuum=real.red.continuum[host])
-    return Realisations(host=host, rows=new_rows, full=full, red=red, surveys=[real.surveys[h] for h in host],
-                        has_line=has_line, centre=centre, z_source=zsrc, line_flux=lflux, fwhm_kms=fwhm, skew=skew,
-                        matched_snr=msnr, line_window=line_win)
+    return Realisations(
+        host=host,
+        rows=new_rows,
+        full=full,
+        red=red,
+        surveys=[real.surveys[h] for h in host],
+        has_line=has_line,
+        centre=centre,
+        z_source=zsrc,
+        line_flux=lflux,
+        fwhm_kms=fwhm,
+        skew=skew,
+        matched_snr=msnr,
+        line_window=line_win,
+    )
 
 
-def _inject_oii(rng: np.random.Generator, has_line: np.ndarray, z_host: np.ndarray, master: LogGrid,
-                full_grid: LogGrid | None, wflux: np.ndarray, wivar: np.ndarray, fflux: np.ndarray | None,
-                fivar: np.ndarray | None, line_win: np.ndarray, out: tuple[np.ndarray, ...], *,
-                snr_range: tuple[float, float], fwhm_range: tuple[float, float]) -> None:
+def _inject_oii(
+    rng: np.random.Generator,
+    has_line: np.ndarray,
+    z_host: np.ndarray,
+    master: LogGrid,
+    full_grid: LogGrid | None,
+    wflux: np.ndarray,
+    wivar: np.ndarray,
+    fflux: np.ndarray | None,
+    fivar: np.ndarray | None,
+    line_win: np.ndarray,
+    out: tuple[np.ndarray, ...],
+    *,
+    snr_range: tuple[float, float],
+    fwhm_range: tuple[float, float],
+) -> None:
     """Background [OII] doublets (:func:`lenscat.spectra.oii.draw_oii_params`, :func:`~lenscat.spectra.oii.inject_oii`).
 
     Each doublet (with Hbeta/[OIII] companions where covered) is scaled so that the doublet's
@@ -407,15 +484,20 @@ def _inject_oii(rng: np.random.Generator, has_line: np.ndarray, z_host: np.ndarr
     last = np.where(good.any(axis=1), good.shape[1] - 1 - good[:, ::-1].argmax(axis=1), good.shape[1] - 1)
     wr = np.stack([wave[first] + 10.0, wave[last] - 10.0], axis=1)
     fwhm_to_sigma = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-    params = oii.draw_oii_params(rng, idx.size, z_host[idx], snr_range=snr_range,
-                                 sigma_kms_range=(fwhm_range[0] * fwhm_to_sigma, fwhm_range[1] * fwhm_to_sigma),
-                                 wave_range=wr)
+    params = oii.draw_oii_params(
+        rng,
+        idx.size,
+        z_host[idx],
+        snr_range=snr_range,
+        sigma_kms_range=(fwhm_range[0] * fwhm_to_sigma, fwhm_range[1] * fwhm_to_sigma),
+        wave_range=wr,
+    )
     new, params = oii.inject_oii(wave, fflux[idx], fivar[idx], params)
     line = (np.asarray(new, dtype=np.float64) - fflux[idx]).astype(np.float32)
     fflux[idx] += line
     w0 = WINDOW.k0 - full_grid.k0
     if w0 >= 0 and w0 + WINDOW.n <= full_grid.n:
-        line_win[idx] = line[:, w0:w0 + WINDOW.n]
+        line_win[idx] = line[:, w0 : w0 + WINDOW.n]
         wflux[idx] += line_win[idx]
     zsrc[idx] = params.z_source
     centre[idx] = oii.OII_MEAN * (1.0 + np.asarray(params.z_source))
@@ -425,8 +507,9 @@ def _inject_oii(rng: np.random.Generator, has_line: np.ndarray, z_host: np.ndarr
 
 
 def _is_candidate(values: dict[str, Any]) -> bool:
-    return bool(values.get("fit_ok")) and not any(bool(v) for k, v in values.items() if k.startswith("veto_")
-                                                  and k != "veto_detail")
+    return bool(values.get("fit_ok")) and not any(
+        bool(v) for k, v in values.items() if k.startswith("veto_") and k != "veto_detail"
+    )
 
 
 def _loss_causes(values: dict[str, Any]) -> list[str]:
@@ -472,11 +555,16 @@ class ProtocolResult:
                 removed[self.lost_to[i]] = removed.get(self.lost_to[i], 0) + 1
             for v in self.fired[i]:
                 fired[v] = fired.get(v, 0) + 1
-        return {"snr_min": snr_min, "n_lines": n, "found_before": before, "found_after": after,
-                "completeness_before": before / n if n else float("nan"),
-                "completeness_after": after / n if n else float("nan"),
-                "removed": dict(sorted(removed.items(), key=lambda kv: _cause_rank(kv[0]))),
-                "vetoes_fired": dict(sorted(fired.items(), key=lambda kv: _cause_rank(kv[0])))}
+        return {
+            "snr_min": snr_min,
+            "n_lines": n,
+            "found_before": before,
+            "found_after": after,
+            "completeness_before": before / n if n else float("nan"),
+            "completeness_after": after / n if n else float("nan"),
+            "removed": dict(sorted(removed.items(), key=lambda kv: _cause_rank(kv[0]))),
+            "vetoes_fired": dict(sorted(fired.items(), key=lambda kv: _cause_rank(kv[0]))),
+        }
 
     def false_rate(self, after: bool = True) -> float:
         """Fraction of clean realisations with a false candidate (after or before the vetoes)."""
@@ -492,22 +580,37 @@ class ProtocolResult:
             last = j == len(edges) - 2
             m = (x >= lo) & ((x <= hi) if last else (x < hi))
             n = int(m.sum())
-            out.append({"lo": float(lo), "hi": float(hi), "n": n,
-                        "before": float(self.found_before[m].mean()) if n else None,
-                        "after": float(self.found_after[m].mean()) if n else None})
+            out.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "n": n,
+                    "before": float(self.found_before[m].mean()) if n else None,
+                    "after": float(self.found_after[m].mean()) if n else None,
+                }
+            )
         return out
 
     def as_dict(self, fwhm_edges: Sequence[float], skew_edges: Sequence[float]) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {"detector": self.detector, "continuum": self.continuum, "family": self.family,
-                "headline": self.headline(), "n_lines": int(self.matched_snr.size), "n_clean": self.n_clean,
-                "false_rate_before": self.false_rate(False), "false_rate_after": self.false_rate(True),
-                "false_before": self.false_before, "false_after": self.false_after,
-                "completeness_by_snr": self.binned("snr", SNR_BINS),
-                "completeness_by_fwhm": self.binned("fwhm", fwhm_edges),
-                "completeness_by_skew": self.binned("skew", skew_edges),
-                "n_real_spectra": self.n_real, "real_candidates": self.real_candidates,
-                "emission_galaxies": self.emission_galaxies}
+        return {
+            "detector": self.detector,
+            "continuum": self.continuum,
+            "family": self.family,
+            "headline": self.headline(),
+            "n_lines": int(self.matched_snr.size),
+            "n_clean": self.n_clean,
+            "false_rate_before": self.false_rate(False),
+            "false_rate_after": self.false_rate(True),
+            "false_before": self.false_before,
+            "false_after": self.false_after,
+            "completeness_by_snr": self.binned("snr", SNR_BINS),
+            "completeness_by_fwhm": self.binned("fwhm", fwhm_edges),
+            "completeness_by_skew": self.binned("skew", skew_edges),
+            "n_real_spectra": self.n_real,
+            "real_candidates": self.real_candidates,
+            "emission_galaxies": self.emission_galaxies,
+        }
 
 
 def _cause_rank(cause: str) -> tuple[int, str]:
@@ -527,8 +630,9 @@ def _source_z(cands: Any, family: str) -> np.ndarray:
     return lam / LYA - 1.0
 
 
-def run_detector(det: Any, rows: PackedRows, ids: np.ndarray, surveys: list[str], *, full: Any, red: Any,
-                 continuum: str | None) -> tuple[Any, list[Any], list[str]]:
+def run_detector(
+    det: Any, rows: PackedRows, ids: np.ndarray, surveys: list[str], *, full: Any, red: Any, continuum: str | None
+) -> tuple[Any, list[Any], list[str]]:
     """Run one loaded detector over in-memory rows (detect + characterise); returns (cands, hits, choices)."""
     from lenscat.spectra.detectors import SpectrumBatch, apply_continuum
 
@@ -540,8 +644,9 @@ def run_detector(det: Any, rows: PackedRows, ids: np.ndarray, surveys: list[str]
         def red_loader(idx: np.ndarray) -> RedArrays:
             return RedArrays(wave=red.wave, flux=red.flux[idx], ivar=red.ivar[idx], continuum=red.continuum[idx])
 
-    batch = SpectrumBatch(apply_continuum(rows, choices), ids, surveys, full=full, red_loader=red_loader,
-                          continuum=choices)
+    batch = SpectrumBatch(
+        apply_continuum(rows, choices), ids, surveys, full=full, red_loader=red_loader, continuum=choices
+    )
     cands = det.detect(batch)
     hits = det.characterise(cands, batch)
     return cands, hits, choices
@@ -550,8 +655,9 @@ def run_detector(det: Any, rows: PackedRows, ids: np.ndarray, surveys: list[str]
 def _score(det: Any, label: str, continuum: str | None, real_set: Realisations, tolerance_px: int) -> ProtocolResult:
     n = len(real_set.host)
     ids = np.arange(n, dtype=np.int64)
-    cands, hits, _ = run_detector(det, real_set.rows, ids, real_set.surveys, full=real_set.full, red=real_set.red,
-                                  continuum=continuum)
+    cands, hits, _ = run_detector(
+        det, real_set.rows, ids, real_set.surveys, full=real_set.full, red=real_set.red, continuum=continuum
+    )
     family = str(getattr(cands, "family", "lya"))
     zc = _source_z(cands, family)
     row = np.asarray(cands.row, dtype=np.int64)
@@ -559,8 +665,9 @@ def _score(det: Any, label: str, continuum: str | None, real_set: Realisations, 
     with np.errstate(invalid="ignore", divide="ignore"):
         match = np.abs(np.log10((1.0 + zc) / (1.0 + real_set.z_source[row]))) <= tol
     match &= real_set.has_line[row]
-    by_key = {(int(r), int(p)): j for j, (r, p) in enumerate(zip(row.tolist(), np.asarray(cands.pixel).tolist(),
-                                                                  strict=True))}
+    by_key = {
+        (int(r), int(p)): j for j, (r, p) in enumerate(zip(row.tolist(), np.asarray(cands.pixel).tolist(), strict=True))
+    }
     hit_of: dict[int, dict[str, Any]] = {}
     for h in hits:
         j = by_key.get((int(h.spectrum_id), int(h.pixel)))
@@ -589,18 +696,30 @@ def _score(det: Any, label: str, continuum: str | None, real_set: Realisations, 
     lost_to = ["" if found_after[r] or not found_before[r] else causes.get(int(r), ["?"])[0] for r in lines]
     fired = [causes.get(int(r), []) if not found_after[r] else [] for r in lines]
     clean = ~real_set.has_line
-    return ProtocolResult(detector=label, continuum=continuum or "chosen", family=family,
-                          matched_snr=real_set.matched_snr[lines], fwhm_kms=real_set.fwhm_kms[lines],
-                          skew=real_set.skew[lines], found_before=found_before[lines],
-                          found_after=found_after[lines], lost_to=lost_to, fired=fired, n_clean=int(clean.sum()),
-                          false_before=int((any_cand & clean).sum()), false_after=int((any_kept & clean).sum()))
+    return ProtocolResult(
+        detector=label,
+        continuum=continuum or "chosen",
+        family=family,
+        matched_snr=real_set.matched_snr[lines],
+        fwhm_kms=real_set.fwhm_kms[lines],
+        skew=real_set.skew[lines],
+        found_before=found_before[lines],
+        found_after=found_after[lines],
+        lost_to=lost_to,
+        fired=fired,
+        n_clean=int(clean.sum()),
+        false_before=int((any_cand & clean).sum()),
+        false_after=int((any_kept & clean).sum()),
+    )
 
 
-def _real_as_observed(det: Any, result: ProtocolResult, real: RealSample, continuum: str | None,
-                      emission: np.ndarray) -> None:
+def _real_as_observed(
+    det: Any, result: ProtocolResult, real: RealSample, continuum: str | None, emission: np.ndarray
+) -> None:
     """Every candidate in the real spectra as observed; the strong-emission galaxies reported by name."""
-    cands, hits, _ = run_detector(det, real.rows, real.spectrum_ids, real.surveys, full=real.full, red=real.red,
-                                  continuum=continuum)
+    cands, hits, _ = run_detector(
+        det, real.rows, real.spectrum_ids, real.surveys, full=real.full, red=real.red, continuum=continuum
+    )
     key_of = dict(zip(real.spectrum_ids.tolist(), real.keys, strict=True))
     n_hits: dict[int, int] = {}
     n_cand: dict[int, int] = {}
@@ -609,19 +728,33 @@ def _real_as_observed(det: Any, result: ProtocolResult, real: RealSample, contin
         n_hits[sid] = n_hits.get(sid, 0) + 1
         if _is_candidate(h.values):
             n_cand[sid] = n_cand.get(sid, 0) + 1
-            result.real_candidates.append({
-                "spectrum_id": sid, "spectrum": key_of[sid], "wavelength": float(h.wavelength),
-                "line": h.values.get("line", result.family), "snr": h.values.get("snr"),
-                "prob": h.values.get("prob"), "z_source": h.values.get("z_source")})
+            result.real_candidates.append(
+                {
+                    "spectrum_id": sid,
+                    "spectrum": key_of[sid],
+                    "wavelength": float(h.wavelength),
+                    "line": h.values.get("line", result.family),
+                    "snr": h.values.get("snr"),
+                    "prob": h.values.get("prob"),
+                    "z_source": h.values.get("z_source"),
+                }
+            )
     for i, sid in enumerate(real.spectrum_ids.tolist()):
         sub = (real.subclasses[i] or "").upper()
-        strong = any(s in sub for s in EMISSION_SUBCLASSES) or (np.isfinite(emission[i])
-                                                                and emission[i] > EMISSION_SNR_MAX)
+        strong = any(s in sub for s in EMISSION_SUBCLASSES) or (
+            np.isfinite(emission[i]) and emission[i] > EMISSION_SNR_MAX
+        )
         if strong:
-            result.emission_galaxies.append({
-                "spectrum_id": int(sid), "spectrum": real.keys[i], "subclass": real.subclasses[i],
-                "emission_snr": float(emission[i]) if np.isfinite(emission[i]) else None,
-                "hits": n_hits.get(int(sid), 0), "candidates": n_cand.get(int(sid), 0)})
+            result.emission_galaxies.append(
+                {
+                    "spectrum_id": int(sid),
+                    "spectrum": real.keys[i],
+                    "subclass": real.subclasses[i],
+                    "emission_snr": float(emission[i]) if np.isfinite(emission[i]) else None,
+                    "hits": n_hits.get(int(sid), 0),
+                    "candidates": n_cand.get(int(sid), 0),
+                }
+            )
     result.n_real = len(real.spectrum_ids)
 
 
@@ -635,8 +768,14 @@ def skew_edges(skew_range: tuple[float, float], n: int = 4) -> list[float]:
     return [float(x) for x in np.linspace(skew_range[0], skew_range[1], n + 1)]
 
 
-def load_hosts(*, session: Session, hosts: str = "early-type", survey: str | None = None,
-               min_coverage: float = 0.5, emission_snr_max: float = EMISSION_SNR_MAX) -> RealSample:
+def load_hosts(
+    *,
+    session: Session,
+    hosts: str = "early-type",
+    survey: str | None = None,
+    min_coverage: float = 0.5,
+    emission_snr_max: float = EMISSION_SNR_MAX,
+) -> RealSample:
     """The host spectra of the protocol; ``'early-type'`` also drops spectra with a strong own emission line."""
     real = load_real_sample(session=session, sample=hosts, survey=survey, min_coverage=min_coverage, full=True)
     if hosts != "early-type":
@@ -644,8 +783,9 @@ def load_hosts(*, session: Session, hosts: str = "early-type", survey: str | Non
     em = host_emission(real)
     keep = ~(np.isfinite(em) & (em > emission_snr_max))
     if not keep.any():
-        raise LenscatError(f"no early-type host spectra (every candidate host has an emission line above S/N "
-                           f"{emission_snr_max:g})")
+        raise LenscatError(
+            f"no early-type host spectra (every candidate host has an emission line above S/N {emission_snr_max:g})"
+        )
     return _subset(real, np.flatnonzero(keep))
 
 
@@ -653,18 +793,31 @@ def _subset(real: RealSample, idx: np.ndarray) -> RealSample:
     def take(obj: Any) -> Any:
         if obj is None:
             return None
-        return dataclasses.replace(obj, **{f.name: getattr(obj, f.name)[idx] for f in dataclasses.fields(obj)
-                                           if isinstance(getattr(obj, f.name), np.ndarray)
-                                           and getattr(obj, f.name).ndim >= 1
-                                           and getattr(obj, f.name).shape[0] == len(real.spectrum_ids)})
+        return dataclasses.replace(
+            obj,
+            **{
+                f.name: getattr(obj, f.name)[idx]
+                for f in dataclasses.fields(obj)
+                if isinstance(getattr(obj, f.name), np.ndarray)
+                and getattr(obj, f.name).ndim >= 1
+                and getattr(obj, f.name).shape[0] == len(real.spectrum_ids)
+            },
+        )
 
     red = real.red
     if red is not None:
         red = dataclasses.replace(red, flux=red.flux[idx], ivar=red.ivar[idx], continuum=red.continuum[idx])
-    return RealSample(spectrum_ids=real.spectrum_ids[idx], keys=[real.keys[i] for i in idx], rows=take(real.rows),
-                      pack_rows=real.pack_rows[idx], stores=[real.stores[i] for i in idx],
-                      surveys=[real.surveys[i] for i in idx], subclasses=[real.subclasses[i] for i in idx],
-                      full=take(real.full), red=red)
+    return RealSample(
+        spectrum_ids=real.spectrum_ids[idx],
+        keys=[real.keys[i] for i in idx],
+        rows=take(real.rows),
+        pack_rows=real.pack_rows[idx],
+        stores=[real.stores[i] for i in idx],
+        surveys=[real.surveys[i] for i in idx],
+        subclasses=[real.subclasses[i] for i in idx],
+        full=take(real.full),
+        red=red,
+    )
 
 
 def evaluate_protocol(
@@ -732,9 +885,18 @@ def evaluate_protocol(
     from lenscat.spectra.detectors import load_detector
 
     real = host_sample if host_sample is not None else load_hosts(session=session, hosts=hosts, survey=survey)
-    rs = make_realisations(real, realisations=realisations, line_fraction=line_fraction, snr_range=snr_range,
-                           fwhm_range=fwhm_range, skew_range=skew_range, wave_range=wave_range, renoise=renoise,
-                           family=family, seed=seed)
+    rs = make_realisations(
+        real,
+        realisations=realisations,
+        line_fraction=line_fraction,
+        snr_range=snr_range,
+        fwhm_range=fwhm_range,
+        skew_range=skew_range,
+        wave_range=wave_range,
+        renoise=renoise,
+        family=family,
+        seed=seed,
+    )
     conts: list[str | None] = [continuum] if continuum is None or isinstance(continuum, str) else list(continuum)
     observed = None
     emission = None
@@ -749,14 +911,29 @@ def evaluate_protocol(
             if observed is not None and emission is not None:
                 _real_as_observed(det, res, observed, cont, emission)
             results.append(res)
-    info = {"protocol": "snr", "realisations": realisations, "line_fraction": line_fraction,
-            "n_lines": int(rs.has_line.sum()), "n_clean": int((~rs.has_line).sum()),
-            "n_hosts": len(real.spectrum_ids), "hosts": hosts, "host_spectra": real.keys,
-            "snr_range": list(snr_range), "fwhm_range": list(fwhm_range), "skew_range": list(skew_range),
-            "wave_range": list(wave_range), "renoise": renoise, "family": family, "seed": seed,
-            "tolerance_px": tolerance_px, "survey": survey, "snr_bins": list(SNR_BINS),
-            "fwhm_bins": fwhm_edges(fwhm_range), "skew_bins": skew_edges(skew_range),
-            "emission_snr_max": EMISSION_SNR_MAX}
+    info = {
+        "protocol": "snr",
+        "realisations": realisations,
+        "line_fraction": line_fraction,
+        "n_lines": int(rs.has_line.sum()),
+        "n_clean": int((~rs.has_line).sum()),
+        "n_hosts": len(real.spectrum_ids),
+        "hosts": hosts,
+        "host_spectra": real.keys,
+        "snr_range": list(snr_range),
+        "fwhm_range": list(fwhm_range),
+        "skew_range": list(skew_range),
+        "wave_range": list(wave_range),
+        "renoise": renoise,
+        "family": family,
+        "seed": seed,
+        "tolerance_px": tolerance_px,
+        "survey": survey,
+        "snr_bins": list(SNR_BINS),
+        "fwhm_bins": fwhm_edges(fwhm_range),
+        "skew_bins": skew_edges(skew_range),
+        "emission_snr_max": EMISSION_SNR_MAX,
+    }
     return results, info
 
 
@@ -768,20 +945,25 @@ def headline_cells(r: ProtocolResult) -> tuple[str, str, str]:
     def frac(k: int) -> str:
         return f"{k} / {n} ({k / n:.2f})" if n else f"{k} / 0"
 
-    lost = ", ".join(f"{v} lost to `{k}`" if i == 0 else f"{v} to `{k}`"
-                     for i, (k, v) in enumerate(h["removed"].items()))
+    lost = ", ".join(
+        f"{v} lost to `{k}`" if i == 0 else f"{v} to `{k}`" for i, (k, v) in enumerate(h["removed"].items())
+    )
     after = frac(h["found_after"]) + (f": {lost}" if lost else "")
     fr = r.false_rate(True)
     fb = r.false_rate(False)
-    false = (f"{100 * fr:.0f} % ({r.false_after} / {r.n_clean}; {100 * fb:.0f} % before vetoes)"
-             if r.n_clean else "n/a")
+    false = f"{100 * fr:.0f} % ({r.false_after} / {r.n_clean}; {100 * fb:.0f} % before vetoes)" if r.n_clean else "n/a"
     return frac(h["found_before"]), after, false
 
 
 def protocol_table(results: Sequence[ProtocolResult]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the issue's table (one row per detector and continuum)."""
-    cols = ["detector", "continuum", f"lines with S/N >= {HEADLINE_SNR:g} found, before vetoes", "after vetoes",
-            "clean spectra with a false candidate"]
+    cols = [
+        "detector",
+        "continuum",
+        f"lines with S/N >= {HEADLINE_SNR:g} found, before vetoes",
+        "after vetoes",
+        "clean spectra with a false candidate",
+    ]
     rows = [[r.detector, r.continuum, *headline_cells(r)] for r in results]
     return cols, rows
 
@@ -826,16 +1008,26 @@ class DetectorEvaluation:
 
     def as_dict(self, fluxes: tuple[float, ...], fwhms: tuple[float, ...]) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {"detector": self.detector,
-                "completeness": [{"line_flux": f, "fwhm_kms": w, "completeness": float(self.completeness[i, j]),
-                                  "trials": int(self.n_trials[i, j])}
-                                 for i, f in enumerate(fluxes) for j, w in enumerate(fwhms)],
-                "completeness_by_flux": {str(f): float(np.average(self.completeness[i],
-                                                                  weights=np.maximum(self.n_trials[i], 1)))
-                                         for i, f in enumerate(fluxes)},
-                "false_hits_per_1000": self.false_hits_per_1000,
-                "false_hits_before_vetoes_per_1000": self.false_hits_raw_per_1000,
-                "real_candidates": self.real_candidates}
+        return {
+            "detector": self.detector,
+            "completeness": [
+                {
+                    "line_flux": f,
+                    "fwhm_kms": w,
+                    "completeness": float(self.completeness[i, j]),
+                    "trials": int(self.n_trials[i, j]),
+                }
+                for i, f in enumerate(fluxes)
+                for j, w in enumerate(fwhms)
+            ],
+            "completeness_by_flux": {
+                str(f): float(np.average(self.completeness[i], weights=np.maximum(self.n_trials[i], 1)))
+                for i, f in enumerate(fluxes)
+            },
+            "false_hits_per_1000": self.false_hits_per_1000,
+            "false_hits_before_vetoes_per_1000": self.false_hits_raw_per_1000,
+            "real_candidates": self.real_candidates,
+        }
 
 
 def _recovered(c: Any, n: int, centre_px: np.ndarray, tol: int) -> np.ndarray:
@@ -900,22 +1092,33 @@ def evaluate_detectors(
     margin = 20
     centre_px = rng.integers(margin, WINDOW.n - margin, size=base.size)
     skew = rng.uniform(0.0, 4.0, size=base.size)
-    params = {"centre": wave[centre_px], "line_flux": np.array([fluxes[cells[k][0]] for k in base]),
-              "fwhm_kms": np.array([fwhms[cells[k][1]] for k in base]), "skew": skew}
+    params = {
+        "centre": wave[centre_px],
+        "line_flux": np.array([fluxes[cells[k][0]] for k in base]),
+        "fwhm_kms": np.array([fwhms[cells[k][1]] for k in base]),
+        "skew": skew,
+    }
     flux_inj, ivar_inj = inject_lines(wave, real.rows.flux[host], real.rows.ivar[host], params)
-    inj = dataclasses.replace(real.rows, **{f.name: getattr(real.rows, f.name)[host]
-                                            for f in dataclasses.fields(real.rows)
-                                            if getattr(real.rows, f.name) is not None})
-    inj = dataclasses.replace(inj, flux=np.asarray(flux_inj, dtype=np.float32),
-                              ivar=np.asarray(ivar_inj, dtype=np.float32))
+    inj = dataclasses.replace(
+        real.rows,
+        **{
+            f.name: getattr(real.rows, f.name)[host]
+            for f in dataclasses.fields(real.rows)
+            if getattr(real.rows, f.name) is not None
+        },
+    )
+    inj = dataclasses.replace(
+        inj, flux=np.asarray(flux_inj, dtype=np.float32), ivar=np.asarray(ivar_inj, dtype=np.float32)
+    )
     inj_surveys = [real.surveys[h] for h in host]
     for model in detectors:
         from lenscat.spectra.detectors import SpectrumBatch, apply_continuum
 
         det = load_detector(model, device)
         choices = det.continuum_for(inj_surveys)
-        c = det.detect(SpectrumBatch(apply_continuum(inj, choices), np.arange(base.size), inj_surveys,
-                                     continuum=choices))
+        c = det.detect(
+            SpectrumBatch(apply_continuum(inj, choices), np.arange(base.size), inj_surveys, continuum=choices)
+        )
         rec = _recovered(c, base.size, centre_px, tolerance_px)
         comp = np.zeros((len(fluxes), len(fwhms)))
         ntr = np.zeros((len(fluxes), len(fwhms)), dtype=np.int64)
@@ -924,23 +1127,46 @@ def evaluate_detectors(
             ntr[i, j] = int(m.sum())
             comp[i, j] = float(rec[m].mean()) if m.any() else np.nan
         # false hits on the real spectra as observed, after the per-line vetoes
-        c0, hits, _ = run_detector(det, real.rows, real.spectrum_ids, real.surveys, full=real.full, red=real.red,
-                                   continuum=None)
+        c0, hits, _ = run_detector(
+            det, real.rows, real.spectrum_ids, real.surveys, full=real.full, red=real.red, continuum=None
+        )
         key_of = dict(zip(real.spectrum_ids.tolist(), real.keys, strict=True))
-        kept = [{"spectrum_id": h.spectrum_id, "spectrum": key_of[int(h.spectrum_id)], "wavelength": h.wavelength,
-                 **h.values} for h in hits if _is_candidate(h.values)]
-        results.append(DetectorEvaluation(
-            detector=model.label, completeness=comp, n_trials=ntr,
-            false_hits_per_1000=1000.0 * len(kept) / n_real,
-            false_hits_raw_per_1000=1000.0 * int(c0.row.size) / n_real,
-            real_candidates=kept))
-    info = {"protocol": "flux", "n_real_spectra": n_real, "n_injected": int(base.size), "tolerance_px": tolerance_px,
-            "fluxes": list(fluxes), "fwhms_kms": list(fwhms), "seed": seed, "sample": sample}
+        kept = [
+            {
+                "spectrum_id": h.spectrum_id,
+                "spectrum": key_of[int(h.spectrum_id)],
+                "wavelength": h.wavelength,
+                **h.values,
+            }
+            for h in hits
+            if _is_candidate(h.values)
+        ]
+        results.append(
+            DetectorEvaluation(
+                detector=model.label,
+                completeness=comp,
+                n_trials=ntr,
+                false_hits_per_1000=1000.0 * len(kept) / n_real,
+                false_hits_raw_per_1000=1000.0 * int(c0.row.size) / n_real,
+                real_candidates=kept,
+            )
+        )
+    info = {
+        "protocol": "flux",
+        "n_real_spectra": n_real,
+        "n_injected": int(base.size),
+        "tolerance_px": tolerance_px,
+        "fluxes": list(fluxes),
+        "fwhms_kms": list(fwhms),
+        "seed": seed,
+        "sample": sample,
+    }
     return results, info
 
 
-def plot_completeness(results: list[DetectorEvaluation], fluxes: tuple[float, ...], fwhms: tuple[float, ...],
-                      path: str | Path) -> Path:
+def plot_completeness(
+    results: list[DetectorEvaluation], fluxes: tuple[float, ...], fwhms: tuple[float, ...], path: str | Path
+) -> Path:
     """Completeness vs line flux, one panel per detector, one curve per width (PNG)."""
     import matplotlib
     import matplotlib.ticker
@@ -981,4 +1207,3 @@ def _save_completeness_figure(fig: Any, axes: Any, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-

@@ -46,7 +46,7 @@ class LogGrid:
     @property
     def wave(self) -> np.ndarray:
         """Pixel centre wavelengths [Angstrom]."""
-        return np.asarray(10.0 ** self.loglam)
+        return np.asarray(10.0**self.loglam)
 
     @property
     def edges(self) -> np.ndarray:
@@ -96,8 +96,9 @@ def _edges_from_centres(wave: np.ndarray) -> np.ndarray:
     return np.concatenate([[wave[0] - (mid[0] - wave[0])], mid, [wave[-1] + (wave[-1] - mid[-1])]])
 
 
-def to_grid(wave: np.ndarray, *arrays: np.ndarray | None, ivar: np.ndarray,
-            grid: LogGrid = WINDOW) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def to_grid(
+    wave: np.ndarray, *arrays: np.ndarray | None, ivar: np.ndarray, grid: LogGrid = WINDOW
+) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Put a spectrum's arrays on ``grid``; returns (ivar, [array, ...]) on the grid, float32.
 
     Pixels of ``grid`` outside the spectrum's coverage get ``ivar = 0`` and value 0.

@@ -27,7 +27,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat import ingest_log
+from lenscat.catalogue import ingest_log
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
 from lenscat.settings import get_settings
@@ -68,12 +68,18 @@ class SpectraIngestSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {"files": self.files, "files_skipped_unchanged": self.files_skipped,
-                "files_failed": self.files_failed, "spectra_inserted": self.spectra_inserted,
-                "spectra_updated": self.spectra_updated, "spectra_rejected": self.spectra_rejected,
-                "linked_to_sources": self.linked, "pack": self.pack,
-                "failures": [{"file": f, "reason": r} for f, r in self.failures],
-                "rejected": [{"file": f, "reason": r} for f, r in self.rejections]}
+        return {
+            "files": self.files,
+            "files_skipped_unchanged": self.files_skipped,
+            "files_failed": self.files_failed,
+            "spectra_inserted": self.spectra_inserted,
+            "spectra_updated": self.spectra_updated,
+            "spectra_rejected": self.spectra_rejected,
+            "linked_to_sources": self.linked,
+            "pack": self.pack,
+            "failures": [{"file": f, "reason": r} for f, r in self.failures],
+            "rejected": [{"file": f, "reason": r} for f, r in self.rejections],
+        }
 
 
 def _jsonable(v: Any) -> Any:
@@ -96,6 +102,7 @@ def _finite(x: Any) -> float | None:
 
 def spectrum_row(s: Spectrum) -> dict[str, Any]:
     """The ``lenscat.spectra`` values of a spectrum (positions normalised, NaN -> NULL)."""
+
     def num(x: float | None) -> float | None:
         return None if x is None or not np.isfinite(x) else float(x)
 
@@ -107,11 +114,24 @@ def spectrum_row(s: Spectrum) -> dict[str, Any]:
     if ra is None or dec is None:
         ra = dec = None
     meta = {k: _jsonable(v) for k, v in s.meta.items()}
-    return {"survey": s.survey, "spec_key": s.key, "plate": s.plate, "mjd": s.mjd, "fiber": s.fiber,
-            "targetid": s.targetid, "ra": ra, "dec": dec, "z": num(s.z), "z_err": num(s.z_err),
-            "spec_class": s.spec_class, "subclass": s.subclass, "file_path": str(Path(s.path).resolve()),
-            "file_row": int(s.index), "ivar_estimated": bool(s.ivar_estimated),
-            "meta": meta}
+    return {
+        "survey": s.survey,
+        "spec_key": s.key,
+        "plate": s.plate,
+        "mjd": s.mjd,
+        "fiber": s.fiber,
+        "targetid": s.targetid,
+        "ra": ra,
+        "dec": dec,
+        "z": num(s.z),
+        "z_err": num(s.z_err),
+        "spec_class": s.spec_class,
+        "subclass": s.subclass,
+        "file_path": str(Path(s.path).resolve()),
+        "file_row": int(s.index),
+        "ivar_estimated": bool(s.ivar_estimated),
+        "meta": meta,
+    }
 
 
 def read_and_pack(path: Path, sha: str) -> FileResult:
@@ -124,12 +144,18 @@ def read_and_pack(path: Path, sha: str) -> FileResult:
             raise LenscatError(f"{path}: no spectra in the file")
         rows, full = pack_spectra(spectra)
         usable = usable_rows(rows)
-        rejected = [ingest_log.Reject(row=s.index + 1, column="flux", value=s.key, reason=unusable_reason(s))
-                    for s, ok in zip(spectra, usable, strict=True) if not ok]
+        rejected = [
+            ingest_log.Reject(row=s.index + 1, column="flux", value=s.key, reason=unusable_reason(s))
+            for s, ok in zip(spectra, usable, strict=True)
+            if not ok
+        ]
         if len(rejected) == len(spectra):
-            which = (f"spectrum {rejected[0].value}: {rejected[0].reason}" if len(spectra) == 1 else
-                     f"none of its {len(spectra)} spectra has a pixel with finite flux and ivar > 0 in the "
-                     f"search window")
+            which = (
+                f"spectrum {rejected[0].value}: {rejected[0].reason}"
+                if len(spectra) == 1
+                else f"none of its {len(spectra)} spectra has a pixel with finite flux and ivar > 0 in the "
+                f"search window"
+            )
             raise LenscatError(f"{path}: {which}; not ingested")
         if rejected:
             keep = np.flatnonzero(usable)
@@ -140,8 +166,9 @@ def read_and_pack(path: Path, sha: str) -> FileResult:
         return FileResult(path=path, sha256=sha, error=str(exc))
     except Exception as exc:  # a reader bug on a strange file must not stop the batch
         return FileResult(path=path, sha256=sha, error=f"{path}: unreadable ({type(exc).__name__}: {exc})")
-    return FileResult(path=path, sha256=sha, spectra=[spectrum_row(s) for s in spectra], rows=rows, full=full,
-                      rejected=rejected)
+    return FileResult(
+        path=path, sha256=sha, spectra=[spectrum_row(s) for s in spectra], rows=rows, full=full, rejected=rejected
+    )
 
 
 _ROW_FIELDS = ("flux", "ivar", "continuum", "sky", "z", "continuum_source", "continuum_fit", "has_model")
@@ -185,15 +212,18 @@ def ensure_pack(name: str, *, session: Session) -> tuple[int, PackStore]:
 
 def pack_store(pack_id: int, *, session: Session) -> PackStore:
     """The store object of a ``spectrum_packs`` row."""
-    path = session.execute(text("SELECT path FROM lenscat.spectrum_packs WHERE pack_id = :p"),
-                           {"p": pack_id}).scalar_one()
+    path = session.execute(
+        text("SELECT path FROM lenscat.spectrum_packs WHERE pack_id = :p"), {"p": pack_id}
+    ).scalar_one()
     return PackStore(path)
 
 
-_COLUMNS = ("survey text, spec_key text, plate integer, mjd integer, fiber integer, targetid bigint, "
-            "ra double precision, dec double precision, z real, z_err real, spec_class text, subclass text, "
-            "file_path text, file_row integer, pack_id integer, pack_row bigint, ivar_estimated boolean, "
-            "cov real, snr real, meta jsonb, ingest_id integer")
+_COLUMNS = (
+    "survey text, spec_key text, plate integer, mjd integer, fiber integer, targetid bigint, "
+    "ra double precision, dec double precision, z real, z_err real, spec_class text, subclass text, "
+    "file_path text, file_row integer, pack_id integer, pack_row bigint, ivar_estimated boolean, "
+    "cov real, snr real, meta jsonb, ingest_id integer"
+)
 
 _UPSERT = text(
     f"""
@@ -216,8 +246,13 @@ _UPSERT = text(
 )
 
 
-def link_spectra(*, session: Session, radius: u.Quantity = DEFAULT_LINK_RADIUS,
-                 spectrum_ids: list[int] | None = None, relink: bool = False) -> int:
+def link_spectra(
+    *,
+    session: Session,
+    radius: u.Quantity = DEFAULT_LINK_RADIUS,
+    spectrum_ids: list[int] | None = None,
+    relink: bool = False,
+) -> int:
     """Link spectra to their nearest catalogue source within ``radius`` (through the sky index).
 
     Only spectra without a link are looked at unless ``relink``; returns the number linked.
@@ -238,15 +273,16 @@ def link_spectra(*, session: Session, radius: u.Quantity = DEFAULT_LINK_RADIUS,
             FROM (SELECT sp.spectrum_id, c.source_id, c.separation_arcsec AS sep
                   FROM lenscat.spectra sp
                   CROSS JOIN LATERAL (SELECT * FROM public.cone_search(sp.ra, sp.dec, :r) LIMIT 1) c
-                  WHERE {' AND '.join(where)}) m
+                  WHERE {" AND ".join(where)}) m
             WHERE t.spectrum_id = m.spectrum_id"""),
         params,
     )
     return int(getattr(res, "rowcount", 0) or 0)
 
 
-def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Quantity,
-                 summary: SpectraIngestSummary) -> None:
+def _write_batch(
+    results: list[FileResult], *, pack_name: str, link_radius: u.Quantity, summary: SpectraIngestSummary
+) -> None:
     good = [r for r in results if r.error is None and r.rows is not None and r.full is not None]
     with session_scope() as session:
         pack_id, store = ensure_pack(pack_name, session=session)
@@ -256,18 +292,26 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
             cov, snr = window_quality(rows)
             with store.writer() as fh:
                 start = store.append(fh, rows, full)
-            session.execute(text("UPDATE lenscat.spectrum_packs SET n_rows = :n WHERE pack_id = :p"),
-                            {"n": start + len(rows), "p": pack_id})
+            session.execute(
+                text("UPDATE lenscat.spectrum_packs SET n_rows = :n WHERE pack_id = :p"),
+                {"n": start + len(rows), "p": pack_id},
+            )
         offset = 0
         pending: dict[tuple[str, str], dict[str, Any]] = {}  # one row per key: the last file wins
         repeated: dict[int, int] = {}  # ingest_id -> spectra superseded by a later file of the batch
         done: list[int] = []
         done_results: list[tuple[int, FileResult]] = []
         for r in results:
-            rec = ingest_log.open_ingest(session=session, kind="spectra", target=pack_name, path=r.path,
-                                         sha256=r.sha256, options={"pack": pack_name},
-                                         n_rows=len(r.spectra) + len(r.rejected),
-                                         n_batches=1)
+            rec = ingest_log.open_ingest(
+                session=session,
+                kind="spectra",
+                target=pack_name,
+                path=r.path,
+                sha256=r.sha256,
+                options={"pack": pack_name},
+                n_rows=len(r.spectra) + len(r.rejected),
+                n_batches=1,
+            )
             if r.error is not None:
                 ingest_log.fail_ingest(session=session, ingest_id=rec.ingest_id, message=r.error)
                 summary.files_failed += 1
@@ -277,15 +321,22 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
             summary.spectra_rejected += len(r.rejected)
             summary.rejections.extend(
                 (str(r.path), f"{r.path}: spectrum {x.value} (row {x.row}): {x.reason}; not ingested")
-                for x in r.rejected)
+                for x in r.rejected
+            )
             for i, row in enumerate(r.spectra):
                 k = offset + i
                 key = (row["survey"], row["spec_key"])
                 if key in pending:
                     earlier = int(pending[key]["ingest_id"])
                     repeated[earlier] = repeated.get(earlier, 0) + 1
-                pending[key] = {**row, "pack_id": pack_id, "pack_row": start + k, "cov": _finite(cov[k]),
-                                "snr": _finite(snr[k]), "ingest_id": rec.ingest_id}
+                pending[key] = {
+                    **row,
+                    "pack_id": pack_id,
+                    "pack_row": start + k,
+                    "cov": _finite(cov[k]),
+                    "snr": _finite(snr[k]),
+                    "ingest_id": rec.ingest_id,
+                }
             offset += len(r.spectra)
             done.append(rec.ingest_id)
             done_results.append((rec.ingest_id, r))
@@ -299,8 +350,17 @@ def _write_batch(results: list[FileResult], *, pack_name: str, link_radius: u.Qu
                 counts[int(iid)][0 if inserted else 1] += 1
         for iid in done:
             ins, upd = counts[iid]
-            ingest_log.record_batch(session=session, ingest_id=iid, batch_no=0, row_start=1, row_stop=ins + upd,
-                                    n_inserted=ins, n_updated=upd, n_unchanged=0, n_rejected=n_rejected[iid])
+            ingest_log.record_batch(
+                session=session,
+                ingest_id=iid,
+                batch_no=0,
+                row_start=1,
+                row_stop=ins + upd,
+                n_inserted=ins,
+                n_updated=upd,
+                n_unchanged=0,
+                n_rejected=n_rejected[iid],
+            )
             ingest_log.close_ingest(session=session, ingest_id=iid)
             summary.spectra_inserted += ins
             summary.spectra_updated += upd
@@ -348,22 +408,38 @@ def ingest_spectra(
     summary = SpectraIngestSummary(files=len(files), pack=pack)
     with session_scope() as session:
         ensure_pack(pack, session=session)
-        done = {r[0] for r in session.execute(
-            text("SELECT sha256 FROM lenscat.ingests WHERE kind = 'spectra' AND target = :t AND status = 'done'"),
-            {"t": pack})}
+        done = {
+            r[0]
+            for r in session.execute(
+                text("SELECT sha256 FROM lenscat.ingests WHERE kind = 'spectra' AND target = :t AND status = 'done'"),
+                {"t": pack},
+            )
+        }
     shas = {f: ingest_log.file_sha256(f) for f in files}
     todo = [f for f in files if shas[f] not in done]
     summary.files_skipped = len(files) - len(todo)
     n_workers = min(workers or min(os.cpu_count() or 1, 8), max(len(todo), 1))
-    bar = tqdm(total=len(files), unit="file", desc="ingest spectra", initial=summary.files_skipped,
-               disable=progress is False if progress is not None else None, leave=False)
+    bar = tqdm(
+        total=len(files),
+        unit="file",
+        desc="ingest spectra",
+        initial=summary.files_skipped,
+        disable=progress is False if progress is not None else None,
+        leave=False,
+    )
     try:
-        batches = [todo[i:i + batch_files] for i in range(0, len(todo), batch_files)]
+        batches = [todo[i : i + batch_files] for i in range(0, len(todo), batch_files)]
         if n_workers > 1 and len(todo) > 4:
             with ProcessPoolExecutor(n_workers) as pool:
                 for batch in batches:
-                    results = list(pool.map(read_and_pack, batch, [shas[f] for f in batch],
-                                            chunksize=max(1, len(batch) // (4 * n_workers))))
+                    results = list(
+                        pool.map(
+                            read_and_pack,
+                            batch,
+                            [shas[f] for f in batch],
+                            chunksize=max(1, len(batch) // (4 * n_workers)),
+                        )
+                    )
                     _write_batch(results, pack_name=pack, link_radius=link_radius, summary=summary)
                     bar.update(len(batch))
         else:

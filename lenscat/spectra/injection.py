@@ -18,9 +18,17 @@ from astropy.io import fits
 from lenscat.errors import InputFileError
 
 
-def inject_line_file(src: str | Path, dest: str | Path, *, wavelength: float, line_flux: float,
-                     fwhm_kms: float = 300.0, skew: float = 2.0, fiber: int | None = None,
-                     overwrite: bool = False) -> Path:
+def inject_line_file(
+    src: str | Path,
+    dest: str | Path,
+    *,
+    wavelength: float,
+    line_flux: float,
+    fwhm_kms: float = 300.0,
+    skew: float = 2.0,
+    fiber: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a copy of an SDSS/BOSS ``spec-PLATE-MJD-FIBER.fits`` file with a Lyman-alpha-like line added.
 
     Parameters
@@ -48,9 +56,19 @@ def inject_line_file(src: str | Path, dest: str | Path, *, wavelength: float, li
     return _inject_file(src, dest, add, fiber=fiber, overwrite=overwrite)
 
 
-def inject_oii_file(src: str | Path, dest: str | Path, *, z_source: float, line_flux: float,
-                    fwhm_kms: float = 190.0, ratio: float = 1.0, hbeta_ratio: float = 0.4, oiii_ratio: float = 0.5,
-                    fiber: int | None = None, overwrite: bool = False) -> Path:
+def inject_oii_file(
+    src: str | Path,
+    dest: str | Path,
+    *,
+    z_source: float,
+    line_flux: float,
+    fwhm_kms: float = 190.0,
+    ratio: float = 1.0,
+    hbeta_ratio: float = 0.4,
+    oiii_ratio: float = 0.5,
+    fiber: int | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a copy of an SDSS/BOSS ``spec-PLATE-MJD-FIBER.fits`` file with a background [OII] source added.
 
     The [OII] 3726,3729 doublet (two Gaussians, vacuum 3727.092 / 3729.875 A at ``1 + z_source``)
@@ -83,15 +101,23 @@ def inject_oii_file(src: str | Path, dest: str | Path, *, z_source: float, line_
     def add(wave: np.ndarray) -> np.ndarray:
         lo, hi = OII_3727 * (1 + z_source), OII_3729 * (1 + z_source)
         if not (wave[0] <= lo and hi <= wave[-1]):
-            raise InputFileError(f"{src}: [OII] at z = {z_source:g} ({lo:.0f} A) is outside the spectrum "
-                                 f"({wave[0]:.0f}-{wave[-1]:.0f} A)")
+            raise InputFileError(
+                f"{src}: [OII] at z = {z_source:g} ({lo:.0f} A) is outside the spectrum "
+                f"({wave[0]:.0f}-{wave[-1]:.0f} A)"
+            )
         return oii_source_profile(wave, z_source, line_flux, sigma, ratio, hbeta_ratio, oiii_ratio)
 
     return _inject_file(src, dest, add, fiber=fiber, overwrite=overwrite)
 
 
-def _inject_file(src: str | Path, dest: str | Path, profile: Callable[[np.ndarray], np.ndarray], *,
-                 fiber: int | None, overwrite: bool) -> Path:
+def _inject_file(
+    src: str | Path,
+    dest: str | Path,
+    profile: Callable[[np.ndarray], np.ndarray],
+    *,
+    fiber: int | None,
+    overwrite: bool,
+) -> Path:
     """Copy ``src`` to ``dest`` with ``profile(wave)`` added to the coadd flux and a new fiber number."""
     from lenscat.spectra.readers import detect_format
 

@@ -125,7 +125,7 @@ def _skewness(alpha: float) -> float:
     """Third standardised moment of a skew-normal of shape ``alpha`` (analytic)."""
     d = alpha / np.sqrt(1.0 + alpha * alpha)
     m = d * np.sqrt(2.0 / np.pi)
-    return float((4.0 - np.pi) / 2.0 * m ** 3 / (1.0 - m * m) ** 1.5)
+    return float((4.0 - np.pi) / 2.0 * m**3 / (1.0 - m * m) ** 1.5)
 
 
 @dataclass
@@ -181,9 +181,17 @@ class LineFit:
     ok: bool = False
 
 
-def fit_line(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray,
-             centre_guess: float, *, window_kms: float = 3000.0, sigma_guess_kms: float = 150.0,
-             mask: np.ndarray | None = None) -> LineFit:
+def fit_line(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    centre_guess: float,
+    *,
+    window_kms: float = 3000.0,
+    sigma_guess_kms: float = 150.0,
+    mask: np.ndarray | None = None,
+) -> LineFit:
     """Fit a skew-normal emission line plus a linear residual continuum around a hit.
 
     The residual ``flux - continuum`` within +-``window_kms`` of ``centre_guess`` is fitted, with
@@ -250,8 +258,9 @@ def fit_line(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np
     for a0 in (0.0, 2.0, -2.0):
         q0 = np.clip(np.array([f0, lam0, om0, a0, 0.0, 0.0]), lo, hi)
         try:
-            res = optimize.least_squares(resid, q0, jac=jac_fn, bounds=(lo, hi), method="trf", x_scale="jac",
-                                         max_nfev=2000)
+            res = optimize.least_squares(
+                resid, q0, jac=jac_fn, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=2000
+            )
         except (ValueError, np.linalg.LinAlgError):  # pragma: no cover - defensive
             continue
         if best is None or res.cost < best.cost:
@@ -297,8 +306,16 @@ def fit_line(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np
         snr=snr,
         n_pix=n,
     )
-    vals = [out.wavelength, out.wavelength_err, out.line_flux, out.line_flux_err, out.fwhm_kms,
-            out.alpha, out.redchi2, out.snr]
+    vals = [
+        out.wavelength,
+        out.wavelength_err,
+        out.line_flux,
+        out.line_flux_err,
+        out.fwhm_kms,
+        out.alpha,
+        out.redchi2,
+        out.snr,
+    ]
     out.ok = bool(best.status > 0 and np.all(np.isfinite(vals)) and flux_err > 0)
     return out
 
@@ -306,8 +323,13 @@ def fit_line(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np
 #: the [OII] 3726, 3729 doublet, rest vacuum wavelengths [Angstrom] (:mod:`lenscat.spectra.oii`'s)
 OII_DOUBLET: tuple[float, float] = (OII_3727, OII_3729)
 #: lines an [OII] emitter also shows redward, rest vacuum wavelengths [Angstrom]
-OII_COMPANIONS: dict[str, float] = {"hbeta": HBETA, "oiii_4960": OIII_4959, "oiii_5008": OIII_5007,
-                                    "halpha": HALPHA, "nii_6585": NII_6585}
+OII_COMPANIONS: dict[str, float] = {
+    "hbeta": HBETA,
+    "oiii_4960": OIII_4959,
+    "oiii_5008": OIII_5007,
+    "halpha": HALPHA,
+    "nii_6585": NII_6585,
+}
 #: bound on |alpha| in the skew-normal fits (as :func:`fit_line`)
 _ALPHA_MAX = 20.0
 #: fixed shapes that trace the chi^2 profile in alpha (besides the constrained optima)
@@ -538,8 +560,15 @@ class _Win:
     dpx: float
 
 
-def _window(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, centre: float,
-            window_kms: float, mask: np.ndarray | None) -> _Win | None:
+def _window(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    centre: float,
+    window_kms: float,
+    mask: np.ndarray | None,
+) -> _Win | None:
     wave = np.asarray(wave, dtype=np.float64)
     r_all = np.asarray(flux, dtype=np.float64) - np.asarray(continuum, dtype=np.float64)
     iv = np.asarray(ivar, dtype=np.float64)
@@ -559,8 +588,7 @@ def _window(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.
 
 def _skew_bounds(w: _Win) -> tuple[np.ndarray, np.ndarray]:
     lo = np.array([0.0, w.lam0 - 0.5 * w.hw, 0.3 * w.dpx, -_ALPHA_MAX, -np.inf, -np.inf])
-    hi = np.array([np.inf, w.lam0 + 0.5 * w.hw, max(w.lam0 * 1500.0 / C_KMS, 0.6 * w.dpx), _ALPHA_MAX,
-                   np.inf, np.inf])
+    hi = np.array([np.inf, w.lam0 + 0.5 * w.hw, max(w.lam0 * 1500.0 / C_KMS, 0.6 * w.dpx), _ALPHA_MAX, np.inf, np.inf])
     return lo, hi
 
 
@@ -607,8 +635,7 @@ def _fit_skew(w: _Win, starts: list[np.ndarray], alpha_lo: float, alpha_hi: floa
 
         def resid(p: np.ndarray) -> np.ndarray:
             qq = expand(p)
-            return np.asarray((skew_normal_profile(w.x, qq[0], qq[1], qq[2], qq[3]) + qq[4] + qq[5] * w.u - w.r)
-                              * w.sw)
+            return np.asarray((skew_normal_profile(w.x, qq[0], qq[1], qq[2], qq[3]) + qq[4] + qq[5] * w.u - w.r) * w.sw)
 
         def jac(p: np.ndarray) -> np.ndarray:
             return _skew_jac(w, expand(p))[:, free]
@@ -658,8 +685,16 @@ def _profile_range(alphas: np.ndarray, dchi2: np.ndarray, a_best: float) -> tupl
     return lo, hi
 
 
-def skew_test(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, fit: LineFit, *,
-              mask: np.ndarray | None = None, config: VetoConfig | None = None) -> SkewTest:
+def skew_test(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    fit: LineFit,
+    *,
+    mask: np.ndarray | None = None,
+    config: VetoConfig | None = None,
+) -> SkewTest:
     """Skewness of a fitted line with its uncertainty, by profile likelihood, and the skew veto.
 
     Around the fitted line (+-``config.window_kms``) the skew-normal + linear residual model of
@@ -746,13 +781,35 @@ def skew_test(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: n
     reason: str | None = None
     if a_best < 0 and dchi2_red >= cfg.blue_dchi2:
         reason = "blue-skewed"
-    elif (cfg.symmetric_veto and np.isfinite(fit.snr) and fit.snr >= cfg.sym_min_snr
-          and np.isfinite(fwhm_px) and fwhm_px >= cfg.sym_min_fwhm_px and dchi2_sym >= cfg.sym_dchi2):
+    elif (
+        cfg.symmetric_veto
+        and np.isfinite(fit.snr)
+        and fit.snr >= cfg.sym_min_snr
+        and np.isfinite(fwhm_px)
+        and fwhm_px >= cfg.sym_min_fwhm_px
+        and dchi2_sym >= cfg.sym_dchi2
+    ):
         reason = "symmetric-narrow"
-    return SkewTest(alpha=a_best, alpha_lo=lo, alpha_hi=hi, alpha_err=0.5 * (hi - lo), chi2_best=chi2_best,
-                    chi2_red=chi2_red, chi2_blue=chi2_blue, chi2_sym=chi2_sym, chi2_lya=chi2_lya, scale=scale,
-                    dchi2_red=float(dchi2_red), dchi2_sym=float(dchi2_sym), snr=float(fit.snr), fwhm_px=fwhm_px,
-                    n_pix=int(w.x.size), veto=reason is not None, reason=reason, ok=True)
+    return SkewTest(
+        alpha=a_best,
+        alpha_lo=lo,
+        alpha_hi=hi,
+        alpha_err=0.5 * (hi - lo),
+        chi2_best=chi2_best,
+        chi2_red=chi2_red,
+        chi2_blue=chi2_blue,
+        chi2_sym=chi2_sym,
+        chi2_lya=chi2_lya,
+        scale=scale,
+        dchi2_red=float(dchi2_red),
+        dchi2_sym=float(dchi2_sym),
+        snr=float(fit.snr),
+        fwhm_px=fwhm_px,
+        n_pix=int(w.x.size),
+        veto=reason is not None,
+        reason=reason,
+        ok=True,
+    )
 
 
 def _doublet_model(x: np.ndarray, p: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -784,13 +841,15 @@ def _fit_doublet(w: _Win, fit: LineFit, cfg: VetoConfig) -> tuple[float, np.ndar
         norm = 1.0 / (sig * _SQRT2PI)
         out = np.empty((w.x.size, 6))
         out[:, :4] = 0.0
-        for rest, share, dshare in ((OII_DOUBLET[0], 1.0 / (1.0 + ratio), -1.0 / (1.0 + ratio) ** 2),
-                                    (OII_DOUBLET[1], ratio / (1.0 + ratio), 1.0 / (1.0 + ratio) ** 2)):
+        for rest, share, dshare in (
+            (OII_DOUBLET[0], 1.0 / (1.0 + ratio), -1.0 / (1.0 + ratio) ** 2),
+            (OII_DOUBLET[1], ratio / (1.0 + ratio), 1.0 / (1.0 + ratio) ** 2),
+        ):
             d = w.x - rest * (1.0 + z)
             gauss = norm * np.exp(-0.5 * (d / sig) ** 2)
             out[:, 0] += share * gauss
-            out[:, 1] += f * share * gauss * d / sig ** 2 * rest
-            out[:, 2] += f * share * gauss * (d * d / sig ** 3 - 1.0 / sig)
+            out[:, 1] += f * share * gauss * d / sig**2 * rest
+            out[:, 2] += f * share * gauss * (d * d / sig**3 - 1.0 / sig)
             out[:, 3] += f * dshare * gauss
         out[:, 4] = 1.0
         out[:, 5] = w.u
@@ -810,8 +869,9 @@ def _fit_doublet(w: _Win, fit: LineFit, cfg: VetoConfig) -> tuple[float, np.ndar
     return best
 
 
-def _good_red(wave: np.ndarray, r: np.ndarray, iv: np.ndarray, z_oii: float, z_lens: float | None,
-              cfg: VetoConfig) -> np.ndarray:
+def _good_red(
+    wave: np.ndarray, r: np.ndarray, iv: np.ndarray, z_oii: float, z_lens: float | None, cfg: VetoConfig
+) -> np.ndarray:
     """Good red pixels: finite, ivar > 0, off bright sky lines and (unless the line is the lens's own
     [OII]) off the lens galaxy's own emission lines."""
     good = np.isfinite(r) & np.isfinite(iv) & (iv > 0)
@@ -824,8 +884,9 @@ def _good_red(wave: np.ndarray, r: np.ndarray, iv: np.ndarray, z_oii: float, z_l
     return good
 
 
-def _companions(wave: np.ndarray, r: np.ndarray, iv: np.ndarray, good: np.ndarray, z_oii: float,
-                sigma_kms: float, cfg: VetoConfig) -> tuple[dict[str, float], dict[str, float], float, int]:
+def _companions(
+    wave: np.ndarray, r: np.ndarray, iv: np.ndarray, good: np.ndarray, z_oii: float, sigma_kms: float, cfg: VetoConfig
+) -> tuple[dict[str, float], dict[str, float], float, int]:
     """Per-line S/N, noise scales, joint significance and number of covered companion lines."""
     snr: dict[str, float] = {k: np.nan for k in OII_COMPANIONS}
     scales: dict[str, float] = {k: np.nan for k in OII_COMPANIONS}
@@ -857,8 +918,11 @@ def _companions(wave: np.ndarray, r: np.ndarray, iv: np.ndarray, good: np.ndarra
         loc = (np.abs(wave - c) <= c * cfg.local_kms / C_KMS) & good & ~cores
         if loc.sum() >= 10:
             offsets[j] = float(np.median(r[loc]))
-            rs = float(robust_sigma_rows(((r[loc] - offsets[j]) * np.sqrt(iv[loc]))[None, :],
-                                         np.ones((1, int(loc.sum())), dtype=bool))[0])
+            rs = float(
+                robust_sigma_rows(
+                    ((r[loc] - offsets[j]) * np.sqrt(iv[loc]))[None, :], np.ones((1, int(loc.sum())), dtype=bool)
+                )[0]
+            )
             if np.isfinite(rs):
                 scl[j] = max(1.0, rs)
         scales[k] = float(scl[j])
@@ -886,10 +950,23 @@ def _companions(wave: np.ndarray, r: np.ndarray, iv: np.ndarray, good: np.ndarra
     return snr, scales, joint, len(covered)
 
 
-def oii_interloper_test(lam_obs: float, fit: LineFit, wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
-                        continuum: np.ndarray, red_wave: np.ndarray, red_flux: np.ndarray, red_ivar: np.ndarray,
-                        red_continuum: np.ndarray, *, z_lens: float | None = None, mask: np.ndarray | None = None,
-                        single_chi2: float | None = None, config: VetoConfig | None = None) -> OIITest:
+def oii_interloper_test(
+    lam_obs: float,
+    fit: LineFit,
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    red_wave: np.ndarray,
+    red_flux: np.ndarray,
+    red_ivar: np.ndarray,
+    red_continuum: np.ndarray,
+    *,
+    z_lens: float | None = None,
+    mask: np.ndarray | None = None,
+    single_chi2: float | None = None,
+    config: VetoConfig | None = None,
+) -> OIITest:
     """Is the line at ``lam_obs`` [OII] 3726,3729 of an interloper at ``z = lam_obs / 3728.48 - 1``?
 
     The veto fires only when the [OII] interpretation is consistent with the data:
@@ -971,16 +1048,32 @@ def oii_interloper_test(lam_obs: float, fit: LineFit, wave: np.ndarray, flux: np
     snr, scales, joint, n_cov = _companions(rw, rr, riv, good, out.z_oii, sigma_kms, cfg)
     out.companion_snr, out.companion_scale, out.companion_joint, out.n_covered = snr, scales, joint, n_cov
     best_single = max((v for v in snr.values() if np.isfinite(v)), default=np.nan)
-    out.companions = bool(n_cov > 0 and np.isfinite(joint) and joint >= cfg.companion_snr
-                          and np.isfinite(best_single) and best_single >= cfg.companion_single_snr)
+    out.companions = bool(
+        n_cov > 0
+        and np.isfinite(joint)
+        and joint >= cfg.companion_snr
+        and np.isfinite(best_single)
+        and best_single >= cfg.companion_single_snr
+    )
     out.veto = bool(out.doublet or out.companions)
     return out
 
 
-def lya_vetoes(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, fit: LineFit,
-               red_wave: np.ndarray, red_flux: np.ndarray, red_ivar: np.ndarray, red_continuum: np.ndarray, *,
-               z_lens: float | None = None, mask: np.ndarray | None = None,
-               config: VetoConfig | None = None) -> VetoResult:
+def lya_vetoes(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    fit: LineFit,
+    red_wave: np.ndarray,
+    red_flux: np.ndarray,
+    red_ivar: np.ndarray,
+    red_continuum: np.ndarray,
+    *,
+    z_lens: float | None = None,
+    mask: np.ndarray | None = None,
+    config: VetoConfig | None = None,
+) -> VetoResult:
     """Both per-line vetoes of a Lyman-alpha candidate: skew (:func:`skew_test`) and [OII] interloper
     (:func:`oii_interloper_test`).
 
@@ -1011,11 +1104,29 @@ def lya_vetoes(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: 
     else:
         sk = skew_test(wave, flux, ivar, continuum, fit, mask=mask, config=cfg)
         z = None if z_lens is None or not np.isfinite(z_lens) else float(z_lens)
-        oi = oii_interloper_test(float(fit.wavelength), fit, wave, flux, ivar, continuum, red_wave, red_flux,
-                                 red_ivar, red_continuum, z_lens=z, mask=mask,
-                                 single_chi2=sk.chi2_best if sk.ok else None, config=cfg)
-    return VetoResult(veto_skew=bool(sk.veto), veto_oii=bool(oi.veto),
-                      detail={"skew": sk.detail(), "oii": oi.detail()}, skew=sk, oii=oi)
+        oi = oii_interloper_test(
+            float(fit.wavelength),
+            fit,
+            wave,
+            flux,
+            ivar,
+            continuum,
+            red_wave,
+            red_flux,
+            red_ivar,
+            red_continuum,
+            z_lens=z,
+            mask=mask,
+            single_chi2=sk.chi2_best if sk.ok else None,
+            config=cfg,
+        )
+    return VetoResult(
+        veto_skew=bool(sk.veto),
+        veto_oii=bool(oi.veto),
+        detail={"skew": sk.detail(), "oii": oi.detail()},
+        skew=sk,
+        oii=oi,
+    )
 
 
 @dataclass
@@ -1044,9 +1155,15 @@ class FlaggedBins:
         return int(self.count.size)
 
 
-def wavelength_overdensity(wavelengths: np.ndarray, n_spectra: int, *, grid: LogGrid = WINDOW,
-                           bin_px: int = 2, p_threshold: float = 1e-3,
-                           max_iter: int = 20) -> tuple[np.ndarray, FlaggedBins]:
+def wavelength_overdensity(
+    wavelengths: np.ndarray,
+    n_spectra: int,
+    *,
+    grid: LogGrid = WINDOW,
+    bin_px: int = 2,
+    p_threshold: float = 1e-3,
+    max_iter: int = 20,
+) -> tuple[np.ndarray, FlaggedBins]:
     """Flag hits in wavelength bins holding far more hits than a uniform rate gives.
 
     Hits (all spectra of a survey) are binned in ``bin_px``-pixel bins of ``grid``, at every

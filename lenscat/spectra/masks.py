@@ -34,13 +34,16 @@ LI2018_GALAXY_LINES: dict[str, float] = {
 }
 
 #: bright sky lines inside or near 3800-5000 A (Hg I street-lamp lines, [O I] 5577), vacuum [Angstrom]
-WINDOW_SKY_LINES: tuple[float, ...] = tuple(float(w) for w in air_to_vacuum(np.array([4046.56, 4358.33, 5460.74, 5577.339])))
+WINDOW_SKY_LINES: tuple[float, ...] = tuple(
+    float(w) for w in air_to_vacuum(np.array([4046.56, 4358.33, 5460.74, 5577.339]))
+)
 
 
 #: bright sky lines the idlspec2d list leaves out (it keeps lines fit for wavelength calibration):
 #: Hg I street-lamp lines, Na D, [O I] 6300/6364 -- vacuum [Angstrom]
-EXTRA_SKY_LINES: tuple[float, ...] = tuple(float(w) for w in air_to_vacuum(np.array(
-    [4046.56, 4358.33, 5460.74, 5889.95, 5895.924, 6300.304, 6363.776])))
+EXTRA_SKY_LINES: tuple[float, ...] = tuple(
+    float(w) for w in air_to_vacuum(np.array([4046.56, 4358.33, 5460.74, 5889.95, 5895.924, 6300.304, 6363.776]))
+)
 
 
 def galaxy_lines(extended: bool = False, *, full_range: bool = False) -> dict[str, float]:
@@ -77,8 +80,14 @@ def line_mask(wave: np.ndarray, centres: np.ndarray | list[float], half_width_km
     return mask
 
 
-def galaxy_line_mask(wave: np.ndarray, z: float | None, *, half_width_kms: float = 600.0,
-                     extended: bool = False, full_range: bool = False) -> np.ndarray:
+def galaxy_line_mask(
+    wave: np.ndarray,
+    z: float | None,
+    *,
+    half_width_kms: float = 600.0,
+    extended: bool = False,
+    full_range: bool = False,
+) -> np.ndarray:
     """Mask of the foreground galaxy's lines redshifted to ``z`` (all False when z is unknown).
 
     ``extended`` / ``full_range`` choose the line list (see :func:`galaxy_lines`).
@@ -89,9 +98,9 @@ def galaxy_line_mask(wave: np.ndarray, z: float | None, *, half_width_kms: float
     return line_mask(wave, rest * (1.0 + z), half_width_kms)
 
 
-def galaxy_line_masks(wave: np.ndarray, z: np.ndarray, *,
-                           half_width_kms: float = 600.0,
-                           extended: bool = False, full_range: bool = False) -> np.ndarray:
+def galaxy_line_masks(
+    wave: np.ndarray, z: np.ndarray, *, half_width_kms: float = 600.0, extended: bool = False, full_range: bool = False
+) -> np.ndarray:
     """(N, P) masks of the foreground galaxy's lines at N redshifts on one increasing grid.
 
     A pixel is masked when ``|wave - c| <= c * half_width_kms / c_light`` for a line observed at
@@ -118,8 +127,9 @@ def galaxy_line_masks(wave: np.ndarray, z: np.ndarray, *,
     wave = np.asarray(wave, dtype=np.float64)
     z = np.atleast_1d(np.asarray(z, dtype=np.float64))
     mask = np.zeros((z.size, wave.size), dtype=bool)
-    mask.reshape(-1)[galaxy_line_pixels(wave, z, half_width_kms=half_width_kms, extended=extended,
-                                        full_range=full_range)] = True
+    mask.reshape(-1)[
+        galaxy_line_pixels(wave, z, half_width_kms=half_width_kms, extended=extended, full_range=full_range)
+    ] = True
     return mask
 
 
@@ -128,8 +138,9 @@ def _rest_lines(extended: bool, full_range: bool = False) -> np.ndarray:
     return np.unique(np.array(list(galaxy_lines(extended, full_range=full_range).values()), dtype=np.float64))
 
 
-def galaxy_line_pixels(wave: np.ndarray, z: np.ndarray, *, half_width_kms: float = 600.0,
-                       extended: bool = False, full_range: bool = False) -> np.ndarray:
+def galaxy_line_pixels(
+    wave: np.ndarray, z: np.ndarray, *, half_width_kms: float = 600.0, extended: bool = False, full_range: bool = False
+) -> np.ndarray:
     """Flat indices into an (N, P) array of the pixels :func:`galaxy_line_masks` masks.
 
     Index runs per (spectrum, line): a few hundred pixels per spectrum instead of all P, for callers
@@ -172,8 +183,9 @@ def line_mask_px(wave: np.ndarray, centres: np.ndarray | list[float], half_width
     return mask
 
 
-def sky_line_mask(wave: np.ndarray, *, half_width_kms: float = 150.0, full_range: bool = False,
-                  half_width_px: float | None = None) -> np.ndarray:
+def sky_line_mask(
+    wave: np.ndarray, *, half_width_kms: float = 150.0, full_range: bool = False, half_width_px: float | None = None
+) -> np.ndarray:
     """Mask of bright sky lines.
 
     Parameters
@@ -202,5 +214,9 @@ def sky_line_mask(wave: np.ndarray, *, half_width_kms: float = 150.0, full_range
 #: every bright sky line masked over the full range (3600-10400 A): the idlspec2d list
 #: (:func:`lenscat.spectra.reference.sky_lines`), :data:`WINDOW_SKY_LINES` and :data:`EXTRA_SKY_LINES`,
 #: vacuum [Angstrom], sorted
-FULL_SKY_LINES: tuple[float, ...] = tuple(float(w) for w in np.unique(np.round(np.concatenate(
-    [sky_lines(), np.array(WINDOW_SKY_LINES), np.array(EXTRA_SKY_LINES)]), 3)))
+FULL_SKY_LINES: tuple[float, ...] = tuple(
+    float(w)
+    for w in np.unique(
+        np.round(np.concatenate([sky_lines(), np.array(WINDOW_SKY_LINES), np.array(EXTRA_SKY_LINES)]), 3)
+    )
+)

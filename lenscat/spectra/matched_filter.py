@@ -254,8 +254,9 @@ def _torch_single_thread() -> Iterator[None]:
                 torch.set_num_threads(_THREADS_SAVED)
 
 
-def _check(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
-           wave: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _check(
+    flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, wave: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     wv = WINDOW.wave if wave is None else np.asarray(wave, dtype=np.float64)
     f = np.atleast_2d(flux)
     n, p = f.shape
@@ -263,8 +264,9 @@ def _check(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndar
     c = np.atleast_2d(continuum)
     z1 = np.atleast_1d(np.asarray(z, dtype=np.float64))
     if iv.shape != (n, p) or c.shape != (n, p) or z1.shape != (n,) or wv.shape != (p,):
-        raise ValueError(f"shape mismatch: flux {f.shape}, ivar {iv.shape}, "
-                         f"continuum {c.shape}, z {z1.shape}, wave {wv.shape}")
+        raise ValueError(
+            f"shape mismatch: flux {f.shape}, ivar {iv.shape}, continuum {c.shape}, z {z1.shape}, wave {wv.shape}"
+        )
     return f, iv, c, z1, wv
 
 
@@ -280,8 +282,16 @@ class _Prepared:
     scale: np.ndarray  # (B,) float32: ivar multiplier (1 / s^2), 0 where not searchable
 
 
-def _prepare(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
-             wave: np.ndarray, sky_cols: np.ndarray, cfg: MatchedFilterConfig, nfft: int) -> _Prepared:
+def _prepare(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    wave: np.ndarray,
+    sky_cols: np.ndarray,
+    cfg: MatchedFilterConfig,
+    nfft: int,
+) -> _Prepared:
     """Residuals, weights, good-pixel mask and the robust ivar rescaling of one block."""
     f = np.asarray(flux, dtype=np.float32)
     iv = np.asarray(ivar, dtype=np.float32)
@@ -354,9 +364,9 @@ def _coverage_counts(good: np.ndarray, half: int) -> np.ndarray:
     """(B, P) number of good pixels within +-``half`` of each pixel (outside the grid: not good)."""
     b, p = good.shape
     cs = np.zeros((b, p + 2 * half + 1), dtype=np.int32)
-    np.cumsum(good, axis=1, dtype=np.int32, out=cs[:, half + 1:half + 1 + p])
-    cs[:, half + 1 + p:] = cs[:, half + p:half + 1 + p]
-    return np.asarray(cs[:, 2 * half + 1:] - cs[:, :p])
+    np.cumsum(good, axis=1, dtype=np.int32, out=cs[:, half + 1 : half + 1 + p])
+    cs[:, half + 1 + p :] = cs[:, half + p : half + 1 + p]
+    return np.asarray(cs[:, 2 * half + 1 :] - cs[:, :p])
 
 
 def _kernel_max(snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -378,7 +388,7 @@ def _covered_max(snr: np.ndarray, arg: np.ndarray, top: np.ndarray, good: np.nda
     hmax = max(bank.half_cov)
     at = np.arange(b)
     gp = np.zeros((b, p + 2 * hmax), dtype=bool)
-    gp[:, hmax:hmax + p] = good
+    gp[:, hmax : hmax + p] = good
     covered = np.empty((k, b), dtype=bool)
     for j, (h, need) in enumerate(zip(bank.half_cov, bank.need, strict=True)):
         cols = arg[j][:, None] + (hmax + np.arange(-h, h + 1))[None, :]
@@ -405,8 +415,9 @@ def _peaks(s: np.ndarray, cfg: MatchedFilterConfig) -> tuple[np.ndarray, np.ndar
     return cand[rr].astype(np.int64), pp.astype(np.int64)
 
 
-def _refine(r: np.ndarray, w: np.ndarray, good: np.ndarray, rr: np.ndarray, pp: np.ndarray, bank: _Bank
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _refine(
+    r: np.ndarray, w: np.ndarray, good: np.ndarray, rr: np.ndarray, pp: np.ndarray, bank: _Bank
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact per-kernel S/N, amplitude and coverage at candidate pixels (direct sums, float64).
 
     ``w`` are the rescaled weights. Returns the best covered kernel's index (-1 if none), S/N
@@ -426,11 +437,11 @@ def _refine(r: np.ndarray, w: np.ndarray, good: np.ndarray, rr: np.ndarray, pp: 
     for j, k in enumerate(bank.kernels):
         h = len(k) // 2
         kf = np.zeros(2 * hmax + 1)
-        kf[hmax - h:hmax + h + 1] = k
+        kf[hmax - h : hmax + h + 1] = k
         num = rw_win @ kf
         den = w_win @ (kf * kf)
         hc = bank.half_cov[j]
-        cnt = g_win[:, hmax - hc:hmax + hc + 1].sum(axis=1)
+        cnt = g_win[:, hmax - hc : hmax + hc + 1].sum(axis=1)
         ok = (cnt >= bank.need[j]) & (den > 0)
         dsafe = np.where(ok, den, 1.0)
         sj = np.where(ok, num / np.sqrt(dsafe), -np.inf)
@@ -450,8 +461,15 @@ class _BlockResult:
     snr: np.ndarray | None = None  # (B, P) float32 coverage-cut map, -inf where no kernel counts
 
 
-def _block_hits(pr: _Prepared, snr: np.ndarray, top: np.ndarray, root: np.ndarray, wave: np.ndarray,
-                bank: _Bank, cfg: MatchedFilterConfig) -> Hits:
+def _block_hits(
+    pr: _Prepared,
+    snr: np.ndarray,
+    top: np.ndarray,
+    root: np.ndarray,
+    wave: np.ndarray,
+    bank: _Bank,
+    cfg: MatchedFilterConfig,
+) -> Hits:
     """Hits of one block from its unscaled per-kernel S/N ``snr`` (K, B, P) and their row maxima ``top``."""
     rowmax = top.max(axis=0) * root
     cand = np.flatnonzero(pr.ok & (rowmax >= cfg.threshold))
@@ -476,13 +494,31 @@ def _block_hits(pr: _Prepared, snr: np.ndarray, top: np.ndarray, root: np.ndarra
     sig_px = np.asarray(cfg.sigmas_px, dtype=np.float64)[k]
     lam = wave[pp]
     dlam = (np.gradient(wave) if wave.size > 1 else np.ones_like(wave))[pp]  # Angstrom per pixel
-    return Hits(row=cand[rr].astype(np.int64), pixel=pp, wavelength=lam, snr=sn, amplitude=amp,
-                line_flux=amp * sig_px * dlam * np.sqrt(2.0 * np.pi), sigma_kms=sig_px * C_KMS * dlam / lam)
+    return Hits(
+        row=cand[rr].astype(np.int64),
+        pixel=pp,
+        wavelength=lam,
+        snr=sn,
+        amplitude=amp,
+        line_flux=amp * sig_px * dlam * np.sqrt(2.0 * np.pi),
+        sigma_kms=sig_px * C_KMS * dlam / lam,
+    )
 
 
-def _search_block(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
-                  wave: np.ndarray, sky_cols: np.ndarray, bank: _Bank, cfg: MatchedFilterConfig, *,
-                  hits: bool, best: bool, full_map: bool) -> _BlockResult:
+def _search_block(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    wave: np.ndarray,
+    sky_cols: np.ndarray,
+    bank: _Bank,
+    cfg: MatchedFilterConfig,
+    *,
+    hits: bool,
+    best: bool,
+    full_map: bool,
+) -> _BlockResult:
     pr = _prepare(flux, ivar, continuum, z, wave, sky_cols, cfg, bank.nfft)
     n, p = pr.r.shape
     out = _BlockResult()
@@ -511,24 +547,37 @@ def _search_block(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: 
     return out
 
 
-def _search(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, wave: np.ndarray | None,
-            cfg: MatchedFilterConfig, *, hits: bool, best: bool, full_map: bool
-            ) -> tuple[list[tuple[int, _BlockResult]], int, int]:
+def _search(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    wave: np.ndarray | None,
+    cfg: MatchedFilterConfig,
+    *,
+    hits: bool,
+    best: bool,
+    full_map: bool,
+) -> tuple[list[tuple[int, _BlockResult]], int, int]:
     """Search every block of rows (``cfg.workers`` threads); returns [(first row, result)], N, P."""
     f, iv, c, z1, wv = _check(flux, ivar, continuum, z, wave)
     n, p = f.shape
     if n == 0 or p == 0:
         return [], n, p
     bank = _bank(p, cfg)
-    sky_cols = (np.flatnonzero(sky_line_mask(wv, half_width_kms=cfg.sky_half_width_kms))
-                if cfg.sky_half_width_kms > 0 else np.zeros(0, dtype=np.int64))
+    sky_cols = (
+        np.flatnonzero(sky_line_mask(wv, half_width_kms=cfg.sky_half_width_kms))
+        if cfg.sky_half_width_kms > 0
+        else np.zeros(0, dtype=np.int64)
+    )
     step = max(1, min(int(cfg.chunk), _BLOCK))
     starts = list(range(0, n, step))
 
     def one(s: int) -> tuple[int, _BlockResult]:
         e = min(s + step, n)
-        return s, _search_block(f[s:e], iv[s:e], c[s:e], z1[s:e], wv, sky_cols, bank, cfg,
-                                hits=hits, best=best, full_map=full_map)
+        return s, _search_block(
+            f[s:e], iv[s:e], c[s:e], z1[s:e], wv, sky_cols, bank, cfg, hits=hits, best=best, full_map=full_map
+        )
 
     workers = max(1, min(int(cfg.workers), len(starts)))
     with _torch_single_thread():
@@ -540,8 +589,15 @@ def _search(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.nda
     return results, n, p
 
 
-def snr_map(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
-            wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None) -> np.ndarray:
+def snr_map(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    *,
+    wave: np.ndarray | None = None,
+    config: MatchedFilterConfig | None = None,
+) -> np.ndarray:
     """Per-pixel matched-filter S/N, maximum over the kernels that pass the coverage cut.
 
     Parameters are those of :func:`scan_batch`.
@@ -556,13 +612,19 @@ def snr_map(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.nda
     out = np.full((n, p), -np.inf, dtype=np.float32)
     for s, res in results:
         assert res.snr is not None
-        out[s:s + len(res.snr)] = res.snr
+        out[s : s + len(res.snr)] = res.snr
     return out
 
 
-def scan_batch_with_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
-                        wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None
-                        ) -> tuple[Hits, np.ndarray]:
+def scan_batch_with_max(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    *,
+    wave: np.ndarray | None = None,
+    config: MatchedFilterConfig | None = None,
+) -> tuple[Hits, np.ndarray]:
     """:func:`scan_batch` and :func:`snr_max` of the same batch in one pass (the transforms once).
 
     Parameters are those of :func:`scan_batch`.
@@ -580,15 +642,22 @@ def scan_batch_with_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarra
     parts, offs = [], []
     for s, res in results:
         assert res.hits is not None and res.best is not None
-        best[s:s + len(res.best)] = res.best
+        best[s : s + len(res.best)] = res.best
         if len(res.hits):
             parts.append(res.hits)
             offs.append(s)
     return Hits.concatenate(parts, offs), best
 
 
-def scan_batch(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
-               wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None) -> Hits:
+def scan_batch(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    *,
+    wave: np.ndarray | None = None,
+    config: MatchedFilterConfig | None = None,
+) -> Hits:
     """Matched-filter hits in a batch of spectra on one grid.
 
     Candidates are the local maxima (+-``merge_px``) of the S/N map above ``threshold``; at each,
@@ -626,8 +695,15 @@ def scan_batch(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.
     return Hits.concatenate(parts, offs)
 
 
-def snr_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray, *,
-            wave: np.ndarray | None = None, config: MatchedFilterConfig | None = None) -> np.ndarray:
+def snr_max(
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    *,
+    wave: np.ndarray | None = None,
+    config: MatchedFilterConfig | None = None,
+) -> np.ndarray:
     """Maximum matched-filter S/N of each spectrum (for ROC-style evaluation).
 
     The maximum of :func:`snr_map` (coverage cut applied), so ``snr_max >= t`` is what a hit at
@@ -643,5 +719,5 @@ def snr_max(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.nda
     out = np.full(n, np.nan)
     for s, res in results:
         assert res.best is not None
-        out[s:s + len(res.best)] = res.best
+        out[s : s + len(res.best)] = res.best
     return out

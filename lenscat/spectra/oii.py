@@ -203,8 +203,14 @@ def min_z_source(z_lens: np.ndarray | float, min_dv_kms: float) -> np.ndarray:
 
 
 # --- preprocessing ------------------------------------------------------------------------------
-def prepare(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z: np.ndarray,
-            config: OIIConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+def prepare(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z: np.ndarray,
+    config: OIIConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Residuals and search weights of a batch: ``(r, w)``, both (N, P) float64.
 
     ``w`` is ``ivar`` with masked, foreground-line and sky-line pixels set to 0 and rescaled per
@@ -273,8 +279,9 @@ def _edges(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _gauss(wave: np.ndarray, lam: float, line_flux: float, sigma_kms: float,
-           edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def _gauss(
+    wave: np.ndarray, lam: float, line_flux: float, sigma_kms: float, edges: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Gaussian line of flux ``line_flux`` averaged over each pixel [1e-17 erg/s/cm^2/A].
 
     Pixel averages (not centre values), so that lines narrower than a pixel keep their flux;
@@ -285,8 +292,15 @@ def _gauss(wave: np.ndarray, lam: float, line_flux: float, sigma_kms: float,
     return np.asarray(line_flux * (special.ndtr((hi - lam) / sig) - special.ndtr((lo - lam) / sig)) / (hi - lo))
 
 
-def doublet_profile(wave: np.ndarray, z: float, line_flux: float, sigma_kms: float, ratio: float, *,
-                    edges: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def doublet_profile(
+    wave: np.ndarray,
+    z: float,
+    line_flux: float,
+    sigma_kms: float,
+    ratio: float,
+    *,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """[OII] doublet flux density at redshift ``z``, averaged over each pixel.
 
     Parameters
@@ -359,8 +373,14 @@ def _next_fast(n: int) -> int:
     return int(next_fast_len(n, real=True))
 
 
-def search(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z_lens: np.ndarray,
-           config: OIIConfig | None = None) -> OIIHits:
+def search(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z_lens: np.ndarray,
+    config: OIIConfig | None = None,
+) -> OIIHits:
     """Search a batch of spectra on one log grid for background [OII] doublets.
 
     Parameters
@@ -398,8 +418,17 @@ def search(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.n
         kk[np.arange(-h, h + 1) % length] = k
         kk2 = np.zeros(length)
         kk2[np.arange(-h, h + 1) % length] = k * k
-        spec_k.append((s, q, np.conj(sfft.rfft(kk)).astype(np.complex64),
-                       np.conj(sfft.rfft(kk2)).astype(np.complex64), float(np.sum(k * k)), k, h))
+        spec_k.append(
+            (
+                s,
+                q,
+                np.conj(sfft.rfft(kk)).astype(np.complex64),
+                np.conj(sfft.rfft(kk2)).astype(np.complex64),
+                float(np.sum(k * k)),
+                k,
+                h,
+            )
+        )
     z_pix = wave / OII_MEAN - 1.0
     zmin = min_z_source(zl, cfg.min_dv_kms)
     dpx_a = np.gradient(wave)
@@ -407,8 +436,14 @@ def search(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.n
     step = max(1, int(cfg.chunk))
     for s0 in range(0, n, step):
         s1 = min(n, s0 + step)
-        r, w = prepare(wave, np.atleast_2d(flux)[s0:s1], np.atleast_2d(ivar)[s0:s1],
-                       np.atleast_2d(continuum)[s0:s1], zl[s0:s1], cfg)
+        r, w = prepare(
+            wave,
+            np.atleast_2d(flux)[s0:s1],
+            np.atleast_2d(ivar)[s0:s1],
+            np.atleast_2d(continuum)[s0:s1],
+            zl[s0:s1],
+            cfg,
+        )
         good = w > 0
         ok_row = good.sum(axis=1) >= cfg.min_good_pixels
         allowed = (z_pix[None, :] >= zmin[s0:s1, None]) & (z_pix[None, :] <= cfg.z_max) & ok_row[:, None]
@@ -432,8 +467,9 @@ def search(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.n
             kidx[better] = j
         best = smap.max(axis=1)
         out_best[s0:s1] = np.where(np.isfinite(best), best, np.nan)
-        peak = (smap == maximum_filter1d(smap, size=2 * int(cfg.merge_px) + 1, axis=1, mode="constant",
-                                         cval=-np.inf)) & (smap >= cfg.threshold)
+        peak = (
+            smap == maximum_filter1d(smap, size=2 * int(cfg.merge_px) + 1, axis=1, mode="constant", cval=-np.inf)
+        ) & (smap >= cfg.threshold)
         rr, pp = np.nonzero(peak)
         for i in np.unique(rr):
             sel = np.flatnonzero(rr == i)
@@ -445,7 +481,7 @@ def search(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.n
                 # the best kernel's amplitude at the peak, exactly: A = sum(r w k) / sum(w k^2) (3727
                 # component), total flux A (1 + q) sigma_lambda sqrt(2 pi)
                 lo, hi = max(px - h, 0), min(px + h + 1, p)
-                kw = k[lo - (px - h): hi - (px - h)]
+                kw = k[lo - (px - h) : hi - (px - h)]
                 den1 = float(np.sum(w[i, lo:hi] * kw * kw))
                 amp = float(np.sum(r[i, lo:hi] * w[i, lo:hi] * kw)) / den1 if den1 > 0 else np.nan
                 sig_lam = s * float(dpx_a[px])  # component sigma [Angstrom]
@@ -457,15 +493,29 @@ def search(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.n
                 amp_l.append(amp * (1.0 + q) * sig_lam * _SQRT2PI)
     row = np.asarray(rows_l, dtype=np.int64)
     pix = np.asarray(pix_l, dtype=np.int64)
-    return OIIHits(row=row, pixel=pix, wavelength=wave[pix] if pix.size else np.zeros(0),
-                   z=z_pix[pix] if pix.size else np.zeros(0), snr=np.asarray(snr_l, dtype=np.float64),
-                   sigma_px=np.asarray(sig_l, dtype=np.float64), ratio=np.asarray(rat_l, dtype=np.float64),
-                   line_flux=np.asarray(amp_l, dtype=np.float64), best=out_best)
+    return OIIHits(
+        row=row,
+        pixel=pix,
+        wavelength=wave[pix] if pix.size else np.zeros(0),
+        z=z_pix[pix] if pix.size else np.zeros(0),
+        snr=np.asarray(snr_l, dtype=np.float64),
+        sigma_px=np.asarray(sig_l, dtype=np.float64),
+        ratio=np.asarray(rat_l, dtype=np.float64),
+        line_flux=np.asarray(amp_l, dtype=np.float64),
+        best=out_best,
+    )
 
 
 # --- single-line measurements ---------------------------------------------------------------------
-def _line_measure(wave: np.ndarray, r: np.ndarray, w: np.ndarray, centres: list[tuple[float, float]],
-                  sigma_kms: float, min_coverage: float = 0.7, cover_nsigma: float = 2.0) -> tuple[float, float]:
+def _line_measure(
+    wave: np.ndarray,
+    r: np.ndarray,
+    w: np.ndarray,
+    centres: list[tuple[float, float]],
+    sigma_kms: float,
+    min_coverage: float = 0.7,
+    cover_nsigma: float = 2.0,
+) -> tuple[float, float]:
     """Flux and its error of a fixed template (sum of Gaussians ``(lambda, weight)``) on residuals ``r``.
 
     Returns (NaN, NaN) when the template's main line is not covered (``min_coverage`` of its pixels
@@ -489,8 +539,7 @@ def _line_measure(wave: np.ndarray, r: np.ndarray, w: np.ndarray, centres: list[
     return float(np.sum(r * w * k) / den), float(1.0 / np.sqrt(den))
 
 
-def companion_snr(wave: np.ndarray, r: np.ndarray, w: np.ndarray, z: float,
-                  sigma_kms: float) -> dict[str, float]:
+def companion_snr(wave: np.ndarray, r: np.ndarray, w: np.ndarray, z: float, sigma_kms: float) -> dict[str, float]:
     """S/N and fluxes of Hbeta and [OIII] 4959+5007 (1:2.98) at source redshift ``z``.
 
     Parameters
@@ -512,8 +561,13 @@ def companion_snr(wave: np.ndarray, r: np.ndarray, w: np.ndarray, z: float,
     """
     out: dict[str, float] = {}
     hb, hb_e = _line_measure(wave, r, w, [(HBETA * (1 + z), 1.0)], sigma_kms)
-    o3, o3_e = _line_measure(wave, r, w, [(OIII_5007 * (1 + z), OIII_RATIO / (1 + OIII_RATIO)),
-                                          (OIII_4959 * (1 + z), 1.0 / (1 + OIII_RATIO))], sigma_kms)
+    o3, o3_e = _line_measure(
+        wave,
+        r,
+        w,
+        [(OIII_5007 * (1 + z), OIII_RATIO / (1 + OIII_RATIO)), (OIII_4959 * (1 + z), 1.0 / (1 + OIII_RATIO))],
+        sigma_kms,
+    )
     out["hbeta_flux"], out["hbeta_snr"] = hb, hb / hb_e if np.isfinite(hb_e) else np.nan
     out["oiii_flux"], out["oiii_snr"] = o3, o3 / o3_e if np.isfinite(o3_e) else np.nan
     vals = [v for v in (out["hbeta_snr"], out["oiii_snr"]) if np.isfinite(v)]
@@ -592,9 +646,17 @@ def _errors(res: optimize.OptimizeResult, dof: int) -> np.ndarray:
     return np.sqrt(np.clip(np.diag(cov), 0, None) * max(1.0, red))
 
 
-def fit_doublet(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray, z_guess: float, *,
-                window_kms: float = 3000.0, sigma_guess_kms: float = 80.0,
-                mask: np.ndarray | None = None) -> DoubletFit:
+def fit_doublet(
+    wave: np.ndarray,
+    flux: np.ndarray,
+    ivar: np.ndarray,
+    continuum: np.ndarray,
+    z_guess: float,
+    *,
+    window_kms: float = 3000.0,
+    sigma_guess_kms: float = 80.0,
+    mask: np.ndarray | None = None,
+) -> DoubletFit:
     """Fit an [OII] doublet plus a linear residual continuum around a hit; compare a single Gaussian.
 
     The residual within +-``window_kms`` of ``OII_MEAN (1 + z_guess)`` is fitted by two Gaussians of
@@ -679,8 +741,7 @@ def fit_doublet(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum:
     for sg in (40.0, sigma_guess_kms + 60.0):
         q0 = np.clip(np.array([f0, float(OII_MEAN * (1 + best.x[1])), sg, 0.0, 0.0]), lo_s, hi_s)
         try:
-            res_s = optimize.least_squares(resid_s, q0, bounds=(lo_s, hi_s), method="trf", x_scale="jac",
-                                           max_nfev=2000)
+            res_s = optimize.least_squares(resid_s, q0, bounds=(lo_s, hi_s), method="trf", x_scale="jac", max_nfev=2000)
         except (ValueError, np.linalg.LinAlgError):  # pragma: no cover - defensive
             continue
         if best_s is None or res_s.cost < best_s.cost:
@@ -688,11 +749,25 @@ def fit_doublet(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, continuum:
     if best_s is not None:
         single = float(2.0 * best_s.cost), float(best_s.x[2]), float(best_s.x[1])
     z = float(best.x[1])
-    return DoubletFit(z=z, z_err=float(err[1]), wavelength=OII_MEAN * (1 + z), wavelength_err=OII_MEAN * float(err[1]),
-                      line_flux=float(best.x[0]), line_flux_err=float(err[0]), sigma_kms=float(best.x[2]),
-                      sigma_kms_err=float(err[2]), ratio=float(best.x[3]), ratio_err=float(err[3]), chi2=chi2,
-                      redchi2=chi2 / max(n - 6, 1), single_chi2=single[0], single_sigma_kms=single[1],
-                      single_wavelength=single[2], n_pix=n, ok=bool(np.isfinite(err[0])))
+    return DoubletFit(
+        z=z,
+        z_err=float(err[1]),
+        wavelength=OII_MEAN * (1 + z),
+        wavelength_err=OII_MEAN * float(err[1]),
+        line_flux=float(best.x[0]),
+        line_flux_err=float(err[0]),
+        sigma_kms=float(best.x[2]),
+        sigma_kms_err=float(err[2]),
+        ratio=float(best.x[3]),
+        ratio_err=float(err[3]),
+        chi2=chi2,
+        redchi2=chi2 / max(n - 6, 1),
+        single_chi2=single[0],
+        single_sigma_kms=single[1],
+        single_wavelength=single[2],
+        n_pix=n,
+        ok=bool(np.isfinite(err[0])),
+    )
 
 
 # --- vetoes -------------------------------------------------------------------------------------------
@@ -704,13 +779,27 @@ INTERLOPERS: dict[str, tuple[float, list[tuple[str, list[tuple[float, float]], t
     "oiii_5007": (OIII_5007, [("oiii_4959", [(OIII_4959, 1.0)], (0.2, 0.6)), ("oii", _OII_PAIR, (0.3, 20.0))]),
     "oiii_4959": (OIII_4959, [("oiii_5007", [(OIII_5007, 1.0)], (1.7, 5.0))]),
     "hbeta": (HBETA, [("oiii_5007", [(OIII_5007, 1.0)], (0.3, 20.0)), ("oii", _OII_PAIR, (0.3, 10.0))]),
-    "halpha": (HALPHA, [("nii_6585", [(NII_6585, 1.0)], (0.1, 3.0)), ("hbeta", [(HBETA, 1.0)], (0.15, 0.6)),
-                        ("oii", _OII_PAIR, (0.1, 3.0))]),
+    "halpha": (
+        HALPHA,
+        [
+            ("nii_6585", [(NII_6585, 1.0)], (0.1, 3.0)),
+            ("hbeta", [(HBETA, 1.0)], (0.15, 0.6)),
+            ("oii", _OII_PAIR, (0.1, 3.0)),
+        ],
+    ),
 }
 
 
-def interloper_tests(wave: np.ndarray, r: np.ndarray, w: np.ndarray, lam_obs: float, line_flux: float,
-                     sigma_kms: float, *, partner_snr: float = 3.0) -> tuple[bool, dict[str, dict[str, float]]]:
+def interloper_tests(
+    wave: np.ndarray,
+    r: np.ndarray,
+    w: np.ndarray,
+    lam_obs: float,
+    line_flux: float,
+    sigma_kms: float,
+    *,
+    partner_snr: float = 3.0,
+) -> tuple[bool, dict[str, dict[str, float]]]:
     """Is the candidate line another line of a lower-redshift emitter?
 
     For each hypothesis of :data:`INTERLOPERS` (the candidate is [OIII] 5007, [OIII] 4959, Hbeta or
@@ -745,8 +834,15 @@ def interloper_tests(wave: np.ndarray, r: np.ndarray, w: np.ndarray, lam_obs: fl
         d: dict[str, float] = {}
         for pname, template, (rmin, rmax) in partners:
             # strict coverage: a partner in the wing of a masked foreground or sky line is not measured
-            fl, er = _line_measure(wave, r, w, [(lam_obs * pr / rest, wt) for pr, wt in template], sigma_kms,
-                                   min_coverage=0.9, cover_nsigma=4.0)
+            fl, er = _line_measure(
+                wave,
+                r,
+                w,
+                [(lam_obs * pr / rest, wt) for pr, wt in template],
+                sigma_kms,
+                min_coverage=0.9,
+                cover_nsigma=4.0,
+            )
             sn = fl / er if np.isfinite(er) and er > 0 else np.nan
             ratio = fl / line_flux if line_flux > 0 else np.nan
             d[pname] = sn
@@ -768,8 +864,9 @@ class OIIVetoes:
     detail: dict[str, object] = field(default_factory=dict)
 
 
-def oii_vetoes(fit: DoubletFit, wave: np.ndarray, r: np.ndarray, w: np.ndarray, z_lens: float,
-               config: OIIConfig | None = None) -> OIIVetoes:
+def oii_vetoes(
+    fit: DoubletFit, wave: np.ndarray, r: np.ndarray, w: np.ndarray, z_lens: float, config: OIIConfig | None = None
+) -> OIIVetoes:
     """Apply the [OII]-family per-line vetoes to a fitted hit (see the module docstring).
 
     Parameters
@@ -803,20 +900,25 @@ def oii_vetoes(fit: DoubletFit, wave: np.ndarray, r: np.ndarray, w: np.ndarray, 
         if np.isfinite(fit.single_wavelength):
             comps = np.append(comps, fit.single_wavelength)
         near_line = float(np.min(np.abs(comps[:, None] / fg[None, :] - 1.0)) * C_KMS)
-        out.veto_foreground = bool(fit.z < float(min_z_source(z_lens, cfg.min_dv_kms))
-                                   or near_line < cfg.foreground_clear_kms)
+        out.veto_foreground = bool(
+            fit.z < float(min_z_source(z_lens, cfg.min_dv_kms)) or near_line < cfg.foreground_clear_kms
+        )
     # the candidate as one line, measured like its partners (same template, same width): the ratios
     # compare like with like, whatever the doublet fit did
-    sig = float(np.clip(fit.single_sigma_kms if np.isfinite(fit.single_sigma_kms) else fit.sigma_kms,
-                        dpx_kms, 500.0))
+    sig = float(np.clip(fit.single_sigma_kms if np.isfinite(fit.single_sigma_kms) else fit.sigma_kms, dpx_kms, 500.0))
     lam = float(fit.single_wavelength) if np.isfinite(fit.single_wavelength) else float(fit.wavelength)
     own, _own_err = _line_measure(wave, r, w, [(lam, 1.0)], sig, min_coverage=0.0)
     flag, det = interloper_tests(wave, r, w, lam, own, sig, partner_snr=cfg.partner_snr)
     # a resolved doublet (preferred to one line by the margin) is no single line of an interloper
     resolved = bool(np.isfinite(dchi) and dchi >= cfg.doublet_delta_chi2)
     out.veto_interloper = bool(flag and not resolved)
-    out.detail = {"delta_chi2": dchi, "foreground_line_kms": near_line, "single_sigma_kms": fit.single_sigma_kms, "narrow": narrow,
-                  "interloper": det}
+    out.detail = {
+        "delta_chi2": dchi,
+        "foreground_line_kms": near_line,
+        "single_sigma_kms": fit.single_sigma_kms,
+        "narrow": narrow,
+        "interloper": det,
+    }
     return out
 
 
@@ -853,11 +955,19 @@ class OIIParams:
         return int(np.asarray(self.z_source).size)
 
 
-def draw_oii_params(rng: np.random.Generator, n: int, z_lens: np.ndarray | float, *,
-                    snr_range: tuple[float, float] = (4.0, 15.0), sigma_kms_range: tuple[float, float] = (50.0, 150.0),
-                    ratio_range: tuple[float, float] = (0.5, 1.5),
-                    wave_range: tuple[float, float] | np.ndarray = (3650.0, 10300.0),
-                    min_dv_kms: float = 8000.0, companions: bool = True, avoid_kms: float = 1200.0) -> OIIParams:
+def draw_oii_params(
+    rng: np.random.Generator,
+    n: int,
+    z_lens: np.ndarray | float,
+    *,
+    snr_range: tuple[float, float] = (4.0, 15.0),
+    sigma_kms_range: tuple[float, float] = (50.0, 150.0),
+    ratio_range: tuple[float, float] = (0.5, 1.5),
+    wave_range: tuple[float, float] | np.ndarray = (3650.0, 10300.0),
+    min_dv_kms: float = 8000.0,
+    companions: bool = True,
+    avoid_kms: float = 1200.0,
+) -> OIIParams:
     """Draw ``n`` background [OII] sources behind galaxies at ``z_lens``.
 
     The source redshift is uniform between ``z_l + (1 + z_l) min_dv_kms / c`` (a little beyond the
@@ -920,12 +1030,20 @@ def draw_oii_params(rng: np.random.Generator, n: int, z_lens: np.ndarray | float
     else:
         hb = np.zeros(n)
         o3 = np.zeros(n)
-    return OIIParams(z_source=zs, snr=snr, line_flux=np.full(n, np.nan), sigma_kms=sig, ratio=ratio,
-                     hbeta_ratio=hb, oiii_ratio=o3)
+    return OIIParams(
+        z_source=zs, snr=snr, line_flux=np.full(n, np.nan), sigma_kms=sig, ratio=ratio, hbeta_ratio=hb, oiii_ratio=o3
+    )
 
 
-def oii_source_profile(wave: np.ndarray, z: float, line_flux: float, sigma_kms: float, ratio: float,
-                       hbeta_ratio: float = 0.0, oiii_ratio: float = 0.0) -> np.ndarray:
+def oii_source_profile(
+    wave: np.ndarray,
+    z: float,
+    line_flux: float,
+    sigma_kms: float,
+    ratio: float,
+    hbeta_ratio: float = 0.0,
+    oiii_ratio: float = 0.0,
+) -> np.ndarray:
     """Doublet plus Hbeta and [OIII] 4959, 5007 (5007/4959 = 2.98) of one source [1e-17 erg/s/cm^2/A]."""
     prof = doublet_profile(wave, z, line_flux, sigma_kms, ratio)
     if hbeta_ratio > 0:
@@ -971,9 +1089,22 @@ def inject_oii(wave: np.ndarray, flux: np.ndarray, ivar: np.ndarray, params: OII
         if np.isfinite(params.snr[i]):
             s1 = float(matched_snr(unit, iv[i]))
             fl[i] = params.snr[i] / s1 if s1 > 0 else 0.0
-        f[i] += oii_source_profile(wave, params.z_source[i], fl[i], params.sigma_kms[i], params.ratio[i],
-                                   params.hbeta_ratio[i], params.oiii_ratio[i])
-    out = OIIParams(z_source=np.asarray(params.z_source), snr=np.asarray(params.snr), line_flux=fl,
-                    sigma_kms=np.asarray(params.sigma_kms), ratio=np.asarray(params.ratio),
-                    hbeta_ratio=np.asarray(params.hbeta_ratio), oiii_ratio=np.asarray(params.oiii_ratio))
+        f[i] += oii_source_profile(
+            wave,
+            params.z_source[i],
+            fl[i],
+            params.sigma_kms[i],
+            params.ratio[i],
+            params.hbeta_ratio[i],
+            params.oiii_ratio[i],
+        )
+    out = OIIParams(
+        z_source=np.asarray(params.z_source),
+        snr=np.asarray(params.snr),
+        line_flux=fl,
+        sigma_kms=np.asarray(params.sigma_kms),
+        ratio=np.asarray(params.ratio),
+        hbeta_ratio=np.asarray(params.hbeta_ratio),
+        oiii_ratio=np.asarray(params.oiii_ratio),
+    )
     return f.astype(np.float32), out

@@ -100,9 +100,16 @@ class PackedRows:
     def take(self, index: np.ndarray) -> PackedRows:
         """The rows ``index``."""
         idx = np.asarray(index)
-        return PackedRows(self.flux[idx], self.ivar[idx], self.continuum[idx], self.sky[idx], self.z[idx],
-                          self.continuum_source[idx],
-                          None if self.continuum_fit is None else self.continuum_fit[idx], self.has_model[idx])
+        return PackedRows(
+            self.flux[idx],
+            self.ivar[idx],
+            self.continuum[idx],
+            self.sky[idx],
+            self.z[idx],
+            self.continuum_source[idx],
+            None if self.continuum_fit is None else self.continuum_fit[idx],
+            self.has_model[idx],
+        )
 
 
 @dataclass
@@ -186,12 +193,14 @@ class PackedFull:
     def take(self, index: np.ndarray) -> PackedFull:
         """The rows ``index``."""
         idx = np.asarray(index)
-        return PackedFull(self.flux[idx], self.ivar[idx], self.model[idx], self.fit[idx], self.z[idx],
-                          self.has_model[idx])
+        return PackedFull(
+            self.flux[idx], self.ivar[idx], self.model[idx], self.fit[idx], self.z[idx], self.has_model[idx]
+        )
 
 
-def pack_spectra(spectra: list[Spectrum], *, full: LogGrid = FULL,
-                 window: LogGrid = WINDOW) -> tuple[PackedRows, PackedFull]:
+def pack_spectra(
+    spectra: list[Spectrum], *, full: LogGrid = FULL, window: LogGrid = WINDOW
+) -> tuple[PackedRows, PackedFull]:
     """Put spectra onto the full-range grid and its window; fit the project's continuum for every one.
 
     Each spectrum is resampled once onto ``full`` (:func:`lenscat.spectra.grid.to_grid`); the window
@@ -233,10 +242,16 @@ def pack_spectra(spectra: list[Spectrum], *, full: LogGrid = FULL,
     packed_full = PackedFull(flux=f["flux"], ivar=f["ivar"], model=f["model"], fit=fit, z=z, has_model=has_model)
     wfit = np.ascontiguousarray(fit[:, ws])
     cont = np.where(has_model[:, None], f["model"][:, ws], wfit).astype(np.float32)
-    rows = PackedRows(flux=np.ascontiguousarray(f["flux"][:, ws]), ivar=np.ascontiguousarray(f["ivar"][:, ws]),
-                      continuum=cont, sky=np.ascontiguousarray(f["sky"][:, ws]), z=z.copy(),
-                      continuum_source=np.where(has_model, 0, 1).astype(np.uint8), continuum_fit=wfit,
-                      has_model=has_model.copy())
+    rows = PackedRows(
+        flux=np.ascontiguousarray(f["flux"][:, ws]),
+        ivar=np.ascontiguousarray(f["ivar"][:, ws]),
+        continuum=cont,
+        sky=np.ascontiguousarray(f["sky"][:, ws]),
+        z=z.copy(),
+        continuum_source=np.where(has_model, 0, 1).astype(np.uint8),
+        continuum_fit=wfit,
+        has_model=has_model.copy(),
+    )
     return rows, packed_full
 
 
@@ -259,8 +274,7 @@ class PackStore:
     ``full_n``, ``dlog``) and checked against this object's grids whenever the file is opened.
     """
 
-    def __init__(self, path: str | Path, *, window: LogGrid = WINDOW, veto: LogGrid = VETO,
-                 full: LogGrid = FULL):
+    def __init__(self, path: str | Path, *, window: LogGrid = WINDOW, veto: LogGrid = VETO, full: LogGrid = FULL):
         self.path = Path(path)
         self.window = window
         self.veto = veto
@@ -272,19 +286,25 @@ class PackStore:
         """Raise unless the file's grids are this store's (a store from another layout)."""
         k0, n = int(fh.attrs["window_k0"]), int(fh.attrs["window_n"])
         if (k0, n) != (self.window.k0, self.window.n):
-            raise LenscatError(f"{self.path}: store window ({k0}, {n}) differs from ({self.window.k0}, {self.window.n})")
+            raise LenscatError(
+                f"{self.path}: store window ({k0}, {n}) differs from ({self.window.k0}, {self.window.n})"
+            )
         if "dlog" in fh.attrs and float(fh.attrs["dlog"]) != self.window.dlog:
-            raise LenscatError(f"{self.path}: store pixel size dlog = {float(fh.attrs['dlog'])} differs from "
-                               f"{self.window.dlog}")
+            raise LenscatError(
+                f"{self.path}: store pixel size dlog = {float(fh.attrs['dlog'])} differs from {self.window.dlog}"
+            )
         if "full_flux" in fh:
             fk0, fn = int(fh.attrs.get("full_k0", -1)), int(fh.attrs.get("full_n", -1))
             if (fk0, fn) != (self.full.k0, self.full.n):
-                raise LenscatError(f"{self.path}: store full range ({fk0}, {fn}) differs from "
-                                   f"({self.full.k0}, {self.full.n})")
+                raise LenscatError(
+                    f"{self.path}: store full range ({fk0}, {fn}) differs from ({self.full.k0}, {self.full.n})"
+                )
 
     def _predates(self) -> LenscatError:
-        return LenscatError(f"{self.path}: this spectrum store predates full-range packing (3600-10400 A): "
-                            "ingest the spectra into a new store")
+        return LenscatError(
+            f"{self.path}: this spectrum store predates full-range packing (3600-10400 A): "
+            "ingest the spectra into a new store"
+        )
 
     # -- writing ---------------------------------------------------------------------------
     @contextmanager
@@ -309,18 +329,39 @@ class PackStore:
             if "full_flux" not in fh:
                 raise self._predates()
             return
-        fh.attrs.update({"window_k0": self.window.k0, "window_n": self.window.n, "veto_k0": self.veto.k0,
-                         "veto_n": self.veto.n, "full_k0": self.full.k0, "full_n": self.full.n,
-                         "dlog": self.window.dlog, "flux_unit": "1e-17 erg/s/cm2/Angstrom", "layout": 2})
+        fh.attrs.update(
+            {
+                "window_k0": self.window.k0,
+                "window_n": self.window.n,
+                "veto_k0": self.veto.k0,
+                "veto_n": self.veto.n,
+                "full_k0": self.full.k0,
+                "full_n": self.full.n,
+                "dlog": self.window.dlog,
+                "flux_unit": "1e-17 erg/s/cm2/Angstrom",
+                "layout": 2,
+            }
+        )
         chunk_rows = 256
         for name in (*WINDOW_SETS, *WINDOW_FIT_SETS):
-            fh.create_dataset(name, shape=(0, self.window.n), maxshape=(None, self.window.n), dtype="f4",
-                              chunks=(chunk_rows, self.window.n))
+            fh.create_dataset(
+                name,
+                shape=(0, self.window.n),
+                maxshape=(None, self.window.n),
+                dtype="f4",
+                chunks=(chunk_rows, self.window.n),
+            )
         for name in FULL_SETS:
-            fh.create_dataset(name, shape=(0, self.full.n), maxshape=(None, self.full.n), dtype="f4",
-                              chunks=(FULL_CHUNK_ROWS, self.full.n), compression=FULL_COMPRESSION,
-                              compression_opts=FULL_COMPRESSION_OPTS,
-                              shuffle=FULL_SHUFFLE and FULL_COMPRESSION is not None)
+            fh.create_dataset(
+                name,
+                shape=(0, self.full.n),
+                maxshape=(None, self.full.n),
+                dtype="f4",
+                chunks=(FULL_CHUNK_ROWS, self.full.n),
+                compression=FULL_COMPRESSION,
+                compression_opts=FULL_COMPRESSION_OPTS,
+                shuffle=FULL_SHUFFLE and FULL_COMPRESSION is not None,
+            )
         fh.create_dataset("z", shape=(0,), maxshape=(None,), dtype="f8", chunks=(4096,))
         fh.create_dataset("continuum_source", shape=(0,), maxshape=(None,), dtype="u1", chunks=(4096,))
         fh.create_dataset("has_model", shape=(0,), maxshape=(None,), dtype="?", chunks=(4096,))
@@ -331,14 +372,24 @@ class PackStore:
         n = len(rows)
         if len(full) != n or rows.continuum_fit is None:
             raise LenscatError(f"{self.path}: window and full-range rows of a block differ")
-        arrays = {"flux": rows.flux, "ivar": rows.ivar, "continuum": rows.continuum, "sky": rows.sky,
-                  "continuum_fit": rows.continuum_fit, "full_flux": full.flux, "full_ivar": full.ivar,
-                  "full_model": full.model, "full_fit": full.fit, "z": rows.z,
-                  "continuum_source": rows.continuum_source, "has_model": rows.has_model}
+        arrays = {
+            "flux": rows.flux,
+            "ivar": rows.ivar,
+            "continuum": rows.continuum,
+            "sky": rows.sky,
+            "continuum_fit": rows.continuum_fit,
+            "full_flux": full.flux,
+            "full_ivar": full.ivar,
+            "full_model": full.model,
+            "full_fit": full.fit,
+            "z": rows.z,
+            "continuum_source": rows.continuum_source,
+            "has_model": rows.has_model,
+        }
         for name, arr in arrays.items():
             ds = fh[name]
             ds.resize(start + n, axis=0)
-            ds[start:start + n] = arr
+            ds[start : start + n] = arr
         fh.flush()
         return start
 
@@ -378,8 +429,9 @@ class PackStore:
             uniq, inv = np.unique(rows, return_inverse=True)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
         if lo < 0 or hi > fh["flux"].shape[0]:
-            raise LenscatError(f"{self.path}: row {hi - 1 if lo >= 0 else lo} is outside the store's "
-                               f"{fh['flux'].shape[0]} rows")
+            raise LenscatError(
+                f"{self.path}: row {hi - 1 if lo >= 0 else lo} is outside the store's {fh['flux'].shape[0]} rows"
+            )
         contiguous = hi - lo == uniq.size
         dense = hi - lo <= 4 * uniq.size + 1024
         out: dict[str, np.ndarray] = {}
@@ -387,7 +439,7 @@ class PackStore:
             ds = fh[name]
             if contiguous:
                 picked = ds[lo:hi]
-            elif dense and (ds.ndim == 1 or ds.shape[1] * (hi - lo) <= 2 ** 27):
+            elif dense and (ds.ndim == 1 or ds.shape[1] * (hi - lo) <= 2**27):
                 picked = ds[lo:hi][uniq - lo]
             else:
                 picked = ds[uniq]
@@ -404,13 +456,16 @@ class PackStore:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             e = np.zeros((0, self.window.n), np.float32)
-            return PackedRows(e, e, e, e, np.zeros(0), np.zeros(0, np.uint8), e.copy() if fit else None,
-                              np.zeros(0, bool))
+            return PackedRows(
+                e, e, e, e, np.zeros(0), np.zeros(0, np.uint8), e.copy() if fit else None, np.zeros(0, bool)
+            )
         with self._open() as fh:
             n_all = fh["flux"].shape[0]  # optional sets count only when filled alongside flux
-            names = [n for n in (*WINDOW_SETS, *WINDOW_FIT_SETS, "z", "continuum_source", "has_model")
-                     if n in fh and fh[n].shape[0] == n_all and (sky or n != "sky")
-                     and (fit or n != "continuum_fit")]
+            names = [
+                n
+                for n in (*WINDOW_SETS, *WINDOW_FIT_SETS, "z", "continuum_source", "has_model")
+                if n in fh and fh[n].shape[0] == n_all and (sky or n != "sky") and (fit or n != "continuum_fit")
+            ]
             out = self._read_sets(fh, names, rows)
         if not sky:
             out["sky"] = np.zeros((rows.size, self.window.n), np.float32)
@@ -432,8 +487,14 @@ class PackStore:
                 e = np.zeros((0, self.full.n), np.float32)
                 return PackedFull(e, e.copy(), e.copy(), e.copy(), np.zeros(0), np.zeros(0, bool))
             out = self._read_sets(fh, (*FULL_SETS, "z", "has_model"), rows)
-        return PackedFull(flux=out["full_flux"], ivar=out["full_ivar"], model=out["full_model"],
-                          fit=out["full_fit"], z=out["z"], has_model=out["has_model"].astype(bool))
+        return PackedFull(
+            flux=out["full_flux"],
+            ivar=out["full_ivar"],
+            model=out["full_model"],
+            fit=out["full_fit"],
+            z=out["z"],
+            has_model=out["has_model"].astype(bool),
+        )
 
     def read_veto(self, rows: np.ndarray) -> PackedVeto:
         """Veto-range arrays (4900-8850 A) of the given rows: the VETO columns of the full-range rows
@@ -447,7 +508,10 @@ class PackStore:
                 vs = column_slice(self.full, self.veto)
                 full = self._read_sets(fh, (*FULL_SETS, "has_model"), rows)
                 hm = full["has_model"].astype(bool)[:, None]
-                return PackedVeto(flux=full["full_flux"][:, vs], ivar=full["full_ivar"][:, vs],
-                                  continuum=np.where(hm, full["full_model"][:, vs], full["full_fit"][:, vs]))
+                return PackedVeto(
+                    flux=full["full_flux"][:, vs],
+                    ivar=full["full_ivar"][:, vs],
+                    continuum=np.where(hm, full["full_model"][:, vs], full["full_fit"][:, vs]),
+                )
             out = self._read_sets(fh, VETO_SETS, rows)
         return PackedVeto(**{k.removeprefix("veto_"): v for k, v in out.items()})

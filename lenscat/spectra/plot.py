@@ -31,18 +31,30 @@ def spectrum_window(spectrum_id: int, *, session: Session) -> dict[str, Any]:
     if row is None:
         raise NotFoundError(f"no spectrum with spectrum_id {spectrum_id}")
     packed = PackStore(row.path).read(np.array([int(row.pack_row)]), sky=False)
-    hits = session.execute(
-        text(
-            """
+    hits = (
+        session.execute(
+            text(
+                """
             SELECT detector, wavelength, z_source, snr, prob, is_candidate
             FROM public.spectral_hits WHERE spectrum_id = :i ORDER BY wavelength
             """
-        ),
-        {"i": int(spectrum_id)},
-    ).mappings().all()
-    return {"spectrum_id": int(row.spectrum_id), "survey": row.survey, "spec_key": row.spec_key,
-            "z": row.z, "wave": WINDOW.wave, "flux": packed.flux[0], "ivar": packed.ivar[0],
-            "continuum": packed.continuum[0], "hits": [dict(h) for h in hits]}
+            ),
+            {"i": int(spectrum_id)},
+        )
+        .mappings()
+        .all()
+    )
+    return {
+        "spectrum_id": int(row.spectrum_id),
+        "survey": row.survey,
+        "spec_key": row.spec_key,
+        "z": row.z,
+        "wave": WINDOW.wave,
+        "flux": packed.flux[0],
+        "ivar": packed.ivar[0],
+        "continuum": packed.continuum[0],
+        "hits": [dict(h) for h in hits],
+    }
 
 
 def spectrum_png(spectrum_id: int, *, session: Session, width: float = 9.0, height: float = 3.2) -> bytes:
@@ -66,8 +78,15 @@ def spectrum_png(spectrum_id: int, *, session: Session, width: float = 9.0, heig
             ax.axvline(h["wavelength"], color=colour, lw=1.0, ls="--")
             stat = f"S/N {h['snr']:.1f}" if h["snr"] is not None else f"p {h['prob']:.2f}"
             z_src = h["z_source"] if h["z_source"] is not None else h["wavelength"] / LYA - 1
-            ax.annotate(f"Lyα z={z_src:.3f}\n{stat} ({h['detector']})", (h["wavelength"], 1.0),
-                        xycoords=("data", "axes fraction"), va="top", ha="left", fontsize=7, color=colour)
+            ax.annotate(
+                f"Lyα z={z_src:.3f}\n{stat} ({h['detector']})",
+                (h["wavelength"], 1.0),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                ha="left",
+                fontsize=7,
+                color=colour,
+            )
         finite = flux[np.isfinite(flux)]
         if finite.size:
             lo, hi = np.percentile(finite, [0.5, 99.5])

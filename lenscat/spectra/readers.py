@@ -69,11 +69,32 @@ from lenscat.spectra.spectrum import Spectrum
 
 #: SPPIXMASK bit numbers (idlspec2d ``sdssMaskbits.par``)
 SPPIXMASK_BITS: dict[str, int] = {
-    "NOPLUG": 0, "BADTRACE": 1, "BADFLAT": 2, "BADARC": 3, "MANYBADCOLUMNS": 4, "MANYREJECTED": 5,
-    "LARGESHIFT": 6, "BADSKYFIBER": 7, "NEARWHOPPER": 8, "WHOPPER": 9, "SMEARIMAGE": 10,
-    "SMEARHIGHSN": 11, "SMEARMEDSN": 12, "NEARBADPIXEL": 16, "LOWFLAT": 17, "FULLREJECT": 18,
-    "PARTIALREJECT": 19, "SCATTEREDLIGHT": 20, "CROSSTALK": 21, "NOSKY": 22, "BRIGHTSKY": 23,
-    "NODATA": 24, "COMBINEREJ": 25, "BADFLUXFACTOR": 26, "BADSKYCHI": 27, "REDMONSTER": 28,
+    "NOPLUG": 0,
+    "BADTRACE": 1,
+    "BADFLAT": 2,
+    "BADARC": 3,
+    "MANYBADCOLUMNS": 4,
+    "MANYREJECTED": 5,
+    "LARGESHIFT": 6,
+    "BADSKYFIBER": 7,
+    "NEARWHOPPER": 8,
+    "WHOPPER": 9,
+    "SMEARIMAGE": 10,
+    "SMEARHIGHSN": 11,
+    "SMEARMEDSN": 12,
+    "NEARBADPIXEL": 16,
+    "LOWFLAT": 17,
+    "FULLREJECT": 18,
+    "PARTIALREJECT": 19,
+    "SCATTEREDLIGHT": 20,
+    "CROSSTALK": 21,
+    "NOSKY": 22,
+    "BRIGHTSKY": 23,
+    "NODATA": 24,
+    "COMBINEREJ": 25,
+    "BADFLUXFACTOR": 26,
+    "BADSKYCHI": 27,
+    "REDMONSTER": 28,
 }
 
 #: and_mask bits that set ``ivar = 0`` by default. The fiber-level failures (no plug, bad trace,
@@ -83,10 +104,24 @@ SPPIXMASK_BITS: dict[str, int] = {
 #: bits (LARGESHIFT, BADSKYFIBER, NEARWHOPPER, SMEAR*, NEARBADPIXEL, LOWFLAT, PARTIALREJECT,
 #: SCATTEREDLIGHT, CROSSTALK, REDMONSTER). The and_mask (set in every exposure) is used, not the
 #: or_mask, as the idlspec2d documentation recommends.
-SPPIXMASK_REJECT: frozenset[str] = frozenset({
-    "NOPLUG", "BADTRACE", "BADFLAT", "BADARC", "MANYBADCOLUMNS", "MANYREJECTED", "WHOPPER",
-    "FULLREJECT", "NOSKY", "BRIGHTSKY", "NODATA", "COMBINEREJ", "BADFLUXFACTOR", "BADSKYCHI",
-})
+SPPIXMASK_REJECT: frozenset[str] = frozenset(
+    {
+        "NOPLUG",
+        "BADTRACE",
+        "BADFLAT",
+        "BADARC",
+        "MANYBADCOLUMNS",
+        "MANYREJECTED",
+        "WHOPPER",
+        "FULLREJECT",
+        "NOSKY",
+        "BRIGHTSKY",
+        "NODATA",
+        "COMBINEREJ",
+        "BADFLUXFACTOR",
+        "BADSKYCHI",
+    }
+)
 
 #: the integer mask of :data:`SPPIXMASK_REJECT`
 SPPIXMASK_REJECT_VALUE: int = sum(1 << SPPIXMASK_BITS[n] for n in SPPIXMASK_REJECT)
@@ -100,13 +135,20 @@ _SPPLATE_NAME = re.compile(r"^spPlate-(\d+)-(\d+)", re.IGNORECASE)
 _COADD_NAME = re.compile(r"^coadd-", re.IGNORECASE)
 _DESI_TILE_NAME = re.compile(r"^coadd-(\d+)-(\d+)-([A-Za-z]*\d+|all)", re.IGNORECASE)
 _DESI_HPX_NAME = re.compile(r"^coadd-([A-Za-z][A-Za-z0-9]*)-([A-Za-z][A-Za-z0-9]*)-(\d+)", re.IGNORECASE)
-_COMPANION_NAME = re.compile(r"^(redrock|zbest|spZbest|spZline|spZall|spFluxcalib|spFrame|spCFrame)-",
-                             re.IGNORECASE)
+_COMPANION_NAME = re.compile(r"^(redrock|zbest|spZbest|spZline|spZall|spFluxcalib|spFrame|spCFrame)-", re.IGNORECASE)
 _TFORM = re.compile(r"^\s*(\d*)\s*([LXBIJKAEDCMPQ])")
-_TFORM_DTYPE = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
-                "C": ">c8", "M": ">c16"}
-_TFORM_SIZE = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "E": 4, "D": 8, "C": 8, "M": 16, "A": 1,
-               "P": 8, "Q": 16}
+_TFORM_DTYPE = {
+    "L": "S1",
+    "B": "u1",
+    "I": ">i2",
+    "J": ">i4",
+    "K": ">i8",
+    "E": ">f4",
+    "D": ">f8",
+    "C": ">c8",
+    "M": ">c16",
+}
+_TFORM_SIZE = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "E": 4, "D": 8, "C": 8, "M": 16, "A": 1, "P": 8, "Q": 16}
 
 
 class SpectrumReadError(InputFileError):
@@ -287,8 +329,7 @@ def _with_fits(path: Path, fn: Any) -> Any:
         raise SpectrumReadError(path, "not a FITS file (no SIMPLE card at the start)")
     if not compressed and size % 2880:
         # FITS files are whole 2880-byte blocks; a cut-off download almost never is
-        raise SpectrumReadError(path, f"truncated FITS file ({size} bytes, not a whole number of "
-                                      "2880-byte blocks)")
+        raise SpectrumReadError(path, f"truncated FITS file ({size} bytes, not a whole number of 2880-byte blocks)")
     caught: list[warnings.WarningMessage] = []
 
     def truncation() -> str | None:
@@ -390,7 +431,7 @@ def _table_info(hdu: Any) -> _TableInfo:
         raw = fobj.read(info["datLoc"] - info["hdrLoc"])
         text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
         for k in range(0, len(text) - 79, 80):
-            m = _CARD.match(text[k:k + 80])
+            m = _CARD.match(text[k : k + 80])
             if m:
                 v = m.group(3).strip()
                 v = v[1:-1].replace("''", "'").rstrip() if v.startswith("'") else v
@@ -417,12 +458,23 @@ def _table_info(hdu: Any) -> _TableInfo:
         rep = int(m.group(1)) if m.group(1) else 1
         code = m.group(2)
         nbytes = (rep + 7) // 8 if code == "X" else _TFORM_SIZE[code] * rep
-        fields.append(_Field(name=cards.get(("TTYPE", i), "").strip(), code=code, repeat=rep,
-                             offset=offset, scaled=("TSCAL", i) in cards or ("TZERO", i) in cards))
+        fields.append(
+            _Field(
+                name=cards.get(("TTYPE", i), "").strip(),
+                code=code,
+                repeat=rep,
+                offset=offset,
+                scaled=("TSCAL", i) in cards or ("TZERO", i) in cards,
+            )
+        )
         offset += nbytes
     rowlen = int(cards.get(("NAXIS1", 0), "0") or 0)
-    out = _TableInfo(rowlen=rowlen, nrows=int(cards.get(("NAXIS2", 0), "0") or 0),
-                     fields=tuple(fields), consistent=consistent and offset == rowlen)
+    out = _TableInfo(
+        rowlen=rowlen,
+        nrows=int(cards.get(("NAXIS2", 0), "0") or 0),
+        fields=tuple(fields),
+        consistent=consistent and offset == rowlen,
+    )
     _TABLE_INFO[hdu] = out
     return out
 
@@ -464,8 +516,9 @@ def _read_fields(path: Path, hdu: Any, names: Iterable[str]) -> dict[str, np.nda
         return {}
     ti = _table_info(hdu)
     layout = {f.name: f for f in ti.fields if f.name in names}
-    simple = ti.consistent and set(layout) == set(names) and not any(
-        f.scaled or f.code in "XPQ" for f in layout.values())
+    simple = (
+        ti.consistent and set(layout) == set(names) and not any(f.scaled or f.code in "XPQ" for f in layout.values())
+    )
     if not simple:
         data = hdu.data
         return {n: _native(data.field(n)) for n in names}
@@ -475,8 +528,9 @@ def _read_fields(path: Path, hdu: Any, names: Iterable[str]) -> dict[str, np.nda
     nbytes = ti.rowlen * ti.nrows
     buf = fobj.read(nbytes)
     if len(buf) < nbytes:
-        raise SpectrumReadError(path, f"truncated FITS file (HDU {hdu.name} data cut short: "
-                                      f"{len(buf)} of {nbytes} bytes)")
+        raise SpectrumReadError(
+            path, f"truncated FITS file (HDU {hdu.name} data cut short: {len(buf)} of {nbytes} bytes)"
+        )
 
     def fmt(f: _Field) -> str:
         if f.code == "A":
@@ -484,8 +538,14 @@ def _read_fields(path: Path, hdu: Any, names: Iterable[str]) -> dict[str, np.nda
         base = _TFORM_DTYPE[f.code]
         return base if f.repeat == 1 else f"({f.repeat},){base}"
 
-    dt = np.dtype({"names": names, "formats": [fmt(layout[n]) for n in names],
-                   "offsets": [layout[n].offset for n in names], "itemsize": ti.rowlen})
+    dt = np.dtype(
+        {
+            "names": names,
+            "formats": [fmt(layout[n]) for n in names],
+            "offsets": [layout[n].offset for n in names],
+            "itemsize": ti.rowlen,
+        }
+    )
     rec = np.frombuffer(buf, dtype=dt, count=ti.nrows)
     out = {}
     for n in names:
@@ -525,8 +585,9 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def _clean(flux: np.ndarray, ivar: np.ndarray, *others: np.ndarray | None
-           ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
+def _clean(
+    flux: np.ndarray, ivar: np.ndarray, *others: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
     """float32 copies; ivar 0 where flux or ivar is non-finite or ivar < 0; non-finite values -> 0."""
     f = np.array(flux, dtype=np.float32)
     iv = np.array(ivar, dtype=np.float32)
@@ -571,8 +632,7 @@ def _detect(h: fits.HDUList, path: Path) -> str:
     if int(hdr0.get("NAXIS", 0)) == 2:
         raise SpectrumReadError(path, "unknown format: a 2-D image without COEFF0/COEFF1 (not an spPlate)")
     shown = ", ".join(n or "''" for n in names[:8])
-    raise SpectrumReadError(path, f"unknown format: not an SDSS spec, BOSS spPlate or DESI coadd "
-                                  f"file (HDUs: {shown})")
+    raise SpectrumReadError(path, f"unknown format: not an SDSS spec, BOSS spPlate or DESI coadd file (HDUs: {shown})")
 
 
 def _is_fits_name(p: Path) -> bool:
@@ -596,11 +656,20 @@ def _is_spectrum_file(p: Path) -> bool:
 
 
 _SPECOBJ_FIELDS: dict[str, tuple[str, ...]] = {
-    "plate": ("PLATE", "FIELD"), "mjd": ("MJD",), "fiber": ("FIBERID", "FIBER"),
-    "ra": ("PLUG_RA", "FIBER_RA", "RA"), "dec": ("PLUG_DEC", "FIBER_DEC", "DEC"),
-    "z": ("Z",), "z_err": ("Z_ERR",), "class": ("CLASS",), "subclass": ("SUBCLASS",),
-    "vdisp": ("VDISP",), "vdisp_err": ("VDISP_ERR",), "zwarning": ("ZWARNING",),
-    "sdss_survey": ("SURVEY",), "run2d": ("RUN2D",),
+    "plate": ("PLATE", "FIELD"),
+    "mjd": ("MJD",),
+    "fiber": ("FIBERID", "FIBER"),
+    "ra": ("PLUG_RA", "FIBER_RA", "RA"),
+    "dec": ("PLUG_DEC", "FIBER_DEC", "DEC"),
+    "z": ("Z",),
+    "z_err": ("Z_ERR",),
+    "class": ("CLASS",),
+    "subclass": ("SUBCLASS",),
+    "vdisp": ("VDISP",),
+    "vdisp_err": ("VDISP_ERR",),
+    "zwarning": ("ZWARNING",),
+    "sdss_survey": ("SURVEY",),
+    "run2d": ("RUN2D",),
 }
 
 
@@ -617,13 +686,13 @@ def _sdss_wave(loglam: np.ndarray, hdr0: Any) -> np.ndarray:
     if c0 is not None and c1 is not None and c1 > 0 and ll.size:
         exact = c0 + c1 * i
         if np.max(np.abs(exact - ll)) < 1e-5:
-            return np.asarray(10.0 ** exact)
+            return np.asarray(10.0**exact)
     if ll.size > 1:
         k = ll * 1e4
         kr = np.rint(k)
         if np.all(np.abs(k - kr) < 0.05) and np.all(np.diff(kr) == 1):
             return np.asarray(10.0 ** ((kr[0] + i) * 1e-4))
-    return np.asarray(10.0 ** ll)
+    return np.asarray(10.0**ll)
 
 
 def _read_sdss_spec(h: fits.HDUList, path: Path) -> Spectrum:
@@ -682,11 +751,25 @@ def _read_sdss_spec(h: fits.HDUList, path: Path) -> Spectrum:
         if (s := _str(info.get(k))) is not None:
             meta[k] = s
     return Spectrum(
-        survey="sdss", wave=wave, flux=flux, ivar=ivar, model=model, sky=sky,
-        ra=_float(info.get("ra")), dec=_float(info.get("dec")),
-        z=_float(info.get("z")), z_err=_float(info.get("z_err")),
-        spec_class=_str(info.get("class")), subclass=_str(info.get("subclass")),
-        plate=plate, mjd=mjd, fiber=fiber, path=str(path.absolute()), index=0, meta=meta)
+        survey="sdss",
+        wave=wave,
+        flux=flux,
+        ivar=ivar,
+        model=model,
+        sky=sky,
+        ra=_float(info.get("ra")),
+        dec=_float(info.get("dec")),
+        z=_float(info.get("z")),
+        z_err=_float(info.get("z_err")),
+        spec_class=_str(info.get("class")),
+        subclass=_str(info.get("subclass")),
+        plate=plate,
+        mjd=mjd,
+        fiber=fiber,
+        path=str(path.absolute()),
+        index=0,
+        meta=meta,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,9 +777,12 @@ def _read_sdss_spec(h: fits.HDUList, path: Path) -> Spectrum:
 
 #: spPlate extensions: accepted EXTNAMEs and the position the format gives each
 _SPPLATE_HDUS: dict[str, tuple[tuple[str, ...], int]] = {
-    "ivar": (("IVAR", "INVVAR"), 1), "andmask": (("ANDMASK", "AND_MASK"), 2),
-    "ormask": (("ORMASK", "OR_MASK"), 3), "wavedisp": (("WAVEDISP", "WDISP", "DISP"), 4),
-    "plugmap": (("PLUGMAP",), 5), "sky": (("SKY",), 6),
+    "ivar": (("IVAR", "INVVAR"), 1),
+    "andmask": (("ANDMASK", "AND_MASK"), 2),
+    "ormask": (("ORMASK", "OR_MASK"), 3),
+    "wavedisp": (("WAVEDISP", "WDISP", "DISP"), 4),
+    "plugmap": (("PLUGMAP",), 5),
+    "sky": (("SKY",), 6),
 }
 
 
@@ -717,8 +803,11 @@ def _spplate_hdu(h: fits.HDUList, kind: str, shape: tuple[int, int]) -> Any | No
     if kind == "plugmap":
         ok = isinstance(hdu, fits.BinTableHDU) and int(hd.get("NAXIS2", 0)) == shape[0]
     else:
-        ok = (not isinstance(hdu, fits.BinTableHDU) and int(hd.get("NAXIS", 0)) == 2
-              and (int(hd.get("NAXIS2", 0)), int(hd.get("NAXIS1", 0))) == shape)
+        ok = (
+            not isinstance(hdu, fits.BinTableHDU)
+            and int(hd.get("NAXIS", 0)) == 2
+            and (int(hd.get("NAXIS2", 0)), int(hd.get("NAXIS1", 0))) == shape
+        )
     return hdu if ok else None
 
 
@@ -729,7 +818,7 @@ def _find_spzbest(path: Path, plate: int, mjd: int) -> Path | None:
         if stem.endswith(suf):
             stem = stem[: -len(suf)]
             break
-    tail = stem[len("spPlate"):] if stem.lower().startswith("spplate") else None
+    tail = stem[len("spPlate") :] if stem.lower().startswith("spplate") else None
     names = ([f"spZbest{tail}.fits"] if tail else []) + [f"{base}.fits", f"{base}.fits.gz"]
     for n in names:
         if (path.parent / n).is_file():
@@ -753,10 +842,18 @@ def _read_spzbest(zpath: Path, nfiber: int, npix: int) -> tuple[dict[int, dict[s
         if tab is None:
             raise SpectrumReadError(zpath, "no table with a Z column (not an spZbest file)")
         cols = _columns(tab)
-        picks = {k: n for k, a in {"fiber": ("FIBERID",), "z": ("Z",), "z_err": ("Z_ERR",),
-                                     "class": ("CLASS",), "subclass": ("SUBCLASS",),
-                                     "zwarning": ("ZWARNING",)}.items()
-                 if (n := _pick(cols, a)) is not None}
+        picks = {
+            k: n
+            for k, a in {
+                "fiber": ("FIBERID",),
+                "z": ("Z",),
+                "z_err": ("Z_ERR",),
+                "class": ("CLASS",),
+                "subclass": ("SUBCLASS",),
+                "zwarning": ("ZWARNING",),
+            }.items()
+            if (n := _pick(cols, a)) is not None
+        }
         vals = _read_fields(zpath, tab, picks.values())
         nrow = int(tab.header.get("NAXIS2", 0))
         fibers = vals[picks["fiber"]] if "fiber" in picks else np.arange(1, nrow + 1)
@@ -810,9 +907,11 @@ def _read_spplate(h: fits.HDUList, path: Path) -> list[Spectrum]:
     plug: dict[str, np.ndarray] = {}
     if (hd := _spplate_hdu(h, "plugmap", shape)) is not None:
         pcols = _columns(hd)
-        picks = {k: n for k, a in {"fiber": ("FIBERID",), "ra": ("RA",), "dec": ("DEC",),
-                                     "objtype": ("OBJTYPE",)}.items()
-                 if (n := _pick(pcols, a)) is not None}
+        picks = {
+            k: n
+            for k, a in {"fiber": ("FIBERID",), "ra": ("RA",), "dec": ("DEC",), "objtype": ("OBJTYPE",)}.items()
+            if (n := _pick(pcols, a)) is not None
+        }
         vals = _read_fields(path, hd, picks.values())
         plug = {k: vals[n] for k, n in picks.items()}
 
@@ -838,9 +937,13 @@ def _read_spplate(h: fits.HDUList, path: Path) -> list[Spectrum]:
         fl, iv, (sky, model) = _clean(f, iv, None if sky2 is None else sky2[r], mrow)
         meta: dict[str, Any] = {"model_source": "spzbest" if model is not None else None}
         if model is None:
-            meta["model_note"] = ("no spZbest file next to the spPlate" if zpath is None else
-                                  f"{zpath.name} has no MODEL image of {npix} pixels" if model2 is None else
-                                  f"fiber {fiber} has no row in {zpath.name}")
+            meta["model_note"] = (
+                "no spZbest file next to the spPlate"
+                if zpath is None
+                else f"{zpath.name} has no MODEL image of {npix} pixels"
+                if model2 is None
+                else f"fiber {fiber} has no row in {zpath.name}"
+            )
         if run2d:
             meta["run2d"] = run2d
         if "objtype" in plug and (ot := _str(plug["objtype"][r])):
@@ -849,15 +952,29 @@ def _read_spplate(h: fits.HDUList, path: Path) -> list[Spectrum]:
             meta["zwarning"] = zw
         if zpath is not None:
             meta["zbest_file"] = zpath.name
-        out.append(Spectrum(
-            survey="boss", wave=wave, flux=fl, ivar=iv, model=model, sky=sky,
-            ra=_float(plug["ra"][r]) if "ra" in plug else None,
-            dec=_float(plug["dec"][r]) if "dec" in plug else None,
-            z=_float(zr.get("z")), z_err=_float(zr.get("z_err")),
-            spec_class=_str(zr.get("class")) if zr else None,
-            subclass=_str(zr.get("subclass")) if zr else None,
-            plate=plate, mjd=mjd, fiber=fiber, path=abspath, index=r, ivar_estimated=estimated,
-            meta=meta))
+        out.append(
+            Spectrum(
+                survey="boss",
+                wave=wave,
+                flux=fl,
+                ivar=iv,
+                model=model,
+                sky=sky,
+                ra=_float(plug["ra"][r]) if "ra" in plug else None,
+                dec=_float(plug["dec"][r]) if "dec" in plug else None,
+                z=_float(zr.get("z")),
+                z_err=_float(zr.get("z_err")),
+                spec_class=_str(zr.get("class")) if zr else None,
+                subclass=_str(zr.get("subclass")) if zr else None,
+                plate=plate,
+                mjd=mjd,
+                fiber=fiber,
+                path=abspath,
+                index=r,
+                ivar_estimated=estimated,
+                meta=meta,
+            )
+        )
     return out
 
 
@@ -869,7 +986,7 @@ def _find_redrock(path: Path) -> Path | None:
     m = _COADD_NAME.match(path.name)
     if m is None:
         return None
-    suffix = path.name[m.end():]
+    suffix = path.name[m.end() :]
     for prefix in ("redrock-", "zbest-"):
         for suf in (suffix, suffix + ".gz", suffix.removesuffix(".gz")):
             cand = path.parent / (prefix + suf)
@@ -889,12 +1006,22 @@ def _read_redrock(zpath: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str
         for req in ("TARGETID", "Z"):
             if req not in cols:
                 raise SpectrumReadError(zpath, f"missing column {req} in HDU {tab.name}")
-        picks = {k: n for k, a in {"targetid": ("TARGETID",), "z": ("Z",), "z_err": ("ZERR", "Z_ERR"),
-                                     "spectype": ("SPECTYPE",), "subtype": ("SUBTYPE",),
-                                     "zwarn": ("ZWARN", "ZWARNING"), "chi2": ("CHI2",),
-                                     "deltachi2": ("DELTACHI2",), "coeff": ("COEFF",),
-                                     "ncoeff": ("NCOEFF",)}.items()
-                 if (n := _pick(cols, a)) is not None}
+        picks = {
+            k: n
+            for k, a in {
+                "targetid": ("TARGETID",),
+                "z": ("Z",),
+                "z_err": ("ZERR", "Z_ERR"),
+                "spectype": ("SPECTYPE",),
+                "subtype": ("SUBTYPE",),
+                "zwarn": ("ZWARN", "ZWARNING"),
+                "chi2": ("CHI2",),
+                "deltachi2": ("DELTACHI2",),
+                "coeff": ("COEFF",),
+                "ncoeff": ("NCOEFF",),
+            }.items()
+            if (n := _pick(cols, a)) is not None
+        }
         vals = _read_fields(zpath, tab, picks.values())
         tids = vals[picks["targetid"]]
         rows = {int(t): {k: vals[n][r] for k, n in picks.items()} for r, t in enumerate(tids)}
@@ -903,9 +1030,15 @@ def _read_redrock(zpath: Path) -> tuple[dict[int, dict[str, Any]], dict[str, str
     return _with_fits(zpath, read)
 
 
-def _desi_models(h: fits.HDUList, path: Path, arms: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
-                 targetids: np.ndarray, zrows: dict[int, dict[str, Any]], versions: dict[str, str],
-                 zpath: Path | None) -> tuple[list[list[np.ndarray] | None], list[str | None], list[str | None]]:
+def _desi_models(
+    h: fits.HDUList,
+    path: Path,
+    arms: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    targetids: np.ndarray,
+    zrows: dict[int, dict[str, Any]],
+    versions: dict[str, str],
+    zpath: Path | None,
+) -> tuple[list[list[np.ndarray] | None], list[str | None], list[str | None]]:
     """Per target: the redrock model of each arm (or None), a one-line note, the template used."""
     n = int(targetids.size)
     if zpath is None:
@@ -920,8 +1053,15 @@ def _desi_models(h: fits.HDUList, path: Path, arms: list[tuple[str, np.ndarray, 
         ncoeff = _int(zr.get("ncoeff"))
         if ncoeff is not None and (coeff is None or not 0 < ncoeff <= coeff.size):
             ncoeff = None  # TNULL or nonsense: infer from COEFF
-        fits_.append(RedrockFit(z=_float(zr.get("z")), coeff=coeff, spectype=_str(zr.get("spectype")),
-                                subtype=_str(zr.get("subtype")), ncoeff=ncoeff))
+        fits_.append(
+            RedrockFit(
+                z=_float(zr.get("z")),
+                coeff=coeff,
+                spectype=_str(zr.get("spectype")),
+                subtype=_str(zr.get("subtype")),
+                ncoeff=ncoeff,
+            )
+        )
 
     def resolution(a: int, rows: np.ndarray) -> np.ndarray | None:
         name, wave = arms[a][0], arms[a][1]
@@ -934,17 +1074,20 @@ def _desi_models(h: fits.HDUList, path: Path, arms: list[tuple[str, np.ndarray, 
         if data.ndim == 2:
             data = data[None]
         if data.ndim != 3 or data.shape[0] != n or data.shape[2] != wave.size or data.shape[1] % 2 != 1:
-            raise SpectrumReadError(path, f"HDU {name}_RESOLUTION has shape {data.shape}, expected "
-                                          f"({n}, odd number of diagonals, {wave.size})")
+            raise SpectrumReadError(
+                path,
+                f"HDU {name}_RESOLUTION has shape {data.shape}, expected ({n}, odd number of diagonals, {wave.size})",
+            )
         return data if rows.size == n else data[rows]
 
-    return coadd_models(fits_, [w for _, w, _, _ in arms], resolution, load_templates(), versions,
-                        arm_names=[a for a, _, _, _ in arms])
+    return coadd_models(
+        fits_, [w for _, w, _, _ in arms], resolution, load_templates(), versions, arm_names=[a for a, _, _, _ in arms]
+    )
 
 
-def _merge_arms(arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                models: list[np.ndarray] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+def _merge_arms(
+    arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]], models: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """One increasing spectrum from arms sorted by start wavelength (see the module docstring).
 
     ``models`` (one array per arm, or None) are merged with the same inverse-variance weights as
@@ -985,8 +1128,9 @@ def _merge_arms(arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
         if not np.isnan(wave).any():
             with np.errstate(invalid="ignore", divide="ignore"):
                 flux = np.where(den > 0, num / den, first)
-                model = (None if mnum is None or mfirst is None else
-                         np.where(den > 0, mnum / den, mfirst).astype(np.float32))
+                model = (
+                    None if mnum is None or mfirst is None else np.where(den > 0, mnum / den, mfirst).astype(np.float32)
+                )
             return wave, flux.astype(np.float32), den.astype(np.float32), model
     # different grids: each arm only redward of the previous one's last pixel
     ws, fs, ivs, ms = [arms[0][0]], [arms[0][1]], [arms[0][2]], [mods[0]]
@@ -1003,18 +1147,31 @@ def _merge_arms(arms: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
     hdr0 = h[0].header
     names = _hdu_names(h)
-    arm_names = [n[: -len("_WAVELENGTH")] for n in names
-                 if n.endswith("_WAVELENGTH") and n[: -len("_WAVELENGTH")] + "_FLUX" in names]
+    arm_names = [
+        n[: -len("_WAVELENGTH")]
+        for n in names
+        if n.endswith("_WAVELENGTH") and n[: -len("_WAVELENGTH")] + "_FLUX" in names
+    ]
     fmap = _require_hdu(h, path, ("FIBERMAP",))
     fcols = _columns(fmap)
     if "TARGETID" not in fcols:
         raise SpectrumReadError(path, f"missing column TARGETID in HDU {fmap.name}")
-    picks = {k: n for k, a in {"targetid": ("TARGETID",), "ra": ("TARGET_RA", "RA"),
-                                 "dec": ("TARGET_DEC", "DEC"), "fiber": ("FIBER",),
-                                 "objtype": ("OBJTYPE",), "fiberstatus": ("COADD_FIBERSTATUS", "FIBERSTATUS"),
-                                 "tileid": ("TILEID",), "petal": ("PETAL_LOC",),
-                                 "survey": ("SURVEY",), "program": ("PROGRAM",)}.items()
-             if (n := _pick(fcols, a)) is not None}
+    picks = {
+        k: n
+        for k, a in {
+            "targetid": ("TARGETID",),
+            "ra": ("TARGET_RA", "RA"),
+            "dec": ("TARGET_DEC", "DEC"),
+            "fiber": ("FIBER",),
+            "objtype": ("OBJTYPE",),
+            "fiberstatus": ("COADD_FIBERSTATUS", "FIBERSTATUS"),
+            "tileid": ("TILEID",),
+            "petal": ("PETAL_LOC",),
+            "survey": ("SURVEY",),
+            "program": ("PROGRAM",),
+        }.items()
+        if (n := _pick(fcols, a)) is not None
+    }
     fm = _read_fields(path, fmap, picks.values())
     fm = {k: fm[n] for k, n in picks.items()}
     ntarget = fm["targetid"].size
@@ -1027,8 +1184,11 @@ def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
         flux = np.atleast_2d(_read_image(path, _require_hdu(h, path, (f"{a}_FLUX",)), f"{a}_FLUX"))
         ivar = np.atleast_2d(_read_image(path, _require_hdu(h, path, (f"{a}_IVAR",)), f"{a}_IVAR"))
         if flux.shape != (ntarget, wave.size) or ivar.shape != flux.shape:
-            raise SpectrumReadError(path, f"arm {a}: flux {flux.shape} / ivar {ivar.shape} do not match "
-                                          f"{ntarget} FIBERMAP rows x {wave.size} wavelengths")
+            raise SpectrumReadError(
+                path,
+                f"arm {a}: flux {flux.shape} / ivar {ivar.shape} do not match "
+                f"{ntarget} FIBERMAP rows x {wave.size} wavelengths",
+            )
         ivar = np.array(ivar, dtype=np.float32)
         mhdu = _find_hdu(h, (f"{a}_MASK",))
         if mhdu is not None:
@@ -1046,8 +1206,14 @@ def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
     petal = _int(hdr0.get("PETAL"))
     if tile is None and mt is not None:
         tile, petal = int(mt.group(2)), int(mt.group(1)) if petal is None else petal
-    if tile is None and "tileid" in fm and ntarget and np.all(fm["tileid"] == fm["tileid"][0]) \
-            and mh is None and hdr0.get("HPXPIXEL") is None:
+    if (
+        tile is None
+        and "tileid" in fm
+        and ntarget
+        and np.all(fm["tileid"] == fm["tileid"][0])
+        and mh is None
+        and hdr0.get("HPXPIXEL") is None
+    ):
         tile = int(fm["tileid"][0])
     if tile is not None:
         spgrp, spval = _str(hdr0.get("SPGRP")), _str(hdr0.get("SPGRPVAL"))
@@ -1089,8 +1255,7 @@ def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
     out: list[Spectrum] = []
     for r in range(ntarget):
         tid = int(fm["targetid"][r])
-        wave, flux, ivar, model = _merge_arms([(w, f[r].astype(np.float32), iv[r]) for _, w, f, iv in arms],
-                                              models[r])
+        wave, flux, ivar, model = _merge_arms([(w, f[r].astype(np.float32), iv[r]) for _, w, f, iv in arms], models[r])
         flux, ivar, (model,) = _clean(flux, ivar, model)
         meta = dict(base)
         meta["model_source"] = "redrock" if model is not None else None
@@ -1116,12 +1281,23 @@ def _read_desi_coadd(h: fits.HDUList, path: Path) -> list[Spectrum]:
                 meta[k] = v
         if zpath is not None:
             meta["redshift_file"] = zpath.name
-        out.append(Spectrum(
-            survey="desi", wave=wave, flux=flux, ivar=ivar, model=model,
-            ra=_float(fm["ra"][r]) if "ra" in fm else None,
-            dec=_float(fm["dec"][r]) if "dec" in fm else None,
-            z=_float(zr.get("z")), z_err=_float(zr.get("z_err")),
-            spec_class=_str(zr.get("spectype")) if zr else None,
-            subclass=_str(zr.get("subtype")) if zr else None,
-            targetid=tid, path=abspath, index=r, meta=meta))
+        out.append(
+            Spectrum(
+                survey="desi",
+                wave=wave,
+                flux=flux,
+                ivar=ivar,
+                model=model,
+                ra=_float(fm["ra"][r]) if "ra" in fm else None,
+                dec=_float(fm["dec"][r]) if "dec" in fm else None,
+                z=_float(zr.get("z")),
+                z_err=_float(zr.get("z_err")),
+                spec_class=_str(zr.get("spectype")) if zr else None,
+                subclass=_str(zr.get("subtype")) if zr else None,
+                targetid=tid,
+                path=abspath,
+                index=r,
+                meta=meta,
+            )
+        )
     return out

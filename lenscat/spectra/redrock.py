@@ -135,8 +135,9 @@ class RedrockTemplate:
         (out,) = self.evaluate_arms(coeff, [wave], z)
         return out
 
-    def evaluate_arms(self, coeff: np.ndarray, waves: Sequence[np.ndarray], z: np.ndarray | float,
-                      chunk: int = 32) -> list[np.ndarray]:
+    def evaluate_arms(
+        self, coeff: np.ndarray, waves: Sequence[np.ndarray], z: np.ndarray | float, chunk: int = 32
+    ) -> list[np.ndarray]:
         """:meth:`evaluate` on several pixel grids (a coadd's arms) at once.
 
         The redshifted template ``coeff . basis`` is taken as piecewise linear between its
@@ -185,9 +186,11 @@ class RedrockTemplate:
             bad = (lo_e / (1.0 + zc) < x[0]) | (hi_e / (1.0 + zc) > x[-1])
             if bad.any():
                 zb = float(zc[np.flatnonzero(bad)[0]])
-                raise ValueError(f"{self.fulltype} template covers {x[0] * (1 + zb):.0f}-"
-                                 f"{x[-1] * (1 + zb):.0f} A at z = {zb:.4f}, the pixels "
-                                 f"{lo_e:.0f}-{hi_e:.0f} A")
+                raise ValueError(
+                    f"{self.fulltype} template covers {x[0] * (1 + zb):.0f}-"
+                    f"{x[-1] * (1 + zb):.0f} A at z = {zb:.4f}, the pixels "
+                    f"{lo_e:.0f}-{hi_e:.0f} A"
+                )
             er = allx[None, :] / (1.0 + zc[:, None])  # rest-frame edges (m, n)
             if self._uniform is not None:  # the interval of each edge, by arithmetic
                 k = ((er - self._uniform[0]) / self._uniform[1]).astype(np.int64)
@@ -299,24 +302,27 @@ def read_template(path: str | Path) -> RedrockTemplate:
             hd = hdu.header
             data = hdu.data
             if data is None or data.ndim not in (1, 2) or "RRTYPE" not in hd or "CRVAL1" not in hd:
-                raise LenscatError(f"{p}: not a redrock template (needs BASIS_VECTORS with RRTYPE, "
-                                   "CRVAL1, CDELT1)")
+                raise LenscatError(f"{p}: not a redrock template (needs BASIS_VECTORS with RRTYPE, CRVAL1, CDELT1)")
             basis = np.atleast_2d(np.asarray(data, dtype=np.float32))
             i = np.arange(basis.shape[1], dtype=np.float64)
             wave = float(hd["CRVAL1"]) + float(hd.get("CDELT1", 1.0)) * i
             if hd.get("LOGLAM"):
-                wave = 10.0 ** wave
+                wave = 10.0**wave
             version = str(hd["VERSION"]).strip() if "VERSION" in hd else None
             return RedrockTemplate(
                 spectype=str(hd["RRTYPE"]).strip().upper(),
                 subtype=str(hd.get("RRSUBTYP", "") or "").strip().upper(),
-                version=version or None, wave=np.asarray(wave), basis=np.ascontiguousarray(basis),
-                name=p.name)
+                version=version or None,
+                wave=np.asarray(wave),
+                basis=np.ascontiguousarray(basis),
+                name=p.name,
+            )
     except LenscatError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LenscatError(f"{p}: not a readable redrock template ({type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())})") from exc
+        raise LenscatError(
+            f"{p}: not a readable redrock template ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        ) from exc
 
 
 def _template_files(where: Path) -> list[Path]:
@@ -397,9 +403,14 @@ def _used_terms(coeff: np.ndarray) -> int:
     return int(nz[-1]) + 1 if nz.size else 0
 
 
-def select_template(templates: Sequence[RedrockTemplate], spectype: str | None, subtype: str | None,
-                    coeff: np.ndarray, ncoeff: int | None = None,
-                    versions: dict[str, str] | None = None) -> tuple[RedrockTemplate | None, str | None]:
+def select_template(
+    templates: Sequence[RedrockTemplate],
+    spectype: str | None,
+    subtype: str | None,
+    coeff: np.ndarray,
+    ncoeff: int | None = None,
+    versions: dict[str, str] | None = None,
+) -> tuple[RedrockTemplate | None, str | None]:
     """The template a redrock fit was made with, or None and a one-line reason.
 
     Parameters
@@ -432,8 +443,7 @@ def select_template(templates: Sequence[RedrockTemplate], spectype: str | None, 
     same = [t for t in templates if t.spectype == st and t.subtype == sub]
     if not same:
         have = ", ".join(sorted({t.fulltype for t in templates})) or "none"
-        return None, (f"no redrock {ft} template available (have {have}; "
-                      "set LENSCAT_REDROCK_TEMPLATES)")
+        return None, (f"no redrock {ft} template available (have {have}; set LENSCAT_REDROCK_TEMPLATES)")
     if ncoeff is not None and ncoeff > 0:
         fits_n = [t for t in same if t.nbasis == ncoeff]
         want = f"{ncoeff} terms"
@@ -444,15 +454,17 @@ def select_template(templates: Sequence[RedrockTemplate], spectype: str | None, 
         want = f"{used} non-zero terms"
     if not fits_n:
         have_n = ", ".join(str(n) for n in sorted({t.nbasis for t in same}))
-        return None, (f"redrock COEFF has {want}; available {ft} templates have {have_n} "
-                      "(set LENSCAT_REDROCK_TEMPLATES)")
+        return None, (
+            f"redrock COEFF has {want}; available {ft} templates have {have_n} (set LENSCAT_REDROCK_TEMPLATES)"
+        )
     ver = (versions or {}).get(ft)
     if ver is not None:
         ok = [t for t in fits_n if t.version is None or t.version == ver]
         if not ok:
             have_v = ", ".join(sorted({str(t.version) for t in fits_n}))
-            return None, (f"redrock used {ft} template version {ver}; available versions {have_v} "
-                          "(set LENSCAT_REDROCK_TEMPLATES)")
+            return None, (
+                f"redrock used {ft} template version {ver}; available versions {have_v} (set LENSCAT_REDROCK_TEMPLATES)"
+            )
         exact = [t for t in ok if t.version == ver]
         fits_n = exact or ok
     return fits_n[0], None
@@ -481,11 +493,14 @@ class RedrockFit:
     ncoeff: int | None = None
 
 
-def coadd_models(fits_: Sequence[RedrockFit | None], waves: Sequence[np.ndarray],
-                 resolution: Callable[[int, np.ndarray], np.ndarray | None],
-                 templates: Sequence[RedrockTemplate], versions: dict[str, str] | None = None,
-                 arm_names: Sequence[str] | None = None,
-                 ) -> tuple[list[list[np.ndarray] | None], list[str | None], list[str | None]]:
+def coadd_models(
+    fits_: Sequence[RedrockFit | None],
+    waves: Sequence[np.ndarray],
+    resolution: Callable[[int, np.ndarray], np.ndarray | None],
+    templates: Sequence[RedrockTemplate],
+    versions: dict[str, str] | None = None,
+    arm_names: Sequence[str] | None = None,
+) -> tuple[list[list[np.ndarray] | None], list[str | None], list[str | None]]:
     """Redrock models of the targets of a DESI coadd, arm by arm, with each arm's resolution.
 
     Parameters
@@ -534,8 +549,10 @@ def coadd_models(fits_: Sequence[RedrockFit | None], waves: Sequence[np.ndarray]
             notes[r] = why
             continue
         if not all(t.covers(e, f.z) for e in edges):
-            notes[r] = (f"{t.fulltype} template {t.name} covers {t.wave[0] * (1 + f.z):.0f}-"
-                        f"{t.wave[-1] * (1 + f.z):.0f} A at z = {f.z:.4f}, not the whole spectrum")
+            notes[r] = (
+                f"{t.fulltype} template {t.name} covers {t.wave[0] * (1 + f.z):.0f}-"
+                f"{t.wave[-1] * (1 + f.z):.0f} A at z = {f.z:.4f}, not the whole spectrum"
+            )
             continue
         by_id[id(t)] = t
         chosen.setdefault(id(t), []).append(r)
@@ -546,8 +563,12 @@ def coadd_models(fits_: Sequence[RedrockFit | None], waves: Sequence[np.ndarray]
     pos = {int(r): i for i, r in enumerate(rows_all)}
     per_arm = [np.empty((rows_all.size, w.size), dtype=np.float32) for w in waves]
     for key, rs in chosen.items():
-        coeff = np.stack([np.asarray(fits_[r].coeff, dtype=np.float64)  # type: ignore[union-attr]
-                          for r in rs])
+        coeff = np.stack(
+            [
+                np.asarray(fits_[r].coeff, dtype=np.float64)  # type: ignore[union-attr]
+                for r in rs
+            ]
+        )
         z = np.array([fits_[r].z for r in rs], dtype=np.float64)  # type: ignore[union-attr]
         idx = [pos[r] for r in rs]
         for arm, m in zip(per_arm, by_id[key].evaluate_arms(coeff, waves, z), strict=True):

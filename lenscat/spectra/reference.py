@@ -35,7 +35,7 @@ class EigenBasis:
     @property
     def wave(self) -> np.ndarray:
         """Rest-frame wavelength [Angstrom]."""
-        return np.asarray(10.0 ** self.loglam)
+        return np.asarray(10.0**self.loglam)
 
 
 @lru_cache(maxsize=4)

@@ -24,8 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.jobs import create_job, finish_chunk, outside_open_chunks, plan_chunks
-from lenscat.registry import ModelVersion, get_model
+from lenscat.jobs.service import create_job, finish_chunk, outside_open_chunks, plan_chunks
+from lenscat.registry.versions import ModelVersion, get_model
 from lenscat.spectra.detectors import (
     CONTINUUM_CHOICES,
     Candidates,
@@ -103,9 +103,14 @@ def continuum_snapshot(continuum: str | dict[str, str] | None, *, session: Sessi
     return dict(continuum) if isinstance(continuum, dict) else str(continuum)
 
 
-def register_matched_filter(name: str, *, session: Session, sample: str = DEFAULT_SAMPLE,
-                            continuum: str | dict[str, str] | None = None,
-                            **config: Any) -> tuple[ModelVersion, bool]:
+def register_matched_filter(
+    name: str,
+    *,
+    session: Session,
+    sample: str = DEFAULT_SAMPLE,
+    continuum: str | dict[str, str] | None = None,
+    **config: Any,
+) -> tuple[ModelVersion, bool]:
     """Register a matched-filter detector version (:func:`lenscat.spectra.detector_mf.register_matched_filter`)."""
     from lenscat.spectra.detector_mf import register_matched_filter as _register
 
@@ -120,9 +125,14 @@ _HIT_COLUMNS_CACHE: set[str] = set()
 def _hit_columns(session: Session) -> set[str]:
     """Writable columns of lenscat.spectral_hits (read once per process)."""
     if not _HIT_COLUMNS_CACHE:
-        _HIT_COLUMNS_CACHE.update(session.execute(text(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'lenscat' "
-            "AND table_name = 'spectral_hits' AND column_name NOT IN ('hit_id', 'created_at')")).scalars())
+        _HIT_COLUMNS_CACHE.update(
+            session.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = 'lenscat' "
+                    "AND table_name = 'spectral_hits' AND column_name NOT IN ('hit_id', 'created_at')"
+                )
+            ).scalars()
+        )
     return _HIT_COLUMNS_CACHE
 
 
@@ -130,23 +140,40 @@ def _hit_upsert(columns: tuple[str, ...]) -> Any:
     cols = ", ".join(columns)
     vals = ", ".join(f"CAST(:{c} AS jsonb)" if c == "veto_detail" else f":{c}" for c in columns)
     upd = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in _HIT_KEY)
-    return text(f"INSERT INTO lenscat.spectral_hits AS h ({cols}) VALUES ({vals}) "
-                f"ON CONFLICT ON CONSTRAINT uq_spectral_hits_model_spectrum_pixel DO UPDATE SET {upd}")
+    return text(
+        f"INSERT INTO lenscat.spectral_hits AS h ({cols}) VALUES ({vals}) "
+        f"ON CONFLICT ON CONSTRAINT uq_spectral_hits_model_spectrum_pixel DO UPDATE SET {upd}"
+    )
 
 
-def write_scan_results(model: ModelVersion, spectrum_ids: np.ndarray, cands: Candidates, hits: list[HitRow], *,
-                       job_id: int | None, session: Session) -> int:
+def write_scan_results(
+    model: ModelVersion,
+    spectrum_ids: np.ndarray,
+    cands: Candidates,
+    hits: list[HitRow],
+    *,
+    job_id: int | None,
+    session: Session,
+) -> int:
     """Upsert hits and one scan row per spectrum (idempotent); returns the number of spectra scanned."""
     if hits:
         allowed = _hit_columns(session)
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for h in hits:
-            row = {"model_id": model.model_id, "spectrum_id": h.spectrum_id, "pixel": h.pixel,
-                   "wavelength": h.wavelength, "job_id": job_id, **h.values}
+            row = {
+                "model_id": model.model_id,
+                "spectrum_id": h.spectrum_id,
+                "pixel": h.pixel,
+                "wavelength": h.wavelength,
+                "job_id": job_id,
+                **h.values,
+            }
             unknown = sorted(set(row) - allowed)
             if unknown:
-                raise LenscatError(f"detector {model.label} produced hit values with no column: {', '.join(unknown)} "
-                                   "(is the database schema up to date? run `lenscat db upgrade`)")
+                raise LenscatError(
+                    f"detector {model.label} produced hit values with no column: {', '.join(unknown)} "
+                    "(is the database schema up to date? run `lenscat db upgrade`)"
+                )
             groups.setdefault(tuple(row), []).append(row)
         for cols, rows in groups.items():
             session.execute(_hit_upsert(cols), rows)
@@ -158,8 +185,13 @@ def write_scan_results(model: ModelVersion, spectrum_ids: np.ndarray, cands: Can
                                                        CAST(:b AS real[])) AS t(s, n, b)
                     ON CONFLICT ON CONSTRAINT pk_spectral_scans DO UPDATE SET n_hits = EXCLUDED.n_hits,
                         best_stat = EXCLUDED.best_stat, job_id = EXCLUDED.job_id, scanned_at = now()"""),
-            {"m": model.model_id, "j": job_id, "s": [int(x) for x in spectrum_ids], "n": [int(x) for x in n_hits],
-             "b": [finite_or_none(x) for x in cands.best]},
+            {
+                "m": model.model_id,
+                "j": job_id,
+                "s": [int(x) for x in spectrum_ids],
+                "n": [int(x) for x in n_hits],
+                "b": [finite_or_none(x) for x in cands.best],
+            },
         )
     return len(spectrum_ids)
 
@@ -176,8 +208,12 @@ class PlannedScan:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
-        return {"job_id": self.job_id, "detector": self.detector.label, "spectra": self.n_items,
-                "chunks": self.n_chunks}
+        return {
+            "job_id": self.job_id,
+            "detector": self.detector.label,
+            "spectra": self.n_items,
+            "chunks": self.n_chunks,
+        }
 
 
 def detector_sample(model: ModelVersion) -> str:
@@ -187,17 +223,29 @@ def detector_sample(model: ModelVersion) -> str:
 
 def unscanned_sql(model: ModelVersion) -> str:
     """Ids of spectra in the detector version's sample that it has not scanned yet."""
-    return ("SELECT s.spectrum_id AS id FROM lenscat.spectra s WHERE "
-            f"({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM "
-            f"lenscat.spectral_scans x WHERE x.model_id = {int(model.model_id)} AND x.spectrum_id = s.spectrum_id)")
+    return (
+        "SELECT s.spectrum_id AS id FROM lenscat.spectra s WHERE "
+        f"({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM "
+        f"lenscat.spectral_scans x WHERE x.model_id = {int(model.model_id)} AND x.spectrum_id = s.spectrum_id)"
+    )
 
 
-def plan_scan(detector: str | ModelVersion, *, session: Session, chunk_size: int = DEFAULT_CHUNK,
-              reason: str = "requested", exclude_open: bool = False) -> PlannedScan:
+def plan_scan(
+    detector: str | ModelVersion,
+    *,
+    session: Session,
+    chunk_size: int = DEFAULT_CHUNK,
+    reason: str = "requested",
+    exclude_open: bool = False,
+) -> PlannedScan:
     """Create a ``spectral_scan`` job over the spectra the detector version has not scanned."""
     model = detector if isinstance(detector, ModelVersion) else get_model("detector", detector, session=session)
-    job_id = create_job("spectral_scan", model.model_id, {"detector": model.label, "chunk_size": int(chunk_size),
-                                                          "reason": reason}, session=session)
+    job_id = create_job(
+        "spectral_scan",
+        model.model_id,
+        {"detector": model.label, "chunk_size": int(chunk_size), "reason": reason},
+        session=session,
+    )
     sql = unscanned_sql(model)
     if exclude_open:
         sql = outside_open_chunks(sql, "spectral_scan", model.model_id)
@@ -205,15 +253,26 @@ def plan_scan(detector: str | ModelVersion, *, session: Session, chunk_size: int
     return PlannedScan(job_id, model, n_items, n_chunks)
 
 
-def scan_spectra(model: ModelVersion, spectrum_ids: np.ndarray, *, session: Session, device: str | None = None,
-                 job_id: int | None = None, batch_size: int = 4096) -> int:
+def scan_spectra(
+    model: ModelVersion,
+    spectrum_ids: np.ndarray,
+    *,
+    session: Session,
+    device: str | None = None,
+    job_id: int | None = None,
+    batch_size: int = 4096,
+) -> int:
     """Scan the given spectra with a detector version and write hits and scan rows."""
     ids = np.asarray(spectrum_ids, dtype=np.int64)
     if ids.size == 0:
         return 0
     meta = session.execute(
-        text("SELECT spectrum_id, pack_id, pack_row, survey FROM lenscat.spectra WHERE spectrum_id = ANY(:ids) "
-             "ORDER BY pack_id, pack_row"), {"ids": ids.tolist()}).all()
+        text(
+            "SELECT spectrum_id, pack_id, pack_row, survey FROM lenscat.spectra WHERE spectrum_id = ANY(:ids) "
+            "ORDER BY pack_id, pack_row"
+        ),
+        {"ids": ids.tolist()},
+    ).all()
     det = load_detector(model, device)
     n = 0
     by_pack: dict[int, list[tuple[int, int, str]]] = {}
@@ -224,7 +283,7 @@ def scan_spectra(model: ModelVersion, spectrum_ids: np.ndarray, *, session: Sess
     for pid, items in by_pack.items():
         store = pack_store(pid, session=session)
         for i in range(0, len(items), batch_size):
-            part = items[i:i + batch_size]
+            part = items[i : i + batch_size]
             sids = np.array([s for s, _, _ in part], dtype=np.int64)
             prow = np.array([r for _, r, _ in part], dtype=np.int64)
             surveys = [v for _, _, v in part]
@@ -237,22 +296,34 @@ def scan_spectra(model: ModelVersion, spectrum_ids: np.ndarray, *, session: Sess
     return n
 
 
-def scan_chunk(job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session,
-               device: str | None = None) -> int:
+def scan_chunk(
+    job_id: int, chunk_no: int, lo_id: int, hi_id: int, *, session: Session, device: str | None = None
+) -> int:
     """Scan the not-yet-scanned spectra of one chunk and mark it done (one transaction)."""
     t0 = time.perf_counter()
     mid = session.execute(text("SELECT model_id FROM lenscat.jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
     model = get_model("detector", int(mid), session=session)
-    todo = np.array(session.execute(
-        text("SELECT s.spectrum_id FROM lenscat.spectra s WHERE s.spectrum_id BETWEEN :lo AND :hi "
-             f"AND ({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM lenscat.spectral_scans x WHERE x.model_id = :m "
-             "AND x.spectrum_id = s.spectrum_id)"), {"lo": lo_id, "hi": hi_id, "m": model.model_id}).scalars().all(),
-        dtype=np.int64)
+    todo = np.array(
+        session.execute(
+            text(
+                "SELECT s.spectrum_id FROM lenscat.spectra s WHERE s.spectrum_id BETWEEN :lo AND :hi "
+                f"AND ({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM lenscat.spectral_scans x WHERE x.model_id = :m "
+                "AND x.spectrum_id = s.spectrum_id)"
+            ),
+            {"lo": lo_id, "hi": hi_id, "m": model.model_id},
+        )
+        .scalars()
+        .all(),
+        dtype=np.int64,
+    )
     n = scan_spectra(model, todo, session=session, device=device, job_id=job_id)
     finish_chunk(job_id, chunk_no, n, time.perf_counter() - t0, session=session)
-    others_open = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.job_chunks WHERE job_id = :j "
-                                       "AND chunk_no <> :c AND status <> 'done')"),
-                                  {"j": job_id, "c": chunk_no}).scalar()
+    others_open = session.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM lenscat.job_chunks WHERE job_id = :j AND chunk_no <> :c AND status <> 'done')"
+        ),
+        {"j": job_id, "c": chunk_no},
+    ).scalar()
     if not others_open:  # the job's last chunk: refresh the survey-wide veto (beat does it too)
         refresh_overdensity(model, session=session)
     return n
@@ -264,12 +335,17 @@ def refresh_idle_detectors(*, session: Session) -> dict[str, int]:
     Run by Celery beat's re-processing tick, so hits written by chunks that finished concurrently
     still get the survey-wide veto. Returns ``{detector: hits flagged}``.
     """
-    from lenscat.reprocess import _latest
+    from lenscat.jobs.reprocess import _latest
 
     out = {}
     for mid in _latest("detector", session):
-        busy = session.execute(text("SELECT EXISTS (SELECT 1 FROM lenscat.jobs WHERE kind = 'spectral_scan' "
-                                    "AND model_id = :m AND status IN ('queued', 'running'))"), {"m": mid}).scalar()
+        busy = session.execute(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM lenscat.jobs WHERE kind = 'spectral_scan' "
+                "AND model_id = :m AND status IN ('queued', 'running'))"
+            ),
+            {"m": mid},
+        ).scalar()
         if not busy:
             model = get_model("detector", mid, session=session)
             out[model.label] = refresh_overdensity(model, session=session)
@@ -283,10 +359,14 @@ def refresh_overdensity(model: ModelVersion, *, session: Session) -> int:
     """
     from lenscat.spectra.linefit import wavelength_overdensity
 
-    rows = session.execute(text("SELECT hit_id, wavelength FROM lenscat.spectral_hits WHERE model_id = :m"),
-                           {"m": model.model_id}).all()
-    n_spec = int(session.execute(text("SELECT count(*) FROM lenscat.spectral_scans WHERE model_id = :m"),
-                                 {"m": model.model_id}).scalar_one())
+    rows = session.execute(
+        text("SELECT hit_id, wavelength FROM lenscat.spectral_hits WHERE model_id = :m"), {"m": model.model_id}
+    ).all()
+    n_spec = int(
+        session.execute(
+            text("SELECT count(*) FROM lenscat.spectral_scans WHERE model_id = :m"), {"m": model.model_id}
+        ).scalar_one()
+    )
     if not rows:
         return 0
     hit_ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -309,4 +389,3 @@ def analyze_scans(*, session: Session) -> None:
     """Refresh the planner's statistics of the scan and hit tables after a scan job."""
     session.execute(text("ANALYZE lenscat.spectral_scans"))
     session.execute(text("ANALYZE lenscat.spectral_hits"))
-

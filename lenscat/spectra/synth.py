@@ -117,8 +117,9 @@ def pixel_edges(wave: np.ndarray) -> np.ndarray:
     return np.concatenate([[2.0 * w[0] - mid[0]], mid, [2.0 * w[-1] - mid[-1]]])
 
 
-def _skew_params(centre: np.ndarray, fwhm_kms: np.ndarray, skew: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _skew_params(
+    centre: np.ndarray, fwhm_kms: np.ndarray, skew: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(location xi, scale omega [A], clipped shape, standard peak) of lines given by their peak."""
     a = np.clip(skew, -SKEW_LIMIT, SKEW_LIMIT)
     mode, width, peak = skewnorm_shape(a)
@@ -170,8 +171,7 @@ def lya_profile(
     """
     w = np.asarray(wave, dtype=np.float64)
     scalar = all(np.ndim(v) == 0 for v in (centre, line_flux, fwhm_kms, skew))
-    c, f, v, s = (np.atleast_1d(np.asarray(q, dtype=np.float64))
-                  for q in (centre, line_flux, fwhm_kms, skew))
+    c, f, v, s = (np.atleast_1d(np.asarray(q, dtype=np.float64)) for q in (centre, line_flux, fwhm_kms, skew))
     c, f, v, s = np.broadcast_arrays(c, f, v, s)
     if c.ndim != 1:
         raise LenscatError("line parameters must be scalars or 1-D arrays")
@@ -327,17 +327,16 @@ def draw_matched_params(
     hi = np.maximum(lo * 1.0001, fwhm_range[1])
     fwhm = np.exp(np.log(lo) + rng.random(n) * (np.log(hi) - np.log(lo)))
     red = rng.random(n) < red_fraction
-    skew = np.where(red, rng.uniform(red_skew[0], red_skew[1], size=n),
-                    rng.normal(0.0, symmetric_sigma, size=n))
+    skew = np.where(red, rng.uniform(red_skew[0], red_skew[1], size=n), rng.normal(0.0, symmetric_sigma, size=n))
     skew = np.clip(skew, -SKEW_LIMIT, SKEW_LIMIT)
     snr = rng.uniform(snr_range[0], snr_range[1], size=n)
     if not 0.0 <= bright_fraction <= 1.0 or not 0 < bright_range[0] <= bright_range[1]:
-        raise LenscatError(f"bright_fraction must be in [0, 1] and bright_range increasing, got "
-                           f"{bright_fraction}, {bright_range}")
+        raise LenscatError(
+            f"bright_fraction must be in [0, 1] and bright_range increasing, got {bright_fraction}, {bright_range}"
+        )
     if bright_fraction > 0:
         bright = rng.random(n) < bright_fraction
-        snr[bright] = np.exp(rng.uniform(np.log(bright_range[0]), np.log(bright_range[1]),
-                                         size=int(bright.sum())))
+        snr[bright] = np.exp(rng.uniform(np.log(bright_range[0]), np.log(bright_range[1]), size=int(bright.sum())))
     return {
         "centre": centre,
         "pixel": pix,
@@ -369,8 +368,9 @@ def matched_snr(line: np.ndarray, ivar: np.ndarray) -> np.ndarray:
     return np.asarray(np.sqrt(np.sum(ln * ln * np.where(np.isfinite(iv) & (iv > 0), iv, 0.0), axis=-1)))
 
 
-def _matched_line_flux(unit: np.ndarray, gain: np.ndarray, shape_var: np.ndarray, inv_t: np.ndarray,
-                       good: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _matched_line_flux(
+    unit: np.ndarray, gain: np.ndarray, shape_var: np.ndarray, inv_t: np.ndarray, good: np.ndarray, target: np.ndarray
+) -> np.ndarray:
     """Line flux F [1e-17 erg/s/cm^2] per row with ``F sqrt(sum(u^2 / var(F))) = target`` over good pixels.
 
     ``var(F) = gain (shape_var + F u inv_t)`` includes the line's photon noise; ``F S(F)`` is
@@ -451,8 +451,10 @@ def inject_lines(
         sk = np.asarray(params["skew"], dtype=np.float64).reshape(-1)[rows]
         line = lya_profile(wave, c[rows], lf[rows], fw, sk)
         if variance_per_flux is not None:
-            vpf = np.broadcast_to(np.asarray(variance_per_flux, dtype=np.float64),
-                                  f.shape if np.ndim(variance_per_flux) == 2 else (len(f),))
+            vpf = np.broadcast_to(
+                np.asarray(variance_per_flux, dtype=np.float64),
+                f.shape if np.ndim(variance_per_flux) == 2 else (len(f),),
+            )
             vr = vpf[rows] if vpf.ndim == 2 else vpf[rows][:, None]
             extra = np.clip(vr * line, 0.0, None)
             gen = rng if rng is not None else np.random.default_rng(0)
@@ -504,9 +506,9 @@ def _sky_on_grid(k0: int, n: int, dlog: float) -> tuple[np.ndarray, np.ndarray]:
     return out, lines
 
 
-def _galaxies(rng: np.random.Generator, z: np.ndarray, grid: LogGrid, basis_name: str,
-              level: np.ndarray, continuum_error: float
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _galaxies(
+    rng: np.random.Generator, z: np.ndarray, grid: LogGrid, basis_name: str, level: np.ndarray, continuum_error: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(galaxy, continuum estimate) (N, P) float64: eigen mixes at z scaled to ``level``."""
     eb = eigen_basis(basis_name)
     n = len(z)
@@ -514,11 +516,10 @@ def _galaxies(rng: np.random.Generator, z: np.ndarray, grid: LogGrid, basis_name
     coef = np.zeros((n, eb.basis.shape[0]))
     coef[:, 0] = 1.0
     k = min(len(_EIGEN_MIX), eb.basis.shape[0] - 1)
-    coef[:, 1:1 + k] = rng.normal(size=(n, k)) * (np.asarray(_EIGEN_MIX[:k]) * rms[0] / rms[1:1 + k])
+    coef[:, 1 : 1 + k] = rng.normal(size=(n, k)) * (np.asarray(_EIGEN_MIX[:k]) * rms[0] / rms[1 : 1 + k])
     dcoef = np.zeros_like(coef)
     if continuum_error > 0 and k:
-        dcoef[:, 1:1 + k] = rng.normal(size=(n, k)) * (continuum_error / np.sqrt(k) * rms[0]
-                                                        / rms[1:1 + k])
+        dcoef[:, 1 : 1 + k] = rng.normal(size=(n, k)) * (continuum_error / np.sqrt(k) * rms[0] / rms[1 : 1 + k])
     # fractional rest-frame pixel of every observed pixel; the coefficients are applied on the
     # rest-frame span first, then each row is read off at its offset (linear interpolation)
     d_eig = float(eb.loglam[1] - eb.loglam[0])
@@ -531,7 +532,7 @@ def _galaxies(rng: np.random.Generator, z: np.ndarray, grid: LogGrid, basis_name
         frac = (pos[:, 0] - base)[:, None]
         lo, hi = int(base.min()), int(base.max()) + grid.n + 1
         base -= lo
-        span = eb.basis[:, lo:min(hi, eb.basis.shape[1])]
+        span = eb.basis[:, lo : min(hi, eb.basis.shape[1])]
         if span.shape[1] < hi - lo:
             span = np.pad(span, ((0, 0), (0, hi - lo - span.shape[1])), mode="edge")
         rows = np.arange(n)
@@ -545,12 +546,13 @@ def _galaxies(rng: np.random.Generator, z: np.ndarray, grid: LogGrid, basis_name
         fr = pos - i0
         lo = int(i0.min())
         i0 -= lo
-        span = eb.basis[:, lo:int(i0.max()) + lo + 2]
+        span = eb.basis[:, lo : int(i0.max()) + lo + 2]
 
         def shifted(c: np.ndarray) -> np.ndarray:
             comb = c @ span
-            return np.asarray(np.take_along_axis(comb, i0, axis=1) * (1.0 - fr)
-                              + np.take_along_axis(comb, i0 + 1, axis=1) * fr)
+            return np.asarray(
+                np.take_along_axis(comb, i0, axis=1) * (1.0 - fr) + np.take_along_axis(comb, i0 + 1, axis=1) * fr
+            )
 
     gal = shifted(coef)
     err = shifted(dcoef) if continuum_error > 0 else np.zeros_like(gal)
@@ -628,15 +630,26 @@ class SyntheticSet:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """``flux``, ``ivar``, ``continuum``, ``z``, ``labels``, ``line_pixel`` (for training)."""
-        return {"flux": self.flux, "ivar": self.ivar, "continuum": self.continuum, "z": self.z,
-                "labels": self.labels, "line_pixel": self.line_pixel}
+        return {
+            "flux": self.flux,
+            "ivar": self.ivar,
+            "continuum": self.continuum,
+            "z": self.z,
+            "labels": self.labels,
+            "line_pixel": self.line_pixel,
+        }
 
     def subset(self, index: np.ndarray | slice) -> SyntheticSet:
         """The rows ``index`` as a new set (arrays are copies for index arrays, views for slices)."""
         return SyntheticSet(
-            wave=self.wave, flux=self.flux[index], ivar=self.ivar[index],
-            continuum=self.continuum[index], z=self.z[index], labels=self.labels[index],
-            line={k: v[index] for k, v in self.line.items()}, line_pixel=self.line_pixel[index],
+            wave=self.wave,
+            flux=self.flux[index],
+            ivar=self.ivar[index],
+            continuum=self.continuum[index],
+            z=self.z[index],
+            labels=self.labels[index],
+            line={k: v[index] for k, v in self.line.items()},
+            line_pixel=self.line_pixel[index],
             truth=None if self.truth is None else self.truth[index],
             galaxy=None if self.galaxy is None else self.galaxy[index],
             meta={k: (v[index] if isinstance(v, np.ndarray) else v) for k, v in self.meta.items()},
@@ -752,13 +765,29 @@ def make_training_set(
     cont_kind = continuum
     s0 = 0
     for part in iter_training_set(
-            n, positive_fraction=positive_fraction, seed=seed, sky=sky, residuals=residuals,
-            residual_fraction=residual_fraction, grid=grid, z_range=z_range, level_range=level_range,
-            snr_range=snr_range, sky_scale_range=sky_scale_range, sky_residual=sky_residual,
-            throughput_slope=throughput_slope, read_fraction=read_fraction,
-            bad_pixel_fraction=bad_pixel_fraction, bad_run_probability=bad_run_probability,
-            continuum_error=continuum_error, continuum=continuum, line_priors=line_priors,
-            keep_truth=keep_truth, basis=basis, priors=priors):
+        n,
+        positive_fraction=positive_fraction,
+        seed=seed,
+        sky=sky,
+        residuals=residuals,
+        residual_fraction=residual_fraction,
+        grid=grid,
+        z_range=z_range,
+        level_range=level_range,
+        snr_range=snr_range,
+        sky_scale_range=sky_scale_range,
+        sky_residual=sky_residual,
+        throughput_slope=throughput_slope,
+        read_fraction=read_fraction,
+        bad_pixel_fraction=bad_pixel_fraction,
+        bad_run_probability=bad_run_probability,
+        continuum_error=continuum_error,
+        continuum=continuum,
+        line_priors=line_priors,
+        keep_truth=keep_truth,
+        basis=basis,
+        priors=priors,
+    ):
         sl = slice(s0, s0 + len(part))
         s0 += len(part)
         for k, arr in out.items():
@@ -834,8 +863,12 @@ def iter_training_set(
         raise LenscatError(f"continuum must be 'true', 'fit' or 'auto', got {continuum!r}")
     if priors not in LINE_PRIORS:
         raise LenscatError(f"line priors must be one of {', '.join(LINE_PRIORS)}, got {priors!r}")
-    for name, r in (("z_range", z_range), ("level_range", level_range), ("snr_range", snr_range),
-                    ("sky_scale_range", sky_scale_range)):
+    for name, r in (
+        ("z_range", z_range),
+        ("level_range", level_range),
+        ("snr_range", snr_range),
+        ("sky_scale_range", sky_scale_range),
+    ):
         if not 0 < r[0] <= r[1]:
             raise LenscatError(f"{name} must be positive and increasing, got {r}")
     if continuum == "auto":
@@ -879,30 +912,50 @@ def iter_training_set(
         sl = slice(j * _CHUNK, min(n, (j + 1) * _CHUNK))
         rng = np.random.default_rng(seqs[1 + j])
         chunk = _synth_chunk(
-            rng, labels[sl].astype(bool), grid, sky_rows, sky_lines, res,
-            residual_fraction=residual_fraction, z_range=z_range, level_range=level_range,
-            snr_range=snr_range, sky_scale_range=sky_scale_range, sky_residual=sky_residual,
-            throughput_slope=throughput_slope, read_fraction=read_fraction,
-            bad_pixel_fraction=bad_pixel_fraction, bad_run_probability=bad_run_probability,
-            continuum_error=continuum_error, line_priors=dict(line_priors or {}), basis=basis,
+            rng,
+            labels[sl].astype(bool),
+            grid,
+            sky_rows,
+            sky_lines,
+            res,
+            residual_fraction=residual_fraction,
+            z_range=z_range,
+            level_range=level_range,
+            snr_range=snr_range,
+            sky_scale_range=sky_scale_range,
+            sky_residual=sky_residual,
+            throughput_slope=throughput_slope,
+            read_fraction=read_fraction,
+            bad_pixel_fraction=bad_pixel_fraction,
+            bad_run_probability=bad_run_probability,
+            continuum_error=continuum_error,
+            line_priors=dict(line_priors or {}),
+            basis=basis,
             priors=priors,
         )
-        arrays = {k: np.asarray(chunk.pop(k), dtype=np.float32)
-                  for k in ("flux", "ivar", "continuum", "truth", "galaxy")}
+        arrays = {
+            k: np.asarray(chunk.pop(k), dtype=np.float32) for k in ("flux", "ivar", "continuum", "truth", "galaxy")
+        }
         line = chunk.pop("line")
         z = chunk.pop("z")
         lab = labels[sl].copy()
         lpix = np.where(lab == 1, np.rint(np.nan_to_num(line["pixel"], nan=-1.0)), -1)
         if fit is not None:
-            arrays["continuum"] = np.asarray(fit(wave, arrays["flux"], arrays["ivar"], z),
-                                             dtype=np.float32)
+            arrays["continuum"] = np.asarray(fit(wave, arrays["flux"], arrays["ivar"], z), dtype=np.float32)
         meta: dict[str, Any] = dict(chunk)
         meta.update(seed=seed, continuum=continuum, priors=priors, start=sl.start)
         yield SyntheticSet(
-            wave=wave, flux=arrays["flux"], ivar=arrays["ivar"], continuum=arrays["continuum"],
-            z=z, labels=lab, line=line, line_pixel=lpix.astype(np.int64),
+            wave=wave,
+            flux=arrays["flux"],
+            ivar=arrays["ivar"],
+            continuum=arrays["continuum"],
+            z=z,
+            labels=lab,
+            line=line,
+            line_pixel=lpix.astype(np.int64),
             truth=arrays["truth"] if keep_truth else None,
-            galaxy=arrays["galaxy"] if keep_truth else None, meta=meta,
+            galaxy=arrays["galaxy"] if keep_truth else None,
+            meta=meta,
         )
 
 
@@ -969,8 +1022,7 @@ def _synth_chunk(
     else:
         drawn = draw_lya_params(rng, len(pos), grid=grid, **line_priors)
         if len(pos):
-            line_f[pos] = lya_profile(wave, drawn["centre"], drawn["line_flux"], drawn["fwhm_kms"],
-                                      drawn["skew"])
+            line_f[pos] = lya_profile(wave, drawn["centre"], drawn["line_flux"], drawn["fwhm_kms"], drawn["skew"])
         truth += line_f
 
     # 3. noise: variance per unit gain k from galaxy + sky photons and read noise, k set by S/N
@@ -1006,8 +1058,9 @@ def _synth_chunk(
     # 5b. matched priors: the line flux that gives the drawn matched S/N against the final ivar
     if matched:
         if len(pos):
-            flux_l = _matched_line_flux(unit_line, gain[pos], shape_var[pos], inv_t[pos],
-                                        ~masked[pos], drawn["snr_target"])
+            flux_l = _matched_line_flux(
+                unit_line, gain[pos], shape_var[pos], inv_t[pos], ~masked[pos], drawn["snr_target"]
+            )
             line_f[pos] = flux_l[:, None] * unit_line
         else:
             flux_l = np.zeros(0)
@@ -1023,7 +1076,17 @@ def _synth_chunk(
     for k, v in drawn.items():
         line[k][pos] = v
     return {
-        "flux": flux, "ivar": ivar, "continuum": cont, "truth": truth, "galaxy": gal,
-        "line": line, "z": z, "snr": snr, "level": level, "sky_index": sky_index,
-        "sky_scale": sky_scale, "noise_kind": noise_kind, "gain": gain,
+        "flux": flux,
+        "ivar": ivar,
+        "continuum": cont,
+        "truth": truth,
+        "galaxy": gal,
+        "line": line,
+        "z": z,
+        "snr": snr,
+        "level": level,
+        "sky_index": sky_index,
+        "sky_scale": sky_scale,
+        "noise_kind": noise_kind,
+        "gain": gain,
     }

@@ -35,7 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.registry import ModelVersion, register_model, store_checkpoint
+from lenscat.registry.versions import ModelVersion, register_model, store_checkpoint
 from lenscat.spectra.grid import WINDOW
 
 DEFAULT_FPR = 1e-3
@@ -82,10 +82,17 @@ class InputSet:
         return {"inputs": self.inputs, "labels": self.labels, "line_pixel": self.line_pixel}
 
 
-def build_inputs(n: int, *, seed: int, positive_fraction: float = 1 / 16, priors: str = DEFAULT_PRIORS,
-                 residuals: np.ndarray | None = None, residual_fraction: float = 0.8,
-                 keep_spectra: bool = False, progress: bool = False
-                 ) -> tuple[InputSet, Any]:
+def build_inputs(
+    n: int,
+    *,
+    seed: int,
+    positive_fraction: float = 1 / 16,
+    priors: str = DEFAULT_PRIORS,
+    residuals: np.ndarray | None = None,
+    residual_fraction: float = 0.8,
+    keep_spectra: bool = False,
+    progress: bool = False,
+) -> tuple[InputSet, Any]:
     """Generate a synthetic set block by block and keep only its network input.
 
     Parameters
@@ -114,8 +121,15 @@ def build_inputs(n: int, *, seed: int, positive_fraction: float = 1 / 16, priors
     lines: list[dict[str, np.ndarray]] = []
     parts: list[Any] = []
     s0 = 0
-    it = iter_training_set(n, positive_fraction=positive_fraction, seed=seed, priors=priors, residuals=residuals,
-                           residual_fraction=residual_fraction, keep_truth=False)
+    it = iter_training_set(
+        n,
+        positive_fraction=positive_fraction,
+        seed=seed,
+        priors=priors,
+        residuals=residuals,
+        residual_fraction=residual_fraction,
+        keep_truth=False,
+    )
     with tqdm(total=n, disable=not progress, unit="spectrum", desc=f"synthetic set (seed {seed})") as bar:
         for part in it:
             sl = slice(s0, s0 + len(part))
@@ -132,10 +146,16 @@ def build_inputs(n: int, *, seed: int, positive_fraction: float = 1 / 16, priors
         from lenscat.spectra.synth import SyntheticSet
 
         full = SyntheticSet(
-            wave=parts[0].wave, flux=np.concatenate([q.flux for q in parts]),
-            ivar=np.concatenate([q.ivar for q in parts]), continuum=np.concatenate([q.continuum for q in parts]),
-            z=np.concatenate([q.z for q in parts]), labels=labels, line=line, line_pixel=lpix,
-            meta={"seed": seed, "priors": priors})
+            wave=parts[0].wave,
+            flux=np.concatenate([q.flux for q in parts]),
+            ivar=np.concatenate([q.ivar for q in parts]),
+            continuum=np.concatenate([q.continuum for q in parts]),
+            z=np.concatenate([q.z for q in parts]),
+            labels=labels,
+            line=line,
+            line_pixel=lpix,
+            meta={"seed": seed, "priors": priors},
+        )
     return InputSet(x, labels, lpix, line, time.perf_counter() - t0), full
 
 
@@ -144,9 +164,15 @@ def _completeness(labels: np.ndarray, scores: np.ndarray, thr: float, sel: np.nd
     return float(np.mean(scores[pos] > thr)) if pos.any() else math.nan
 
 
-def compare_with_matched_filter(labels: np.ndarray, score: np.ndarray, mf_snr: np.ndarray,
-                                snr_matched: np.ndarray, *, fpr: float = DEFAULT_FPR,
-                                prefix: str = "val_") -> dict[str, float]:
+def compare_with_matched_filter(
+    labels: np.ndarray,
+    score: np.ndarray,
+    mf_snr: np.ndarray,
+    snr_matched: np.ndarray,
+    *,
+    fpr: float = DEFAULT_FPR,
+    prefix: str = "val_",
+) -> dict[str, float]:
     """A detector's score and the matched filter's best S/N on the same validation set, like for like.
 
     Each gets the threshold giving false-positive rate ``fpr`` on that set's negatives
@@ -177,10 +203,15 @@ def compare_with_matched_filter(labels: np.ndarray, score: np.ndarray, mf_snr: n
     return out
 
 
-
-
-def real_residuals(pack: str, *, session: Session, max_rows: int = 5000, seed: int = 0,
-                   min_coverage: float = 0.8, max_line_snr: float | None = 6.0) -> tuple[np.ndarray, list[int]]:
+def real_residuals(
+    pack: str,
+    *,
+    session: Session,
+    max_rows: int = 5000,
+    seed: int = 0,
+    min_coverage: float = 0.8,
+    max_line_snr: float | None = 6.0,
+) -> tuple[np.ndarray, list[int]]:
     """Continuum-subtracted residuals of ingested spectra in S/N units, ``(flux - continuum) * sqrt(ivar)``.
 
     They carry the real continuum-fit and sky-subtraction structure into the synthetic sets, but
@@ -206,10 +237,13 @@ def real_residuals(pack: str, *, session: Session, max_rows: int = 5000, seed: i
     from lenscat.spectra.masks import galaxy_line_masks
     from lenscat.spectra.matched_filter import snr_max
 
-    rows = session.execute(text(
-        "SELECT s.spectrum_id, s.pack_id, s.pack_row FROM lenscat.spectra s JOIN lenscat.spectrum_packs p "
-        "USING (pack_id) WHERE p.name = :n AND s.window_coverage >= :c ORDER BY s.spectrum_id"),
-        {"n": pack, "c": min_coverage}).all()
+    rows = session.execute(
+        text(
+            "SELECT s.spectrum_id, s.pack_id, s.pack_row FROM lenscat.spectra s JOIN lenscat.spectrum_packs p "
+            "USING (pack_id) WHERE p.name = :n AND s.window_coverage >= :c ORDER BY s.spectrum_id"
+        ),
+        {"n": pack, "c": min_coverage},
+    ).all()
     if not rows:
         raise LenscatError(f"spectrum store {pack!r} has no spectra with >= {min_coverage:.0%} good window pixels")
     if len(rows) > max_rows:
@@ -222,12 +256,15 @@ def real_residuals(pack: str, *, session: Session, max_rows: int = 5000, seed: i
     res = np.where(good, (packed.flux - packed.continuum) * np.sqrt(np.where(good, packed.ivar, 0.0)), 0.0)
     keep = np.ones(len(rows), dtype=bool)
     if max_line_snr is not None:
-        best = snr_max(packed.flux, np.where(good, packed.ivar, 0.0).astype(np.float32), packed.continuum, z,
-                       wave=WINDOW.wave)
+        best = snr_max(
+            packed.flux, np.where(good, packed.ivar, 0.0).astype(np.float32), packed.continuum, z, wave=WINDOW.wave
+        )
         keep = ~(np.nan_to_num(best, nan=0.0) >= max_line_snr)
     if not keep.any():
-        raise LenscatError(f"spectrum store {pack!r}: every candidate spectrum holds a line of matched-filter "
-                           f"S/N >= {max_line_snr:g}; no clean residuals")
+        raise LenscatError(
+            f"spectrum store {pack!r}: every candidate spectrum holds a line of matched-filter "
+            f"S/N >= {max_line_snr:g}; no clean residuals"
+        )
     ids = [int(r[0]) for r, k in zip(rows, keep, strict=True) if k]
     return np.clip(res[keep], -20, 20).astype(np.float32), ids
 
@@ -323,24 +360,48 @@ def train_detector(
     residual_ids: list[int] = []
     if residual_pack is not None:
         residuals, residual_ids = real_residuals(residual_pack, session=session, seed=seed)
-    common: dict[str, Any] = {"positive_fraction": positive_fraction, "priors": priors, "residuals": residuals,
-              "residual_fraction": residual_fraction, "progress": progress}
+    common: dict[str, Any] = {
+        "positive_fraction": positive_fraction,
+        "priors": priors,
+        "residuals": residuals,
+        "residual_fraction": residual_fraction,
+        "progress": progress,
+    }
     train, _ = build_inputs(n_train, seed=seed, **common)
     val, val_set = build_inputs(n_val, seed=seed + 1, keep_spectra=True, **common)
     assert val_set is not None
     t_synth = train.seconds + val.seconds
-    set_desc = {"generator": "lenscat.spectra.synth.iter_training_set", "n_train": n_train, "n_val": n_val,
-                "positive_fraction": positive_fraction, "seed": seed, "priors": priors,
-                "residual_pack": residual_pack,
-                "residual_fraction": residual_fraction if residual_pack is not None else None,
-                "residual_spectrum_ids_sha256": hashlib.sha256(json.dumps(residual_ids).encode()).hexdigest()
-                if residual_ids else None}
+    set_desc = {
+        "generator": "lenscat.spectra.synth.iter_training_set",
+        "n_train": n_train,
+        "n_val": n_val,
+        "positive_fraction": positive_fraction,
+        "seed": seed,
+        "priors": priors,
+        "residual_pack": residual_pack,
+        "residual_fraction": residual_fraction if residual_pack is not None else None,
+        "residual_spectrum_ids_sha256": hashlib.sha256(json.dumps(residual_ids).encode()).hexdigest()
+        if residual_ids
+        else None,
+    }
     tsha = hashlib.sha256(json.dumps(set_desc, sort_keys=True).encode()).hexdigest()
-    from lenscat.registry import training_state_dir
+    from lenscat.registry.versions import training_state_dir
 
     model, history = train_specnet(
-        train.arrays(), val.arrays(), epochs=epochs, batch_size=batch_size, lr=lr, config=config, seed=seed,
-        device=device, amp=rc.amp, progress=progress, state_dir=training_state_dir(), run_tag=tsha, resume=resume)
+        train.arrays(),
+        val.arrays(),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        config=config,
+        seed=seed,
+        device=device,
+        amp=rc.amp,
+        progress=progress,
+        state_dir=training_state_dir(),
+        run_tag=tsha,
+        resume=resume,
+    )
     del train
     t_pred = time.perf_counter()
     prob, pixel = predict(model, val.inputs, device=device)
@@ -353,28 +414,53 @@ def train_detector(
     located = np.abs(np.asarray(pixel)[pos] - np.asarray(val.line_pixel)[pos]) <= 3
     metrics: dict[str, Any] = {
         **compare_with_matched_filter(labels, prob, mf, val.line["snr_matched"]),
-        "threshold": thr, "val_completeness_at_threshold": float(np.mean(prob[pos] >= thr)),
+        "threshold": thr,
+        "val_completeness_at_threshold": float(np.mean(prob[pos] >= thr)),
         "val_false_positive_rate_at_threshold": float(np.mean(prob[~pos] >= thr)),
         "val_located_within_3px": float(np.mean(located)) if located.size else float("nan"),
-        "train_seconds": float(history.get("seconds", 0.0)), "synth_seconds": t_synth,
+        "train_seconds": float(history.get("seconds", 0.0)),
+        "synth_seconds": t_synth,
         "val_predict_spectra_per_s": len(prob) / max(t_pred, 1e-9),
-        "best_epoch": history.get("best_epoch"), "n_train": n_train, "n_val": n_val, "arch": arch,
-        "priors": priors, "recipe": recipe,
+        "best_epoch": history.get("best_epoch"),
+        "n_train": n_train,
+        "n_val": n_val,
+        "arch": arch,
+        "priors": priors,
+        "recipe": recipe,
     }
     metrics["val_completeness_at_fpr_1e-3"] = comp
-    hparams = {**history.get("hparams", {}), "threshold": thr, "training_set": set_desc, "sample": sample,
-               "arch": arch, "recipe": {"name": recipe, **asdict(rc)}}
+    hparams = {
+        **history.get("hparams", {}),
+        "threshold": thr,
+        "training_set": set_desc,
+        "sample": sample,
+        "arch": arch,
+        "recipe": {"name": recipe, **asdict(rc)},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "specnet.pt"
         save_specnet(model, path, hparams=hparams)
         stored, sha = store_checkpoint(path)
     mv, _created = register_model(
-        "detector", name, architecture="specnet", output_dim=1, checkpoint_path=stored, checkpoint_sha256=sha,
-        origin="trained", hparams=json.loads(json.dumps(hparams, default=float)),
-        input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog,
-                    "channels": ["snr_residual", "scaled_residual", "good_mask"]},
-        training_set_sha256=tsha, metrics=json.loads(json.dumps(metrics, default=float)),
-        description=f"Li et al. (2018) 1-D ResNet ({arch}) for background Lyman-alpha lines", session=session)
+        "detector",
+        name,
+        architecture="specnet",
+        output_dim=1,
+        checkpoint_path=stored,
+        checkpoint_sha256=sha,
+        origin="trained",
+        hparams=json.loads(json.dumps(hparams, default=float)),
+        input_spec={
+            "window_k0": WINDOW.k0,
+            "window_n": WINDOW.n,
+            "dlog": WINDOW.dlog,
+            "channels": ["snr_residual", "scaled_residual", "good_mask"],
+        },
+        training_set_sha256=tsha,
+        metrics=json.loads(json.dumps(metrics, default=float)),
+        description=f"Li et al. (2018) 1-D ResNet ({arch}) for background Lyman-alpha lines",
+        session=session,
+    )
     if history.get("state_path"):  # registered (the caller commits): nothing is left to resume
         Path(history["state_path"]).unlink(missing_ok=True)
     return mv, metrics

@@ -4,8 +4,8 @@ Server-rendered (FastAPI + Jinja2) with one small script for the keyboard; no bu
 page needs a grader login (:mod:`lenscat.web.auth`: revocable server-side sessions, throttled
 logins; the JSON API and the export download also take ``Authorization: Bearer`` API tokens);
 grades go through
-:func:`lenscat.grading.record_grades` (append-only, one row per grading action); the query page
-and SQL-defined grids run as the read-only role (:func:`lenscat.usersql.run_readonly_sql`). All SQL
+:func:`lenscat.grading.grades.record_grades` (append-only, one row per grading action); the query page
+and SQL-defined grids run as the read-only role (:func:`lenscat.db.usersql.run_readonly_sql`). All SQL
 binds its parameters. Each request opens one session and commits once. Error pages never show
 the server's absolute file paths: messages are reduced to base names, and an unexpected error is
 logged with its traceback and answered with a short generic message.
@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError, NotFoundError, ReadOnlyError
-from lenscat.grading import (
+from lenscat.grading.grades import (
     GRADE_NAMES,
     GradeInput,
     Grader,
@@ -54,11 +54,15 @@ HERE = Path(__file__).parent
 log = logging.getLogger("lenscat.web")
 # an absolute path's directories: "/home/me/data/x.h5" -> "x.h5" (not URLs, not "a/b", not "1/2")
 _ABS_DIRS = re.compile(r"(?<![\w.~:/\\-])(?:~|[A-Za-z]:)?[/\\](?:[^\s/\\'\"<>|]+[/\\])+")
-TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"),
-                        autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+TEMPLATES = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
-                               "frame-ancestors 'none'; form-action 'self'",
+    "frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
@@ -181,8 +185,11 @@ def create_app() -> FastAPI:
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:
         if exc.bearer:
-            return JSONResponse({"error": "wrong or disabled API token"}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return JSONResponse(
+                {"error": "wrong or disabled API token"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": "log in first"}, status_code=401)
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -219,16 +226,28 @@ def create_app() -> FastAPI:
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request, next: str = "/", failed: int = 0, locked: int = 0) -> Response:
         token = uuid.uuid4().hex
-        resp = render("login.html", request, next=_safe_next(next), csrf=token, failed=bool(failed),
-                      locked=max(0, min(int(locked), 10**6)), me=None)
-        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", max_age=3600,
-                        secure=_secure())
+        resp = render(
+            "login.html",
+            request,
+            next=_safe_next(next),
+            csrf=token,
+            failed=bool(failed),
+            locked=max(0, min(int(locked), 10**6)),
+            me=None,
+        )
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", max_age=3600, secure=_secure())
         return resp
 
     @app.post("/login")
-    def login(request: Request, *, name: Annotated[str, Form()] = "", password: Annotated[str, Form()] = "",
-              next: Annotated[str, Form()] = "/", csrf_token: Annotated[str, Form()] = "",
-              session: DB) -> Response:
+    def login(
+        request: Request,
+        *,
+        name: Annotated[str, Form()] = "",
+        password: Annotated[str, Form()] = "",
+        next: Annotated[str, Form()] = "/",
+        csrf_token: Annotated[str, Form()] = "",
+        session: DB,
+    ) -> Response:
         target = _safe_next(next)
         if not csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
             raise CsrfFailed()
@@ -239,14 +258,14 @@ def create_app() -> FastAPI:
             return RedirectResponse("/login?" + urlencode(query), status_code=303)
         value, _ = start_session(grader, session=session, client=client)
         resp = RedirectResponse(target, status_code=303)
-        resp.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="lax", secure=_secure(),
-                        max_age=int(3600 * _hours()))
+        resp.set_cookie(
+            SESSION_COOKIE, value, httponly=True, samesite="lax", secure=_secure(), max_age=int(3600 * _hours())
+        )
         resp.delete_cookie(LOGIN_CSRF_COOKIE)
         return resp
 
     @app.post("/logout")
-    def logout(request: Request, *, csrf_token: Annotated[str, Form()] = "",
-               me: Me, session: DB) -> Response:
+    def logout(request: Request, *, csrf_token: Annotated[str, Form()] = "", me: Me, session: DB) -> Response:
         _check_csrf(me[1], request, csrf_token)
         end_session(me[1], session=session)
         resp = RedirectResponse("/login", status_code=303)
@@ -255,27 +274,42 @@ def create_app() -> FastAPI:
 
     # ------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse)
-    def home(request: Request, me: Me,
-             session: DB) -> Response:
-        from lenscat.registry import list_models
+    def home(request: Request, me: Me, session: DB) -> Response:
+        from lenscat.registry.versions import list_models
 
         classifiers = _latest(list_models("classifier", session=session))
         encoders = [m for m in _latest(list_models("encoder", session=session)) if m["n_embeddings"]]
-        counts = session.execute(text(
-            "SELECT (SELECT count(*) FROM lenscat.sources) AS sources, (SELECT count(*) FROM lenscat.grades) AS grades,"
-            " (SELECT count(*) FROM public.grade_consensus) AS graded,"
-            " (SELECT count(*) FROM public.grade_conflicts) AS conflicts,"
-            " (SELECT count(*) FROM lenscat.grades WHERE grader_id = :g) AS mine"), {"g": me[0].grader_id}
-        ).mappings().one()
+        counts = (
+            session.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM lenscat.sources) AS sources, (SELECT count(*) FROM lenscat.grades) AS grades,"
+                    " (SELECT count(*) FROM public.grade_consensus) AS graded,"
+                    " (SELECT count(*) FROM public.grade_conflicts) AS conflicts,"
+                    " (SELECT count(*) FROM lenscat.grades WHERE grader_id = :g) AS mine"
+                ),
+                {"g": me[0].grader_id},
+            )
+            .mappings()
+            .one()
+        )
         campaigns = _campaigns(session)
-        by_grade = session.execute(text(
-            "SELECT consensus_grade, count(*) AS n FROM public.grade_consensus GROUP BY 1 ORDER BY 1")).all()
-        return render("home.html", request, me=me[0], csrf=me[1].csrf, classifiers=classifiers, encoders=encoders,
-                      counts=counts, campaigns=campaigns, by_grade=by_grade)
+        by_grade = session.execute(
+            text("SELECT consensus_grade, count(*) AS n FROM public.grade_consensus GROUP BY 1 ORDER BY 1")
+        ).all()
+        return render(
+            "home.html",
+            request,
+            me=me[0],
+            csrf=me[1].csrf,
+            classifiers=classifiers,
+            encoders=encoders,
+            counts=counts,
+            campaigns=campaigns,
+            by_grade=by_grade,
+        )
 
     @app.get("/grid", response_class=HTMLResponse)
-    def grid(request: Request, me: Me,
-             session: DB) -> Response:
+    def grid(request: Request, me: Me, session: DB) -> Response:
         from lenscat.web.samples import cells, resolve_sample, sql_grid_ok
 
         params = dict(request.query_params)
@@ -285,31 +319,48 @@ def create_app() -> FastAPI:
         grid_cells = cells(sample, me[0], session=session)
         if params.get("hide_graded") == "1":
             grid_cells = [c for c in grid_cells if not c["my_grade"]]
-        return render("grid.html", request, me=me[0], csrf=me[1].csrf, sample=sample, cells=grid_cells,
-                      params=params, query=urlencode(params))
+        return render(
+            "grid.html",
+            request,
+            me=me[0],
+            csrf=me[1].csrf,
+            sample=sample,
+            cells=grid_cells,
+            params=params,
+            query=urlencode(params),
+        )
 
     @app.get("/source/{source_id}", response_class=HTMLResponse)
-    def source_page(source_id: int, request: Request, me: Me,
-                    session: DB) -> Response:
+    def source_page(source_id: int, request: Request, me: Me, session: DB) -> Response:
         from lenscat.web.pages import source_context
 
         ctx = source_context(source_id, me[0], session=session)
         return render("source.html", request, me=me[0], csrf=me[1].csrf, request_id=str(uuid.uuid4()), **ctx)
 
     @app.post("/source/{source_id}/grade")
-    def grade_form(source_id: int, request: Request, *, grade: Annotated[str, Form()] = "",
-                   comment: Annotated[str, Form()] = "", request_id: Annotated[str, Form()] = "",
-                   csrf_token: Annotated[str, Form()] = "", me: Me,
-                   session: DB) -> Response:
+    def grade_form(
+        source_id: int,
+        request: Request,
+        *,
+        grade: Annotated[str, Form()] = "",
+        comment: Annotated[str, Form()] = "",
+        request_id: Annotated[str, Form()] = "",
+        csrf_token: Annotated[str, Form()] = "",
+        me: Me,
+        session: DB,
+    ) -> Response:
         _check_csrf(me[1], request, csrf_token)
-        record_grades(me[0], [GradeInput(source_id, parse_grade(grade), comment or None, request_id or None)],
-                      sample="candidate-page", session=session)
+        record_grades(
+            me[0],
+            [GradeInput(source_id, parse_grade(grade), comment or None, request_id or None)],
+            sample="candidate-page",
+            session=session,
+        )
         session.commit()
         return RedirectResponse(f"/source/{source_id}", status_code=303)
 
     @app.get("/search", response_class=HTMLResponse)
-    def search(request: Request, *, q: str = "", me: Me,
-               session: DB) -> Response:
+    def search(request: Request, *, q: str = "", me: Me, session: DB) -> Response:
         from lenscat.web.pages import search_sources
 
         results, note = search_sources(q, session=session) if q.strip() else ([], "")
@@ -320,14 +371,26 @@ def create_app() -> FastAPI:
     @app.get("/query", response_class=HTMLResponse)
     def query_page(request: Request, *, sql: str = "", me: Me) -> Response:
         # a GET only fills the form: SQL runs from a POST with the CSRF token, so a link cannot run it
-        return render("query.html", request, me=me[0], csrf=me[1].csrf, sql=sql, columns=[], rows=[],
-                      error=None, grid_link=None, truncated=False, max_rows=_query_max_rows())
+        return render(
+            "query.html",
+            request,
+            me=me[0],
+            csrf=me[1].csrf,
+            sql=sql,
+            columns=[],
+            rows=[],
+            error=None,
+            grid_link=None,
+            truncated=False,
+            max_rows=_query_max_rows(),
+        )
 
     @app.post("/query", response_class=HTMLResponse)
-    def query_run(request: Request, *, sql: Annotated[str, Form()] = "",
-                  csrf_token: Annotated[str, Form()] = "", me: Me) -> Response:
+    def query_run(
+        request: Request, *, sql: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = "", me: Me
+    ) -> Response:
+        from lenscat.db.usersql import run_readonly_sql
         from lenscat.settings import get_settings
-        from lenscat.usersql import run_readonly_sql
         from lenscat.web.samples import sql_grid_signature
 
         _check_csrf(me[1], request, csrf_token)
@@ -337,44 +400,74 @@ def create_app() -> FastAPI:
         truncated, error = False, None
         if sql.strip():
             try:
-                columns, rows, truncated = run_readonly_sql(sql, max_rows=settings.web_query_max_rows,
-                                                            timeout_s=settings.web_statement_timeout_s)
+                columns, rows, truncated = run_readonly_sql(
+                    sql, max_rows=settings.web_query_max_rows, timeout_s=settings.web_statement_timeout_s
+                )
             except LenscatError as exc:
                 error = str(exc)
-        grid_link = ("/grid?" + urlencode({"kind": "sql", "sql": sql, "n": 100,
-                                           "sig": sql_grid_signature(sql, me[1].csrf)})
-                     if "source_id" in columns else None)
-        return render("query.html", request, me=me[0], csrf=me[1].csrf, sql=sql, columns=columns, rows=rows,
-                      error=error, grid_link=grid_link, truncated=truncated, max_rows=settings.web_query_max_rows)
+        grid_link = (
+            "/grid?" + urlencode({"kind": "sql", "sql": sql, "n": 100, "sig": sql_grid_signature(sql, me[1].csrf)})
+            if "source_id" in columns
+            else None
+        )
+        return render(
+            "query.html",
+            request,
+            me=me[0],
+            csrf=me[1].csrf,
+            sql=sql,
+            columns=columns,
+            rows=rows,
+            error=error,
+            grid_link=grid_link,
+            truncated=truncated,
+            max_rows=settings.web_query_max_rows,
+        )
 
     @app.get("/conflicts", response_class=HTMLResponse)
-    def conflicts(request: Request, me: Me,
-                  session: DB) -> Response:
-        from lenscat.grading import conflicts_table
+    def conflicts(request: Request, me: Me, session: DB) -> Response:
+        from lenscat.grading.grades import conflicts_table
 
         t = conflicts_table(session=session, limit=500)
-        return render("table.html", request, me=me[0], csrf=me[1].csrf, title="Conflicting grades",
-                      columns=t.colnames, rows=[list(r) for r in t], link_col="source_id")
+        return render(
+            "table.html",
+            request,
+            me=me[0],
+            csrf=me[1].csrf,
+            title="Conflicting grades",
+            columns=t.colnames,
+            rows=[list(r) for r in t],
+            link_col="source_id",
+        )
 
     @app.get("/cutout/{source_id}.png")
-    def cutout_png(source_id: int, *, band: str = "rgb", me: Me,
-                   session: DB) -> Response:
+    def cutout_png(source_id: int, *, band: str = "rgb", me: Me, session: DB) -> Response:
         from lenscat.web.pages import cutout_png_bytes
 
-        return Response(cutout_png_bytes(source_id, band, session=session), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=3600"})
+        return Response(
+            cutout_png_bytes(source_id, band, session=session),
+            media_type="image/png",
+            headers={"Cache-Control": "private, max-age=3600"},
+        )
 
     @app.get("/spectrum/{spectrum_id}.png")
-    def spectrum_png(spectrum_id: int, me: Me,
-                     session: DB) -> Response:
+    def spectrum_png(spectrum_id: int, me: Me, session: DB) -> Response:
         from lenscat.spectra.plot import spectrum_png as plot
 
-        return Response(plot(spectrum_id, session=session), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=600"})
+        return Response(
+            plot(spectrum_id, session=session),
+            media_type="image/png",
+            headers={"Cache-Control": "private, max-age=600"},
+        )
 
     @app.get("/export")
     def export(request: Request, *, grades: str = "A,B", format: str = "fits", me: ApiMe, session: DB) -> Response:
-        from lenscat.export import FILE_SUFFIXES, MEDIA_TYPES, candidate_table, export_bytes
+        from lenscat.export.catalogue import (
+            FILE_SUFFIXES,
+            MEDIA_TYPES,
+            candidate_table,
+            export_bytes,
+        )
 
         if format not in MEDIA_TYPES:
             raise LenscatError(f"unknown export format {format!r}; expected {', '.join(MEDIA_TYPES)}")
@@ -382,31 +475,47 @@ def create_app() -> FastAPI:
         if len(table) == 0:
             raise NotFoundError(f"no source has a consensus grade among {grades} yet: grade some first")
         name = f"lenscat_candidates{FILE_SUFFIXES[format]}"
-        return Response(export_bytes(table, format), media_type=MEDIA_TYPES[format],
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            export_bytes(table, format),
+            media_type=MEDIA_TYPES[format],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     # ------------------------------------------------------------------ JSON API (the grid's script)
     @app.post("/api/grades")
-    def api_grade(body: GradeBody, request: Request, me: ApiMe,
-                  session: DB) -> Response:
+    def api_grade(body: GradeBody, request: Request, me: ApiMe, session: DB) -> Response:
         _check_csrf(me[1], request)
         sid, loop_id = body.source_id, body.loop_id
         grade = parse_grade(body.grade)
-        n = record_grades(me[0], [GradeInput(sid, grade, body.comment, body.request_id)],
-                          sample=(body.sample or "grid")[:200], loop_id=loop_id, session=session)
-        cons = session.execute(text("SELECT consensus_grade, mean_grade, n_votes FROM public.grade_consensus "
-                                    "WHERE source_id = :i"), {"i": sid}).mappings().first()
-        out: dict[str, Any] = {"recorded": bool(n), "source_id": sid, "grade": grade,
-                               "consensus": dict(cons) if cons else None}
+        n = record_grades(
+            me[0],
+            [GradeInput(sid, grade, body.comment, body.request_id)],
+            sample=(body.sample or "grid")[:200],
+            loop_id=loop_id,
+            session=session,
+        )
+        cons = (
+            session.execute(
+                text("SELECT consensus_grade, mean_grade, n_votes FROM public.grade_consensus WHERE source_id = :i"),
+                {"i": sid},
+            )
+            .mappings()
+            .first()
+        )
+        out: dict[str, Any] = {
+            "recorded": bool(n),
+            "source_id": sid,
+            "grade": grade,
+            "consensus": dict(cons) if cons else None,
+        }
         if loop_id is not None:
             out["loop"] = _loop_progress(loop_id, session)
         session.commit()
         return JSONResponse(out)
 
     @app.post("/api/learn/{campaign}/advance")
-    def api_advance(campaign: str, request: Request, me: ApiMe,
-                          session: DB) -> Response:
-        from lenscat.active_learning import advance, current_loop, get_campaign
+    def api_advance(campaign: str, request: Request, me: ApiMe, session: DB) -> Response:
+        from lenscat.learning.active import advance, current_loop, get_campaign
 
         _check_csrf(me[1], request)
         camp = get_campaign(campaign, session=session)
@@ -420,8 +529,14 @@ def create_app() -> FastAPI:
                 msg = f"grade the {left} remaining image(s) of this batch first"
             return JSONResponse({"advanced": False, "error": msg}, status_code=409)
         session.commit()
-        return JSONResponse({"advanced": True, "loop_no": loop.loop_no, "model": loop.model,
-                             "url": "/grid?" + urlencode({"kind": "loop", "campaign": campaign})})
+        return JSONResponse(
+            {
+                "advanced": True,
+                "loop_no": loop.loop_no,
+                "model": loop.model,
+                "url": "/grid?" + urlencode({"kind": "loop", "campaign": campaign}),
+            }
+        )
 
     @app.get("/favicon.ico")
     def favicon() -> Response:
@@ -436,15 +551,20 @@ def create_app() -> FastAPI:
 
 
 def _loop_progress(loop_id: int, session: Session) -> dict[str, Any]:
-    from lenscat.active_learning import refresh_loop
+    from lenscat.learning.active import refresh_loop
 
     loop = refresh_loop(loop_id, session=session)
-    return {"loop_no": loop.loop_no, "n_graded": loop.n_graded, "n_found": loop.n_found, "size": len(loop.batch),
-            "complete": bool(loop.completed)}
+    return {
+        "loop_no": loop.loop_no,
+        "n_graded": loop.n_graded,
+        "n_found": loop.n_found,
+        "size": len(loop.batch),
+        "complete": bool(loop.completed),
+    }
 
 
 def _campaigns(session: Session) -> list[dict[str, Any]]:
-    from lenscat.active_learning import list_campaigns
+    from lenscat.learning.active import list_campaigns
 
     return list_campaigns(session=session)
 

@@ -5,7 +5,7 @@ A login creates a row of ``lenscat.web_sessions`` and sets a cookie (``lenscat_s
 database keeps only the secret's sha256. Every request looks the session up again: it is valid
 while it is not revoked, not expired and its grader is active. Logging out revokes the session; a
 password reset, ``lenscat grader disable`` and ``lenscat grader logout`` revoke every session of
-the grader (:func:`lenscat.grading.end_sessions`).
+the grader (:func:`lenscat.grading.grades.end_sessions`).
 
 Every state-changing request made with a session cookie must carry the session's CSRF token (an
 HMAC of the session secret), as a form field ``csrf_token`` or an ``X-CSRF-Token`` header; the
@@ -37,7 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import durable
-from lenscat.grading import Grader, authenticate, authenticate_token
+from lenscat.grading.grades import Grader, authenticate, authenticate_token
 from lenscat.settings import get_settings
 
 SESSION_COOKIE = "lenscat_session"
@@ -126,15 +126,22 @@ def start_session(grader: Grader, *, session: Session, client: str | None = None
     hours = float(get_settings().web_session_hours)
     durable(session)
     row = session.execute(
-        text("INSERT INTO lenscat.web_sessions (grader_id, token_sha256, client, expires_at) "
-             "VALUES (:g, :h, :c, clock_timestamp() + make_interval(secs => :s)) "
-             "RETURNING session_id, extract(epoch FROM expires_at) AS expires"),
-        {"g": grader.grader_id, "h": session_sha256(secret), "c": (client or "")[:200] or None,
-         "s": 3600.0 * hours}).one()
-    session.execute(text("DELETE FROM lenscat.web_sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) "
-                         "< clock_timestamp() - interval '30 days'"))
-    return value, WebSession(grader.grader_id, grader.name, csrf_token_for(secret), float(row.expires),
-                             int(row.session_id))
+        text(
+            "INSERT INTO lenscat.web_sessions (grader_id, token_sha256, client, expires_at) "
+            "VALUES (:g, :h, :c, clock_timestamp() + make_interval(secs => :s)) "
+            "RETURNING session_id, extract(epoch FROM expires_at) AS expires"
+        ),
+        {"g": grader.grader_id, "h": session_sha256(secret), "c": (client or "")[:200] or None, "s": 3600.0 * hours},
+    ).one()
+    session.execute(
+        text(
+            "DELETE FROM lenscat.web_sessions WHERE least(expires_at, coalesce(revoked_at, expires_at)) "
+            "< clock_timestamp() - interval '30 days'"
+        )
+    )
+    return value, WebSession(
+        grader.grader_id, grader.name, csrf_token_for(secret), float(row.expires), int(row.session_id)
+    )
 
 
 def load_session(cookie_value: str | None, *, session: Session) -> tuple[Grader, WebSession] | None:
@@ -146,19 +153,26 @@ def load_session(cookie_value: str | None, *, session: Session) -> tuple[Grader,
     if secret is None:
         return None
     row = session.execute(
-        text("SELECT s.session_id, s.grader_id, g.name, g.full_name, extract(epoch FROM s.expires_at) AS expires, "
-             "s.last_seen_at < clock_timestamp() - interval '1 minute' AS stale "
-             "FROM lenscat.web_sessions s JOIN lenscat.graders g USING (grader_id) "
-             "WHERE s.token_sha256 = :h AND s.revoked_at IS NULL AND s.expires_at > clock_timestamp() "
-             "AND g.is_active"), {"h": session_sha256(secret)}).first()
+        text(
+            "SELECT s.session_id, s.grader_id, g.name, g.full_name, extract(epoch FROM s.expires_at) AS expires, "
+            "s.last_seen_at < clock_timestamp() - interval '1 minute' AS stale "
+            "FROM lenscat.web_sessions s JOIN lenscat.graders g USING (grader_id) "
+            "WHERE s.token_sha256 = :h AND s.revoked_at IS NULL AND s.expires_at > clock_timestamp() "
+            "AND g.is_active"
+        ),
+        {"h": session_sha256(secret)},
+    ).first()
     if row is None:
         return None
     if row.stale:
-        session.execute(text("UPDATE lenscat.web_sessions SET last_seen_at = clock_timestamp() "
-                             "WHERE session_id = :i"), {"i": row.session_id})
-    return (Grader(int(row.grader_id), row.name, row.full_name, True),
-            WebSession(int(row.grader_id), row.name, csrf_token_for(secret), float(row.expires),
-                       int(row.session_id)))
+        session.execute(
+            text("UPDATE lenscat.web_sessions SET last_seen_at = clock_timestamp() WHERE session_id = :i"),
+            {"i": row.session_id},
+        )
+    return (
+        Grader(int(row.grader_id), row.name, row.full_name, True),
+        WebSession(int(row.grader_id), row.name, csrf_token_for(secret), float(row.expires), int(row.session_id)),
+    )
 
 
 def end_session(ws: WebSession, *, session: Session, reason: str = "logout") -> None:
@@ -166,8 +180,13 @@ def end_session(ws: WebSession, *, session: Session, reason: str = "logout") -> 
     if ws.session_id is None:
         return
     durable(session)  # a logout lost to a crash would bring the session back
-    session.execute(text("UPDATE lenscat.web_sessions SET revoked_at = clock_timestamp(), revoked_reason = :r "
-                         "WHERE session_id = :i AND revoked_at IS NULL"), {"i": ws.session_id, "r": reason})
+    session.execute(
+        text(
+            "UPDATE lenscat.web_sessions SET revoked_at = clock_timestamp(), revoked_reason = :r "
+            "WHERE session_id = :i AND revoked_at IS NULL"
+        ),
+        {"i": ws.session_id, "r": reason},
+    )
 
 
 def bearer_login(header: str | None, *, session: Session) -> tuple[Grader, WebSession] | None | Literal[False]:
@@ -203,29 +222,41 @@ def lockout_seconds(name: str, client: str, *, session: Session) -> float:
     settings = get_settings()
     window = float(settings.web_login_lockout_s)
     by_name = session.execute(
-        text("SELECT extract(epoch FROM a.attempted_at + make_interval(secs => :w) - clock_timestamp()) "
-             "FROM lenscat.login_attempts a WHERE a.name = :n AND a.outcome = 'failed' "
-             "AND a.attempted_at > clock_timestamp() - make_interval(secs => :w) "
-             "AND a.attempted_at > coalesce((SELECT max(o.attempted_at) FROM lenscat.login_attempts o "
-             "                               WHERE o.name = :n AND o.outcome = 'ok'), '-infinity') "
-             "ORDER BY a.attempted_at DESC OFFSET :k LIMIT 1"),
-        {"n": _name_key(name), "w": window, "k": int(settings.web_login_max_failures) - 1}).scalar()
+        text(
+            "SELECT extract(epoch FROM a.attempted_at + make_interval(secs => :w) - clock_timestamp()) "
+            "FROM lenscat.login_attempts a WHERE a.name = :n AND a.outcome = 'failed' "
+            "AND a.attempted_at > clock_timestamp() - make_interval(secs => :w) "
+            "AND a.attempted_at > coalesce((SELECT max(o.attempted_at) FROM lenscat.login_attempts o "
+            "                               WHERE o.name = :n AND o.outcome = 'ok'), '-infinity') "
+            "ORDER BY a.attempted_at DESC OFFSET :k LIMIT 1"
+        ),
+        {"n": _name_key(name), "w": window, "k": int(settings.web_login_max_failures) - 1},
+    ).scalar()
     by_client = session.execute(
-        text("SELECT extract(epoch FROM a.attempted_at + make_interval(secs => :w) - clock_timestamp()) "
-             "FROM lenscat.login_attempts a WHERE a.client = :c AND a.outcome = 'failed' "
-             "AND a.attempted_at > clock_timestamp() - make_interval(secs => :w) "
-             "ORDER BY a.attempted_at DESC OFFSET :k LIMIT 1"),
-        {"c": client, "w": window, "k": int(settings.web_login_max_failures_per_client) - 1}).scalar()
+        text(
+            "SELECT extract(epoch FROM a.attempted_at + make_interval(secs => :w) - clock_timestamp()) "
+            "FROM lenscat.login_attempts a WHERE a.client = :c AND a.outcome = 'failed' "
+            "AND a.attempted_at > clock_timestamp() - make_interval(secs => :w) "
+            "ORDER BY a.attempted_at DESC OFFSET :k LIMIT 1"
+        ),
+        {"c": client, "w": window, "k": int(settings.web_login_max_failures_per_client) - 1},
+    ).scalar()
     return max(0.0, float(by_name or 0.0), float(by_client or 0.0))
 
 
 def record_login_attempt(name: str, client: str, outcome: str, *, session: Session) -> None:
     """Store one login attempt ('ok', 'failed' or 'locked'); attempts older than 30 days are dropped."""
-    session.execute(text("INSERT INTO lenscat.login_attempts (name, client, outcome) VALUES (:n, :c, :o)"),
-                    {"n": _name_key(name), "c": client[:200], "o": outcome})
-    session.execute(text("DELETE FROM lenscat.login_attempts WHERE attempted_at < clock_timestamp() - "
-                         "greatest(interval '30 days', make_interval(secs => :w))"),
-                    {"w": float(get_settings().web_login_lockout_s)})
+    session.execute(
+        text("INSERT INTO lenscat.login_attempts (name, client, outcome) VALUES (:n, :c, :o)"),
+        {"n": _name_key(name), "c": client[:200], "o": outcome},
+    )
+    session.execute(
+        text(
+            "DELETE FROM lenscat.login_attempts WHERE attempted_at < clock_timestamp() - "
+            "greatest(interval '30 days', make_interval(secs => :w))"
+        ),
+        {"w": float(get_settings().web_login_lockout_s)},
+    )
 
 
 def web_login(name: str, password: str, client: str, *, session: Session) -> tuple[Grader | None, float]:
@@ -239,15 +270,21 @@ def web_login(name: str, password: str, client: str, *, session: Session) -> tup
         not depend on whether ``name`` is an account.
     """
     # serialise attempts on the same name and on the same client across server processes
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('lenscat-login-name:' || :n, 0))"),
-                    {"n": _name_key(name)})
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('lenscat-login-client:' || :c, 0))"),
-                    {"c": client})
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended('lenscat-login-name:' || :n, 0))"), {"n": _name_key(name)}
+    )
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended('lenscat-login-client:' || :c, 0))"), {"c": client}
+    )
     wait = lockout_seconds(name, client, session=session)
     if wait > 0:
         record_login_attempt(name, client, "locked", session=session)
-        log.warning("web login for %r from %s refused: locked out for %.0f s after repeated failures",
-                    name[:NAME_KEY_CHARS], client, wait)
+        log.warning(
+            "web login for %r from %s refused: locked out for %.0f s after repeated failures",
+            name[:NAME_KEY_CHARS],
+            client,
+            wait,
+        )
         return None, wait
     grader = authenticate(name, password, session=session)
     record_login_attempt(name, client, "ok" if grader else "failed", session=session)

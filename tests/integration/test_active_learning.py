@@ -2,7 +2,7 @@
 
 The world: 2,400 sources with synthetic embeddings in which 40 lenses sit off to one side (the
 helpers of test_classifier), three of them known beforehand (an imported list: the seed labels).
-The expert grades from the truth through :func:`lenscat.grading.record_grades`, as the web app does.
+The expert grades from the truth through :func:`lenscat.grading.grades.record_grades`, as the web app does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ import pytest
 from astropy.table import Table
 from sqlalchemy import text
 
-from lenscat.active_learning import (
+from lenscat.classifiers.classifier import score_function
+from lenscat.classifiers.labels import import_labels
+from lenscat.embeddings.vectors import read_embeddings, upsert_embeddings
+from lenscat.errors import LenscatError, NotFoundError
+from lenscat.grading.grades import GradeInput, add_grader, record_grades
+from lenscat.learning.active import (
     CampaignExhausted,
     advance,
     create_campaign,
@@ -26,12 +31,7 @@ from lenscat.active_learning import (
     refresh_loop,
     uncertainty,
 )
-from lenscat.classifier import score_function
-from lenscat.errors import LenscatError, NotFoundError
-from lenscat.grading import GradeInput, add_grader, record_grades
-from lenscat.labels import import_labels
-from lenscat.registry import get_model, register_model
-from lenscat.vectors import read_embeddings, upsert_embeddings
+from lenscat.registry.versions import get_model, register_model
 from tests.integration.test_classifier import _sources, _vectors
 
 N, N_LENS, N_SEED = 2400, 40, 3
@@ -42,8 +42,16 @@ def _world(session, tmp_path, *, seeds=N_SEED, seed=0):
     rng = np.random.default_rng(seed + 1)
     lens = np.zeros(N, bool)
     lens[rng.choice(N, N_LENS, replace=False)] = True
-    enc, _ = register_model("encoder", "al-enc", architecture="external", output_dim=32, checkpoint_path=None,
-                            checkpoint_sha256="a" * 64, origin="external", session=session)
+    enc, _ = register_model(
+        "encoder",
+        "al-enc",
+        architecture="external",
+        output_dim=32,
+        checkpoint_path=None,
+        checkpoint_sha256="a" * 64,
+        origin="external",
+        session=session,
+    )
     upsert_embeddings(enc, ids, _vectors(N, lens, seed), session=session)
     lens_ids = ids[lens]
     seed_ids = rng.choice(lens_ids, seeds, replace=False) if seeds else lens_ids[:0]
@@ -58,15 +66,18 @@ def _world(session, tmp_path, *, seeds=N_SEED, seed=0):
 
 def _grade(grader, loop, lenses, session, skip=(), sources=None):
     """The simulated expert: A for a lens, N otherwise, S for the sources in ``skip``."""
-    grades = [GradeInput(s, "S" if s in skip else ("A" if s in lenses else "N"))
-              for s in (loop.batch if sources is None else sources)]
+    grades = [
+        GradeInput(s, "S" if s in skip else ("A" if s in lenses else "N"))
+        for s in (loop.batch if sources is None else sources)
+    ]
     return record_grades(grader, grades, sample=loop.sample, loop_id=loop.loop_id, session=session)
 
 
 def test_the_loop_finds_lenses_far_faster_than_random_and_records_every_loop(session, tmp_path):
     enc, lenses, seeds, grader = _world(session, tmp_path)
-    camp = create_campaign("hunt", "al-enc", batch_size=40, settings={"seed_origins": ["import"], "ratio": 50},
-                           session=session)
+    camp = create_campaign(
+        "hunt", "al-enc", batch_size=40, settings={"seed_origins": ["import"], "ratio": 50}, session=session
+    )
     assert camp.encoder == "al-enc@1" and camp.settings["seed_origins"] == ["import"]
     found, proposed, loops = 0, [], []
     for _ in range(5):
@@ -137,8 +148,14 @@ def test_an_incomplete_loop_is_returned_again_and_skips_count_as_inspected(sessi
 
 def test_uncertainty_sampling_proposes_the_scores_nearest_the_boundary(session, tmp_path):
     enc, lenses, seeds, grader = _world(session, tmp_path, seeds=6)
-    camp = create_campaign("edge", "al-enc", batch_size=25, strategy="uncertainty",
-                           settings={"seed_origins": ["import"], "ratio": 20}, session=session)
+    camp = create_campaign(
+        "edge",
+        "al-enc",
+        batch_size=25,
+        strategy="uncertainty",
+        settings={"seed_origins": ["import"], "ratio": 20},
+        session=session,
+    )
     loop = propose_next(camp, session=session, seed=3)
     assert loop.model == "al-edge@1" and loop.n_positive == 6 and loop.scores is not None
     # the boundary: where the odds equal the training set's lens:non-lens ratio (a balanced classifier's 0.5)
@@ -180,12 +197,28 @@ def test_campaigns_are_idempotent_on_name_and_errors_are_clear(session, tmp_path
     with pytest.raises(NotFoundError, match="no encoder 'missing'"):
         create_campaign("y", "missing", session=session)
     # an encoder without embeddings, and a campaign that has inspected everything
-    register_model("encoder", "empty-enc", architecture="external", output_dim=8, checkpoint_path=None,
-                   checkpoint_sha256="e" * 64, origin="external", session=session)
+    register_model(
+        "encoder",
+        "empty-enc",
+        architecture="external",
+        output_dim=8,
+        checkpoint_path=None,
+        checkpoint_sha256="e" * 64,
+        origin="external",
+        session=session,
+    )
     with pytest.raises(LenscatError, match="has no embeddings: run lenscat embed --encoder empty-enc"):
         propose_next(create_campaign("e", "empty-enc", session=session), session=session)
-    tiny, _ = register_model("encoder", "tiny-enc", architecture="external", output_dim=32, checkpoint_path=None,
-                             checkpoint_sha256="f" * 64, origin="external", session=session)
+    tiny, _ = register_model(
+        "encoder",
+        "tiny-enc",
+        architecture="external",
+        output_dim=32,
+        checkpoint_path=None,
+        checkpoint_sha256="f" * 64,
+        origin="external",
+        session=session,
+    )
     few = session.execute(text("SELECT source_id FROM lenscat.sources ORDER BY source_id LIMIT 4")).scalars().all()
     upsert_embeddings(tiny, np.array(few), np.random.default_rng(0).normal(size=(4, 32)), session=session)
     camp = create_campaign("all", "tiny-enc", batch_size=10, session=session)
@@ -203,12 +236,38 @@ def test_learn_commands_from_the_cli(session, tmp_path, monkeypatch, capsys):
     from tests.integration.test_cli import run
 
     _, lenses, _, grader = _world(session, tmp_path)
-    code, out, err = run(monkeypatch, capsys, "learn", "start", "cli", "--encoder", "al-enc", "--batch", "30",
-                         "--seed-labels", "import", "--ratio", "40")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "learn",
+        "start",
+        "cli",
+        "--encoder",
+        "al-enc",
+        "--batch",
+        "30",
+        "--seed-labels",
+        "import",
+        "--ratio",
+        "40",
+    )
     assert code == 0, err
     assert "campaign cli: loop 1, 30 sources to grade, ranked by al-cli@1 trained on 3 lenses" in out
-    code, out, err = run(monkeypatch, capsys, "learn", "start", "cli", "--encoder", "al-enc", "--batch", "30",
-                         "--seed-labels", "import", "--ratio", "40")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "learn",
+        "start",
+        "cli",
+        "--encoder",
+        "al-enc",
+        "--batch",
+        "30",
+        "--seed-labels",
+        "import",
+        "--ratio",
+        "40",
+    )
     assert code == 0 and "loop 1" in out  # same options: the current loop again
     code, _, err = run(monkeypatch, capsys, "learn", "start", "cli", "--encoder", "al-enc", "--batch", "50")
     assert code == 2 and "already exists with batch size 30 (asked: 50)" in err

@@ -29,17 +29,20 @@ def _direct_features(net, images: np.ndarray) -> np.ndarray:
 
 
 def test_classifier_features_encoder_end_to_end(session, tmp_path, monkeypatch, capsys):
-    from lenscat.classifier import train_image_classifier_version, train_linear_classifier
-    from lenscat.embedding import embed_chunk, embed_images, plan_embed_job
-    from lenscat.encoders import derive_encoder, encoder_from_classifier
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.classifier import (
+        train_image_classifier_version,
+        train_linear_classifier,
+    )
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.embeddings.embed import embed_chunk, embed_images, plan_embed_job
+    from lenscat.embeddings.encoders import derive_encoder, encoder_from_classifier
+    from lenscat.embeddings.vectors import read_embeddings
+    from lenscat.jobs.reprocess import plan_reprocess
+    from lenscat.jobs.service import run_here
     from lenscat.models.features import FEATURES_ARCH
     from lenscat.models.supervised import load_classifier
-    from lenscat.reprocess import plan_reprocess
-    from lenscat.simsurvey import simulate_survey
-    from lenscat.source_ingest import ingest_sources
-    from lenscat.vectors import read_embeddings
+    from lenscat.simulate.survey import simulate_survey
     from tests.integration.test_cli import run
 
     path = tmp_path / "feat.h5"
@@ -47,8 +50,18 @@ def test_classifier_features_encoder_end_to_end(session, tmp_path, monkeypatch, 
     ingest_sources(path, "feat")
     labels = import_labels(path, label_col="is_lens", survey="feat", origin="simulation", session=session)
     assert labels.n_positive == round(N * LENS_FRACTION)
-    cnn = train_image_classifier_version("feat-cnn", arch="cnn", session=session, ratio=5, val_ratio=5, epochs=1,
-                                         batch_size=16, crop=32, max_steps=2, seed=0)
+    cnn = train_image_classifier_version(
+        "feat-cnn",
+        arch="cnn",
+        session=session,
+        ratio=5,
+        val_ratio=5,
+        epochs=1,
+        batch_size=16,
+        crop=32,
+        max_steps=2,
+        seed=0,
+    )
 
     # derive: one version per classifier version, whose parent is the classifier
     clf, enc, created = encoder_from_classifier("feat-cnn", session=session)
@@ -68,8 +81,11 @@ def test_classifier_features_encoder_end_to_end(session, tmp_path, monkeypatch, 
     run_here(job.job_id, embed_chunk, session=session)
     ids, stored = read_embeddings(enc, session=session)
     assert len(ids) == N and stored.shape == (N, enc.output_dim)
-    objid_of = dict(session.execute(text("SELECT source_id, objid FROM lenscat.sources WHERE source_id = ANY(:i)"),
-                                    {"i": ids.tolist()}).all())
+    objid_of = dict(
+        session.execute(
+            text("SELECT source_id, objid FROM lenscat.sources WHERE source_id = ANY(:i)"), {"i": ids.tolist()}
+        ).all()
+    )
     with h5py.File(path, "r") as fh:
         row = {str(o.decode() if isinstance(o, bytes) else o): i for i, o in enumerate(fh["objid"][...])}
         images = fh["images"][...].astype(np.float32)[[row[str(objid_of[int(i)])] for i in ids]]
@@ -92,15 +108,45 @@ def test_classifier_features_encoder_end_to_end(session, tmp_path, monkeypatch, 
     listed = {r["name"] + "@" + str(r["version"]): r for r in map(json.loads, out.splitlines())}
     assert code == 0 and listed[enc.label]["parent"] == f"classifier {clf.label}"
     assert listed[enc.label]["readout"] == "penultimate" and listed[enc.label]["n_embeddings"] == N
-    lens_id = session.execute(text(
-        "SELECT source_id FROM lenscat.labels WHERE label = 1 AND source_id = ANY(:i) ORDER BY 1 LIMIT 1"),
-        {"i": ids.tolist()}).scalar_one()
-    code, out, err = run(monkeypatch, capsys, "similar", "--encoder", enc.label, "--source-id", str(lens_id),
-                         "-k", "10", "--mag-window", "0", "--exclude-radius", "0", "--format", "json")
+    lens_id = session.execute(
+        text("SELECT source_id FROM lenscat.labels WHERE label = 1 AND source_id = ANY(:i) ORDER BY 1 LIMIT 1"),
+        {"i": ids.tolist()},
+    ).scalar_one()
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "similar",
+        "--encoder",
+        enc.label,
+        "--source-id",
+        str(lens_id),
+        "-k",
+        "10",
+        "--mag-window",
+        "0",
+        "--exclude-radius",
+        "0",
+        "--format",
+        "json",
+    )
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(rows) == 10 and lens_id not in {r["source_id"] for r in rows}
-    code, out, err = run(monkeypatch, capsys, "encoder", "evaluate", "--name", enc.label, "-k", "10",
-                         "--mag-window", "0", "--exclude-radius", "0", "--format", "json")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "encoder",
+        "evaluate",
+        "--name",
+        enc.label,
+        "-k",
+        "10",
+        "--mag-window",
+        "0",
+        "--exclude-radius",
+        "0",
+        "--format",
+        "json",
+    )
     summary = json.loads(out.splitlines()[0])
     assert code == 0 and summary["enrichment"] >= 0 and summary["n_lenses"] == labels.n_positive
     code, out, err = run(monkeypatch, capsys, "encoder", "from-classifier", "--classifier", clf.label)

@@ -7,7 +7,7 @@ import pytest
 from astropy.table import Table
 
 from lenscat.cli import main
-from lenscat.simcat import simulate_catalog
+from lenscat.simulate.catalogue import simulate_catalog
 
 
 def run(monkeypatch, capsys, *args):
@@ -29,19 +29,20 @@ def test_ingest_crossmatch_cone_from_the_cli(monkeypatch, capsys, tmp_path, data
     assert code == 0 and "inserted" in out
     code, out, _ = run(monkeypatch, capsys, "ingest", "sources", str(sim), "--survey", "cli-sim")
     assert code == 0 and "nothing changed" in out
-    code, out, _ = run(monkeypatch, capsys, "ingest", "literature", str(stein), "--catalog", "stein-new",
-                       "--json")
+    code, out, _ = run(monkeypatch, capsys, "ingest", "literature", str(stein), "--catalog", "stein-new", "--json")
     summary = json.loads(out)
     assert summary["loaded"] == 1192 and summary["layout"] == "stein2021"
-    code, out, err = run(monkeypatch, capsys, "crossmatch", "--catalog", "stein-new", "--radius", "5arcsec",
-                         "--format", "json")
+    code, out, err = run(
+        monkeypatch, capsys, "crossmatch", "--catalog", "stein-new", "--radius", "5arcsec", "--format", "json"
+    )
     assert code == 0 and "lenses matched" in err
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) > 500 and all(r["is_nearest"] for r in rows)
     assert all(r["separation_arcsec"] <= 5 for r in rows)
     first = rows[0]
-    code, out, _ = run(monkeypatch, capsys, "cone", str(first["lens_ra"]), str(first["lens_dec"]), "5arcsec",
-                       "--format", "csv")
+    code, out, _ = run(
+        monkeypatch, capsys, "cone", str(first["lens_ra"]), str(first["lens_dec"]), "5arcsec", "--format", "csv"
+    )
     lines = out.splitlines()
     assert lines[0].startswith("source_id,survey,objid,ra,dec,separation")
     assert str(first["source_id"]) in lines[1]
@@ -85,8 +86,13 @@ def test_rejects_printed_with_file_row_column(monkeypatch, capsys, tmp_path):
 def test_sql_is_read_only(monkeypatch, capsys):
     code, out, _ = run(monkeypatch, capsys, "sql", "SELECT lenscat_angsep(0, 0, 0, 1) AS d", "--format", "json")
     assert code == 0 and json.loads(out) == {"d": pytest.approx(1.0)}
-    for stmt in ("DELETE FROM sources", "INSERT INTO lenscat.surveys (name) VALUES ('x')",
-                 "DROP TABLE lenscat.sources", "CREATE TABLE t (x int)", "UPDATE literature_lenses SET name='x'"):
+    for stmt in (
+        "DELETE FROM sources",
+        "INSERT INTO lenscat.surveys (name) VALUES ('x')",
+        "DROP TABLE lenscat.sources",
+        "CREATE TABLE t (x int)",
+        "UPDATE literature_lenses SET name='x'",
+    ):
         code, _, err = run(monkeypatch, capsys, "sql", stmt)
         assert code == 2 and "read-only" in err, stmt
     code, _, err = run(monkeypatch, capsys, "sql", "SELECT 1; DELETE FROM sources")

@@ -6,10 +6,10 @@ import pytest
 from astropy.coordinates import SkyCoord, match_coordinates_sky, search_around_sky
 from sqlalchemy import text
 
-from lenscat.crossmatch import cone_search, crossmatch_catalog, pairs_sql
-from lenscat.literature import prepare_literature, write_literature
-from lenscat.simcat import simulate_catalog
-from lenscat.source_ingest import SourceMapping, ingest_sources
+from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+from lenscat.literature.crossmatch import cone_search, crossmatch_catalog, pairs_sql
+from lenscat.literature.ingest import prepare_literature, write_literature
+from lenscat.simulate.catalogue import simulate_catalog
 
 RADIUS = 5 * u.arcsec
 
@@ -18,9 +18,14 @@ RADIUS = 5 * u.arcsec
 def inputs(data_dir, tmp_path_factory):
     """Parsed real lens lists and source files (read once; written per test)."""
     cats = data_dir / "catalogs"
-    lit = [prepare_literature(cats / f, name) for name, f in (
-        ("lenscat", "lenscat_catalog.csv.gz"), ("stein-new", "stein2021_new_lenses.tsv"),
-        ("sled-galaxies", "sled_lensed_galaxies.csv"))]
+    lit = [
+        prepare_literature(cats / f, name)
+        for name, f in (
+            ("lenscat", "lenscat_catalog.csv.gz"),
+            ("stein-new", "stein2021_new_lenses.tsv"),
+            ("sled-galaxies", "sled_lensed_galaxies.csv"),
+        )
+    ]
     sim = tmp_path_factory.mktemp("xm") / "sim.fits"
     simulate_catalog(3000, seed=2, lens_list=cats / "lenscat_catalog.csv.gz").write(sim)
     return {"lit": lit, "stein": cats / "stein2021_training_lenses.tsv", "sim": sim}
@@ -47,14 +52,19 @@ def _coords(session, sql, params=None):
 def test_crossmatch_agrees_with_astropy(loaded, catalog):
     session = loaded
     summary = crossmatch_catalog(catalog, RADIUS, session=session)
-    lens_ids, lenses = _coords(session, "SELECT lens_id, ra, dec FROM literature_lenses WHERE catalog=:c",
-                               {"c": catalog})
+    lens_ids, lenses = _coords(
+        session, "SELECT lens_id, ra, dec FROM literature_lenses WHERE catalog=:c", {"c": catalog}
+    )
     src_ids, sources = _coords(session, "SELECT source_id, ra, dec FROM sources")
     i_l, i_s, sep, _ = search_around_sky(lenses, sources, RADIUS)
     expected = {(int(lens_ids[a]), int(src_ids[b])): s.arcsec for a, b, s in zip(i_l, i_s, sep, strict=True)}
-    got = {(r.lens_id, r.source_id): r for r in session.execute(text(
-        "SELECT lens_id, source_id, separation_arcsec, is_nearest, rank FROM crossmatches WHERE catalog=:c"
-    ), {"c": catalog})}
+    got = {
+        (r.lens_id, r.source_id): r
+        for r in session.execute(
+            text("SELECT lens_id, source_id, separation_arcsec, is_nearest, rank FROM crossmatches WHERE catalog=:c"),
+            {"c": catalog},
+        )
+    }
     assert set(got) == set(expected)
     assert summary.n_pairs == len(expected) and summary.n_lenses == len(lens_ids)
     for key, s in expected.items():
@@ -90,21 +100,26 @@ def test_crossmatch_keys_refuse_inconsistent_rows(loaded):
     import sqlalchemy.exc
 
     crossmatch_catalog("stein-new", RADIUS, session=loaded)
-    lens, src = loaded.execute(text(
-        "SELECT lens_id, source_id FROM crossmatches WHERE catalog = 'stein-new' AND is_nearest LIMIT 1")).one()
+    lens, src = loaded.execute(
+        text("SELECT lens_id, source_id FROM crossmatches WHERE catalog = 'stein-new' AND is_nearest LIMIT 1")
+    ).one()
     other = loaded.execute(text("SELECT source_id FROM sources WHERE source_id <> :s LIMIT 1"), {"s": src}).scalar()
-    insert = text("INSERT INTO lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank, "
-                  "radius_arcsec) VALUES (:l, :s, 1.0, :n, :k, 5)")
-    for params, constraint in (({"s": other, "n": True, "k": 1}, "pk_crossmatches"),
-                               ({"s": src, "n": False, "k": 9}, "uq_crossmatches_source_lens"),
-                               ({"s": other, "n": True, "k": 9}, "ck_crossmatches_nearest_rank")):
+    insert = text(
+        "INSERT INTO lenscat.crossmatches (lens_id, source_id, separation_arcsec, is_nearest, rank, "
+        "radius_arcsec) VALUES (:l, :s, 1.0, :n, :k, 5)"
+    )
+    for params, constraint in (
+        ({"s": other, "n": True, "k": 1}, "pk_crossmatches"),
+        ({"s": src, "n": False, "k": 9}, "uq_crossmatches_source_lens"),
+        ({"s": other, "n": True, "k": 9}, "ck_crossmatches_nearest_rank"),
+    ):
         with pytest.raises(sqlalchemy.exc.IntegrityError, match=constraint), loaded.begin_nested():
             loaded.execute(insert, {"l": lens, **params})
 
 
 def test_ranked_pairs_query_ranks_by_separation(loaded):
     """The query both write paths use: ranks 1..n per lens in separation order."""
-    from lenscat.crossmatch import ranked_pairs_sql
+    from lenscat.literature.crossmatch import ranked_pairs_sql
 
     cid = loaded.execute(text("SELECT catalog_id FROM literature_catalogs WHERE catalog='lenscat'")).scalar()
     rows = loaded.execute(text(ranked_pairs_sql()), {"r": 30 / 3600, "cid": cid}).all()
@@ -124,8 +139,9 @@ def test_crossmatch_uses_the_sky_index(loaded):
     plan = "\n".join(r[0] for r in loaded.execute(text("EXPLAIN " + pairs_sql()), {"r": 5 / 3600, "cid": cid}))
     assert "ix_sources_zone_ra" in plan
     assert "Seq Scan on sources" not in plan
-    plan = "\n".join(r[0] for r in loaded.execute(text("EXPLAIN " + pairs_sql(True)),
-                                                   {"r": 5 / 3600, "cid": cid, "sids": [1]}))
+    plan = "\n".join(
+        r[0] for r in loaded.execute(text("EXPLAIN " + pairs_sql(True)), {"r": 5 / 3600, "cid": cid, "sids": [1]})
+    )
     assert "Seq Scan on sources" not in plan
 
 
@@ -157,9 +173,15 @@ def test_cone_search_against_astropy_including_wrap_and_pole(session):
         assert len(table) == len(expected) > 50
         assert np.allclose(np.asarray(table["separation"]), expected, atol=1e-6)
         assert table["separation"].unit == u.arcsec and table["ra"].unit == u.deg
-    plan = "\n".join(r[0] for r in session.execute(text(
-        "EXPLAIN SELECT * FROM lenscat_sky_ranges(10, 10, 0.01) q JOIN lenscat.sources s "
-        "ON s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi")))
+    plan = "\n".join(
+        r[0]
+        for r in session.execute(
+            text(
+                "EXPLAIN SELECT * FROM lenscat_sky_ranges(10, 10, 0.01) q JOIN lenscat.sources s "
+                "ON s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi"
+            )
+        )
+    )
     assert "Seq Scan on sources" not in plan
 
 
@@ -193,17 +215,30 @@ def test_pair_search_agrees_with_astropy_at_the_wrap_the_poles_and_wide_radii(se
     lra, ldec = np.concatenate(lens_ra), np.concatenate(lens_dec)
     Table({"objid": np.arange(sra.size), "ra": sra, "dec": sdec}).write(tmp_path / "s.fits")
     ingest_sources(tmp_path / "s.fits", "edge-src")
-    Table({"name": [f"L{i}" for i in range(lra.size)], "ra": lra, "dec": ldec}).write(tmp_path / "l.csv",
-                                                                                      format="ascii.csv")
+    Table({"name": [f"L{i}" for i in range(lra.size)], "ra": lra, "dec": ldec}).write(
+        tmp_path / "l.csv", format="ascii.csv"
+    )
     write_literature(prepare_literature(tmp_path / "l.csv", "edge-lenses"), session=session)
-    cid = session.execute(text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = 'edge-lenses'")).scalar()
+    cid = session.execute(
+        text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = 'edge-lenses'")
+    ).scalar()
     r = radius_arcsec / 3600.0
     got = session.execute(text(pairs_sql()), {"r": r, "cid": cid}).all()
-    names = dict(session.execute(text("SELECT lens_id, name FROM lenscat.literature_lenses WHERE catalog_id = :c"),
-                                 {"c": cid}).all())
-    objid = dict(session.execute(text("SELECT source_id, objid FROM lenscat.sources s JOIN lenscat.surveys v "
-                                      "USING (survey_id) WHERE v.name = 'edge-src'")).all())
+    names = dict(
+        session.execute(
+            text("SELECT lens_id, name FROM lenscat.literature_lenses WHERE catalog_id = :c"), {"c": cid}
+        ).all()
+    )
+    objid = dict(
+        session.execute(
+            text(
+                "SELECT source_id, objid FROM lenscat.sources s JOIN lenscat.surveys v "
+                "USING (survey_id) WHERE v.name = 'edge-src'"
+            )
+        ).all()
+    )
     got_pairs = sorted((int(names[a][1:]), int(objid[b])) for a, b, _ in got)
-    il, isrc, _, _ = search_around_sky(SkyCoord(lra * u.deg, ldec * u.deg), SkyCoord(sra * u.deg, sdec * u.deg),
-                                       radius_arcsec * u.arcsec)
+    il, isrc, _, _ = search_around_sky(
+        SkyCoord(lra * u.deg, ldec * u.deg), SkyCoord(sra * u.deg, sdec * u.deg), radius_arcsec * u.arcsec
+    )
     assert got_pairs == sorted(zip(il.tolist(), isrc.tolist(), strict=True)) and len(got_pairs) > 50

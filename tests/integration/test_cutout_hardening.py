@@ -23,29 +23,49 @@ from tests.integration.test_embed_workers import write_stein_h5
 
 
 def _counts(session) -> tuple[int, ...]:
-    return tuple(session.execute(text(
-        "SELECT (SELECT count(*) FROM lenscat.surveys), (SELECT count(*) FROM lenscat.ingests), "
-        "(SELECT count(*) FROM lenscat.cutout_files), (SELECT count(*) FROM lenscat.sources)")).one())
+    return tuple(
+        session.execute(
+            text(
+                "SELECT (SELECT count(*) FROM lenscat.surveys), (SELECT count(*) FROM lenscat.ingests), "
+                "(SELECT count(*) FROM lenscat.cutout_files), (SELECT count(*) FROM lenscat.sources)"
+            )
+        ).one()
+    )
 
 
 def _tiny_encoder(session, tmp_path: Path, name: str):
     from lenscat.models.checkpoint import save_encoder
     from lenscat.models.resnet import build_encoder
-    from lenscat.registry import register_model, store_checkpoint
+    from lenscat.registry.versions import register_model, store_checkpoint
 
-    save_encoder(build_encoder("resnet-small", output_dim=16), tmp_path / f"{name}.pt", arch="resnet-small",
-                 hparams={"output_dim": 16})
+    save_encoder(
+        build_encoder("resnet-small", output_dim=16),
+        tmp_path / f"{name}.pt",
+        arch="resnet-small",
+        hparams={"output_dim": 16},
+    )
     path, sha = store_checkpoint(tmp_path / f"{name}.pt")
-    model, _ = register_model("encoder", name, architecture="resnet-small", output_dim=16, checkpoint_path=path,
-                              checkpoint_sha256=sha, origin="initialised",
-                              input_spec={"bands": ["g", "r", "z"], "pixel_scale_arcsec": 0.262, "stamp": 152},
-                              session=session)
+    model, _ = register_model(
+        "encoder",
+        name,
+        architecture="resnet-small",
+        output_dim=16,
+        checkpoint_path=path,
+        checkpoint_sha256=sha,
+        origin="initialised",
+        input_spec={"bands": ["g", "r", "z"], "pixel_scale_arcsec": 0.262, "stamp": 152},
+        session=session,
+    )
     return model
 
 
 def _source_ids(session, survey: str) -> list[int]:
-    return [int(x) for x in session.execute(text(
-        "SELECT source_id FROM public.sources WHERE survey = :s ORDER BY cutout_row"), {"s": survey}).scalars()]
+    return [
+        int(x)
+        for x in session.execute(
+            text("SELECT source_id FROM public.sources WHERE survey = :s ORDER BY cutout_row"), {"s": survey}
+        ).scalars()
+    ]
 
 
 def test_wrong_shaped_cutouts_are_refused_at_ingest_and_nothing_is_written(session, tmp_path):
@@ -67,11 +87,11 @@ def test_wrong_shaped_cutouts_are_refused_at_ingest_and_nothing_is_written(sessi
 
 
 def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_path):
-    from lenscat.cutouts import close_stores
-    from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.jobs import job_details, run_here
-    from lenscat.reprocess import plan_reprocess
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+    from lenscat.images.store import close_stores
+    from lenscat.jobs.reprocess import plan_reprocess
+    from lenscat.jobs.service import job_details, run_here
 
     good, gone, small = tmp_path / "good.h5", tmp_path / "gone.h5", tmp_path / "small.h5"
     write_stein_h5(good, 5, seed=1)
@@ -93,11 +113,17 @@ def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_
     job = plan_embed_job("iso-enc", chunk_size=100, session=session)
     assert job.n_chunks == 1 and job.n_items == 9  # one chunk: good and bad sources together
     assert run_here(job.job_id, embed_chunk, session=session) == 4
-    embedded = set(session.execute(text("SELECT source_id FROM lenscat.embeddings WHERE model_id = :m"),
-                                   {"m": enc.model_id}).scalars())
+    embedded = set(
+        session.execute(
+            text("SELECT source_id FROM lenscat.embeddings WHERE model_id = :m"), {"m": enc.model_id}
+        ).scalars()
+    )
     assert embedded == set(ok_ids)
-    failed = dict(session.execute(text("SELECT item_id, reason FROM lenscat.job_item_failures WHERE model_id = :m"),
-                                  {"m": enc.model_id}).all())
+    failed = dict(
+        session.execute(
+            text("SELECT item_id, reason FROM lenscat.job_item_failures WHERE model_id = :m"), {"m": enc.model_id}
+        ).all()
+    )
     assert set(failed) == {nan_id, *ids["gone"], *ids["small"]}
     assert failed[nan_id] == "cutout has NaN or infinite pixels"
     assert all("cutout file not found" in failed[i] and str(gone) in failed[i] for i in ids["gone"])
@@ -119,8 +145,9 @@ def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_
     again = [p for p in plan_reprocess(session=session, retry_failed=True) if p.kind == "embed"]
     assert len(again) == 1 and again[0].n_items == 5
     assert run_here(again[0].job_id, embed_chunk, session=session) == 0
-    rows = session.execute(text("SELECT item_id, attempts FROM lenscat.job_item_failures WHERE model_id = :m"),
-                           {"m": enc.model_id}).all()
+    rows = session.execute(
+        text("SELECT item_id, attempts FROM lenscat.job_item_failures WHERE model_id = :m"), {"m": enc.model_id}
+    ).all()
     assert len(rows) == 5 and {a for _, a in rows} == {2}
 
     # the missing file comes back: once the user retries, those sources are embedded and forgotten as failures
@@ -128,8 +155,11 @@ def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_
     retry = plan_embed_job("iso-enc", chunk_size=100, session=session)
     assert retry.n_items == 5
     assert run_here(retry.job_id, embed_chunk, session=session) == 2
-    left = set(session.execute(text("SELECT item_id FROM lenscat.job_item_failures WHERE model_id = :m"),
-                               {"m": enc.model_id}).scalars())
+    left = set(
+        session.execute(
+            text("SELECT item_id FROM lenscat.job_item_failures WHERE model_id = :m"), {"m": enc.model_id}
+        ).scalars()
+    )
     assert left == {nan_id, *ids["small"]}
 
     # the small cutouts are replaced by proper ones: their input changed, so re-processing takes them again
@@ -141,12 +171,12 @@ def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_
 
 
 def test_changed_pixels_are_found_and_only_their_results_recomputed(session, tmp_path):
-    from lenscat.classifier import upsert_scores
-    from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.jobs import run_here
-    from lenscat.registry import register_model
-    from lenscat.reprocess import plan_reprocess
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.classifier import upsert_scores
+    from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+    from lenscat.jobs.reprocess import plan_reprocess
+    from lenscat.jobs.service import run_here
+    from lenscat.registry.versions import register_model
 
     h5 = tmp_path / "pixels.h5"
     write_stein_h5(h5, 6, seed=4)
@@ -154,14 +184,30 @@ def test_changed_pixels_are_found_and_only_their_results_recomputed(session, tmp
     enc = _tiny_encoder(session, tmp_path, "pix-enc")
     run_here(plan_embed_job("pix-enc", chunk_size=4, session=session).job_id, embed_chunk, session=session)
     sids = _source_ids(session, "pix")
-    clf, _ = register_model("classifier", "pix-clf", architecture="linear", output_dim=1, checkpoint_path=None,
-                         checkpoint_sha256=None, origin="trained", parent_model_id=enc.model_id, session=session)
+    clf, _ = register_model(
+        "classifier",
+        "pix-clf",
+        architecture="linear",
+        output_dim=1,
+        checkpoint_path=None,
+        checkpoint_sha256=None,
+        origin="trained",
+        parent_model_id=enc.model_id,
+        session=session,
+    )
     upsert_scores(clf, np.array(sids), np.full(len(sids), 0.5), job_id=None, session=session)
 
     def vectors() -> dict[int, tuple[str, object]]:
-        return {int(r.source_id): (str(r.embedding), r.created_at) for r in session.execute(text(
-            "SELECT source_id, embedding::text AS embedding, created_at FROM lenscat.embeddings "
-            "WHERE model_id = :m"), {"m": enc.model_id})}
+        return {
+            int(r.source_id): (str(r.embedding), r.created_at)
+            for r in session.execute(
+                text(
+                    "SELECT source_id, embedding::text AS embedding, created_at FROM lenscat.embeddings "
+                    "WHERE model_id = :m"
+                ),
+                {"m": enc.model_id},
+            )
+        }
 
     before = vectors()
     assert set(before) == set(sids)
@@ -169,7 +215,7 @@ def test_changed_pixels_are_found_and_only_their_results_recomputed(session, tmp
     res = runner.invoke(cli, ["db", "files", "--problems", "--kind", "cutouts", "--format", "json"])
     assert str(h5) not in res.stdout
 
-    from lenscat.cutouts import close_stores
+    from lenscat.images.store import close_stores
 
     close_stores()  # this process's reader lets go of the file, as another process's would not matter
     with h5py.File(h5, "r+") as fh:  # pixels of rows 1 and 4 change in place; the catalogue does not
@@ -188,8 +234,9 @@ def test_changed_pixels_are_found_and_only_their_results_recomputed(session, tmp
     changed = {sids[1], sids[4]}
     assert set(after) == set(sids) - changed
     assert all(after[i] == before[i] for i in after)  # unchanged rows keep their vectors
-    scored = set(session.execute(text("SELECT source_id FROM lenscat.scores WHERE model_id = :m"),
-                                 {"m": clf.model_id}).scalars())
+    scored = set(
+        session.execute(text("SELECT source_id FROM lenscat.scores WHERE model_id = :m"), {"m": clf.model_id}).scalars()
+    )
     assert scored == set(sids) - changed
 
     planned = [p for p in plan_reprocess(session=session, dry_run=True) if p.kind == "embed"]
@@ -211,12 +258,16 @@ def test_changed_pixels_are_found_and_only_their_results_recomputed(session, tmp
 def test_scoring_skips_bad_cutouts_and_scores_the_rest(session, tmp_path):
     from astropy.table import Table
 
-    from lenscat.classifier import plan_score_job, score_chunk, train_image_classifier_version
-    from lenscat.cutouts import close_stores
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels
-    from lenscat.reprocess import plan_reprocess
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.classifier import (
+        plan_score_job,
+        score_chunk,
+        train_image_classifier_version,
+    )
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.images.store import close_stores
+    from lenscat.jobs.reprocess import plan_reprocess
+    from lenscat.jobs.service import run_here
 
     h5, gone = tmp_path / "score.h5", tmp_path / "score-gone.h5"
     write_stein_h5(h5, 48, seed=5)
@@ -225,10 +276,21 @@ def test_scoring_skips_bad_cutouts_and_scores_the_rest(session, tmp_path):
     ingest_sources(gone, "score-iso-gone", progress=False)
     truth = tmp_path / "truth.csv"
     Table({"objid": np.arange(1000, 1048), "lens": (np.arange(48) % 8 == 0).astype(int)}).write(
-        truth, format="ascii.csv")
+        truth, format="ascii.csv"
+    )
     import_labels(truth, label_col="lens", survey="score-iso", session=session)
-    cnn = train_image_classifier_version("iso-cnn", arch="cnn", session=session, ratio=5, val_ratio=5, epochs=1,
-                                         batch_size=16, crop=32, max_steps=2, seed=0).model
+    cnn = train_image_classifier_version(
+        "iso-cnn",
+        arch="cnn",
+        session=session,
+        ratio=5,
+        val_ratio=5,
+        epochs=1,
+        batch_size=16,
+        crop=32,
+        max_steps=2,
+        seed=0,
+    ).model
     close_stores()
     with h5py.File(h5, "r+") as fh:
         fh["images"][5, 1, 3, 3] = np.inf
@@ -239,11 +301,15 @@ def test_scoring_skips_bad_cutouts_and_scores_the_rest(session, tmp_path):
     job = plan_score_job("iso-cnn", chunk_size=1000, session=session)
     assert job.n_chunks == 1 and job.n_items == 51
     assert run_here(job.job_id, score_chunk, session=session) == 47
-    scored = set(session.execute(text("SELECT source_id FROM lenscat.scores WHERE model_id = :m"),
-                                 {"m": cnn.model_id}).scalars())
+    scored = set(
+        session.execute(text("SELECT source_id FROM lenscat.scores WHERE model_id = :m"), {"m": cnn.model_id}).scalars()
+    )
     assert scored == set(sids) - {sids[5]}
-    failed = dict(session.execute(text("SELECT item_id, reason FROM lenscat.job_item_failures WHERE model_id = :m"),
-                                  {"m": cnn.model_id}).all())
+    failed = dict(
+        session.execute(
+            text("SELECT item_id, reason FROM lenscat.job_item_failures WHERE model_id = :m"), {"m": cnn.model_id}
+        ).all()
+    )
     assert failed[sids[5]] == "cutout has NaN or infinite pixels"
     assert set(failed) == {sids[5], *gone_ids} and all("cutout file not found" in failed[i] for i in gone_ids)
     assert not [p for p in plan_reprocess(session=session, dry_run=True) if p.kind == "score"]

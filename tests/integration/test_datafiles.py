@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
+from lenscat.catalogue.datafiles import check_files, referenced_files, relocate_files
 from lenscat.cli import cli
-from lenscat.datafiles import check_files, referenced_files, relocate_files
 from lenscat.errors import LenscatError
 from tests.integration.test_embed_workers import write_stein_h5
 
@@ -20,9 +20,9 @@ IMAGES = Path(__file__).parents[1] / "data" / "images"
 
 def _world(session, root: Path) -> dict[str, Path]:
     """Under ``root``: a Stein HDF5 survey, a FITS set of per-band files, a checkpoint, a spectrum store."""
-    from lenscat.cutout_ingest import ingest_fits_cutouts
-    from lenscat.registry import register_model
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.images.ingest import ingest_fits_cutouts
+    from lenscat.registry.versions import register_model
 
     (root / "fits").mkdir(parents=True)
     h5 = root / "survey.h5"
@@ -33,15 +33,28 @@ def _world(session, root: Path) -> dict[str, Path]:
     ingest_fits_cutouts(fits, "moved-fits", session=session)
     ckpt = root / "weights.pt"
     ckpt.write_bytes(b"not really torch, but a file with a digest")
-    from lenscat.ingest_log import file_sha256
+    from lenscat.catalogue.ingest_log import file_sha256
 
-    register_model("encoder", "moved-enc", architecture="resnet-small", output_dim=8, checkpoint_path=ckpt,
-                   checkpoint_sha256=file_sha256(ckpt), origin="trained", session=session)
+    register_model(
+        "encoder",
+        "moved-enc",
+        architecture="resnet-small",
+        output_dim=8,
+        checkpoint_path=ckpt,
+        checkpoint_sha256=file_sha256(ckpt),
+        origin="trained",
+        session=session,
+    )
     pack = root / "spectra.h5"
     with h5py.File(pack, "w") as fh:
         fh["flux"] = np.zeros((3, 4), np.float32)
-    session.execute(text("INSERT INTO lenscat.spectrum_packs (name, path, window_k0, window_n, veto_k0, veto_n, "
-                         "dlog, n_rows) VALUES ('moved', :p, 0, 4, 0, 1, 1e-4, 3)"), {"p": str(pack)})
+    session.execute(
+        text(
+            "INSERT INTO lenscat.spectrum_packs (name, path, window_k0, window_n, veto_k0, veto_n, "
+            "dlog, n_rows) VALUES ('moved', :p, 0, 4, 0, 1, 1e-4, 3)"
+        ),
+        {"p": str(pack)},
+    )
     return {"h5": h5, "ckpt": ckpt, "pack": pack, "fits": fits[0].parent}
 
 
@@ -60,11 +73,15 @@ def test_moved_files_are_found_missing_then_relocated(session, tmp_path):
 
     shutil.move(old, new)
     assert check_files(files, progress=False) == ["missing"] * 4
-    from lenscat.cutouts import source_cutout
     from lenscat.errors import InputFileError
+    from lenscat.images.store import source_cutout
 
-    sid = session.execute(text("SELECT source_id FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
-                               "WHERE v.name = 'moved-survey' LIMIT 1")).scalar_one()
+    sid = session.execute(
+        text(
+            "SELECT source_id FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
+            "WHERE v.name = 'moved-survey' LIMIT 1"
+        )
+    ).scalar_one()
     with pytest.raises(InputFileError, match="cutout file not found .*lenscat db relocate"):
         source_cutout(sid, session=session)  # the reader says what to do
 
@@ -139,20 +156,24 @@ def test_cli_files_and_relocate(session, tmp_path):
 
 def test_reingesting_a_moved_survey_file_repoints_its_cutouts(session, tmp_path):
     """A survey file moved and ingested again from its new place: its rows are done, its cutouts follow it."""
-    from lenscat.cutouts import source_cutout
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.images.store import source_cutout
 
     def cutout_files() -> set[str]:
-        return set(session.execute(text("SELECT DISTINCT cutout_file FROM public.sources "
-                                        "WHERE survey = 'moved-again'")).scalars())
+        return set(
+            session.execute(
+                text("SELECT DISTINCT cutout_file FROM public.sources WHERE survey = 'moved-again'")
+            ).scalars()
+        )
 
     old, new = tmp_path / "scratch" / "survey.h5", tmp_path / "project" / "survey.h5"
     old.parent.mkdir()
     new.parent.mkdir()
     write_stein_h5(old, 4)
     ingest_sources(old, "moved-again")
-    rows = session.execute(text("SELECT source_id, cutout_row FROM public.sources WHERE survey = 'moved-again' "
-                                "ORDER BY cutout_row")).all()
+    rows = session.execute(
+        text("SELECT source_id, cutout_row FROM public.sources WHERE survey = 'moved-again' ORDER BY cutout_row")
+    ).all()
     shutil.copy(old, new)
     again = ingest_sources(new, "moved-again")  # the old file still exists: nothing moves
     assert again.batches_skipped == again.batches_total and again.cutouts_moved_from == []

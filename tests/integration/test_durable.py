@@ -41,12 +41,14 @@ def bulk_default(db_conn):
 
 
 def test_grades_and_human_labels_commit_durably(db_conn, session, bulk_default):
-    from lenscat.grading import GradeInput, add_grader, record_grades, refresh_human_labels
-    from lenscat.surveys import ensure_survey
+    from lenscat.catalogue.surveys import ensure_survey
+    from lenscat.grading.grades import GradeInput, add_grader, record_grades, refresh_human_labels
 
     sv = ensure_survey("durable", ["r"], session=session)
-    sid = session.execute(text("INSERT INTO lenscat.sources (survey_id, objid, ra, dec) VALUES (:s, 'd1', 1, 2) "
-                               "RETURNING source_id"), {"s": sv.survey_id}).scalar_one()
+    sid = session.execute(
+        text("INSERT INTO lenscat.sources (survey_id, objid, ra, dec) VALUES (:s, 'd1', 1, 2) RETURNING source_id"),
+        {"s": sv.survey_id},
+    ).scalar_one()
     grader, _ = add_grader("durable-grader", password="a-long-password", session=session)
     session.flush()
     session.execute(text("RESET synchronous_commit"))  # the account's own transaction was durable
@@ -58,7 +60,7 @@ def test_grades_and_human_labels_commit_durably(db_conn, session, bulk_default):
 
 
 def test_grader_accounts_commit_durably(db_conn, bulk_default):
-    from lenscat.grading import add_grader, set_active
+    from lenscat.grading.grades import add_grader, set_active
 
     assert _inside(db_conn, lambda s: add_grader("durable-acct", password="a-long-password", session=s)) == "on"
 
@@ -73,7 +75,7 @@ def test_grader_accounts_commit_durably(db_conn, bulk_default):
 
 
 def test_active_learning_batches_commit_durably(db_conn, session, tmp_path, bulk_default):
-    from lenscat.active_learning import create_campaign, propose_next
+    from lenscat.learning.active import create_campaign, propose_next
     from tests.integration.test_active_learning import _world
 
     enc, _, _, _ = _world(session, tmp_path)
@@ -90,7 +92,7 @@ def test_active_learning_batches_commit_durably(db_conn, session, tmp_path, bulk
 
 
 def test_web_logins_logouts_and_revocations_commit_durably(db_conn, session, bulk_default):
-    from lenscat.grading import add_grader, logout_grader
+    from lenscat.grading.grades import add_grader, logout_grader
     from lenscat.web.auth import end_session, start_session
 
     grader, _ = add_grader("durable-web", password="a-long-password", session=session)

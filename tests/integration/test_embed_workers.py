@@ -35,7 +35,9 @@ def write_stein_h5(path: Path, n: int, seed: int = 0) -> None:
     images = rng.normal(0, 0.003, size=(n, 3, 152, 152)).astype(np.float32)
     for i in range(n):
         w = rng.uniform(2, 8)
-        images[i] += (rng.uniform(0.05, 1.0, 3)[:, None, None] * np.exp(-(xx**2 + yy**2) / (2 * w * w))).astype(np.float32)
+        images[i] += (rng.uniform(0.05, 1.0, 3)[:, None, None] * np.exp(-(xx**2 + yy**2) / (2 * w * w))).astype(
+            np.float32
+        )
     with h5py.File(path, "w") as fh:
         fh["images"] = images
         fh["ra"] = rng.uniform(150, 151, n)
@@ -46,17 +48,33 @@ def write_stein_h5(path: Path, n: int, seed: int = 0) -> None:
 
 
 def _cli(env, *args, timeout=300):
-    res = subprocess.run([sys.executable, "-m", "lenscat.cli", *args], env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    res = subprocess.run(
+        [sys.executable, "-m", "lenscat.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert res.returncode == 0, f"lenscat {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout
 
 
 def _worker(env, name, extra=()):
-    return subprocess.Popen([sys.executable, "-m", "lenscat.cli", "worker", "--concurrency", "1",
-                             "--hostname", f"{name}@%h", "--loglevel", "WARNING", *extra],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lenscat.cli",
+            "worker",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"{name}@%h",
+            "--loglevel",
+            "WARNING",
+            *extra,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _stop(proc, sig=signal.SIGTERM):
@@ -71,7 +89,8 @@ def _wait_inside_second_chunk(conn, worker, timeout_s=240):
     while True:
         done, running = conn.execute(
             "SELECT count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'running') "
-            "FROM lenscat.job_chunks").fetchone()
+            "FROM lenscat.job_chunks"
+        ).fetchone()
         if done >= 1 and running == 1:
             return
         assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
@@ -102,39 +121,76 @@ def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_p
     _survey_and_r50(env, tmp_path, n, "killtest")
 
     first = _worker(env, "first")
-    embed = subprocess.Popen([sys.executable, "-m", "lenscat.cli", "embed", "--encoder", "r50",
-                              "--chunk-size", "24", "--batch-size", "24", "--local-workers", "0", "--json"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    embed = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lenscat.cli",
+            "embed",
+            "--encoder",
+            "r50",
+            "--chunk-size",
+            "24",
+            "--batch-size",
+            "24",
+            "--local-workers",
+            "0",
+            "--json",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     second = None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             _wait_inside_second_chunk(conn, first)  # kill the first worker there, after one chunk is done
             _stop(first, signal.SIGKILL)
-            killed_chunk = conn.execute(
-                "SELECT chunk_no FROM lenscat.job_chunks WHERE status = 'running'").fetchone()[0]
+            killed_chunk = conn.execute("SELECT chunk_no FROM lenscat.job_chunks WHERE status = 'running'").fetchone()[
+                0
+            ]
             second = _worker(env, "second")
             out, err = embed.communicate(timeout=300)
             assert embed.returncode == 0, err
             summary = json.loads(out.strip().splitlines()[-1])
             assert summary["status"] == "done" and summary["n_done"] == n
             rows, distinct = conn.execute(
-                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings").fetchone()
+                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings"
+            ).fetchone()
             assert rows == distinct == n
-            attempts = conn.execute("SELECT attempts FROM lenscat.job_chunks WHERE chunk_no = %s",
-                                    (killed_chunk,)).fetchone()[0]
+            attempts = conn.execute(
+                "SELECT attempts FROM lenscat.job_chunks WHERE chunk_no = %s", (killed_chunk,)
+            ).fetchone()[0]
             assert attempts >= 2  # redelivered after the kill
             assert summary["n_retried"] >= 1
             # running again finds nothing to do and changes nothing
-            again = json.loads(_cli(env, "embed", "--encoder", "r50", "--local-workers", "0",
-                                    "--json").strip().splitlines()[-1])
+            again = json.loads(
+                _cli(env, "embed", "--encoder", "r50", "--local-workers", "0", "--json").strip().splitlines()[-1]
+            )
             assert again["n_items"] == 0
             assert conn.execute("SELECT count(*) FROM lenscat.embeddings").fetchone()[0] == n
             # the HNSW index of this encoder exists and similarity search runs from the CLI
-            idx = conn.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_embeddings_hnsw_m%'"
-                               ).fetchall()
+            idx = conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_embeddings_hnsw_m%'"
+            ).fetchall()
             assert len(idx) == 1
-        sim = _cli(env, "similar", "--encoder", "r50", "--source-id", "1", "-k", "5", "--format", "json",
-                   "--mag-window", "0", "--exclude-radius", "0")
+        sim = _cli(
+            env,
+            "similar",
+            "--encoder",
+            "r50",
+            "--source-id",
+            "1",
+            "-k",
+            "5",
+            "--format",
+            "json",
+            "--mag-window",
+            "0",
+            "--exclude-radius",
+            "0",
+        )
         res = [json.loads(x) for x in sim.strip().splitlines()]
         assert len(res) == 5 and {"source_id", "objid", "ra", "dec", "similarity"} <= set(res[0])
         assert all(-1 <= r["similarity"] <= 1 for r in res)
@@ -147,15 +203,25 @@ def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_p
 
 
 def test_sql_embeddings_view_is_documented(session):
-    cols = set(session.execute(text(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
-        "AND table_name = 'embeddings'")).scalars())
+    cols = set(
+        session.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                "AND table_name = 'embeddings'"
+            )
+        ).scalars()
+    )
     assert {"source_id", "encoder", "encoder_version", "embedding", "dim"} <= cols
 
 
 def _jobs_show(env, job_id):
-    res = subprocess.run([sys.executable, "-m", "lenscat.cli", "jobs", "show", str(job_id)], env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "lenscat.cli", "jobs", "show", str(job_id)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout), res.stderr
 
@@ -164,20 +230,42 @@ def test_stalled_chunk_of_a_killed_worker_is_shown_and_requeued_before_the_visib
     """The broker would redeliver only after an hour: the heartbeat shows the chunk stalled, reprocess re-queues it."""
 
     url, env = own_database
-    env = {**env, "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "3600", "LENSCAT_JOB_STALL_S": "3",
-           "LENSCAT_JOB_HEARTBEAT_S": "0.5", "LENSCAT_REPROCESS_INTERVAL_S": "0"}
+    env = {
+        **env,
+        "LENSCAT_BROKER_VISIBILITY_TIMEOUT_S": "3600",
+        "LENSCAT_JOB_STALL_S": "3",
+        "LENSCAT_JOB_HEARTBEAT_S": "0.5",
+        "LENSCAT_REPROCESS_INTERVAL_S": "0",
+    }
     n = 96
     _survey_and_r50(env, tmp_path, n, "stalltest", seed=7)
 
     first = _worker(env, "first")
     second = None
     try:
-        job_id = json.loads(_cli(env, "embed", "--encoder", "r50", "--chunk-size", "24", "--batch-size", "24",
-                                 "--local-workers", "0", "--no-wait", "--json").strip().splitlines()[-1])["job_id"]
+        job_id = json.loads(
+            _cli(
+                env,
+                "embed",
+                "--encoder",
+                "r50",
+                "--chunk-size",
+                "24",
+                "--batch-size",
+                "24",
+                "--local-workers",
+                "0",
+                "--no-wait",
+                "--json",
+            )
+            .strip()
+            .splitlines()[-1]
+        )["job_id"]
         with psycopg.connect(url, autocommit=True) as conn:
             _wait_inside_second_chunk(conn, first)  # kill the worker inside its second chunk
             killed_chunk, worker = conn.execute(
-                "SELECT chunk_no, worker FROM lenscat.job_chunks WHERE status = 'running'").fetchone()
+                "SELECT chunk_no, worker FROM lenscat.job_chunks WHERE status = 'running'"
+            ).fetchone()
             _stop(first, signal.SIGKILL)
 
             deadline = time.monotonic() + 120
@@ -203,10 +291,12 @@ def test_stalled_chunk_of_a_killed_worker_is_shown_and_requeued_before_the_visib
                 assert time.monotonic() < deadline, "the re-queued chunk was never finished"
                 time.sleep(0.3)
             rows, distinct = conn.execute(
-                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings").fetchone()
+                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings"
+            ).fetchone()
             assert rows == distinct == n
-            attempts = conn.execute("SELECT attempts FROM lenscat.job_chunks WHERE job_id = %s AND chunk_no = %s",
-                                    (job_id, killed_chunk)).fetchone()[0]
+            attempts = conn.execute(
+                "SELECT attempts FROM lenscat.job_chunks WHERE job_id = %s AND chunk_no = %s", (job_id, killed_chunk)
+            ).fetchone()[0]
             assert attempts == 2
         shown, _ = _jobs_show(env, job_id)
         assert shown["status"] == "done" and not shown["chunks"] and shown["n_chunks_stalled"] == 0

@@ -7,12 +7,12 @@ import signal
 import pytest
 from sqlalchemy import text
 
-from lenscat.encoders import CatalogueImages, train_encoder, training_state_dir
+from lenscat.embeddings.encoders import CatalogueImages, train_encoder, training_state_dir
 from lenscat.errors import Interrupted
 
 
 def test_interrupted_training_resumes_and_registers_once(session, tmp_path, monkeypatch):
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "resume.h5"
@@ -54,9 +54,29 @@ def test_interrupted_training_resumes_and_registers_once(session, tmp_path, monk
 
     from lenscat.cli import cli
 
-    res = CliRunner().invoke(cli, ["encoder", "train", "--name", "resume-enc", "--survey", "resume-survey",
-                                   "--epochs", "2", "--batch-size", "16", "--crop", "32", "--queue-size", "32",
-                                   "--seed", "5", "--restart", "--json"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "encoder",
+            "train",
+            "--name",
+            "resume-enc",
+            "--survey",
+            "resume-survey",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--crop",
+            "32",
+            "--queue-size",
+            "32",
+            "--seed",
+            "5",
+            "--restart",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["resumed_from_step"] == 0 and out["checkpoint_sha256"] == model.checkpoint_sha256
@@ -67,9 +87,9 @@ def test_interrupted_classifier_training_resumes_and_registers_once(session, tmp
     import numpy as np
     from astropy.table import Table
 
-    from lenscat.classifier import train_image_classifier_version
-    from lenscat.labels import import_labels
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.classifier import train_image_classifier_version
+    from lenscat.classifiers.labels import import_labels
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "clf.h5"
@@ -77,10 +97,20 @@ def test_interrupted_classifier_training_resumes_and_registers_once(session, tmp
     ingest_sources(h5, "resume-clf")
     truth = tmp_path / "truth.csv"
     Table({"objid": np.arange(1000, 1096), "lens": (np.arange(96) % 8 == 0).astype(int)}).write(
-        truth, format="ascii.csv")
+        truth, format="ascii.csv"
+    )
     import_labels(truth, label_col="lens", survey="resume-clf", session=session)
-    args = dict(arch="cnn", session=session, surveys=["resume-clf"], ratio=5, val_ratio=5, epochs=3,
-                batch_size=8, crop=32, seed=1)
+    args = dict(
+        arch="cnn",
+        session=session,
+        surveys=["resume-clf"],
+        ratio=5,
+        val_ratio=5,
+        epochs=3,
+        batch_size=8,
+        crop=32,
+        seed=1,
+    )
     real_get = CatalogueImages.get
     reads = []
 

@@ -5,16 +5,18 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from lenscat.encoders import import_encoder, ingest_vectors
+from lenscat.catalogue.surveys import ensure_survey
+from lenscat.embeddings.encoders import import_encoder, ingest_vectors
 from lenscat.errors import InputFileError, LenscatError
-from lenscat.surveys import ensure_survey
 
 
 def _sources(session, n, survey="enc-survey"):
     sv = ensure_survey(survey, ["g", "r", "z"], session=session)
     session.execute(
-        text("INSERT INTO lenscat.sources (survey_id, objid, ra, dec) "
-             "SELECT :sv, 'obj' || i, 150 + i * 1e-3, 2.0 FROM generate_series(1, :n) i"),
+        text(
+            "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) "
+            "SELECT :sv, 'obj' || i, 150 + i * 1e-3, 2.0 FROM generate_series(1, :n) i"
+        ),
         {"sv": sv.survey_id, "n": n},
     )
 
@@ -38,7 +40,7 @@ def test_import_resnet50_state_dict_is_versioned_and_idempotent(session, tmp_pat
     tta, created_tta = import_encoder(tmp_path / "moco.pth.tar", "stein-like", session=session, views=8)
     assert created_tta and tta.version == 2 and tta.input_spec["views"] == 8
     assert tta.checkpoint_sha256 != m.checkpoint_sha256
-    from lenscat.encoders import derive_encoder
+    from lenscat.embeddings.encoders import derive_encoder
 
     with pytest.raises(LenscatError, match="resnet-small encoders only; stein-like@1 is a resnet50"):
         derive_encoder("stein-like@1", readout="gap+annuli2", session=session)
@@ -77,24 +79,44 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
 
     from click.testing import CliRunner
 
+    from lenscat.catalogue.ingest import ingest_sources
     from lenscat.cli import cli
-    from lenscat.encoders import TRAINING_RECIPES, training_recipe
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.embeddings.encoders import TRAINING_RECIPES, training_recipe
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "recipe.h5"
     write_stein_h5(h5, 40, seed=3)
     ingest_sources(h5, "recipe-survey")
-    res = CliRunner().invoke(cli, ["encoder", "train", "--name", "recipe-enc", "--survey", "recipe-survey",
-                                   "--batch-size", "16", "--max-steps", "1", "--json"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "encoder",
+            "train",
+            "--name",
+            "recipe-enc",
+            "--survey",
+            "recipe-survey",
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "1",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["steps"] == 1
-    hp, spec = session.execute(text("SELECT hparams, input_spec FROM lenscat.model_versions "
-                                    "WHERE name = 'recipe-enc'")).one()
+    hp, spec = session.execute(
+        text("SELECT hparams, input_spec FROM lenscat.model_versions WHERE name = 'recipe-enc'")
+    ).one()
     small = TRAINING_RECIPES["resnet-small"]
     assert spec["crop"] == small["crop"] == 48 and hp["preprocess"]["crop"] == 48
     assert (hp["epochs"], hp["lr"], hp["temperature"], hp["queue_size"], hp["warmup_steps"]) == (
-        small["epochs"], small["lr"], small["temperature"], small["queue_size"], small["warmup_steps"])
+        small["epochs"],
+        small["lr"],
+        small["temperature"],
+        small["queue_size"],
+        small["warmup_steps"],
+    )
     assert small["warmup_steps"] == 50 and training_recipe("resnet50")["warmup_steps"] == 0
     assert hp["zero_init_residual"] is small["zero_init_residual"] is True
     assert training_recipe("resnet50")["zero_init_residual"] is False
@@ -102,8 +124,10 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
     assert spec["views"] == hp["preprocess"]["views"] == small["views"] == 8
     assert training_recipe("resnet50")["views"] == 1
     from lenscat.models import load_encoder
-    path = session.execute(text("SELECT checkpoint_path FROM lenscat.model_versions "
-                                "WHERE name = 'recipe-enc'")).scalar_one()
+
+    path = session.execute(
+        text("SELECT checkpoint_path FROM lenscat.model_versions WHERE name = 'recipe-enc'")
+    ).scalar_one()
     loaded = load_encoder(path)[0]
     assert loaded.preprocessing.views == 8
     # the stored embedding: the pooled 128-d vector beside the stage-2 map's annuli (6 x 64 values)
@@ -130,37 +154,85 @@ def test_deeper_encoder_with_the_annuli_readout_stores_512_d_vectors(session, tm
 
     from click.testing import CliRunner
 
+    from lenscat.catalogue.ingest import ingest_sources
     from lenscat.cli import cli
-    from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.encoders import train_encoder
-    from lenscat.jobs import run_here
-    from lenscat.registry import get_model
-    from lenscat.source_ingest import ingest_sources
-    from lenscat.vectors import read_embeddings
+    from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.vectors import read_embeddings
+    from lenscat.jobs.service import run_here
+    from lenscat.registry.versions import get_model
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "ring.h5"
     write_stein_h5(h5, 30, seed=5)
     ingest_sources(h5, "ring-survey")
-    res = CliRunner().invoke(cli, ["encoder", "train", "--name", "ring-enc", "--survey", "ring-survey",
-                                   "--blocks", "2", "--batch-size", "8", "--max-steps", "1", "--json"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "encoder",
+            "train",
+            "--name",
+            "ring-enc",
+            "--survey",
+            "ring-survey",
+            "--blocks",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["dim"] == 128 + 6 * 64
     hp = session.execute(text("SELECT hparams FROM lenscat.model_versions WHERE name = 'ring-enc'")).scalar_one()
     assert hp["blocks"] == [2, 2, 2, 2] and hp["readout"] == "gap+annuli2"
     model = get_model("encoder", "ring-enc", session=session)
-    run_here(plan_embed_job(model.label, surveys=["ring-survey"], chunk_size=16, session=session).job_id,
-             embed_chunk, session=session)
+    run_here(
+        plan_embed_job(model.label, surveys=["ring-survey"], chunk_size=16, session=session).job_id,
+        embed_chunk,
+        session=session,
+    )
     ids, vec = read_embeddings(model, session=session)
     assert vec.shape == (30, 512)
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-3)
-    bad = CliRunner().invoke(cli, ["encoder", "train", "--name", "x", "--survey", "ring-survey", "--arch",
-                                   "resnet18", "--readout", "gap+annuli2"])
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "encoder",
+            "train",
+            "--name",
+            "x",
+            "--survey",
+            "ring-survey",
+            "--arch",
+            "resnet18",
+            "--readout",
+            "gap+annuli2",
+        ],
+    )
     assert bad.exit_code != 0 and "resnet-small only" in bad.output
     with pytest.raises(LenscatError, match="resnet-small only"):
         train_encoder("x", ["ring-survey"], arch="resnet18", readout="gap+annuli2", progress=False)
-    pooled = CliRunner().invoke(cli, ["encoder", "train", "--name", "pooled-enc", "--survey", "ring-survey",
-                                      "--readout", "gap", "--batch-size", "8", "--max-steps", "1", "--json"])
+    pooled = CliRunner().invoke(
+        cli,
+        [
+            "encoder",
+            "train",
+            "--name",
+            "pooled-enc",
+            "--survey",
+            "ring-survey",
+            "--readout",
+            "gap",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "1",
+            "--json",
+        ],
+    )
     assert pooled.exit_code == 0, pooled.output
     assert json.loads(pooled.stdout.strip().splitlines()[-1])["dim"] == 128
 
@@ -169,12 +241,12 @@ def test_derive_registers_the_same_weights_with_another_views(session, tmp_path)
     """`encoder derive` makes a new version with another embedding rule and nothing retrained."""
     from click.testing import CliRunner
 
+    from lenscat.catalogue.ingest import ingest_sources
     from lenscat.cli import cli
-    from lenscat.embedding import embed_images
-    from lenscat.encoders import derive_encoder, train_encoder
+    from lenscat.embeddings.embed import embed_images
+    from lenscat.embeddings.encoders import derive_encoder, train_encoder
     from lenscat.models import load_encoder
-    from lenscat.registry import get_model
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.registry.versions import get_model
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "derive.h5"
@@ -194,10 +266,10 @@ def test_derive_registers_the_same_weights_with_another_views(session, tmp_path)
     assert (a.preprocessing.views, b.preprocessing.views) == (8, 1)
     images = np.random.default_rng(2).normal(0, 0.01, (3, 3, 152, 152)).astype(np.float32)
     turned = np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3)))
-    np.testing.assert_allclose(embed_images(src, turned, device="cpu"), embed_images(src, images, device="cpu"),
-                               atol=1e-5)  # 8 views: invariant; 1 view: not
-    assert not np.allclose(embed_images(one, turned, device="cpu"), embed_images(one, images, device="cpu"),
-                           atol=1e-4)
+    np.testing.assert_allclose(
+        embed_images(src, turned, device="cpu"), embed_images(src, images, device="cpu"), atol=1e-5
+    )  # 8 views: invariant; 1 view: not
+    assert not np.allclose(embed_images(one, turned, device="cpu"), embed_images(one, images, device="cpu"), atol=1e-4)
     again = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--views", "1"])
     assert again.exit_code == 0 and "derive-enc@2 already registered" in again.output
     same = CliRunner().invoke(cli, ["encoder", "derive", "derive-enc@1", "--views", "8"])
@@ -210,7 +282,11 @@ def test_derive_registers_the_same_weights_with_another_views(session, tmp_path)
     assert "derive-gap@1 registered: the weights of derive-enc@1, 128-d embeddings with readout gap" in pooled.output
     gap = get_model("encoder", "derive-gap", session=session)
     assert (gap.output_dim, gap.hparams["readout"], gap.parent_model_id, gap.input_spec["views"]) == (
-        128, "gap", src.model_id, 8)
+        128,
+        "gap",
+        src.model_id,
+        8,
+    )
     full, part = embed_images(src, images, device="cpu"), embed_images(gap, images, device="cpu")
     head = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
     np.testing.assert_allclose(head, part, atol=1e-5)

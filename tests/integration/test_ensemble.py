@@ -9,15 +9,20 @@ import pytest
 from astropy.table import Table
 from sqlalchemy import text
 
-from lenscat.classifier import plan_score_job, score_chunk, train_linear_classifier, training_ids
-from lenscat.ensemble import N_QUANTILES, MissingMemberScores, train_ensemble
+from lenscat.catalogue.surveys import ensure_survey
+from lenscat.classifiers.classifier import (
+    plan_score_job,
+    score_chunk,
+    train_linear_classifier,
+    training_ids,
+)
+from lenscat.classifiers.ensemble import N_QUANTILES, MissingMemberScores, train_ensemble
+from lenscat.classifiers.labels import import_labels
+from lenscat.classifiers.ranking import evaluate_classifier, top_candidates
+from lenscat.embeddings.vectors import upsert_embeddings
 from lenscat.errors import LenscatError
-from lenscat.jobs import run_here
-from lenscat.labels import import_labels
-from lenscat.ranking import evaluate_classifier, top_candidates
-from lenscat.registry import register_model
-from lenscat.surveys import ensure_survey
-from lenscat.vectors import upsert_embeddings
+from lenscat.jobs.service import run_here
+from lenscat.registry.versions import register_model
 from tests.integration.test_cli import run
 
 N, N_LENS, DIM = 400, 40, 16
@@ -27,21 +32,35 @@ def _world(session, tmp_path):
     """400 sources, 40 lenses; encoder 'ens-a' sees the lenses (a lens direction), 'ens-b' is noise."""
     rng = np.random.default_rng(7)
     sv = ensure_survey("ens-sim", ["g", "r", "z"], session=session)
-    ids = np.array(session.execute(text(
-        "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
-        "SELECT :sv, 'e' || i, r, d, ARRAY[20, 19.5, 19]::real[] "
-        "FROM unnest(CAST(:ra AS float8[]), CAST(:dec AS float8[])) WITH ORDINALITY AS t(r, d, i) "
-        "ORDER BY i RETURNING source_id"),
-        {"sv": sv.survey_id, "ra": rng.uniform(40, 44, N).tolist(), "dec": rng.uniform(-3, 1, N).tolist()}
-    ).scalars().all())
+    ids = np.array(
+        session.execute(
+            text(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
+                "SELECT :sv, 'e' || i, r, d, ARRAY[20, 19.5, 19]::real[] "
+                "FROM unnest(CAST(:ra AS float8[]), CAST(:dec AS float8[])) WITH ORDINALITY AS t(r, d, i) "
+                "ORDER BY i RETURNING source_id"
+            ),
+            {"sv": sv.survey_id, "ra": rng.uniform(40, 44, N).tolist(), "dec": rng.uniform(-3, 1, N).tolist()},
+        )
+        .scalars()
+        .all()
+    )
     lens = np.zeros(N, bool)
     lens[rng.choice(N, N_LENS, replace=False)] = True
     va = rng.normal(size=(4, DIM))[rng.integers(0, 4, N)] + 0.7 * rng.normal(size=(N, DIM))
     va[lens, 0] += 2.0
     vb = rng.normal(size=(N, DIM))
     for name, v, sha in (("ens-a", va, "a"), ("ens-b", vb, "b")):
-        enc, _ = register_model("encoder", name, architecture="external", output_dim=DIM, checkpoint_path=None,
-                                checkpoint_sha256=sha * 64, origin="external", session=session)
+        enc, _ = register_model(
+            "encoder",
+            name,
+            architecture="external",
+            output_dim=DIM,
+            checkpoint_path=None,
+            checkpoint_sha256=sha * 64,
+            origin="external",
+            session=session,
+        )
         upsert_embeddings(enc, ids, v, session=session)
     truth = tmp_path / "truth.ecsv"
     Table({"objid": [f"e{i + 1}" for i in range(N)], "is_lens": lens.astype(int)}).write(truth)
@@ -50,8 +69,9 @@ def _world(session, tmp_path):
 
 
 def _probe(name, encoder, session, *, test_fraction=0.5, seed=1, score=True):
-    res = train_linear_classifier(name, encoder, session=session, ratio=10, val_ratio=10, test_fraction=test_fraction,
-                                  seed=seed, epochs=10)
+    res = train_linear_classifier(
+        name, encoder, session=session, ratio=10, val_ratio=10, test_fraction=test_fraction, seed=seed, epochs=10
+    )
     if score:
         _score(name, session)
     return res.model
@@ -63,8 +83,10 @@ def _score(name, session):
 
 
 def _scores(model, session):
-    rows = session.execute(text("SELECT source_id, score FROM lenscat.scores WHERE model_id = :m ORDER BY source_id"),
-                           {"m": model.model_id}).all()
+    rows = session.execute(
+        text("SELECT source_id, score FROM lenscat.scores WHERE model_id = :m ORDER BY source_id"),
+        {"m": model.model_id},
+    ).all()
     return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float64)
 
 
@@ -122,8 +144,7 @@ def test_stacking_fits_on_held_out_lenses_and_refuses_with_too_few(session, tmp_
     assert held >= 10 and r["fit_lenses"] == held // 2
     assert abs(r["coef"]["ens-strong@1"]) > abs(r["coef"]["ens-noise@1"]) and r["coef"]["ens-strong@1"] > 0
     fit = training_ids(res.model)
-    assert len(fit) == len(np.union1d(training_ids(strong), training_ids(noise))) + r["fit_lenses"] \
-        + r["fit_nonlenses"]
+    assert len(fit) == len(np.union1d(training_ids(strong), training_ids(noise))) + r["fit_lenses"] + r["fit_nonlenses"]
     _score("ens-stack", session)
     ev = evaluate_classifier("ens-stack", baselines=["ens-noise"], session=session)
     assert ev["excluded_training_sources"] == len(fit)  # the stacking fit's sources are left out too
@@ -132,8 +153,21 @@ def test_stacking_fits_on_held_out_lenses_and_refuses_with_too_few(session, tmp_
     _probe("ens-wide", "ens-b", session, test_fraction=0.05, seed=9)
     with pytest.raises(LenscatError, match="stacking needs at least 10 labelled lenses.*rank"):
         train_ensemble("ens-stack2", ["ens-strong", "ens-wide"], method="stack", session=session)
-    code, out, err = run(monkeypatch, capsys, "classifier", "ensemble", "--name", "ens-cli", "--member", "ens-strong",
-                         "--member", "ens-noise", "--method", "stack", "--json")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "classifier",
+        "ensemble",
+        "--name",
+        "ens-cli",
+        "--member",
+        "ens-strong",
+        "--member",
+        "ens-noise",
+        "--method",
+        "stack",
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["method"] == "stack" and json.loads(out)["members"] == ["ens-strong@1", "ens-noise@1"]
 
@@ -142,22 +176,45 @@ def test_missing_member_scores_name_the_member(session, tmp_path, monkeypatch, c
     _world(session, tmp_path)
     _probe("ens-strong", "ens-a", session)
     _probe("ens-late", "ens-b", session, score=False)
-    with pytest.raises(MissingMemberScores, match=r"member ens-late@1 has scored 0 of the 400 sources of survey "
-                                                  r"ens-sim it can score: score it first") as exc:
+    with pytest.raises(
+        MissingMemberScores,
+        match=r"member ens-late@1 has scored 0 of the 400 sources of survey "
+        r"ens-sim it can score: score it first",
+    ) as exc:
         train_ensemble("ens-x", ["ens-strong", "ens-late"], surveys=["ens-sim"], session=session)
     assert exc.value.member == "ens-late@1"
-    code, _, err = run(monkeypatch, capsys, "classifier", "ensemble", "--name", "ens-x", "--member", "ens-strong",
-                       "--member", "ens-late")
-    assert code == 2 and err.strip() == ("lenscat: error: member ens-late@1 has scored 0 of the 400 sources it can "
-                                         "score: run `lenscat classifier score --name ens-late@1` first")
+    code, _, err = run(
+        monkeypatch,
+        capsys,
+        "classifier",
+        "ensemble",
+        "--name",
+        "ens-x",
+        "--member",
+        "ens-strong",
+        "--member",
+        "ens-late",
+    )
+    assert code == 2 and err.strip() == (
+        "lenscat: error: member ens-late@1 has scored 0 of the 400 sources it can "
+        "score: run `lenscat classifier score --name ens-late@1` first"
+    )
     with pytest.raises(LenscatError, match="at least two distinct"):
         train_ensemble("ens-x", ["ens-strong", "ens-strong@1"], session=session)
     # an ensemble made while its members were complete asks for the member when a requested job finds it behind
     _score("ens-late", session)
     train_ensemble("ens-y", ["ens-strong", "ens-late"], session=session)
     late = session.execute(text("SELECT model_id FROM lenscat.model_versions WHERE name = 'ens-late'")).scalar_one()
-    session.execute(text("DELETE FROM lenscat.scores WHERE model_id = :m AND source_id IN (SELECT source_id FROM "
-                         "lenscat.scores WHERE model_id = :m ORDER BY source_id LIMIT 3)"), {"m": late})
+    session.execute(
+        text(
+            "DELETE FROM lenscat.scores WHERE model_id = :m AND source_id IN (SELECT source_id FROM "
+            "lenscat.scores WHERE model_id = :m ORDER BY source_id LIMIT 3)"
+        ),
+        {"m": late},
+    )
     code, _, err = run(monkeypatch, capsys, "classifier", "score", "--name", "ens-y")
-    assert code == 2 and "member ens-late@1 has scored 397 of the 400 sources" in err \
+    assert (
+        code == 2
+        and "member ens-late@1 has scored 397 of the 400 sources" in err
         and "lenscat classifier score --name ens-late@1" in err
+    )

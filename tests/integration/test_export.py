@@ -14,7 +14,7 @@ from astropy.table import Table
 from sqlalchemy import text
 
 from lenscat.errors import LenscatError
-from lenscat.export import (
+from lenscat.export.catalogue import (
     COLUMN_NAMES,
     candidate_table,
     export_bytes,
@@ -35,7 +35,7 @@ def _stein_h5(path, ra, dec):
     yy, xx = np.mgrid[:48, :48] - 23.5
     images = rng.normal(0, 0.003, size=(n, 3, 48, 48)).astype(np.float32)
     for i in range(n):
-        images[i] += (np.array([0.2, 0.5, 0.9])[:, None, None] * np.exp(-(xx**2 + yy**2) / (2 * (2 + i) ** 2)))
+        images[i] += np.array([0.2, 0.5, 0.9])[:, None, None] * np.exp(-(xx**2 + yy**2) / (2 * (2 + i) ** 2))
     with h5py.File(path, "w") as fh:
         fh["images"] = images
         fh["ra"] = np.asarray(ra, dtype=float)
@@ -51,79 +51,146 @@ def _stein_h5(path, ra, dec):
 def _world(session, tmp_path, data_dir):
     """Sources (5 with HDF5 cutouts, 1 with real PS1 FITS cutouts, 2 without), grades, scores, a
     literature match and a spectral hit. Returns {key: source_id}."""
-    from lenscat.crossmatch import crossmatch_catalog
-    from lenscat.cutout_ingest import ingest_fits_cutouts
-    from lenscat.grading import GradeInput, add_grader, record_grades
-    from lenscat.literature import LiteratureColumns, prepare_literature, write_literature
-    from lenscat.registry import register_model
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.grading.grades import GradeInput, add_grader, record_grades
+    from lenscat.images.ingest import ingest_fits_cutouts
+    from lenscat.literature.crossmatch import crossmatch_catalog
+    from lenscat.literature.ingest import LiteratureColumns, prepare_literature, write_literature
+    from lenscat.registry.versions import register_model
 
     h5 = tmp_path / "exp.h5"
     # s0-s2 in the northern Galactic cap, s3-s4 in the southern one
     _stein_h5(h5, [150.1, 150.2, 150.3, 30.1, 30.2], [2.1, 2.2, 2.3, -5.1, -5.2])
     ingest_sources(h5, "exp-sim")
-    ids = dict(session.execute(text(
-        "SELECT objid, source_id FROM public.sources WHERE survey = 'exp-sim'")).all())
+    ids = dict(session.execute(text("SELECT objid, source_id FROM public.sources WHERE survey = 'exp-sim'")).all())
     ids = {f"s{k}": int(ids[str(2001 + k)]) for k in range(5)}
     files = sorted((data_dir / PS1).glob("SDSSJ1430_6104_PS1_[grz].fits"))
     (j1430,) = ingest_fits_cutouts(files, "exp-ps1", session=session)
     ids["j1430"] = j1430.source_id
     sv = session.execute(text("SELECT survey_id FROM lenscat.surveys WHERE name = 'exp-sim'")).scalar_one()
     for key, ra, dec in (("nocut", 31.0, -4.0), ("skipped", 150.5, 2.5)):
-        ids[key] = int(session.execute(text(
-            "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) VALUES (:sv, :o, :ra, :dec) "
-            "RETURNING source_id"), {"sv": sv, "o": key, "ra": ra, "dec": dec}).scalar_one())
+        ids[key] = int(
+            session.execute(
+                text(
+                    "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) VALUES (:sv, :o, :ra, :dec) "
+                    "RETURNING source_id"
+                ),
+                {"sv": sv, "o": key, "ra": ra, "dec": dec},
+            ).scalar_one()
+        )
     alice, _ = add_grader("alice", password="alice-pass", session=session)
     bob, _ = add_grader("bob", password="bob-password", session=session)
     carol, _ = add_grader("carol", password="carol-pass", session=session)
     g = GradeInput
-    record_grades(alice, [g(ids["s0"], "A"), g(ids["s1"], "A"), g(ids["s2"], "B"), g(ids["s3"], "C"),
-                          g(ids["s4"], "N"), g(ids["j1430"], "A"), g(ids["nocut"], "N"), g(ids["skipped"], "S")],
-                  session=session)
-    record_grades(bob, [g(ids["s0"], "A"), g(ids["s1"], "A"), g(ids["s2"], "B"), g(ids["s4"], "N"),
-                        g(ids["j1430"], "B")], session=session)
+    record_grades(
+        alice,
+        [
+            g(ids["s0"], "A"),
+            g(ids["s1"], "A"),
+            g(ids["s2"], "B"),
+            g(ids["s3"], "C"),
+            g(ids["s4"], "N"),
+            g(ids["j1430"], "A"),
+            g(ids["nocut"], "N"),
+            g(ids["skipped"], "S"),
+        ],
+        session=session,
+    )
+    record_grades(
+        bob,
+        [g(ids["s0"], "A"), g(ids["s1"], "A"), g(ids["s2"], "B"), g(ids["s4"], "N"), g(ids["j1430"], "B")],
+        session=session,
+    )
     record_grades(carol, [g(ids["s2"], "C"), g(ids["j1430"], "A")], session=session)
     record_grades(alice, [g(ids["nocut"], "B")], session=session)  # alice changes her mind: N -> B
     # an encoder, two versions of a probe on it, and their scores
-    enc, _ = register_model("encoder", "exp-enc", architecture="external", output_dim=8, checkpoint_path=None,
-                            checkpoint_sha256="e" * 64, origin="external", session=session)
-    v1, _ = register_model("classifier", "exp-probe", architecture="linear", output_dim=1, checkpoint_path=None,
-                           checkpoint_sha256=SHA["ck1"], training_set_sha256=SHA["ts1"], parent_model_id=enc.model_id,
-                           origin="trained", session=session)
-    v2, _ = register_model("classifier", "exp-probe", architecture="linear", output_dim=1, checkpoint_path=None,
-                           checkpoint_sha256=SHA["ck2"], training_set_sha256=SHA["ts2"], parent_model_id=enc.model_id,
-                           origin="trained", session=session)
-    scores = [(v1, "s0", 0.9), (v1, "s1", 0.8), (v1, "s2", 0.7), (v1, "j1430", 0.95), (v2, "s0", 0.6),
-              (v2, "s1", 0.85)]
+    enc, _ = register_model(
+        "encoder",
+        "exp-enc",
+        architecture="external",
+        output_dim=8,
+        checkpoint_path=None,
+        checkpoint_sha256="e" * 64,
+        origin="external",
+        session=session,
+    )
+    v1, _ = register_model(
+        "classifier",
+        "exp-probe",
+        architecture="linear",
+        output_dim=1,
+        checkpoint_path=None,
+        checkpoint_sha256=SHA["ck1"],
+        training_set_sha256=SHA["ts1"],
+        parent_model_id=enc.model_id,
+        origin="trained",
+        session=session,
+    )
+    v2, _ = register_model(
+        "classifier",
+        "exp-probe",
+        architecture="linear",
+        output_dim=1,
+        checkpoint_path=None,
+        checkpoint_sha256=SHA["ck2"],
+        training_set_sha256=SHA["ts2"],
+        parent_model_id=enc.model_id,
+        origin="trained",
+        session=session,
+    )
+    scores = [(v1, "s0", 0.9), (v1, "s1", 0.8), (v1, "s2", 0.7), (v1, "j1430", 0.95), (v2, "s0", 0.6), (v2, "s1", 0.85)]
     for m, key, score in scores:
-        session.execute(text("INSERT INTO lenscat.scores (model_id, source_id, score) VALUES (:m, :s, :v)"),
-                        {"m": m.model_id, "s": ids[key], "v": score})
+        session.execute(
+            text("INSERT INTO lenscat.scores (model_id, source_id, score) VALUES (:m, :s, :v)"),
+            {"m": m.model_id, "s": ids[key], "v": score},
+        )
     # two literature lenses at J1430 (one with a non-ASCII name), cross-matched
     cat = tmp_path / "lenses.csv"
-    Table({"name": ["SDSSJ1430+6104", "Horseshoé"], "ra": [j1430.ra, j1430.ra + 2e-4],
-           "dec": [j1430.dec, j1430.dec]}).write(cat, format="ascii.csv")
+    Table(
+        {"name": ["SDSSJ1430+6104", "Horseshoé"], "ra": [j1430.ra, j1430.ra + 2e-4], "dec": [j1430.dec, j1430.dec]}
+    ).write(cat, format="ascii.csv")
     write_literature(prepare_literature(cat, "exp-lit", LiteratureColumns()), session=session)
     crossmatch_catalog("exp-lit", 5 * u.arcsec, session=session)
     # a spectrum of s2 with one clean Lyman-alpha hit and one vetoed hit
-    det, _ = register_model("detector", "exp-det", architecture="matched-filter", output_dim=None,
-                            checkpoint_path=None, checkpoint_sha256="d" * 64, origin="configured", session=session)
-    pack = session.execute(text(
-        "INSERT INTO lenscat.spectrum_packs (name, path, window_k0, window_n, veto_k0, veto_n, dlog) "
-        "VALUES ('exp-pack', '/nonexistent', 0, 10, 0, 10, 1e-4) RETURNING pack_id")).scalar_one()
-    spec = session.execute(text(
-        "INSERT INTO lenscat.spectra (survey, spec_key, ra, dec, z, source_id, file_path, file_row, pack_id, "
-        "pack_row) VALUES ('sdss', 'exp-1', 150.3, 2.3, 0.3, :s, '/nonexistent', 0, :p, 0) RETURNING spectrum_id"),
-        {"s": ids["s2"], "p": pack}).scalar_one()
-    session.execute(text(
-        "INSERT INTO lenscat.spectral_hits (model_id, spectrum_id, pixel, wavelength, z_source, snr, fit_ok, "
-        "veto_oii) VALUES (:m, :sp, 10, 3768.6, 2.1, 9.0, true, false), (:m, :sp, 20, 4200.0, 2.455, 12.0, true, "
-        "true)"), {"m": det.model_id, "sp": spec})
+    det, _ = register_model(
+        "detector",
+        "exp-det",
+        architecture="matched-filter",
+        output_dim=None,
+        checkpoint_path=None,
+        checkpoint_sha256="d" * 64,
+        origin="configured",
+        session=session,
+    )
+    pack = session.execute(
+        text(
+            "INSERT INTO lenscat.spectrum_packs (name, path, window_k0, window_n, veto_k0, veto_n, dlog) "
+            "VALUES ('exp-pack', '/nonexistent', 0, 10, 0, 10, 1e-4) RETURNING pack_id"
+        )
+    ).scalar_one()
+    spec = session.execute(
+        text(
+            "INSERT INTO lenscat.spectra (survey, spec_key, ra, dec, z, source_id, file_path, file_row, pack_id, "
+            "pack_row) VALUES ('sdss', 'exp-1', 150.3, 2.3, 0.3, :s, '/nonexistent', 0, :p, 0) RETURNING spectrum_id"
+        ),
+        {"s": ids["s2"], "p": pack},
+    ).scalar_one()
+    session.execute(
+        text(
+            "INSERT INTO lenscat.spectral_hits (model_id, spectrum_id, pixel, wavelength, z_source, snr, fit_ok, "
+            "veto_oii) VALUES (:m, :sp, 10, 3768.6, 2.1, 9.0, true, false), (:m, :sp, 20, 4200.0, 2.455, 12.0, true, "
+            "true)"
+        ),
+        {"m": det.model_id, "sp": spec},
+    )
     return ids
 
 
 def _strings(col):
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(col.filled("") if
-                                                                          hasattr(col, "filled") else col)]
+    return [
+        v.decode() if isinstance(v, bytes) else str(v)
+        for v in np.asarray(col.filled("") if hasattr(col, "filled") else col)
+    ]
 
 
 def _words(s):
@@ -172,17 +239,27 @@ def test_candidate_table_every_format_and_summary(session, tmp_path, data_dir):
     assert list(candidate_table(session=session, grades="n,c")["source_id"]) == [ids["s3"], ids["s4"]]
     everything = candidate_table(session=session, grades="A,B,C,N")
     assert len(everything) == 7 and ids["skipped"] not in list(everything["source_id"])
-    for bad, msg in ((dict(grades="A,Q"), "unknown grade 'Q'"), (dict(grades="S"), "never a consensus grade"),
-                     (dict(grades=""), "no grades given"), (dict(surveys=["nope"]), "no survey named 'nope'"),
-                     (dict(classifier="nope"), "no classifier 'nope'"), (dict(min_votes=0), "at least 1")):
+    for bad, msg in (
+        (dict(grades="A,Q"), "unknown grade 'Q'"),
+        (dict(grades="S"), "never a consensus grade"),
+        (dict(grades=""), "no grades given"),
+        (dict(surveys=["nope"]), "no survey named 'nope'"),
+        (dict(classifier="nope"), "no classifier 'nope'"),
+        (dict(min_votes=0), "at least 1"),
+    ):
         with pytest.raises(LenscatError, match=msg):
             candidate_table(session=session, **bad)
 
     # every format, re-read with astropy
     out = tmp_path / "out"
-    for name, fmt, units, meta in (("c.fits", "fits", True, True), ("c.fits.gz", "fits", True, True),
-                                   ("c.vot", "votable", True, False), ("c.xml", "votable", True, False),
-                                   ("c.ecsv", "ascii.ecsv", True, True), ("c.csv", "ascii.csv", False, False)):
+    for name, fmt, units, meta in (
+        ("c.fits", "fits", True, True),
+        ("c.fits.gz", "fits", True, True),
+        ("c.vot", "votable", True, False),
+        ("c.xml", "votable", True, False),
+        ("c.ecsv", "ascii.ecsv", True, True),
+        ("c.csv", "ascii.csv", False, False),
+    ):
         path = write_candidates(t, out / name)
         back = Table.read(path, format=fmt)
         assert back.colnames == t.colnames, name
@@ -194,7 +271,7 @@ def test_candidate_table_every_format_and_summary(session, tmp_path, data_dir):
         assert _strings(back["classifier_checkpoint_sha256"])[1] == SHA["ck2"], name
         assert _strings(back["classifier_encoder"])[0] == "exp-enc@1", name
         score = back["best_score"]
-        assert (np.ma.is_masked(score[3]) or np.isnan(score[3])), name  # no score: masked / empty / NaN
+        assert np.ma.is_masked(score[3]) or np.isnan(score[3]), name  # no score: masked / empty / NaN
         assert back["n_spectral_hits"][4] == 1
         if units:
             assert back["ra"].unit == u.deg and back["mag_g"].unit == u.mag, name
@@ -214,8 +291,7 @@ def test_candidate_table_every_format_and_summary(session, tmp_path, data_dir):
     # replacing a file: the new content, no temporary files left behind
     write_candidates(t[:2], out / "c.ecsv")
     assert len(Table.read(out / "c.ecsv")) == 2
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["c.fits", "c.fits.gz", "c.vot", "c.xml", "c.ecsv", "c.csv"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["c.fits", "c.fits.gz", "c.vot", "c.xml", "c.ecsv", "c.csv"])
     with pytest.raises(LenscatError, match="extension says csv but the format is fits"):
         write_candidates(t, out / "x.csv", "fits")
     with pytest.raises(LenscatError, match="cannot tell the format"):
@@ -232,10 +308,14 @@ def test_candidate_table_every_format_and_summary(session, tmp_path, data_dir):
     # summary by grade and region
     assert list(region_of([150.0, 30.0], [2.0, -5.0])) == ["NGC", "SGC"]
     s = summary_table(session=session)
-    rows = {(r["survey"], r["region"]): [int(r[c]) for c in ("A", "B", "C", "N", "total", "new", "known")]
-            for r in s}
-    assert list(rows) == [("exp-ps1", "NGC"), ("exp-sim", "NGC"), ("exp-sim", "SGC"), ("exp-sim", "all"),
-                          ("all", "all")]
+    rows = {(r["survey"], r["region"]): [int(r[c]) for c in ("A", "B", "C", "N", "total", "new", "known")] for r in s}
+    assert list(rows) == [
+        ("exp-ps1", "NGC"),
+        ("exp-sim", "NGC"),
+        ("exp-sim", "SGC"),
+        ("exp-sim", "all"),
+        ("all", "all"),
+    ]
     assert rows[("exp-ps1", "NGC")] == [1, 0, 0, 0, 1, 0, 1]
     assert rows[("exp-sim", "NGC")] == [2, 1, 0, 0, 3, 3, 0]
     assert rows[("exp-sim", "SGC")] == [0, 1, 1, 1, 3, 3, 0]
@@ -263,10 +343,14 @@ def test_gallery_png_and_pdf(session, tmp_path, data_dir):
     few = write_gallery(t, tmp_path / "few.png", session=session, max_images=2)
     assert (few.n_panels, few.n_left_out) == (2, 3)
     # a cutout file that went missing: a labelled blank panel and a problem line, not a crash
-    session.execute(text(
-        "UPDATE lenscat.cutout_files SET path = '/nonexistent/j1430_g.fits', member_paths = "
-        "ARRAY['/nonexistent/j1430_g.fits'] WHERE file_id = (SELECT cutout_file_id FROM lenscat.sources "
-        "WHERE source_id = :s)"), {"s": ids["j1430"]})
+    session.execute(
+        text(
+            "UPDATE lenscat.cutout_files SET path = '/nonexistent/j1430_g.fits', member_paths = "
+            "ARRAY['/nonexistent/j1430_g.fits'] WHERE file_id = (SELECT cutout_file_id FROM lenscat.sources "
+            "WHERE source_id = :s)"
+        ),
+        {"s": ids["j1430"]},
+    )
     gone = write_gallery(t, tmp_path / "gone.png", session=session)
     assert gone.n_blank == 2 and ids["j1430"] in gone.blank_source_ids
     assert len(gone.problems) == 1 and "/nonexistent/j1430_g.fits" in gone.problems[0]
@@ -282,8 +366,21 @@ def test_export_from_the_cli(session, tmp_path, data_dir, monkeypatch, capsys):
 
     _world(session, tmp_path, data_dir)
     fits = tmp_path / "cands.fits"
-    code, out, err = run(monkeypatch, capsys, "export", "--grades", "A,B", "--format", "fits", "--out", str(fits),
-                         "--gallery", str(tmp_path / "cands.pdf"), "--summary", "--quiet")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "export",
+        "--grades",
+        "A,B",
+        "--format",
+        "fits",
+        "--out",
+        str(fits),
+        "--gallery",
+        str(tmp_path / "cands.pdf"),
+        "--summary",
+        "--quiet",
+    )
     assert code == 0, err
     assert f"wrote 5 candidates (consensus grade A,B) to {fits} (fits)" in out
     assert "wrote gallery" in out and "5 panels, 1 without a cutout" in out
@@ -297,8 +394,10 @@ def test_export_from_the_cli(session, tmp_path, data_dir, monkeypatch, capsys):
         (["--grades", "A,Q", "--out", str(tmp_path / "x.csv")], "unknown grade 'Q'"),
         (["--format", "fits", "--out", str(tmp_path / "x.csv")], "the extension says csv but the format is fits"),
         (["--out", str(tmp_path / "x.dat")], "cannot tell the format from the extension"),
-        (["--grades", "A", "--min-votes", "4", "--out", str(tmp_path / "x.csv")],
-         "no graded source has consensus grade A with at least 4 vote(s)"),
+        (
+            ["--grades", "A", "--min-votes", "4", "--out", str(tmp_path / "x.csv")],
+            "no graded source has consensus grade A with at least 4 vote(s)",
+        ),
         (["--survey", "nope", "--out", str(tmp_path / "x.csv")], "no survey named 'nope'"),
         (["--gallery", str(tmp_path / "x.gif")], "a gallery is a .png or .pdf file"),
         ([], "nothing to do"),

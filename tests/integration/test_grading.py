@@ -9,8 +9,9 @@ import uuid
 import pytest
 from sqlalchemy import text
 
+from lenscat.catalogue.surveys import ensure_survey
 from lenscat.errors import LenscatError, NotFoundError
-from lenscat.grading import (
+from lenscat.grading.grades import (
     GradeInput,
     add_grader,
     authenticate,
@@ -24,21 +25,31 @@ from lenscat.grading import (
     set_active,
     verify_password,
 )
-from lenscat.surveys import ensure_survey
 from tests.integration.test_cli import run
 
 
 @pytest.fixture
 def ids(session):
     sv = ensure_survey("gradetest", ["r"], session=session)
-    return session.execute(text(
-        "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) SELECT :sv, 'g' || i, 30 + i * 0.01, 5 "
-        "FROM generate_series(1, 6) i ORDER BY i RETURNING source_id"), {"sv": sv.survey_id}).scalars().all()
+    return (
+        session.execute(
+            text(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) SELECT :sv, 'g' || i, 30 + i * 0.01, 5 "
+                "FROM generate_series(1, 6) i ORDER BY i RETURNING source_id"
+            ),
+            {"sv": sv.survey_id},
+        )
+        .scalars()
+        .all()
+    )
 
 
 def _labels(session, sid):
-    return session.execute(text("SELECT label FROM lenscat.labels WHERE source_id = :s AND origin = 'human'"),
-                           {"s": sid}).scalars().all()
+    return (
+        session.execute(text("SELECT label FROM lenscat.labels WHERE source_id = :s AND origin = 'human'"), {"s": sid})
+        .scalars()
+        .all()
+    )
 
 
 def test_accounts_hash_passwords_and_tokens(session):
@@ -46,7 +57,9 @@ def test_accounts_hash_passwords_and_tokens(session):
     stored = session.execute(text("SELECT password_hash, token_sha256 FROM lenscat.graders WHERE name = 'carol'")).one()
     assert stored.password_hash.startswith("scrypt$") and "long enough pw" not in stored.password_hash
     assert token and token not in stored.token_sha256 and len(stored.token_sha256) == 64
-    assert verify_password("long enough pw", stored.password_hash) and not verify_password("wrong", stored.password_hash)
+    assert verify_password("long enough pw", stored.password_hash) and not verify_password(
+        "wrong", stored.password_hash
+    )
     assert authenticate("carol", "long enough pw", session=session) == g
     assert authenticate("carol", "long enough px", session=session) is None
     assert authenticate("nobody", "long enough pw", session=session) is None
@@ -137,17 +150,35 @@ def test_grading_commands_from_the_cli(session, ids, monkeypatch, capsys, tmp_pa
 
 def test_views_are_documented_and_readable(session):
     def cols(view):
-        return set(session.execute(text(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema='public' AND table_name=:v"
-        ), {"v": view}).scalars())
+        return set(
+            session.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema='public' AND table_name=:v"
+                ),
+                {"v": view},
+            ).scalars()
+        )
 
     assert {"source_id", "grader", "grade", "created_at", "comment"} <= cols("grades")
     assert {"source_id", "consensus_grade", "mean_grade", "n_votes", "disagreement"} <= cols("grade_consensus")
-    assert {"source_id", "consensus_grade", "best_score", "literature_status", "n_spectral_hits",
-            "best_hit_z_source"} <= cols("candidates")
-    missing = session.execute(text(
-        "SELECT c.relname || '.' || a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND a.attnum > 0 "
-        "AND c.relname IN ('grades', 'grade_consensus', 'grade_conflicts', 'candidates') "
-        "AND col_description(c.oid, a.attnum) IS NULL")).scalars().all()
+    assert {
+        "source_id",
+        "consensus_grade",
+        "best_score",
+        "literature_status",
+        "n_spectral_hits",
+        "best_hit_z_source",
+    } <= cols("candidates")
+    missing = (
+        session.execute(
+            text(
+                "SELECT c.relname || '.' || a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND a.attnum > 0 "
+                "AND c.relname IN ('grades', 'grade_consensus', 'grade_conflicts', 'candidates') "
+                "AND col_description(c.oid, a.attnum) IS NULL"
+            )
+        )
+        .scalars()
+        .all()
+    )
     assert missing == []

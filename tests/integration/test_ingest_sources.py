@@ -3,12 +3,12 @@
 import h5py
 import numpy as np
 import pytest
-from lenscat.db.session import session_scope
 from sqlalchemy import text
 
+from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
-from lenscat.simcat import simulate_catalog
-from lenscat.source_ingest import SourceMapping, ingest_sources
+from lenscat.simulate.catalogue import simulate_catalog
 
 
 def _count(survey):
@@ -39,8 +39,10 @@ def test_ingest_is_idempotent_and_detects_changes(sim_fits, tmp_path):
     s3 = ingest_sources(changed, "sim", batch_rows=1000)
     assert (s3.inserted, s3.updated, s3.unchanged) == (0, 1, 2499)
     with session_scope() as s:
-        mag = s.execute(text("SELECT mag_r FROM sources WHERE survey='sim' AND objid=:o"),
-                        {"o": f"{t['brickid'][5]}_{t['objid'][5]}"}).scalar()
+        mag = s.execute(
+            text("SELECT mag_r FROM sources WHERE survey='sim' AND objid=:o"),
+            {"o": f"{t['brickid'][5]}_{t['objid'][5]}"},
+        ).scalar()
     assert mag == pytest.approx(12.5)
 
 
@@ -60,10 +62,14 @@ def test_batch_with_new_rows_first_and_known_rows_later_is_upserted(sim_fits, tm
     assert (s.inserted, s.updated, s.unchanged) == (300, 0, 200)
     assert _count("sim") == 2800
     with session_scope() as ss:
-        ids = ss.execute(text("SELECT s.source_id FROM sources s WHERE survey = 'sim' AND objid = ANY(:o) "
-                              "ORDER BY source_id"),
-                         {"o": [f"{b}_{o}" for b, o in zip(fresh["brickid"], fresh["objid"], strict=True)]}
-                         ).scalars().all()
+        ids = (
+            ss.execute(
+                text("SELECT s.source_id FROM sources s WHERE survey = 'sim' AND objid = ANY(:o) ORDER BY source_id"),
+                {"o": [f"{b}_{o}" for b, o in zip(fresh["brickid"], fresh["objid"], strict=True)]},
+            )
+            .scalars()
+            .all()
+        )
     assert len(ids) == 300
 
 
@@ -71,7 +77,10 @@ def test_interrupted_ingest_resumes_without_duplicates(sim_fits):
     part = ingest_sources(sim_fits, "sim", batch_rows=500, stop_after_batches=2)
     assert part.inserted == 1000 and _count("sim") == 1000
     with session_scope() as s:
-        assert s.execute(text("SELECT status FROM ingests WHERE ingest_id=:i"), {"i": part.ingest_id}).scalar() == "running"
+        assert (
+            s.execute(text("SELECT status FROM ingests WHERE ingest_id=:i"), {"i": part.ingest_id}).scalar()
+            == "running"
+        )
     done = ingest_sources(sim_fits, "sim", batch_rows=500)
     assert done.batches_skipped == 2 and done.inserted == 2500
     assert _count("sim") == 2500
@@ -83,15 +92,19 @@ def test_interrupted_ingest_resumes_without_duplicates(sim_fits):
 
 def test_rejects_are_kept_with_reasons(tmp_path):
     p = tmp_path / "bad.csv"
-    p.write_text("objid,ra,dec,z_spec\n1,10,10,0.1\n2,nan,10,0.1\n3,10,-91,0.2\n1,11,11,0.3\n4,12,12,oops\n5,13,13,0.4\n")
+    p.write_text(
+        "objid,ra,dec,z_spec\n1,10,10,0.1\n2,nan,10,0.1\n3,10,-91,0.2\n1,11,11,0.3\n4,12,12,oops\n5,13,13,0.4\n"
+    )
     summary = ingest_sources(p, "bad", batch_rows=2)
     assert (summary.inserted, summary.rejected) == (2, 4)
     with session_scope() as s:
-        rows = s.execute(text(
-            "SELECT row_number, column_name, reason FROM ingest_rejects WHERE ingest_id=:i ORDER BY row_number"
-        ), {"i": summary.ingest_id}).all()
-        n_loaded = s.execute(text("SELECT n_loaded, n_rejected FROM ingests WHERE ingest_id=:i"),
-                             {"i": summary.ingest_id}).one()
+        rows = s.execute(
+            text("SELECT row_number, column_name, reason FROM ingest_rejects WHERE ingest_id=:i ORDER BY row_number"),
+            {"i": summary.ingest_id},
+        ).all()
+        n_loaded = s.execute(
+            text("SELECT n_loaded, n_rejected FROM ingests WHERE ingest_id=:i"), {"i": summary.ingest_id}
+        ).one()
     assert [(r[0], r[1]) for r in rows] == [(2, "ra"), (3, "dec"), (4, "objid"), (5, "z_spec")]
     assert "duplicate" in rows[2][2]
     assert tuple(n_loaded) == (2, 4)
@@ -118,12 +131,13 @@ def test_stein_hdf5_registers_cutouts(tmp_path):
         fh["images"] = rng.normal(0, 1, (n, 3, 16, 16)).astype("f4")
     ingest_sources(p, "decals-south")
     with session_scope() as s:
-        row = s.execute(text(
-            "SELECT objid, cutout_file, cutout_row, bands, mag_g, source_type, z_spec FROM sources "
-            "WHERE survey='decals-south' AND objid='12345_7'"
-        )).one()
-        shape = s.execute(text("SELECT image_shape FROM lenscat.cutout_files WHERE path=:p"),
-                          {"p": str(p)}).scalar()
+        row = s.execute(
+            text(
+                "SELECT objid, cutout_file, cutout_row, bands, mag_g, source_type, z_spec FROM sources "
+                "WHERE survey='decals-south' AND objid='12345_7'"
+            )
+        ).one()
+        shape = s.execute(text("SELECT image_shape FROM lenscat.cutout_files WHERE path=:p"), {"p": str(p)}).scalar()
     assert row.cutout_file == str(p) and row.cutout_row == 7
     assert row.bands == ["g", "r", "z"] and row.mag_g is not None
     assert row.source_type == "DEV" and row.z_spec is None
@@ -134,8 +148,7 @@ def test_stein_hdf5_registers_cutouts(tmp_path):
 def test_formats_load_identically(tmp_path, fmt):
     t = simulate_catalog(300, seed=5)
     p = tmp_path / f"cat.{ {'votable': 'vot'}.get(fmt, fmt) }"
-    t.write(p, format={"csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable",
-                       "parquet": "parquet"}[fmt])
+    t.write(p, format={"csv": "ascii.csv", "ecsv": "ascii.ecsv", "votable": "votable", "parquet": "parquet"}[fmt])
     s = ingest_sources(p, f"fmt-{fmt}")
     assert s.inserted == 300 and s.rejected == 0
     with session_scope() as sess:
@@ -160,8 +173,10 @@ def test_unmapped_columns_kept_as_json_on_first_load_and_reingest(tmp_path):
     path.write_text("objid,ra,dec,mag_r,flag,note\n1,10.0,1.0,20.1,3,first é\n2,10.1,1.1,20.2,,second\n")
     first = ingest_sources(path, "xtra", SourceMapping(keep_extra=True))
     assert first.inserted == 2
-    query = text("SELECT objid, extra FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
-                 "WHERE v.name = 'xtra' ORDER BY objid")
+    query = text(
+        "SELECT objid, extra FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
+        "WHERE v.name = 'xtra' ORDER BY objid"
+    )
     with session_scope() as s:
         rows = s.execute(query).all()
     assert [r.extra for r in rows] == [{"flag": 3, "note": "first é"}, {"flag": None, "note": "second"}]
@@ -179,9 +194,13 @@ def test_rows_cut_short_or_too_long_are_rejected_with_reasons(tmp_path):
     summary = ingest_sources(p, "short", batch_rows=2)
     assert (summary.inserted, summary.rejected) == (2, 3)
     with session_scope() as s:
-        rows = s.execute(text(
-            "SELECT row_number, column_name, value, reason FROM ingest_rejects WHERE ingest_id=:i "
-            "ORDER BY row_number"), {"i": summary.ingest_id}).all()
+        rows = s.execute(
+            text(
+                "SELECT row_number, column_name, value, reason FROM ingest_rejects WHERE ingest_id=:i "
+                "ORDER BY row_number"
+            ),
+            {"i": summary.ingest_id},
+        ).all()
         objids = s.execute(text("SELECT objid FROM sources WHERE survey='short' ORDER BY objid")).scalars().all()
     assert [tuple(r) for r in rows] == [
         (2, "z_spec", "2,11,11", "expected 4 fields, found 3"),
@@ -191,6 +210,8 @@ def test_rows_cut_short_or_too_long_are_rejected_with_reasons(tmp_path):
     assert objids == ["1", "4"]
     with pytest.raises(LenscatError) as err:
         ingest_sources(p, "short-strict", strict=True)
-    assert str(err.value) == (f"{p}: row 2: column 'z_spec': expected 4 fields, found 3 (value '2,11,11'); "
-                              "row rejected (3 rejects; nothing written: --strict)")
+    assert str(err.value) == (
+        f"{p}: row 2: column 'z_spec': expected 4 fields, found 3 (value '2,11,11'); "
+        "row rejected (3 rejects; nothing written: --strict)"
+    )
     assert _count("short-strict") == 0

@@ -29,24 +29,26 @@ def _write_hsc_like(path, n, seed=0):
 
 
 def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_path):
-    from lenscat.classifier import train_image_classifier_version
-    from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.encoders import train_encoder
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels
-    from lenscat.similarity import query_from_source, similar
-    from lenscat.source_ingest import SourceMapping, ingest_sources
+    from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+    from lenscat.classifiers.classifier import train_image_classifier_version
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.similarity import query_from_source, similar
+    from lenscat.jobs.service import run_here
 
     h5 = tmp_path / "hsc.h5"
     _write_hsc_like(h5, 48)
     ingest_sources(h5, "hsc-like", SourceMapping(bands=BANDS), pixel_scale=0.168 * u.arcsec)
     with pytest.raises(LenscatError, match=r"pixel scale of 0.168 arcsec/pixel but this input says 0.262"):
         ingest_sources(h5, "hsc-like", SourceMapping(bands=BANDS), pixel_scale="0.262")
-    model, created, metrics = train_encoder("hsc-moco", ["hsc-like"], batch_size=16, max_steps=2, crop=32,
-                                            progress=False)
+    model, created, metrics = train_encoder(
+        "hsc-moco", ["hsc-like"], batch_size=16, max_steps=2, crop=32, progress=False
+    )
     assert created and metrics["steps"] == 2
-    hp, spec = session.execute(text("SELECT hparams, input_spec FROM lenscat.model_versions "
-                                    "WHERE name = 'hsc-moco'")).one()
+    hp, spec = session.execute(
+        text("SELECT hparams, input_spec FROM lenscat.model_versions WHERE name = 'hsc-moco'")
+    ).one()
     assert hp["in_chans"] == 5 and spec["bands"] == BANDS and spec["stamp"] == 64
     assert spec["pixel_scale_arcsec"] == pytest.approx(0.168)
     np.testing.assert_allclose(hp["preprocess"]["scales"], SKY, rtol=0.05)  # measured, not DECaLS'
@@ -57,16 +59,24 @@ def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_pat
     run_here(job.job_id, embed_chunk, session=session)
     assert session.execute(text("SELECT count(*) FROM embeddings WHERE encoder = 'hsc-moco'")).scalar() == 48
     sid = session.execute(text("SELECT min(source_id) FROM sources WHERE survey = 'hsc-like'")).scalar()
-    res = similar(query_from_source(sid, model, session=session), encoder=model, k=5, mag_window=None,
-                  exclude_radius=None, session=session)
+    res = similar(
+        query_from_source(sid, model, session=session),
+        encoder=model,
+        k=5,
+        mag_window=None,
+        exclude_radius=None,
+        session=session,
+    )
     assert len(res) == 5 and sid not in set(res["source_id"])
 
     import_labels(h5, label_col="is_lens", survey="hsc-like", origin="simulation", session=session)
-    cnn = train_image_classifier_version("hsc-cnn", arch="cnn", session=session, ratio=5, val_ratio=5,
-                                         crop=32, batch_size=16, max_steps=2)
+    cnn = train_image_classifier_version(
+        "hsc-cnn", arch="cnn", session=session, ratio=5, val_ratio=5, crop=32, batch_size=16, max_steps=2
+    )
     cnn_spec = session.execute(text("SELECT input_spec FROM lenscat.model_versions WHERE name = 'hsc-cnn'")).scalar()
     assert cnn_spec["bands"] == BANDS and cnn.report["created"]
     assert any("re-reddening with" in n for n in cnn.report["notes"])
-    ft = train_image_classifier_version("hsc-ft", arch="finetune", encoder="hsc-moco", session=session,
-                                        ratio=5, val_ratio=5, batch_size=16, max_steps=2)
+    ft = train_image_classifier_version(
+        "hsc-ft", arch="finetune", encoder="hsc-moco", session=session, ratio=5, val_ratio=5, batch_size=16, max_steps=2
+    )
     assert ft.report["encoder"] == model.label

@@ -1,10 +1,10 @@
 """PostgreSQL reads lenscat's binary COPY streams as the values they were made from."""
 
 import numpy as np
-from lenscat.db.session import raw_connection
 from sqlalchemy import text
 
-from lenscat.pgbinary import Column, encode_copy_binary
+from lenscat.db.pgbinary import Column, encode_copy_binary
+from lenscat.db.session import raw_connection
 
 
 def test_postgres_reads_the_binary_stream(session):
@@ -15,10 +15,19 @@ def test_postgres_reads_the_binary_stream(session):
     x[::7] = np.nan
     f = rng.normal(size=n).astype(np.float32)
     s = np.array([None if i % 11 == 0 else f"obj-{i}-é" for i in range(n)], dtype=object)
-    data = encode_copy_binary([Column("int8", np.arange(n) * 2**33), Column("int4", np.arange(n) - 500),
-                               Column("float8", x), Column("float4", f), Column("text", s)])
-    with raw_connection(session).cursor() as cur, cur.copy(
-            "COPY t_bin (i, k, x, f, s) FROM STDIN (FORMAT binary)") as copy:
+    data = encode_copy_binary(
+        [
+            Column("int8", np.arange(n) * 2**33),
+            Column("int4", np.arange(n) - 500),
+            Column("float8", x),
+            Column("float4", f),
+            Column("text", s),
+        ]
+    )
+    with (
+        raw_connection(session).cursor() as cur,
+        cur.copy("COPY t_bin (i, k, x, f, s) FROM STDIN (FORMAT binary)") as copy,
+    ):
         copy.write(data)
     rows = session.execute(text("SELECT i, k, x, f, s FROM t_bin ORDER BY i")).all()
     assert len(rows) == n

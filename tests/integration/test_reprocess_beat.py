@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 def _batch(tmp_path, tag, start, n, n_lens, seed):
     rng = np.random.default_rng(seed)
     objid = [f"b{start + i}" for i in range(n)]
-    Table({"objid": objid, "ra": rng.uniform(30, 31, n), "dec": rng.uniform(-5, -4, n),
-           "mag_r": rng.uniform(18, 21, n)}).write(tmp_path / f"{tag}.csv", format="ascii.csv")
+    Table(
+        {"objid": objid, "ra": rng.uniform(30, 31, n), "dec": rng.uniform(-5, -4, n), "mag_r": rng.uniform(18, 21, n)}
+    ).write(tmp_path / f"{tag}.csv", format="ascii.csv")
     lens = np.zeros(n, bool)
     lens[:n_lens] = True
     v = rng.normal(size=(n, 16))
@@ -54,10 +55,36 @@ def test_beat_scores_new_classifier_and_new_sources_once(own_database, tmp_path)
     _cli(env, "db", "upgrade")
     _cli(env, "ingest", "sources", str(tmp_path / "one.csv"), "--survey", "beat")
     _cli(env, "ingest", "embeddings", str(tmp_path / "one.npz"), "--encoder", "ext", "--survey", "beat")
-    _cli(env, "labels", "import", str(tmp_path / "one_truth.csv"), "--label-col", "is_lens", "--survey", "beat",
-         "--origin", "simulation")
-    report = json.loads(_cli(env, "classifier", "train", "--name", "probe", "--encoder", "ext", "--ratio", "20",
-                             "--val-ratio", "100", "--json").strip().splitlines()[-1])
+    _cli(
+        env,
+        "labels",
+        "import",
+        str(tmp_path / "one_truth.csv"),
+        "--label-col",
+        "is_lens",
+        "--survey",
+        "beat",
+        "--origin",
+        "simulation",
+    )
+    report = json.loads(
+        _cli(
+            env,
+            "classifier",
+            "train",
+            "--name",
+            "probe",
+            "--encoder",
+            "ext",
+            "--ratio",
+            "20",
+            "--val-ratio",
+            "100",
+            "--json",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
     assert report["classifier"] == "probe@1" and report["created"]
     dry = _cli(env, "reprocess", "--dry-run", "--json")
     assert [json.loads(x)["items"] for x in dry.strip().splitlines()] == [600]
@@ -71,13 +98,16 @@ def test_beat_scores_new_classifier_and_new_sources_once(own_database, tmp_path)
             _wait_for(conn, "SELECT count(*) FROM lenscat.scores", 750, 180, worker)
             time.sleep(5)  # two more beat ticks with nothing to do
             queued, jobs = conn.execute(
-                "SELECT coalesce(sum(n_items), 0), count(*) FROM lenscat.jobs WHERE kind = 'score'").fetchone()
+                "SELECT coalesce(sum(n_items), 0), count(*) FROM lenscat.jobs WHERE kind = 'score'"
+            ).fetchone()
             assert queued == 750 and jobs == 2  # every source queued exactly once, no empty jobs
             assert conn.execute("SELECT count(DISTINCT source_id) FROM lenscat.scores").fetchone()[0] == 750
             assert conn.execute("SELECT count(*) FROM lenscat.jobs WHERE status <> 'done'").fetchone()[0] == 0
         assert "nothing to do" in _cli(env, "reprocess")
-        top = [json.loads(x) for x in _cli(env, "top", "--classifier", "probe", "-n", "25", "--format",
-                                           "json").strip().splitlines()]
+        top = [
+            json.loads(x)
+            for x in _cli(env, "top", "--classifier", "probe", "-n", "25", "--format", "json").strip().splitlines()
+        ]
         assert len(top) == 25 and {"source_id", "objid", "ra", "dec", "score"} <= set(top[0])
         lens_objids = {f"b{i}" for i in range(20)} | {f"b{600 + i}" for i in range(5)}
         assert sum(t["objid"] in lens_objids for t in top) >= 20

@@ -1,7 +1,8 @@
 """The schema as alembic builds it: extensions, comments with units, round trips."""
 
-from lenscat.db import migrate
 from sqlalchemy import text
+
+from lenscat.db import migrate
 
 
 def test_extensions_and_revision(session):
@@ -11,9 +12,10 @@ def test_extensions_and_revision(session):
 
 
 def test_every_column_has_a_comment(session):
-    missing = session.execute(
-        text(
-            """
+    missing = (
+        session.execute(
+            text(
+                """
             SELECT c.relname || '.' || a.attname
             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
             JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -21,15 +23,22 @@ def test_every_column_has_a_comment(session):
               AND c.relname <> 'alembic_version'
               AND col_description(c.oid, a.attnum) IS NULL
             """
+            )
         )
-    ).scalars().all()
+        .scalars()
+        .all()
+    )
     assert missing == []
 
 
 def test_named_constraints_and_sky_index(session):
-    names = set(session.execute(text(
-        "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE nspname='lenscat'"
-    )).scalars())
+    names = set(
+        session.execute(
+            text(
+                "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE nspname='lenscat'"
+            )
+        ).scalars()
+    )
     assert {"uq_sources_survey_objid", "pk_crossmatches", "uq_literature_lenses_catalog_row"} <= names
     idx = set(session.execute(text("SELECT indexname FROM pg_indexes WHERE schemaname='lenscat'")).scalars())
     assert "ix_sources_zone_ra" in idx
@@ -37,9 +46,14 @@ def test_named_constraints_and_sky_index(session):
 
 def test_documented_views_have_the_promised_columns(session):
     def cols(view):
-        return set(session.execute(text(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema='public' AND table_name=:v"
-        ), {"v": view}).scalars())
+        return set(
+            session.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema='public' AND table_name=:v"
+                ),
+                {"v": view},
+            ).scalars()
+        )
 
     assert {"source_id", "survey", "objid", "ra", "dec", "mag_r", "ebv", "z_spec"} <= cols("sources")
     assert {"lens_id", "catalog", "name", "ra", "dec", "grade", "z_lens", "z_source"} <= cols("literature_lenses")

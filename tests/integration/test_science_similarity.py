@@ -44,15 +44,15 @@ MIN_ENRICHMENT = 10.0  # the issue's goal; measured 10.5-14.7x on 10^5 cutouts, 
 
 
 def test_lens_queries_find_lenses(session, survey_path):
-    from lenscat.embedding import embed_chunk, plan_embed_job
-    from lenscat.encoders import train_encoder
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels
-    from lenscat.similarity import _dedupe, query_from_source, similar
-    from lenscat.similarity_eval import lens_query_enrichment
-    from lenscat.simsurvey import read_truth, simulate_survey
-    from lenscat.source_ingest import ingest_sources
-    from lenscat.vectors import ensure_hnsw_index, read_embeddings
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.embeddings.embed import embed_chunk, plan_embed_job
+    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.similarity import _dedupe, query_from_source, similar
+    from lenscat.embeddings.similarity_eval import lens_query_enrichment
+    from lenscat.embeddings.vectors import ensure_hnsw_index, read_embeddings
+    from lenscat.jobs.service import run_here
+    from lenscat.simulate.survey import read_truth, simulate_survey
 
     seed = int(os.environ.get("LENSCAT_SCIENCE_SEED") or secrets.randbelow(2**31))
     print(f"science check seed: {seed}")
@@ -71,8 +71,9 @@ def test_lens_queries_find_lenses(session, survey_path):
     ingest_sources(path, "science")
     lap("ingest")
     # resnet-small's recipe (TRAINING_RECIPES): 15 epochs, batch 64, lr 0.2, queue 1,024, crop 48, ...
-    model, _, metrics = train_encoder("science-moco", ["science"], max_images=TRAIN_IMAGES, seed=seed % 1000,
-                                      progress=False)
+    model, _, metrics = train_encoder(
+        "science-moco", ["science"], max_images=TRAIN_IMAGES, seed=seed % 1000, progress=False
+    )
     lap("train")
     job = plan_embed_job(model.label, surveys=["science"], chunk_size=1000, session=session)
     run_here(job.job_id, embed_chunk, session=session)
@@ -81,12 +82,10 @@ def test_lens_queries_find_lenses(session, survey_path):
 
     # every lens a query, through the HNSW index (Stein's +-0.5 mag window, 25" exclusion)
     import_labels(path, label_col="is_lens", survey="science", origin="simulation", session=session)
-    ev = lens_query_enrichment(model, session=session, k=K, surveys=["science"], origins=["simulation"],
-                               progress=False)
+    ev = lens_query_enrichment(model, session=session, k=K, surveys=["science"], origins=["simulation"], progress=False)
     lap("lens queries")
 
-    ids = dict(session.execute(text(
-        "SELECT objid, source_id FROM sources WHERE survey = 'science'")).all())
+    ids = dict(session.execute(text("SELECT objid, source_id FROM sources WHERE survey = 'science'")).all())
     is_lens = {ids[str(o)]: bool(t) for o, t in zip(truth["objid"], truth["is_lens"], strict=True)}
     lens_ids = [s for s, lens in is_lens.items() if lens]
     base_rate = len(lens_ids) / len(is_lens)
@@ -96,8 +95,9 @@ def test_lens_queries_find_lenses(session, survey_path):
     assert sorted(int(s) for s in ev.queries["source_id"]) == sorted(lens_ids)
 
     # the reference: every embedded source with its r magnitude, position and vector
-    rows = session.execute(text(
-        "SELECT s.source_id, s.mag_r, s.ra, s.dec FROM public.sources s WHERE s.survey = 'science'")).all()
+    rows = session.execute(
+        text("SELECT s.source_id, s.mag_r, s.ra, s.dec FROM public.sources s WHERE s.survey = 'science'")
+    ).all()
     all_ids = np.array([r[0] for r in rows])
     mag_r = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
     ra, dec = np.array([r[2] for r in rows]), np.array([r[3] for r in rows])
@@ -126,10 +126,12 @@ def test_lens_queries_find_lenses(session, survey_path):
         best = _dedupe(ra[lens_first], dec[lens_first], 25 / 3600, K, q.coord)
         assert row["ceiling_fraction"] == pytest.approx(np.mean(lens_arr[lens_first[best]]))
     lap("reference")
-    print(f"lens fraction in the top {K}: {ev.lens_fraction:.3f} vs base rate {base_rate:.3f}: "
-          f"enrichment {ev.enrichment:.1f}x (a perfect encoder: {ev.ceiling:.1f}x with these filters); "
-          f"HNSW recall against exact search {np.mean(recalls):.3f} over {REFERENCE_QUERIES} queries; "
-          f"seconds {times}; encoder {metrics}")
+    print(
+        f"lens fraction in the top {K}: {ev.lens_fraction:.3f} vs base rate {base_rate:.3f}: "
+        f"enrichment {ev.enrichment:.1f}x (a perfect encoder: {ev.ceiling:.1f}x with these filters); "
+        f"HNSW recall against exact search {np.mean(recalls):.3f} over {REFERENCE_QUERIES} queries; "
+        f"seconds {times}; encoder {metrics}"
+    )
     assert np.mean(recalls) >= 0.9
     assert ev.enrichment <= ev.ceiling + 1e-9
     assert ev.enrichment >= MIN_ENRICHMENT

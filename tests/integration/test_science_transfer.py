@@ -1,7 +1,7 @@
 """Science check (issue 30): a lens finder trained one way, judged on a survey made another way.
 
 The user's situation: a survey nobody tuned on, a few dozen known lenses. Here that survey is
-rendered by :mod:`lenscat.simsurvey_alt`, a second simulator written independently of the
+rendered by :mod:`lenscat.simulate.alt`, a second simulator written independently of the
 project's lenstronomy one (its own SIE ray-shooting, galaxy, source and impostor populations,
 double-Gaussian PSF, CCD noise with cosmic rays), with a seed the code never saw (random per run
 unless LENSCAT_SCIENCE_SEED is set; printed so a failure can be reproduced):
@@ -41,15 +41,19 @@ MIN_AUC_RADIAL = 0.6
 
 
 def test_default_recipe_transfers_to_an_independent_survey(session, tmp_path):
-    from lenscat.classifier import plan_score_job, score_chunk, train_image_classifier_version
-    from lenscat.ensemble import train_ensemble
-    from lenscat.evaluation import format_metrics
-    from lenscat.injection import inject_survey
-    from lenscat.jobs import run_here
-    from lenscat.labels import import_labels
-    from lenscat.ranking import evaluate_classifier
-    from lenscat.simsurvey_alt import simulate_survey_alt
-    from lenscat.source_ingest import ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.classifiers.classifier import (
+        plan_score_job,
+        score_chunk,
+        train_image_classifier_version,
+    )
+    from lenscat.classifiers.ensemble import train_ensemble
+    from lenscat.classifiers.evaluation import format_metrics
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.ranking import evaluate_classifier
+    from lenscat.jobs.service import run_here
+    from lenscat.simulate.alt import simulate_survey_alt
+    from lenscat.simulate.injection import inject_survey
 
     seed = int(os.environ.get("LENSCAT_SCIENCE_SEED") or secrets.randbelow(2**31))
     print(f"science check seed: {seed}")
@@ -70,35 +74,51 @@ def test_default_recipe_transfers_to_an_independent_survey(session, tmp_path):
     for path, survey in ((train_path, "xfer-train"), (test_path, "xfer-test")):
         import_labels(path, label_col="is_lens", survey=survey, origin="simulation", session=session)
     lap("ingest")
-    inj = inject_survey("xfer-train", INJECT, tmp_path / "inject.h5", seed=seed % 1000, session=session,
-                        progress=False)
+    inj = inject_survey("xfer-train", INJECT, tmp_path / "inject.h5", seed=seed % 1000, session=session, progress=False)
     lap("inject")
 
-    training = {"session": session, "surveys": ["xfer-train", inj.survey], "test_fraction": 0.0,
-                "seed": seed % 1000}
+    training = {"session": session, "surveys": ["xfer-train", inj.survey], "test_fraction": 0.0, "seed": seed % 1000}
     cnn = train_image_classifier_version("xfer-default", **training)
     lap("train default")
     radial = train_image_classifier_version("xfer-radial", arch="radial", **training)
     lap("train radial")
     for clf in (cnn.model, radial.model):
-        run_here(plan_score_job(clf, chunk_size=1000, surveys=["xfer-test"], session=session).job_id, score_chunk,
-                 session=session)
-    ens = train_ensemble("xfer-ensemble", [cnn.model.label, radial.model.label], method="rank", surveys=["xfer-test"],
-                         session=session)
-    run_here(plan_score_job(ens.model, chunk_size=1000, surveys=["xfer-test"], session=session).job_id, score_chunk,
-             session=session)
+        run_here(
+            plan_score_job(clf, chunk_size=1000, surveys=["xfer-test"], session=session).job_id,
+            score_chunk,
+            session=session,
+        )
+    ens = train_ensemble(
+        "xfer-ensemble", [cnn.model.label, radial.model.label], method="rank", surveys=["xfer-test"], session=session
+    )
+    run_here(
+        plan_score_job(ens.model, chunk_size=1000, surveys=["xfer-test"], session=session).job_id,
+        score_chunk,
+        session=session,
+    )
     lap("score")
 
     n_test_lenses = round(TEST_N * TEST_FRACTION)
-    res = evaluate_classifier(cnn.model.label, baselines=[radial.model.label, ens.model.label],
-                              surveys=["xfer-test"], origins=["simulation"], top_n=[n_test_lenses], session=session)
+    res = evaluate_classifier(
+        cnn.model.label,
+        baselines=[radial.model.label, ens.model.label],
+        surveys=["xfer-test"],
+        origins=["simulation"],
+        top_n=[n_test_lenses],
+        session=session,
+    )
     lap("evaluate")
     m = res["models"]
-    print(f"evaluated on {res['n_eval']} sources of an unseen survey ({res['n_lenses']} lenses); trained on "
-          f"{cnn.report['train_lenses']} lenses ({INJECT} injected) : {cnn.report['train_nonlenses']} non-lenses; "
-          f"seconds {times}")
-    for label, name in ((cnn.model.label, "default recipe"), (radial.model.label, "radial baseline"),
-                        (ens.model.label, "rank ensemble")):
+    print(
+        f"evaluated on {res['n_eval']} sources of an unseen survey ({res['n_lenses']} lenses); trained on "
+        f"{cnn.report['train_lenses']} lenses ({INJECT} injected) : {cnn.report['train_nonlenses']} non-lenses; "
+        f"seconds {times}"
+    )
+    for label, name in (
+        (cnn.model.label, "default recipe"),
+        (radial.model.label, "radial baseline"),
+        (ens.model.label, "rank ensemble"),
+    ):
         print(format_metrics(name, m[label]))
     assert res["n_eval"] == TEST_N and res["n_lenses"] == n_test_lenses
     assert m[radial.model.label]["auc"] >= MIN_AUC_RADIAL

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from lenscat.catalogue.surveys import ensure_survey
 from lenscat.spectra.ingest import ingest_spectra, link_spectra
 from lenscat.spectra.readers import read_spectra
-from lenscat.surveys import ensure_survey
 
 
 @pytest.fixture
@@ -34,8 +34,11 @@ def test_ingest_real_files_skips_bad_ones_and_reingest_changes_nothing(session, 
     assert all(f in r for f, r in s.failures)  # each reason names its file
     rows = session.execute(text("SELECT survey, count(*) FROM public.spectra GROUP BY survey")).all()
     assert dict(rows) == {"sdss": 4, "boss": 20, "desi": 2}
-    failed = session.execute(text("SELECT count(*) FROM lenscat.ingests WHERE kind = 'spectra' "
-                                  "AND status = 'failed' AND message IS NOT NULL")).scalar()
+    failed = session.execute(
+        text(
+            "SELECT count(*) FROM lenscat.ingests WHERE kind = 'spectra' AND status = 'failed' AND message IS NOT NULL"
+        )
+    ).scalar()
     assert failed == 2
     again = ingest_spectra([spectra_dir], pack="t-ingest", workers=1, progress=False)
     assert again.spectra_inserted == 0 and again.files_skipped == 7 and again.files_failed == 2
@@ -47,10 +50,13 @@ def test_packed_window_equals_the_file_and_the_view_has_the_promised_columns(ses
     from lenscat.spectra.ingest import pack_store
 
     ingest_spectra([spectra_dir / "sdss"], pack="t-pack", workers=1, progress=False)
-    row = session.execute(text(
-        "SELECT spectrum_id, plate, mjd, fiber, z, spec_class, pack_row, window_coverage, window_snr, p.pack_id "
-        "FROM lenscat.spectra s JOIN lenscat.spectrum_packs p USING (pack_id) "
-        "WHERE spec_key = '0403-51871-0462'")).one()
+    row = session.execute(
+        text(
+            "SELECT spectrum_id, plate, mjd, fiber, z, spec_class, pack_row, window_coverage, window_snr, p.pack_id "
+            "FROM lenscat.spectra s JOIN lenscat.spectrum_packs p USING (pack_id) "
+            "WHERE spec_key = '0403-51871-0462'"
+        )
+    ).one()
     assert (row.plate, row.mjd, row.fiber) == (403, 51871, 462) and abs(row.z - 0.137) < 0.002
     assert row.window_coverage > 0.95 and row.window_snr > 1
     packed = pack_store(row.pack_id, session=session).read(np.array([row.pack_row]))
@@ -59,27 +65,58 @@ def test_packed_window_equals_the_file_and_the_view_has_the_promised_columns(ses
     inside = (k >= 0) & (k < WINDOW.n)
     assert np.array_equal(packed.flux[0][k[inside]], spec.flux[inside])
     assert np.array_equal(packed.continuum[0][k[inside]], spec.model[inside])  # the pipeline model
-    cols = set(session.execute(text("SELECT column_name FROM information_schema.columns "
-                                    "WHERE table_schema = 'public' AND table_name = 'spectra'")).scalars())
+    cols = set(
+        session.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = 'spectra'"
+            )
+        ).scalars()
+    )
     assert {"spectrum_id", "survey", "plate", "mjd", "fiber", "targetid", "ra", "dec", "z", "source_id"} <= cols
-    hcols = set(session.execute(text("SELECT column_name FROM information_schema.columns "
-                                     "WHERE table_schema = 'public' AND table_name = 'spectral_hits'")).scalars())
-    assert {"spectrum_id", "detector", "wavelength", "z_source", "snr", "line_flux", "fwhm_kms", "skewness",
-            "veto_oii", "veto_skew", "veto_overdensity"} <= hcols
+    hcols = set(
+        session.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = 'spectral_hits'"
+            )
+        ).scalars()
+    )
+    assert {
+        "spectrum_id",
+        "detector",
+        "wavelength",
+        "z_source",
+        "snr",
+        "line_flux",
+        "fwhm_kms",
+        "skewness",
+        "veto_oii",
+        "veto_skew",
+        "veto_overdensity",
+    } <= hcols
 
 
 def test_spectra_link_to_the_nearest_catalogue_source(session, spectra_dir):
     ingest_spectra([spectra_dir / "sdss"], pack="t-link", workers=1, progress=False)
     ra, dec = session.execute(text("SELECT ra, dec FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")).one()
     sv = ensure_survey("spec-link", ["g", "r", "z"], session=session)
-    ids = session.execute(text(
-        "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) VALUES "
-        "(:s, 'near', :ra, :dec + 0.5/3600), (:s, 'far', :ra, :dec + 1.5/3600) RETURNING source_id"),
-        {"s": sv.survey_id, "ra": ra, "dec": dec}).scalars().all()
+    ids = (
+        session.execute(
+            text(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) VALUES "
+                "(:s, 'near', :ra, :dec + 0.5/3600), (:s, 'far', :ra, :dec + 1.5/3600) RETURNING source_id"
+            ),
+            {"s": sv.survey_id, "ra": ra, "dec": dec},
+        )
+        .scalars()
+        .all()
+    )
     n = link_spectra(session=session)
     assert n == 1
-    sid, sep = session.execute(text("SELECT source_id, source_sep_arcsec FROM lenscat.spectra "
-                                    "WHERE spec_key = '0403-51871-0462'")).one()
+    sid, sep = session.execute(
+        text("SELECT source_id, source_sep_arcsec FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")
+    ).one()
     assert sid == ids[0] and abs(sep - 0.5) < 0.01
 
 
@@ -91,7 +128,7 @@ def write_injected(src, dest, *, centre=4480.0, line_flux=40.0, fwhm_kms=300.0, 
 
 
 def _scan_all(detector, session):
-    from lenscat.jobs import run_here
+    from lenscat.jobs.service import run_here
     from lenscat.spectra.scan import plan_scan, refresh_overdensity, scan_chunk
 
     job = plan_scan(detector, chunk_size=7, session=session)
@@ -126,14 +163,15 @@ def test_matched_filter_finds_an_injected_line_and_not_the_emission_line_galaxy(
     orig = cands[cands["spec_key"] == "0403-51871-0462"]
     assert not np.any(np.abs(np.asarray(orig["wavelength"]) - 4480.0) < 10)
     # every spectrum scanned once; a second scan has nothing to do
-    n_scans = session.execute(text("SELECT count(*) FROM lenscat.spectral_scans WHERE model_id = :m"),
-                              {"m": mf.model_id}).scalar()
+    n_scans = session.execute(
+        text("SELECT count(*) FROM lenscat.spectral_scans WHERE model_id = :m"), {"m": mf.model_id}
+    ).scalar()
     assert n_scans == 5
     assert _scan_all(mf, session).n_items == 0
 
 
 def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(session, data_dir, tmp_path):
-    from lenscat.registry import get_model
+    from lenscat.registry.versions import get_model
     from lenscat.spectra.evaluate import evaluate_detectors, plot_completeness
     from lenscat.spectra.hits import hits_table
     from lenscat.spectra.scan import register_matched_filter
@@ -143,9 +181,18 @@ def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(sessi
     shutil.copytree(data_dir / "spectra", d)
     # real residuals for training come from the real spectra (a store without the injected line)
     ingest_spectra([d], pack="t-rn", workers=1, progress=False)
-    mv, metrics = train_detector("t-specnet", n_train=3000, n_val=1500, epochs=3, residual_pack="t-rn",
-                                 seed=3, progress=False, session=session, arch="small")  # small: CI time
-    from lenscat.encoders import training_state_dir
+    mv, metrics = train_detector(
+        "t-specnet",
+        n_train=3000,
+        n_val=1500,
+        epochs=3,
+        residual_pack="t-rn",
+        seed=3,
+        progress=False,
+        session=session,
+        arch="small",
+    )  # small: CI time
+    from lenscat.embeddings.encoders import training_state_dir
 
     assert not list(training_state_dir().glob("specnet-*.state"))  # registered: the resumable state is gone
     write_injected(d / "sdss" / "spec-0403-51871-0462.fits", tmp_path / "spec-0403-51871-0999.fits")
@@ -160,8 +207,9 @@ def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(sessi
     assert len(inj) == 1 and abs(inj["wavelength"][0] - 4480.0) < 5 and inj["prob"][0] >= metrics["threshold"]
     mf, _ = register_matched_filter("t-mf2", session=session)
     fluxes, fwhms = (4.0, 15.0, 60.0), (200.0, 500.0)
-    results, info = evaluate_detectors([mf, mv], session=session, fluxes=fluxes, fwhms=fwhms,
-                                       injections_per_cell=40, seed=1)
+    results, info = evaluate_detectors(
+        [mf, mv], session=session, fluxes=fluxes, fwhms=fwhms, injections_per_cell=40, seed=1
+    )
     assert info["n_injected"] == 240 and info["n_real_spectra"] == 6 and info["sample"] == "galaxies"
     for r in results:
         assert r.completeness.shape == (3, 2)
@@ -218,23 +266,27 @@ def test_spectra_with_no_finite_flux_are_rejected_not_ingested(session, data_dir
 
     # the all-NaN copy (same spectrum as the good file, later in the batch) does not replace it
     assert s.files_failed == 1 and s.spectra_inserted == 1 + 19 and s.spectra_rejected == 1
-    (failed, reason), = s.failures
+    ((failed, reason),) = s.failures
     assert failed == str(nan) and reason.startswith(str(nan)) and "flux all NaN" in reason
-    (rej_file, line), = s.rejections
+    ((rej_file, line),) = s.rejections
     assert rej_file == str(plate) and "(row 3)" in line and "flux all NaN" in line
-    cov = session.execute(text("SELECT window_coverage FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")).scalar()
+    cov = session.execute(
+        text("SELECT window_coverage FROM lenscat.spectra WHERE spec_key = '0403-51871-0462'")
+    ).scalar()
     assert cov > 0.95
     assert session.execute(text("SELECT count(*) FROM lenscat.spectra WHERE survey = 'boss'")).scalar() == 19
-    rejects = session.execute(text("SELECT r.row_number, r.value, r.reason FROM public.ingest_rejects r "
-                                   "WHERE r.path = :p"), {"p": str(plate)}).all()
+    rejects = session.execute(
+        text("SELECT r.row_number, r.value, r.reason FROM public.ingest_rejects r WHERE r.path = :p"), {"p": str(plate)}
+    ).all()
     assert len(rejects) == 1 and rejects[0].row_number == 3 and "flux all NaN" in rejects[0].reason
     status = dict(session.execute(text("SELECT path, status FROM lenscat.ingests WHERE target = 't-nan'")).all())
     assert status == {str(good): "done", str(nan): "failed", str(plate): "done"}
     assert store_path("t-nan").exists()
 
 
-def test_a_mixed_batch_loads_the_good_files_and_exits_2_naming_each_bad_one(monkeypatch, capsys, data_dir,
-                                                                            tmp_path, session):
+def test_a_mixed_batch_loads_the_good_files_and_exits_2_naming_each_bad_one(
+    monkeypatch, capsys, data_dir, tmp_path, session
+):
     import sys
 
     from lenscat.cli import main
@@ -244,8 +296,11 @@ def test_a_mixed_batch_loads_the_good_files_and_exits_2_naming_each_bad_one(monk
     trunc = tmp_path / "spec-trunc.fits"
     trunc.write_bytes(good.read_bytes()[:20000])
     nan = _nan_copy(data_dir / "spectra" / "sdss" / "spec-0266-51602-0638.fits", tmp_path / "spec-nan.fits")
-    monkeypatch.setattr(sys, "argv", ["lenscat", "spectra", "ingest", str(good), str(trunc), str(nan),
-                                      "--pack", "t-mixed", "--workers", "1"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["lenscat", "spectra", "ingest", str(good), str(trunc), str(nan), "--pack", "t-mixed", "--workers", "1"],
+    )
     with pytest.raises(SystemExit) as exit_:
         main()
     out, err = capsys.readouterr()
@@ -256,6 +311,14 @@ def test_a_mixed_batch_loads_the_good_files_and_exits_2_naming_each_bad_one(monk
     assert errors[0].startswith(f"lenscat: error: {trunc}: truncated FITS file")
     assert errors[1].startswith(f"lenscat: error: {nan}: ") and "flux all NaN" in errors[1]
     assert "3 files: 1 spectra new" in out and "2 failed" in out
-    keys = session.execute(text("SELECT spec_key FROM lenscat.spectra s JOIN lenscat.spectrum_packs p "
-                                "USING (pack_id) WHERE p.name = 't-mixed'")).scalars().all()
+    keys = (
+        session.execute(
+            text(
+                "SELECT spec_key FROM lenscat.spectra s JOIN lenscat.spectrum_packs p "
+                "USING (pack_id) WHERE p.name = 't-mixed'"
+            )
+        )
+        .scalars()
+        .all()
+    )
     assert keys == ["0403-51871-0462"]

@@ -12,7 +12,7 @@ from lenscat.errors import LenscatError
 
 
 def test_ensemble_fits_registers_and_detects(session, tmp_path):
-    from lenscat.registry import get_model
+    from lenscat.registry.versions import get_model
     from lenscat.spectra.detector_ensemble import SpectralEnsemble, register_ensemble
     from lenscat.spectra.detector_mf import register_matched_filter
     from lenscat.spectra.detector_specnet import check_checkpoint
@@ -22,27 +22,42 @@ def test_ensemble_fits_registers_and_detects(session, tmp_path):
     from lenscat.spectra.training import train_detector
 
     mf, _ = register_matched_filter("t-ens-mf", continuum="pipeline", session=session)
-    sn, metrics = train_detector("t-ens-rn", n_train=512, n_val=300, epochs=1, arch="small", positive_fraction=0.2,
-                                 seed=2, progress=False, session=session)
+    sn, metrics = train_detector(
+        "t-ens-rn",
+        n_train=512,
+        n_val=300,
+        epochs=1,
+        arch="small",
+        positive_fraction=0.2,
+        seed=2,
+        progress=False,
+        session=session,
+    )
     # the matched filter is measured on the ResNet's validation set, like for like
     assert 0 <= metrics["mf_val_completeness_at_fpr_1e-3"] <= 1 and metrics["arch"] == "small"
     assert metrics["priors"] == "matched" and np.isfinite(metrics["mf_val_auc"])
     ens, m = register_ensemble("t-ens", [mf, sn], n_fit=300, seed=5, progress=False, session=session)
     assert ens.architecture == "ensemble" and m["n_fit"] == 300
     assert {k for k in m if k.endswith("_completeness_at_fpr_1e-3")} == {
-        "ensemble_completeness_at_fpr_1e-3", "specnet_completeness_at_fpr_1e-3", "mf_completeness_at_fpr_1e-3"}
+        "ensemble_completeness_at_fpr_1e-3",
+        "specnet_completeness_at_fpr_1e-3",
+        "mf_completeness_at_fpr_1e-3",
+    }
     # registry round trip: members by model id and checkpoint sha256
     got = get_model("detector", "t-ens", session=session)
     assert got.model_id == ens.model_id and got.checkpoint_sha256 == ens.checkpoint_sha256
     assert [(x["model_id"], x["checkpoint_sha256"]) for x in got.hparams["members"]] == [
-        (mf.model_id, mf.checkpoint_sha256), (sn.model_id, sn.checkpoint_sha256)]
+        (mf.model_id, mf.checkpoint_sha256),
+        (sn.model_id, sn.checkpoint_sha256),
+    ]
     ck = json.loads(check_checkpoint(got).read_text())
     assert ck["features"] == ["specnet_logit", "mf_snr_local", "mf_snr_max"] and len(ck["coef"]) == 3
     # loaded through the registry, it scans a batch: bright lines found near their pixel
     det = load_detector(got)
     assert isinstance(det, SpectralEnsemble)
-    s = make_training_set(64, seed=77, positive_fraction=0.25, priors="matched",
-                          line_priors={"snr_range": (15.0, 20.0)}, keep_truth=False)
+    s = make_training_set(
+        64, seed=77, positive_fraction=0.25, priors="matched", line_priors={"snr_range": (15.0, 20.0)}, keep_truth=False
+    )
     rows = PackedRows(s.flux, s.ivar, s.continuum, np.zeros_like(s.flux), s.z, np.zeros(len(s), np.int16))
     c = det.detect(SpectrumBatch(rows, np.arange(len(s))))
     assert c.best.shape == (64,) and np.all((c.best >= 0) & (c.best <= 1))

@@ -36,9 +36,18 @@ def test_realisations_are_renoised_hosts_with_lines_at_the_drawn_matched_snr(ses
     # early-type hosts: galaxies with a redshift, no emission subclass (not the AGN) and no strong own
     # line (spec-1722-53852-0175 has [OII] and Hbeta at S/N ~80 over the project's continuum fit)
     assert hosts.keys == ["sdss:0266-51602-0638", "sdss:0403-51871-0462"]
-    rs = make_realisations(hosts, realisations=40, line_fraction=0.5, snr_range=(4.0, 15.0),
-                           fwhm_range=(120.0, 700.0), skew_range=(1.0, 6.0), wave_range=(3860.0, 4950.0),
-                           renoise=True, family="lya", seed=5)
+    rs = make_realisations(
+        hosts,
+        realisations=40,
+        line_fraction=0.5,
+        snr_range=(4.0, 15.0),
+        fwhm_range=(120.0, 700.0),
+        skew_range=(1.0, 6.0),
+        wave_range=(3860.0, 4950.0),
+        renoise=True,
+        family="lya",
+        seed=5,
+    )
     assert rs.has_line.sum() == 20 and len(rs.host) == 40
     lines = np.flatnonzero(rs.has_line)
     # the matched-filter S/N of each injected line, with the re-noised ivar, is exactly the drawn one
@@ -59,11 +68,20 @@ def test_realisations_are_renoised_hosts_with_lines_at_the_drawn_matched_snr(ses
         from lenscat.spectra.grid import FULL, WINDOW
 
         w0 = WINDOW.k0 - FULL.k0
-        assert np.array_equal(rs.full.flux[:, w0:w0 + WINDOW.n], rs.rows.flux)
+        assert np.array_equal(rs.full.flux[:, w0 : w0 + WINDOW.n], rs.rows.flux)
     # the same seed gives the same realisations
-    again = make_realisations(hosts, realisations=40, line_fraction=0.5, snr_range=(4.0, 15.0),
-                              fwhm_range=(120.0, 700.0), skew_range=(1.0, 6.0), wave_range=(3860.0, 4950.0),
-                              renoise=True, family="lya", seed=5)
+    again = make_realisations(
+        hosts,
+        realisations=40,
+        line_fraction=0.5,
+        snr_range=(4.0, 15.0),
+        fwhm_range=(120.0, 700.0),
+        skew_range=(1.0, 6.0),
+        wave_range=(3860.0, 4950.0),
+        renoise=True,
+        family="lya",
+        seed=5,
+    )
     assert np.array_equal(again.rows.flux, rs.rows.flux)
 
 
@@ -110,14 +128,33 @@ def test_continuum_choose_and_show_round_trip_and_evaluate_from_the_cli(monkeypa
     from lenscat.spectra.continuum_choice import current_choices, decide
 
     assert current_choices(session=session) == {"sdss": "pipeline", "boss": "pipeline", "desi": "pipeline"}
-    code, out, err = run(monkeypatch, capsys, "spectra", "continuum", "choose", "--detector", "matched-filter",
-                         "--realisations", "20", "--format", "json")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "spectra",
+        "continuum",
+        "choose",
+        "--detector",
+        "matched-filter",
+        "--realisations",
+        "20",
+        "--format",
+        "json",
+    )
     assert code == 0, err
     (row,) = [json.loads(x) for x in out.splitlines()]
     assert row["survey"] == "sdss" and row["choice"] in ("pipeline", "fit") and row["n_spectra"] == 2
     assert row["n_realisations"] == 20 and 0 <= row["completeness_fit"] <= 1
-    assert row["choice"] == decide(row["completeness_pipeline"], row["completeness_fit"],
-                                   row["false_rate_pipeline"], row["false_rate_fit"], has_model=True)[0]
+    assert (
+        row["choice"]
+        == decide(
+            row["completeness_pipeline"],
+            row["completeness_fit"],
+            row["false_rate_pipeline"],
+            row["false_rate_fit"],
+            has_model=True,
+        )[0]
+    )
     assert current_choices(session=session)["sdss"] == row["choice"]
     code, out, _ = run(monkeypatch, capsys, "spectra", "continuum", "show", "--format", "json")
     shown = {r["survey"]: r for r in map(json.loads, out.splitlines())}
@@ -127,14 +164,38 @@ def test_continuum_choose_and_show_round_trip_and_evaluate_from_the_cli(monkeypa
     run(monkeypatch, capsys, "spectra", "continuum", "choose", "--realisations", "20", "--seed", "1")
     assert session.execute(text("SELECT count(*) FROM lenscat.continuum_choices")).scalar() == 1
     # the evaluate command: the table, both continua
-    code, out, err = run(monkeypatch, capsys, "spectra", "evaluate", "--detector", "matched-filter",
-                         "--realisations", "20", "--continuum", "both")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "spectra",
+        "evaluate",
+        "--detector",
+        "matched-filter",
+        "--realisations",
+        "20",
+        "--continuum",
+        "both",
+    )
     assert code == 0, err
     assert "lines with S/N >= 8 found, before vetoes" in out and "pipeline" in out and " fit " in out
     assert f"strong-emission galaxy {AGN} (AGN): NOT a candidate" in out
     # the flux grid stays available (and is chosen by its own options, as old scripts pass them)
-    code, out, err = run(monkeypatch, capsys, "spectra", "evaluate", "--detector", "matched-filter", "--fluxes", "60",
-                         "--fwhms", "300", "--per-cell", "5", "--format", "json")
+    code, out, err = run(
+        monkeypatch,
+        capsys,
+        "spectra",
+        "evaluate",
+        "--detector",
+        "matched-filter",
+        "--fluxes",
+        "60",
+        "--fwhms",
+        "300",
+        "--per-cell",
+        "5",
+        "--format",
+        "json",
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["protocol"] == "flux" and doc["n_injected"] == 5
@@ -156,8 +217,9 @@ def test_oii_family_runs_the_same_protocol_on_the_full_range(session, sdss_store
     from lenscat.spectra.evaluate import evaluate_protocol
 
     det, _ = register_oii_filter("t-eval-oii", session=session)
-    (r,), info = evaluate_protocol([det], session=session, realisations=30, family="oii", snr_range=(15.0, 25.0),
-                                   seed=1)
+    (r,), info = evaluate_protocol(
+        [det], session=session, realisations=30, family="oii", snr_range=(15.0, 25.0), seed=1
+    )
     h = r.headline()
     assert info["family"] == "oii" and h["n_lines"] == 15 and h["found_before"] >= 13
     assert h["found_before"] - h["found_after"] == sum(h["removed"].values())

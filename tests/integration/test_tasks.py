@@ -4,9 +4,9 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import text
 
-from lenscat.literature import prepare_literature, write_literature
-from lenscat.simcat import simulate_catalog
-from lenscat.source_ingest import ingest_sources
+from lenscat.catalogue.ingest import ingest_sources
+from lenscat.literature.ingest import prepare_literature, write_literature
+from lenscat.simulate.catalogue import simulate_catalog
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from lenscat.db.usersql import FETCH_ROWS, readonly_query, run_readonly_sql
 from lenscat.errors import LenscatError, ReadOnlyError
-from lenscat.usersql import FETCH_ROWS, readonly_query, run_readonly_sql
 
 # Runs the CLI in a fresh interpreter and reports its peak resident memory (kB) on the last stderr line.
 PEAK_RSS = (
@@ -27,8 +27,14 @@ PEAK_RSS = (
 def _cli_peak_kb(tmp_path, *args):
     out = tmp_path / "out.txt"
     with open(out, "w") as fh:
-        proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], stdout=fh, stderr=subprocess.PIPE,
-                              text=True, env=os.environ.copy(), timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, *args],
+            stdout=fh,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+            timeout=600,
+        )
     assert proc.returncode == 0, proc.stderr
     return int(proc.stderr.strip().splitlines()[-1]), out
 
@@ -37,8 +43,9 @@ def test_cli_sql_streams_rows_with_flat_memory(tmp_path):
     # 1.5 million rows of ~110 bytes: ~170 MB of CSV, several times that as Python tuples if buffered
     n = 1_500_000
     sql = f"SELECT g, repeat('x', 100) AS pad FROM generate_series(1, {n}) g"
-    small_kb, _ = _cli_peak_kb(tmp_path, "sql", "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 10) g",
-                               "--format", "csv")
+    small_kb, _ = _cli_peak_kb(
+        tmp_path, "sql", "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 10) g", "--format", "csv"
+    )
     big_kb, out = _cli_peak_kb(tmp_path, "sql", sql, "--format", "csv")
     with open(out) as fh:
         lines = sum(1 for _ in fh)
@@ -47,8 +54,9 @@ def test_cli_sql_streams_rows_with_flat_memory(tmp_path):
 
 
 def test_cli_sql_json_and_max_rows_stream(tmp_path):
-    _, out = _cli_peak_kb(tmp_path, "sql", "SELECT g FROM generate_series(1, 100000) g", "--format", "json",
-                          "--max-rows", "7")
+    _, out = _cli_peak_kb(
+        tmp_path, "sql", "SELECT g FROM generate_series(1, 100000) g", "--format", "json", "--max-rows", "7"
+    )
     assert out.read_text().splitlines() == [f'{{"g": {i}}}' for i in range(1, 8)]
 
 
@@ -67,8 +75,15 @@ def test_run_readonly_sql_caps_rows_and_says_so():
     assert cols == ["statement_timeout"] and len(rows) == 1
 
 
-@pytest.mark.parametrize("sql", ["DELETE FROM sources", "WITH d AS (DELETE FROM lenscat.grades RETURNING 1) SELECT * FROM d",
-                                 "SELECT 1; DELETE FROM sources", "UPDATE literature_lenses SET name = 'x'"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM sources",
+        "WITH d AS (DELETE FROM lenscat.grades RETURNING 1) SELECT * FROM d",
+        "SELECT 1; DELETE FROM sources",
+        "UPDATE literature_lenses SET name = 'x'",
+    ],
+)
 def test_writes_are_refused_through_the_stream(sql):
     with pytest.raises(LenscatError) as exc:
         run_readonly_sql(sql, max_rows=5)
@@ -78,8 +93,10 @@ def test_writes_are_refused_through_the_stream(sql):
 
 def test_an_error_after_some_rows_is_one_line():
     # the division by zero happens at row 2,500, after the first batch has been written
-    with readonly_query("SELECT 1 / (2500 - g) FROM generate_series(1, 5000) g") as result, \
-            pytest.raises(LenscatError, match="division by zero"):
+    with (
+        readonly_query("SELECT 1 / (2500 - g) FROM generate_series(1, 5000) g") as result,
+        pytest.raises(LenscatError, match="division by zero"),
+    ):
         for _ in result:
             pass
 

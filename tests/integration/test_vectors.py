@@ -4,37 +4,49 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from lenscat.errors import LenscatError, NotFoundError
-from lenscat.registry import get_model, register_model
-from lenscat.surveys import ensure_survey
-from lenscat.vectors import (
+from lenscat.catalogue.surveys import ensure_survey
+from lenscat.embeddings.vectors import (
     ensure_hnsw_index,
     get_embedding,
     hnsw_index_name,
     nearest,
     upsert_embeddings,
 )
+from lenscat.errors import LenscatError, NotFoundError
+from lenscat.registry.versions import get_model, register_model
 
 
 def _sources(session, n, survey="vec-test"):
     sv = ensure_survey(survey, ["g", "r", "z"], session=session)
     rng = np.random.default_rng(1)
     ra, dec = rng.uniform(0, 360, n), rng.uniform(-30, 30, n)
-    ids = session.execute(
-        text(
-            "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
-            "SELECT :sv, 'o' || i, r, d, ARRAY[21.0, 20.0, 19.5]::real[] "
-            "FROM unnest(CAST(:ra AS float8[]), CAST(:dec AS float8[])) WITH ORDINALITY AS t(r, d, i) "
-            "RETURNING source_id"
-        ),
-        {"sv": sv.survey_id, "ra": ra.tolist(), "dec": dec.tolist()},
-    ).scalars().all()
+    ids = (
+        session.execute(
+            text(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
+                "SELECT :sv, 'o' || i, r, d, ARRAY[21.0, 20.0, 19.5]::real[] "
+                "FROM unnest(CAST(:ra AS float8[]), CAST(:dec AS float8[])) WITH ORDINALITY AS t(r, d, i) "
+                "RETURNING source_id"
+            ),
+            {"sv": sv.survey_id, "ra": ra.tolist(), "dec": dec.tolist()},
+        )
+        .scalars()
+        .all()
+    )
     return np.array(sorted(ids), dtype=np.int64)
 
 
 def _encoder(session, name="enc-test", dim=32, sha="a" * 64):
-    m, _ = register_model("encoder", name, architecture="resnet-small", output_dim=dim,
-                          checkpoint_path=None, checkpoint_sha256=sha, origin="trained", session=session)
+    m, _ = register_model(
+        "encoder",
+        name,
+        architecture="resnet-small",
+        output_dim=dim,
+        checkpoint_path=None,
+        checkpoint_sha256=sha,
+        origin="trained",
+        session=session,
+    )
     return m
 
 
@@ -59,8 +71,10 @@ def test_upsert_twice_leaves_one_row_per_source(session):
     assert upsert_embeddings(enc, ids, v, session=session) == 300
     v2 = rng.normal(size=(300, 32)).astype(np.float32)
     assert upsert_embeddings(enc, ids, v2, session=session) == 300
-    n = session.execute(text("SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings "
-                             "WHERE model_id = :m"), {"m": enc.model_id}).one()
+    n = session.execute(
+        text("SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings WHERE model_id = :m"),
+        {"m": enc.model_id},
+    ).one()
     assert tuple(n) == (300, 300)
     got = get_embedding(enc, int(ids[7]), session=session)
     want = v2[7] / np.linalg.norm(v2[7])
@@ -83,10 +97,15 @@ def test_hnsw_search_matches_exact_search_and_returns_k_rows(session):
     assert ensure_hnsw_index(enc, session=session) is not None
     assert ensure_hnsw_index(enc, session=session) is None  # already there
     ensure_hnsw_index(other, session=session)
-    plan = "\n".join(session.execute(text(
-        f"EXPLAIN SELECT source_id FROM lenscat.embeddings e WHERE e.model_id = {enc.model_id} "
-        "ORDER BY e.embedding::halfvec(64) <=> CAST(:q AS halfvec(64)) LIMIT 10"),
-        {"q": "[" + ",".join(["0.1"] * 64) + "]"}).scalars())
+    plan = "\n".join(
+        session.execute(
+            text(
+                f"EXPLAIN SELECT source_id FROM lenscat.embeddings e WHERE e.model_id = {enc.model_id} "
+                "ORDER BY e.embedding::halfvec(64) <=> CAST(:q AS halfvec(64)) LIMIT 10"
+            ),
+            {"q": "[" + ",".join(["0.1"] * 64) + "]"},
+        ).scalars()
+    )
     assert hnsw_index_name(enc) in plan
     unit = v / np.linalg.norm(v, axis=1, keepdims=True)
     q = unit[5]
@@ -100,7 +119,8 @@ def test_hnsw_search_matches_exact_search_and_returns_k_rows(session):
     # k beyond the default ef_search (40) and beyond 1,000-candidate HNSW lists still returns k rows
     assert len(nearest(enc, q, 1000, session=session)) == 1000
     # SQL-callable neighbours
-    rows = session.execute(text("SELECT source_id, similarity FROM similar_sources(:s, 'enc-test', 10)"),
-                           {"s": int(ids[5])}).all()
+    rows = session.execute(
+        text("SELECT source_id, similarity FROM similar_sources(:s, 'enc-test', 10)"), {"s": int(ids[5])}
+    ).all()
     assert len(rows) == 10 and int(ids[5]) not in {r[0] for r in rows}
     assert [r[0] for r in rows] == [g[0] for g in got[1:11]]

@@ -11,14 +11,22 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from lenscat.grading import add_grader
-from lenscat.registry import register_model
-from lenscat.surveys import ensure_survey
-from lenscat.vectors import upsert_embeddings
+from lenscat.catalogue.surveys import ensure_survey
+from lenscat.embeddings.vectors import upsert_embeddings
+from lenscat.grading.grades import add_grader
+from lenscat.registry.versions import register_model
 
 PASSWORD = "correct-horse"
-INJECTIONS = ["'; DROP TABLE lenscat.grades; --", "1 OR 1=1", "\" OR \"\"=\"", "%' OR '1'='1",
-              "1; DELETE FROM lenscat.sources", "<script>alert(1)</script>", "J1000+0230' --", "\\x00\\"]
+INJECTIONS = [
+    "'; DROP TABLE lenscat.grades; --",
+    "1 OR 1=1",
+    '" OR ""="',
+    "%' OR '1'='1",
+    "1; DELETE FROM lenscat.sources",
+    "<script>alert(1)</script>",
+    "J1000+0230' --",
+    "\\x00\\",
+]
 
 
 @pytest.fixture
@@ -26,13 +34,28 @@ def world(session):
     sv = ensure_survey("webunit", ["g", "r", "z"], session=session)
     rng = np.random.default_rng(3)
     n = 40
-    ids = np.array(session.execute(text(
-        "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
-        "SELECT :sv, 'w' || i, 210 + i * 0.01, -1 + i * 0.01, ARRAY[20, 19.5, 19]::real[] "
-        "FROM generate_series(1, :n) i ORDER BY i RETURNING source_id"), {"sv": sv.survey_id, "n": n}
-    ).scalars().all())
-    enc, _ = register_model("encoder", "webunit-enc", architecture="external", output_dim=8, checkpoint_path=None,
-                            checkpoint_sha256="d" * 64, origin="external", session=session)
+    ids = np.array(
+        session.execute(
+            text(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) "
+                "SELECT :sv, 'w' || i, 210 + i * 0.01, -1 + i * 0.01, ARRAY[20, 19.5, 19]::real[] "
+                "FROM generate_series(1, :n) i ORDER BY i RETURNING source_id"
+            ),
+            {"sv": sv.survey_id, "n": n},
+        )
+        .scalars()
+        .all()
+    )
+    enc, _ = register_model(
+        "encoder",
+        "webunit-enc",
+        architecture="external",
+        output_dim=8,
+        checkpoint_path=None,
+        checkpoint_sha256="d" * 64,
+        origin="external",
+        session=session,
+    )
     upsert_embeddings(enc, ids, rng.normal(size=(n, 8)), session=session)
     for name in ("alice", "bob"):
         add_grader(name, password=PASSWORD, session=session)
@@ -51,8 +74,9 @@ def client(world):
 def login(client, name="alice", password=PASSWORD):
     page = client.get("/login")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    r = client.post("/login", data={"name": name, "password": password, "csrf_token": token, "next": "/"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login", data={"name": name, "password": password, "csrf_token": token, "next": "/"}, follow_redirects=False
+    )
     return r
 
 
@@ -107,8 +131,11 @@ def test_grading_from_the_api_needs_the_session_csrf_token_and_is_idempotent(cli
     r = client.post("/api/grades", json={"source_id": sid, "grade": "C"}, headers={"X-CSRF-Token": csrf_of(client)})
     assert r.json()["consensus"] == {"consensus_grade": "B", "mean_grade": 2.0, "n_votes": 2}
     assert str(sid) in client.get("/conflicts").text
-    labels = session.execute(text("SELECT label FROM lenscat.labels WHERE source_id = :s AND origin = 'human'"),
-                             {"s": sid}).scalars().all()
+    labels = (
+        session.execute(text("SELECT label FROM lenscat.labels WHERE source_id = :s AND origin = 'human'"), {"s": sid})
+        .scalars()
+        .all()
+    )
     assert labels == [1]  # consensus B counts as a lens for training
 
 
@@ -120,8 +147,11 @@ def test_candidate_page_form_grade_and_grid(client, world, session):
     assert "No cutout" in page.text
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     rid = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
-    r = client.post(f"/source/{sid}/grade", data={"grade": "N", "csrf_token": token, "request_id": rid,
-                                                  "comment": "spiral arm"}, follow_redirects=False)
+    r = client.post(
+        f"/source/{sid}/grade",
+        data={"grade": "N", "csrf_token": token, "request_id": rid, "comment": "spiral arm"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303
     assert client.post(f"/source/{sid}/grade", data={"grade": "N", "request_id": rid}).status_code == 403
     after = client.get(f"/source/{sid}").text
@@ -150,32 +180,50 @@ def test_search_box_finds_ids_positions_and_object_ids(client, world):
 def test_injection_strings_in_every_field_change_nothing(client, world, session):
     login(client)
     csrf = csrf_of(client)
-    before = session.execute(text("SELECT (SELECT count(*) FROM lenscat.sources), "
-                                  "(SELECT count(*) FROM lenscat.grades)")).one()
+    before = session.execute(
+        text("SELECT (SELECT count(*) FROM lenscat.sources), (SELECT count(*) FROM lenscat.grades)")
+    ).one()
     for s in INJECTIONS:
         r = run_query(client, s)
         assert r.status_code == 200 and "<script>alert(1)</script>" not in r.text
-        for path, params in [("/search", {"q": s}), ("/query", {"sql": s}),
-                             ("/grid", {"kind": "top", "classifier": s}), ("/grid", {"kind": "similar", "source_id": s}),
-                             ("/grid", {"kind": "sql", "sql": s}), ("/grid", {"kind": s}),
-                             ("/grid", {"kind": "loop", "campaign": s}), ("/grid", {"kind": "sources", "ids": s}),
-                             ("/export", {"grades": s}), ("/export", {"format": s}), ("/login", {"next": s})]:
+        for path, params in [
+            ("/search", {"q": s}),
+            ("/query", {"sql": s}),
+            ("/grid", {"kind": "top", "classifier": s}),
+            ("/grid", {"kind": "similar", "source_id": s}),
+            ("/grid", {"kind": "sql", "sql": s}),
+            ("/grid", {"kind": s}),
+            ("/grid", {"kind": "loop", "campaign": s}),
+            ("/grid", {"kind": "sources", "ids": s}),
+            ("/export", {"grades": s}),
+            ("/export", {"format": s}),
+            ("/login", {"next": s}),
+        ]:
             r = client.get(path, params=params)
             assert r.status_code in (200, 303, 400, 403, 404), (path, params, r.status_code)
             assert "<script>alert(1)</script>" not in r.text  # escaped when echoed
-        r = client.post("/api/grades", json={"source_id": int(world[0]), "grade": s, "comment": s, "sample": s},
-                        headers={"X-CSRF-Token": csrf})
+        r = client.post(
+            "/api/grades",
+            json={"source_id": int(world[0]), "grade": s, "comment": s, "sample": s},
+            headers={"X-CSRF-Token": csrf},
+        )
         assert r.status_code in (400, 422)
         r = client.post("/api/grades", json={"source_id": s, "grade": "A"}, headers={"X-CSRF-Token": csrf})
         assert r.status_code == 422
     # a comment with injection text is stored verbatim, as data
-    r = client.post("/api/grades", json={"source_id": int(world[1]), "grade": "S", "comment": INJECTIONS[0]},
-                    headers={"X-CSRF-Token": csrf})
+    r = client.post(
+        "/api/grades",
+        json={"source_id": int(world[1]), "grade": "S", "comment": INJECTIONS[0]},
+        headers={"X-CSRF-Token": csrf},
+    )
     assert r.status_code == 200
-    assert session.execute(text("SELECT comment FROM lenscat.grades WHERE source_id = :s"),
-                           {"s": int(world[1])}).scalar() == INJECTIONS[0]
-    after = session.execute(text("SELECT (SELECT count(*) FROM lenscat.sources), "
-                                 "(SELECT count(*) FROM lenscat.grades)")).one()
+    assert (
+        session.execute(text("SELECT comment FROM lenscat.grades WHERE source_id = :s"), {"s": int(world[1])}).scalar()
+        == INJECTIONS[0]
+    )
+    after = session.execute(
+        text("SELECT (SELECT count(*) FROM lenscat.sources), (SELECT count(*) FROM lenscat.grades)")
+    ).one()
     assert after[0] == before[0] and after[1] == before[1] + 1
 
 
@@ -206,9 +254,14 @@ def test_query_page_is_read_only(client):
     login(client)
     ok = run_query(client, "SELECT 1 AS source_id, 'x' AS y")
     assert ok.status_code == 200 and 'id="sql-result"' in ok.text and 'id="grade-sql"' in ok.text
-    for sql in ("DELETE FROM grades", "INSERT INTO lenscat.grades DEFAULT VALUES", "SELECT * FROM lenscat.graders",
-                "SELECT 1; SELECT 2", "CREATE TABLE x (a int)",
-                "WITH d AS (DELETE FROM lenscat.grades RETURNING 1) SELECT * FROM d"):
+    for sql in (
+        "DELETE FROM grades",
+        "INSERT INTO lenscat.grades DEFAULT VALUES",
+        "SELECT * FROM lenscat.graders",
+        "SELECT 1; SELECT 2",
+        "CREATE TABLE x (a int)",
+        "WITH d AS (DELETE FROM lenscat.grades RETURNING 1) SELECT * FROM d",
+    ):
         r = run_query(client, sql)
         assert r.status_code == 200 and 'id="sql-error"' in r.text, sql
     assert "password_hash" not in run_query(client, "SELECT * FROM grades").text
@@ -257,8 +310,8 @@ def test_query_page_statement_timeout_is_short_and_configurable(client, monkeypa
 def test_fits_cutouts_render_per_band_and_in_rgb(client, session, data_dir, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from lenscat.cutout_ingest import ingest_fits_cutouts
-    from lenscat.cutouts import source_cutout
+    from lenscat.images.ingest import ingest_fits_cutouts
+    from lenscat.images.store import source_cutout
     from tests.integration.test_cli import run
 
     files = sorted((data_dir / "images" / "ps1_sled_lenses").glob("SDSSJ1430_6104_PS1_[grz].fits"))

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from lenscat.grading import add_grader, set_active
+from lenscat.grading.grades import add_grader, set_active
 from lenscat.settings import get_settings
 from tests.integration.test_cli import run
 from tests.integration.test_web import PASSWORD, csrf_of, login
@@ -23,12 +23,20 @@ NEW_PASSWORD = "battery-staple"
 
 @pytest.fixture
 def world(session):
-    from lenscat.surveys import ensure_survey
+    from lenscat.catalogue.surveys import ensure_survey
 
     sv = ensure_survey("webauth", ["g", "r", "z"], session=session)
-    ids = session.execute(text(
-        "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) SELECT :sv, 'a' || i, 20 + i * 0.01, 1 "
-        "FROM generate_series(1, 5) i ORDER BY i RETURNING source_id"), {"sv": sv.survey_id}).scalars().all()
+    ids = (
+        session.execute(
+            text(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec) SELECT :sv, 'a' || i, 20 + i * 0.01, 1 "
+                "FROM generate_series(1, 5) i ORDER BY i RETURNING source_id"
+            ),
+            {"sv": sv.survey_id},
+        )
+        .scalars()
+        .all()
+    )
     for name in ("alice", "bob"):
         add_grader(name, password=PASSWORD, session=session)
     session.flush()
@@ -71,9 +79,13 @@ def _is_out(client, cookie):
 
 
 def _sessions(session, name):
-    return session.execute(text(
-        "SELECT count(*) FROM lenscat.web_sessions w JOIN lenscat.graders g USING (grader_id) "
-        "WHERE g.name = :n AND w.revoked_at IS NULL"), {"n": name}).scalar()
+    return session.execute(
+        text(
+            "SELECT count(*) FROM lenscat.web_sessions w JOIN lenscat.graders g USING (grader_id) "
+            "WHERE g.name = :n AND w.revoked_at IS NULL"
+        ),
+        {"n": name},
+    ).scalar()
 
 
 # ------------------------------------------------------------------------------------ 1. sessions
@@ -85,8 +97,9 @@ def test_logout_ends_the_session_server_side(client, session):
     r = client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert _is_out(client, cookie)  # a copy of the old cookie no longer works
-    row = session.execute(text("SELECT revoked_reason FROM lenscat.web_sessions ORDER BY session_id DESC LIMIT 1")
-                          ).one()
+    row = session.execute(
+        text("SELECT revoked_reason FROM lenscat.web_sessions ORDER BY session_id DESC LIMIT 1")
+    ).one()
     assert row.revoked_reason == "logout"
     # only the hash of the secret is stored
     secret = cookie.rsplit(".", 1)[0]
@@ -178,12 +191,19 @@ def test_lockout_after_repeated_failures_even_for_the_right_password(client, ses
     assert "failed web login for 'alice'" in caplog.text and "failed web login for 'mallory'" in caplog.text
     assert "locked out" in caplog.text
     # persisted: the attempts are in the database (several server processes share them)
-    counts = dict(session.execute(text("SELECT outcome, count(*) FROM lenscat.login_attempts WHERE name = 'alice' "
-                                       "GROUP BY 1")).all())
+    counts = dict(
+        session.execute(
+            text("SELECT outcome, count(*) FROM lenscat.login_attempts WHERE name = 'alice' GROUP BY 1")
+        ).all()
+    )
     assert counts == {"failed": 3, "locked": 1}
     # attempts during the lockout do not extend it: once the failures are older than the window, it works
-    session.execute(text("UPDATE lenscat.login_attempts SET attempted_at = attempted_at - interval '601 seconds' "
-                         "WHERE outcome = 'failed'"))
+    session.execute(
+        text(
+            "UPDATE lenscat.login_attempts SET attempted_at = attempted_at - interval '601 seconds' "
+            "WHERE outcome = 'failed'"
+        )
+    )
     assert _try(client, "alice", PASSWORD) == ("/", True)
 
 
@@ -201,8 +221,10 @@ def test_a_success_clears_the_name_count_and_the_window_is_configurable(client, 
 
 def test_lockout_per_client_address_whatever_the_names(app, session, monkeypatch):
     monkeypatch.setattr(get_settings(), "web_login_max_failures_per_client", 4)
-    with TestClient(app, client=("198.51.100.7", 5000)) as attacker, \
-            TestClient(app, client=("192.0.2.10", 5000)) as grader:
+    with (
+        TestClient(app, client=("198.51.100.7", 5000)) as attacker,
+        TestClient(app, client=("192.0.2.10", 5000)) as grader,
+    ):
         for i in range(4):
             _try(attacker, f"name{i}", "wrong-password")
         assert _try(attacker, "alice", PASSWORD)[1] is False  # this address is locked out
@@ -217,23 +239,36 @@ def test_api_tokens_grade_and_export_from_a_script(client, world, session):
     sid = int(world[0])
     auth = {"Authorization": f"Bearer {token}"}
     client.cookies.clear()
-    r = client.post("/api/grades", json={"source_id": sid, "grade": "A", "request_id": str(uuid.uuid4())},
-                    headers=auth)  # no CSRF token: no cookie is involved
+    r = client.post(
+        "/api/grades", json={"source_id": sid, "grade": "A", "request_id": str(uuid.uuid4())}, headers=auth
+    )  # no CSRF token: no cookie is involved
     assert r.status_code == 200 and r.json()["recorded"], r.text
-    assert session.execute(text("SELECT r.name FROM lenscat.grades g JOIN lenscat.graders r USING (grader_id) "
-                                "WHERE g.source_id = :s"), {"s": sid}).scalar() == "robot"
+    assert (
+        session.execute(
+            text("SELECT r.name FROM lenscat.grades g JOIN lenscat.graders r USING (grader_id) WHERE g.source_id = :s"),
+            {"s": sid},
+        ).scalar()
+        == "robot"
+    )
     exp = client.get("/export", params={"grades": "A", "format": "ecsv"}, headers=auth)
     assert exp.status_code == 200 and str(sid) in exp.text
     adv = client.post("/api/learn/no-such-campaign/advance", headers=auth)
     assert adv.status_code == 404  # authenticated: the campaign is what is missing
     # wrong tokens: 401, never a fallback to a cookie
-    for bad in ({"Authorization": "Bearer " + "x" * 32}, {"Authorization": "Bearer "}, {"Authorization": "bearer " + token[:-1]}):
+    for bad in (
+        {"Authorization": "Bearer " + "x" * 32},
+        {"Authorization": "Bearer "},
+        {"Authorization": "bearer " + token[:-1]},
+    ):
         r = client.post("/api/grades", json={"source_id": sid, "grade": "B"}, headers=bad)
         assert r.status_code == 401 and "bearer" in r.headers["www-authenticate"].lower()
         assert client.get("/export", headers=bad, follow_redirects=False).status_code == 401
     _cookie_of(client)
-    r = client.post("/api/grades", json={"source_id": sid, "grade": "B"},
-                    headers={"Authorization": "Bearer wrong", "X-CSRF-Token": csrf_of(client)})
+    r = client.post(
+        "/api/grades",
+        json={"source_id": sid, "grade": "B"},
+        headers={"Authorization": "Bearer wrong", "X-CSRF-Token": csrf_of(client)},
+    )
     assert r.status_code == 401
     client.cookies.clear()
     # a token is only taken from the Authorization header: not from a cookie, not from the query string
@@ -278,7 +313,7 @@ def test_serve_refuses_a_non_loopback_host_without_secure_cookies(session, monke
 
 
 def test_error_pages_show_no_absolute_paths(client, session, data_dir, tmp_path):
-    from lenscat.cutout_ingest import ingest_fits_cutouts
+    from lenscat.images.ingest import ingest_fits_cutouts
 
     deep = tmp_path / "private" / "cutouts"
     deep.mkdir(parents=True)

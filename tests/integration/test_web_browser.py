@@ -49,16 +49,27 @@ def served(engine, tmp_path_factory):
     admin = psycopg.connect(base_url, autocommit=True)
     admin.execute(f"CREATE DATABASE {name}")
     url = urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
-    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"),
-           "LENSCAT_DEVICE": "cpu"}
+    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"), "LENSCAT_DEVICE": "cpu"}
     env.pop("LENSCAT_BROKER_URL", None)
-    build = subprocess.run([sys.executable, "-m", "tests.integration.web_world", str(tmp_path / "world")],
-                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [sys.executable, "-m", "tests.integration.web_world", str(tmp_path / "world")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     world = json.loads(build.stdout.strip().splitlines()[-1])
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "lenscat.cli", "serve", "--port", str(port)], env=env,
-                              cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "lenscat.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -190,8 +201,12 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
             dl.value.save_as(path)
             table = Table.read(path)
             with psycopg.connect(url) as conn:
-                expected = {r[0] for r in conn.execute(
-                    "SELECT source_id FROM public.grade_consensus WHERE consensus_grade IN ('A', 'B')")}
+                expected = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT source_id FROM public.grade_consensus WHERE consensus_grade IN ('A', 'B')"
+                    )
+                }
             assert {int(x) for x in table["source_id"]} == expected
             assert expected >= {sid for sid, k in zip(top, keys, strict=True) if k == "a"} - {first}
             assert {str(g).strip() for g in table["consensus_grade"]} <= {"A", "B"}
@@ -223,8 +238,10 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
 def test_two_graders_grading_the_same_image_at_once_are_both_recorded(served):
     base, url, world = served
     with psycopg.connect(url) as conn:  # a source nobody has graded yet
-        sid = conn.execute("SELECT max(source_id) FROM lenscat.sources s WHERE NOT EXISTS "
-                           "(SELECT 1 FROM lenscat.grades g WHERE g.source_id = s.source_id)").fetchone()[0]
+        sid = conn.execute(
+            "SELECT max(source_id) FROM lenscat.sources s WHERE NOT EXISTS "
+            "(SELECT 1 FROM lenscat.grades g WHERE g.source_id = s.source_id)"
+        ).fetchone()[0]
     clients = {}
     for name in ("alice", "bob"):
         c = httpx.Client(base_url=base, follow_redirects=False)
@@ -240,8 +257,11 @@ def test_two_graders_grading_the_same_image_at_once_are_both_recorded(served):
     def grade(name: str, letter: str) -> None:
         c, csrf = clients[name]
         barrier.wait()
-        r = c.post("/api/grades", json={"source_id": sid, "grade": letter, "request_id": str(uuid.uuid4())},
-                   headers={"X-CSRF-Token": csrf})
+        r = c.post(
+            "/api/grades",
+            json={"source_id": sid, "grade": letter, "request_id": str(uuid.uuid4())},
+            headers={"X-CSRF-Token": csrf},
+        )
         results[name] = r.status_code
 
     threads = [threading.Thread(target=grade, args=a) for a in (("alice", "A"), ("bob", "N"))]
@@ -251,10 +271,12 @@ def test_two_graders_grading_the_same_image_at_once_are_both_recorded(served):
         t.join(timeout=60)
     assert results == {"alice": 200, "bob": 200}
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT grader, grade FROM public.grades WHERE source_id = %s ORDER BY grader",
-                            (sid,)).fetchall()
-        cons = conn.execute("SELECT n_votes, disagreement FROM public.grade_consensus WHERE source_id = %s",
-                            (sid,)).fetchone()
+        rows = conn.execute(
+            "SELECT grader, grade FROM public.grades WHERE source_id = %s ORDER BY grader", (sid,)
+        ).fetchall()
+        cons = conn.execute(
+            "SELECT n_votes, disagreement FROM public.grade_consensus WHERE source_id = %s", (sid,)
+        ).fetchone()
     assert rows == [("alice", "A"), ("bob", "N")] and cons == (2, 3)
     for c, _ in clients.values():
         c.close()

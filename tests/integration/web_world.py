@@ -32,13 +32,15 @@ def write_survey(path: Path, n: int, n_lens: int, seed: int, spec_pos: tuple[flo
     images = rng.normal(0, 0.004, size=(n, 3, 152, 152)).astype(np.float32)
     for i in range(n):
         w = rng.uniform(2.5, 6)
-        images[i] += (np.array([0.3, 0.6, 1.0])[:, None, None] * rng.uniform(0.3, 1.0)
-                      * np.exp(-(rr**2) / (2 * w * w))).astype(np.float32)
+        images[i] += (
+            np.array([0.3, 0.6, 1.0])[:, None, None] * rng.uniform(0.3, 1.0) * np.exp(-(rr**2) / (2 * w * w))
+        ).astype(np.float32)
         if i < n_lens:
             theta = rng.uniform(0, 2 * np.pi)
             phi = np.arctan2(yy, xx)
-            arc = np.exp(-((rr - rng.uniform(9, 14)) ** 2) / 4.0) * np.exp(-(((phi - theta + np.pi) % (2 * np.pi)
-                                                                              - np.pi) ** 2) / 0.8)
+            arc = np.exp(-((rr - rng.uniform(9, 14)) ** 2) / 4.0) * np.exp(
+                -(((phi - theta + np.pi) % (2 * np.pi) - np.pi) ** 2) / 0.8
+            )
             images[i] += (np.array([0.5, 0.25, 0.1])[:, None, None] * arc).astype(np.float32)
     ra, dec = rng.uniform(150, 151, n), rng.uniform(2, 3, n)
     ra[n_lens], dec[n_lens] = spec_pos  # the first non-lens sits on the SDSS fibre
@@ -55,17 +57,17 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     """Build the world in the configured database; returns names and ids the tests use."""
     from astropy.io import fits
     from astropy.table import Table
-    from lenscat.db.session import session_scope
     from sqlalchemy import text
 
-    from lenscat.active_learning import create_campaign, propose_next
-    from lenscat.classifier import plan_score_job, score_chunk, train_linear_classifier
+    from lenscat.classifiers.classifier import plan_score_job, score_chunk, train_linear_classifier
     from lenscat.cli import cli
-    from lenscat.grading import add_grader
-    from lenscat.jobs import run_here
-    from lenscat.registry import register_model
+    from lenscat.db.session import session_scope
+    from lenscat.embeddings.vectors import upsert_embeddings
+    from lenscat.grading.grades import add_grader
+    from lenscat.jobs.service import run_here
+    from lenscat.learning.active import create_campaign, propose_next
+    from lenscat.registry.versions import register_model
     from lenscat.spectra.scan import plan_scan, scan_chunk
-    from lenscat.vectors import upsert_embeddings
 
     workdir.mkdir(parents=True, exist_ok=True)
     hdr = fits.getheader(SPECTRUM, 0)
@@ -78,10 +80,31 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     run("db", "upgrade")
     run("ingest", "sources", str(workdir / "survey.h5"), "--survey", "webtest")
     lit = workdir / "literature.csv"
-    Table({"name": ["SLACS J1000+0230", "Elsewhere J0000+0000"], "ra": [pos[1, 0], 10.0],
-           "dec": [pos[1, 1], -5.0], "grade": ["A", "B"]}).write(lit, overwrite=True)
-    run("ingest", "literature", str(lit), "--catalog", "weblit", "--layout", "generic", "--ra-col", "ra",
-        "--dec-col", "dec", "--name-col", "name", "--grade-col", "grade")
+    Table(
+        {
+            "name": ["SLACS J1000+0230", "Elsewhere J0000+0000"],
+            "ra": [pos[1, 0], 10.0],
+            "dec": [pos[1, 1], -5.0],
+            "grade": ["A", "B"],
+        }
+    ).write(lit, overwrite=True)
+    run(
+        "ingest",
+        "literature",
+        str(lit),
+        "--catalog",
+        "weblit",
+        "--layout",
+        "generic",
+        "--ra-col",
+        "ra",
+        "--dec-col",
+        "dec",
+        "--name-col",
+        "name",
+        "--grade-col",
+        "grade",
+    )
     run("crossmatch", "--catalog", "weblit", "--radius", "2arcsec")
     # a copy of the real spectrum with a Lyman-alpha-like line at 4480 A, found by the matched filter
     injected = workdir / "spectra" / "spec-0403-51871-0962.fits"
@@ -94,16 +117,27 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
         run_here(plan.job_id, scan_chunk, session=s)
     rng = np.random.default_rng(seed + 1)
     with session_scope() as s:
-        ids = np.array(s.execute(text(
-            "SELECT source_id FROM lenscat.sources ORDER BY objid::bigint")).scalars().all(), dtype=np.int64)
-        enc, _ = register_model("encoder", "webenc", architecture="external", output_dim=DIM, checkpoint_path=None,
-                                checkpoint_sha256="e" * 64, origin="external", session=s)
+        ids = np.array(
+            s.execute(text("SELECT source_id FROM lenscat.sources ORDER BY objid::bigint")).scalars().all(),
+            dtype=np.int64,
+        )
+        enc, _ = register_model(
+            "encoder",
+            "webenc",
+            architecture="external",
+            output_dim=DIM,
+            checkpoint_path=None,
+            checkpoint_sha256="e" * 64,
+            origin="external",
+            session=s,
+        )
         vec = rng.normal(size=(n, DIM))
         vec[:n_lens, 0] += 4.0  # the arcs cluster along one direction
         upsert_embeddings(enc, ids, vec, session=s)
     truth = workdir / "truth.ecsv"
-    Table({"objid": [str(1000 + i) for i in range(n)], "is_lens": (np.arange(n) < n_lens).astype(int)}
-          ).write(truth, overwrite=True)
+    Table({"objid": [str(1000 + i) for i in range(n)], "is_lens": (np.arange(n) < n_lens).astype(int)}).write(
+        truth, overwrite=True
+    )
     run("labels", "import", str(truth), "--survey", "webtest", "--label-col", "is_lens", "--origin", "simulation")
     with session_scope() as s:
         train_linear_classifier("webclf", "webenc", ratio=4, val_ratio=4, session=s, seed=0)
@@ -114,8 +148,14 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
         for name in ("alice", "bob"):
             add_grader(name, password=PASSWORD, session=s)
         propose_next(create_campaign("webal", "webenc", batch_size=6, session=s), session=s)
-    return {"source_ids": ids.tolist(), "lens_ids": ids[:n_lens].tolist(), "literature_source": int(ids[1]),
-            "spectrum_source": int(ids[n_lens]), "classifier": "webclf", "encoder": "webenc"}
+    return {
+        "source_ids": ids.tolist(),
+        "lens_ids": ids[:n_lens].tolist(),
+        "literature_source": int(ids[1]),
+        "spectrum_source": int(ids[n_lens]),
+        "classifier": "webclf",
+        "encoder": "webenc",
+    }
 
 
 if __name__ == "__main__":

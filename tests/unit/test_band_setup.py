@@ -1,15 +1,15 @@
-"""Training options that follow a survey's bands (lenscat.band_setup): no database."""
+"""Training options that follow a survey's bands (lenscat.images.bands): no database."""
 
 import numpy as np
 import pytest
 
-from lenscat.band_setup import (
+from lenscat.errors import LenscatError
+from lenscat.images.bands import (
     EXTINCTION_R,
     estimate_sky_noise,
     extinction_coefficient,
     image_training_options,
 )
-from lenscat.errors import LenscatError
 from lenscat.models.augment import DECAM_EXTINCTION, AugmentConfig, Augmenter
 from lenscat.models.data import ArraySource
 from lenscat.models.preprocess import Preprocessing

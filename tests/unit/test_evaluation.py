@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lenscat.classifiers.evaluation import (
+    format_metrics,
+    plot_evaluation,
+    ranking_metrics,
+    recall_curve,
+)
 from lenscat.errors import LenscatError
-from lenscat.evaluation import format_metrics, plot_evaluation, ranking_metrics, recall_curve
 
 # ---------------------------------------------------------------------------------------------
 # brute-force references: plain loops, written independently of the implementation

@@ -6,10 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
+from lenscat.catalogue.ingest import prepare_sources
+from lenscat.catalogue.ingest_log import file_sha256
 from lenscat.errors import InputFileError
-from lenscat.ingest_log import file_sha256
-from lenscat.readers import hdf5_fingerprint, read_table
-from lenscat.source_ingest import prepare_sources
+from lenscat.io.readers import hdf5_fingerprint, read_table
 
 
 def _write(path, images) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lenscat.literature import LiteratureColumns, first_number, prepare_literature
+from lenscat.literature.ingest import LiteratureColumns, first_number, prepare_literature
 
 CATS = "catalogs"
 
@@ -29,8 +29,17 @@ def test_community_catalogue(data_dir):
 
 @pytest.mark.parametrize(
     "cell, expected",
-    [("-", None), ("measured", None), ("not measured", None), ("0.1535 | 0.1535", 0.1535),
-     (" 0.405 | nan", 0.405), ("nan | 0.3", 0.3), ("0.33 |0.33", 0.33), (0.5, 0.5), (-99.0, None)],
+    [
+        ("-", None),
+        ("measured", None),
+        ("not measured", None),
+        ("0.1535 | 0.1535", 0.1535),
+        (" 0.405 | nan", 0.405),
+        ("nan | 0.3", 0.3),
+        ("0.33 |0.33", 0.33),
+        (0.5, 0.5),
+        (-99.0, None),
+    ],
 )
 def test_first_number(cell, expected):
     assert first_number(cell, (-99.0,)) == expected
@@ -60,9 +69,7 @@ def test_sled_lists(data_dir):
 def test_generic_table_with_options(tmp_path):
     p = tmp_path / "mine.csv"
     p.write_text("sys,alpha,delta,q,zd\nA,10:00:00,+01:00:00,good,0.3\nB,bad,2,ok,0.4\nC,150,91,ok,0.5\n")
-    prep = prepare_literature(
-        p, "mine", LiteratureColumns(ra="alpha", dec="delta", name="sys", grade="q", z_lens="zd")
-    )
+    prep = prepare_literature(p, "mine", LiteratureColumns(ra="alpha", dec="delta", name="sys", grade="q", z_lens="zd"))
     assert prep.layout == "generic"
     assert [r["name"] for r in prep.rows] == ["A"]
     assert prep.rows[0]["ra"] == pytest.approx(150.0) and prep.rows[0]["z_lens"] == pytest.approx(0.3)
@@ -72,8 +79,7 @@ def test_generic_table_with_options(tmp_path):
 def test_duplicate_rows_are_kept_once_and_reported(tmp_path):
     """Two identical lines are one lens; the same name and position with other values is kept."""
     p = tmp_path / "dups.csv"
-    p.write_text("name,ra,dec,grade\nL1,10,10,A\nL1,10,10,A\nL2,20,20,B\nL1,10.00001,10,A\n"
-                 "L2,20,20,C\nL1,10.1,10,A\n")
+    p.write_text("name,ra,dec,grade\nL1,10,10,A\nL1,10,10,A\nL2,20,20,B\nL1,10.00001,10,A\nL2,20,20,C\nL1,10.1,10,A\n")
     prep = prepare_literature(p, "dups")
     assert [r["row_number"] for r in prep.rows] == [1, 3, 5, 6]
     assert [(d.row, d.column, d.value, d.reason) for d in prep.duplicates] == [
@@ -92,6 +98,7 @@ def test_rows_cut_short_are_rejected(tmp_path):
         (2, "dec", "L2,20", "expected 4 fields, found 2"),
         (3, "", "L3,30,30,B,extra", "expected 4 fields, found 5"),
     ]
-    assert prep.rejects[0].line(p) == (f"{p}: row 2: column 'dec': expected 4 fields, found 2 "
-                                       "(value 'L2,20'); row rejected")
+    assert prep.rejects[0].line(p) == (
+        f"{p}: row 2: column 'dec': expected 4 fields, found 2 (value 'L2,20'); row rejected"
+    )
     assert prep.rejects[1].line(p) == f"{p}: row 3: expected 4 fields, found 5 (value 'L3,30,30,B,extra'); row rejected"

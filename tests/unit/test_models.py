@@ -58,9 +58,13 @@ def test_torchvision_key_sets():
 
 @pytest.mark.parametrize(
     "arch, hparams, dim",
-    [("resnet50", {}, 2048), ("resnet18", {}, 512), ("resnet-small", {}, 128),
-     ("resnet-small", {"output_dim": 64, "in_chans": 5}, 64),
-     ("resnet-small", {"widths": [8, 16, 32, 48], "output_dim": 48}, 48)],
+    [
+        ("resnet50", {}, 2048),
+        ("resnet18", {}, 512),
+        ("resnet-small", {}, 128),
+        ("resnet-small", {"output_dim": 64, "in_chans": 5}, 64),
+        ("resnet-small", {"widths": [8, 16, 32, 48], "output_dim": 48}, 48),
+    ],
 )
 def test_output_dims(arch, hparams, dim):
     enc = build_encoder(arch, **hparams).eval()
@@ -148,8 +152,9 @@ def test_oriented_is_the_dihedral_group_of_the_square():
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8  # eight different images
     # closed under a turn and a flip: the set of views of a transformed image is the same set
     for g in (lambda t: torch.rot90(t, 1, dims=(2, 3)), lambda t: torch.flip(t, dims=(2,))):
-        assert ({tuple(oriented(g(x), v).flatten().tolist()) for v in range(8)}
-                == {tuple(v.flatten().tolist()) for v in views})
+        assert {tuple(oriented(g(x), v).flatten().tolist()) for v in range(8)} == {
+            tuple(v.flatten().tolist()) for v in views
+        }
     with pytest.raises(LenscatError, match="view must be in 0..7"):
         oriented(x, 8)
 
@@ -190,8 +195,15 @@ def test_import_moco_checkpoint_round_trips(tmp_path: Path, r50):
     sd["module.queue"] = torch.randn(128, 65536 // 64)
     sd["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
     path = tmp_path / "checkpoint_0199.pth.tar"
-    torch.save({"epoch": 200, "arch": "resnet50", "state_dict": sd,
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.03}]}}, path)
+    torch.save(
+        {
+            "epoch": 200,
+            "arch": "resnet50",
+            "state_dict": sd,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.03}]},
+        },
+        path,
+    )
     enc, meta = import_torchvision_resnet50(path)
     _assert_same_weights(enc, r50)
     assert meta["prefix"] == "module.encoder_q." and meta["source_format"] == "moco"
@@ -204,8 +216,7 @@ def test_import_moco_checkpoint_round_trips(tmp_path: Path, r50):
 
     # the same weights re-saved in lenscat format load identically
     out = tmp_path / "stein.pt"
-    digest = save_encoder(enc, out, arch=meta["arch"], hparams=meta["hparams"],
-                          extra={"imported_from": str(path)})
+    digest = save_encoder(enc, out, arch=meta["arch"], hparams=meta["hparams"], extra={"imported_from": str(path)})
     again, meta2 = load_encoder(out)
     _assert_same_weights(again, r50)
     assert meta2["sha256"] == digest and meta2["preprocessing"]["stretch"] == "none"
@@ -220,8 +231,11 @@ def test_import_torchvision_layouts(tmp_path: Path, r50, layout):
     if layout == "backbone":
         sd = OrderedDict((f"backbone.{k}", v) for k, v in sd.items())
     elif layout == "lightning":
-        sd = {"state_dict": OrderedDict((f"encoder_q.{k}", v) for k, v in sd.items()),
-              "epoch": 3, "hyper_parameters": {"emb_dim": 128}}
+        sd = {
+            "state_dict": OrderedDict((f"encoder_q.{k}", v) for k, v in sd.items()),
+            "epoch": 3,
+            "hyper_parameters": {"emb_dim": 128},
+        }
     elif layout == "old_torchvision":
         sd = OrderedDict((k, v) for k, v in sd.items() if not k.endswith("num_batches_tracked"))
     path = tmp_path / f"{layout}.pth"
@@ -320,11 +334,13 @@ def test_lenscat_format_round_trip_and_errors(tmp_path: Path):
     enc = build_encoder("resnet-small", **hp)
     enc.preprocessing = Preprocessing(crop=64, clip=5.0, views=4)
     path = tmp_path / "sub" / "small.pt"
-    digest = save_encoder(enc, path, arch="resnet-small", hparams=hp,
-                          extra={"loss": np.float32(1.5), "steps": np.int64(7), "note": "x"})
+    digest = save_encoder(
+        enc, path, arch="resnet-small", hparams=hp, extra={"loss": np.float32(1.5), "steps": np.int64(7), "note": "x"}
+    )
     assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    again = save_encoder(enc, tmp_path / "again.pt", arch="resnet-small", hparams=hp,
-                         extra={"loss": 1.5, "steps": 7, "note": "x"})
+    again = save_encoder(
+        enc, tmp_path / "again.pt", arch="resnet-small", hparams=hp, extra={"loss": 1.5, "steps": 7, "note": "x"}
+    )
     assert again == digest  # byte-reproducible: same weights and metadata, same sha256
     obj = torch.load(path, weights_only=True)
     assert obj["format_version"] == 1 and obj["arch"] == "resnet-small"
@@ -348,7 +364,8 @@ def test_lenscat_format_round_trip_and_errors(tmp_path: Path):
         load_encoder(future)
     obj["format_version"] = 1
     obj["state_dict"]["layer1.0.conv1.weight"] = torch.full_like(
-        obj["state_dict"]["layer1.0.conv1.weight"], float("nan"))
+        obj["state_dict"]["layer1.0.conv1.weight"], float("nan")
+    )
     nan = tmp_path / "nan.pt"
     torch.save(obj, nan)
     with pytest.raises(LenscatError, match="non-finite values in layer1.0.conv1.weight"):

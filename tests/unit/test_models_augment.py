@@ -121,9 +121,7 @@ def test_jitter_range():
 
 def test_fixed_noise_has_the_requested_std():
     sigma = (0.0024, 0.0034, 0.0099)
-    out = Augmenter(only(noise="fixed", noise_sigma=sigma), RAW)(
-        torch.zeros(8, 3, 152, 152), generator=gen(0)
-    )
+    out = Augmenter(only(noise="fixed", noise_sigma=sigma), RAW)(torch.zeros(8, 3, 152, 152), generator=gen(0))
     std = out.transpose(0, 1).reshape(3, -1).std(dim=1)
     np.testing.assert_allclose(std.numpy(), sigma, rtol=0.02)
     assert abs(float(out.mean())) < 1e-4

@@ -61,8 +61,10 @@ def test_views_average_the_orientations_and_make_the_embedding_invariant(encoder
     plain = encode(encoder, images)
     assert encode(encoder, images, preprocess=Preprocessing(views=1)).tolist() == plain.tolist()
     ready = encoder.preprocessing.apply_numpy(images)
-    turned = [encode(encoder, np.ascontiguousarray(oriented(torch.from_numpy(ready), v).numpy()),
-                     preprocess=False) for v in range(8)]
+    turned = [
+        encode(encoder, np.ascontiguousarray(oriented(torch.from_numpy(ready), v).numpy()), preprocess=False)
+        for v in range(8)
+    ]
     mean = np.sum(turned, axis=0)
     mean /= np.linalg.norm(mean, axis=1, keepdims=True)
     d8 = encode(encoder, images, preprocess=Preprocessing(views=8))
@@ -75,10 +77,14 @@ def test_views_average_the_orientations_and_make_the_embedding_invariant(encoder
         assert not np.allclose(encode(encoder, image), plain, atol=1e-3)
         np.testing.assert_allclose(encode(encoder, image, preprocess=Preprocessing(views=8)), d8, atol=1e-5)
     rot4 = encode(encoder, images, preprocess=Preprocessing(views=4))
-    np.testing.assert_allclose(encode(encoder, np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3))),
-                                      preprocess=Preprocessing(views=4)), rot4, atol=1e-5)
-    streamed = np.concatenate([v for _, v in iter_encode(encoder, ArraySource(images), np.arange(20), 7,
-                                                         preprocess=Preprocessing(views=8))])
+    np.testing.assert_allclose(
+        encode(encoder, np.ascontiguousarray(np.rot90(images, 1, axes=(2, 3))), preprocess=Preprocessing(views=4)),
+        rot4,
+        atol=1e-5,
+    )
+    streamed = np.concatenate(
+        [v for _, v in iter_encode(encoder, ArraySource(images), np.arange(20), 7, preprocess=Preprocessing(views=8))]
+    )
     np.testing.assert_allclose(streamed, d8, atol=1e-5)
 
 
@@ -97,14 +103,16 @@ def test_annuli_readout_stores_the_pooled_vector_beside_the_stage2_rings(encoder
         np.testing.assert_allclose(ring(x).numpy(), encoder.eval()(x).numpy(), atol=1e-6)  # training unchanged
         stage2 = ring.layer2(ring.layer1(ring.relu(ring.bn1(ring.conv1(x)))))
     assert stage2.shape[-2:] == (12, 12) and feats.shape == (20, 112)
-    np.testing.assert_allclose(np.linalg.norm(feats[:, :16].numpy(), axis=1), 2 ** -0.5, rtol=1e-5)
-    np.testing.assert_allclose(feats[:, 16:].numpy() * 2 ** 0.5,
-                               torch.nn.functional.normalize(annulus_stats(stage2), dim=1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(feats[:, :16].numpy(), axis=1), 2**-0.5, rtol=1e-5)
+    np.testing.assert_allclose(
+        feats[:, 16:].numpy() * 2**0.5, torch.nn.functional.normalize(annulus_stats(stage2), dim=1).numpy(), atol=1e-5
+    )
     vec = encode(ring, images, preprocess=Preprocessing(views=8))
     assert vec.shape == (20, 112)
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(encode(ring, np.ascontiguousarray(images[..., ::-1]),
-                                      preprocess=Preprocessing(views=8)), vec, atol=1e-5)
+    np.testing.assert_allclose(
+        encode(ring, np.ascontiguousarray(images[..., ::-1]), preprocess=Preprocessing(views=8)), vec, atol=1e-5
+    )
     ring.preprocessing = Preprocessing(views=8)
     save_encoder(ring, tmp_path / "ring.pt", arch=ring.arch, hparams=ring.hparams)
     again, meta = load_encoder(tmp_path / "ring.pt")

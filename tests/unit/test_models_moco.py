@@ -61,8 +61,9 @@ def class_similarity(vectors: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 
 def test_moco_learns_to_separate_blobs_from_rings(data, tmp_path: Path):
     images, labels = data
-    result = train_moco(ArraySource(images), arch="resnet-small", hparams=TINY, epochs=20,
-                        batch_size=32, lr=0.1, seed=0, progress=False)
+    result = train_moco(
+        ArraySource(images), arch="resnet-small", hparams=TINY, epochs=20, batch_size=32, lr=0.1, seed=0, progress=False
+    )
     assert result.steps == 40 and result.stop_reason == "completed"
     loss = np.array(result.history)
     assert loss.shape == (40,) and np.all(np.isfinite(loss))
@@ -94,8 +95,17 @@ def test_moco_is_deterministic_on_cpu(data):
     src = ArraySource(data[0][:32], ebv=np.linspace(0, 0.2, 32))
 
     def run(seed: int):
-        return train_moco(src, arch="resnet-small", hparams=TINY, epochs=5, batch_size=16,
-                          lr=0.05, seed=seed, progress=False, max_steps=3)
+        return train_moco(
+            src,
+            arch="resnet-small",
+            hparams=TINY,
+            epochs=5,
+            batch_size=16,
+            lr=0.05,
+            seed=seed,
+            progress=False,
+            max_steps=3,
+        )
 
     a, b, c = run(1), run(1), run(2)
     assert a.stop_reason == "max_steps" and a.steps == 3
@@ -113,16 +123,32 @@ def test_callback_and_ctrl_c_stop_cleanly(data):
         seen.append((info.step, info.epoch, info.epoch_end))
         return info.step >= 2
 
-    r = train_moco(src, arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=10,
-                   batch_size=16, lr=0.05, progress=False, callback=stop_at_two)
+    r = train_moco(
+        src,
+        arch="resnet-small",
+        hparams={**TINY, "log_every": 1},
+        epochs=10,
+        batch_size=16,
+        lr=0.05,
+        progress=False,
+        callback=stop_at_two,
+    )
     assert r.stop_reason == "callback" and r.steps == 2 and len(r.history) == 2
     assert seen == [(1, 0, False), (2, 0, True)]
 
     def ctrl_c(info):
         os.kill(os.getpid(), signal.SIGINT)  # handled: the step finishes, training returns
 
-    r = train_moco(src, arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=10,
-                   batch_size=16, lr=0.05, progress=False, callback=ctrl_c)
+    r = train_moco(
+        src,
+        arch="resnet-small",
+        hparams={**TINY, "log_every": 1},
+        epochs=10,
+        batch_size=16,
+        lr=0.05,
+        progress=False,
+        callback=ctrl_c,
+    )
     assert r.stop_reason == "interrupted" and r.steps == 1
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
@@ -131,8 +157,9 @@ def test_callback_and_ctrl_c_stop_cleanly(data):
 def test_a_stopped_run_resumes_bit_identically(data, tmp_path: Path, stop_at: int):
     """State saved on an early stop; the same call continues and ends where an uninterrupted run does."""
     src = ArraySource(data[0][:48], ebv=np.linspace(0, 0.2, 48))
-    kw = dict(arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=3, batch_size=16, lr=0.05,
-              seed=3, progress=False)
+    kw = dict(
+        arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=3, batch_size=16, lr=0.05, seed=3, progress=False
+    )
     ref = train_moco(src, **kw)
     first = train_moco(src, **kw, state_dir=tmp_path, callback=lambda info: info.step >= stop_at)
     assert first.stop_reason == "callback" and first.steps == stop_at and first.state_path.exists()
@@ -156,8 +183,18 @@ def test_periodic_state_saves(data, tmp_path: Path):
     def look(info):
         seen.append(sorted(p.name for p in tmp_path.iterdir()))
 
-    r = train_moco(src, arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=3, batch_size=16,
-                   lr=0.05, progress=False, state_dir=tmp_path, state_every_s=0.0, callback=look)
+    r = train_moco(
+        src,
+        arch="resnet-small",
+        hparams={**TINY, "log_every": 1},
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        progress=False,
+        state_dir=tmp_path,
+        state_every_s=0.0,
+        callback=look,
+    )
     assert r.stop_reason == "completed" and r.state_path is not None
     assert seen[0] == [] and seen[1] == [r.state_path.name]  # saved after step 1, never half-written
     assert not list(tmp_path.glob("*.part"))
@@ -172,15 +209,15 @@ def test_training_errors(data):
     with pytest.raises(LenscatError, match="unknown augmentation option"):
         train_moco(src, hparams={**TINY, "augment": {"hue": 1}}, batch_size=4, progress=False)
     with pytest.raises(LenscatError, match="diverged"):
-        train_moco(src, hparams={**TINY, "log_every": 1}, batch_size=4, lr=1e30, progress=False,
-                   max_steps=3)
+        train_moco(src, hparams={**TINY, "log_every": 1}, batch_size=4, lr=1e30, progress=False, max_steps=3)
 
 
 @pytest.mark.gpu
 def test_moco_on_cuda(data):
     src = ArraySource(data[0][:32], ebv=np.full(32, 0.05))
-    r = train_moco(src, arch="resnet-small", hparams=TINY, epochs=2, batch_size=16, lr=0.05,
-                   device="cuda", progress=False)
+    r = train_moco(
+        src, arch="resnet-small", hparams=TINY, epochs=2, batch_size=16, lr=0.05, device="cuda", progress=False
+    )
     assert r.steps == 4 and np.all(np.isfinite(r.history))
     assert next(r.encoder.parameters()).device.type == "cpu"
     vec = encode(r.encoder, data[0][:8], device="cuda")

@@ -30,12 +30,11 @@ BRIGHT = {"peak_range": (6.0, 30.0)}
 
 @pytest.fixture(scope="module")
 def trained(one_torch_thread):
-    tr = make_training_set(2000, seed=1, positive_fraction=0.2, line_priors=BRIGHT,
-                           keep_truth=False)
-    va = make_training_set(600, seed=2, positive_fraction=0.2, line_priors=BRIGHT,
-                           keep_truth=False)
-    model, hist = train_specnet(tr, va, epochs=4, batch_size=64, lr=3e-3, config=TINY,
-                                seed=0, device="cpu", progress=False)
+    tr = make_training_set(2000, seed=1, positive_fraction=0.2, line_priors=BRIGHT, keep_truth=False)
+    va = make_training_set(600, seed=2, positive_fraction=0.2, line_priors=BRIGHT, keep_truth=False)
+    model, hist = train_specnet(
+        tr, va, epochs=4, batch_size=64, lr=3e-3, config=TINY, seed=0, device="cpu", progress=False
+    )
     xva = prepare_inputs(va.flux, va.ivar, va.continuum, va.z)
     return model, hist, va, xva
 
@@ -62,8 +61,9 @@ def test_prepare_inputs_channels():
 def test_galaxy_masks_match_reference():
     z = np.concatenate([np.linspace(0.0, 0.8, 300), [np.nan]])
     rest = np.array(list(galaxy_lines().values()))
-    reference = np.array([line_mask(WINDOW.wave, rest * (1 + zi), 600.0) if np.isfinite(zi)
-                          else np.zeros(WINDOW.n, bool) for zi in z])
+    reference = np.array(
+        [line_mask(WINDOW.wave, rest * (1 + zi), 600.0) if np.isfinite(zi) else np.zeros(WINDOW.n, bool) for zi in z]
+    )
     assert np.array_equal(galaxy_line_masks(WINDOW.wave, z), reference)
 
 
@@ -136,8 +136,7 @@ def test_training_finds_and_locates_lines(trained):
 
 def test_training_deterministic(one_torch_thread):
     tr = make_training_set(256, seed=5, positive_fraction=0.25, line_priors=BRIGHT)
-    kw = {"epochs": 1, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu",
-          "progress": False}
+    kw = {"epochs": 1, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu", "progress": False}
     a, _ = train_specnet(tr.arrays(), **kw)
     b, _ = train_specnet(tr.arrays(), **kw)
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -162,6 +161,7 @@ def test_an_interrupted_training_resumes_at_the_next_epoch(one_torch_thread, tmp
             if len(calls) == n:
                 raise KeyboardInterrupt
             return real(*a, **k)
+
         return loss
 
     monkeypatch.setattr(specnet, "specnet_loss", ctrl_c_at(2))  # in epoch 1: nothing saved yet

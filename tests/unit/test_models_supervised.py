@@ -31,8 +31,9 @@ TINY = {"widths": [8, 16, 32, 32], "output_dim": 32}
 CROP = 32
 
 
-def rings_and_blobs(n: int = 200, size: int = 48, lens_frac: float = 0.2, seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def rings_and_blobs(
+    n: int = 200, size: int = 48, lens_frac: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Red Gaussian blobs (nanomaggies); lenses (label 1) also have a faint blue ring r = 6-9 px."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
@@ -70,9 +71,19 @@ def data() -> dict[str, np.ndarray]:
 def trained(data):
     """The supervised CNN baseline: 150 steps, 5 % lenses per batch, Stein augmentations."""
     return train_image_classifier(
-        data["x"], data["y"], arch="resnet-small", encoder_hparams=TINY, crop=CROP, epochs=25,
-        batch_size=32, lr=3e-3, lens_fraction=0.05, device="cpu", seed=0,
-        val_images=data["xt"][:64], val_labels=data["yt"][:64],
+        data["x"],
+        data["y"],
+        arch="resnet-small",
+        encoder_hparams=TINY,
+        crop=CROP,
+        epochs=25,
+        batch_size=32,
+        lr=3e-3,
+        lens_fraction=0.05,
+        device="cpu",
+        seed=0,
+        val_images=data["xt"][:64],
+        val_labels=data["yt"][:64],
     )
 
 
@@ -89,8 +100,7 @@ def test_baseline_separates_rings_from_blobs(trained, data):
     assert 0.035 < m["lens_fraction_seen"] < 0.065
     loss = np.array(m["loss_history"])
     assert loss.shape == (150,) and np.all(np.isfinite(loss))
-    assert loss[-30:].mean() < 0.5 * loss[:10].mean() and m["final_loss"] == pytest.approx(
-        loss[-10:].mean())
+    assert loss[-30:].mean() < 0.5 * loss[:10].mean() and m["final_loss"] == pytest.approx(loss[-10:].mean())
     assert len(m["val_loss"]) == len(m["val_auc"]) == len(m["val_steps"]) == 25
     assert m["val_steps"][-1] == 150 and m["val_auc"][-1] > 0.9
     assert m["hparams"]["backbone_hparams"]["widths"] == TINY["widths"]
@@ -104,8 +114,8 @@ def test_baseline_separates_rings_from_blobs(trained, data):
     assert not model.training  # eval mode kept
     # an image source gives the same scores as the array; batching does not matter
     np.testing.assert_allclose(
-        score_images(model, ArraySource(data["xt"]), batch_size=7, device="cpu"), scores,
-        rtol=1e-5, atol=1e-6)
+        score_images(model, ArraySource(data["xt"]), batch_size=7, device="cpu"), scores, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_lens_batches_oversample_lenses():
@@ -148,8 +158,16 @@ def test_fine_tune_learning_rates_and_backbone(data):
     assert lrs["head"] == pytest.approx(10 * lrs["backbone"]) and lrs["head"] == 1e-3
 
     model, m = train_image_classifier(
-        data["x"][:64], data["y"][:64], backbone=enc, epochs=1, batch_size=16, lr=1e-3,
-        device="cpu", max_steps=3, seed=0)
+        data["x"][:64],
+        data["y"][:64],
+        backbone=enc,
+        epochs=1,
+        batch_size=16,
+        lr=1e-3,
+        device="cpu",
+        max_steps=3,
+        seed=0,
+    )
     assert m["mode"] == "fine-tune" and m["steps"] == 3 and m["stop_reason"] == "max_steps"
     groups = {g["name"]: g for g in m["param_groups"]}
     assert groups["head"]["lr"] == pytest.approx(10 * groups["backbone"]["lr"])
@@ -164,8 +182,15 @@ def test_fine_tune_learning_rates_and_backbone(data):
 
     # factor 0: a linear probe, the backbone (BatchNorm statistics too) stays as it was
     probe, m0 = train_image_classifier(
-        data["x"][:64], data["y"][:64], backbone=enc, batch_size=16, device="cpu", max_steps=2,
-        backbone_lr_factor=0.0, augment=False)
+        data["x"][:64],
+        data["y"][:64],
+        backbone=enc,
+        batch_size=16,
+        device="cpu",
+        max_steps=2,
+        backbone_lr_factor=0.0,
+        augment=False,
+    )
     assert [g["name"] for g in m0["param_groups"]] == ["head"] and m0["lr_backbone"] == 0.0
     assert all(torch.equal(v, before[k]) for k, v in probe.backbone.state_dict().items())
     assert all(p.requires_grad for p in probe.parameters())
@@ -175,16 +200,14 @@ def test_save_load_round_trip(trained, data, tmp_path: Path):
     model, m = trained
     path = tmp_path / "clf" / "ring.pt"
     digest = save_classifier(model, path, hparams=m["hparams"])
-    assert len(digest) == 64 and save_classifier(model, tmp_path / "again.pt",
-                                                 hparams=m["hparams"]) == digest
+    assert len(digest) == 64 and save_classifier(model, tmp_path / "again.pt", hparams=m["hparams"]) == digest
     loaded, meta = load_classifier(path)
     assert meta["sha256"] == digest and meta["arch"] == "resnet-small"
     assert meta["crop"] == CROP and meta["backbone_hparams"]["widths"] == TINY["widths"]
     assert meta["hparams"]["steps"] == 150 and meta["preprocessing"]["stretch"] == "arcsinh"
     assert not loaded.training and loaded.preprocessing == model.preprocessing
     x = data["xt"][:50]
-    np.testing.assert_array_equal(score_images(loaded, x, device="cpu"),
-                                  score_images(model, x, device="cpu"))
+    np.testing.assert_array_equal(score_images(loaded, x, device="cpu"), score_images(model, x, device="cpu"))
     # the file is plain tensors and containers
     obj = torch.load(path, weights_only=True)
     assert obj["kind"] == "lenscat-image-classifier" and "head.weight" in obj["state_dict"]
@@ -207,8 +230,7 @@ def test_views_score_the_mean_logit_of_the_orientations(trained, data):
     x = data["xt"][:40]
     turns = [np.ascontiguousarray(np.rot90(x, k, axes=(2, 3))) for k in range(4)]
     views = turns + [np.ascontiguousarray(t[..., ::-1]) for t in turns]
-    logits = [np.log(p / (1 - p)) for p in (score_images(model, v, device="cpu").astype(np.float64)
-                                            for v in views)]
+    logits = [np.log(p / (1 - p)) for p in (score_images(model, v, device="cpu").astype(np.float64) for v in views)]
     expected = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
     got = score_images(tta, x, device="cpu")
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
@@ -220,8 +242,16 @@ def test_views_score_the_mean_logit_of_the_orientations(trained, data):
 def test_training_is_deterministic(data):
     def run(seed: int):
         return train_image_classifier(
-            data["x"][:48], data["y"][:48], encoder_hparams=TINY, crop=CROP, batch_size=16,
-            device="cpu", max_steps=3, seed=seed, focal_gamma=2.0)
+            data["x"][:48],
+            data["y"][:48],
+            encoder_hparams=TINY,
+            crop=CROP,
+            batch_size=16,
+            device="cpu",
+            max_steps=3,
+            seed=seed,
+            focal_gamma=2.0,
+        )
 
     (a, ma), (b, mb), (_, mc) = run(4), run(4), run(5)
     assert ma["loss_history"] == mb["loss_history"] != mc["loss_history"]
@@ -259,8 +289,8 @@ def test_ctrl_c_returns_the_model_so_far(data, how: str):
     src = _StopAt(data["x"][:64], n=4, how=how)
     before = signal.getsignal(signal.SIGINT)  # default, or SIG_IGN in a background job
     model, m = train_image_classifier(
-        src, data["y"][:64], encoder_hparams=TINY, crop=CROP, batch_size=16, epochs=50,
-        device="cpu", augment=False)
+        src, data["y"][:64], encoder_hparams=TINY, crop=CROP, batch_size=16, epochs=50, device="cpu", augment=False
+    )
     assert m["stop_reason"] == "interrupted" and m["interrupted"]
     assert 1 <= m["steps"] < 10 and len(m["loss_history"]) == m["steps"]
     assert not model.training and np.all(np.isfinite(score_images(model, data["x"][:4])))
@@ -270,8 +300,16 @@ def test_ctrl_c_returns_the_model_so_far(data, how: str):
 def test_an_interrupted_run_resumes_bit_identically(data, tmp_path):
     """Ctrl-C saves the state; the same call continues, with the validation history, to the same model."""
     x, y = data["x"][:64], data["y"][:64]
-    kw = dict(encoder_hparams=TINY, crop=CROP, batch_size=16, epochs=3, device="cpu", seed=2,
-              val_images=data["x"][64:96], val_labels=data["y"][64:96])
+    kw = dict(
+        encoder_hparams=TINY,
+        crop=CROP,
+        batch_size=16,
+        epochs=3,
+        device="cpu",
+        seed=2,
+        val_images=data["x"][64:96],
+        val_labels=data["y"][64:96],
+    )
     ref_model, ref = train_image_classifier(x, y, **kw)
     _, first = train_image_classifier(_StopAt(x, n=7, how="sigint"), y, **kw, state_dir=tmp_path, run_tag="t")
     assert first["stop_reason"] == "interrupted" and 4 < first["steps"] < 12 and first["val_steps"] == [4]
@@ -306,13 +344,19 @@ def test_errors(data):
 def test_training_and_scoring_on_cuda(data):
     x, y = data["x"][:64], data["y"][:64]
     model, m = train_image_classifier(
-        x, y, backbone=_pretrained_backbone(), batch_size=16, epochs=1, device="cuda",
-        val_images=data["xt"][:32], val_labels=data["yt"][:32])
+        x,
+        y,
+        backbone=_pretrained_backbone(),
+        batch_size=16,
+        epochs=1,
+        device="cuda",
+        val_images=data["xt"][:32],
+        val_labels=data["yt"][:32],
+    )
     assert m["steps"] == 4 and m["device"].startswith("cuda")
     assert np.all(np.isfinite(m["loss_history"])) and len(m["val_loss"]) == 1
     assert next(model.parameters()).device.type == "cpu"
-    base, mb = train_image_classifier(x, y, encoder_hparams=TINY, crop=CROP, batch_size=16,
-                                      device="cuda", max_steps=3)
+    base, mb = train_image_classifier(x, y, encoder_hparams=TINY, crop=CROP, batch_size=16, device="cuda", max_steps=3)
     assert mb["steps"] == 3 and np.all(np.isfinite(mb["loss_history"]))
     cpu = score_images(model, data["xt"], device="cpu")
     gpu = score_images(model, data["xt"], device="cuda")
@@ -381,8 +425,18 @@ def test_every_negative_is_drawn_in_an_epoch(data):
     batches = list(itertools.islice(lens_batches(y, 16, lens_fraction=0.25, rng=5), steps))
     assert {int(i) for b in batches for i in b if y[i] == 0} == neg
     src = _Recording(data["x"])
-    _, m = train_image_classifier(src, y, encoder_hparams=TINY, crop=CROP, batch_size=16, epochs=1,
-                                  lens_fraction=0.25, every_negative=True, device="cpu", augment=False)
+    _, m = train_image_classifier(
+        src,
+        y,
+        encoder_hparams=TINY,
+        crop=CROP,
+        batch_size=16,
+        epochs=1,
+        lens_fraction=0.25,
+        every_negative=True,
+        device="cpu",
+        augment=False,
+    )
     assert m["steps"] == m["steps_per_epoch"] == steps and m["hparams"]["every_negative"]
     assert neg <= set(src.seen)
     assert 0.2 < m["lens_fraction_seen"] < 0.3
@@ -393,9 +447,22 @@ def test_early_stopping_keeps_the_best_epochs_weights(data):
     and falls as the network learns, so training stops and returns the best epoch's weights."""
     xv, yv = data["xt"][:64], data["yt"][:64]
     model, m = train_image_classifier(
-        data["x"], data["y"], encoder_hparams=TINY, crop=CROP, batch_size=32, epochs=20, lr=3e-3,
-        lens_fraction=0.25, device="cpu", seed=0, val_images=xv, val_labels=1 - yv, early_stopping="auc",
-        patience=2, every_negative=True)
+        data["x"],
+        data["y"],
+        encoder_hparams=TINY,
+        crop=CROP,
+        batch_size=32,
+        epochs=20,
+        lr=3e-3,
+        lens_fraction=0.25,
+        device="cpu",
+        seed=0,
+        val_images=xv,
+        val_labels=1 - yv,
+        early_stopping="auc",
+        patience=2,
+        every_negative=True,
+    )
     assert m["stop_reason"] == "early_stopping" and m["epochs_completed"] < 20
     assert len(m["val_auc"]) == m["epochs_completed"] == m["best_epoch"] + 2
     best = int(np.argmax(m["val_auc"]))

@@ -5,7 +5,7 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
-from lenscat.output import write_rows, write_table
+from lenscat.io.output import write_rows, write_table
 
 
 def test_json_lines_one_object_per_row():

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from lenscat.pgbinary import SIGNATURE, TRAILER, Column, encode_copy_binary
+from lenscat.db.pgbinary import SIGNATURE, TRAILER, Column, encode_copy_binary
 
 
 def _decode(data: bytes, types: list[str]) -> list[tuple]:
@@ -26,7 +26,7 @@ def _decode(data: bytes, types: list[str]) -> list[tuple]:
             if length == -1:
                 row.append(None)
                 continue
-            raw = data[pos:pos + length]
+            raw = data[pos : pos + length]
             pos += length
             row.append(raw.decode("utf-8") if t == "text" else struct.unpack(fmt[t], raw)[0])
         rows.append(tuple(row))
@@ -45,9 +45,11 @@ def test_rows_round_trip_with_nulls_text_and_every_fixed_type():
         Column("text", np.array(["", "x", "yz"])),
     ]
     rows = _decode(encode_copy_binary(cols), ["int8", "int4", "int2", "float8", "float4", "text", "text"])
-    assert rows == [(1, 7, 1, 0.1, 1.5, "NGC 1", ""),
-                    (2**40, 0, None, None, None, None, "x"),
-                    (-3, -1, 3, -1e300, 2.25, "ÅÉ λ", "yz")]
+    assert rows == [
+        (1, 7, 1, 0.1, 1.5, "NGC 1", ""),
+        (2**40, 0, None, None, None, None, "x"),
+        (-3, -1, 3, -1e300, 2.25, "ÅÉ λ", "yz"),
+    ]
 
 
 def test_float4_rounds_like_a_cast_and_empty_batches_have_header_and_trailer():

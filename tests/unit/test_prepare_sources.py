@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from lenscat.catalogue.ingest import SourceMapping, prepare_sources
 from lenscat.errors import InputFileError
-from lenscat.source_ingest import SourceMapping, prepare_sources
 
 
 def _write_csv(path, lines):
@@ -15,11 +15,14 @@ def _write_csv(path, lines):
 
 
 def test_auto_mapping_and_bands(tmp_path):
-    p = _write_csv(tmp_path / "c.csv", [
-        "objid,RA,Dec,mag_g,mag_r,mag_z,ebv,type,z_spec,z_phot_mean,notes",
-        "1,10.5,-3.25,21.0,20.0,19.5,0.02,DEV,-99,0.31,x",
-        "2,11.5,-3.5,22.0,21.0,20.5,0.03,EXP,0.2,0.25,y",
-    ])
+    p = _write_csv(
+        tmp_path / "c.csv",
+        [
+            "objid,RA,Dec,mag_g,mag_r,mag_z,ebv,type,z_spec,z_phot_mean,notes",
+            "1,10.5,-3.25,21.0,20.0,19.5,0.02,DEV,-99,0.31,x",
+            "2,11.5,-3.5,22.0,21.0,20.5,0.03,EXP,0.2,0.25,y",
+        ],
+    )
     prep = prepare_sources(p, "s")
     assert prep.bands == ["g", "r", "z"]
     assert prep.mapped_columns["ra"] == "RA" and prep.mapped_columns["source_type"] == "type"
@@ -30,18 +33,21 @@ def test_auto_mapping_and_bands(tmp_path):
 
 
 def test_rejects_name_row_column_and_reason(tmp_path):
-    p = _write_csv(tmp_path / "bad.csv", [
-        "objid,ra,dec,z_spec",
-        "a,10,10,0.1",
-        "b,nan,10,0.1",          # row 2: NaN ra
-        "c,10,95,0.1",           # row 3: dec out of range
-        "a,11,11,0.1",           # row 4: duplicate of row 1
-        "d,abc,5,0.1",           # row 5: unparseable ra
-        "e,12,5,zz",             # row 6: unparseable z_spec
-        "f,12:30:00,+05:00:00,", # row 7: sexagesimal, fine
-        "g,400,5,0.1",           # row 8: ra out of range
-        ",12,5,0.1",             # row 9: missing id
-    ])
+    p = _write_csv(
+        tmp_path / "bad.csv",
+        [
+            "objid,ra,dec,z_spec",
+            "a,10,10,0.1",
+            "b,nan,10,0.1",  # row 2: NaN ra
+            "c,10,95,0.1",  # row 3: dec out of range
+            "a,11,11,0.1",  # row 4: duplicate of row 1
+            "d,abc,5,0.1",  # row 5: unparseable ra
+            "e,12,5,zz",  # row 6: unparseable z_spec
+            "f,12:30:00,+05:00:00,",  # row 7: sexagesimal, fine
+            "g,400,5,0.1",  # row 8: ra out of range
+            ",12,5,0.1",  # row 9: missing id
+        ],
+    )
     prep = prepare_sources(p, "s")
     got = {(r.row, r.column) for r in prep.rejects}
     assert got == {(2, "ra"), (3, "dec"), (4, "objid"), (5, "ra"), (6, "z_spec"), (8, "ra"), (9, "objid")}
@@ -55,12 +61,15 @@ def test_rejects_name_row_column_and_reason(tmp_path):
 
 def test_values_a_real_column_cannot_hold_are_rejected(tmp_path):
     """Photometry and redshifts are stored as 32-bit reals: 1e300 is a reject, not an infinity."""
-    p = _write_csv(tmp_path / "big.csv", [
-        "objid,ra,dec,mag_r,z_spec",
-        "a,10,10,20.0,0.1",
-        "b,10,11,1e300,0.1",
-        "c,10,12,20.0,-5e38",
-    ])
+    p = _write_csv(
+        tmp_path / "big.csv",
+        [
+            "objid,ra,dec,mag_r,z_spec",
+            "a,10,10,20.0,0.1",
+            "b,10,11,1e300,0.1",
+            "c,10,12,20.0,-5e38",
+        ],
+    )
     prep = prepare_sources(p, "s")
     assert {(r.row, r.column) for r in prep.rejects} == {(2, "mag_r"), (3, "z_spec")}
     assert "32-bit real" in prep.rejects[0].reason

@@ -8,12 +8,18 @@ import pytest
 from astropy.table import Table
 
 from lenscat.errors import InputFileError
-from lenscat.readers import read_table
+from lenscat.io.readers import read_table
 
 
 def _table():
-    return Table({"objid": np.arange(5), "ra": np.linspace(10, 11, 5), "dec": np.linspace(-1, 1, 5),
-                  "name": [f"s{i}" for i in range(5)]})
+    return Table(
+        {
+            "objid": np.arange(5),
+            "ra": np.linspace(10, 11, 5),
+            "dec": np.linspace(-1, 1, 5),
+            "name": [f"s{i}" for i in range(5)],
+        }
+    )
 
 
 @pytest.mark.parametrize("suffix", [".fits", ".csv", ".ecsv", ".vot", ".parquet"])
@@ -60,13 +66,16 @@ def test_rows_cut_short_or_too_long_are_refused_or_kept_as_bad_rows(tmp_path):
     path.write_text("objid,ra,dec\n1,10.0,1.0\n2,11.0\n3,12.0,3.0,7\n4,13.0,4.0\n5,14")
     with pytest.raises(InputFileError) as err:
         read_table(path)
-    assert str(err.value) == (f"{path}: row 2: column 'dec': expected 3 fields, found 2 (value '2,11.0') "
-                              "(and 2 more such rows)")
+    assert str(err.value) == (
+        f"{path}: row 2: column 'dec': expected 3 fields, found 2 (value '2,11.0') (and 2 more such rows)"
+    )
     t = read_table(path, bad_rows="keep")
     assert t.n_rows == 5
     assert [(b.row, b.column, b.reason) for b in t.bad_rows] == [
-        (2, "dec", "expected 3 fields, found 2"), (3, "", "expected 3 fields, found 4"),
-        (5, "dec", "expected 3 fields, found 2")]
+        (2, "dec", "expected 3 fields, found 2"),
+        (3, "", "expected 3 fields, found 4"),
+        (5, "dec", "expected 3 fields, found 2"),
+    ]
     # the bad rows are all-missing; the good ones keep their values and types
     assert np.ma.getmaskarray(t.columns["ra"]).tolist() == [False, True, True, False, True]
     assert t.columns["objid"].dtype.kind == "i" and list(t.columns["objid"].compressed()) == [1, 4]
@@ -85,7 +94,9 @@ def test_row_numbers_skip_header_blank_and_comment_lines(tmp_path, quoted):
     txt.write_text(f"objid ra  name\n1 10 {q}\n 2   11\n3 12 c extra\n")
     t = read_table(txt, bad_rows="keep")
     assert [(b.row, b.column, b.reason) for b in t.bad_rows] == [
-        (2, "name", "expected 3 fields, found 2"), (3, "", "expected 3 fields, found 4")]
+        (2, "name", "expected 3 fields, found 2"),
+        (3, "", "expected 3 fields, found 4"),
+    ]
 
 
 def test_quoted_fields_may_hold_delimiters_and_newlines(tmp_path):
@@ -110,14 +121,18 @@ def test_absurd_field_is_refused_at_once(tmp_path):
     header.write_bytes(b"objid,ra,dec," + b"x" * 20_000_000 + b"\n1,2,3,4\n")
     with pytest.raises(InputFileError) as err:
         read_table(header)
-    assert str(err.value) == (f"{header}: header: column 4: a column name of 20000000 bytes is longer than "
-                              "the limit of 1024 bytes; nothing read")
+    assert str(err.value) == (
+        f"{header}: header: column 4: a column name of 20000000 bytes is longer than "
+        "the limit of 1024 bytes; nothing read"
+    )
     number = tmp_path / "number.csv"  # a 20 MB number in an otherwise valid row: not a NaN/null
     number.write_bytes(b"objid,ra,dec,z_spec\n1,10,10,0.1\n2,11,11," + b"9" * 20_000_000 + b"\n")
     with pytest.raises(InputFileError) as err:
         read_table(number)
-    assert str(err.value) == (f"{number}: row 2: column 'z_spec': field of 20000000 bytes is longer than "
-                              "the limit of 65536 bytes (LENSCAT_INGEST_MAX_FIELD_BYTES); nothing read")
+    assert str(err.value) == (
+        f"{number}: row 2: column 'z_spec': field of 20000000 bytes is longer than "
+        "the limit of 65536 bytes (LENSCAT_INGEST_MAX_FIELD_BYTES); nothing read"
+    )
     quoted = tmp_path / "quoted.csv"
     quoted.write_bytes(b'objid,ra,dec,note\n1,10,10,"' + b"y" * 20_000_000 + b'"\n')
     with pytest.raises(InputFileError, match=r"row 1: column 'note': field of 20000002 bytes"):
@@ -144,14 +159,16 @@ def test_bytes_that_are_not_utf8_name_row_and_column(tmp_path):
     data.write_bytes("objid,ra,dec,name\n1,10,10,a\n2,11,11,café\n".encode("latin-1"))
     with pytest.raises(InputFileError) as err:
         read_table(data)
-    assert str(err.value) == (f"{data}: row 2 (line 3): column 'name': bytes b'\\xe9' are not UTF-8 "
-                              "(re-save the file as UTF-8); nothing read")
+    assert str(err.value) == (
+        f"{data}: row 2 (line 3): column 'name': bytes b'\\xe9' are not UTF-8 (re-save the file as UTF-8); nothing read"
+    )
     header = tmp_path / "latin1-header.csv"  # astropy: "chr() arg not in range(0x110000)"
     header.write_bytes("objid,ra,décl\n1,10,10\n".encode("latin-1"))
     with pytest.raises(InputFileError) as err:
         read_table(header)
-    assert str(err.value) == (f"{header}: header (line 1): column 3: bytes b'\\xe9' are not UTF-8 "
-                              "(re-save the file as UTF-8); nothing read")
+    assert str(err.value) == (
+        f"{header}: header (line 1): column 3: bytes b'\\xe9' are not UTF-8 (re-save the file as UTF-8); nothing read"
+    )
 
 
 def test_utf8_header_and_byte_order_mark_are_read(tmp_path):
@@ -176,7 +193,7 @@ def test_path_problems_are_one_line_errors(tmp_path):
         "dir.csv": f"{tmp_path / 'dir.csv'}: is a directory, not a table file",
         "empty.csv": f"{tmp_path / 'empty.csv'}: the file is empty",
         "plain.csv.gz": f"{tmp_path / 'plain.csv.gz'}: not a valid gzip file (truncated or not compressed?): "
-                        "Not a gzipped file (b'ob')",
+        "Not a gzipped file (b'ob')",
         "nothing.csv.gz": f"{tmp_path / 'nothing.csv.gz'}: the file is empty (after decompression)",
         "missing.csv": f"{tmp_path / 'missing.csv'}: no such file",
     }
@@ -223,8 +240,9 @@ def test_fits_byte_strings_become_text_ascii_fast_path_and_utf8(tmp_path):
     """FITS string columns are bytes: ASCII ones are cast, others decoded as UTF-8 (bad bytes replaced)."""
     ascii_path, utf8_path = tmp_path / "a.fits", tmp_path / "u.fits"
     Table({"type": np.array([b"PSF", b"DEV", b"REX"]), "ra": [1.0, 2.0, 3.0]}).write(ascii_path)
-    Table({"name": np.array([b"Abell 370", "Einstein ring é".encode(), b"\xff"]),
-           "ra": [1.0, 2.0, 3.0]}).write(utf8_path)
+    Table({"name": np.array([b"Abell 370", "Einstein ring é".encode(), b"\xff"]), "ra": [1.0, 2.0, 3.0]}).write(
+        utf8_path
+    )
     a = read_table(ascii_path).columns["type"]
     assert a.dtype.kind == "U" and list(a) == ["PSF", "DEV", "REX"]
     u = read_table(utf8_path).columns["name"]
@@ -243,8 +261,9 @@ def test_too_many_columns_is_refused(tmp_path, monkeypatch):
             read_table(path)
     finally:
         get_settings.cache_clear()
-    assert str(err.value) == (f"{path}: header: 12 columns, more than the limit of 10 "
-                              "(LENSCAT_INGEST_MAX_COLUMNS); nothing read")
+    assert str(err.value) == (
+        f"{path}: header: 12 columns, more than the limit of 10 (LENSCAT_INGEST_MAX_COLUMNS); nothing read"
+    )
 
 
 def test_many_long_column_names_are_refused(tmp_path):
@@ -253,5 +272,6 @@ def test_many_long_column_names_are_refused(tmp_path):
     path.write_text("objid\tra\tdec\t" + "\t".join("h" * 60_000 + str(i) for i in range(100)) + "\n")
     with pytest.raises(InputFileError) as err:
         read_table(path)
-    assert str(err.value) == (f"{path}: header: column 4: a column name of 60001 bytes is longer than the "
-                              "limit of 1024 bytes; nothing read")
+    assert str(err.value) == (
+        f"{path}: header: column 4: a column name of 60001 bytes is longer than the limit of 1024 bytes; nothing read"
+    )

@@ -1,6 +1,6 @@
 import numpy as np
 
-from lenscat.simcat import in_footprint, simulate_catalog
+from lenscat.simulate.catalogue import in_footprint, simulate_catalog
 
 
 def test_simulated_catalogue_is_realistic_and_deterministic(data_dir):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lenscat.errors import LenscatError
-from lenscat.simsurvey import (
+from lenscat.simulate.survey import (
     COLUMNS,
     KINDS,
     NONLENS_FRACTIONS,
@@ -22,7 +22,7 @@ from lenscat.simsurvey import (
     simulate_cutout,
     simulate_survey,
 )
-from lenscat.simsurvey_render import DEPTH5, FWHM_MEDIAN, PIXEL_SCALE, psf_kernel
+from lenscat.simulate.survey_render import DEPTH5, FWHM_MEDIAN, PIXEL_SCALE, psf_kernel
 
 N, FRACTION, SEED = 60, 0.3, 11
 
@@ -70,7 +70,7 @@ def test_layout_dtypes_and_attributes(survey):
     assert attrs["pixel_scale_arcsec"] == pytest.approx(0.262)
     assert attrs["bands"] == "grz" and attrs["unit"] == "nanomaggy" and attrs["zero_point"] == 22.5
     assert attrs["seed"] == SEED and attrs["lens_fraction"] == pytest.approx(FRACTION)
-    assert attrs["generator"] == "lenscat.simsurvey" and attrs["lenstronomy_version"]
+    assert attrs["generator"] == "lenscat.simulate.survey" and attrs["lenstronomy_version"]
     assert summary.n == N and summary.path == path.resolve() and summary.seconds > 0
     assert not list(path.parent.glob(".*.partial"))
 
@@ -139,7 +139,7 @@ def test_truth_columns(data):
 
 
 def test_catalogue_columns(survey, data):
-    from lenscat.simcat import in_footprint
+    from lenscat.simulate.catalogue import in_footprint
 
     assert in_footprint(data["ra"], data["dec"]).all()
     assert ((data["ebv"] > 0) & (data["ebv"] < 0.6)).all()
@@ -154,8 +154,12 @@ def test_images_are_nanomaggies_consistent_with_the_catalogue(data):
     images = data["images"]
     assert np.isfinite(images).all()
     rad = _radius()
-    iso = np.flatnonzero((data["kind"] == "elliptical") & (data["saturated"] == 0) & (data["mag_r"] < 20.5)
-                         & ~(data["nearest_neighbour"] < 12.0))
+    iso = np.flatnonzero(
+        (data["kind"] == "elliptical")
+        & (data["saturated"] == 0)
+        & (data["mag_r"] < 20.5)
+        & ~(data["nearest_neighbour"] < 12.0)
+    )
     assert len(iso) >= 4
     for i in iso:
         ap = float(images[i, 1][rad < 10.0].sum())
@@ -185,7 +189,7 @@ def test_noise_matches_declared_depth(data):
 
 @pytest.mark.parametrize(("fwhm", "beta", "size"), [(1.3, 3.5, 41), (0.6, 2.2, 41), (2.1, 4.8, 15)])
 def test_psf_kernel_is_the_pixel_mean_of_the_moffat_profile(fwhm, beta, size):
-    from lenscat.simsurvey_render import _moffat_pixels
+    from lenscat.simulate.survey_render import _moffat_pixels
 
     # the full 5x sub-pixel grid, evaluated directly (psf_kernel uses one quadrant and a matrix product)
     offs = (np.arange(5) + 0.5) / 5 - 0.5
@@ -229,7 +233,7 @@ def test_simulate_cutout_reproduces_a_row(data):
 
 
 def test_read_table_and_read_truth(survey):
-    from lenscat.readers import read_table
+    from lenscat.io.readers import read_table
 
     path, summary = survey
     table = read_table(path)
@@ -270,7 +274,7 @@ def test_bad_inputs_raise(tmp_path, kwargs, match):
 
 
 def test_a_failed_run_leaves_no_file(tmp_path, monkeypatch):
-    import lenscat.simsurvey as sim
+    import lenscat.simulate.survey as sim
 
     def boom(task):
         raise OSError("disk full")
@@ -289,7 +293,7 @@ def _contents(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
 
 def test_an_interrupted_run_resumes_where_it_stopped(survey, tmp_path, monkeypatch):
     """Ctrl-C keeps the finished rows in .OUT.partial; the same command renders only the rest."""
-    import lenscat.simsurvey as sim
+    import lenscat.simulate.survey as sim
 
     real = sim._render_chunk
     calls: list[int] = []
@@ -321,7 +325,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(survey, tmp_path, monkeypat
 
 
 def test_a_partial_file_for_other_arguments_is_started_over(tmp_path, monkeypatch):
-    import lenscat.simsurvey as sim
+    import lenscat.simulate.survey as sim
 
     real = sim._render_chunk
 
@@ -347,9 +351,15 @@ def test_a_partial_file_another_run_is_writing_is_left_alone(tmp_path):
     import sys
 
     partial = tmp_path / ".s.h5.partial"
-    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\n"
-                               f"f = h5py.File({str(partial)!r}, 'w'); print('open', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import h5py, sys, time\nf = h5py.File({str(partial)!r}, 'w'); print('open', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         with pytest.raises(LenscatError, match="being written by another run"):
@@ -367,8 +377,21 @@ def test_sigterm_from_a_batch_system_leaves_a_resumable_partial_file(tmp_path):
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "lenscat.cli", "simulate", "survey", "--n", "400", "--seed", "5",
-           "--workers", "1", "--out", str(tmp_path / "s.h5")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lenscat.cli",
+        "simulate",
+        "survey",
+        "--n",
+        "400",
+        "--seed",
+        "5",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path / "s.h5"),
+    ]
     partial = tmp_path / ".s.h5.partial"
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -10,17 +10,17 @@ import h5py
 import numpy as np
 import pytest
 
-import lenscat.simsurvey_alt as alt
+import lenscat.simulate.alt as alt
 from lenscat.errors import LenscatError
-from lenscat.simsurvey_alt import (
+from lenscat.simulate.alt import (
     COLUMNS,
     KINDS,
     NONLENS_FRACTIONS,
     simulate_cutout_alt,
     simulate_survey_alt,
 )
-from lenscat.simsurvey_alt_objects import draw_scene
-from lenscat.simsurvey_alt_render import (
+from lenscat.simulate.alt_objects import draw_scene
+from lenscat.simulate.alt_render import (
     PIXEL_SCALE,
     Scene,
     psf_image,
@@ -45,8 +45,8 @@ def _sha(path: Path) -> str:
 
 
 def test_layout_attributes_and_ingest_reading(survey):
-    from lenscat.readers import read_table
-    from lenscat.simsurvey import read_truth
+    from lenscat.io.readers import read_table
+    from lenscat.simulate.survey import read_truth
 
     path, summary = survey
     with h5py.File(path, "r") as fh:
@@ -124,13 +124,13 @@ def test_interrupted_run_resumes_to_the_same_file(survey, tmp_path, monkeypatch)
         np.testing.assert_array_equal(a["arc_snr"][()], b["arc_snr"][()])
 
 
-@pytest.mark.parametrize("kwargs", [{"n": 0}, {"lens_fraction": 1.5}, {"seed": -1}, {"stamp": 16},
-                                    {"workers": 0}])
+@pytest.mark.parametrize("kwargs", [{"n": 0}, {"lens_fraction": 1.5}, {"seed": -1}, {"stamp": 16}, {"workers": 0}])
 def test_invalid_arguments(kwargs, tmp_path):
     args = {"n": 4, "lens_fraction": 0.5, "seed": 1, "out": tmp_path / "s.h5"} | kwargs
     with pytest.raises(LenscatError):
-        simulate_survey_alt(args.pop("n"), args.pop("lens_fraction"), args.pop("seed"), args.pop("out"),
-                            progress=False, **args)
+        simulate_survey_alt(
+            args.pop("n"), args.pop("lens_fraction"), args.pop("seed"), args.pop("out"), progress=False, **args
+        )
     with pytest.raises(LenscatError, match="unknown kind"):
         simulate_cutout_alt(1, 0, "quasar")
 
@@ -172,8 +172,7 @@ def test_psf_is_normalised_with_the_asked_fwhm(fwhm, wing):
     half = (k - 1) + (row[k - 1] - row[0] / 2) / (row[k - 1] - row[k])
     assert 2 * half * PIXEL_SCALE == pytest.approx(fwhm, rel=0.01)
     # the analytic sum of squares (1 / noise-equivalent area) and the transfer function agree
-    assert psf_sum_sq(fwhm, wing, 0.05, 0.4) == pytest.approx((psf_image(fwhm, wing, 0.05, 0.4) ** 2).sum(),
-                                                              rel=0.03)
+    assert psf_sum_sq(fwhm, wing, 0.05, 0.4) == pytest.approx((psf_image(fwhm, wing, 0.05, 0.4) ** 2).sum(), rel=0.03)
     otf = psf_otf(fwhm, wing, 0.05, 0.4, (64, 64))
     assert otf[0, 0] == pytest.approx(1.0)
     kernel = np.fft.fftshift(np.fft.irfft2(otf, s=(64, 64)))
@@ -183,8 +182,15 @@ def test_psf_is_normalised_with_the_asked_fwhm(fwhm, wing):
 def test_noise_of_empty_sky_matches_the_depth():
     rng = np.random.default_rng(np.random.SeedSequence(9))
     scene = draw_scene("elliptical", rng, 0.0, 96)
-    empty = Scene(fwhm=scene.fwhm, wing_ratio=scene.wing_ratio, psf_e=scene.psf_e, psf_angle=scene.psf_angle,
-                  depth5=scene.depth5, e_per_nmgy=scene.e_per_nmgy, gain=scene.gain)
+    empty = Scene(
+        fwhm=scene.fwhm,
+        wing_ratio=scene.wing_ratio,
+        psf_e=scene.psf_e,
+        psf_angle=scene.psf_angle,
+        depth5=scene.depth5,
+        e_per_nmgy=scene.e_per_nmgy,
+        gain=scene.gain,
+    )
     out = render_scene(empty, 96, np.random.default_rng(1))
     for b in range(3):
         sigma = float(out.images[b].std())
@@ -225,12 +231,26 @@ def test_lenses_have_blue_arcs_near_the_einstein_radius():
 def test_cli_option_dispatches_to_the_independent_simulator(tmp_path):
     from click.testing import CliRunner
 
-    from lenscat.cli_images import simulate_survey_cmd
+    from lenscat.cli.images import simulate_survey_cmd
 
     out = tmp_path / "cli.h5"
-    res = CliRunner().invoke(simulate_survey_cmd, ["--n", "6", "--lens-fraction", "0.5", "--stamp", "40",
-                                                   "--workers", "1", "--out", str(out), "--simulator",
-                                                   "independent"])
+    res = CliRunner().invoke(
+        simulate_survey_cmd,
+        [
+            "--n",
+            "6",
+            "--lens-fraction",
+            "0.5",
+            "--stamp",
+            "40",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--simulator",
+            "independent",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "wrote 6 cutouts (3 lenses)" in res.output
     with h5py.File(out, "r") as fh:

@@ -4,13 +4,26 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 from lenscat.errors import LenscatError
-from lenscat.sky import iau_name, parse_angle_quantity, parse_position, parse_sexagesimal, zone_of
+from lenscat.sky.coords import (
+    iau_name,
+    parse_angle_quantity,
+    parse_position,
+    parse_sexagesimal,
+    zone_of,
+)
 
 
 @pytest.mark.parametrize(
     "text, arcsec",
-    [("5arcsec", 5.0), ("5 arcsec", 5.0), ("1.5arcmin", 90.0), ("0.01deg", 36.0), ('3"', 3.0),
-     ("2'", 120.0), ("7", 7.0)],
+    [
+        ("5arcsec", 5.0),
+        ("5 arcsec", 5.0),
+        ("1.5arcmin", 90.0),
+        ("0.01deg", 36.0),
+        ('3"', 3.0),
+        ("2'", 120.0),
+        ("7", 7.0),
+    ],
 )
 def test_parse_angle_quantity(text, arcsec):
     assert parse_angle_quantity(text).to_value(u.arcsec) == pytest.approx(arcsec)
@@ -62,12 +75,12 @@ def test_zone_matches_database_formula():
 
 def test_literal_sql_binds_numbers_and_leaves_casts():
     """COPY takes no parameters: lenscat's numbers become exact literals, ``::`` casts stay."""
-    from lenscat.crossmatch import _literal_sql
+    from lenscat.literature.crossmatch import _literal_sql
 
-    sql = _literal_sql("SELECT :r::float8, :cid, x::text, :sids, :part", {
-        "r": 1 / 3600, "cid": 3, "sids": [1, 2], "part": 0})
-    assert sql == (f"SELECT {1 / 3600!r}::double precision::float8, 3, x::text, "
-                   "ARRAY[1,2]::integer[], 0")
+    sql = _literal_sql(
+        "SELECT :r::float8, :cid, x::text, :sids, :part", {"r": 1 / 3600, "cid": 3, "sids": [1, 2], "part": 0}
+    )
+    assert sql == (f"SELECT {1 / 3600!r}::double precision::float8, 3, x::text, ARRAY[1,2]::integer[], 0")
     assert float(sql.split()[1].split("::")[0]) == 1 / 3600
     with pytest.raises(TypeError, match="name"):
         _literal_sql("SELECT :name", {"name": "x'; DROP TABLE y"})
@@ -77,21 +90,41 @@ def _xmatch_row(lens, src, sep, nearest, rank, radius=5.0):
     """One row of a binary COPY stream of ranked pairs, as PostgreSQL writes it."""
     import struct
 
-    return (struct.pack(">h", 6) + struct.pack(">iq", 8, lens) + struct.pack(">iq", 8, src)
-            + struct.pack(">id", 8, sep) + struct.pack(">i?", 1, nearest) + struct.pack(">ii", 4, rank)
-            + struct.pack(">id", 8, radius))
+    return (
+        struct.pack(">h", 6)
+        + struct.pack(">iq", 8, lens)
+        + struct.pack(">iq", 8, src)
+        + struct.pack(">id", 8, sep)
+        + struct.pack(">i?", 1, nearest)
+        + struct.pack(">ii", 4, rank)
+        + struct.pack(">id", 8, radius)
+    )
 
 
 def test_crossmatch_changed_rows_rewrites_only_lenses_whose_pairs_changed():
     """Unchanged lenses are left alone; a lens with any changed, added or lost row is rewritten."""
-    from lenscat.crossmatch import _lens_ids, _stream_rows, changed_rows
-    from lenscat.pgbinary import SIGNATURE, TRAILER
+    from lenscat.db.pgbinary import SIGNATURE, TRAILER
+    from lenscat.literature.crossmatch import _lens_ids, _stream_rows, changed_rows
 
     r = _xmatch_row
-    old = SIGNATURE + r(1, 10, .2, True, 1) + r(1, 11, 3., False, 2) + r(2, 12, 1., True, 1) \
-        + r(3, 13, 1., True, 1) + r(5, 16, 2., True, 1) + TRAILER
-    new = SIGNATURE + r(1, 10, .2, True, 1) + r(2, 12, 1., True, 1) + r(2, 14, 2., False, 2) \
-        + r(4, 15, 1., True, 1) + r(5, 16, 2., True, 1, radius=6.0) + TRAILER
+    old = (
+        SIGNATURE
+        + r(1, 10, 0.2, True, 1)
+        + r(1, 11, 3.0, False, 2)
+        + r(2, 12, 1.0, True, 1)
+        + r(3, 13, 1.0, True, 1)
+        + r(5, 16, 2.0, True, 1)
+        + TRAILER
+    )
+    new = (
+        SIGNATURE
+        + r(1, 10, 0.2, True, 1)
+        + r(2, 12, 1.0, True, 1)
+        + r(2, 14, 2.0, False, 2)
+        + r(4, 15, 1.0, True, 1)
+        + r(5, 16, 2.0, True, 1, radius=6.0)
+        + TRAILER
+    )
     stale, insert = changed_rows(new, _stream_rows(old))
     assert stale.tolist() == [1, 2, 3, 5]  # lost a row, gained one, vanished, new radius
     assert _lens_ids(_stream_rows(insert)).tolist() == [1, 2, 2, 4, 5]  # lens 4 is new: nothing to delete
@@ -103,9 +136,9 @@ def test_crossmatch_changed_rows_rewrites_only_lenses_whose_pairs_changed():
 
 def test_crossmatch_stream_counts_pairs_and_nearest_rows():
     """The counts of a binary COPY stream of ranked pairs come from its fixed-width rows."""
-    from lenscat.crossmatch import _stream_counts
+    from lenscat.db.pgbinary import SIGNATURE, TRAILER
     from lenscat.errors import LenscatError
-    from lenscat.pgbinary import SIGNATURE, TRAILER
+    from lenscat.literature.crossmatch import _stream_counts
 
     row = _xmatch_row
     data = SIGNATURE + row(1, 10, 0.2, True, 1) + row(1, 11, 3.0, False, 2) + row(2, 12, 1.0, True, 1) + TRAILER

@@ -22,7 +22,7 @@ def test_log_grid_spectra_are_copied_pixel_for_pixel():
     ivar = np.ones(g.n)
     ivar[WINDOW.k0 - g.k0 + 10] = 0
     iv, (f,) = to_grid(wave, flux, ivar=ivar)
-    assert np.array_equal(f, flux[WINDOW.k0 - g.k0: WINDOW.k0 - g.k0 + WINDOW.n])
+    assert np.array_equal(f, flux[WINDOW.k0 - g.k0 : WINDOW.k0 - g.k0 + WINDOW.n])
     assert iv[10] == 0 and (iv > 0).sum() == WINDOW.n - 1
 
 

@@ -58,8 +58,9 @@ def test_fast_galaxy_masks_match_reference():
     z[::11] = np.nan
     for ext in (False, True):
         rest = np.array(list(galaxy_lines(ext).values()))
-        reference = np.array([line_mask(WAVE, rest * (1 + zi), 600.0) if np.isfinite(zi)
-                              else np.zeros(WAVE.size, bool) for zi in z])
+        reference = np.array(
+            [line_mask(WAVE, rest * (1 + zi), 600.0) if np.isfinite(zi) else np.zeros(WAVE.size, bool) for zi in z]
+        )
         assert np.array_equal(galaxy_line_masks(WAVE, z, extended=ext), reference)
 
 
@@ -125,8 +126,9 @@ def test_finds_injected_line_with_expected_snr():
     assert np.mean(np.abs(ratio - 1.0) < 0.25) > 0.95
     assert np.median(hits.line_flux[near]) == pytest.approx(flux_line, rel=0.12)
     assert 60.0 < np.median(hits.sigma_kms[near]) < 200.0  # true sigma 127 km/s
-    np.testing.assert_allclose(hits.line_flux, hits.amplitude * hits.sigma_kms / C_KMS
-                               * hits.wavelength * np.sqrt(2 * np.pi), rtol=1e-3)
+    np.testing.assert_allclose(
+        hits.line_flux, hits.amplitude * hits.sigma_kms / C_KMS * hits.wavelength * np.sqrt(2 * np.pi), rtol=1e-3
+    )
     # snr_max agrees with the hit S/N (the line is the maximum)
     sm = snr_max(flux, ivar, cont, np.full(n, Z_GAL))
     np.testing.assert_allclose(sm[hits.row[near]], hits.snr[near], rtol=1e-3)

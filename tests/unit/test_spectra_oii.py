@@ -126,8 +126,11 @@ def test_vetoes_spike_interloper_and_a_real_doublet(clean):
     # [OIII] 5007 of a lower-z emitter with its 4959 (1/2.98) and [OII]: an interloper
     zi = 0.25
     lam = oii.OIII_5007 * (1 + zi)
-    line = (oii._gauss(wave, lam, 40.0, 150.0) + oii._gauss(wave, oii.OIII_4959 * (1 + zi), 40.0 / 2.98, 150.0)
-            + oii.doublet_profile(wave, zi, 50.0, 150.0, 1.0))
+    line = (
+        oii._gauss(wave, lam, 40.0, 150.0)
+        + oii._gauss(wave, oii.OIII_4959 * (1 + zi), 40.0 / 2.98, 150.0)
+        + oii.doublet_profile(wave, zi, 50.0, 150.0, 1.0)
+    )
     _fit, vet = _vetoes_at(clean, flux + line, lam / oii.OII_MEAN - 1)
     assert vet.veto_interloper and vet.detail["interloper"]["oiii_5007"].get("holds") == 1.0
 
@@ -143,8 +146,16 @@ def test_clean_realisations_have_no_candidate_and_the_emission_galaxy_none(clean
     m = np.vstack([m, agn[2][None]])
     z = np.append(z, agn[3])
     h = oii.search(FULL.wave, f, iv, m, z)
-    c = Candidates(row=h.row, pixel=h.pixel, snr=h.snr, prob=np.full(len(h), np.nan), best=h.best,
-                   family="oii", wavelength=h.wavelength, z_source=h.z)
+    c = Candidates(
+        row=h.row,
+        pixel=h.pixel,
+        snr=h.snr,
+        prob=np.full(len(h), np.nan),
+        best=h.best,
+        family="oii",
+        wavelength=h.wavelength,
+        z_source=h.z,
+    )
     rows = characterise_oii(c, np.arange(len(z)), f, iv, m, z)
     assert all(r.values["line"] == "oii" for r in rows)
     assert not [r for r in rows if is_candidate(r.values)]

@@ -26,8 +26,11 @@ SDSS = sorted((DATA / "sdss").glob("spec-*.fits"))
 @pytest.fixture(scope="module")
 def packed():
     """Two SDSS spec files (with a pipeline model) and the DESI coadd (without), packed."""
-    spectra = [*read_spectra(SDSS[0]), *read_spectra(SDSS[1]),
-               *read_spectra(DATA / "desi" / "coadd-4-80613-thru20210324.fits")]
+    spectra = [
+        *read_spectra(SDSS[0]),
+        *read_spectra(SDSS[1]),
+        *read_spectra(DATA / "desi" / "coadd-4-80613-thru20210324.fits"),
+    ]
     rows, full = pack_spectra(spectra)
     return spectra, rows, full
 
@@ -109,8 +112,9 @@ def _old_store(path: Path, n: int = 3) -> None:
     """A store as written before full-range packing (window + 4900-8850 A veto datasets)."""
     rng = np.random.default_rng(3)
     with h5py.File(path, "w") as fh:
-        fh.attrs.update({"window_k0": WINDOW.k0, "window_n": WINDOW.n, "veto_k0": VETO.k0, "veto_n": VETO.n,
-                         "dlog": WINDOW.dlog})
+        fh.attrs.update(
+            {"window_k0": WINDOW.k0, "window_n": WINDOW.n, "veto_k0": VETO.k0, "veto_n": VETO.n, "dlog": WINDOW.dlog}
+        )
         for name in ("flux", "ivar", "continuum", "sky"):
             fh[name] = rng.normal(size=(n, WINDOW.n)).astype("f4")
         for name in ("veto_flux", "veto_ivar", "veto_continuum"):
@@ -180,7 +184,7 @@ def test_full_range_masks():
     sky = sky_line_mask(FULL.wave, full_range=True, half_width_px=2)
     for c in FULL_SKY_LINES:  # every pixel within 2 pixel widths of each line (Na D 5890/5896 overlap)
         i = int(np.argmin(np.abs(FULL.wave - c)))
-        assert sky[i - 1:i + 2].all() and sky[i - 2] | sky[i + 2]
+        assert sky[i - 1 : i + 2].all() and sky[i - 2] | sky[i + 2]
     assert 3 * len(FULL_SKY_LINES) <= sky.sum() <= 5 * len(FULL_SKY_LINES)
     assert sky[np.argmin(np.abs(FULL.wave - 6302.05))]  # [O I] 6300 (vacuum 6302)
     assert not sky_line_mask(FULL.wave)[np.argmin(np.abs(FULL.wave - 6302.05))]

@@ -122,8 +122,7 @@ def _dr18_copy(src: Path, dst: Path) -> None:
     """UPPERCASE columns, SPECOBJ renamed SPALL and put before COADD, lower-case EXTNAME for COADD."""
     with fits.open(src) as h:
         coadd, obj = h["COADD"], h["SPECOBJ"]
-        cols = [fits.Column(name=c.name.upper(), format=c.format, array=coadd.data[c.name])
-                for c in coadd.columns]
+        cols = [fits.Column(name=c.name.upper(), format=c.format, array=coadd.data[c.name]) for c in coadd.columns]
         new_coadd = fits.BinTableHDU.from_columns(cols)
         new_coadd.header["EXTNAME"] = "coadd"
         new_obj = fits.BinTableHDU(data=obj.data, header=obj.header)
@@ -197,24 +196,36 @@ def test_spplate_full_format_and_spzbest(tmp_path: Path) -> None:
     andmask[3, 1000] = 1 << SPPIXMASK_BITS["NODATA"]
     andmask[3, 1001] = 1 << SPPIXMASK_BITS["PARTIALREJECT"]
     fiberid = np.arange(101, 101 + nfib, dtype=np.int32)
-    plug = fits.BinTableHDU.from_columns([
-        fits.Column(name="OBJTYPE", format="10A", array=np.array(["GALAXY"] * nfib)),
-        fits.Column(name="RA", format="D", array=np.linspace(236.0, 237.0, nfib)),
-        fits.Column(name="DEC", format="D", array=np.linspace(1.0, 2.0, nfib)),
-        fits.Column(name="FIBERID", format="J", array=fiberid)])
-    hdus = [fits.PrimaryHDU(flux, header=hdr), fits.ImageHDU(ivar), fits.ImageHDU(andmask),
-            fits.ImageHDU(np.zeros_like(andmask)), fits.ImageHDU(np.ones_like(flux)), plug,
-            fits.ImageHDU(np.full(flux.shape, 7.0, dtype=np.float32))]
+    plug = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="OBJTYPE", format="10A", array=np.array(["GALAXY"] * nfib)),
+            fits.Column(name="RA", format="D", array=np.linspace(236.0, 237.0, nfib)),
+            fits.Column(name="DEC", format="D", array=np.linspace(1.0, 2.0, nfib)),
+            fits.Column(name="FIBERID", format="J", array=fiberid),
+        ]
+    )
+    hdus = [
+        fits.PrimaryHDU(flux, header=hdr),
+        fits.ImageHDU(ivar),
+        fits.ImageHDU(andmask),
+        fits.ImageHDU(np.zeros_like(andmask)),
+        fits.ImageHDU(np.ones_like(flux)),
+        plug,
+        fits.ImageHDU(np.full(flux.shape, 7.0, dtype=np.float32)),
+    ]
     plate = tmp_path / "spPlate-4055-55359.fits"
     fits.HDUList(hdus).writeto(plate)
     order = fiberid[::-1]  # spZbest rows in another order: matched by FIBERID
-    zb = fits.BinTableHDU.from_columns([
-        fits.Column(name="FIBERID", format="J", array=order),
-        fits.Column(name="Z", format="E", array=(order - 100) * 0.01),
-        fits.Column(name="Z_ERR", format="E", array=np.full(nfib, 1e-4)),
-        fits.Column(name="CLASS", format="6A", array=np.array(["GALAXY"] * nfib)),
-        fits.Column(name="SUBCLASS", format="21A", array=np.array([""] * nfib)),
-        fits.Column(name="ZWARNING", format="J", array=np.zeros(nfib, dtype=np.int32))])
+    zb = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="FIBERID", format="J", array=order),
+            fits.Column(name="Z", format="E", array=(order - 100) * 0.01),
+            fits.Column(name="Z_ERR", format="E", array=np.full(nfib, 1e-4)),
+            fits.Column(name="CLASS", format="6A", array=np.array(["GALAXY"] * nfib)),
+            fits.Column(name="SUBCLASS", format="21A", array=np.array([""] * nfib)),
+            fits.Column(name="ZWARNING", format="J", array=np.zeros(nfib, dtype=np.int32)),
+        ]
+    )
     model = np.tile(np.arange(nfib, dtype=np.float32)[:, None], (1, npix))
     fits.HDUList([fits.PrimaryHDU(), zb, fits.ImageHDU(model)]).writeto(tmp_path / "spZbest-4055-55359.fits")
 
@@ -340,7 +351,8 @@ def test_iter_spectrum_files_skips_companions_and_other_fits(tmp_path: Path) -> 
     (tmp_path / "notes.txt").write_text("not a spectrum")
     (tmp_path / "broken.fits").write_text("not FITS either")
     fits.BinTableHDU.from_columns([fits.Column(name="RA", format="D", array=[1.0])]).writeto(
-        tmp_path / "tractor-1.fits")
+        tmp_path / "tractor-1.fits"
+    )
     sub = tmp_path / "sub"
     sub.mkdir()
     shutil.copy(COADD, sub / COADD.name)
@@ -397,10 +409,10 @@ def test_missing_hdu_and_columns(tmp_path: Path) -> None:
     no_flux = tmp_path / "noflux.fits"
     with fits.open(SPEC_0403) as h:
         c = h["COADD"]
-        cols = [fits.Column(name=x.name, format=x.format, array=c.data[x.name])
-                for x in c.columns if x.name != "flux"]
-        fits.HDUList([fits.PrimaryHDU(header=h[0].header),
-                      fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(no_flux)
+        cols = [fits.Column(name=x.name, format=x.format, array=c.data[x.name]) for x in c.columns if x.name != "flux"]
+        fits.HDUList([fits.PrimaryHDU(header=h[0].header), fits.BinTableHDU.from_columns(cols, name="COADD")]).writeto(
+            no_flux
+        )
     with pytest.raises(SpectrumReadError) as exc:
         read_spectra(no_flux)
     _one_line_error(exc, no_flux, "missing column flux", "COADD")
@@ -578,8 +590,9 @@ def test_desi_redrock_model_matches_flux_made_from_it(tmp_path: Path) -> None:
 def test_desi_ten_term_redrock_fit_falls_back_with_a_note() -> None:
     (s,) = read_spectra(COADD)
     assert s.model is None and s.meta["model_source"] is None and "model_template" not in s.meta
-    assert s.meta["model_note"] == ("redrock COEFF has 10 terms; available GALAXY templates have 5 "
-                                    "(set LENSCAT_REDROCK_TEMPLATES)")
+    assert s.meta["model_note"] == (
+        "redrock COEFF has 10 terms; available GALAXY templates have 5 (set LENSCAT_REDROCK_TEMPLATES)"
+    )
     (e, *_) = read_spectra(COADD_EDGE)
     assert e.model is None and e.meta["model_note"] == "no redrock/zbest file next to the coadd"
 
@@ -625,7 +638,8 @@ def test_user_template_directory_setting(tmp_path: Path, monkeypatch: pytest.Mon
         get_settings.cache_clear()
         (s,) = read_spectra(COADD)
         assert s.model is None and s.meta["model_note"] == (
-            "redrock used GALAXY template version 2.6; available versions 9.9 (set LENSCAT_REDROCK_TEMPLATES)")
+            "redrock used GALAXY template version 2.6; available versions 9.9 (set LENSCAT_REDROCK_TEMPLATES)"
+        )
         monkeypatch.setenv("LENSCAT_REDROCK_TEMPLATES", str(tmp_path / "missing"))
         get_settings.cache_clear()
         with pytest.raises(LenscatError, match="redrock template directory does not exist"):
@@ -652,7 +666,8 @@ def test_select_template_rules() -> None:
     assert select_template(ts, "GALAXY", "", c, None)[0] is ts[0]
     assert select_template(ts, "GALAXY", "", np.arange(1.0, 11.0), None)[0] is ts[1]
     t, why = select_template(ts, "STAR", "M", c, 5)
-    assert t is None and why == ("no redrock STAR:::M template available (have GALAXY, QSO:::HIZ, "
-                                 "STAR:::K; set LENSCAT_REDROCK_TEMPLATES)")
+    assert t is None and why == (
+        "no redrock STAR:::M template available (have GALAXY, QSO:::HIZ, STAR:::K; set LENSCAT_REDROCK_TEMPLATES)"
+    )
     t, why = select_template(ts, "GALAXY", "", np.zeros(10), 5)
     assert t is None and why == "redrock row has no usable COEFF"

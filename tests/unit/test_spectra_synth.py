@@ -81,8 +81,7 @@ def test_priors_respected():
     # the stated peak is the continuous profile's peak
     i = 0
     fine = np.linspace(d["centre"][i] - 30, d["centre"][i] + 30, 60001)
-    p = lya_profile(fine, d["centre"][i], d["line_flux"][i], d["fwhm_kms"][i], d["skew"][i],
-                    integrate=False)
+    p = lya_profile(fine, d["centre"][i], d["line_flux"][i], d["fwhm_kms"][i], d["skew"][i], integrate=False)
     assert p.max() == pytest.approx(d["peak"][i], rel=1e-3)
 
 
@@ -133,8 +132,9 @@ def test_lines_in_truth():
     s = make_training_set(800, seed=4, sky_residual=0.0)
     pos = np.flatnonzero(s.labels == 1)
     line = s.truth[pos] - s.galaxy[pos]
-    expect = lya_profile(s.wave, s.line["centre"][pos], s.line["line_flux"][pos],
-                         s.line["fwhm_kms"][pos], s.line["skew"][pos])
+    expect = lya_profile(
+        s.wave, s.line["centre"][pos], s.line["line_flux"][pos], s.line["fwhm_kms"][pos], s.line["skew"][pos]
+    )
     assert np.allclose(line, expect, atol=1e-4 * float(np.max(s.galaxy)))
     assert np.all(np.abs(np.argmax(line, axis=1) - s.line_pixel[pos]) <= 1)
     neg = s.labels == 0
@@ -178,12 +178,18 @@ def test_inject_lines():
 def test_matched_priors_reach_the_drawn_matched_snr_exactly():
     from lenscat.spectra.synth import matched_snr
 
-    s = make_training_set(600, seed=9, priors="matched", positive_fraction=0.25,
-                          line_priors={"snr_range": (4.0, 15.0), "bright_fraction": 0.0})
+    s = make_training_set(
+        600,
+        seed=9,
+        priors="matched",
+        positive_fraction=0.25,
+        line_priors={"snr_range": (4.0, 15.0), "bright_fraction": 0.0},
+    )
     pos = np.flatnonzero(s.labels == 1)
     assert len(pos) == 150 and s.meta["priors"] == "matched"
-    line = lya_profile(s.wave, s.line["centre"][pos], s.line["line_flux"][pos],
-                       s.line["fwhm_kms"][pos], s.line["skew"][pos])
+    line = lya_profile(
+        s.wave, s.line["centre"][pos], s.line["line_flux"][pos], s.line["fwhm_kms"][pos], s.line["skew"][pos]
+    )
     # the optimal-filter S/N of the line against the spectrum's own final ivar (masks and the
     # line's photon noise included) is the drawn one
     got = matched_snr(line, s.ivar[pos])
@@ -193,14 +199,16 @@ def test_matched_priors_reach_the_drawn_matched_snr_exactly():
     # the stated peak is the continuous profile's
     i = int(pos[0])
     fine = np.linspace(s.line["centre"][i] - 30, s.line["centre"][i] + 30, 60001)
-    p = lya_profile(fine, s.line["centre"][i], s.line["line_flux"][i], s.line["fwhm_kms"][i],
-                    s.line["skew"][i], integrate=False)
+    p = lya_profile(
+        fine, s.line["centre"][i], s.line["line_flux"][i], s.line["fwhm_kms"][i], s.line["skew"][i], integrate=False
+    )
     assert p.max() == pytest.approx(s.line["peak"][i], rel=1e-3)
     # Li et al.'s priors record the matched S/N too
     li = make_training_set(300, seed=9, positive_fraction=0.25)
     lp = np.flatnonzero(li.labels == 1)
-    ll = lya_profile(li.wave, li.line["centre"][lp], li.line["line_flux"][lp], li.line["fwhm_kms"][lp],
-                     li.line["skew"][lp])
+    ll = lya_profile(
+        li.wave, li.line["centre"][lp], li.line["line_flux"][lp], li.line["fwhm_kms"][lp], li.line["skew"][lp]
+    )
     assert np.allclose(matched_snr(ll, li.ivar[lp]), li.line["snr_matched"][lp], rtol=1e-5)
 
 
@@ -232,8 +240,9 @@ def test_blocks_concatenate_to_the_whole_set(monkeypatch):
     assert [len(b) for b in blocks] == [256, 256, 88] and blocks[1].meta["start"] == 256
     for k in ("flux", "ivar", "continuum", "z", "labels", "line_pixel"):
         assert np.array_equal(np.concatenate([getattr(b, k) for b in blocks]), getattr(whole, k))
-    assert np.array_equal(np.concatenate([b.line["line_flux"] for b in blocks]), whole.line["line_flux"],
-                          equal_nan=True)
+    assert np.array_equal(
+        np.concatenate([b.line["line_flux"] for b in blocks]), whole.line["line_flux"], equal_nan=True
+    )
     assert whole.truth is None and blocks[0].truth is None
 
 

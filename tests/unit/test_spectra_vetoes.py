@@ -45,19 +45,32 @@ def real() -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nd
     iv_w, (f_w, m_w) = to_grid(s.wave, s.flux, s.model, ivar=s.ivar, grid=WINDOW)
     iv_r, (f_r, m_r) = to_grid(s.wave, s.flux, s.model, ivar=s.ivar, grid=RED)
     assert f_w is not None and m_w is not None and f_r is not None and m_r is not None and s.z is not None
-    return (float(s.z), f_w.astype(float), iv_w.astype(float), m_w.astype(float), f_r.astype(float),
-            iv_r.astype(float), m_r.astype(float))
+    return (
+        float(s.z),
+        f_w.astype(float),
+        iv_w.astype(float),
+        m_w.astype(float),
+        f_r.astype(float),
+        iv_r.astype(float),
+        m_r.astype(float),
+    )
 
 
 def gaussian_spectrum(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     cont, cont_r = np.full(W.size, 3.0), np.full(RED.n, 3.0)
-    return (cont + rng.normal(size=W.size), np.ones(W.size), cont,
-            cont_r + rng.normal(size=RED.n), np.ones(RED.n), cont_r)
+    return (
+        cont + rng.normal(size=W.size),
+        np.ones(W.size),
+        cont,
+        cont_r + rng.normal(size=RED.n),
+        np.ones(RED.n),
+        cont_r,
+    )
 
 
 def matched(line: np.ndarray, ivar: np.ndarray, snr: float) -> np.ndarray:
     """``line`` scaled to matched-filter S/N ``snr``."""
-    return line * snr / np.sqrt(np.sum(line ** 2 * ivar))
+    return line * snr / np.sqrt(np.sum(line**2 * ivar))
 
 
 def red_tailed_rates(source: str, n: int, seed: int) -> tuple[int, int, int]:
@@ -145,8 +158,18 @@ def test_skew_test_scales_by_reduced_chi2():
 
 def test_skew_test_degenerate_and_json():
     assert not skew_test(W, np.zeros(W.size), np.zeros(W.size), np.zeros(W.size), LineFit()).ok
-    v = lya_vetoes(W, np.zeros(W.size), np.zeros(W.size), np.zeros(W.size), LineFit(), RED.wave,
-                   np.zeros(RED.n), np.zeros(RED.n), np.zeros(RED.n), z_lens=float("nan"))
+    v = lya_vetoes(
+        W,
+        np.zeros(W.size),
+        np.zeros(W.size),
+        np.zeros(W.size),
+        LineFit(),
+        RED.wave,
+        np.zeros(RED.n),
+        np.zeros(RED.n),
+        np.zeros(RED.n),
+        z_lens=float("nan"),
+    )
     assert not v.veto_skew and not v.veto_oii
     flux, ivar, cont, rf, riv, rc, fit = _line_at(12.0, 2.0, 300.0, 9)
     v = lya_vetoes(W, flux, ivar, cont, fit, RED.wave, rf, riv, rc, z_lens=None)
@@ -181,7 +204,7 @@ def test_oii_interloper_with_companions_on_real_spectrum():
     z_lens, f_w, iv_w, m_w, f_r, iv_r, m_r = real()
     z = 0.2  # [OII] at 4474 A, [OIII] 5008 at 6010 A, Halpha at 7878 A; clear of the lens's lines
     dbl = _oii(W, z, 1.0, 80.0)
-    scale = 15.0 / np.sqrt(np.sum(dbl ** 2 * iv_w))  # doublet at matched S/N 15
+    scale = 15.0 / np.sqrt(np.sum(dbl**2 * iv_w))  # doublet at matched S/N 15
     flux = f_w + scale * dbl
     red = f_r + scale * (_oii(RED.wave, z, 1.0, 80.0) + _companions(RED.wave, z, 1.0, 80.0))
     lam = OII_DOUBLET[1] * (1 + z)
@@ -192,8 +215,10 @@ def test_oii_interloper_with_companions_on_real_spectrum():
     assert v.oii.z_oii == pytest.approx(z, abs=3e-4) and v.oii.n_covered == 5
     assert v.oii.companion_snr["oiii_5008"] >= 3.0 and v.oii.companion_joint >= 4.0
     # the same red spectrum without companions, and with them 100 A off, gives no companion veto
-    for red2 in (f_r + scale * _oii(RED.wave, z, 1.0, 80.0),
-                 f_r + scale * _companions(RED.wave, z, 1.0, 80.0, shift=100.0)):
+    for red2 in (
+        f_r + scale * _oii(RED.wave, z, 1.0, 80.0),
+        f_r + scale * _companions(RED.wave, z, 1.0, 80.0, shift=100.0),
+    ):
         t = oii_interloper_test(fit.wavelength, fit, W, flux, iv_w, m_w, RED.wave, red2, iv_r, m_r, z_lens=z_lens)
         assert not t.companions
 
@@ -234,10 +259,15 @@ def test_analytic_jacobian_matches_numerical():
     from lenscat.spectra.linefit import _skew_jac, _Win, skew_normal_profile
 
     x = np.linspace(4380.0, 4420.0, 50)
-    w = _Win(x=x, r=np.zeros(x.size), sw=np.linspace(0.5, 2.0, x.size), u=(x - 4400.0) / 20.0, lam0=4400.0,
-             hw=20.0, dpx=0.9)
+    w = _Win(
+        x=x, r=np.zeros(x.size), sw=np.linspace(0.5, 2.0, x.size), u=(x - 4400.0) / 20.0, lam0=4400.0, hw=20.0, dpx=0.9
+    )
     for q in (np.array([10.0, 4399.0, 3.0, 2.5, 0.3, -0.1]), np.array([4.0, 4401.0, 1.2, -3.0, 0.0, 0.2])):
         num = approx_derivative(
-            lambda p: (skew_normal_profile(x, p[0], p[1], p[2], p[3]) + p[4] + p[5] * w.u) * w.sw, q, method="3-point", abs_step=1e-6)
+            lambda p: (skew_normal_profile(x, p[0], p[1], p[2], p[3]) + p[4] + p[5] * w.u) * w.sw,
+            q,
+            method="3-point",
+            abs_step=1e-6,
+        )
         err = np.abs(_skew_jac(w, q) - num).max(axis=0)
         assert np.all(err <= 1e-5 * np.abs(num).max(axis=0) + 1e-12)

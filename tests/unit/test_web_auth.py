@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lenscat.cli_web import is_loopback
-from lenscat.grading import hash_password, parse_grade, verify_password
+from lenscat.cli.web import is_loopback
+from lenscat.grading.grades import hash_password, parse_grade, verify_password
 from lenscat.web.app import public_message
 from lenscat.web.auth import (
     csrf_ok,
@@ -39,8 +39,10 @@ def test_csrf_and_password_checks():
 
 
 def test_error_messages_lose_absolute_paths_but_keep_base_names():
-    msg = ("/home/alice/surveys/south_000.h5: cutout file not found (if the data moved: "
-           "`lenscat db relocate OLD_DIR NEW_DIR`)")
+    msg = (
+        "/home/alice/surveys/south_000.h5: cutout file not found (if the data moved: "
+        "`lenscat db relocate OLD_DIR NEW_DIR`)"
+    )
     out = public_message(msg)
     assert out.startswith("south_000.h5: cutout file not found") and "/home" not in out and "alice" not in out
     assert public_message("cannot read '/var/lib/lenscat/models/enc.pt' (row 3)") == "cannot read 'enc.pt' (row 3)"

@@ -1,0 +1,1 @@
+"""Lens classifiers: labels, training, versions, scores, ensembles, top-N ranking and evaluation."""

@@ -1,0 +1,5 @@
+"""``python -m lenscat.cli``."""
+
+from lenscat.cli.main import main
+
+main()

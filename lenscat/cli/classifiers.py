@@ -1,0 +1,680 @@
+"""Command line for labels, classifiers, scores, top-N selection, evaluation and re-processing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lenscat.cli.common import FORMAT_OPTION, RESTART_OPTION, _err, parse_origins
+from lenscat.db.migrate import ensure_schema
+from lenscat.errors import LenscatError
+from lenscat.io.output import write_rows, write_table
+
+
+# ------------------------------------------------------------------------------------ labels
+@click.group("labels")
+def labels() -> None:
+    """Lens / non-lens labels: from literature cross-matches, tables, simulation truth."""
+
+
+@labels.command("from-crossmatch")
+@click.option("--catalog", required=True, help="Literature catalogue whose cross-matched lenses become positives.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def labels_from_crossmatch_cmd(catalog: str, as_json: bool) -> None:
+    """Positive labels for the nearest source of every lens of a cross-matched literature catalogue."""
+    from lenscat.classifiers.labels import labels_from_crossmatch
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        summary = labels_from_crossmatch(catalog, session=s)
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    else:
+        click.echo(
+            f"{catalog}: {summary.n_positive} lens labels ({summary.n_written} written or changed, "
+            f"{summary.n_removed} removed as no longer matched)"
+        )
+
+
+@labels.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--label-col",
+    default="label",
+    show_default=True,
+    help="Column with the label (1/0, true/false, yes/no, lens/non-lens, A/B/C = lens).",
+)
+@click.option("--survey", default=None, help="Match rows by (survey, object id) instead of position.")
+@click.option("--id-col", default=None, help="Object id column for --survey (default objid).")
+@click.option("--ra-col", default=None, help="RA column [deg] for matching by position.")
+@click.option("--dec-col", default=None, help="Dec column [deg] for matching by position.")
+@click.option("--radius", default="2arcsec", show_default=True, help="Match radius for positions.")
+@click.option(
+    "--origin",
+    type=click.Choice(["import", "simulation"]),
+    default="import",
+    show_default=True,
+    help="'simulation' for the truth table of a simulated survey.",
+)
+@click.option("--provenance", default=None, help="Label set name (default: file name and sha256).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def labels_import_cmd(
+    path: Path,
+    label_col: str,
+    survey: str | None,
+    id_col: str | None,
+    ra_col: str | None,
+    dec_col: str | None,
+    radius: str,
+    origin: str,
+    provenance: str | None,
+    as_json: bool,
+) -> None:
+    """Labels from a table with (ra, dec) or (survey, objid) and a label column; re-importing updates."""
+    from lenscat.classifiers.labels import import_labels
+    from lenscat.db.session import session_scope
+    from lenscat.sky.coords import parse_angle_quantity
+
+    ensure_schema()
+    with session_scope() as s:
+        summary = import_labels(
+            path,
+            label_col=label_col,
+            survey=survey,
+            id_col=id_col,
+            ra_col=ra_col,
+            dec_col=dec_col,
+            radius=parse_angle_quantity(radius),
+            origin=origin,
+            provenance=provenance,
+            session=s,
+        )
+    for row, why in summary.rejects[:20]:
+        _err(f"{path}: row {row}: {why}; row rejected")
+    if len(summary.rejects) > 20:
+        _err(f"{path}: ... and {len(summary.rejects) - 20} more rejected rows")
+    if as_json:
+        click.echo(json.dumps(summary.as_dict()))
+    else:
+        click.echo(
+            f"{path}: {summary.n_rows} rows, {summary.n_positive} lenses and {summary.n_negative} non-lenses "
+            f"labelled as {origin} '{summary.provenance}' ({summary.n_written} written or changed, "
+            f"{len(summary.rejects)} rejected)"
+        )
+
+
+@labels.command("list")
+@FORMAT_OPTION
+def labels_list_cmd(fmt: str) -> None:
+    """Label sets: origin, provenance, number of lenses and non-lenses."""
+    from lenscat.classifiers.labels import label_counts
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        rows = label_counts(session=s)
+    cols = ["origin", "provenance", "positive", "negative", "updated_at"]
+    write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
+
+
+# -------------------------------------------------------------------------------- classifier
+@click.group("classifier")
+def classifier() -> None:
+    """Lens classifiers (versioned): train, combine (ensemble), anomaly scores, score, evaluate, list."""
+
+
+@classifier.command("train")
+@click.option("--name", required=True, help="Classifier name; a new checkpoint becomes its next version.")
+@click.option(
+    "--encoder",
+    "encoder_name",
+    default=None,
+    help="Encoder (NAME or NAME@VERSION) whose embeddings the linear probe reads / that is fine-tuned.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["cnn", "linear", "finetune", "radial"]),
+    default=None,
+    help="cnn (the default without --encoder): the few-label CNN recipe from scratch on the cutouts, every "
+    "non-lens used, lenses oversampled with augmentations, early stopping on the validation split, "
+    "8-view scores: the recipe measured best with few labels (150 labelled lenses + 1,500 injections, "
+    "tested on a survey from an independent simulator: AUC 0.987, TPR10 0.73, against 0.863 for the "
+    "radial baseline, 0.881 for a linear probe, 0.945 for their rank ensemble and 0.751 for the "
+    "previous CNN settings; see docs/benchmarks.md); linear (the default with --encoder): logistic regression on the encoder's "
+    "embeddings; finetune: encoder + head on images (GPU); radial: the 36-number radial "
+    "colour-profile baseline (12 annuli x 3 bands) + logistic regression.",
+)
+@click.option(
+    "--hard-negatives",
+    "hard_negatives",
+    multiple=True,
+    metavar="CLASSIFIER|human",
+    help="Oversample hard negatives (repeatable; cnn and radial): the top --hard-negative-top training "
+    "non-lenses by a classifier's scores, or 'human': every training non-lens a grader called not a "
+    "lens. Each is drawn --hard-negative-weight times per epoch.",
+)
+@click.option(
+    "--hard-negative-top",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Hard negatives taken from each classifier named by --hard-negatives.",
+)
+@click.option(
+    "--hard-negative-weight",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Times each hard negative is drawn per epoch (every other negative: once).",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(["cpu", "gpu", "legacy"]),
+    default=None,
+    help="CNN recipe: cpu (64-px crop, batches of 64; 6,000 cutouts in ~6 minutes on 2 cores) or gpu "
+    "(wider network, 80-px crop, batches of 512, autocast; for 10^5-10^6 cutouts; default on CUDA); "
+    "legacy: the settings before the recipe (ratio 100, lenses 5 %, 96-px crop, no early stopping), "
+    "for comparisons.",
+)
+@click.option("--survey", "surveys", multiple=True, help="Train on this survey's sources (repeatable; default all).")
+@click.option(
+    "--labels",
+    "origins",
+    multiple=True,
+    help="Label origins to use: literature, simulation, import, human, injection (comma-separated; default all).",
+)
+@click.option(
+    "--ratio",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Non-lenses per lens in training (default: every non-lens for cnn and radial; 4000 linear, as "
+    "Stein et al.; 100 finetune).",
+)
+@click.option(
+    "--val-ratio",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10000,
+    show_default=True,
+    help="Non-lenses per lens in the validation split (a realistic survey imbalance; cnn and radial: at "
+    "most --val-fraction of the non-lenses).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Fraction of the lenses held out for validation (epoch choice).",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Fraction of the lenses used neither to train nor to validate (left for `evaluate`; 0 when "
+    "evaluating on another survey).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="L-BFGS epochs (default 30) or image epochs (default: cnn at most 30, finetune 3).",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="cnn: stop after this many epochs without a better validation average precision (default 6).",
+)
+@click.option("--l2", type=click.FloatRange(min=0), default=None, help="L2 penalty (default 1e-4 linear, 1e-3 radial).")
+@click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
+@click.option("--focal-gamma", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option(
+    "--top-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validation top N that picks the epoch (default: the number of validation lenses).",
+)
+@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="Images per batch (default 64).")
+@click.option(
+    "--lr", type=float, default=None, help="Learning rate of the head (images; default cnn 2e-3, finetune 1e-3)."
+)
+@click.option(
+    "--lens-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Lenses oversampled to this share of each image batch (default cnn 0.25; finetune 0.05, as Stein et al.).",
+)
+@click.option(
+    "--crop",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Centre crop the image network sees [px] (default: cnn 64, else the encoder's, else 96).",
+)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop image training after this many steps."
+)
+@click.option("--device", default=None, help="cpu, cuda (image architectures; default CUDA when available).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@RESTART_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+def classifier_train_cmd(
+    name: str,
+    encoder_name: str | None,
+    arch: str | None,
+    recipe: str | None,
+    surveys: tuple[str, ...],
+    origins: tuple[str, ...],
+    ratio: float | None,
+    val_ratio: float,
+    val_fraction: float,
+    test_fraction: float,
+    epochs: int | None,
+    patience: int | None,
+    l2: float | None,
+    loss: str,
+    focal_gamma: float,
+    class_weight: str,
+    top_n: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    lens_fraction: float | None,
+    crop: int | None,
+    max_steps: int | None,
+    device: str | None,
+    seed: int,
+    restart: bool,
+    as_json: bool,
+    hard_negatives: tuple[str, ...] = (),
+    hard_negative_top: int = 200,
+    hard_negative_weight: int = 3,
+) -> None:
+    """Train a lens classifier and register it as a new version (same inputs: no new version).
+
+    Without --arch and --encoder: the few-label CNN recipe (see --arch). The image architectures
+    (finetune, cnn) save their training state every epoch, every 10 minutes and on Ctrl-C; the
+    same command resumes an interrupted run.
+    """
+    from lenscat.classifiers.classifier import (
+        train_image_classifier_version,
+        train_linear_classifier,
+        train_radial_classifier,
+    )
+    from lenscat.db.session import session_scope
+
+    if arch is None:
+        arch = "linear" if encoder_name else "cnn"
+    hard: dict[str, Any] = {
+        "hard_negatives": list(hard_negatives) or None,
+        "hard_negative_top": hard_negative_top,
+        "hard_negative_weight": hard_negative_weight,
+    }
+    if hard_negatives and arch not in ("cnn", "radial"):
+        raise LenscatError(f"--hard-negatives applies to --arch cnn and radial, not {arch}")
+    ensure_schema()
+    with session_scope() as s:
+        if arch == "linear":
+            if not encoder_name:
+                raise LenscatError("--arch linear needs --encoder (the embeddings it is trained on)")
+            res = train_linear_classifier(
+                name,
+                encoder_name,
+                session=s,
+                surveys=list(surveys) or None,
+                ratio=ratio or 4000,
+                val_ratio=val_ratio,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                origins=parse_origins(origins),
+                epochs=epochs or 30,
+                l2=1e-4 if l2 is None else l2,
+                loss=loss,
+                focal_gamma=focal_gamma,
+                class_weight=class_weight,
+                top_n=top_n,
+                seed=seed,
+                progress=not as_json,
+            )
+        elif arch == "radial":
+            res = train_radial_classifier(
+                name,
+                session=s,
+                surveys=list(surveys) or None,
+                ratio=ratio,
+                val_ratio=val_ratio,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                origins=parse_origins(origins),
+                epochs=epochs or 30,
+                l2=1e-3 if l2 is None else l2,
+                seed=seed,
+                progress=not as_json,
+                **hard,
+            )
+        else:
+            res = train_image_classifier_version(
+                name,
+                arch=arch,
+                session=s,
+                encoder=encoder_name,
+                surveys=list(surveys) or None,
+                ratio=ratio,
+                val_ratio=val_ratio,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                origins=parse_origins(origins),
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                lens_fraction=lens_fraction,
+                crop=crop,
+                max_steps=max_steps,
+                device=device,
+                seed=seed,
+                progress=not as_json,
+                resume=not restart,
+                recipe=recipe,
+                patience=patience,
+                **hard,
+            )
+    for note in res.report.get("notes", []):
+        _err(f"lenscat: note: {note}")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in res.report.items() if k != "history"}, default=str))
+        return
+    r = res.report
+    state = "registered" if res.created else "already registered (same checkpoint)"
+    kept = ""
+    if "epoch_kept" in r:
+        kept = f"; kept epoch {r['epoch_kept']}, {int(r.get('val_top_n_hits', 0))} validation lenses in the top N"
+    elif "best_epoch" in r:
+        kept = (
+            f"; kept epoch {r['best_epoch']} of {r.get('epochs_completed')} ({r.get('stop_reason')}), "
+            f"validation AUC {r.get('val_auc')}, average precision {r.get('val_average_precision')}"
+        )
+    click.echo(
+        f"classifier {res.model.label} {state}: {r['train_lenses']} lenses : {r['train_nonlenses']} non-lenses "
+        f"(1:{r['train_ratio']:g}); validation {r['val_lenses']} : {r['val_nonlenses']} (1:{r['val_ratio']:g})" + kept
+    )
+
+
+@classifier.command("score")
+@click.option("--name", required=True, help="Classifier (NAME or NAME@VERSION).")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option(
+    "--chunk-size", type=click.IntRange(min=1), default=20_000, show_default=True, help="Sources per Celery task."
+)
+@click.option(
+    "--local-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Start this many worker processes here (default: 1 when none answers on the embedded broker).",
+)
+@click.option("--no-wait", is_flag=True, help="Submit and return; watch with `lenscat jobs show ID`.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def classifier_score_cmd(
+    name: str, surveys: tuple[str, ...], chunk_size: int, local_workers: int | None, no_wait: bool, as_json: bool
+) -> None:
+    """Score every source the classifier version has not scored yet, with Celery workers."""
+    from lenscat.classifiers.classifier import plan_score_job
+    from lenscat.db.session import session_scope
+    from lenscat.jobs.service import pending_chunks, submit_and_wait
+
+    ensure_schema()
+    from lenscat.classifiers.ensemble import MissingMemberScores
+    from lenscat.cli.ensemble import member_hint
+
+    try:
+        with session_scope() as s:
+            job = plan_score_job(name, surveys=list(surveys) or None, chunk_size=chunk_size, session=s)
+            chunks = pending_chunks(job.job_id, session=s)
+    except MissingMemberScores as exc:  # an ensemble whose member has not scored everything yet
+        raise member_hint(exc) from None
+    if not as_json:
+        _err(f"job {job.job_id}: {job.n_items} sources to score with {job.model.label} in {job.n_chunks} chunks")
+    state = submit_and_wait(
+        "lenscat.score_chunk",
+        job.job_id,
+        chunks,
+        wait=not no_wait,
+        local_workers=local_workers,
+        unit="src",
+        desc=f"score {job.model.label}",
+        progress=not as_json,
+    )
+    out: dict[str, Any] = {
+        "job_id": job.job_id,
+        "classifier": job.model.label,
+        "queued": job.n_items,
+        "chunks": job.n_chunks,
+    }
+    if state is not None:
+        out.update(
+            status=state.status,
+            done=state.n_done,
+            failed_chunks=state.n_chunks_failed,
+            failed_sources=state.n_items_failed,
+        )
+        if state.n_items_failed and not as_json:
+            _err(
+                f"lenscat: {state.n_items_failed} sources could not be scored and were skipped; "
+                f"reasons: `lenscat jobs show {job.job_id}`"
+            )
+        if state.status == "failed":
+            raise LenscatError(f"job {job.job_id} failed: {state.message}")
+        if job.n_items:
+            _analyze_scores()
+    click.echo(
+        json.dumps(out)
+        if as_json
+        else f"{job.model.label}: {out.get('done', 0)} of {job.n_items} sources scored (job {job.job_id})"
+    )
+
+
+def _analyze_scores() -> None:
+    """Fresh planner statistics after a bulk write, so top-N queries keep using the score index."""
+    from sqlalchemy import text
+
+    from lenscat.db.session import session_scope
+
+    with session_scope() as s:
+        s.execute(text("ANALYZE lenscat.scores"))
+
+
+@classifier.command("evaluate")
+@click.option("--name", required=True, help="Classifier (NAME or NAME@VERSION).")
+@click.option(
+    "--baseline",
+    "baselines",
+    multiple=True,
+    help="Classifier(s) evaluated on the same sources beside it, e.g. the supervised CNN "
+    "(default for an ensemble: its members).",
+)
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--labels", "origins", multiple=True, help="Label origins counted as truth (default all).")
+@click.option(
+    "--top-n",
+    "top_n",
+    default=None,
+    help="Comma-separated N for precision in the top N (default: the number of lenses, 1%, 100, 1000).",
+)
+@click.option(
+    "--plots",
+    "plots",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directory for PNG plots (precision/recall vs N, score distributions, ROC).",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def classifier_evaluate_cmd(
+    name: str,
+    baselines: tuple[str, ...],
+    surveys: tuple[str, ...],
+    origins: tuple[str, ...],
+    top_n: str | None,
+    plots: Path | None,
+    fmt: str,
+) -> None:
+    """Precision in the top N, recall vs images inspected, AUC, TPR0 and TPR10 on sources not trained on.
+
+    An ensemble is evaluated beside each of its members on the same sources (unless --baseline is given).
+    """
+    from lenscat.classifiers.evaluation import format_metrics
+    from lenscat.classifiers.ranking import evaluate_classifier
+    from lenscat.db.session import session_scope
+
+    ns = None
+    if top_n:
+        try:
+            ns = [int(x) for x in top_n.split(",") if x.strip()]
+        except ValueError as exc:
+            raise LenscatError(f"--top-n takes comma-separated integers, got {top_n!r}") from exc
+    ensure_schema()
+    with session_scope() as s:
+        if not baselines:  # an ensemble is shown beside each of its members
+            from lenscat.classifiers.ensemble import member_labels
+            from lenscat.registry.versions import get_model
+
+            model = get_model("classifier", name, session=s)
+            baselines = tuple(member_labels(model)) if model.architecture == "ensemble" else ()
+        res = evaluate_classifier(
+            name,
+            baselines=list(baselines),
+            surveys=list(surveys) or None,
+            origins=parse_origins(origins),
+            top_n=ns,
+            plots=plots,
+            session=s,
+        )
+    if fmt == "json":
+        click.echo(json.dumps(res, default=str))
+        return
+    click.echo(
+        f"evaluated on {res['n_eval']} sources ({res['n_lenses']} lenses; "
+        f"{res['excluded_training_sources']} training/validation sources left out)"
+    )
+    for label, m in res["models"].items():
+        click.echo(format_metrics(label, m))
+    for p in res.get("plots", []):
+        click.echo(f"wrote {p}")
+
+
+@classifier.command("list")
+@FORMAT_OPTION
+def classifier_list_cmd(fmt: str) -> None:
+    """Classifier versions with their encoder, training-set hash and number of scores (an ensemble: its members)."""
+    from lenscat.classifiers.classifier import CLASSIFIER_LIST_COLUMNS, list_classifiers
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        rows = list_classifiers(session=s)
+    write_rows(list(CLASSIFIER_LIST_COLUMNS), rows, fmt, sys.stdout)
+
+
+# ---------------------------------------------------------------------------------------- top
+@click.command("top")
+@click.option("--classifier", "classifier_name", required=True, help="Classifier (NAME or NAME@VERSION).")
+@click.option("-n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Rows wanted.")
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None)
+@click.option("--exclude-known", is_flag=True, help="Drop sources matched to literature lenses.")
+@click.option("--exclude-labelled", is_flag=True, help="Drop sources that already carry a label.")
+@FORMAT_OPTION
+def top_cmd(
+    classifier_name: str,
+    n: int,
+    surveys: tuple[str, ...],
+    min_score: float | None,
+    exclude_known: bool,
+    exclude_labelled: bool,
+    fmt: str,
+) -> None:
+    """The N highest-scoring sources of a classifier: the sample for human inspection."""
+    from lenscat.classifiers.ranking import top_candidates
+    from lenscat.db.session import session_scope
+
+    ensure_schema()
+    with session_scope() as s:
+        table = top_candidates(
+            classifier_name,
+            n,
+            surveys=list(surveys) or None,
+            min_score=min_score,
+            exclude_known=exclude_known,
+            exclude_labelled=exclude_labelled,
+            session=s,
+        )
+    if fmt == "table":
+        _err(f"classifier {table.meta['classifier']}: top {len(table)} of n={n}")
+    write_table(table, fmt, sys.stdout)
+
+
+# ---------------------------------------------------------------------------------- reprocess
+@click.command("reprocess")
+@click.option("--dry-run", is_flag=True, help="Report what would be queued; queue nothing.")
+@click.option("--wait", is_flag=True, help="Follow the queued jobs to their end (starts a local worker if needed).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was queued as JSON lines.")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Also queue sources whose embedding or score failed before (see `lenscat jobs show ID`).",
+)
+def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool, retry_failed: bool) -> None:
+    """Queue the embeddings, scores and spectral scans that new sources, spectra or model versions left
+    missing (as beat does).
+
+    Chunks whose worker died (no heartbeat for LENSCAT_JOB_STALL_S) are queued again. Sources that
+    failed under a model version are left out until their input changes, or with --retry-failed.
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.jobs.reprocess import build_missing_indexes, plan_reprocess, send
+    from lenscat.jobs.service import submit_and_wait
+
+    ensure_schema()
+    with session_scope() as s:
+        planned = plan_reprocess(session=s, dry_run=dry_run, retry_failed=retry_failed)
+    for p in planned:
+        if p.requeued and not as_json:
+            click.echo(
+                f"{'would queue again' if dry_run else 'queued again'} {p.n_chunks} stalled chunk(s) "
+                f"{', '.join(map(str, p.chunks))} of job {p.job_id} ({p.kind} {p.model})"
+            )
+            continue
+        click.echo(
+            json.dumps(p.as_dict())
+            if as_json
+            else f"{'would queue' if dry_run else 'queued'} {p.kind} {p.model}: {p.n_items} "
+            f"{'spectra' if p.kind == 'spectral_scan' else 'sources'} in {p.n_chunks} "
+            f"chunks" + (f" (job {p.job_id})" if p.job_id else "")
+        )
+    if not planned and not as_json:
+        click.echo("nothing to do: every latest encoder, classifier and detector version is up to date")
+    if dry_run or not planned:
+        return
+    if not wait:
+        send(planned)
+        return
+    for p in planned:  # embeddings first: their scores are planned by the next run
+        assert p.job_id is not None
+        submit_and_wait(p.task, p.job_id, p.chunks, unit="src", desc=f"{p.kind} {p.model}", progress=not as_json)
+    from lenscat.spectra.scan import refresh_idle_detectors
+
+    with session_scope() as s:
+        for label in build_missing_indexes(session=s):
+            click.echo(f"built the HNSW index of {label}")
+        refresh_idle_detectors(session=s)
+
+
+def register(cli: click.Group) -> None:
+    """Attach these commands to the top-level group."""
+    from lenscat.cli.ensemble import register as register_ensemble_commands
+
+    register_ensemble_commands(classifier)
+    for cmd in (labels, classifier, top_cmd, reprocess_cmd):
+        cli.add_command(cmd)

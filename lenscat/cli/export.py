@@ -1,0 +1,150 @@
+"""Command line for the candidate catalogue: ``lenscat export`` (files, galleries, summary by region)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lenscat.cli.common import _err
+from lenscat.db.migrate import ensure_schema
+from lenscat.errors import LenscatError
+
+
+@click.command("export")
+@click.option(
+    "--grades",
+    default="A,B",
+    show_default=True,
+    help="Consensus grades to export, comma-separated: A sure, B probable, C possible lens, N not a lens.",
+)
+@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
+@click.option(
+    "--min-votes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Only sources with at least this many (non-skip) votes.",
+)
+@click.option(
+    "--classifier",
+    default=None,
+    help="Scores and provenance from this classifier (NAME = latest version, or NAME@VERSION); "
+    "default: each source's best score over every classifier version.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["fits", "votable", "ecsv", "csv"]),
+    default=None,
+    help="File format (default from the --out extension: .fits[.gz], .vot/.xml, .ecsv, .csv).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Catalogue file to write (replaced atomically).",
+)
+@click.option(
+    "--gallery",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw the candidates as a labelled grid of RGB cutouts: a .png or a .pdf.",
+)
+@click.option("--ncols", type=click.IntRange(1, 40), default=8, show_default=True, help="Gallery panels per row.")
+@click.option(
+    "--max-images",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Gallery: draw at most this many candidates (the best first).",
+)
+@click.option(
+    "--crop",
+    "crop_arcsec",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Gallery: show the central CROP x CROP arcsec of each cutout.",
+)
+@click.option("--summary", is_flag=True, help="Print counts by consensus grade and survey region.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def export_cmd(
+    grades: str,
+    surveys: tuple[str, ...],
+    min_votes: int,
+    classifier: str | None,
+    fmt: str | None,
+    out: Path | None,
+    gallery: Path | None,
+    ncols: int,
+    max_images: int,
+    crop_arcsec: float | None,
+    summary: bool,
+    quiet: bool,
+) -> None:
+    """Export the graded candidates for follow-up (public.candidates).
+
+    Writes RA/Dec in degrees and sexagesimal, magnitudes, redshifts, grades, scores, literature
+    status, spectral hits and the provenance of every score, with units. Regions in the summary are
+    the survey's Galactic hemispheres (NGC: b >= 0, SGC: b < 0).
+    """
+    from lenscat.db.session import session_scope
+    from lenscat.export.catalogue import (
+        candidate_table,
+        export_format,
+        parse_export_grades,
+        summary_table,
+        write_candidates,
+        write_gallery,
+    )
+    from lenscat.io.output import write_table
+
+    letters = parse_export_grades(grades)
+    if out is None and gallery is None and not summary:
+        raise LenscatError("nothing to do: give --out PATH (and/or --gallery PATH.png|pdf, --summary)")
+    if out is None and fmt is not None:
+        raise LenscatError("--format needs --out PATH")
+    key = export_format(out, fmt) if out is not None else None
+    if gallery is not None and gallery.suffix.lower() not in (".png", ".pdf"):
+        raise LenscatError(f"{gallery}: a gallery is a .png or .pdf file")
+    ensure_schema()
+    with session_scope() as s:
+        table = candidate_table(
+            session=s, grades=letters, surveys=list(surveys) or None, min_votes=min_votes, classifier=classifier
+        )
+        if len(table) == 0:
+            where = f" in {', '.join(surveys)}" if surveys else ""
+            raise LenscatError(
+                f"no graded source has consensus grade {' or '.join(letters)} with at least "
+                f"{min_votes} vote(s){where}; nothing written (grade with `lenscat grade` "
+                "or the web app)"
+            )
+        drawn = None
+        if gallery is not None:
+            drawn = write_gallery(
+                table,
+                gallery,
+                session=s,
+                ncols=ncols,
+                max_images=max_images,
+                crop_arcsec=crop_arcsec,
+                progress=not quiet,
+            )
+    if out is not None:
+        path = write_candidates(table, out, key)
+        click.echo(f"wrote {len(table)} candidates (consensus grade {','.join(letters)}) to {path} ({key})")
+    if drawn is not None:
+        for line in drawn.problems[:10]:
+            _err(f"lenscat: {line}")
+        blank = f", {drawn.n_blank} without a cutout (blank panels)" if drawn.n_blank else ""
+        left = f"; {drawn.n_left_out} more not drawn (--max-images)" if drawn.n_left_out else ""
+        pages = f", {drawn.n_pages} pages" if drawn.n_pages > 1 else ""
+        click.echo(f"wrote gallery {drawn.path}: {drawn.n_panels} panels{blank}{pages}{left}")
+    if summary:
+        write_table(summary_table(table), "table", sys.stdout)
+
+
+def register(cli: click.Group) -> None:
+    """Attach ``lenscat export`` to the top-level group."""
+    cli.add_command(export_cmd)

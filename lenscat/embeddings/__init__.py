@@ -1,0 +1,1 @@
+"""Image embeddings: encoder versions, embedding jobs, pgvector storage, similarity and anomaly."""

@@ -1,0 +1,1 @@
+"""The candidate catalogue for follow-up: tables, files, galleries and summaries."""

@@ -1,0 +1,1 @@
+"""Graders and their grades: accounts, logins, append-only grades and consensus."""

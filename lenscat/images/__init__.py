@@ -1,0 +1,1 @@
+"""Image cutouts: the store, readers, resampling, colour renderings and band set-ups."""

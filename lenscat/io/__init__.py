@@ -1,0 +1,1 @@
+"""Tabular input and output at the user edge: readers, structure checks, columns, output formats."""

@@ -1,0 +1,1 @@
+"""Work done by Celery workers: chunk bookkeeping, progress, and scheduled re-processing."""

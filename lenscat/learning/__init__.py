@@ -1,0 +1,1 @@
+"""Human-in-the-loop learning: active-learning campaigns retrained on graders' verdicts."""

@@ -1,0 +1,516 @@
+"""Ingest published lens lists: the community catalogue, Stein et al.'s TSVs, SLED, any table.
+
+Layouts are recognised from their columns:
+
+``lenscat``
+    ``name, RA [deg], DEC [deg], zlens, type, grading, ref``; multi-values joined by ``' | '``;
+    ``zlens`` may be ``-``, ``measured``, ``not measured`` or several values.
+``stein2021``
+    ``ra dec source_type ebv z_spec ... [region grade]``, tab separated, ``-99`` = missing.
+``sled``
+    ``name, ra, dec, flag, score, image_sep, n_img, lens_type, source_type, z_lens, z_source, ...``
+    with ``|``-joined multi-values.
+``generic``
+    anything else, with ``--ra-col/--dec-col/--name-col`` (and optional grade/redshift columns).
+
+Each lens keeps its raw row as JSON. The natural key is (catalogue, data row number): names repeat
+within published lists (the community catalogue has 502 repeated names), positions too. A row that
+repeats an earlier one -- the same name, the same other cells, and a position within
+:data:`DUPLICATE_ARCSEC` -- is a duplicate: it is not loaded, and is recorded in ``ingest_rejects``
+as "duplicate of row K". Rows with the same name and position but other values (another redshift,
+another reference) are kept, and counted as repeats in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lenscat.catalogue import ingest_log
+from lenscat.catalogue.ingest_log import Reject
+from lenscat.db.session import raw_connection
+from lenscat.errors import InputFileError, LenscatError
+from lenscat.io.columns import angle_column
+from lenscat.io.readers import ColumnTable, read_table
+from lenscat.sky.coords import iau_name
+
+DUPLICATE_ARCSEC = 0.1
+"""Two rows of one file with the same name and cells are one lens when this close, arcsec."""
+
+MISSING_TOKENS = {"", "-", "--", "nan", "none", "null", "n/a", "na", "measured", "not measured", "?"}
+
+
+@dataclass
+class LiteratureColumns:
+    """Column choices for a literature list (None = auto/absent)."""
+
+    ra: str | None = None
+    dec: str | None = None
+    name: str | None = None
+    grade: str | None = None
+    z_lens: str | None = None
+    z_source: str | None = None
+    lens_type: str | None = None
+    source_type: str | None = None
+    refs: str | None = None
+    null_values: tuple[float, ...] = (-99.0, -999.0)
+
+    def as_options(self) -> dict[str, Any]:
+        """JSON-able form (part of the ingest's natural key)."""
+        d = dict(self.__dict__)
+        d["null_values"] = list(self.null_values)
+        return d
+
+
+LAYOUTS: dict[str, dict[str, str | None]] = {
+    "lenscat": {
+        "ra": "RA [deg]",
+        "dec": "DEC [deg]",
+        "name": "name",
+        "grade": "grading",
+        "z_lens": "zlens",
+        "z_source": None,
+        "lens_type": "type",
+        "source_type": None,
+        "refs": "ref",
+    },
+    "stein2021": {
+        "ra": "ra",
+        "dec": "dec",
+        "name": None,
+        "grade": "grade",
+        "z_lens": "z_spec",
+        "z_source": None,
+        "lens_type": None,
+        "source_type": None,
+        "refs": None,
+    },
+    "sled": {
+        "ra": "ra",
+        "dec": "dec",
+        "name": "name",
+        "grade": "flag",
+        "z_lens": "z_lens",
+        "z_source": "z_source",
+        "lens_type": "lens_type",
+        "source_type": "source_type",
+        "refs": None,
+    },
+    "generic": {
+        "ra": None,
+        "dec": None,
+        "name": None,
+        "grade": None,
+        "z_lens": None,
+        "z_source": None,
+        "lens_type": None,
+        "source_type": None,
+        "refs": None,
+    },
+}
+GENERIC_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "ra": ("ra", "ra_deg", "ra [deg]", "raj2000", "ra_icrs", "target_ra"),
+    "dec": ("dec", "dec_deg", "dec [deg]", "dej2000", "decj2000", "dec_icrs", "target_dec"),
+    "name": ("name", "sdss_name", "lens_name", "id", "system"),
+    "grade": ("grade", "grading", "quality", "flag"),
+    "z_lens": ("z_lens", "zlens", "zl", "z_l", "zlens_first"),
+    "z_source": ("z_source", "zsource", "zs", "z_s"),
+    "refs": ("refs", "ref", "reference", "references"),
+}
+
+
+def detect_layout(table: ColumnTable) -> str:
+    """Name of the recognised layout of a literature table."""
+    names = {c.lower() for c in table.columns}
+    if {"ra [deg]", "dec [deg]", "grading"} <= names:
+        return "lenscat"
+    if {"ra", "dec", "source_type", "ebv", "z_spec", "nobs_g"} <= names:
+        return "stein2021"
+    if {"name", "ra", "dec", "flag", "lens_type", "source_type", "z_lens", "z_source"} <= names:
+        return "sled"
+    return "generic"
+
+
+def _split_multi(value: str) -> list[str]:
+    return [p.strip() for p in str(value).split("|") if p.strip()]
+
+
+def first_number(value: Any, null_values: tuple[float, ...] = ()) -> float | None:
+    """First finite number in a possibly multi-valued cell (``'0.19 | 0.1965'`` -> 0.19)."""
+    if value is None or value is np.ma.masked:
+        return None
+    if isinstance(value, int | float | np.number):
+        v = float(value)
+        return None if not math.isfinite(v) or v in null_values else v
+    for part in _split_multi(str(value)):
+        if part.lower() in MISSING_TOKENS:
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            continue
+        if math.isfinite(v) and v not in null_values:
+            return v
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value is np.ma.masked:
+        return None
+    s = str(value).strip()
+    return None if s.lower() in MISSING_TOKENS else s
+
+
+def _json_value(v: Any) -> Any:
+    if v is np.ma.masked or v is None:
+        return None
+    if isinstance(v, np.floating | float):
+        return float(v) if math.isfinite(float(v)) else None
+    if isinstance(v, np.integer | np.bool_):
+        return v.item()
+    return str(v)
+
+
+@dataclass
+class PreparedLiterature:
+    """A validated literature list."""
+
+    path: Path
+    catalog: str
+    layout: str
+    sha256: str
+    options: dict[str, Any]
+    rows: list[dict[str, Any]]
+    rejects: list[Reject] = field(default_factory=list)
+    columns: dict[str, str | None] = field(default_factory=dict)
+    duplicates: list[Reject] = field(default_factory=list)
+    """Rows not loaded because they repeat an earlier row (reason "duplicate of row K ...")."""
+    repeats: int = 0
+    """Rows loaded although an earlier row has the same name and position (other values differ)."""
+
+
+def _sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular separation (haversine), arcsec."""
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
+
+
+def prepare_literature(
+    path: str | Path,
+    catalog: str,
+    columns: LiteratureColumns | None = None,
+    *,
+    format: str | None = None,
+    layout: str | None = None,
+) -> PreparedLiterature:
+    """Read and validate a lens list (no database access)."""
+    columns = columns or LiteratureColumns()
+    table = read_table(path, format=format, bad_rows="keep")
+    if table.n_rows == 0:
+        raise InputFileError(f"{table.path}: the table has no data rows")
+    layout = layout or detect_layout(table)
+    if layout not in LAYOUTS:
+        raise LenscatError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    chosen: dict[str, str | None] = {}
+    for key, default in LAYOUTS[layout].items():
+        explicit = getattr(columns, key)
+        if explicit:
+            chosen[key] = table.require(explicit, f"--{key.replace('_', '-')}-col")
+        elif default is not None and table.find([default]):
+            chosen[key] = table.find([default])
+        else:
+            chosen[key] = table.find(GENERIC_CANDIDATES.get(key, ()))
+    if chosen["ra"] is None or chosen["dec"] is None:
+        missing = "ra" if chosen["ra"] is None else "dec"
+        raise InputFileError(
+            f"{table.path}: no {missing} column found; pass --{missing}-col NAME; "
+            f"columns are: {', '.join(table.columns)}"
+        )
+    ra_col, dec_col = chosen["ra"], chosen["dec"]
+    assert ra_col is not None and dec_col is not None
+    ra, ra_bad = angle_column(table, ra_col, hours=True)
+    dec, dec_bad = angle_column(table, dec_col, hours=False)
+    # rows with more or fewer fields than the header are refused whatever their cells
+    rejects: list[Reject] = [Reject(b.row, b.column, b.value, b.reason) for b in table.bad_rows]
+    structural = {b.row - 1 for b in table.bad_rows}
+    rows: list[dict[str, Any]] = []
+    duplicates: list[Reject] = []
+    repeats = 0
+    by_content: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    by_name: dict[str, list[tuple[float, float]]] = {}
+    colnames = list(table.columns)
+    # per-column Python lists: row-wise numpy element access is slow
+    data = {}
+    for c in colnames:
+        arr = table.columns[c]
+        if arr.ndim != 1:
+            continue
+        values = np.ma.getdata(arr).tolist()
+        mask = np.ma.getmaskarray(arr).tolist()
+        data[c] = [None if m else _json_value(v) for v, m in zip(values, mask, strict=True)]
+    colnames = list(data)
+    nulls = columns.null_values
+    for i in range(table.n_rows):
+        if i in structural:
+            continue
+        raw = {c: data[c][i] for c in colnames}
+        r, d = float(ra[i]), float(dec[i])
+        if ra_bad[i] or not math.isfinite(r):
+            rejects.append(Reject(i + 1, ra_col, str(raw[ra_col]), "right ascension missing or not a number"))
+            continue
+        if dec_bad[i] or not math.isfinite(d):
+            rejects.append(Reject(i + 1, dec_col, str(raw[dec_col]), "declination missing or not a number"))
+            continue
+        if r == 360.0:
+            r = 0.0
+        if not 0.0 <= r < 360.0:
+            rejects.append(Reject(i + 1, ra_col, str(raw[ra_col]), "right ascension out of range [0, 360) deg"))
+            continue
+        if not -90.0 <= d <= 90.0:
+            rejects.append(Reject(i + 1, dec_col, str(raw[dec_col]), "declination out of range [-90, 90] deg"))
+            continue
+        name = _text(raw[chosen["name"]]) if chosen["name"] else None
+        name = name or iau_name(r, d)
+        # the same lens listed twice: same name, same other cells, (almost) the same position
+        others = json.dumps([raw[c] for c in colnames if c not in (ra_col, dec_col)])
+        twin = next(
+            (k for r0, d0, k in by_content.get((name, others), ()) if _sep_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC),
+            None,
+        )
+        if twin is not None:
+            duplicates.append(
+                Reject(
+                    i + 1,
+                    chosen["name"] or ra_col,
+                    name,
+                    f"duplicate of row {twin} (same name and values, position within {DUPLICATE_ARCSEC} arcsec)",
+                )
+            )
+            continue
+        if any(_sep_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC for r0, d0 in by_name.get(name, ())):
+            repeats += 1
+        by_content.setdefault((name, others), []).append((r, d, i + 1))
+        by_name.setdefault(name, []).append((r, d))
+        ref_cell = raw[chosen["refs"]] if chosen["refs"] else None
+        refs = _split_multi(str(ref_cell)) if ref_cell else None
+        rows.append(
+            {
+                "row_number": i + 1,
+                "name": name,
+                "ra": r,
+                "dec": d,
+                "grade": _text(raw[chosen["grade"]]) if chosen["grade"] else None,
+                "z_lens": first_number(raw[chosen["z_lens"]], nulls) if chosen["z_lens"] else None,
+                "z_source": first_number(raw[chosen["z_source"]], nulls) if chosen["z_source"] else None,
+                "lens_type": _text(raw[chosen["lens_type"]]) if chosen["lens_type"] else None,
+                "source_type": _text(raw[chosen["source_type"]]) if chosen["source_type"] else None,
+                "refs": refs,
+                "raw": json.dumps(raw),
+            }
+        )
+    options = columns.as_options() | {"layout": layout}
+    rejects.sort(key=lambda rej: rej.row)
+    return PreparedLiterature(
+        path=table.path,
+        catalog=catalog,
+        layout=layout,
+        sha256=ingest_log.file_sha256(table.path),
+        options=options,
+        rows=rows,
+        rejects=rejects,
+        columns=chosen,
+        duplicates=duplicates,
+        repeats=repeats,
+    )
+
+
+@dataclass
+class LiteratureSummary:
+    """What a literature ingest did."""
+
+    catalog: str
+    path: Path
+    layout: str
+    n_rows: int
+    loaded: int
+    removed: int
+    rejected: int
+    already_done: bool
+    rejects: list[Reject]
+    duplicates: list[Reject] = field(default_factory=list)
+    """Rows skipped as duplicates of an earlier row of the file (recorded in ``ingest_rejects``)."""
+    repeats: int = 0
+    """Loaded rows with the name and position of an earlier row but other values."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        return {
+            "catalog": self.catalog,
+            "path": str(self.path),
+            "layout": self.layout,
+            "rows": self.n_rows,
+            "loaded": self.loaded,
+            "removed": self.removed,
+            "rejected": self.rejected,
+            "duplicates": len(self.duplicates),
+            "repeats": self.repeats,
+            "already_ingested": self.already_done,
+        }
+
+
+def write_literature(prep: PreparedLiterature, *, session: Session, citation: str | None = None) -> LiteratureSummary:
+    """Upsert the catalogue and its lenses in the caller's transaction (COPY -> staging -> upsert).
+
+    Rows of an earlier version of the same catalogue that the new file no longer has are removed
+    (with their cross-matches).
+    """
+    n_rows = len(prep.rows) + len(prep.rejects) + len(prep.duplicates)
+    record = ingest_log.open_ingest(
+        session=session,
+        kind="literature",
+        target=prep.catalog,
+        path=prep.path,
+        sha256=prep.sha256,
+        options=prep.options,
+        n_rows=n_rows,
+        n_batches=1,
+    )
+    current = session.execute(
+        text("SELECT sha256 FROM lenscat.literature_catalogs WHERE name = :n"), {"n": prep.catalog}
+    ).scalar_one_or_none()
+    if record.status == "done" and 0 in record.done_batches and current == prep.sha256:
+        return LiteratureSummary(
+            prep.catalog,
+            prep.path,
+            prep.layout,
+            n_rows,
+            len(prep.rows),
+            0,
+            len(prep.rejects),
+            True,
+            prep.rejects,
+            prep.duplicates,
+            prep.repeats,
+        )
+    catalog_id = session.execute(
+        text(
+            """
+            INSERT INTO lenscat.literature_catalogs (name, citation, path, sha256, format, n_lenses)
+            VALUES (:n, :c, :p, :s, :f, :k)
+            ON CONFLICT ON CONSTRAINT uq_literature_catalogs_name DO UPDATE
+            SET citation = coalesce(EXCLUDED.citation, lenscat.literature_catalogs.citation),
+                path = EXCLUDED.path, sha256 = EXCLUDED.sha256, format = EXCLUDED.format,
+                n_lenses = EXCLUDED.n_lenses, ingested_at = now()
+            RETURNING catalog_id
+            """
+        ),
+        {
+            "n": prep.catalog,
+            "c": citation,
+            "p": str(prep.path),
+            "s": prep.sha256,
+            "f": prep.layout,
+            "k": len(prep.rows),
+        },
+    ).scalar_one()
+    session.execute(
+        text(
+            """
+            CREATE TEMP TABLE IF NOT EXISTS lenscat_stage_lenses (
+                row_number integer, name text, ra double precision, dec double precision, grade text,
+                z_lens real, z_source real, lens_type text, source_type text, refs text[], raw text)
+            """
+        )
+    )
+    session.execute(text("TRUNCATE lenscat_stage_lenses"))
+    cols = ["row_number", "name", "ra", "dec", "grade", "z_lens", "z_source", "lens_type", "source_type", "refs", "raw"]
+    conn = raw_connection(session)
+    with conn.cursor() as cur, cur.copy(f"COPY lenscat_stage_lenses ({', '.join(cols)}) FROM STDIN") as copy:
+        for row in prep.rows:
+            copy.write_row([row[c] for c in cols])
+    fields = cols[1:]
+    session.execute(
+        text(
+            f"""
+            INSERT INTO lenscat.literature_lenses AS l (catalog_id, {", ".join(cols)})
+            SELECT :cid, row_number, name, ra, dec, grade, z_lens, z_source, lens_type, source_type,
+                   refs, raw::jsonb
+            FROM lenscat_stage_lenses
+            ON CONFLICT ON CONSTRAINT uq_literature_lenses_catalog_row DO UPDATE
+            SET {", ".join(f"{c} = EXCLUDED.{c}" for c in fields)}
+            WHERE ({", ".join(f"l.{c}" for c in fields)}) IS DISTINCT FROM
+                  ({", ".join(f"EXCLUDED.{c}" for c in fields)})
+            """
+        ),
+        {"cid": catalog_id},
+    )
+    session.execute(  # no FK cascade (migration 0004): drop the matches of lenses about to go
+        text(
+            """
+            DELETE FROM lenscat.crossmatches x USING lenscat.literature_lenses l
+            WHERE x.lens_id = l.lens_id AND l.catalog_id = :cid
+              AND NOT EXISTS (SELECT 1 FROM lenscat_stage_lenses s WHERE s.row_number = l.row_number)
+            """
+        ),
+        {"cid": catalog_id},
+    )
+    removed = session.execute(
+        text(
+            """
+            DELETE FROM lenscat.literature_lenses l
+            WHERE l.catalog_id = :cid
+              AND NOT EXISTS (SELECT 1 FROM lenscat_stage_lenses s WHERE s.row_number = l.row_number)
+            """
+        ),
+        {"cid": catalog_id},
+    ).rowcount  # type: ignore[attr-defined]
+    ingest_log.record_rejects(prep.rejects + prep.duplicates, session=session, ingest_id=record.ingest_id)
+    ingest_log.record_batch(
+        session=session,
+        ingest_id=record.ingest_id,
+        batch_no=0,
+        row_start=1,
+        row_stop=n_rows,
+        n_inserted=len(prep.rows),
+        n_updated=0,
+        n_unchanged=0,
+        n_rejected=len(prep.rejects) + len(prep.duplicates),
+    )
+    ingest_log.close_ingest(session=session, ingest_id=record.ingest_id)
+    session.execute(text("ANALYZE lenscat.literature_lenses"))
+    return LiteratureSummary(
+        prep.catalog,
+        prep.path,
+        prep.layout,
+        n_rows,
+        len(prep.rows),
+        int(removed or 0),
+        len(prep.rejects),
+        False,
+        prep.rejects,
+        prep.duplicates,
+        prep.repeats,
+    )
+
+
+def get_catalog_id(name: str, *, session: Session) -> int:
+    """Id of literature catalogue ``name``; raises NotFoundError listing the known ones."""
+    from lenscat.errors import NotFoundError
+
+    cid = session.execute(
+        text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"), {"n": name}
+    ).scalar_one_or_none()
+    if cid is None:
+        known = [r[0] for r in session.execute(text("SELECT name FROM lenscat.literature_catalogs ORDER BY 1"))]
+        raise NotFoundError(
+            f"no literature catalogue named {name!r}; known: {', '.join(known) if known else '(none yet)'}"
+        )
+    return int(cid)

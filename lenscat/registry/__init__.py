@@ -1,0 +1,1 @@
+"""Model versions: the provenance rows every embedding, score and hit points at."""

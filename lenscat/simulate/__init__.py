@@ -1,0 +1,1 @@
+"""Simulated surveys, catalogues and injection sets (two independent simulation paths)."""

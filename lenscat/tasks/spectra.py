@@ -1,0 +1,31 @@
+"""Spectral scan tasks: one Celery task per chunk of spectrum ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from lenscat.jobs.service import run_chunk
+from lenscat.spectra.scan import scan_chunk
+from lenscat.tasks.app import get_app
+
+app = get_app()
+
+
+@app.task(
+    name="lenscat.scan_spectra_chunk",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def scan_spectra_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
+    """Scan chunk ``chunk_no`` of job ``job_id`` with the job's detector; safe to run twice.
+
+    Hits, scan rows and the chunk's ``done`` mark commit together; a redelivered chunk only scans
+    the spectra still missing.
+    """
+    return run_chunk(job_id, chunk_no, scan_chunk)
