@@ -20,9 +20,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
 
+# check_layout prints the package table and fails when the CLI or web shells hold SQL
 lint: $(STAMP)
 	$(BIN)/ruff check lenscat tests bench scripts
-	$(BIN)/mypy lenscat
+	$(BIN)/mypy lenscat tests bench
+	$(BIN)/python scripts/check_layout.py
 
 test: lint
 	$(BIN)/python -m pytest tests -q

@@ -117,7 +117,7 @@ def image_embeddings(args: argparse.Namespace, t: dict[str, float]) -> tuple[str
     """MoCo-v2 encoder on the survey's cutouts (skipped when it exists), every cutout embedded."""
     from lenscat.db.session import session_scope
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.encoder_train import train_encoder
     from lenscat.errors import NotFoundError
     from lenscat.jobs.service import run_here
     from lenscat.registry.versions import get_model
@@ -187,13 +187,15 @@ def run_trial(world: dict[str, Any], trial: int, args: argparse.Namespace, ks: l
     """Seed labels, then each strategy's campaign and the single classifier, in a rolled-back transaction."""
     from astropy.table import Table
 
-    from lenscat.classifiers.classifier import score_function
-    from lenscat.classifiers.evaluation import roc_auc
     from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.loaders import score_function
     from lenscat.db.session import bind_connection, get_engine, session_scope
     from lenscat.embeddings.vectors import read_embeddings
-    from lenscat.grading.grades import GradeInput, add_grader, record_grades
-    from lenscat.learning.active import advance, create_campaign, current_loop
+    from lenscat.grading.accounts import add_grader
+    from lenscat.grading.grades import GradeInput, record_grades
+    from lenscat.learning.active import advance
+    from lenscat.learning.campaigns import create_campaign, current_loop
+    from lenscat.models.metrics import roc_auc
     from lenscat.registry.versions import get_model
 
     ids, is_lens, kind = world["ids"], world["is_lens"], world["kind"]

@@ -10,7 +10,7 @@ measures, in the same process and on the same data:
     seconds per epoch and the final loss of each (Stein et al. 2022: 45 s per epoch for
     4.5x10^6 x 2048 on a CPU);
 (b) scoring: the vectors are written to ``lenscat.embeddings`` (``upsert_embeddings``, timed as
-    the load), then every source is scored by :func:`lenscat.classifiers.classifier.score_chunk`, the function
+    the load), then every source is scored by :func:`lenscat.classifiers.scoring.score_chunk`, the function
     a Celery worker runs per chunk (binary COPY of the vectors out, matrix product, COPY + upsert of
     the scores, chunk bookkeeping), in-process without the broker; rows/s against the numpy matrix
     product on the in-memory array;
@@ -81,8 +81,8 @@ def bench(n: int, dim: int, args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy import text
 
     from lenscat.catalogue.surveys import ensure_survey
-    from lenscat.classifiers.classifier import plan_score_job, score_chunk
     from lenscat.classifiers.ranking import top_candidates
+    from lenscat.classifiers.scoring import plan_score_job, score_chunk
     from lenscat.db.session import session_scope
     from lenscat.embeddings.vectors import upsert_embeddings
     from lenscat.jobs.service import run_here

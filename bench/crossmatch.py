@@ -491,7 +491,8 @@ def bench_cones(n_cones: int, n_astropy: int, seed: int) -> dict[str, Any]:
     from scipy.spatial import cKDTree
 
     from lenscat.db.session import session_scope
-    from lenscat.literature.crossmatch import CONE_SQL, cone_search
+    from lenscat.sky.service import cone_search
+    from lenscat.sky.sql import CONE_SQL
 
     sid, sra, sdec = load_sources()
     rng = np.random.default_rng(seed + 1)

@@ -202,7 +202,8 @@ def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence
     plain = build_encoder(arch).eval().to(dev)
     plain.load_state_dict(enc.state_dict())
     if device == "cuda":
-        plain = plain.to(memory_format=torch.channels_last)
+        # Module.to accepts memory_format (documented), but torch's overloads omit it
+        plain = plain.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     log(
         f"  {arch}: {n_params / 1e6:.2f} M parameters, output {enc.output_dim}-d, input {pre.crop} px "
         f"({pre.stretch}); {n} images; store: {store_kind}"
@@ -301,7 +302,7 @@ def bench_arch(arch: str, path: Path, n: int, device: str, batch_sizes: Sequence
 
 def results_table(res: dict[str, Any]) -> list[tuple[str, ...]]:
     """(architecture, device, batch, read, inference, end-to-end) rows with lenscat/baseline ratios."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for a in res["runs"]:
         for bs, r in a["by_batch"].items():
 

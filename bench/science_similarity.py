@@ -96,11 +96,12 @@ def main() -> None:
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.session import session_scope
     from lenscat.embeddings.embed import embed_chunk, load_encoder_for, plan_embed_job
-    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.encoder_train import train_encoder
     from lenscat.embeddings.similarity import _dedupe
     from lenscat.embeddings.similarity_eval import lens_query_enrichment
     from lenscat.embeddings.vectors import ensure_hnsw_index, read_embeddings
     from lenscat.jobs.service import run_here
+    from lenscat.models import Encoder
     from lenscat.models.inference import encode
     from lenscat.simulate.survey import simulate_survey
 
@@ -179,7 +180,7 @@ def main() -> None:
     order = {o: j for j, o in enumerate(objid)}
     rows_h5 = np.array([order[str(r[4])] for r in rows])
 
-    def exact_for(encoder: torch.nn.Module, what: str) -> float:
+    def exact_for(encoder: Encoder, what: str) -> float:
         """Exact-search enrichment of every cutout embedded in-process by ``encoder``."""
         t = time.perf_counter()
         with h5py.File(survey) as fh:

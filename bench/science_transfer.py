@@ -72,14 +72,11 @@ def main() -> None:
     import torch
 
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.classifiers.classifier import (
-        plan_score_job,
-        score_chunk,
-        train_image_classifier_version,
-        train_linear_classifier,
-    )
     from lenscat.classifiers.labels import import_labels
     from lenscat.classifiers.ranking import evaluate_classifier
+    from lenscat.classifiers.scoring import plan_score_job, score_chunk
+    from lenscat.classifiers.train_image import train_image_classifier_version
+    from lenscat.classifiers.train_linear import train_linear_classifier
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.session import session_scope
     from lenscat.jobs.service import run_here
@@ -213,7 +210,7 @@ def main() -> None:
     encoder = None
     if not args.no_probe:
         from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-        from lenscat.embeddings.encoders import train_encoder
+        from lenscat.embeddings.encoder_train import train_encoder
         from lenscat.errors import NotFoundError
         from lenscat.registry.versions import get_model
 
@@ -318,7 +315,7 @@ def similarity_and_anomaly(
 ) -> dict[str, Any]:
     """Enrichment of "more like this lens" on the test survey with both encoders, and the anomaly score."""
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-    from lenscat.embeddings.encoders import encoder_from_classifier
+    from lenscat.embeddings.encoder_derive import encoder_from_classifier
     from lenscat.embeddings.similarity_eval import lens_query_enrichment
     from lenscat.jobs.service import run_here
 
@@ -345,16 +342,16 @@ def similarity_and_anomaly(
             f"(ceiling {ev.ceiling:.1f}x; goal >= 10x)"
         )
     if encoder is not None:
-        from lenscat.classifiers.classifier import plan_score_job, score_chunk
         from lenscat.classifiers.ranking import evaluate_classifier
+        from lenscat.classifiers.scoring import plan_score_job, score_chunk
         from lenscat.embeddings.anomaly import fit_anomaly
 
         with session_scope() as s:
             a = fit_anomaly("xfer-anomaly", encoder.label, session=s, surveys=["xfer-test"])
         with session_scope() as s:
-            job = plan_score_job(a.model, chunk_size=2000, surveys=["xfer-test"], session=s)
+            score_job = plan_score_job(a.model, chunk_size=2000, surveys=["xfer-test"], session=s)
         with session_scope() as s:
-            run_here(job.job_id, score_chunk, session=s, progress=True, desc="anomaly")
+            run_here(score_job.job_id, score_chunk, session=s, progress=True, desc="anomaly")
         with session_scope() as s:
             res = evaluate_classifier(
                 a.model.label, surveys=["xfer-test"], origins=["simulation"], top_n=[args.test_lenses, 100], session=s
@@ -370,7 +367,7 @@ def kind_ranks(label: str, session: Any, truth_path: Path) -> dict[str, float]:
     """Median rank percentile (0 = most anomalous) of each simulated kind under the score ``label``."""
     from sqlalchemy import text
 
-    from lenscat.simulate.survey import read_truth
+    from lenscat.simulate.survey_file import read_truth
 
     truth = read_truth(truth_path)
     kind_of = {str(o): str(k) for o, k in zip(truth["objid"], truth["kind"], strict=True)}

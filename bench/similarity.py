@@ -144,7 +144,7 @@ def psycopg_connect(autocommit: bool = False) -> Any:
     return psycopg.connect(resolve_database_url(), autocommit=autocommit)
 
 
-def recall_at(found: Sequence[int], truth: np.ndarray) -> float:
+def recall_at(found: Sequence[int] | np.ndarray, truth: np.ndarray) -> float:
     """Fraction of ``truth`` (the exact k nearest ids) present in ``found``."""
     return len(set(int(x) for x in found) & set(int(x) for x in truth)) / len(truth)
 
@@ -408,7 +408,7 @@ def lenscat_nearest(model: Any, queries: np.ndarray, truth_ids: np.ndarray, warm
             times.append(time.perf_counter() - t0)
             rec.append(recall_at([r[0] for r in rows], tr))
             short += len(rows) < K
-        ef = s.execute(text("SHOW hnsw.ef_search")).scalar()
+        ef = s.execute(text("SHOW hnsw.ef_search")).scalar_one()
         plan = "\n".join(r[0] for r in s.execute(text("EXPLAIN " + _nearest_sql_literal(model, queries[0]))).all())
     uses_index = "ix_embeddings_hnsw" in plan
     return {

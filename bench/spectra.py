@@ -12,14 +12,14 @@ One run measures, on the same data and in the same process (2 CPU cores):
     database (COADD flux/loglam/ivar and the SPECOBJ row; DESI: the B/R/Z arms, the FIBERMAP row
     and the redrock row);
 (b) matched filter: :func:`lenscat.spectra.matched_filter.scan_batch`, ``snr_max`` and
-    ``scan_batch_with_max`` over synthetic BOSS spectra (:func:`lenscat.spectra.synth.make_training_set`,
+    ``scan_batch_with_max`` over synthetic BOSS spectra (:func:`lenscat.spectra.synth_training.make_training_set`,
     1 in 16 with a Lya line) read from a :class:`~lenscat.spectra.pack.PackStore` (the read timed
     alone and together with the search), against the classic loop: per spectrum, residual, masks,
     robust ivar rescaling and, per kernel of the same bank, ``scipy.ndimage.correlate1d`` sums
     ``S/N = sum(r ivar k) / sqrt(sum(ivar k^2))`` with the same coverage cut (BELLS GALLERY recipe),
     on a subset; the two are compared (best S/N per spectrum, hit pixels) as a sanity print;
-(c) ResNet: :func:`lenscat.models.specnet.predict` of a default (untrained) ``SpecResNet`` at batch
-    1,024 on 2 torch threads, with and without :func:`~lenscat.models.specnet.prepare_inputs`, on
+(c) ResNet: :func:`lenscat.models.specnet_inference.predict` of a default (untrained) ``SpecResNet`` at batch
+    1,024 on 2 torch threads, with and without :func:`~lenscat.models.specnet_inputs.prepare_inputs`, on
     the same rows, against Li et al. (2018)'s quoted ~230 spectra/s;
 (d) in-DB scans: :func:`lenscat.spectra.scan.scan_spectra` over the ETL's spectra for a
     matched-filter and a ResNet detector version (store reads, detection, a skew-normal line fit
@@ -249,7 +249,7 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
         scan_batch_with_max,
         snr_max,
     )
-    from lenscat.spectra.synth import make_training_set
+    from lenscat.spectra.synth_training import make_training_set
 
     n = args.rows
     t0 = time.perf_counter()
@@ -282,7 +282,8 @@ def bench_mf(args: argparse.Namespace, work: Path) -> tuple[dict[str, Any], Any]
     assert n_e2e == len(hits2) == len(hits) and np.array_equal(best, best2, equal_nan=True)
     nb = min(args.baseline_rows, n)
     t0 = time.perf_counter()
-    cbest, cpeaks = classic_matched_filter(*(x[:nb] for x in a), wave, cfg)
+    flux_b, ivar_b, cont_b, z_b = (x[:nb] for x in a)
+    cbest, cpeaks = classic_matched_filter(flux_b, ivar_b, cont_b, z_b, wave, cfg)
     t_classic = time.perf_counter() - t0
     out = {
         "rows": n,
@@ -337,19 +338,26 @@ def bench_resnet(args: argparse.Namespace, rows: Any) -> dict[str, Any]:
     """(c) SpecResNet inference with and without input preparation."""
     import torch
 
-    from lenscat.models.specnet import SpecResNet, predict, prepare_inputs
+    from lenscat.models.specnet import SpecResNet
+    from lenscat.models.specnet_inference import predict
+    from lenscat.models.specnet_inputs import prepare_inputs
     from lenscat.spectra.grid import WINDOW
+    from lenscat.spectra.masks import specnet_pixel_mask
 
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
     n = min(args.resnet_rows, len(rows))
     a = (rows.flux[:n], rows.ivar[:n], rows.continuum[:n], rows.z[:n])
     model = SpecResNet()
-    predict(model, prepare_inputs(*(x[:1024] for x in a), wave=WINDOW.wave), batch_size=1024, device="cpu")
-    t_prep, x = best_of(lambda: prepare_inputs(*a, wave=WINDOW.wave), args.repeats)
+    mask = specnet_pixel_mask
+    predict(
+        model, prepare_inputs(*(x[:1024] for x in a), wave=WINDOW.wave, pixel_mask=mask), batch_size=1024, device="cpu"
+    )
+    t_prep, x = best_of(lambda: prepare_inputs(*a, wave=WINDOW.wave, pixel_mask=mask), args.repeats)
     t_pred, _ = best_of(lambda: predict(model, x, batch_size=1024, device="cpu"), args.repeats)
     t_both, _ = best_of(
-        lambda: predict(model, prepare_inputs(*a, wave=WINDOW.wave), batch_size=1024, device="cpu"), args.repeats
+        lambda: predict(model, prepare_inputs(*a, wave=WINDOW.wave, pixel_mask=mask), batch_size=1024, device="cpu"),
+        args.repeats,
     )
     out = {
         "rows": n,
@@ -373,10 +381,13 @@ def bench_scan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from sqlalchemy import text
 
     from lenscat.db.session import session_scope
-    from lenscat.models.specnet import SpecResNet, predict, prepare_inputs, save_specnet
+    from lenscat.models.specnet import SpecResNet, save_specnet
+    from lenscat.models.specnet_inference import predict
+    from lenscat.models.specnet_inputs import prepare_inputs
     from lenscat.registry.versions import register_model, store_checkpoint
     from lenscat.spectra.grid import WINDOW
     from lenscat.spectra.ingest import pack_store
+    from lenscat.spectra.masks import specnet_pixel_mask
     from lenscat.spectra.scan import register_matched_filter, scan_spectra
 
     out: dict[str, Any] = {}
@@ -390,9 +401,8 @@ def bench_scan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # a ResNet detector whose threshold passes ~1 % of these spectra (as a trained one at its operating point)
     torch_model = SpecResNet()
     rows = store.read(np.asarray(prow))
-    prob, _ = predict(
-        torch_model, prepare_inputs(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave), device="cpu"
-    )
+    x = prepare_inputs(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave, pixel_mask=specnet_pixel_mask)
+    prob, _ = predict(torch_model, x, device="cpu")
     thr = float(np.quantile(prob, 0.99))
     ck = work / "specnet.pt"
     save_specnet(torch_model, ck, hparams={"threshold": thr})

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Ingest, register/train, evaluate; returns the JSON-friendly results."""
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.session import session_scope
-    from lenscat.spectra.evaluate import evaluate_protocol, protocol_json
+    from lenscat.spectra.evaluate import evaluate_protocol
+    from lenscat.spectra.evaluate_report import protocol_json
     from lenscat.spectra.ingest import ingest_spectra
 
     ensure_schema()
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(out: dict[str, Any], markdown: bool) -> str:
     """The issue's table, the S/N bins, candidates and the goals."""
-    from lenscat.spectra.evaluate import SNR_BINS, protocol_table
+    from lenscat.spectra.evaluate import SNR_BINS
+    from lenscat.spectra.evaluate_report import protocol_table
 
     results, info = out["results"], out["info"]
     cols, rows = protocol_table(results)

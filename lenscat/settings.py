@@ -51,8 +51,10 @@ class Settings(BaseSettings):
         Smallest height and width, in pixels, of the cutouts of a Stein-layout HDF5 file accepted by
         ``lenscat ingest sources`` (``LENSCAT_CUTOUT_MIN_PIXELS``).
     device
-        Torch device for workers and CLI inference: ``cpu``, ``cuda``, ``cuda:1``; unset picks
-        CUDA when available (``LENSCAT_DEVICE``).
+        Torch device of every torch computation -- encoder, classifier and spectral training,
+        inference, the Celery workers -- unless a command names one: ``cpu``, ``cuda``, ``cuda:1``;
+        unset picks CUDA when available (``LENSCAT_DEVICE``; read through
+        :func:`lenscat.registry.device.select_device`).
     reprocess_interval_s
         Seconds between the scheduled re-processing runs of Celery beat (``lenscat worker --beat``)
         that queue missing embeddings and scores (``LENSCAT_REPROCESS_INTERVAL_S``; 0 disables).

@@ -33,7 +33,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """
     if THROWAWAY_HOME is not None:
         from lenscat.settings import Settings
-        from lenscat.tasks.app import stop_home_broker
+        from lenscat.tasks.broker import stop_home_broker
 
         stop_home_broker(Settings(home=Path(THROWAWAY_HOME), broker_url=None))
         shutil.rmtree(THROWAWAY_HOME, ignore_errors=True)
@@ -71,7 +71,7 @@ def engine():
         conn.commit()
     yield eng
     dispose_engine()
-    from lenscat.tasks.app import stop_embedded_broker
+    from lenscat.tasks.broker import stop_embedded_broker
 
     stop_embedded_broker()
     from lenscat.settings import get_settings

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from lenscat.errors import LenscatError
+from lenscat.images.formats import format_names, get_format
 
 __all__ = ["KINDS", "DataFile", "Relocation", "check_files", "file_problem", "referenced_files", "relocate_files"]
 
@@ -105,11 +106,12 @@ def referenced_files(*, session: Session, kinds: Sequence[str] | None = None) ->
             SELECT f.file_id, f.path, f.member_paths, f.sha256, f.n_images,
                    (SELECT string_agg(DISTINCT v.name, ',') FROM lenscat.sources s
                     JOIN lenscat.surveys v USING (survey_id) WHERE s.cutout_file_id = f.file_id) AS surveys,
-                   f.format <> 'hdf5-stein' OR EXISTS (SELECT 1 FROM lenscat.cutout_row_digests d
+                   NOT (f.format = ANY(:digest_formats)) OR EXISTS (SELECT 1 FROM lenscat.cutout_row_digests d
                                                        WHERE d.file_id = f.file_id) AS pixel_digests
             FROM lenscat.cutout_files f ORDER BY f.path
             """
-            )
+            ),
+            {"digest_formats": [name for name in format_names() if get_format(name).row_digests]},
         ).all()
         out += [
             DataFile(
@@ -156,7 +158,8 @@ def referenced_files(*, session: Session, kinds: Sequence[str] | None = None) ->
 
 def _cutout_digest(f: DataFile) -> str:
     from lenscat.catalogue.ingest_log import file_sha256
-    from lenscat.io.readers import HDF5_SUFFIXES, hdf5_fingerprint
+    from lenscat.io.hdf5 import hdf5_fingerprint
+    from lenscat.io.readers import HDF5_SUFFIXES
 
     if f.members:  # a FITS set: digest of the members' digests (as `lenscat ingest cutouts` records it)
         return hashlib.sha256("".join(file_sha256(Path(p)) for p in f.members).encode()).hexdigest()

@@ -31,6 +31,7 @@ from lenscat.catalogue.surveys import ensure_survey
 from lenscat.db.pgbinary import FLOAT4_MAX, Column, encode_copy_binary
 from lenscat.db.session import raw_connection, session_scope
 from lenscat.errors import InputFileError, LenscatError
+from lenscat.images.formats.hdf5_stein import NAME as HDF5_STEIN
 from lenscat.io.columns import angle_column, float_column
 from lenscat.io.readers import ColumnTable, read_table
 
@@ -230,7 +231,7 @@ def _infer_bands(table: ColumnTable) -> list[str]:
             found.add(m.group(1))
     for name in ("flux", "mag"):
         col = table.find([name])
-        if col is not None and table.columns[col].ndim == 2 and table.format == "hdf5-stein":
+        if col is not None and table.columns[col].ndim == 2 and table.format == HDF5_STEIN:
             if table.columns[col].shape[1] == 3:
                 return ["g", "r", "z"]
     return sorted(found, key=lambda b: (BAND_ORDER.index(b) if b in BAND_ORDER else 99, b))
@@ -705,7 +706,7 @@ def update_row_digests(file_id: int, digests: np.ndarray, *, session: Session) -
     Rows the file did not have before, and a file registered before digests were kept (nothing
     to compare with), count as unchanged. Idempotent: storing the same digests again returns [].
     """
-    from lenscat.io.readers import IMAGE_DIGEST_BYTES
+    from lenscat.io.hdf5 import IMAGE_DIGEST_BYTES
 
     d = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1, IMAGE_DIGEST_BYTES)
     old = {
@@ -800,22 +801,28 @@ def register_cutout_file(
             text(
                 """
                 INSERT INTO lenscat.cutout_files (path, format, sha256, n_images, image_shape)
-                VALUES (:p, 'hdf5-stein', :sha, :n, :shape)
+                VALUES (:p, :fmt, :sha, :n, :shape)
                 ON CONFLICT ON CONSTRAINT uq_cutout_files_path
                 DO UPDATE SET sha256 = EXCLUDED.sha256, n_images = EXCLUDED.n_images,
                               image_shape = EXCLUDED.image_shape
                 RETURNING file_id
                 """
             ),
-            {"p": str(prep.path), "sha": prep.sha256, "n": prep.images_shape[0], "shape": list(prep.images_shape[1:])},
+            {
+                "p": str(prep.path),
+                "fmt": HDF5_STEIN,
+                "sha": prep.sha256,
+                "n": prep.images_shape[0],
+                "shape": list(prep.images_shape[1:]),
+            },
         ).scalar_one()
     )
     copies = session.execute(
         text(
             "SELECT file_id, path FROM lenscat.cutout_files WHERE sha256 = :sha "
-            "AND format = 'hdf5-stein' AND file_id <> :k ORDER BY file_id"
+            "AND format = :fmt AND file_id <> :k ORDER BY file_id"
         ),
-        {"sha": prep.sha256, "k": file_id},
+        {"sha": prep.sha256, "fmt": HDF5_STEIN, "k": file_id},
     ).all()
     gone = [(int(k), str(p)) for k, p in copies if not Path(p).exists()]
     for old_id, _ in gone:

@@ -24,7 +24,7 @@ _CHUNK = 1 << 20
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's contents.
 
-    For HDF5 files the digest is :func:`lenscat.io.readers.hdf5_fingerprint`: every root dataset in
+    For HDF5 files the digest is :func:`lenscat.io.hdf5.hdf5_fingerprint`: every root dataset in
     full, the ``images`` rows through per-row digests (so a changed pixel changes it), independent
     of how HDF5 laid the data out in the file.
     """
@@ -32,7 +32,7 @@ def file_sha256(path: Path) -> str:
     if path.suffix.lower() in HDF5_SUFFIXES:
         import h5py
 
-        from lenscat.io.readers import hdf5_fingerprint
+        from lenscat.io.hdf5 import hdf5_fingerprint
 
         try:
             with h5py.File(path, "r") as fh:

@@ -14,7 +14,7 @@ later gets exactly the same transform:
   drawn with a fixed seed, are used for the fit and recorded, so evaluation leaves them out too.
 
 An ensemble's score for a source is computed from its members' stored scores by the normal score
-job (:func:`lenscat.classifiers.classifier.plan_score_job` / :func:`~lenscat.classifiers.classifier.score_chunk`), whose
+job (:func:`lenscat.classifiers.scoring.plan_score_job` / :func:`~lenscat.classifiers.scoring.score_chunk`), whose
 candidates are the sources every member has scored; so ``top``, ``classifier evaluate``, the grading
 grid and active learning take an ensemble like any classifier. The sources it must leave out of
 evaluation (:func:`training_ids`) are the union of its members' and the stacking fit's.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey, real_source_sql, real_survey_ids
-from lenscat.classifiers.classifier import TrainResult
+from lenscat.classifiers.ensemble_combine import combine, fit_logistic, logit_features
+from lenscat.classifiers.types import Ensemble, TrainResult
 from lenscat.errors import LenscatError
 from lenscat.registry.versions import (
     ModelVersion,
@@ -52,8 +52,6 @@ MIN_STACK_LENSES = 10
 """Fewest held-out labelled lenses a stacking fit accepts."""
 MAX_STACK_NEGATIVES = 200_000
 """Most non-lens sources a stacking fit draws (at random, fixed seed)."""
-LOGIT_EPS = 1e-6
-"""Scores are clipped to [eps, 1 - eps] before the logit transform of stacking."""
 FORMAT = "lenscat-ensemble/1"
 
 
@@ -74,131 +72,12 @@ class MissingMemberScores(LenscatError):
         super().__init__(f"{detail}: score it first")
 
 
-@dataclass(frozen=True)
-class Ensemble:
-    """A loaded ensemble checkpoint."""
-
-    method: str
-    members: list[dict[str, Any]]
-    quantiles: np.ndarray | None
-    coef: np.ndarray | None
-    intercept: float
-    fit_ids: np.ndarray
-    seen_ids: np.ndarray
-
-    @property
-    def member_ids(self) -> list[int]:
-        """Model ids of the members, in checkpoint order."""
-        return [int(m["model_id"]) for m in self.members]
-
-
-# ------------------------------------------------------------------------------------ transforms
-def rank_percentiles(scores: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    """Rank percentile in [0, 1] of each score against a member's stored score quantiles.
-
-    Linear interpolation between the quantiles (``np.interp``); a run of equal quantiles (many
-    identical scores, e.g. a saturated sigmoid) maps to the middle of its run (a mid-rank), scores
-    outside the quantiles' range to the end values.
-
-    Parameters
-    ----------
-    scores : ndarray, shape (n,)
-        Member scores.
-    quantiles : ndarray, shape (q,)
-        The member's score quantiles at probabilities ``linspace(0, 1, q)``.
-
-    Returns
-    -------
-    ndarray, shape (n,)
-        Percentiles (float64).
-    """
-    q = np.asarray(quantiles, dtype=np.float64)
-    grid = np.linspace(0.0, 1.0, len(q))
-    uq, inv = np.unique(q, return_inverse=True)
-    mid = np.bincount(inv, weights=grid) / np.bincount(inv)
-    if len(uq) == 1:
-        return np.full(len(scores), 0.5)
-    return np.interp(np.asarray(scores, dtype=np.float64), uq, mid)
-
-
-def logit_features(scores: np.ndarray) -> np.ndarray:
-    """``log(p / (1 - p))`` of scores clipped to [:data:`LOGIT_EPS`, 1 - :data:`LOGIT_EPS`]."""
-    p = np.clip(np.asarray(scores, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iterations: int = 100) -> tuple[np.ndarray, float]:
-    """Class-balanced, L2-penalised logistic regression by Newton's method (IRLS).
-
-    Each class carries half the total weight (lenses are rare), and the weights (not the intercept)
-    are penalised by ``l2``, so perfectly separable members still give finite coefficients.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n, d)
-        Features (the members' logits).
-    y : ndarray, shape (n,)
-        1 = lens, 0 = not.
-    l2 : float
-        Penalty on the coefficients.
-    iterations : int
-        Most Newton steps.
-
-    Returns
-    -------
-    (ndarray, float)
-        Coefficients (d,) and intercept.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n, d = x.shape
-    n_pos = max(float(y.sum()), 1.0)
-    n_neg = max(float(n - y.sum()), 1.0)
-    w = np.where(y > 0, 0.5 / n_pos, 0.5 / n_neg)
-    a = np.c_[x, np.ones(n)]
-    beta = np.zeros(d + 1)
-    pen = np.r_[np.full(d, l2), 0.0]
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta, -500, 500)))
-        grad = a.T @ (w * (p - y)) + pen * beta
-        hess = (a * (w * p * (1 - p))[:, None]).T @ a + np.diag(pen) + 1e-12 * np.eye(d + 1)
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return beta[:d], float(beta[d])
-
-
-def combine(ens: Ensemble, member_scores: np.ndarray) -> np.ndarray:
-    """The ensemble's scores from its members' scores.
-
-    Parameters
-    ----------
-    ens : Ensemble
-        The loaded checkpoint.
-    member_scores : ndarray, shape (n, n_members)
-        Column j holds member j's scores (checkpoint order).
-
-    Returns
-    -------
-    ndarray, shape (n,)
-        Scores in [0, 1]: the mean rank percentile (``rank``) or the stacked probability (``stack``).
-    """
-    s = np.asarray(member_scores, dtype=np.float64)
-    if ens.method == "rank":
-        assert ens.quantiles is not None
-        return np.mean([rank_percentiles(s[:, j], ens.quantiles[j]) for j in range(s.shape[1])], axis=0)
-    assert ens.coef is not None
-    z = logit_features(s) @ ens.coef + ens.intercept
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
-
-
 # ------------------------------------------------------------------------------------ storage
 @lru_cache(maxsize=8)
 def _load(path: str, sha256: str) -> Ensemble:
-    from lenscat.classifiers.classifier import _check_checkpoint
+    from lenscat.registry.checkpoints import verify_file
 
-    _check_checkpoint(path, sha256)
+    verify_file(path, sha256, what="its registered ensemble version")
     ck = json.loads(Path(path).read_text())
     if ck.get("format") != FORMAT:
         raise LenscatError(f"{path}: not an ensemble checkpoint ({FORMAT})")
@@ -263,7 +142,7 @@ def check_members_scored(members: list[ModelVersion], *, session: Session, surve
     surveys : list of str, optional
         Only these surveys (default: every real survey, not the injection sets).
     """
-    from lenscat.classifiers.classifier import candidates_sql
+    from lenscat.classifiers.scoring import candidates_sql
     from lenscat.jobs.service import without_failed_items
 
     # injection sets are never required: they train, they are not ranked
@@ -347,8 +226,8 @@ def train_ensemble(
         Fewer than two distinct members, an unknown method, no source scored by every member, or
         (stacking) fewer than :data:`MIN_STACK_LENSES` held-out lenses.
     """
-    from lenscat.classifiers.classifier import training_ids
     from lenscat.classifiers.labels import resolve_labels
+    from lenscat.classifiers.loaders import training_ids
 
     check_name(name)
     if method not in METHODS:

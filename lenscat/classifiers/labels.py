@@ -17,15 +17,17 @@ from typing import Any
 
 import astropy.units as u
 import numpy as np
+from astropy.coordinates import SkyCoord
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.ingest_log import file_sha256
-from lenscat.catalogue.surveys import REAL_SURVEYS_SQL, get_survey
+from lenscat.catalogue.surveys import REAL_SURVEYS_SQL, get_survey, real_survey_ids
 from lenscat.db.session import raw_connection
 from lenscat.errors import InputFileError, LenscatError, NotFoundError
 from lenscat.io.columns import angle_column
 from lenscat.io.readers import ColumnTable, read_table
+from lenscat.sky.service import match_positions, match_query
 
 ORIGINS = ("literature", "simulation", "import", "human", "injection")
 PRIORITY = {"human": 0, "simulation": 1, "import": 2, "literature": 3, "injection": 3}
@@ -260,18 +262,9 @@ def import_labels(
                     (i + 1, _position_problem(ra[i], dec[i], bad_ra[i], bad_dec[i], ra_name, dec_name, table, i))
                 )
         r_arcsec = float(radius.to_value(u.arcsec))
-        rows = session.execute(
-            text(
-                """
-                SELECT t.i, c.source_id FROM unnest(CAST(:i AS bigint[]), CAST(:ra AS float8[]), CAST(:dec AS float8[]))
-                    AS t(i, ra, dec)
-                CROSS JOIN LATERAL (SELECT source_id FROM cone_search(t.ra, t.dec, :r) LIMIT 1) c
-                """
-            ),
-            {"i": np.flatnonzero(ok).tolist(), "ra": ra[ok].tolist(), "dec": dec[ok].tolist(), "r": r_arcsec},
-        ).all()
-        for i, s in rows:
-            sid[int(i)] = int(s)
+        rows_ok = np.flatnonzero(ok)
+        match = match_positions(SkyCoord(ra[ok] * u.deg, dec[ok] * u.deg), radius, session=session, nearest=True)
+        sid[rows_ok[match.index]] = match.source_id
         how = f"no source within {r_arcsec:g} arcsec of {{}} (columns {ra_name!r}, {dec_name!r})"
         keys = [f"({ra[i]:.6f}, {dec[i]:.6f})" for i in range(n)]
     rejected = {r for r, _ in summary.rejects}
@@ -372,32 +365,20 @@ def near_known_lenses(
     """
     if candidates is not None:
         return _near_in_memory(np.asarray(candidates, dtype=np.int64), radius, session)
-    r = float(radius.to_value(u.arcsec))
-    rows = (
-        session.execute(
-            text(
-                """
-            WITH centres AS ("""
-                + _CENTRES_SQL
-                + """)
-            SELECT DISTINCT c.source_id FROM centres p CROSS JOIN LATERAL cone_search(p.ra, p.dec, :r) c
-            """
-                + (
-                    " JOIN lenscat.sources s2 ON s2.source_id = c.source_id WHERE s2.survey_id = ANY(:sv)"
-                    if surveys
-                    else ""
-                )
-            ),
-            {"r": r, **({"sv": surveys} if surveys else {})},
-        )
-        .scalars()
-        .all()
-    )
+    sids: list[int] | None = None
+    if surveys:  # injection sets never count, named or not
+        real = set(real_survey_ids(session=session))
+        sids = [int(s) for s in surveys if int(s) in real]
+        if not sids:
+            return set()
+    centres = f"SELECT row_number() OVER () AS pos_id, p.ra, p.dec FROM ({_CENTRES_SQL}) p"
+    sql, params = match_query(centres, radius, session=session, surveys=sids)
+    rows = session.execute(text(f"SELECT DISTINCT m.source_id FROM ({sql}) m"), params).scalars().all()
     return {int(x) for x in rows}
 
 
 def _near_in_memory(candidates: np.ndarray, radius: u.Quantity, session: Session) -> set[int]:
-    from astropy.coordinates import SkyCoord, search_around_sky
+    from astropy.coordinates import search_around_sky
 
     centres = np.array(session.execute(text(_CENTRES_SQL)).all(), dtype=np.float64).reshape(-1, 2)
     if len(centres) == 0 or len(candidates) == 0:

@@ -20,11 +20,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey, real_source_sql, real_survey_ids
-from lenscat.classifiers.classifier import training_ids
 from lenscat.classifiers.labels import resolve_labels
+from lenscat.classifiers.loaders import training_ids
 from lenscat.errors import LenscatError
-from lenscat.literature.crossmatch import rows_to_table
 from lenscat.registry.versions import ModelVersion, get_model
+from lenscat.sky.units import rows_to_table
 
 TOP_UNITS = {"ra": u.deg, "dec": u.deg, "mag_g": u.mag, "mag_r": u.mag, "mag_z": u.mag}
 
@@ -150,7 +150,8 @@ def evaluate_classifier(
         ``{"models": {label: metrics}, "n_eval": ..., "n_lenses": ..., "plots": [paths]}`` where each
         metrics dict is :func:`lenscat.classifiers.evaluation.ranking_metrics` plus the model's provenance.
     """
-    from lenscat.classifiers.evaluation import plot_evaluation, ranking_metrics
+    from lenscat.classifiers.evaluation import ranking_metrics
+    from lenscat.classifiers.evaluation_plot import plot_evaluation
 
     # the injection sets train; they are evaluated on only when named
     sids = [get_survey(x, session=session).survey_id for x in surveys] if surveys else real_survey_ids(session=session)

@@ -1,131 +1,32 @@
-"""Command line for labels, classifiers, scores, top-N selection, evaluation and re-processing."""
+"""Command line: ``lenscat classifier`` (train, score, list)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from lenscat.cli.common import FORMAT_OPTION, RESTART_OPTION, _err, parse_origins
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import FORMAT_OPTION, RESTART_OPTION, _err, needs_schema, parse_origins
 from lenscat.errors import LenscatError
-from lenscat.io.output import write_rows, write_table
+from lenscat.io.output import write_rows
 
 
-# ------------------------------------------------------------------------------------ labels
-@click.group("labels")
-def labels() -> None:
-    """Lens / non-lens labels: from literature cross-matches, tables, simulation truth."""
-
-
-@labels.command("from-crossmatch")
-@click.option("--catalog", required=True, help="Literature catalogue whose cross-matched lenses become positives.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def labels_from_crossmatch_cmd(catalog: str, as_json: bool) -> None:
-    """Positive labels for the nearest source of every lens of a cross-matched literature catalogue."""
-    from lenscat.classifiers.labels import labels_from_crossmatch
-    from lenscat.db.session import session_scope
-
-    ensure_schema()
-    with session_scope() as s:
-        summary = labels_from_crossmatch(catalog, session=s)
-    if as_json:
-        click.echo(json.dumps(summary.as_dict()))
-    else:
-        click.echo(
-            f"{catalog}: {summary.n_positive} lens labels ({summary.n_written} written or changed, "
-            f"{summary.n_removed} removed as no longer matched)"
-        )
-
-
-@labels.command("import")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--label-col",
-    default="label",
-    show_default=True,
-    help="Column with the label (1/0, true/false, yes/no, lens/non-lens, A/B/C = lens).",
-)
-@click.option("--survey", default=None, help="Match rows by (survey, object id) instead of position.")
-@click.option("--id-col", default=None, help="Object id column for --survey (default objid).")
-@click.option("--ra-col", default=None, help="RA column [deg] for matching by position.")
-@click.option("--dec-col", default=None, help="Dec column [deg] for matching by position.")
-@click.option("--radius", default="2arcsec", show_default=True, help="Match radius for positions.")
-@click.option(
-    "--origin",
-    type=click.Choice(["import", "simulation"]),
-    default="import",
-    show_default=True,
-    help="'simulation' for the truth table of a simulated survey.",
-)
-@click.option("--provenance", default=None, help="Label set name (default: file name and sha256).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def labels_import_cmd(
-    path: Path,
-    label_col: str,
-    survey: str | None,
-    id_col: str | None,
-    ra_col: str | None,
-    dec_col: str | None,
-    radius: str,
-    origin: str,
-    provenance: str | None,
-    as_json: bool,
-) -> None:
-    """Labels from a table with (ra, dec) or (survey, objid) and a label column; re-importing updates."""
-    from lenscat.classifiers.labels import import_labels
-    from lenscat.db.session import session_scope
-    from lenscat.sky.coords import parse_angle_quantity
-
-    ensure_schema()
-    with session_scope() as s:
-        summary = import_labels(
-            path,
-            label_col=label_col,
-            survey=survey,
-            id_col=id_col,
-            ra_col=ra_col,
-            dec_col=dec_col,
-            radius=parse_angle_quantity(radius),
-            origin=origin,
-            provenance=provenance,
-            session=s,
-        )
-    for row, why in summary.rejects[:20]:
-        _err(f"{path}: row {row}: {why}; row rejected")
-    if len(summary.rejects) > 20:
-        _err(f"{path}: ... and {len(summary.rejects) - 20} more rejected rows")
-    if as_json:
-        click.echo(json.dumps(summary.as_dict()))
-    else:
-        click.echo(
-            f"{path}: {summary.n_rows} rows, {summary.n_positive} lenses and {summary.n_negative} non-lenses "
-            f"labelled as {origin} '{summary.provenance}' ({summary.n_written} written or changed, "
-            f"{len(summary.rejects)} rejected)"
-        )
-
-
-@labels.command("list")
-@FORMAT_OPTION
-def labels_list_cmd(fmt: str) -> None:
-    """Label sets: origin, provenance, number of lenses and non-lenses."""
-    from lenscat.classifiers.labels import label_counts
-    from lenscat.db.session import session_scope
-
-    ensure_schema()
-    with session_scope() as s:
-        rows = label_counts(session=s)
-    cols = ["origin", "provenance", "positive", "negative", "updated_at"]
-    write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
-
-
-# -------------------------------------------------------------------------------- classifier
 @click.group("classifier")
 def classifier() -> None:
     """Lens classifiers (versioned): train, combine (ensemble), anomaly scores, score, evaluate, list."""
+
+
+def _train_arch(
+    arch: str | None, encoder_name: str | None, hard_negatives: tuple[str, ...] = (), **_: Any
+) -> dict[str, Any]:
+    """The architecture ``classifier train`` uses (checked before the database starts)."""
+    if arch is None:
+        arch = "linear" if encoder_name else "cnn"
+    if hard_negatives and arch not in ("cnn", "radial"):
+        raise LenscatError(f"--hard-negatives applies to --arch cnn and radial, not {arch}")
+    return {"arch": arch}
 
 
 @classifier.command("train")
@@ -259,10 +160,11 @@ def classifier() -> None:
 @click.option(
     "--max-steps", type=click.IntRange(min=1), default=None, help="Stop image training after this many steps."
 )
-@click.option("--device", default=None, help="cpu, cuda (image architectures; default CUDA when available).")
+@click.option("--device", default=None, help="cpu, cuda (image architectures; default LENSCAT_DEVICE, else CUDA).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @RESTART_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
+@needs_schema(before=_train_arch)
 def classifier_train_cmd(
     name: str,
     encoder_name: str | None,
@@ -300,23 +202,17 @@ def classifier_train_cmd(
     (finetune, cnn) save their training state every epoch, every 10 minutes and on Ctrl-C; the
     same command resumes an interrupted run.
     """
-    from lenscat.classifiers.classifier import (
-        train_image_classifier_version,
-        train_linear_classifier,
-        train_radial_classifier,
-    )
+    from lenscat.classifiers.train_image import train_image_classifier_version
+    from lenscat.classifiers.train_linear import train_linear_classifier
+    from lenscat.classifiers.train_radial import train_radial_classifier
     from lenscat.db.session import session_scope
 
-    if arch is None:
-        arch = "linear" if encoder_name else "cnn"
+    assert arch is not None  # resolved by _train_arch
     hard: dict[str, Any] = {
         "hard_negatives": list(hard_negatives) or None,
         "hard_negative_top": hard_negative_top,
         "hard_negative_weight": hard_negative_weight,
     }
-    if hard_negatives and arch not in ("cnn", "radial"):
-        raise LenscatError(f"--hard-negatives applies to --arch cnn and radial, not {arch}")
-    ensure_schema()
     with session_scope() as s:
         if arch == "linear":
             if not encoder_name:
@@ -417,17 +313,17 @@ def classifier_train_cmd(
 )
 @click.option("--no-wait", is_flag=True, help="Submit and return; watch with `lenscat jobs show ID`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@needs_schema
 def classifier_score_cmd(
     name: str, surveys: tuple[str, ...], chunk_size: int, local_workers: int | None, no_wait: bool, as_json: bool
 ) -> None:
     """Score every source the classifier version has not scored yet, with Celery workers."""
-    from lenscat.classifiers.classifier import plan_score_job
+    from lenscat.classifiers.ensemble import MissingMemberScores
+    from lenscat.classifiers.scoring import plan_score_job
+    from lenscat.cli.ensemble import member_hint
     from lenscat.db.session import session_scope
     from lenscat.jobs.service import pending_chunks, submit_and_wait
-
-    ensure_schema()
-    from lenscat.classifiers.ensemble import MissingMemberScores
-    from lenscat.cli.ensemble import member_hint
+    from lenscat.tasks.names import SCORE_CHUNK
 
     try:
         with session_scope() as s:
@@ -438,7 +334,7 @@ def classifier_score_cmd(
     if not as_json:
         _err(f"job {job.job_id}: {job.n_items} sources to score with {job.model.label} in {job.n_chunks} chunks")
     state = submit_and_wait(
-        "lenscat.score_chunk",
+        SCORE_CHUNK,
         job.job_id,
         chunks,
         wait=not no_wait,
@@ -478,203 +374,21 @@ def classifier_score_cmd(
 
 def _analyze_scores() -> None:
     """Fresh planner statistics after a bulk write, so top-N queries keep using the score index."""
-    from sqlalchemy import text
-
+    from lenscat.classifiers.service import analyze_scores
     from lenscat.db.session import session_scope
 
     with session_scope() as s:
-        s.execute(text("ANALYZE lenscat.scores"))
-
-
-@classifier.command("evaluate")
-@click.option("--name", required=True, help="Classifier (NAME or NAME@VERSION).")
-@click.option(
-    "--baseline",
-    "baselines",
-    multiple=True,
-    help="Classifier(s) evaluated on the same sources beside it, e.g. the supervised CNN "
-    "(default for an ensemble: its members).",
-)
-@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
-@click.option("--labels", "origins", multiple=True, help="Label origins counted as truth (default all).")
-@click.option(
-    "--top-n",
-    "top_n",
-    default=None,
-    help="Comma-separated N for precision in the top N (default: the number of lenses, 1%, 100, 1000).",
-)
-@click.option(
-    "--plots",
-    "plots",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Directory for PNG plots (precision/recall vs N, score distributions, ROC).",
-)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def classifier_evaluate_cmd(
-    name: str,
-    baselines: tuple[str, ...],
-    surveys: tuple[str, ...],
-    origins: tuple[str, ...],
-    top_n: str | None,
-    plots: Path | None,
-    fmt: str,
-) -> None:
-    """Precision in the top N, recall vs images inspected, AUC, TPR0 and TPR10 on sources not trained on.
-
-    An ensemble is evaluated beside each of its members on the same sources (unless --baseline is given).
-    """
-    from lenscat.classifiers.evaluation import format_metrics
-    from lenscat.classifiers.ranking import evaluate_classifier
-    from lenscat.db.session import session_scope
-
-    ns = None
-    if top_n:
-        try:
-            ns = [int(x) for x in top_n.split(",") if x.strip()]
-        except ValueError as exc:
-            raise LenscatError(f"--top-n takes comma-separated integers, got {top_n!r}") from exc
-    ensure_schema()
-    with session_scope() as s:
-        if not baselines:  # an ensemble is shown beside each of its members
-            from lenscat.classifiers.ensemble import member_labels
-            from lenscat.registry.versions import get_model
-
-            model = get_model("classifier", name, session=s)
-            baselines = tuple(member_labels(model)) if model.architecture == "ensemble" else ()
-        res = evaluate_classifier(
-            name,
-            baselines=list(baselines),
-            surveys=list(surveys) or None,
-            origins=parse_origins(origins),
-            top_n=ns,
-            plots=plots,
-            session=s,
-        )
-    if fmt == "json":
-        click.echo(json.dumps(res, default=str))
-        return
-    click.echo(
-        f"evaluated on {res['n_eval']} sources ({res['n_lenses']} lenses; "
-        f"{res['excluded_training_sources']} training/validation sources left out)"
-    )
-    for label, m in res["models"].items():
-        click.echo(format_metrics(label, m))
-    for p in res.get("plots", []):
-        click.echo(f"wrote {p}")
+        analyze_scores(session=s)
 
 
 @classifier.command("list")
 @FORMAT_OPTION
+@needs_schema
 def classifier_list_cmd(fmt: str) -> None:
     """Classifier versions with their encoder, training-set hash and number of scores (an ensemble: its members)."""
-    from lenscat.classifiers.classifier import CLASSIFIER_LIST_COLUMNS, list_classifiers
+    from lenscat.classifiers.versions import CLASSIFIER_LIST_COLUMNS, list_classifiers
     from lenscat.db.session import session_scope
 
-    ensure_schema()
     with session_scope() as s:
         rows = list_classifiers(session=s)
     write_rows(list(CLASSIFIER_LIST_COLUMNS), rows, fmt, sys.stdout)
-
-
-# ---------------------------------------------------------------------------------------- top
-@click.command("top")
-@click.option("--classifier", "classifier_name", required=True, help="Classifier (NAME or NAME@VERSION).")
-@click.option("-n", "n", type=click.IntRange(min=1), default=100, show_default=True, help="Rows wanted.")
-@click.option("--survey", "surveys", multiple=True, help="Only this survey (repeatable).")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=None)
-@click.option("--exclude-known", is_flag=True, help="Drop sources matched to literature lenses.")
-@click.option("--exclude-labelled", is_flag=True, help="Drop sources that already carry a label.")
-@FORMAT_OPTION
-def top_cmd(
-    classifier_name: str,
-    n: int,
-    surveys: tuple[str, ...],
-    min_score: float | None,
-    exclude_known: bool,
-    exclude_labelled: bool,
-    fmt: str,
-) -> None:
-    """The N highest-scoring sources of a classifier: the sample for human inspection."""
-    from lenscat.classifiers.ranking import top_candidates
-    from lenscat.db.session import session_scope
-
-    ensure_schema()
-    with session_scope() as s:
-        table = top_candidates(
-            classifier_name,
-            n,
-            surveys=list(surveys) or None,
-            min_score=min_score,
-            exclude_known=exclude_known,
-            exclude_labelled=exclude_labelled,
-            session=s,
-        )
-    if fmt == "table":
-        _err(f"classifier {table.meta['classifier']}: top {len(table)} of n={n}")
-    write_table(table, fmt, sys.stdout)
-
-
-# ---------------------------------------------------------------------------------- reprocess
-@click.command("reprocess")
-@click.option("--dry-run", is_flag=True, help="Report what would be queued; queue nothing.")
-@click.option("--wait", is_flag=True, help="Follow the queued jobs to their end (starts a local worker if needed).")
-@click.option("--json", "as_json", is_flag=True, help="Print what was queued as JSON lines.")
-@click.option(
-    "--retry-failed",
-    is_flag=True,
-    help="Also queue sources whose embedding or score failed before (see `lenscat jobs show ID`).",
-)
-def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool, retry_failed: bool) -> None:
-    """Queue the embeddings, scores and spectral scans that new sources, spectra or model versions left
-    missing (as beat does).
-
-    Chunks whose worker died (no heartbeat for LENSCAT_JOB_STALL_S) are queued again. Sources that
-    failed under a model version are left out until their input changes, or with --retry-failed.
-    """
-    from lenscat.db.session import session_scope
-    from lenscat.jobs.reprocess import build_missing_indexes, plan_reprocess, send
-    from lenscat.jobs.service import submit_and_wait
-
-    ensure_schema()
-    with session_scope() as s:
-        planned = plan_reprocess(session=s, dry_run=dry_run, retry_failed=retry_failed)
-    for p in planned:
-        if p.requeued and not as_json:
-            click.echo(
-                f"{'would queue again' if dry_run else 'queued again'} {p.n_chunks} stalled chunk(s) "
-                f"{', '.join(map(str, p.chunks))} of job {p.job_id} ({p.kind} {p.model})"
-            )
-            continue
-        click.echo(
-            json.dumps(p.as_dict())
-            if as_json
-            else f"{'would queue' if dry_run else 'queued'} {p.kind} {p.model}: {p.n_items} "
-            f"{'spectra' if p.kind == 'spectral_scan' else 'sources'} in {p.n_chunks} "
-            f"chunks" + (f" (job {p.job_id})" if p.job_id else "")
-        )
-    if not planned and not as_json:
-        click.echo("nothing to do: every latest encoder, classifier and detector version is up to date")
-    if dry_run or not planned:
-        return
-    if not wait:
-        send(planned)
-        return
-    for p in planned:  # embeddings first: their scores are planned by the next run
-        assert p.job_id is not None
-        submit_and_wait(p.task, p.job_id, p.chunks, unit="src", desc=f"{p.kind} {p.model}", progress=not as_json)
-    from lenscat.spectra.scan import refresh_idle_detectors
-
-    with session_scope() as s:
-        for label in build_missing_indexes(session=s):
-            click.echo(f"built the HNSW index of {label}")
-        refresh_idle_detectors(session=s)
-
-
-def register(cli: click.Group) -> None:
-    """Attach these commands to the top-level group."""
-    from lenscat.cli.ensemble import register as register_ensemble_commands
-
-    register_ensemble_commands(classifier)
-    for cmd in (labels, classifier, top_cmd, reprocess_cmd):
-        cli.add_command(cmd)

@@ -1,9 +1,16 @@
-"""Shared pieces of the command line: the --format option, error echo, origins."""
+"""Shared pieces of the command line: the --format option, the schema check, error echo, origins."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
 import click
 
+from lenscat.db.migrate import ensure_schema
+from lenscat.errors import InvalidParameter
 from lenscat.io.output import FORMATS
 
 FORMAT_OPTION = click.option(
@@ -30,3 +37,73 @@ def parse_origins(values: tuple[str, ...]) -> list[str] | None:
 
 def _err(msg: str) -> None:
     click.echo(msg, err=True)
+
+
+def report_rejects(rejects: list[Any], path: Path, show: int = 20) -> None:
+    """Echo the first ``show`` rejected rows of an ingest (``r.line(path)`` each) to stderr, then a count."""
+    for r in rejects[:show]:
+        _err(r.line(path))
+    if len(rejects) > show:
+        _err(f'... and {len(rejects) - show} more rejected rows (see: lenscat sql "SELECT * FROM ingest_rejects")')
+
+
+def flag(param: str) -> str:
+    """The command-line flag of a domain parameter: ``min_spread`` -> ``--min-spread``."""
+    return "--" + param.replace("_", "-")
+
+
+def error_message(exc: Exception) -> str:
+    """The one-line text of a domain error for the terminal: parameters named as their flags."""
+    if isinstance(exc, InvalidParameter):
+        return exc.render(flag)
+    return str(exc)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def needs_schema(fn: F) -> F: ...
+
+
+@overload
+def needs_schema(*, before: Callable[..., dict[str, Any] | None]) -> Callable[[F], F]: ...
+
+
+def needs_schema(fn: F | None = None, *, before: Callable[..., dict[str, Any] | None] | None = None) -> Any:
+    """Declare that a command uses the database: its schema is brought to head (or checked) first.
+
+    Put it directly above the ``def`` (under the click decorators). The schema check is
+    :func:`lenscat.db.migrate.ensure_schema`: on the embedded default it starts the server and
+    upgrades the schema; on a user-managed database it raises
+    :class:`lenscat.errors.SchemaOutOfDate` when the schema is behind. Commands without it
+    (``db status``, ``version``, ``--help``, ...) start nothing.
+
+    Parameters
+    ----------
+    fn
+        The command callback (when used bare, ``@needs_schema``).
+    before
+        Run first, with the command's keyword arguments and without the database: validates the
+        options (raising before any server starts) and may return a dict of values it derived,
+        passed to the command as further keyword arguments (or replacing some).
+
+    Returns
+    -------
+    callable
+        The wrapped callback (``needs_schema`` is set on it), or a decorator when only ``before``
+        is given.
+    """
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if before is not None:
+                kwargs.update(before(**kwargs) or {})
+            ensure_schema()
+            return f(*args, **kwargs)
+
+        wrapper.needs_schema = True  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate

@@ -6,8 +6,7 @@ import json
 
 import click
 
-from lenscat.cli.common import _err, parse_origins
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import _err, needs_schema, parse_origins
 from lenscat.errors import LenscatError
 
 
@@ -47,6 +46,7 @@ def member_hint(exc: Exception) -> LenscatError:
 @click.option("--labels", "origins", multiple=True, help="Label origins counted as truth for stacking (default all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the stacking half-split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@needs_schema
 def ensemble_cmd(
     name: str,
     members: tuple[str, ...],
@@ -65,7 +65,6 @@ def ensemble_cmd(
     from lenscat.classifiers.ensemble import MissingMemberScores, train_ensemble
     from lenscat.db.session import session_scope
 
-    ensure_schema()
     try:
         with session_scope() as s:
             res = train_ensemble(
@@ -117,6 +116,7 @@ def ensemble_cmd(
     help="Reference set and sources scored: this survey's embedded sources (repeatable; default all real surveys).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@needs_schema
 def anomaly_cmd(name: str, encoder_name: str, k: int, surveys: tuple[str, ...], as_json: bool) -> None:
     """An anomaly score: isolation of each source in an encoder's embedding space (mean distance to its
     k nearest neighbours), stored and queried like a classifier score.
@@ -127,7 +127,6 @@ def anomaly_cmd(name: str, encoder_name: str, k: int, surveys: tuple[str, ...], 
     from lenscat.db.session import session_scope
     from lenscat.embeddings.anomaly import fit_anomaly
 
-    ensure_schema()
     with session_scope() as s:
         res = fit_anomaly(name, encoder_name, k=k, surveys=list(surveys) or None, session=s)
     r = res.report
@@ -140,9 +139,3 @@ def anomaly_cmd(name: str, encoder_name: str, k: int, surveys: tuple[str, ...], 
         f"{r['n_reference']:,} {r['encoder']} embeddings"
     )
     _err(f"next: lenscat classifier score --name {res.model.label}")
-
-
-def register(classifier: click.Group) -> None:
-    """Attach ``ensemble`` and ``anomaly`` to the ``classifier`` group."""
-    classifier.add_command(ensemble_cmd)
-    classifier.add_command(anomaly_cmd)

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from lenscat.cli.common import _err
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import _err, needs_schema
 from lenscat.errors import LenscatError
+from lenscat.export.formats import export_format_names
+
+
+def _check_export(
+    grades: str, out: Path | None, fmt: str | None, gallery: Path | None, summary: bool, **_: Any
+) -> dict[str, Any]:
+    """Check the options before the database starts: the grade letters and the file format key."""
+    from lenscat.export.catalogue import export_format, parse_export_grades
+
+    letters = parse_export_grades(grades)
+    if out is None and gallery is None and not summary:
+        raise LenscatError("nothing to do: give --out PATH (and/or --gallery PATH.png|pdf, --summary)")
+    if out is None and fmt is not None:
+        raise LenscatError("--format needs --out PATH")
+    key = export_format(out, fmt) if out is not None else None
+    if gallery is not None and gallery.suffix.lower() not in (".png", ".pdf"):
+        raise LenscatError(f"{gallery}: a gallery is a .png or .pdf file")
+    return {"letters": letters, "key": key}
 
 
 @click.command("export")
@@ -36,7 +54,7 @@ from lenscat.errors import LenscatError
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["fits", "votable", "ecsv", "csv"]),
+    type=click.Choice(export_format_names()),
     default=None,
     help="File format (default from the --out extension: .fits[.gz], .vot/.xml, .ecsv, .csv).",
 )
@@ -69,6 +87,7 @@ from lenscat.errors import LenscatError
 )
 @click.option("--summary", is_flag=True, help="Print counts by consensus grade and survey region.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@needs_schema(before=_check_export)
 def export_cmd(
     grades: str,
     surveys: tuple[str, ...],
@@ -82,6 +101,8 @@ def export_cmd(
     crop_arcsec: float | None,
     summary: bool,
     quiet: bool,
+    letters: tuple[str, ...] = (),
+    key: str | None = None,
 ) -> None:
     """Export the graded candidates for follow-up (public.candidates).
 
@@ -90,25 +111,9 @@ def export_cmd(
     the survey's Galactic hemispheres (NGC: b >= 0, SGC: b < 0).
     """
     from lenscat.db.session import session_scope
-    from lenscat.export.catalogue import (
-        candidate_table,
-        export_format,
-        parse_export_grades,
-        summary_table,
-        write_candidates,
-        write_gallery,
-    )
+    from lenscat.export.catalogue import candidate_table, summary_table, write_candidates, write_gallery
     from lenscat.io.output import write_table
 
-    letters = parse_export_grades(grades)
-    if out is None and gallery is None and not summary:
-        raise LenscatError("nothing to do: give --out PATH (and/or --gallery PATH.png|pdf, --summary)")
-    if out is None and fmt is not None:
-        raise LenscatError("--format needs --out PATH")
-    key = export_format(out, fmt) if out is not None else None
-    if gallery is not None and gallery.suffix.lower() not in (".png", ".pdf"):
-        raise LenscatError(f"{gallery}: a gallery is a .png or .pdf file")
-    ensure_schema()
     with session_scope() as s:
         table = candidate_table(
             session=s, grades=letters, surveys=list(surveys) or None, min_votes=min_votes, classifier=classifier
@@ -143,8 +148,3 @@ def export_cmd(
         click.echo(f"wrote gallery {drawn.path}: {drawn.n_panels} panels{blank}{pages}{left}")
     if summary:
         write_table(summary_table(table), "table", sys.stdout)
-
-
-def register(cli: click.Group) -> None:
-    """Attach ``lenscat export`` to the top-level group."""
-    cli.add_command(export_cmd)

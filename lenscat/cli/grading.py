@@ -10,8 +10,7 @@ from typing import Any
 import click
 import numpy as np
 
-from lenscat.cli.common import FORMAT_OPTION
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import FORMAT_OPTION, needs_schema
 from lenscat.errors import LenscatError
 from lenscat.io.output import write_rows, write_table
 
@@ -19,6 +18,19 @@ from lenscat.io.output import write_rows, write_table
 @click.group("grader")
 def grader() -> None:
     """Grading accounts (hashed passwords or API tokens)."""
+
+
+def _read_password(name: str, password_stdin: bool, with_token: bool, no_password: bool, **_: Any) -> dict[str, Any]:
+    """The new account's password (stdin or prompt; None with --no-password), read before the database starts."""
+    if no_password and not with_token:
+        raise LenscatError("--no-password needs --token")
+    password: str | None = None
+    if not no_password:
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = click.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
+    return {"password": password}
 
 
 @grader.command("add")
@@ -35,22 +47,20 @@ def grader() -> None:
     help="Set a new password/token for an existing account; ends its web sessions (a disabled "
     "account stays disabled: see grader enable).",
 )
+@needs_schema(before=_read_password)
 def grader_add_cmd(
-    name: str, full_name: str | None, password_stdin: bool, with_token: bool, no_password: bool, reset: bool
+    name: str,
+    full_name: str | None,
+    password_stdin: bool,
+    with_token: bool,
+    no_password: bool,
+    reset: bool,
+    password: str | None = None,
 ) -> None:
     """Create a grader account NAME; the password is prompted for unless --password-stdin."""
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import add_grader
+    from lenscat.grading.accounts import add_grader
 
-    if no_password and not with_token:
-        raise LenscatError("--no-password needs --token")
-    password: str | None = None
-    if not no_password:
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\r\n")
-        else:
-            password = click.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
-    ensure_schema()
     with session_scope() as s:
         g, token = add_grader(name, password=password, full_name=full_name, token=with_token, reset=reset, session=s)
     if reset:
@@ -66,12 +76,12 @@ def grader_add_cmd(
 
 @grader.command("list")
 @FORMAT_OPTION
+@needs_schema
 def grader_list_cmd(fmt: str) -> None:
     """Accounts, whether they have a password/token, their grade counts and live web sessions."""
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import list_graders
+    from lenscat.grading.accounts import list_graders
 
-    ensure_schema()
     with session_scope() as s:
         rows = list_graders(session=s)
     cols = [
@@ -91,13 +101,13 @@ def grader_list_cmd(fmt: str) -> None:
 
 @grader.command("disable")
 @click.argument("name")
+@needs_schema
 def grader_disable_cmd(name: str) -> None:
     """Disable an account: it can no longer log in or grade, its web sessions end, its API token stops
     working (its grades stay)."""
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import set_active
+    from lenscat.grading.accounts import set_active
 
-    ensure_schema()
     with session_scope() as s:
         set_active(name, False, session=s)
     click.echo(f"grader {name} disabled; its web sessions were ended")
@@ -105,12 +115,12 @@ def grader_disable_cmd(name: str) -> None:
 
 @grader.command("enable")
 @click.argument("name")
+@needs_schema
 def grader_enable_cmd(name: str) -> None:
     """Enable a disabled account again (it logs in afresh; ended sessions stay ended)."""
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import set_active
+    from lenscat.grading.accounts import set_active
 
-    ensure_schema()
     with session_scope() as s:
         set_active(name, True, session=s)
     click.echo(f"grader {name} enabled")
@@ -118,15 +128,35 @@ def grader_enable_cmd(name: str) -> None:
 
 @grader.command("logout")
 @click.argument("name")
+@needs_schema
 def grader_logout_cmd(name: str) -> None:
     """End every web session of NAME at once (e.g. a lost laptop); the account stays usable."""
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import logout_grader
+    from lenscat.grading.accounts import logout_grader
 
-    ensure_schema()
     with session_scope() as s:
         n = logout_grader(name, session=s)
     click.echo(f"grader {name}: {n} web session(s) ended")
+
+
+def _grade_inputs(
+    source_id: int | None,
+    grade_value: str | None,
+    comment: str | None,
+    path: Path | None,
+    request_id: str | None,
+    **_: Any,
+) -> dict[str, Any]:
+    """The grades to record (one from the arguments, or a file's), read before the database starts."""
+    from lenscat.grading.grades import GradeInput, parse_grade
+
+    if path is not None:
+        if source_id is not None:
+            raise LenscatError("give either SOURCE_ID GRADE or --file, not both")
+        return {"inputs": _read_grade_file(path)}
+    if source_id is None or grade_value is None:
+        raise LenscatError("give SOURCE_ID and GRADE (or --file)")
+    return {"inputs": [GradeInput(source_id, parse_grade(grade_value), comment, request_id)]}
 
 
 @click.command("grade")
@@ -147,6 +177,7 @@ def grader_logout_cmd(name: str) -> None:
     help="UUID of this grading action: repeating the command with the same id records it once.",
 )
 @click.option("--sample", default="cli", show_default=True, help="Where the grade comes from (stored with it).")
+@needs_schema(before=_grade_inputs)
 def grade_cmd(
     source_id: int | None,
     grade_value: str | None,
@@ -155,20 +186,14 @@ def grade_cmd(
     path: Path | None,
     request_id: str | None,
     sample: str,
+    inputs: list[Any] | None = None,
 ) -> None:
     """Record GRADE (A, B, C, N = not a lens, S = skip) for SOURCE_ID by --grader (append-only)."""
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import GradeInput, get_grader, parse_grade, record_grades
+    from lenscat.grading.accounts import get_grader
+    from lenscat.grading.grades import record_grades
 
-    if path is not None:
-        if source_id is not None:
-            raise LenscatError("give either SOURCE_ID GRADE or --file, not both")
-        inputs = _read_grade_file(path)
-    else:
-        if source_id is None or grade_value is None:
-            raise LenscatError("give SOURCE_ID and GRADE (or --file)")
-        inputs = [GradeInput(source_id, parse_grade(grade_value), comment, request_id)]
-    ensure_schema()
+    assert inputs is not None
     with session_scope() as s:
         g = get_grader(grader_name, session=s)
         n = record_grades(g, inputs, sample=sample, session=s)
@@ -222,12 +247,12 @@ def grades() -> None:
 @click.option("--source-id", type=int, default=None, help="Only this source.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @FORMAT_OPTION
+@needs_schema
 def grades_list_cmd(grader_name: str | None, source_id: int | None, limit: int | None, fmt: str) -> None:
     """Grades, newest first (the grades view)."""
     from lenscat.db.session import session_scope
     from lenscat.grading.grades import grades_table
 
-    ensure_schema()
     with session_scope() as s:
         table = grades_table(grader=grader_name, source_id=source_id, limit=limit, session=s)
     write_table(table, fmt, sys.stdout)
@@ -237,12 +262,12 @@ def grades_list_cmd(grader_name: str | None, source_id: int | None, limit: int |
 @click.option("--grades", "grade_list", default=None, help="Only these consensus grades, e.g. A,B.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @FORMAT_OPTION
+@needs_schema
 def grades_consensus_cmd(grade_list: str | None, limit: int | None, fmt: str) -> None:
     """One row per graded source: mean of A=3/B=2/C=1/N=0 over graders, votes, disagreement."""
     from lenscat.db.session import session_scope
     from lenscat.grading.grades import consensus_table
 
-    ensure_schema()
     with session_scope() as s:
         table = consensus_table(grades=grade_list.split(",") if grade_list else None, limit=limit, session=s)
     write_table(table, fmt, sys.stdout)
@@ -258,12 +283,12 @@ def grades_consensus_cmd(grade_list: str | None, limit: int | None, fmt: str) ->
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @FORMAT_OPTION
+@needs_schema
 def grades_conflicts_cmd(min_spread: int, limit: int | None, fmt: str) -> None:
     """Sources whose graders disagree (to be discussed or re-graded)."""
     from lenscat.db.session import session_scope
     from lenscat.grading.grades import conflicts_table
 
-    ensure_schema()
     with session_scope() as s:
         table = conflicts_table(min_spread=min_spread, limit=limit, session=s)
     write_table(table, fmt, sys.stdout)
@@ -273,21 +298,14 @@ def grades_conflicts_cmd(min_spread: int, limit: int | None, fmt: str) -> None:
 @click.option(
     "--positive-grades", default="A,B", show_default=True, help="Consensus grades that count as lenses for training."
 )
+@needs_schema
 def grades_relabel_cmd(positive_grades: str) -> None:
     """Rebuild every human label from the consensus (after changing --positive-grades)."""
-    from sqlalchemy import text
-
+    from lenscat.classifiers.service import count_human_labels
     from lenscat.db.session import session_scope
     from lenscat.grading.grades import refresh_human_labels
 
-    ensure_schema()
     with session_scope() as s:
         refresh_human_labels(None, positive_grades=positive_grades.split(","), session=s)
-        n = s.execute(text("SELECT count(*) FROM lenscat.labels WHERE origin = 'human'")).scalar_one()
-    click.echo(json.dumps({"human_labels": int(n)}))
-
-
-def register(cli: click.Group) -> None:
-    """Attach these commands to the top-level group."""
-    for cmd in (grader, grade_cmd, grades):
-        cli.add_command(cmd)
+        n = count_human_labels(session=s)
+    click.echo(json.dumps({"human_labels": n}))

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from lenscat.cli.common import FORMAT_OPTION, _err
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import FORMAT_OPTION, _err, needs_schema
 from lenscat.errors import LenscatError
 from lenscat.io.output import write_rows, write_table
 
@@ -68,6 +67,7 @@ def _describe(loop: Any) -> str:
     "(e.g. an anomaly score: `lenscat classifier anomaly`).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the proposals.")
+@needs_schema
 def learn_start_cmd(
     name: str,
     encoder: str,
@@ -85,7 +85,8 @@ def learn_start_cmd(
     Re-running with the same options shows the current loop; different options are refused.
     """
     from lenscat.db.session import session_scope
-    from lenscat.learning.active import create_campaign, propose_next
+    from lenscat.learning.active import propose_next
+    from lenscat.learning.campaigns import create_campaign
 
     settings: dict[str, Any] = {
         "seed_origins": [o.strip() for o in (seed_labels or "").split(",") if o.strip()],
@@ -96,7 +97,6 @@ def learn_start_cmd(
         settings["ratio"] = ratio
     if start_classifier:
         settings["start_classifier"] = start_classifier
-    ensure_schema()
     with session_scope() as s:
         camp = create_campaign(name, encoder, batch_size=batch_size, strategy=strategy, settings=settings, session=s)
         loop = propose_next(camp, seed=seed, session=s)
@@ -107,12 +107,13 @@ def learn_start_cmd(
 @learn.command("next")
 @click.argument("name")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the proposal.")
+@needs_schema
 def learn_next_cmd(name: str, seed: int) -> None:
     """Retrain and propose the next batch of NAME, once every source of the current one is graded."""
     from lenscat.db.session import session_scope
-    from lenscat.learning.active import current_loop, propose_next
+    from lenscat.learning.active import propose_next
+    from lenscat.learning.campaigns import current_loop
 
-    ensure_schema()
     with session_scope() as s:
         cur = current_loop(name, session=s)
         if cur is not None and not cur.completed:
@@ -130,12 +131,12 @@ def learn_next_cmd(name: str, seed: int) -> None:
 @learn.command("status")
 @click.argument("name")
 @FORMAT_OPTION
+@needs_schema
 def learn_status_cmd(name: str, fmt: str) -> None:
     """One row per loop of NAME: model version, labels used, inspected, lenses found (and cumulated)."""
     from lenscat.db.session import session_scope
-    from lenscat.learning.active import loops_table
+    from lenscat.learning.tables import loops_table
 
-    ensure_schema()
     with session_scope() as s:
         table = loops_table(name, session=s)
     write_table(table, fmt, sys.stdout)
@@ -147,12 +148,13 @@ def learn_status_cmd(name: str, fmt: str) -> None:
     "--loop", "loop_no", type=click.IntRange(min=1), default=None, help="An earlier loop (default: the current one)."
 )
 @FORMAT_OPTION
+@needs_schema
 def learn_batch_cmd(name: str, loop_no: int | None, fmt: str) -> None:
     """The sources of NAME's current batch in proposal order, with score and whether graded yet."""
     from lenscat.db.session import session_scope
-    from lenscat.learning.active import batch_table, campaign_loops, current_loop
+    from lenscat.learning.campaigns import campaign_loops, current_loop
+    from lenscat.learning.tables import batch_table
 
-    ensure_schema()
     with session_scope() as s:
         if loop_no is None:
             loop = current_loop(name, session=s)
@@ -172,12 +174,12 @@ def learn_batch_cmd(name: str, loop_no: int | None, fmt: str) -> None:
 
 @learn.command("list")
 @FORMAT_OPTION
+@needs_schema
 def learn_list_cmd(fmt: str) -> None:
     """Every campaign: encoder, strategy, loops, sources proposed and graded, lenses found."""
     from lenscat.db.session import session_scope
-    from lenscat.learning.active import list_campaigns
+    from lenscat.learning.campaigns import list_campaigns
 
-    ensure_schema()
     with session_scope() as s:
         rows = list_campaigns(session=s)
     cols = [
@@ -194,8 +196,3 @@ def learn_list_cmd(fmt: str) -> None:
         "created_at",
     ]
     write_rows(cols, [[r[c] for c in cols] for r in rows], fmt, sys.stdout)
-
-
-def register(cli: click.Group) -> None:
-    """Attach the ``learn`` group to the top-level group."""
-    cli.add_command(learn)

@@ -1,15 +1,92 @@
-"""Command line: ``lenscat simulate inject``, lensed arcs painted on a survey's own galaxies."""
+"""Command line: ``lenscat simulate`` (catalog, survey, inject): realistic simulated inputs."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import needs_schema
 from lenscat.errors import LenscatError
+
+
+@click.group()
+def simulate() -> None:
+    """Make realistic simulated inputs."""
+
+
+@simulate.command("catalog")
+@click.option("--n", "n", type=click.IntRange(min=1), default=100_000, show_default=True, help="Number of sources.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--lenses-from",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A literature lens list: put a galaxy at each lens position (within 1 arcsec) in the footprint.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Output file (.fits, .csv, .ecsv, .parquet)."
+)
+def simulate_catalog_cmd(n: int, seed: int, lenses_from: Path | None, out: Path) -> None:
+    """A DECaLS-like source catalogue (positions, grz magnitudes, E(B-V), types, photo-z)."""
+    from lenscat.simulate.catalogue import simulate_catalog
+
+    table = simulate_catalog(n, seed=seed, lens_list=lenses_from)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write(out, overwrite=True)
+    click.echo(f"wrote {len(table)} simulated sources to {out}")
+
+
+@simulate.command("survey")
+@click.option("--n", "n", type=click.IntRange(min=1), default=2000, show_default=True, help="Number of cutouts.")
+@click.option(
+    "--lens-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.01,
+    show_default=True,
+    help="Fraction of cutouts that are strong lenses.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stamp", type=click.IntRange(min=32), default=152, show_default=True, help="Cutout size [pixels].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output HDF5 file (Stein layout).")
+@click.option(
+    "--simulator",
+    type=click.Choice(["lenstronomy", "independent"]),
+    default="lenstronomy",
+    show_default=True,
+    help="'independent': a second simulator written separately in numpy (other populations, "
+    "double-Gaussian PSF, CCD noise, clumpy sources), for the transfer check: evaluate "
+    "on data made differently from the training data.",
+)
+def simulate_survey_cmd(
+    n: int, lens_fraction: float, seed: int, stamp: int, workers: int | None, out: Path, simulator: str
+) -> None:
+    """A DECaLS-like g,r,z imaging survey rendered with lenstronomy (lenses and false positives).
+
+    Writes cutouts in nanomaggies at 0.262"/px with a catalogue and the simulation truth
+    (is_lens, kind, theta_e, ...) in the Stein et al. HDF5 layout; ingest it with
+    `lenscat ingest sources OUT --survey NAME`. Interrupted (Ctrl-C), the same command resumes
+    after the finished rows. `--simulator independent` renders the same layout with a simulator
+    that shares no code or population with the default one (lenscat.simulate.alt).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if simulator == "independent":
+        from lenscat.simulate.alt import simulate_survey_alt
+
+        summary: Any = simulate_survey_alt(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
+    else:
+        from lenscat.simulate.survey import simulate_survey
+
+        summary = simulate_survey(n, lens_fraction, seed, out, stamp=stamp, workers=workers, progress=True)
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items()))
+    resumed = f" (resumed: {summary.resumed_rows} rows kept from the interrupted run)" if summary.resumed_rows else ""
+    click.echo(
+        f"wrote {summary.n} cutouts ({summary.n_lenses} lenses) to {out} in {summary.seconds:.1f} s{resumed}; {kinds}"
+    )
 
 
 def _pair(text: str, what: str) -> tuple[float, float]:
@@ -45,7 +122,7 @@ def _fmt_range(r: tuple[float, float], spec: str = ".2f") -> str:
     return "-" if any(not math.isfinite(x) for x in r) else f"{r[0]:{spec}}-{r[1]:{spec}}"
 
 
-@click.command("inject")
+@simulate.command("inject")
 @click.option("--survey", required=True, help="Host survey: its own galaxies get the simulated lenses.")
 @click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of injected lenses.")
 @click.option(
@@ -110,6 +187,7 @@ def _fmt_range(r: tuple[float, float], spec: str = ".2f") -> str:
     help="Smallest host half-light radius [arcsec] (measured with the PSF).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@needs_schema
 def inject_cmd(
     survey: str,
     n: int,
@@ -143,7 +221,6 @@ def inject_cmd(
     from lenscat.db.session import session_scope
     from lenscat.simulate.injection import inject_survey
 
-    ensure_schema()
     with session_scope() as s:
         summary = inject_survey(
             survey,
@@ -198,8 +275,3 @@ def inject_cmd(
         f"  file {summary.path} ({how}); ingest: {ingested}; labels (origin injection): "
         f"{summary.n_labels_written} written, {summary.n_labels_removed} removed"
     )
-
-
-def register(simulate: click.Group) -> None:
-    """Add ``inject`` to the ``simulate`` group."""
-    simulate.add_command(inject_cmd)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import click
 
-from lenscat.cli.common import _err
-from lenscat.db.migrate import ensure_schema
+from lenscat.cli.common import _err, needs_schema
 from lenscat.errors import LenscatError
 
 
@@ -23,6 +23,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _check_host(host: str, insecure: bool, **_: Any) -> None:
+    """Refuse (or, with --insecure, warn about) a non-loopback host without Secure cookies."""
+    from lenscat.settings import get_settings
+
+    if not is_loopback(host) and not get_settings().web_secure_cookies:
+        if not insecure:
+            raise LenscatError(
+                f"refusing to serve on {host}, which other machines can reach, with cookies that are not Secure: "
+                "serve behind HTTPS and set LENSCAT_WEB_SECURE_COOKIES=true, or pass --insecure"
+            )
+        _err(
+            "lenscat: WARNING: --insecure: serving on a non-loopback address over plain HTTP without Secure "
+            "cookies.\nlenscat: WARNING: passwords, login cookies and API tokens cross the network in clear "
+            "text; anyone on the path can log in as your graders.\nlenscat: WARNING: serve behind HTTPS and set "
+            "LENSCAT_WEB_SECURE_COOKIES=true instead."
+        )
 
 
 @click.command("serve")
@@ -46,32 +64,18 @@ def is_loopback(host: str) -> bool:
     help="Serve a non-loopback --host without Secure cookies: passwords and login cookies then "
     "cross the network in clear text unless something else encrypts it.",
 )
+@needs_schema(before=_check_host)
 def serve_cmd(host: str, port: int, workers: int, log_level: str, insecure: bool) -> None:
     """Serve the inspection grids, candidate pages, search, query page and export to graders.
 
     On a non-loopback --host (other machines can connect) it refuses to start unless cookies are
     marked Secure (LENSCAT_WEB_SECURE_COOKIES=true, behind an HTTPS proxy) or --insecure is given.
     """
-    from lenscat.settings import get_settings
-
-    if not is_loopback(host) and not get_settings().web_secure_cookies:
-        if not insecure:
-            raise LenscatError(
-                f"refusing to serve on {host}, which other machines can reach, with cookies that are not Secure: "
-                "serve behind HTTPS and set LENSCAT_WEB_SECURE_COOKIES=true, or pass --insecure"
-            )
-        _err(
-            "lenscat: WARNING: --insecure: serving on a non-loopback address over plain HTTP without Secure "
-            "cookies.\nlenscat: WARNING: passwords, login cookies and API tokens cross the network in clear "
-            "text; anyone on the path can log in as your graders.\nlenscat: WARNING: serve behind HTTPS and set "
-            "LENSCAT_WEB_SECURE_COOKIES=true instead."
-        )
     import uvicorn
 
     from lenscat.db.session import session_scope
-    from lenscat.grading.grades import list_graders
+    from lenscat.grading.accounts import list_graders
 
-    ensure_schema()
     with session_scope() as s:
         graders = list_graders(session=s)
     if not graders:
@@ -86,8 +90,3 @@ def serve_cmd(host: str, port: int, workers: int, log_level: str, insecure: bool
         log_level=log_level,
         proxy_headers=True,
     )
-
-
-def register(cli: click.Group) -> None:
-    """Attach these commands to the top-level group."""
-    cli.add_command(serve_cmd)

@@ -9,6 +9,12 @@ Each column is a :class:`Column`: its PostgreSQL type (``int2``, ``int4``, ``int
 ``float8``, ``text``, ``jsonb``, or the one-dimensional arrays ``float4[]`` / ``float8[]`` given as
 an (n, m) array), its values and which of them are NULL. Floats that are not finite are NULL, as
 the CSV path wrote them; an array whose elements are all NULL is itself NULL.
+
+The alternative is psycopg's own binary COPY, ``copy.set_types([...])`` and one ``copy.write_row``
+per row (pgvector-python plugs its ``vector`` / ``halfvec`` types into the same per-row path): one
+Python call per row, which bench/vectors.py measured 2.1-2.2x slower for the whole COPY of 10^5
+(bigint, halfvec) rows (docs/benchmarks.md). pgvector types are not encoded here: embeddings go
+through :mod:`lenscat.embeddings.vectors`, whose rows are checked against pgvector's encoding.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from lenscat.catalogue.surveys import get_survey, real_source_sql
-from lenscat.classifiers.classifier import TrainResult
+from lenscat.classifiers.types import TrainResult
 from lenscat.embeddings.vectors import read_embeddings
 from lenscat.errors import LenscatError
 from lenscat.registry.versions import (
@@ -227,11 +227,11 @@ def fit_anomaly(
 
 
 def _checkpoint(model: ModelVersion) -> dict[str, Any]:
-    from lenscat.classifiers.classifier import _load_checkpoint
+    from lenscat.classifiers.loaders import load_checkpoint
 
     if model.architecture != "anomaly":
         raise LenscatError(f"classifier {model.label} is a {model.architecture} classifier, not an anomaly score")
-    return _load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))
+    return load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))
 
 
 # ------------------------------------------------------------------------------------ score-job hooks

@@ -24,10 +24,9 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.catalogue.ingest_log import file_sha256
 from lenscat.catalogue.surveys import get_survey
 from lenscat.embeddings.vectors import upsert_embeddings
-from lenscat.errors import InputFileError, LenscatError
+from lenscat.errors import LenscatError
 from lenscat.jobs.service import (
     clear_item_failures,
     create_job,
@@ -37,12 +36,13 @@ from lenscat.jobs.service import (
     record_item_failures,
     without_failed_items,
 )
+from lenscat.registry.checkpoints import verify_checkpoint
+from lenscat.registry.device import select_device
+from lenscat.registry.loaders import ANY_ARCHITECTURE, load_model, register_loader
 from lenscat.registry.versions import ModelVersion, get_model
 
 DEFAULT_CHUNK = 1024
 DEFAULT_BATCH = 128
-
-_loaded: dict[tuple[int, str], Any] = {}
 
 
 def verified_checkpoint(model: ModelVersion) -> Path:
@@ -52,49 +52,42 @@ def verified_checkpoint(model: ModelVersion) -> Path:
     ------
     LenscatError
         The version holds precomputed vectors only.
-    InputFileError
-        The file is missing or was changed.
+    CheckpointError
+        The file is missing or was changed (:func:`lenscat.registry.checkpoints.verify_checkpoint`).
     """
     if model.origin == "external" or not model.checkpoint_path:
         raise LenscatError(f"encoder {model.label} holds precomputed vectors only; it has no checkpoint to run")
-    path = Path(model.checkpoint_path)
-    if not path.is_file():
-        raise InputFileError(
-            f"{path}: checkpoint of encoder {model.label} is missing "
-            "(workers need the same LENSCAT_HOME/models, e.g. a shared volume; if it is "
-            "mounted elsewhere: `lenscat db relocate OLD_DIR NEW_DIR`)"
-        )
-    sha = file_sha256(path)
-    if sha != model.checkpoint_sha256:
-        raise InputFileError(
-            f"{path}: checkpoint sha256 {sha[:12]}... does not match encoder {model.label} "
-            f"({str(model.checkpoint_sha256)[:12]}...); the file was changed"
-        )
-    return path
+    return verify_checkpoint(model)
 
 
-def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[Any, str]:
-    """The torch encoder of a model version, loaded once per process and checked by sha256.
+@register_loader("encoder", ANY_ARCHITECTURE)
+def _load_encoder_version(model: ModelVersion, device: str | None) -> Any:
+    """Registry loader of every encoder architecture: the network on ``device``, in eval mode.
 
-    A version of architecture ``classifier-features`` (:func:`lenscat.embeddings.encoders.encoder_from_classifier`)
+    A version of architecture ``classifier-features`` (:func:`lenscat.embeddings.encoder_derive.encoder_from_classifier`)
     loads as :class:`lenscat.models.features.ClassifierFeatures`: a classifier's penultimate layer.
     """
     from lenscat.models.checkpoint import load_encoder
     from lenscat.models.features import FEATURES_ARCH, load_features
-    from lenscat.models.inference import best_device
 
-    dev = device or best_device()
-    key = (model.model_id, dev)
-    if key in _loaded:
-        return _loaded[key], dev
+    if model.origin == "external" or not model.checkpoint_path:
+        raise LenscatError(f"encoder {model.label} holds precomputed vectors only; it has no checkpoint to run")
+    path = Path(model.checkpoint_path)  # verified by load_model
     encoder: Any
     if model.architecture == FEATURES_ARCH:  # a classifier's penultimate layer
-        encoder, _meta = load_features(verified_checkpoint(model))
+        encoder, _meta = load_features(path)
     else:
-        encoder, _meta = load_encoder(verified_checkpoint(model))
-    encoder = encoder.to(dev).eval()
-    _loaded[key] = encoder
-    return encoder, dev
+        encoder, _meta = load_encoder(path)
+    return encoder.to(select_device(device)).eval()
+
+
+def load_encoder_for(model: ModelVersion, device: str | None = None) -> tuple[Any, str]:
+    """The torch encoder of a model version and its device, loaded once per process and checked by sha256.
+
+    ``device`` defaults to ``LENSCAT_DEVICE``, else CUDA when available (:func:`lenscat.registry.device.select_device`).
+    """
+    dev = select_device(device)
+    return load_model(model, dev), dev
 
 
 def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
@@ -209,6 +202,7 @@ def _cutout_batches(
     """
     import astropy.units as u
 
+    from lenscat.images.formats import get_format
     from lenscat.images.store import open_store, read_fits_cutout, resample
 
     by_file: dict[tuple[str, str], list[tuple[int, int, Any]]] = {}
@@ -219,7 +213,7 @@ def _cutout_batches(
     stamp = int(spec.get("stamp", 152))
     for (path, fmt), items in by_file.items():
         items.sort(key=lambda t: (t[0], t[1]))
-        if fmt == "fits":  # one object per file (set): read, resample to the encoder's pixels
+        if get_format(fmt).single_object:  # one object per file (set): read, resample to the encoder's pixels
             for _, sid, members in items:
                 try:
                     cut = read_fits_cutout(list(members) if members else path)

@@ -33,8 +33,9 @@ from lenscat.embeddings.vectors import (
     vector_literal,
 )
 from lenscat.errors import LenscatError, NotFoundError
-from lenscat.literature.crossmatch import rows_to_table
 from lenscat.registry.versions import ModelVersion, get_model
+from lenscat.sky.service import cone_ids, within
+from lenscat.sky.units import rows_to_table
 
 MAX_K = 1000
 MAX_FETCH = 200_000
@@ -90,17 +91,17 @@ def query_from_position(
 ) -> Query:
     """The query of the nearest source with an embedding within ``radius`` of a position."""
     icrs = coord.icrs
-    sid = session.execute(
-        text(
-            f"""
-            SELECT c.source_id FROM cone_search(:ra, :dec, :r) c
-            WHERE EXISTS (SELECT 1 FROM lenscat.embeddings e
-                          WHERE e.model_id = {int(model.model_id)} AND e.source_id = c.source_id)
-            ORDER BY c.separation_arcsec LIMIT 1
-            """
-        ),
-        {"ra": float(icrs.ra.deg), "dec": float(icrs.dec.deg), "r": float(radius.to_value(u.arcsec))},
-    ).scalar()
+    hits = cone_ids(coord, radius, session=session)
+    embedded = set(
+        session.execute(
+            text(  # the model id inlined, as a constant the planner can prune partitions by
+                "SELECT e.source_id FROM lenscat.embeddings e "
+                f"WHERE e.model_id = {int(model.model_id)} AND e.source_id = ANY(:ids)"
+            ),
+            {"ids": hits.source_id.tolist()},
+        ).scalars()
+    )
+    sid = next((int(x) for x in hits.source_id if int(x) in embedded), None)
     if sid is None:
         raise NotFoundError(
             f"no source with an embedding from {model.label} within {radius.to(u.arcsec):.1f} of "
@@ -239,18 +240,13 @@ def similar(
         where.append(real_source_sql("s.survey_id"))
         needs_source = True
     if region is not None:
-        centre, radius = region
-        where.append("lenscat_angsep(:cra, :cdec, s.ra, s.dec) <= :crad")
-        params.update(
-            cra=float(centre.icrs.ra.deg), cdec=float(centre.icrs.dec.deg), crad=float(radius.to_value(u.deg))
-        )
+        cone, cone_params = within("region", *region)
+        where.append(cone)
+        params.update(cone_params)
     if exclude_radius is not None and query.coord is not None:
-        where.append("lenscat_angsep(:qra, :qdec, s.ra, s.dec) > :xr")
-        params.update(
-            qra=float(query.coord.icrs.ra.deg),
-            qdec=float(query.coord.icrs.dec.deg),
-            xr=float(exclude_radius.to_value(u.deg)),
-        )
+        cone, cone_params = within("query", query.coord, exclude_radius, outside=True)
+        where.append(cone)
+        params.update(cone_params)
         needs_source = True
     if exclude_known:
         where.append("NOT EXISTS (SELECT 1 FROM lenscat.crossmatches x WHERE x.source_id = e.source_id)")

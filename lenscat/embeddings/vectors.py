@@ -11,16 +11,16 @@ import time
 from typing import Any
 
 import numpy as np
+from pgvector import HalfVector
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.db.pgbinary import SIGNATURE, TRAILER
 from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
 from lenscat.registry.versions import ModelVersion
 
 MAX_DIM = 4000  # halfvec HNSW limit
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + np.array([0, 0], dtype=">i4").tobytes()
-_COPY_TRAILER = np.array([-1], dtype=">i2").tobytes()
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -37,10 +37,9 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / norm
 
 
-def copy_binary_rows(source_ids: np.ndarray, vectors: np.ndarray) -> bytes:
-    """A PostgreSQL binary COPY stream of (bigint, halfvec) rows, built with numpy."""
-    n, dim = vectors.shape
-    dt = np.dtype(
+def _row_dtype(dim: int) -> np.dtype[Any]:
+    """One binary COPY row of (bigint, halfvec(dim)): field count, id, then pgvector's halfvec_send form."""
+    return np.dtype(
         [
             ("nf", ">i2"),
             ("l1", ">i4"),
@@ -51,7 +50,18 @@ def copy_binary_rows(source_ids: np.ndarray, vectors: np.ndarray) -> bytes:
             ("v", ">f2", (dim,)),
         ]
     )
-    rec = np.empty(n, dtype=dt)
+
+
+# Why not pgvector-python here: its binary COPY (``copy.set_types(["bigint", "halfvec"])`` and one
+# ``copy.write_row((id, HalfVector(v)))`` per row) writes the same bytes (tests/unit/test_vectors_binary.py),
+# but bench/vectors.py (10^5 x 128-d, best of 3-5, 2026-12-07, AMD EPYC 2-core shared sandbox under
+# load 6-9) measured the whole COPY 2.1-2.2x slower than this one-record-array encoder (its client-side
+# encoding alone 5-7x slower), and the bulk read through its HalfVector loader 3.6-5.5x slower than
+# parse_copy_binary_rows. Single vectors go through pgvector's HalfVector (get_embedding).
+def copy_binary_rows(source_ids: np.ndarray, vectors: np.ndarray) -> bytes:
+    """A PostgreSQL binary COPY stream of (bigint, halfvec) rows, built with numpy."""
+    n, dim = vectors.shape
+    rec = np.empty(n, dtype=_row_dtype(dim))
     rec["nf"] = 2
     rec["l1"] = 8
     rec["id"] = source_ids
@@ -59,7 +69,25 @@ def copy_binary_rows(source_ids: np.ndarray, vectors: np.ndarray) -> bytes:
     rec["dim"] = dim
     rec["unused"] = 0
     rec["v"] = vectors.astype(np.float16)
-    return _COPY_HEADER + rec.tobytes() + _COPY_TRAILER
+    return SIGNATURE + rec.tobytes() + TRAILER
+
+
+def parse_copy_binary_rows(
+    buf: bytes | bytearray, dim: int, what: str = "stored vectors"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64, (n, dim) float32) from a binary ``COPY (SELECT bigint, halfvec) TO STDOUT`` stream.
+
+    Raises
+    ------
+    LenscatError
+        A row whose vector does not have ``dim`` dimensions (the message starts with ``what``).
+    """
+    dt = _row_dtype(dim)
+    body = bytes(buf[len(SIGNATURE) : len(buf) - len(TRAILER)]) if buf else b""
+    if len(body) % dt.itemsize:
+        raise LenscatError(f"{what} do not all have {dim} dimensions")
+    rec = np.frombuffer(body, dtype=dt)
+    return rec["id"].astype(np.int64), rec["v"].astype(np.float32)
 
 
 def upsert_embeddings(
@@ -165,22 +193,7 @@ def read_embeddings(
                 buf += block
         if source_ids is not None:
             cur.execute("TRUNCATE embedding_ids")
-    dt = np.dtype(
-        [
-            ("nf", ">i2"),
-            ("l1", ">i4"),
-            ("id", ">i8"),
-            ("l2", ">i4"),
-            ("dim", ">i2"),
-            ("unused", ">i2"),
-            ("v", ">f2", (dim,)),
-        ]
-    )
-    body = bytes(buf[len(_COPY_HEADER) : len(buf) - len(_COPY_TRAILER)]) if buf else b""
-    if len(body) % dt.itemsize:
-        raise LenscatError(f"stored vectors of {model.label} do not all have {dim} dimensions")
-    rec = np.frombuffer(body, dtype=dt)
-    return rec["id"].astype(np.int64), rec["v"].astype(np.float32)
+    return parse_copy_binary_rows(buf, dim, f"stored vectors of {model.label}")
 
 
 def hnsw_index_name(model: ModelVersion) -> str:
@@ -254,7 +267,7 @@ def get_embedding(model: ModelVersion, source_id: int, *, session: Session) -> n
     ).scalar()
     if val is None:
         return None
-    return np.array([float(x) for x in str(val).strip("[]").split(",")], dtype=np.float32)
+    return HalfVector.from_text(str(val)).to_numpy().astype(np.float32)
 
 
 def set_search_params(*, session: Session, k: int, max_scan_tuples: int | None = None) -> None:

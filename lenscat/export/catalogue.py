@@ -6,14 +6,7 @@ needs: an IAU-style name, sexagesimal coordinates, the survey region, and the pr
 score (classifier version id, its encoder ``name@version``, the sha256 of its training set and of
 its checkpoint). Every column carries a unit where it has one and a description; missing values
 are masked (floats hold NaN underneath, strings are ``''``), so the table survives every format
-:func:`write_candidates` writes:
-
-* ``fits`` (``.fits``, ``.fit``, ``.fts``, optionally ``.gz``): units and descriptions kept,
-  table metadata in the header; strings are ASCII (other characters are transliterated).
-* ``votable`` (``.xml``, ``.vot``, ``.votable``): units and descriptions kept; the metadata is
-  written as ``INFO`` elements and summarised in the table ``DESCRIPTION``.
-* ``ecsv`` (``.ecsv``): units, descriptions and metadata kept.
-* ``csv`` (``.csv``): values only (one header line of column names), for spreadsheets.
+:func:`write_candidates` writes (FITS, VOTable, ECSV, CSV: the table of :mod:`lenscat.export.formats`).
 
 Files are written to a temporary file in the destination directory and renamed into place, so a
 reader never sees a half-written file and an interrupted export leaves the old one intact.
@@ -31,16 +24,9 @@ Galactic caps of any survey, whatever its footprint.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import math
-import os
-import tempfile
-import unicodedata
-import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import astropy.units as u
@@ -49,7 +35,16 @@ from astropy.table import Column, MaskedColumn, Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.errors import LenscatError
+from lenscat.errors import InvalidParameter, LenscatError
+from lenscat.export.formats import (
+    EXPORT_FORMATS,
+    FILE_SUFFIXES,
+    MEDIA_TYPES,
+    export_bytes,
+    export_format,
+    write_candidates,
+)
+from lenscat.export.gallery import GalleryResult, write_gallery
 
 __all__ = [
     "COLUMN_NAMES",
@@ -78,34 +73,6 @@ GRADE_DEFINITIONS = {
     "C": "possible lens (1 grade point)",
     "N": "not a lens (0 grade points)",
 }
-
-EXPORT_FORMATS = {"fits": "fits", "votable": "votable", "ecsv": "ascii.ecsv", "csv": "ascii.csv"}
-"""Export format name -> astropy format."""
-
-MEDIA_TYPES = {
-    "fits": "application/fits",
-    "votable": "application/x-votable+xml",
-    "ecsv": "text/x-ecsv",
-    "csv": "text/csv",
-}
-"""Media type of each export format (for a web download)."""
-
-FILE_SUFFIXES = {"fits": ".fits", "votable": ".vot", "ecsv": ".ecsv", "csv": ".csv"}
-"""The usual file name suffix of each export format."""
-
-_SUFFIX_FORMATS = (
-    (".fits.gz", "fits"),
-    (".fit.gz", "fits"),
-    (".fts.gz", "fits"),
-    (".fits", "fits"),
-    (".fit", "fits"),
-    (".fts", "fits"),
-    (".votable", "votable"),
-    (".vot", "votable"),
-    (".xml", "votable"),
-    (".ecsv", "ecsv"),
-    (".csv", "csv"),
-)
 
 REGION_DEFINITION = "survey + Galactic hemisphere: NGC (Galactic latitude b >= 0) or SGC (b < 0)"
 
@@ -226,15 +193,16 @@ def parse_export_grades(grades: str | Iterable[str]) -> tuple[str, ...]:
     items = [g.strip() for g in grades.split(",")] if isinstance(grades, str) else [str(g).strip() for g in grades]
     items = [g for g in items if g]
     if not items:
-        raise LenscatError("no grades given; expected some of A, B, C, N (e.g. --grades A,B)")
+        raise InvalidParameter("grades", "no grades given; expected some of A, B, C, N (e.g. {grades} A,B)")
     chosen = set()
     for g in items:
         try:
             letter = parse_grade(g)
         except LenscatError:
-            raise LenscatError(
+            raise InvalidParameter(
+                "grades",
                 f"unknown grade {g!r}; expected A (sure lens), B (probable), C (possible) "
-                "or N (not a lens), e.g. --grades A,B"
+                "or N (not a lens), e.g. {grades} A,B",
             ) from None
         if letter == "S":
             raise LenscatError(f"grade {g!r} (skip) is never a consensus grade; expected A, B, C or N")
@@ -268,9 +236,10 @@ def _iso_utc(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value.isoformat(timespec="seconds") + "Z"
+        when: dt.datetime = value
+        if when.tzinfo is not None:
+            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        return when.isoformat(timespec="seconds") + "Z"
     return str(value)
 
 
@@ -412,158 +381,6 @@ def candidate_table(
     return table
 
 
-# ------------------------------------------------------------------------------------ files
-def export_format(path: str | Path, fmt: str | None = None) -> str:
-    """The export format (``fits``, ``votable``, ``ecsv``, ``csv``) for ``path`` and an optional ``fmt``.
-
-    Raises
-    ------
-    LenscatError
-        For an unknown format, a format the file name's extension contradicts, or (without
-        ``fmt``) an extension that names no format.
-    """
-    name = Path(path).name.lower()
-    by_suffix = next((f for sfx, f in _SUFFIX_FORMATS if name.endswith(sfx)), None)
-    if fmt is not None:
-        key = fmt.lower()
-        if key not in EXPORT_FORMATS:
-            raise LenscatError(f"unknown export format {fmt!r}; expected {', '.join(EXPORT_FORMATS)}")
-        if by_suffix is not None and by_suffix != key:
-            raise LenscatError(
-                f"{path}: the extension says {by_suffix} but the format is {key}; "
-                f"use a {FILE_SUFFIXES[key]} file name or --format {by_suffix}"
-            )
-        return key
-    if by_suffix is None:
-        raise LenscatError(
-            f"{path}: cannot tell the format from the extension; use .fits, .vot/.xml, .ecsv "
-            "or .csv, or give the format (--format fits|votable|ecsv|csv)"
-        )
-    return by_suffix
-
-
-def _ascii_only(table: Table) -> Table:
-    """A copy whose string columns hold only ASCII (FITS cannot store other characters)."""
-    out = table.copy(copy_data=False)
-    for name in out.colnames:
-        col = out[name]
-        if col.dtype.kind != "U" or len(col) == 0:
-            continue
-        values = [str(v) for v in np.asarray(col)]
-        if all(v.isascii() for v in values):
-            continue
-        fixed = [
-            unicodedata.normalize("NFKD", v).encode("ascii", "ignore").decode("ascii") if not v.isascii() else v
-            for v in values
-        ]
-        width = max([1] + [len(v) for v in fixed])
-        new = Column(np.array(fixed, dtype=f"U{width}"), name=name, unit=col.unit, description=col.description)
-        out.replace_column(name, new)
-    return out
-
-
-def _float32_as_written(table: Table) -> Table:
-    """A copy whose float32 columns print their shortest round-trip form (0.95, not 0.949999988)."""
-    out = table.copy(copy_data=False)
-    for name in out.colnames:
-        if out[name].dtype == np.float32 and out[name].info.format is None:
-            out[name].info.format = _float32_text
-    return out
-
-
-def _float32_text(value: Any) -> str:
-    return str(np.float32(value))
-
-
-def _write_fits(table: Table, path: str) -> None:
-    from astropy.io.fits.verify import VerifyWarning
-
-    with warnings.catch_warnings():
-        # 'description' is longer than 8 characters: written (and read back) as a HIERARCH card
-        warnings.filterwarnings(
-            "ignore", message=r"Keyword name .* is greater than 8 characters", category=VerifyWarning
-        )
-        _ascii_only(table).write(path, format="fits", overwrite=True)
-
-
-def _write_votable(table: Table, path: str) -> None:
-    from astropy.io.votable import from_table, writeto
-    from astropy.io.votable.tree import Info
-
-    vot = from_table(table)
-    resource = vot.resources[0]
-    for key, value in table.meta.items():
-        if key != "description" and isinstance(value, str | int | float):
-            resource.infos.append(Info(name=str(key), value=str(value)))
-    writeto(vot, path)
-
-
-def write_candidates(table: Table, path: str | Path, fmt: str | None = None) -> Path:
-    """Write a candidate table as FITS, VOTable, ECSV or CSV, replacing ``path`` atomically.
-
-    Parameters
-    ----------
-    table
-        Usually from :func:`candidate_table` (any astropy Table without object columns works).
-    path
-        Output file; its directory is created if needed. An existing file is replaced only once
-        the new one is completely written (temporary file in the same directory, then a rename).
-    fmt
-        ``'fits'``, ``'votable'``, ``'ecsv'`` or ``'csv'``; default from the extension (``.fits``,
-        ``.fits.gz``, ``.fit``, ``.xml``, ``.vot``, ``.votable``, ``.ecsv``, ``.csv``). A ``.gz``
-        FITS name is gzip-compressed.
-
-    Returns
-    -------
-    Path
-        The file written.
-
-    Raises
-    ------
-    LenscatError
-        When the format is unknown or contradicts the extension, or the file cannot be written.
-    """
-    key = export_format(path, fmt)
-    dest = Path(path).expanduser()
-    name = dest.name.lower()
-    suffix = next((sfx for sfx, f in _SUFFIX_FORMATS if name.endswith(sfx)), FILE_SUFFIXES[key])
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        mode = dest.stat().st_mode & 0o777 if dest.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=f".part{suffix}")
-        os.close(fd)
-    except OSError as exc:
-        raise LenscatError(f"{dest}: cannot write here ({exc.strerror or exc})") from exc
-    try:
-        if key == "fits":
-            _write_fits(table, tmp)
-        elif key == "votable":
-            _write_votable(table, tmp)
-        elif key == "csv":
-            _float32_as_written(table).write(tmp, format="ascii.csv", overwrite=True)
-        else:
-            table.write(tmp, format=EXPORT_FORMATS[key], overwrite=True)
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise LenscatError(f"{dest}: cannot write the {key} file ({exc.strerror or exc})") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    return dest
-
-
-def export_bytes(table: Table, fmt: str) -> bytes:
-    """The bytes :func:`write_candidates` would write in ``fmt`` (for a web download).
-
-    See :data:`MEDIA_TYPES` and :data:`FILE_SUFFIXES` for the response headers.
-    """
-    key = export_format(f"candidates{FILE_SUFFIXES.get(str(fmt).lower(), '')}", fmt)
-    with tempfile.TemporaryDirectory(prefix="lenscat-export-") as d:
-        p = write_candidates(table, Path(d) / f"candidates{FILE_SUFFIXES[key]}", key)
-        return p.read_bytes()
-
-
 # ------------------------------------------------------------------------------------ summary
 def summary_table(
     table: Table | None = None,
@@ -650,283 +467,3 @@ def summary_table(
     )
     out.meta["REGION"] = REGION_DEFINITION
     return out
-
-
-# ------------------------------------------------------------------------------------ gallery
-@dataclass
-class GalleryResult:
-    """What :func:`write_gallery` drew.
-
-    Attributes
-    ----------
-    path
-        The PNG or PDF written.
-    n_panels
-        Panels drawn (at most ``max_images``).
-    n_images
-        Panels with a cutout image.
-    n_blank
-        Labelled blank panels: no cutout registered, or the cutout file could not be read.
-    n_left_out
-        Candidates beyond ``max_images`` (not drawn).
-    n_pages
-        Pages (1 for a PNG).
-    blank_source_ids
-        Source ids of the blank panels.
-    problems
-        One line per unreadable cutout file.
-    """
-
-    path: Path
-    n_panels: int
-    n_images: int
-    n_blank: int
-    n_left_out: int
-    n_pages: int
-    blank_source_ids: list[int] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-_GRADE_COLOURS = {"A": "#1a9850", "B": "#91cf60", "C": "#fdae61", "N": "#d73027"}
-_TILE_IN, _LABEL_IN, _GAP_IN, _HEADER_IN = 1.6, 0.42, 0.12, 0.45  # gallery layout [inch]
-
-
-def _cutout_images(
-    source_ids: list[int], *, session: Session, crop_arcsec: float | None, stretch: str
-) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """RGB (H, W, 3) uint8 images, north up, of the sources that have a readable cutout; reasons for the rest."""
-    from lenscat.images.rgb import rgb_image
-    from lenscat.images.store import open_store
-
-    rows = session.execute(
-        text(
-            """
-            SELECT s.source_id, s.cutout_row, f.path, f.format, f.member_paths, f.bands AS file_bands,
-                   f.pixel_scale_arcsec AS file_scale, v.bands AS survey_bands, v.pixel_scale_arcsec AS survey_scale
-            FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id)
-            LEFT JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id
-            WHERE s.source_id = ANY(:ids)
-            """
-        ),
-        {"ids": [int(i) for i in source_ids]},
-    ).all()
-    by_id = {int(r.source_id): r for r in rows}
-    images: dict[int, np.ndarray] = {}
-    reasons: dict[int, str] = {}
-    groups: dict[tuple[str, str, tuple[str, ...]], list[Any]] = {}
-    for sid in source_ids:
-        r = by_id.get(int(sid))
-        if r is None or r.path is None:
-            reasons[int(sid)] = "no cutout"
-            continue
-        groups.setdefault((r.path, r.format, tuple(r.member_paths or ())), []).append(r)
-    for (path, fmt, members), group in groups.items():
-        try:
-            store = open_store(path, fmt, member_paths=list(members) or None)
-            if fmt == "fits":
-                cut = store.get_one(0)
-                planes = [(cut.data, list(cut.bands), float(cut.pixel_scale.to_value(u.arcsec)))] * len(group)
-            else:
-                data = store.get([int(r.cutout_row) for r in group])
-                bands = list(group[0].file_bands or store.bands or group[0].survey_bands or ["g", "r", "z"])
-                scale = group[0].file_scale or group[0].survey_scale or 0.262
-                planes = [(data[k], bands, float(scale)) for k in range(len(group))]
-        except (LenscatError, OSError, ValueError, KeyError) as exc:
-            for r in group:
-                reasons[int(r.source_id)] = f"cutout unreadable: {path}: {exc}"
-            continue
-        for r, (arr, bands, scale) in zip(group, planes, strict=True):
-            img = rgb_image(arr, bands, stretch=stretch)
-            if crop_arcsec:
-                n = max(4, int(round(crop_arcsec / max(scale, 1e-6))))
-                h, w = img.shape[:2]
-                y0, x0 = max(0, (h - n) // 2), max(0, (w - n) // 2)
-                img = img[y0 : y0 + n, x0 : x0 + n]
-            images[int(r.source_id)] = np.ascontiguousarray(img[::-1])  # FITS orientation -> north up
-    return images, reasons
-
-
-def _label(row: Any) -> str:
-    """Three caption lines: object id; grade, mean grade and votes; score and literature status."""
-    objid = str(row["objid"])
-    first = objid if len(objid) <= 22 else objid[:21] + "~"
-    second = f"{row['consensus_grade']}  mean {float(row['mean_grade']):.2f}  n={int(row['n_votes'])}"
-    score = row["best_score"]
-    missing = score is np.ma.masked or not np.isfinite(float(score))
-    third = "no score" if missing else f"score {float(score):.3f}"
-    if "literature_status" in row.colnames:
-        third += f"  {row['literature_status']}"
-    return f"{first}\n{second}\n{third}"
-
-
-def write_gallery(
-    table: Table,
-    path: str | Path,
-    *,
-    session: Session,
-    ncols: int = 8,
-    max_images: int = 200,
-    rows_per_page: int = 8,
-    crop_arcsec: float | None = None,
-    stretch: str = "asinh",
-    progress: bool = False,
-) -> GalleryResult:
-    """Draw the candidates as a labelled grid of RGB cutouts, in table order: a PNG or a PDF.
-
-    Parameters
-    ----------
-    table
-        A candidate table (:func:`candidate_table`): needs ``source_id``, ``objid``,
-        ``consensus_grade``, ``mean_grade``, ``n_votes`` and ``best_score``.
-    path
-        ``.png`` (one image) or ``.pdf`` (``ncols`` x ``rows_per_page`` panels per page); replaced
-        atomically.
-    session
-        Database session (to find each source's cutout).
-    ncols
-        Panels per row.
-    max_images
-        Draw at most this many candidates (the first ones of the table); the rest are counted in
-        :attr:`GalleryResult.n_left_out`.
-    rows_per_page
-        Rows per PDF page.
-    crop_arcsec
-        Show the central ``crop_arcsec`` x ``crop_arcsec`` of each cutout (default: all of it).
-    stretch
-        ``'asinh'`` (Legacy Surveys viewer) or ``'lupton'``; see :func:`lenscat.images.rgb.rgb_image`.
-    progress
-        Show a progress bar on stderr.
-
-    Returns
-    -------
-    GalleryResult
-        Panels drawn; a source without a (readable) cutout gets a labelled grey panel and is counted
-        in ``n_blank``.
-
-    Raises
-    ------
-    LenscatError
-        For an empty table, a path that is neither .png nor .pdf, or bad ``ncols``/``max_images``.
-    """
-    from matplotlib.figure import Figure
-    from tqdm import tqdm
-
-    dest = Path(path).expanduser()
-    kind = dest.suffix.lower().lstrip(".")
-    if kind not in ("png", "pdf"):
-        raise LenscatError(f"{path}: a gallery is a .png or .pdf file")
-    if ncols < 1 or max_images < 1 or rows_per_page < 1:
-        raise LenscatError("ncols, max_images and rows_per_page must be at least 1")
-    if len(table) == 0:
-        raise LenscatError("no candidates to draw in a gallery")
-    for need in ("source_id", "objid", "consensus_grade", "mean_grade", "n_votes", "best_score"):
-        if need not in table.colnames:
-            raise LenscatError(f"write_gallery needs a candidate table; column {need!r} is missing")
-    shown = table[: int(max_images)]
-    ids = [int(i) for i in shown["source_id"]]
-    images, reasons = _cutout_images(ids, session=session, crop_arcsec=crop_arcsec, stretch=stretch)
-    ncols = min(int(ncols), len(shown))
-    per_page = ncols * int(rows_per_page) if kind == "pdf" else len(shown)
-    pages = [list(range(k, min(k + per_page, len(shown)))) for k in range(0, len(shown), per_page)]
-    grades = table.meta.get("GRADES", ",".join(sorted(set(np.asarray(table["consensus_grade"], dtype=str)))))
-    title = f"lenscat candidates, grade {grades}: {len(shown)} of {len(table)}"
-    figures = []
-    bar = tqdm(total=len(shown), unit="img", desc="gallery", disable=not progress, leave=False)
-    try:
-        for p, members in enumerate(pages):
-            nrows = -(-len(members) // ncols)
-            width = ncols * (_TILE_IN + _GAP_IN) + _GAP_IN
-            height = _HEADER_IN + nrows * (_LABEL_IN + _TILE_IN + _GAP_IN) + _GAP_IN
-            fig = Figure(figsize=(width, height))
-            page = f" (page {p + 1} of {len(pages)})" if len(pages) > 1 else ""
-            fig.text(0.5, 1 - 0.35 * _HEADER_IN / height, title + page, ha="center", va="center", fontsize=9, wrap=True)
-            fig.text(
-                0.5,
-                1 - 0.75 * _HEADER_IN / height,
-                "frame: A dark green, B light green, C orange, N red",
-                ha="center",
-                va="center",
-                fontsize=6.5,
-                color="#444444",
-                wrap=True,
-            )
-            for k, i in enumerate(members):
-                r, c = divmod(k, ncols)
-                left = _GAP_IN + c * (_TILE_IN + _GAP_IN)
-                top = height - _HEADER_IN - r * (_LABEL_IN + _TILE_IN + _GAP_IN)
-                ax = fig.add_axes(
-                    (left / width, (top - _LABEL_IN - _TILE_IN) / height, _TILE_IN / width, _TILE_IN / height)
-                )
-                row = shown[i]
-                sid = int(row["source_id"])
-                img = images.get(sid)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set_edgecolor(_GRADE_COLOURS.get(str(row["consensus_grade"]), "black"))
-                    spine.set_linewidth(2.0)
-                if img is None:
-                    ax.imshow(np.full((64, 64, 3), 205, dtype=np.uint8))
-                    ax.text(
-                        32,
-                        32,
-                        reasons.get(sid, "no cutout").split(":")[0],
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="#444444",
-                    )
-                else:
-                    ax.imshow(img, interpolation="nearest")
-                fig.text(
-                    left / width,
-                    (top - 0.03) / height,
-                    _label(row),
-                    ha="left",
-                    va="top",
-                    fontsize=6.5,
-                    family="monospace",
-                )
-                bar.update(1)
-            figures.append(fig)
-    finally:
-        bar.close()
-    _save_figures(figures, dest, kind)
-    blank = [i for i in ids if i not in images]
-    problems = sorted({reasons[i] for i in blank if reasons[i] != "no cutout"})
-    return GalleryResult(
-        path=dest,
-        n_panels=len(shown),
-        n_images=len(shown) - len(blank),
-        n_blank=len(blank),
-        n_left_out=len(table) - len(shown),
-        n_pages=len(pages),
-        blank_source_ids=blank,
-        problems=problems,
-    )
-
-
-def _save_figures(figures: list[Any], dest: Path, kind: str) -> None:
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        mode = dest.stat().st_mode & 0o777 if dest.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=f".part.{kind}")
-        os.close(fd)
-    except OSError as exc:
-        raise LenscatError(f"{dest}: cannot write here ({exc.strerror or exc})") from exc
-    try:
-        if kind == "pdf":
-            from matplotlib.backends.backend_pdf import PdfPages
-
-            with PdfPages(tmp, metadata={"Title": "lenscat candidates", "Creator": "lenscat"}) as pdf:
-                for fig in figures:
-                    pdf.savefig(fig)
-        else:
-            figures[0].savefig(tmp, format="png", dpi=110)
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        raise LenscatError(f"{dest}: cannot write the gallery ({exc.strerror or exc})") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)

@@ -1,4 +1,4 @@
-"""Graders and human grades: accounts, append-only grades, consensus, conflicts, human labels.
+"""Human grades: append-only grades, consensus, conflicts, human labels (accounts: :mod:`lenscat.grading.accounts`).
 
 Grades are A (sure lens, 3 points), B (probable, 2), C (possible, 1), N (not a lens, 0) and S
 (skipped). They are never updated or deleted: the consensus of a source uses each grader's latest
@@ -10,13 +10,9 @@ C or a skip-only source has no human label.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -25,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import durable
-from lenscat.errors import LenscatError, NotFoundError
+from lenscat.errors import InvalidParameter, LenscatError, NotFoundError
 
 GRADES = ("A", "B", "C", "N", "S")
 GRADE_POINTS = {"A": 3, "B": 2, "C": 1, "N": 0}
@@ -54,7 +50,6 @@ _ALIASES = {
 }
 POSITIVE_GRADES = ("A", "B")
 LABEL_PROVENANCE = "grades"
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
 @dataclass(frozen=True)
@@ -72,241 +67,19 @@ def parse_grade(value: str) -> str:
 
     Raises
     ------
-    LenscatError
-        When ``value`` is not a grade.
+    InvalidParameter
+        When ``value`` is not a grade (``param`` "grade").
     """
     key = str(value).strip()
     if key.upper() in GRADES:
         return key.upper()
     letter = _ALIASES.get(key.lower())
     if letter is None:
-        raise LenscatError(
-            f"unknown grade {value!r}; expected A, B, C (lens: sure, probable, possible), N (not a lens) or S (skip)"
+        raise InvalidParameter(
+            "grade",
+            f"unknown grade {value!r}; expected A, B, C (lens: sure, probable, possible), N (not a lens) or S (skip)",
         )
     return letter
-
-
-# ------------------------------------------------------------------------------------ accounts
-def hash_password(password: str) -> str:
-    """Salted scrypt hash, ``scrypt$N$r$p$salt$hash`` (hex)."""
-    if len(password) < 8:
-        raise LenscatError("a password needs at least 8 characters")
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, maxmem=64 * 2**20, **_SCRYPT)
-    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str | None) -> bool:
-    """True when ``password`` matches the stored scrypt hash (constant-time comparison)."""
-    if not stored:
-        return False
-    try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
-        got = hashlib.scrypt(
-            password.encode(),
-            salt=bytes.fromhex(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(digest) // 2,
-            maxmem=64 * 2**20,
-        )
-    except (ValueError, TypeError):
-        return False
-    return hmac.compare_digest(got.hex(), digest)
-
-
-def token_sha256(token: str) -> str:
-    """The stored form of an API token."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def add_grader(
-    name: str,
-    *,
-    session: Session,
-    password: str | None = None,
-    full_name: str | None = None,
-    token: bool = False,
-    reset: bool = False,
-) -> tuple[Grader, str | None]:
-    """Create a grading account (or, with ``reset``, set a new password/token for an existing one).
-
-    A reset ends every web session of the account (:func:`end_sessions`) and leaves a disabled
-    account disabled (:func:`set_active` enables it).
-
-    Returns
-    -------
-    grader, token
-        The account and, when ``token`` is set, the new API token (shown once; only its sha256 is stored).
-    """
-    if password is None and not token:
-        raise LenscatError("a grader needs a password or a token (--token)")
-    pw_hash = hash_password(password) if password is not None else None
-    new_token = secrets.token_urlsafe(24) if token else None
-    tok_hash = token_sha256(new_token) if new_token else None
-    existing = session.execute(text("SELECT grader_id FROM lenscat.graders WHERE name = :n"), {"n": name}).first()
-    if existing and not reset:
-        raise LenscatError(f"grader {name!r} already exists (use --reset to set a new password or token)")
-    if not existing and not _valid_name(name):
-        raise LenscatError(
-            f"grader name {name!r} must be 1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
-        )
-    durable(session)
-    row = session.execute(
-        text(
-            """
-            INSERT INTO lenscat.graders AS g (name, full_name, password_hash, token_sha256)
-            VALUES (:n, :f, :p, :t)
-            ON CONFLICT ON CONSTRAINT uq_graders_name DO UPDATE
-            SET password_hash = coalesce(EXCLUDED.password_hash, g.password_hash),
-                token_sha256 = coalesce(EXCLUDED.token_sha256, g.token_sha256),
-                full_name = coalesce(EXCLUDED.full_name, g.full_name)
-            RETURNING grader_id, name, full_name, is_active
-            """
-        ),
-        {"n": name, "f": full_name, "p": pw_hash, "t": tok_hash},
-    ).one()
-    if existing:
-        end_sessions(int(row.grader_id), "password reset", session=session)
-    return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active)), new_token
-
-
-def _valid_name(name: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", name) is not None
-
-
-def set_active(name: str, active: bool, *, session: Session) -> Grader:
-    """Enable or disable an account (grades already given stay).
-
-    Disabling ends every web session of the account and stops its API token; enabling it again
-    revives neither (the grader logs in again).
-    """
-    durable(session)
-    row = session.execute(
-        text(
-            "UPDATE lenscat.graders SET is_active = :a WHERE name = :n RETURNING grader_id, name, full_name, is_active"
-        ),
-        {"a": active, "n": name},
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no grader named {name!r} (lenscat grader list shows them)")
-    if not active:
-        end_sessions(int(row.grader_id), "disabled", session=session)
-    return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active))
-
-
-def end_sessions(grader_id: int, reason: str, *, session: Session) -> int:
-    """End every live web session of a grader at once; returns how many were live.
-
-    Parameters
-    ----------
-    grader_id
-        The grader.
-    reason
-        Stored with the sessions: 'password reset', 'disabled', 'grader logout' or 'logout'.
-    """
-    durable(session)  # a revocation lost to a crash would bring the sessions back
-    return int(
-        session.execute(
-            text(
-                "UPDATE lenscat.web_sessions SET revoked_at = clock_timestamp(), revoked_reason = :r "
-                "WHERE grader_id = :g AND revoked_at IS NULL RETURNING expires_at > clock_timestamp() AS live"
-            ),
-            {"g": grader_id, "r": reason},
-        )
-        .scalars()
-        .all()
-        .count(True)
-    )
-
-
-def logout_grader(name: str, *, session: Session) -> int:
-    """End every web session of the grader ``name`` (``lenscat grader logout``); returns how many were live.
-
-    Raises
-    ------
-    NotFoundError
-        No such account.
-    """
-    grader = get_grader(name, session=session, active_only=False)
-    return end_sessions(grader.grader_id, "grader logout", session=session)
-
-
-def get_grader(name: str, *, session: Session, active_only: bool = True) -> Grader:
-    """The account ``name``.
-
-    Raises
-    ------
-    NotFoundError
-        No such account, or (with ``active_only``) it is disabled.
-    """
-    row = session.execute(
-        text("SELECT grader_id, name, full_name, is_active FROM lenscat.graders WHERE name = :n"), {"n": name}
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no grader named {name!r}; add one with: lenscat grader add {name}")
-    if active_only and not row.is_active:
-        raise LenscatError(f"grader {name!r} is disabled")
-    return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active))
-
-
-def authenticate(name: str, password: str, *, session: Session) -> Grader | None:
-    """The active account when ``password`` is right, else None."""
-    row = session.execute(
-        text("SELECT grader_id, name, full_name, is_active, password_hash FROM lenscat.graders WHERE name = :n"),
-        {"n": name},
-    ).first()
-    if row is None:
-        verify_password(password, _dummy_hash())  # the same cost as a known name
-        return None
-    if not verify_password(password, row.password_hash) or not row.is_active:
-        return None
-    return Grader(int(row.grader_id), row.name, row.full_name, True)
-
-
-@lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    return hash_password(secrets.token_hex(16))
-
-
-def authenticate_token(token: str, *, session: Session) -> Grader | None:
-    """The active account holding API token ``token``, else None."""
-    row = session.execute(
-        text("SELECT grader_id, name, full_name FROM lenscat.graders WHERE token_sha256 = :t AND is_active"),
-        {"t": token_sha256(token)},
-    ).first()
-    return Grader(int(row.grader_id), row.name, row.full_name, True) if row else None
-
-
-def list_graders(*, session: Session) -> list[dict[str, Any]]:
-    """Accounts with their grade counts and live web sessions (no credentials)."""
-    rows = (
-        session.execute(
-            text(
-                """
-            SELECT r.name, r.full_name, r.is_active, r.password_hash IS NOT NULL AS has_password,
-                   r.token_sha256 IS NOT NULL AS has_token, count(g.grade_id) AS n_grades,
-                   max(g.created_at) AS last_grade_at, r.created_at,
-                   coalesce(ws.n_sessions, 0) AS n_sessions, ws.last_seen_at
-            FROM lenscat.graders r LEFT JOIN lenscat.grades g USING (grader_id)
-            LEFT JOIN LATERAL (
-                SELECT count(*) AS n_sessions, max(w.last_seen_at) AS last_seen_at
-                FROM lenscat.web_sessions w
-                WHERE w.grader_id = r.grader_id AND w.revoked_at IS NULL AND w.expires_at > clock_timestamp()
-            ) ws ON true
-            GROUP BY r.grader_id, ws.n_sessions, ws.last_seen_at ORDER BY r.name
-            """
-            )
-        )
-        .mappings()
-        .all()
-    )
-    return [dict(r) for r in rows]
 
 
 # ------------------------------------------------------------------------------------ grades
@@ -463,7 +236,7 @@ CONSENSUS_COLUMNS = (
 
 
 def _table(rows: Sequence[Any], columns: Sequence[str]) -> Table:
-    from lenscat.literature.crossmatch import rows_to_table
+    from lenscat.sky.units import rows_to_table
 
     out = rows_to_table(columns, [tuple(r) for r in rows])
     for name in ("created_at", "last_graded_at"):
@@ -527,7 +300,7 @@ def consensus_table(
 def conflicts_table(*, session: Session, min_spread: int = 2, limit: int | None = None) -> Table:
     """Sources whose graders' latest grades differ by at least ``min_spread`` grade points."""
     if not 1 <= min_spread <= 3:
-        raise LenscatError("--min-spread must be 1, 2 or 3 grade points")
+        raise InvalidParameter("min_spread", "{min_spread} must be 1, 2 or 3 grade points")
     return _consensus_rows(
         ["n_votes >= 2", "disagreement >= :m"],
         {"m": int(min_spread)},

@@ -108,7 +108,7 @@ def estimate_sky_noise(images: Any, *, n: int = 256, border: int = 8, seed: int 
         pix = batch[:, :, frame]  # (B, C, n_frame)
         med = np.nanmedian(pix, axis=2, keepdims=True)
         sigmas.append(1.4826 * np.nanmedian(np.abs(pix - med), axis=2))
-    per_band = np.nanmedian(np.concatenate(sigmas), axis=0)
+    per_band: np.ndarray = np.nanmedian(np.concatenate(sigmas), axis=0)
     bad = [str(b) for b in np.flatnonzero(~(np.isfinite(per_band) & (per_band > 0)))]
     if bad:
         raise LenscatError(

@@ -112,7 +112,8 @@ class Cutout:
         """The (H, W) image of one band (exact name)."""
         if name not in self.bands:
             raise LenscatError(f"no band {name!r} in {self.source or 'the cutout'} (have {', '.join(self.bands)})")
-        return self.data[self.bands.index(name)]
+        plane: np.ndarray = self.data[self.bands.index(name)]
+        return plane
 
     def centre_coord(self) -> Any:
         """Sky position (SkyCoord) of the geometric centre pixel ((W-1)/2, (H-1)/2), or None."""

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from lenscat.catalogue.ingest_log import file_sha256
 from lenscat.catalogue.surveys import ensure_survey
 from lenscat.errors import InputFileError
-from lenscat.images.store import read_fits_cutout
+from lenscat.images.fits import read_fits_cutout
+from lenscat.images.formats.fits import NAME as FITS_FORMAT
 
 _BAND_SUFFIX = re.compile(r"^(?P<stem>.+?)[_\-.](?P<band>[ugrizyYJHK])$")
 
@@ -73,7 +74,7 @@ def ingest_fits_cutouts(paths: Sequence[str | Path], survey: str, *, session: Se
                 """
                 INSERT INTO lenscat.cutout_files (path, format, sha256, n_images, image_shape, member_paths,
                                                   bands, pixel_scale_arcsec)
-                VALUES (:p, 'fits', :sha, 1, :shape, :members, :bands, :scale)
+                VALUES (:p, :fmt, :sha, 1, :shape, :members, :bands, :scale)
                 ON CONFLICT ON CONSTRAINT uq_cutout_files_path DO UPDATE
                 SET sha256 = EXCLUDED.sha256, image_shape = EXCLUDED.image_shape,
                     member_paths = EXCLUDED.member_paths, bands = EXCLUDED.bands,
@@ -83,6 +84,7 @@ def ingest_fits_cutouts(paths: Sequence[str | Path], survey: str, *, session: Se
             ),
             {
                 "p": str(files[0]),
+                "fmt": FITS_FORMAT,
                 "sha": digest,
                 "shape": list(cut.data.shape),
                 "members": [str(f) for f in files],

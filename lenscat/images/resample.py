@@ -104,7 +104,7 @@ def _warp_plane(
         src = src[::-1]
     if flip_x:
         src = src[:, ::-1]
-    mid = wy @ src @ wx.T  # (inter_h, inter_w), flux per output-size pixel
+    mid: np.ndarray = wy @ src @ wx.T  # (inter_h, inter_w), flux per output-size pixel
     if rotation is None:
         return mid
     from scipy.ndimage import map_coordinates

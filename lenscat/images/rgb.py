@@ -133,7 +133,8 @@ def rgb_image(
     f_i = np.arcsinh(q * inten) / np.sqrt(q)
     inten = np.where(inten == 0.0, 1e-6, inten)
     rgb = np.stack([s * f_i / inten for s in shifted], axis=-1)
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out8: np.ndarray = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out8
 
 
 def save_png(rgb: np.ndarray, path: str | Path, *, origin: str = "lower") -> Path:

@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.registry.versions import ModelVersion, get_model
+from lenscat.registry.versions import ModelVersion, get_model, latest_model_ids
+from lenscat.tasks.names import TASK_OF_JOB_KIND
 
 LOCK_KEY = "lenscat.reprocess"
 
@@ -45,11 +46,7 @@ class Planned:
     @property
     def task(self) -> str:
         """Celery task that runs a chunk of this job."""
-        return {
-            "embed": "lenscat.embed_chunk",
-            "score": "lenscat.score_chunk",
-            "spectral_scan": "lenscat.scan_spectra_chunk",
-        }[self.kind]
+        return TASK_OF_JOB_KIND[self.kind]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for output."""
@@ -63,19 +60,6 @@ class Planned:
         if self.requeued:
             out["requeued_stalled"] = self.chunks
         return out
-
-
-def _latest(kind: str, session: Session) -> list[int]:
-    return [
-        int(x)
-        for x in session.execute(
-            text(
-                "SELECT DISTINCT ON (name) model_id FROM lenscat.model_versions WHERE kind = :k "
-                "ORDER BY name, version DESC"
-            ),
-            {"k": kind},
-        ).scalars()
-    ]
 
 
 def _count(sql: str, session: Session) -> int:
@@ -140,7 +124,7 @@ def plan_reprocess(
         Plan again the sources whose embedding or score failed before under the same version
         (by default they wait until their input changes).
     """
-    from lenscat.classifiers.classifier import missing_scores_sql, plan_score_job
+    from lenscat.classifiers.scoring import missing_scores_sql, plan_score_job
     from lenscat.embeddings.embed import _missing_sql, plan_embed_job
     from lenscat.jobs.service import outside_open_chunks, pending_chunks, without_failed_items
     from lenscat.spectra.scan import plan_scan, unscanned_sql
@@ -176,7 +160,7 @@ def plan_reprocess(
         ),
     ]
     for job_kind, model_kind, missing, plan, chunk in work:
-        for mid in _latest(model_kind, session):
+        for mid in latest_model_ids(model_kind, session=session):
             model = get_model(model_kind, mid, session=session)
             if model_kind == "encoder" and model.origin == "external":  # precomputed vectors
                 continue
@@ -205,7 +189,7 @@ def build_missing_indexes(*, session: Session) -> list[str]:
     from lenscat.embeddings.vectors import ensure_hnsw_index, has_hnsw_index
 
     built = []
-    for mid in _latest("encoder", session):
+    for mid in latest_model_ids("encoder", session=session):
         enc = get_model("encoder", mid, session=session)
         busy = session.execute(
             text(

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
+from lenscat.tasks.names import TASK_OF_JOB_KIND
 
 
 @dataclass
@@ -111,7 +112,7 @@ def plan_chunks(
     return int(n_items), int(n_chunks)
 
 
-TASKS = {"embed": "lenscat.embed_chunk", "score": "lenscat.score_chunk", "spectral_scan": "lenscat.scan_spectra_chunk"}
+TASKS = TASK_OF_JOB_KIND
 """Celery task that runs one chunk, per job kind."""
 
 
@@ -743,3 +744,28 @@ def submit_and_wait(
         with spawn_local_workers(n_local):
             return wait_for_job(job_id, unit=unit, desc=desc, progress=progress)
     return wait_for_job(job_id, unit=unit, desc=desc, progress=progress)
+
+
+def recent_jobs(*, session: Session, limit: int = 20) -> tuple[list[str], list[list[Any]]]:
+    """The newest jobs first, as the ``lenscat jobs list`` table.
+
+    Parameters
+    ----------
+    session
+        The session to read through.
+    limit
+        At most this many jobs.
+
+    Returns
+    -------
+    tuple
+        Column names and rows (job id, kind, model, status, item and chunk counts, retries, times).
+    """
+    res = session.execute(
+        text(
+            "SELECT job_id, kind, model, status, n_items, n_done, n_chunks, n_chunks_done, "
+            "n_retried, created_at, finished_at FROM public.jobs ORDER BY job_id DESC LIMIT :n"
+        ),
+        {"n": limit},
+    )
+    return list(res.keys()), [list(r) for r in res.all()]

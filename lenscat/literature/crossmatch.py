@@ -1,8 +1,7 @@
-"""Cone searches and literature cross-matches, in SQL on the zone sky index.
+"""Literature cross-matches: each lens of a catalogue against the sources, stored in ``lenscat.crossmatches``.
 
-Every position query expands a cone into (zone, ra_lo, ra_hi) ranges with the SQL function
-``lenscat_sky_ranges`` and probes ``ix_sources_zone_ra`` once per range; an exact great-circle
-separation (``lenscat_angsep``, Vincenty formula) then keeps the sources within the radius.
+The pair search is the sky layer's (:mod:`lenscat.sky`): one probe of the zone sky index per lens,
+then an exact great-circle separation.
 
 Cross-match semantics follow Stein et al. (2022): the nearest source within the radius is the
 lens's match (``is_nearest``); other sources within the radius are kept as neighbours with their
@@ -11,193 +10,34 @@ separation and rank.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
 from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.catalogue.surveys import get_survey, real_survey_ids
 from lenscat.db.pgbinary import SIGNATURE, TRAILER
 from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
 from lenscat.literature.ingest import get_catalog_id
-
-MAX_RADIUS = 10 * u.deg
-
-
-def _check_radius(radius: u.Quantity) -> float:
-    r = radius.to_value(u.deg)
-    if not np.isfinite(r) or r <= 0:
-        raise LenscatError(f"radius must be positive, got {radius}")
-    if r > MAX_RADIUS.to_value(u.deg):
-        raise LenscatError(f"radius {radius} is larger than {MAX_RADIUS}; use lenscat sql for large regions")
-    return float(r)
-
-
-def _survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
-    """Ids of the named surveys; none named: every real survey (injection sets left out), or None for all."""
-    if not surveys:
-        real = real_survey_ids(session=session)
-        n_all = session.execute(text("SELECT count(*) FROM lenscat.surveys")).scalar_one()
-        return real if len(real) < n_all else None
-    return [get_survey(s, session=session).survey_id for s in surveys]
-
-
-CONE_SQL = """
-    SELECT v.source_id, v.survey, v.objid, v.ra, v.dec,
-           lenscat_angsep(:ra, :dec, v.ra, v.dec) * 3600.0 AS separation,
-           v.mag_g, v.mag_r, v.mag_i, v.mag_z, v.mag_y, v.ebv, v.source_type, v.z_spec, v.z_phot
-    FROM lenscat_sky_ranges(:ra, :dec, :r) q
-    JOIN lenscat.sources s ON s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi
-    JOIN public.sources v ON v.source_id = s.source_id
-    WHERE lenscat_angsep(:ra, :dec, s.ra, s.dec) <= :r
-      {survey_filter}
-    ORDER BY separation, v.source_id
-    {limit}
-"""
-
-CONE_UNITS = {
-    "ra": u.deg,
-    "dec": u.deg,
-    "separation": u.arcsec,
-    "mag_g": u.mag,
-    "mag_r": u.mag,
-    "mag_i": u.mag,
-    "mag_z": u.mag,
-    "mag_y": u.mag,
-    "ebv": u.mag,
-}
-
-
-def cone_search(
-    coord: SkyCoord,
-    radius: u.Quantity = 5 * u.arcsec,
-    *,
-    session: Session,
-    surveys: list[str] | None = None,
-    limit: int | None = None,
-) -> Table:
-    """Sources within ``radius`` of ``coord``, nearest first.
-
-    Parameters
-    ----------
-    coord
-        Search centre (converted to ICRS).
-    radius
-        Search radius, e.g. ``5 * u.arcsec``.
-    session
-        Database session.
-    surveys
-        Restrict to these surveys (default: all).
-    limit
-        At most this many rows.
-
-    Returns
-    -------
-    astropy.table.Table
-        ``source_id, survey, objid, ra [deg], dec [deg], separation [arcsec], mag_g..mag_y [mag],
-        ebv [mag], source_type, z_spec, z_phot``.
-    """
-    icrs = coord.icrs
-    r = _check_radius(radius)
-    sids = _survey_ids(surveys, session)
-    sql = CONE_SQL.format(
-        survey_filter="AND s.survey_id = ANY(:sids)" if sids else "",
-        limit="LIMIT :limit" if limit else "",
-    )
-    params: dict[str, Any] = {"ra": float(icrs.ra.deg), "dec": float(icrs.dec.deg), "r": r}
-    if sids:
-        params["sids"] = sids
-    if limit:
-        params["limit"] = int(limit)
-    result = session.execute(text(sql), params)
-    return rows_to_table(result.keys(), result.fetchall(), CONE_UNITS)
-
-
-def rows_to_table(keys: Any, rows: Sequence[Any], units: dict[str, u.UnitBase] | None = None) -> Table:
-    """An astropy Table from SQL rows, with units attached to known columns."""
-    names = list(keys)
-    units = units or {}
-    cols = []
-    for j in range(len(names)):
-        values = [row[j] for row in rows]
-        if values and all(isinstance(v, bool) for v in values):
-            cols.append(np.array(values, dtype=bool))
-            continue
-        if (
-            values
-            and all(isinstance(v, int | float) or v is None for v in values)
-            and any(isinstance(v, float) for v in values)
-        ):
-            arr: Any = np.array([np.nan if v is None else v for v in values], dtype=float)
-        elif values and all(isinstance(v, int) for v in values):
-            arr = np.array(values, dtype=np.int64)
-        elif (
-            values
-            and all(isinstance(v, int | float) or v is None for v in values)
-            and any(v is not None for v in values)
-        ):
-            arr = np.ma.masked_array([0 if v is None else v for v in values], mask=[v is None for v in values])
-        else:
-            arr = np.array(values, dtype=object) if values else np.array([], dtype=float)
-        cols.append(arr)
-    table = Table(cols, names=names) if names else Table()
-    for name, unit in units.items():
-        if name in table.colnames and table[name].dtype.kind == "f":
-            table[name].unit = unit
-    return table
+from lenscat.sky.service import survey_ids
+from lenscat.sky.sql import pairs_sql as sky_pairs_sql
+from lenscat.sky.units import radius_degrees, rows_to_table
 
 
 def pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
     """SELECT of (lens_id, source_id, sep [deg]) for catalogue ``:cid`` within ``:r`` degrees.
 
-    One index range scan of ``ix_sources_zone_ra`` per lens. For almost every lens (a cone that
-    touches at most two 1-arcmin zones, does not cross ra = 0/360 and is not at a pole) the bounds
-    are computed inline, ``zone = ANY(ARRAY[z0, z1]) AND ra BETWEEN lo AND hi``, one probe with no
-    set-returning function; the few others go through ``lenscat_sky_ranges`` (split ra ranges,
-    polar caps, wide radii). ``OFFSET 0`` keeps each lateral subquery parameterised by the lens:
-    flattened, the planner could hash-join all sources. With ``part``, only the lenses with
+    The sky layer's pair search (:func:`lenscat.sky.sql.pairs_sql`: one probe of the sky index
+    per lens) over the catalogue's lenses. With ``part``, only the lenses with
     ``:row_lo <= row_number < :row_hi`` (a range of ``uq_literature_lenses_catalog_row``).
     """
-    survey = "AND s.survey_id = ANY(:sids)" if survey_filter else ""
     parts = "AND l.row_number >= :row_lo AND l.row_number < :row_hi" if part else ""
-    return f"""
-        WITH l AS MATERIALIZED (
-            SELECT l.lens_id, l.ra, l.dec,
-                   CASE WHEN abs(l.dec) + :r >= 89.9999 THEN 180.0
-                        ELSE degrees(asin(least(1.0, sind(:r) / cosd(l.dec)))) * (1 + 1e-9) + 1e-12 END AS a,
-                   lenscat_zone(greatest(l.dec - :r, -90.0)) AS z0,
-                   lenscat_zone(least(l.dec + :r, 90.0)) AS z1
-            FROM lenscat.literature_lenses l
-            WHERE l.catalog_id = :cid {parts}
-        )
-        SELECT l.lens_id, m.source_id, m.sep
-        FROM l
-        CROSS JOIN LATERAL (
-            SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
-            FROM lenscat.sources s
-            WHERE s.zone = ANY(ARRAY[l.z0, l.z1]) AND s.ra BETWEEN l.ra - l.a AND l.ra + l.a {survey}
-            OFFSET 0  -- keep the probe per lens: never flatten into a hash join of all sources
-        ) m
-        WHERE l.a < 180 AND l.z1 - l.z0 <= 1 AND l.ra - l.a >= 0 AND l.ra + l.a < 360 AND m.sep <= :r
-        UNION ALL
-        SELECT l.lens_id, m.source_id, m.sep
-        FROM l
-        CROSS JOIN LATERAL lenscat_sky_ranges(l.ra, l.dec, :r) q
-        CROSS JOIN LATERAL (
-            SELECT s.source_id, lenscat_angsep(l.ra, l.dec, s.ra, s.dec) AS sep
-            FROM lenscat.sources s
-            WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi {survey}
-            OFFSET 0
-        ) m
-        WHERE NOT (l.a < 180 AND l.z1 - l.z0 <= 1 AND l.ra - l.a >= 0 AND l.ra + l.a < 360) AND m.sep <= :r
-    """
+    lenses = f"SELECT l.lens_id, l.ra, l.dec FROM lenscat.literature_lenses l WHERE l.catalog_id = :cid {parts}"
+    return sky_pairs_sql(lenses, key="lens_id", survey_filter=survey_filter)
 
 
 def ranked_pairs_sql(survey_filter: bool = False, part: bool = False) -> str:
@@ -474,9 +314,9 @@ def crossmatch_catalog(
 
     Replaces the catalogue's earlier cross-matches, so a re-run leaves the same rows.
     """
-    r = _check_radius(radius)
+    r = radius_degrees(radius)
     cid = get_catalog_id(catalog, session=session)
-    sids = _survey_ids(surveys, session)
+    sids = survey_ids(surveys, session=session)
     lens_rows = _lens_rows(cid, session=session)
     n_lenses = lens_rows[0]
     n_pairs, n_matched = _replace_pairs(cid, r, sids, lens_rows, session=session)

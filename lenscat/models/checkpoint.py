@@ -1,4 +1,4 @@
-"""Encoder checkpoints: lenscat's own format, and import of torchvision / MoCo ResNet weights.
+"""Encoder checkpoints in lenscat's own format (torchvision / MoCo weights: :mod:`lenscat.models.checkpoint_import`).
 
 lenscat format (``torch.save`` of a plain dict, loadable with ``weights_only=True``)::
 
@@ -16,6 +16,7 @@ file name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -33,10 +34,10 @@ from lenscat.models.resnet import Encoder, build_encoder
 
 __all__ = [
     "FORMAT_VERSION",
-    "import_torchvision_resnet",
-    "import_torchvision_resnet50",
+    "cpu_state_dict",
     "load_encoder",
     "save_encoder",
+    "write_checkpoint",
 ]
 
 FORMAT_VERSION = 1
@@ -49,11 +50,6 @@ _RESNET_NAMES: dict[tuple[str, tuple[int, ...]], str] = {
     ("bottleneck", (3, 4, 23, 3)): "ResNet-101",
     ("bottleneck", (3, 8, 36, 3)): "ResNet-152",
 }
-_TORCHVISION_ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet18": ("basic", (2, 2, 2, 2)),
-}
-_KEY_ENCODER_WORDS = ("encoder_k", "momentum", "teacher", "target", "ema", "key_encoder")
 
 
 def _short(exc: BaseException) -> str:
@@ -107,21 +103,6 @@ def _tensor_items(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     return {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
 
 
-def _find_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.state_dict())
-    if not isinstance(obj, Mapping):
-        raise InputFileError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    for key in ("state_dict", "model_state_dict", "model", "net"):
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and _tensor_items(inner):
-            return _tensor_items(inner)
-    sd = _tensor_items(obj)
-    if not sd:
-        raise InputFileError(f"{path}: no tensors found (top-level keys: {_few(sorted(map(str, obj)))})")
-    return sd
-
-
 def _describe(keys: list[str]) -> tuple[str, tuple[int, ...]] | None:
     """(block type, blocks per stage) of a torchvision-style ResNet key set."""
     blocks: dict[int, set[int]] = {}
@@ -137,32 +118,6 @@ def _describe(keys: list[str]) -> tuple[str, tuple[int, ...]] | None:
 
 def _name(desc: tuple[str, tuple[int, ...]]) -> str:
     return _RESNET_NAMES.get(desc, f"ResNet with {desc[0]} blocks {desc[1]}")
-
-
-def _choose_prefix(sd: Mapping[str, Tensor], expected: set[str], path: Path) -> str:
-    """The key prefix of the query/online ResNet inside ``sd`` ('' for a plain state dict)."""
-    candidates = set()
-    for k in sd:
-        if k.endswith("conv1.weight"):
-            p = k[: -len("conv1.weight")]
-            if (p == "" or p.endswith(".")) and not re.search(r"layer\d+\.\d+\.$", p):
-                candidates.add(p)
-    if not candidates:
-        raise InputFileError(
-            f"{path}: no ResNet stem 'conv1.weight' among its keys ({_few(sorted(sd))}); not a torchvision-style ResNet"
-        )
-
-    def rank(p: str) -> tuple[int, int, int, int]:
-        n = sum(1 for k in sd if k.startswith(p) and k[len(p) :] in expected)
-        low = p.lower()
-        return (
-            int("encoder_q" in low or "query" in low),
-            int(not any(w in low for w in _KEY_ENCODER_WORDS)),
-            n,
-            -len(p),
-        )
-
-    return max(sorted(candidates), key=rank)
 
 
 def _check_state_dict(
@@ -217,9 +172,12 @@ def _build_empty(arch: str, hparams: Mapping[str, Any]) -> Encoder:
 
 
 def _sha256(path: Path) -> str:
-    from lenscat.catalogue.ingest_log import file_sha256  # imported lazily: it pulls in SQLAlchemy
-
-    return file_sha256(path)
+    """SHA-256 of a checkpoint file's bytes (the digest the model registry records for it)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def cpu_state_dict(state: Mapping[str, Tensor] | torch.nn.Module) -> dict[str, Tensor]:
@@ -367,90 +325,3 @@ def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:
         "sha256": _sha256(path),
     }
     return encoder, meta
-
-
-def import_torchvision_resnet(
-    path: str | Path,
-    *,
-    arch: str = "resnet50",
-    in_chans: int = 3,
-    preprocessing: Preprocessing | None = None,
-    trust: bool = False,
-) -> tuple[Encoder, dict[str, Any]]:
-    """Import torchvision-layout ResNet weights (plain, wrapped, or inside a MoCo checkpoint).
-
-    Accepted: a state dict, or a dict holding one under ``state_dict`` / ``model_state_dict`` /
-    ``model``; keys may carry a prefix such as ``module.encoder_q.`` (MoCo, as in Stein et al.'s
-    release), ``encoder_q.`` (Lightning MoCo), ``module.``, ``backbone.`` or ``model.``. The
-    prefix of the query encoder is found from its ``conv1.weight`` (key/momentum encoders such
-    as ``encoder_k.`` are ignored); ``fc.*`` (classifier or MoCo MLP head ``fc.0``/``fc.2``) is
-    dropped; missing ``num_batches_tracked`` buffers are allowed.
-
-    Parameters
-    ----------
-    path : str or Path
-        The checkpoint file.
-    arch : {'resnet50', 'resnet18'}
-        Expected architecture.
-    in_chans : int
-        Expected input channels.
-    preprocessing : Preprocessing, optional
-        Input convention of the weights; default :meth:`Preprocessing.stein` (raw nanomaggies,
-        96-pixel crop), which is right for Stein et al.'s weights.
-    trust : bool
-        Allow full unpickling (arbitrary code!) when the file is not ``weights_only``-loadable.
-
-    Returns
-    -------
-    encoder : Encoder
-        On the CPU, in eval mode.
-    meta : dict
-        ``arch``, ``hparams``, ``output_dim``, ``preprocessing``, ``path``, ``sha256``,
-        ``prefix`` (the stripped key prefix), ``source_format`` (``'moco'``, ``'torchvision'``
-        or ``'prefixed'``) and ``dropped_keys`` (the ``fc.*`` names dropped).
-
-    Raises
-    ------
-    LenscatError
-        Missing/unreadable file, wrong architecture, missing or unexpected keys, wrong channel
-        count, shape mismatch, or non-finite weights.
-    """
-    if arch not in _TORCHVISION_ARCHS:
-        raise LenscatError(f"cannot import {arch!r}; torchvision layouts known: {', '.join(_TORCHVISION_ARCHS)}")
-    path = Path(path)
-    sd_all = _find_state_dict(_load(path, trust=trust), path)
-    encoder = _build_empty(arch, {"in_chans": in_chans})
-    expected = set(encoder.state_dict())
-    prefix = _choose_prefix(sd_all, expected, path)
-    sd = {k[len(prefix) :]: v for k, v in sd_all.items() if k.startswith(prefix)}
-    dropped = sorted(k for k in sd if k == "fc" or k.startswith("fc."))
-    for k in dropped:
-        del sd[k]
-    expected_name = _name(_TORCHVISION_ARCHS[arch])
-    _check_state_dict(sd, encoder, path, expected_name=expected_name)
-    encoder.load_state_dict(sd, strict=False)
-    encoder.preprocessing = preprocessing or Preprocessing.stein()
-    encoder.eval()
-    meta = {
-        "arch": arch,
-        "hparams": dict(encoder.hparams),
-        "output_dim": encoder.output_dim,
-        "preprocessing": encoder.preprocessing.to_dict(),
-        "path": str(path),
-        "sha256": _sha256(path),
-        "prefix": prefix,
-        "source_format": ("moco" if "encoder_q" in prefix else "torchvision" if not prefix else "prefixed"),
-        "dropped_keys": dropped,
-    }
-    return encoder, meta
-
-
-def import_torchvision_resnet50(
-    path: str | Path,
-    *,
-    in_chans: int = 3,
-    preprocessing: Preprocessing | None = None,
-    trust: bool = False,
-) -> tuple[Encoder, dict[str, Any]]:
-    """Import ResNet-50 weights; :func:`import_torchvision_resnet` with ``arch='resnet50'``."""
-    return import_torchvision_resnet(path, arch="resnet50", in_chans=in_chans, preprocessing=preprocessing, trust=trust)

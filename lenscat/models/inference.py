@@ -28,15 +28,11 @@ from torch import Tensor
 
 from lenscat.errors import LenscatError
 from lenscat.models.data import ImageSource, prefetch
+from lenscat.models.device import best_device, resolve_device
 from lenscat.models.preprocess import Preprocessing, sum_over_views
 from lenscat.models.resnet import Encoder
 
 __all__ = ["best_device", "encode", "iter_encode"]
-
-
-def best_device() -> str:
-    """``'cuda'`` when a CUDA device is available, else ``'cpu'``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _preprocessing(encoder: Encoder, preprocess: bool | Preprocessing) -> Preprocessing | None:
@@ -57,9 +53,7 @@ class _Runner:
         preprocess: bool | Preprocessing,
         amp: bool,
     ) -> None:
-        self.dev = torch.device(device)
-        if self.dev.type == "cuda" and not torch.cuda.is_available():
-            raise LenscatError("device 'cuda' requested but no CUDA device is available")
+        self.dev = resolve_device(device)
         self.cuda = self.dev.type == "cuda"
         self.encoder = encoder
         self.pre = _preprocessing(encoder, preprocess)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lenscat.errors import LenscatError
+from lenscat.errors import InvalidParameter, LenscatError
 
 LOSSES = ("bce", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -149,7 +149,7 @@ def train_linear(
     for epoch in tqdm(range(1, epochs + 1), desc="L-BFGS", unit="epoch", disable=not progress):
         train_loss = float(opt.step(closure).detach())
         if not np.isfinite(train_loss):
-            raise LenscatError(f"training diverged at epoch {epoch} (loss {train_loss}); try a larger --l2")
+            raise InvalidParameter("l2", f"training diverged at epoch {epoch} (loss {train_loss}); try a larger {{l2}}")
         wn, bn = to_raw(w.detach().cpu().numpy().astype(np.float32), float(b.item()))
         rec: dict[str, float] = {"epoch": float(epoch), "train_loss": train_loss}
         if has_val and x_val is not None and y_val is not None:

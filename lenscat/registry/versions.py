@@ -209,6 +209,33 @@ def get_model(kind: str, ref: str | int, *, session: Session) -> ModelVersion:
     return _row(row)
 
 
+def latest_model_ids(kind: str, *, session: Session) -> list[int]:
+    """Model ids of the latest version of every name of a kind, ordered by name.
+
+    The one answer to "which version is current": the highest ``version`` of each ``name``
+    (:func:`get_model` with a bare ``NAME`` returns the same version).
+    """
+    return [
+        int(x)
+        for x in session.execute(
+            text(
+                "SELECT DISTINCT ON (name) model_id FROM lenscat.model_versions WHERE kind = :k "
+                "ORDER BY name, version DESC"
+            ),
+            {"k": kind},
+        ).scalars()
+    ]
+
+
+def latest_only(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of :func:`list_models` that are the latest version of their name, ordered by name."""
+    latest: dict[str, dict[str, Any]] = {}
+    for m in rows:
+        if m["name"] not in latest or m["version"] > latest[m["name"]]["version"]:
+            latest[m["name"]] = m
+    return [latest[k] for k in sorted(latest)]
+
+
 def list_models(kind: str, *, session: Session) -> list[dict[str, Any]]:
     """All versions of a kind, with the number of embeddings for encoders.
 

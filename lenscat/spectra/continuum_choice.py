@@ -30,8 +30,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.literature.crossmatch import rows_to_table
 from lenscat.registry.versions import ModelVersion
+from lenscat.sky.units import rows_to_table
 
 __all__ = [
     "FALSE_RATE_MARGIN",
@@ -106,7 +106,7 @@ def decide(
 
 
 def _surveys_present(*, session: Session, hosts: str) -> list[str]:
-    from lenscat.spectra.evaluate import HOST_SAMPLES
+    from lenscat.spectra.evaluate_hosts import HOST_SAMPLES
 
     return list(
         session.execute(
@@ -144,7 +144,8 @@ def measure_continua(
         false_rate_pipeline, false_rate_fit, margin, n_spectra, n_realisations, detector`` (rates
         are fractions; completeness at matched S/N >= 8 after the vetoes).
     """
-    from lenscat.spectra.evaluate import evaluate_protocol, load_hosts
+    from lenscat.spectra.evaluate import evaluate_protocol
+    from lenscat.spectra.evaluate_hosts import load_hosts
 
     hosts = str(protocol.pop("hosts", "early-type"))
     protocol.pop("continuum", None)

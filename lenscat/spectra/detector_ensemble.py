@@ -10,7 +10,7 @@ The ensemble stacks them with a logistic regression on three features of each sp
   ResNet's line position (0 where nothing could be searched);
 * ``mf_snr_max`` -- the spectrum's highest matched-filter S/N (0 likewise).
 
-The regression is fitted on a synthetic validation set (:func:`lenscat.spectra.training.build_inputs`,
+The regression is fitted on a synthetic validation set (:func:`lenscat.spectra.training_inputs.build_inputs`,
 real residuals for most spectra when a store is given) and its threshold set at a false-positive rate
 of 10^-3 on that set's negatives; completeness is then measured on an independent set for the
 ensemble and both members alike. A version is a ``detector`` model version of architecture
@@ -145,7 +145,7 @@ def fit_stack(features: np.ndarray, labels: np.ndarray, *, fpr: float = 1e-3) ->
     dict
         ``coef``, ``intercept``, ``mean``, ``scale`` (lists), ``threshold_logodds``, ``fpr``.
     """
-    from lenscat.models.specnet import completeness_at_fpr
+    from lenscat.models.metrics import completeness_at_fpr
 
     coef, b, mean, scale = fit_logistic(features, labels)
     ck: dict[str, Any] = {
@@ -225,7 +225,7 @@ class SpectralEnsemble(Detector):
 
 def _set_scores(net: Any, mf_config: Any, inputs: Any, spectra: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, ResNet prob, MF snr max) of a synthetic set."""
-    from lenscat.models.specnet import predict
+    from lenscat.models.specnet_inference import predict
     from lenscat.spectra.matched_filter import snr_map
 
     prob, pixel = predict(net, inputs.inputs)
@@ -259,7 +259,7 @@ def register_ensemble(
         (seed ``seed + 1``).
     residual_pack, residual_fraction
         Real residuals from this spectrum store for that fraction of the spectra
-        (:func:`lenscat.spectra.training.real_residuals`).
+        (:func:`lenscat.spectra.training_inputs.real_residuals`).
     priors
         Line priors of the synthetic sets.
 
@@ -270,11 +270,13 @@ def register_ensemble(
         (over all lines and lines of matched S/N >= 8) of the ensemble and of each member, and the
         false-positive rate of the ensemble at its fitted threshold.
     """
-    from lenscat.models.specnet import completeness_at_fpr, load_specnet, roc_auc
+    from lenscat.models.metrics import completeness_at_fpr, roc_auc
+    from lenscat.models.specnet import load_specnet
     from lenscat.spectra.detector_mf import MATCHED_FILTER, VERSION_KEYS
     from lenscat.spectra.detector_specnet import SPECNET, check_checkpoint
     from lenscat.spectra.matched_filter import MatchedFilterConfig
-    from lenscat.spectra.training import SNR_BRIGHT, build_inputs, real_residuals
+    from lenscat.spectra.training import SNR_BRIGHT
+    from lenscat.spectra.training_inputs import build_inputs, real_residuals
 
     by_arch = {m.architecture: m for m in members}
     if len(members) != 2 or set(by_arch) != {MATCHED_FILTER, SPECNET}:

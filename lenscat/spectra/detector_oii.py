@@ -31,7 +31,10 @@ from lenscat.spectra.detectors import (
     register_detector,
 )
 from lenscat.spectra.grid import FULL
-from lenscat.spectra.oii import OIIConfig, companion_snr, fit_doublet, oii_vetoes, prepare, search
+from lenscat.spectra.oii import OIIConfig, prepare
+from lenscat.spectra.oii_fit import companion_snr, fit_doublet
+from lenscat.spectra.oii_search import search
+from lenscat.spectra.oii_vetoes import oii_vetoes
 
 OII_FILTER = "oii-filter"
 

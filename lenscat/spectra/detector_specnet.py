@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenscat.errors import LenscatError
+from lenscat.registry.checkpoints import verify_checkpoint
 from lenscat.registry.versions import ModelVersion
 from lenscat.spectra.detectors import Candidates, Detector, SpectrumBatch, register_detector
 from lenscat.spectra.grid import WINDOW
@@ -27,24 +27,14 @@ __all__ = ["SPECNET", "SpecNetDetector", "check_checkpoint"]
 def check_checkpoint(model: ModelVersion) -> Path:
     """The checkpoint file of a detector version, after checking it is there and unchanged.
 
+    :func:`lenscat.registry.checkpoints.verify_checkpoint`, for the members an ensemble loads itself.
+
     Raises
     ------
-    LenscatError
+    CheckpointError
         No checkpoint registered, file missing, or its sha256 differs from ``checkpoint_sha256``.
     """
-    from lenscat.catalogue.ingest_log import file_sha256
-
-    if not model.checkpoint_path:
-        raise LenscatError(f"detector {model.label} has no checkpoint")
-    path = Path(model.checkpoint_path)
-    if not path.is_file():
-        raise LenscatError(
-            f"{path}: checkpoint of detector {model.label} not found (is LENSCAT_HOME/models shared "
-            "with workers? if it is mounted elsewhere: `lenscat db relocate OLD_DIR NEW_DIR`)"
-        )
-    if model.checkpoint_sha256 and file_sha256(path) != model.checkpoint_sha256:
-        raise LenscatError(f"{path}: checkpoint sha256 does not match detector {model.label}")
-    return path
+    return verify_checkpoint(model)
 
 
 @register_detector
@@ -63,10 +53,14 @@ class SpecNetDetector(Detector):
 
     def scores(self, batch: SpectrumBatch) -> tuple[np.ndarray, np.ndarray]:
         """Line probability (N,) and most likely line pixel (N,) on the window of every spectrum."""
-        from lenscat.models.specnet import predict, prepare_inputs
+        from lenscat.models.specnet_inference import predict
+        from lenscat.models.specnet_inputs import prepare_inputs
+        from lenscat.spectra.masks import specnet_pixel_mask
 
         rows = batch.rows
-        x = prepare_inputs(rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave)
+        x = prepare_inputs(
+            rows.flux, rows.ivar, rows.continuum, rows.z, wave=WINDOW.wave, pixel_mask=specnet_pixel_mask
+        )
         prob, pixel = predict(self.net, x, device=self.device)
         return np.asarray(prob), np.asarray(pixel, dtype=np.int64)
 

@@ -1,8 +1,9 @@
 """Spectral detectors: what every detector family implements, and the registry by architecture.
 
 A detector version is a ``lenscat.model_versions`` row of kind ``detector``; its ``architecture``
-names the class that runs it. Each family lives in its own module and registers itself with
-:func:`register_detector`:
+names the class that runs it. Each family lives in its own module and registers its class with
+:func:`register_detector` as the loader of its architecture in the model registry's one table
+(:mod:`lenscat.registry.loaders`, which also verifies a version's checkpoint before it loads):
 
 * ``matched-filter`` -- :mod:`lenscat.spectra.detector_mf` (BELLS GALLERY Gaussian kernel bank, Lyα);
 * ``specnet`` -- :mod:`lenscat.spectra.detector_specnet` (Li et al. 2018 1-D ResNet, Lyα);
@@ -14,12 +15,12 @@ the full-range arrays on demand), returns :class:`Candidates`, and turns them in
 :class:`HitRow` s (line fit and per-line vetoes) in :meth:`Detector.characterise`. Scans
 (:mod:`lenscat.spectra.scan`) and the injection-recovery evaluation
 (:mod:`lenscat.spectra.evaluate`) run detectors only through this interface, so a new family is one
-module and one import line in :data:`FAMILY_MODULES`.
+module and one line in :data:`lenscat.registry.loaders.PLUGIN_MODULES` (``['detector']``, re-exported
+here as :data:`FAMILY_MODULES`).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lenscat.errors import LenscatError
+from lenscat.registry.loaders import PLUGIN_MODULES, load_model, loader_for, register_loader
 from lenscat.registry.versions import ModelVersion
 from lenscat.spectra.grid import LYA, VETO, WINDOW
 from lenscat.spectra.pack import PackedRows
@@ -50,13 +52,8 @@ __all__ = [
     "store_batch",
 ]
 
-#: modules that define detector classes (imported on first use of the registry)
-FAMILY_MODULES: tuple[str, ...] = (
-    "lenscat.spectra.detector_mf",
-    "lenscat.spectra.detector_specnet",
-    "lenscat.spectra.detector_ensemble",
-    "lenscat.spectra.detector_oii",
-)
+#: modules that define detector classes (imported on first use of the registry's table)
+FAMILY_MODULES: tuple[str, ...] = PLUGIN_MODULES["detector"]
 #: continua a detector may subtract: the pipeline's best-fit model (where the file has one, else the
 #: project's fit) or always the project's fit (:mod:`lenscat.spectra.continuum`)
 CONTINUUM_CHOICES: tuple[str, ...] = ("pipeline", "fit")
@@ -302,43 +299,32 @@ class Detector(ABC):
         return lya_characterise(cands, batch)
 
 
-_REGISTRY: dict[str, type[Detector]] = {}
-_LOADED = False
-
-
 def register_detector(cls: type[Detector]) -> type[Detector]:
-    """Class decorator: make ``cls`` the detector of versions with ``cls.architecture``."""
+    """Class decorator: make ``cls`` the loader of detector versions with ``cls.architecture``."""
     if not cls.architecture:
         raise LenscatError(f"{cls.__name__}: a detector class needs an architecture name")
-    _REGISTRY[cls.architecture] = cls
+    register_loader("detector", cls.architecture, cls)
     return cls
 
 
 def detector_class(architecture: str) -> type[Detector]:
     """The class running detector versions of ``architecture``."""
-    global _LOADED
-    if not _LOADED:
-        for mod in FAMILY_MODULES:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as exc:  # a family module not installed in this build
-                if exc.name != mod:
-                    raise
-        _LOADED = True
-    if architecture not in _REGISTRY:
-        raise LenscatError(f"unknown detector architecture {architecture!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[architecture]
-
-
-_DETECTORS: dict[tuple[int, str | None], Detector] = {}
+    cls = loader_for("detector", architecture, fallback=False)
+    if not (isinstance(cls, type) and issubclass(cls, Detector)):
+        raise LenscatError(f"detector architecture {architecture!r} is not loaded by a Detector class")
+    return cls
 
 
 def load_detector(model: ModelVersion, device: str | None = None) -> Detector:
-    """A detector, loaded once per process (workers scan many chunks with the same version)."""
-    key = (model.model_id, device)
-    if key not in _DETECTORS:
-        _DETECTORS[key] = detector_class(model.architecture)(model, device)
-    return _DETECTORS[key]
+    """A detector, loaded once per process (workers scan many chunks with the same version).
+
+    Through :func:`lenscat.registry.loaders.load_model`: its checkpoint, when it has one, is verified
+    first, and ``device`` defaults to ``LENSCAT_DEVICE`` (else CUDA when available).
+    """
+    det = load_model(model, device)
+    if not isinstance(det, Detector):
+        raise LenscatError(f"detector {model.label} ({model.architecture}) did not load as a detector")
+    return det
 
 
 #: a Lyα candidate needs this S/N, from its detector (the matched filter's is >= 6 by construction) or
@@ -364,7 +350,9 @@ def _near_galaxy_line(wavelength: float, z_lens: float) -> bool:
 
 def lya_characterise(cands: Candidates, batch: SpectrumBatch) -> list[HitRow]:
     """Fit each Lyα candidate (skew-normal + residual continuum) and apply the per-line vetoes."""
-    from lenscat.spectra.linefit import VetoConfig, fit_line, lya_vetoes
+    from lenscat.spectra.linefit import fit_line
+    from lenscat.spectra.veto_types import VetoConfig
+    from lenscat.spectra.vetoes import lya_vetoes
 
     if len(cands) == 0:
         return []

@@ -10,8 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.literature.crossmatch import rows_to_table
 from lenscat.registry.versions import get_model
+from lenscat.sky.units import rows_to_table
 
 HIT_UNITS: dict[str, u.UnitBase] = {
     "wavelength": u.AA,

@@ -31,6 +31,7 @@ from lenscat.catalogue import ingest_log
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
 from lenscat.settings import get_settings
+from lenscat.sky.service import match_query
 from lenscat.spectra.grid import VETO, WINDOW
 from lenscat.spectra.pack import PackedFull, PackedRows, PackStore, pack_spectra, window_quality
 from lenscat.spectra.spectrum import Spectrum
@@ -257,25 +258,21 @@ def link_spectra(
 
     Only spectra without a link are looked at unless ``relink``; returns the number linked.
     """
-    r = float(radius.to_value(u.arcsec))
-    if not r > 0:
-        raise LenscatError(f"link radius must be positive, got {radius}")
-    where = ["sp.ra IS NOT NULL"]
-    params: dict[str, Any] = {"r": r}
+    where = ["sp.ra IS NOT NULL", "sp.dec IS NOT NULL"]
+    ids: dict[str, Any] = {}
     if not relink:
         where.append("sp.source_id IS NULL")
     if spectrum_ids is not None:
         where.append("sp.spectrum_id = ANY(:ids)")
-        params["ids"] = spectrum_ids
+        ids["ids"] = spectrum_ids
+    centres = f"SELECT sp.spectrum_id, sp.ra, sp.dec FROM lenscat.spectra sp WHERE {' AND '.join(where)}"
+    nearest, params = match_query(centres, radius, session=session, key="spectrum_id", nearest=True, what="link radius")
     res = session.execute(
         text(f"""
-            UPDATE lenscat.spectra t SET source_id = m.source_id, source_sep_arcsec = m.sep
-            FROM (SELECT sp.spectrum_id, c.source_id, c.separation_arcsec AS sep
-                  FROM lenscat.spectra sp
-                  CROSS JOIN LATERAL (SELECT * FROM public.cone_search(sp.ra, sp.dec, :r) LIMIT 1) c
-                  WHERE {" AND ".join(where)}) m
+            UPDATE lenscat.spectra t SET source_id = m.source_id, source_sep_arcsec = m.separation_arcsec
+            FROM ({nearest}) m
             WHERE t.spectrum_id = m.spectrum_id"""),
-        params,
+        {**params, **ids},
     )
     return int(getattr(res, "rowcount", 0) or 0)
 

@@ -94,7 +94,8 @@ def inject_oii_file(
     overwrite
         Replace an existing ``dest``.
     """
-    from lenscat.spectra.oii import OII_3727, OII_3729, oii_source_profile
+    from lenscat.spectra.oii import OII_3727, OII_3729
+    from lenscat.spectra.oii_inject import oii_source_profile
 
     sigma = fwhm_kms / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 

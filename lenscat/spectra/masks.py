@@ -220,3 +220,34 @@ FULL_SKY_LINES: tuple[float, ...] = tuple(
         np.round(np.concatenate([sky_lines(), np.array(WINDOW_SKY_LINES), np.array(EXTRA_SKY_LINES)]), 3)
     )
 )
+
+
+def specnet_pixel_mask(
+    wave: np.ndarray, z: np.ndarray, *, mask_sky: bool = True, galaxy_half_width_kms: float = 600.0
+) -> np.ndarray:
+    """The pixels the 1-D ResNet's input masks (the ``pixel_mask`` of :func:`lenscat.models.specnet_inputs.prepare_inputs`).
+
+    The foreground galaxy's lines of Li et al. (2018) (:func:`galaxy_line_masks`: [NeV] 3347, 3427,
+    [OII] 3727, [NeIII] 3869 at ``z``, +-``galaxy_half_width_kms``) and, with ``mask_sky``, the bright
+    sky lines of the window (:func:`sky_line_mask`: Hg I 4047, 4358; +-150 km/s).
+
+    Parameters
+    ----------
+    wave : numpy.ndarray
+        (P,) pixel wavelengths [Angstrom], increasing.
+    z : numpy.ndarray
+        (N,) foreground redshifts; NaN = unknown (no galaxy lines masked).
+    mask_sky : bool
+        Mask the bright sky lines too.
+    galaxy_half_width_kms : float
+        Half-width of the galaxy-line masks [km/s].
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, P) bool, True = masked.
+    """
+    mask = galaxy_line_masks(wave, z, half_width_kms=galaxy_half_width_kms)
+    if mask_sky:
+        mask |= sky_line_mask(wave)[None, :]
+    return mask

@@ -25,7 +25,7 @@ dataset                   shape           content
 
 The window datasets equal the FULL datasets' window columns (``full_*[:, PackedFull.window()]``),
 ``continuum_fit`` included: the project's fit is one fit over the full range
-(:func:`lenscat.spectra.continuum.fit_continua_full`). The full-range datasets are compressed (lzf,
+(:func:`lenscat.spectra.continuum_full.fit_continua_full`). The full-range datasets are compressed (lzf,
 row chunks of :data:`FULL_CHUNK_ROWS`); see ``docs/benchmarks.md`` for the measured sizes and rates.
 
 Stores written before full-range packing hold ``veto_flux``, ``veto_ivar``, ``veto_continuum``
@@ -205,7 +205,7 @@ def pack_spectra(
 
     Each spectrum is resampled once onto ``full`` (:func:`lenscat.spectra.grid.to_grid`); the window
     arrays are its ``window`` columns. The project's continuum
-    (:func:`lenscat.spectra.continuum.fit_continua_full`: eigenspectra times smooth polynomials plus a
+    (:func:`lenscat.spectra.continuum_full.fit_continua_full`: eigenspectra times smooth polynomials plus a
     polynomial, at the pipeline redshift) is fitted for every spectrum; the pipeline model is kept
     beside it where the file has one. ``PackedRows.continuum`` is the model where there is one, else
     the fit.
@@ -222,7 +222,7 @@ def pack_spectra(
     tuple
         (:class:`PackedRows` on ``window``, :class:`PackedFull` on ``full``).
     """
-    from lenscat.spectra.continuum import fit_continua_full
+    from lenscat.spectra.continuum_full import fit_continua_full
 
     ws = column_slice(full, window)
     n = len(spectra)

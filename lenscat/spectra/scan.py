@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
 from lenscat.jobs.service import create_job, finish_chunk, outside_open_chunks, plan_chunks
-from lenscat.registry.versions import ModelVersion, get_model
+from lenscat.registry.versions import ModelVersion, get_model, latest_model_ids
 from lenscat.spectra.detectors import (
     CONTINUUM_CHOICES,
     Candidates,
@@ -335,10 +335,8 @@ def refresh_idle_detectors(*, session: Session) -> dict[str, int]:
     Run by Celery beat's re-processing tick, so hits written by chunks that finished concurrently
     still get the survey-wide veto. Returns ``{detector: hits flagged}``.
     """
-    from lenscat.jobs.reprocess import _latest
-
     out = {}
-    for mid in _latest("detector", session):
+    for mid in latest_model_ids("detector", session=session):
         busy = session.execute(
             text(
                 "SELECT EXISTS (SELECT 1 FROM lenscat.jobs WHERE kind = 'spectral_scan' "
@@ -357,7 +355,7 @@ def refresh_overdensity(model: ModelVersion, *, session: Session) -> int:
 
     Returns the number of hits flagged.
     """
-    from lenscat.spectra.linefit import wavelength_overdensity
+    from lenscat.spectra.overdensity import wavelength_overdensity
 
     rows = session.execute(
         text("SELECT hit_id, wavelength FROM lenscat.spectral_hits WHERE model_id = :m"), {"m": model.model_id}

@@ -10,12 +10,13 @@ from sqlalchemy.exc import OperationalError
 from lenscat.db.session import session_scope
 from lenscat.literature.crossmatch import crossmatch_catalog
 from lenscat.tasks.app import get_app
+from lenscat.tasks.names import CROSSMATCH_CATALOG
 
 app = get_app()
 
 
 @app.task(
-    name="lenscat.crossmatch_catalog",
+    name=CROSSMATCH_CATALOG,
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,

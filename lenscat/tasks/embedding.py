@@ -9,12 +9,13 @@ from sqlalchemy.exc import OperationalError
 from lenscat.embeddings.embed import embed_chunk
 from lenscat.jobs.service import run_chunk
 from lenscat.tasks.app import get_app
+from lenscat.tasks.names import EMBED_CHUNK
 
 app = get_app()
 
 
 @app.task(
-    name="lenscat.embed_chunk",
+    name=EMBED_CHUNK,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,

@@ -6,16 +6,17 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from lenscat.classifiers.classifier import score_chunk
+from lenscat.classifiers.scoring import score_chunk
 from lenscat.db.session import session_scope
 from lenscat.jobs.service import run_chunk
 from lenscat.tasks.app import get_app
+from lenscat.tasks.names import REPROCESS, SCORE_CHUNK
 
 app = get_app()
 
 
 @app.task(
-    name="lenscat.score_chunk",
+    name=SCORE_CHUNK,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
@@ -33,7 +34,7 @@ def score_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
 
 
 @app.task(
-    name="lenscat.reprocess",
+    name=REPROCESS,
     acks_late=True,
     ignore_result=True,
     autoretry_for=(OperationalError,),

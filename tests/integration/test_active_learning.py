@@ -14,23 +14,16 @@ import pytest
 from astropy.table import Table
 from sqlalchemy import text
 
-from lenscat.classifiers.classifier import score_function
 from lenscat.classifiers.labels import import_labels
+from lenscat.classifiers.loaders import score_function
 from lenscat.embeddings.vectors import read_embeddings, upsert_embeddings
 from lenscat.errors import LenscatError, NotFoundError
-from lenscat.grading.grades import GradeInput, add_grader, record_grades
-from lenscat.learning.active import (
-    CampaignExhausted,
-    advance,
-    create_campaign,
-    current_loop,
-    get_campaign,
-    list_campaigns,
-    loops_table,
-    propose_next,
-    refresh_loop,
-    uncertainty,
-)
+from lenscat.grading.accounts import add_grader
+from lenscat.grading.grades import GradeInput, record_grades
+from lenscat.learning.active import advance, propose_next, uncertainty
+from lenscat.learning.campaigns import create_campaign, current_loop, get_campaign, list_campaigns, refresh_loop
+from lenscat.learning.tables import loops_table
+from lenscat.learning.types import CampaignExhausted
 from lenscat.registry.versions import get_model, register_model
 from tests.integration.test_classifier import _sources, _vectors
 
@@ -105,6 +98,7 @@ def test_the_loop_finds_lenses_far_faster_than_random_and_records_every_loop(ses
         assert lp.n_negative == lab["human_negative"] + lab["random_negative"] and lab["random_negative"] > 0
     assert len({lp.labels_sha256 for lp in loops}) == 5
     for lp in loops:
+        assert lp.model_id is not None
         model = get_model("classifier", lp.model_id, session=session)
         assert model.parent_model_id == enc.model_id and model.hparams["labels_sha256"] == lp.labels_sha256
         assert model.hparams["origins"] == ["human", "import"] and model.training_set_sha256
@@ -164,6 +158,7 @@ def test_uncertainty_sampling_proposes_the_scores_nearest_the_boundary(session, 
     dist = uncertainty(np.array(loop.scores), boundary)
     assert np.all(np.diff(dist) >= 0)  # nearest the boundary first
     ids, vec = read_embeddings(enc, session=session)
+    assert loop.model_id is not None
     sc = score_function(get_model("classifier", loop.model_id, session=session))(vec)
     others = ~np.isin(ids, loop.batch) & ~np.isin(ids, list(seeds))
     assert dist.max() <= uncertainty(sc[others], boundary).min() + 1e-6

@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import text
 
 from lenscat.catalogue.surveys import ensure_survey
-from lenscat.classifiers.classifier import plan_score_job, score_chunk, training_ids
+from lenscat.classifiers.loaders import training_ids
 from lenscat.classifiers.ranking import evaluate_classifier, top_candidates
+from lenscat.classifiers.scoring import plan_score_job, score_chunk
 from lenscat.embeddings.anomaly import fit_anomaly, knn_isolation
 from lenscat.embeddings.vectors import read_embeddings, upsert_embeddings
 from lenscat.errors import LenscatError
@@ -103,7 +104,7 @@ def test_outliers_rank_first_and_scores_equal_a_direct_knn(session, monkeypatch,
     ev = evaluate_classifier("anom", session=session, surveys=["anom-sim"], top_n=[N_OUT])
     assert ev["n_eval"] == N and ev["models"]["anom@1"]["auc"] == 1.0
     # the grading grid's top-N sample takes it
-    from lenscat.web.samples import resolve_sample
+    from lenscat.grading.inspection import resolve_sample
 
     grid = resolve_sample({"kind": "top", "classifier": "anom", "n": str(N_OUT)}, session=session)
     assert set(grid.source_ids) == set(outliers.tolist())
@@ -150,7 +151,8 @@ def test_k_too_large_and_the_cli(session, monkeypatch, capsys):
 
 
 def test_an_active_learning_campaign_can_start_from_the_anomaly_top(session, monkeypatch, capsys):
-    from lenscat.learning.active import create_campaign, propose_next
+    from lenscat.learning.active import propose_next
+    from lenscat.learning.campaigns import create_campaign
 
     _, _, outliers, _ = _world(session)
     fit_anomaly("anom", "anom-enc", k=10, session=session)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import h5py
 import numpy as np
@@ -24,19 +25,17 @@ def _direct_features(net, images: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         x = net.prepare(torch.from_numpy(images))
         views = net.preprocessing.views
-        acc = sum(F.normalize(net.backbone(oriented(x, v)).float(), dim=1) for v in range(views))
+        acc = cast(torch.Tensor, sum(F.normalize(net.backbone(oriented(x, v)).float(), dim=1) for v in range(views)))
         return F.normalize(acc, dim=1).numpy()
 
 
 def test_classifier_features_encoder_end_to_end(session, tmp_path, monkeypatch, capsys):
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.classifiers.classifier import (
-        train_image_classifier_version,
-        train_linear_classifier,
-    )
     from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.train_image import train_image_classifier_version
+    from lenscat.classifiers.train_linear import train_linear_classifier
     from lenscat.embeddings.embed import embed_chunk, embed_images, plan_embed_job
-    from lenscat.embeddings.encoders import derive_encoder, encoder_from_classifier
+    from lenscat.embeddings.encoder_derive import derive_encoder, encoder_from_classifier
     from lenscat.embeddings.vectors import read_embeddings
     from lenscat.jobs.reprocess import plan_reprocess
     from lenscat.jobs.service import run_here

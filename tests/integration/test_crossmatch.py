@@ -7,9 +7,10 @@ from astropy.coordinates import SkyCoord, match_coordinates_sky, search_around_s
 from sqlalchemy import text
 
 from lenscat.catalogue.ingest import SourceMapping, ingest_sources
-from lenscat.literature.crossmatch import cone_search, crossmatch_catalog, pairs_sql
+from lenscat.literature.crossmatch import crossmatch_catalog, pairs_sql
 from lenscat.literature.ingest import prepare_literature, write_literature
 from lenscat.simulate.catalogue import simulate_catalog
+from lenscat.sky.service import cone_search
 
 RADIUS = 5 * u.arcsec
 

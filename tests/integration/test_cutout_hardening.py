@@ -143,7 +143,7 @@ def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_
     assert not [p for p in plan_reprocess(session=session, dry_run=True) if p.kind == "embed"]
     # ...unless asked; a re-run updates the same failure rows (attempts), never adds rows
     again = [p for p in plan_reprocess(session=session, retry_failed=True) if p.kind == "embed"]
-    assert len(again) == 1 and again[0].n_items == 5
+    assert len(again) == 1 and again[0].n_items == 5 and again[0].job_id is not None
     assert run_here(again[0].job_id, embed_chunk, session=session) == 0
     rows = session.execute(
         text("SELECT item_id, attempts FROM lenscat.job_item_failures WHERE model_id = :m"), {"m": enc.model_id}
@@ -172,7 +172,7 @@ def test_bad_cutouts_are_recorded_and_skipped_the_rest_is_embedded(session, tmp_
 
 def test_changed_pixels_are_found_and_only_their_results_recomputed(session, tmp_path):
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.classifiers.classifier import upsert_scores
+    from lenscat.classifiers.scoring import upsert_scores
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
     from lenscat.jobs.reprocess import plan_reprocess
     from lenscat.jobs.service import run_here
@@ -259,12 +259,9 @@ def test_scoring_skips_bad_cutouts_and_scores_the_rest(session, tmp_path):
     from astropy.table import Table
 
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.classifiers.classifier import (
-        plan_score_job,
-        score_chunk,
-        train_image_classifier_version,
-    )
     from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.scoring import plan_score_job, score_chunk
+    from lenscat.classifiers.train_image import train_image_classifier_version
     from lenscat.images.store import close_stores
     from lenscat.jobs.reprocess import plan_reprocess
     from lenscat.jobs.service import run_here

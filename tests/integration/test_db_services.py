@@ -19,7 +19,7 @@ import psutil
 
 from lenscat.db.server import embedded_status
 from lenscat.settings import Settings
-from lenscat.tasks.app import stop_home_broker
+from lenscat.tasks.broker import stop_home_broker
 
 
 def _run(env, *args, check=True, timeout=300):

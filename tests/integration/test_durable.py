@@ -42,7 +42,8 @@ def bulk_default(db_conn):
 
 def test_grades_and_human_labels_commit_durably(db_conn, session, bulk_default):
     from lenscat.catalogue.surveys import ensure_survey
-    from lenscat.grading.grades import GradeInput, add_grader, record_grades, refresh_human_labels
+    from lenscat.grading.accounts import add_grader
+    from lenscat.grading.grades import GradeInput, record_grades, refresh_human_labels
 
     sv = ensure_survey("durable", ["r"], session=session)
     sid = session.execute(
@@ -60,7 +61,7 @@ def test_grades_and_human_labels_commit_durably(db_conn, session, bulk_default):
 
 
 def test_grader_accounts_commit_durably(db_conn, bulk_default):
-    from lenscat.grading.grades import add_grader, set_active
+    from lenscat.grading.accounts import add_grader, set_active
 
     assert _inside(db_conn, lambda s: add_grader("durable-acct", password="a-long-password", session=s)) == "on"
 
@@ -75,7 +76,8 @@ def test_grader_accounts_commit_durably(db_conn, bulk_default):
 
 
 def test_active_learning_batches_commit_durably(db_conn, session, tmp_path, bulk_default):
-    from lenscat.learning.active import create_campaign, propose_next
+    from lenscat.learning.active import propose_next
+    from lenscat.learning.campaigns import create_campaign
     from tests.integration.test_active_learning import _world
 
     enc, _, _, _ = _world(session, tmp_path)
@@ -92,8 +94,8 @@ def test_active_learning_batches_commit_durably(db_conn, session, tmp_path, bulk
 
 
 def test_web_logins_logouts_and_revocations_commit_durably(db_conn, session, bulk_default):
-    from lenscat.grading.grades import add_grader, logout_grader
-    from lenscat.web.auth import end_session, start_session
+    from lenscat.grading.accounts import add_grader, logout_grader
+    from lenscat.grading.auth import end_session, start_session
 
     grader, _ = add_grader("durable-web", password="a-long-password", session=session)
     session.flush()

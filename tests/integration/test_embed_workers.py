@@ -25,6 +25,8 @@ import pytest
 import torch
 from sqlalchemy import text
 
+from tests.integration.pgrows import one
+
 pytestmark = pytest.mark.slow
 
 
@@ -147,21 +149,17 @@ def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_p
         with psycopg.connect(url, autocommit=True) as conn:
             _wait_inside_second_chunk(conn, first)  # kill the first worker there, after one chunk is done
             _stop(first, signal.SIGKILL)
-            killed_chunk = conn.execute("SELECT chunk_no FROM lenscat.job_chunks WHERE status = 'running'").fetchone()[
-                0
-            ]
+            killed_chunk = one(conn.execute("SELECT chunk_no FROM lenscat.job_chunks WHERE status = 'running'"))[0]
             second = _worker(env, "second")
             out, err = embed.communicate(timeout=300)
             assert embed.returncode == 0, err
             summary = json.loads(out.strip().splitlines()[-1])
             assert summary["status"] == "done" and summary["n_done"] == n
-            rows, distinct = conn.execute(
-                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings"
-            ).fetchone()
+            rows, distinct = one(conn.execute("SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings"))
             assert rows == distinct == n
-            attempts = conn.execute(
-                "SELECT attempts FROM lenscat.job_chunks WHERE chunk_no = %s", (killed_chunk,)
-            ).fetchone()[0]
+            attempts = one(
+                conn.execute("SELECT attempts FROM lenscat.job_chunks WHERE chunk_no = %s", (killed_chunk,))
+            )[0]
             assert attempts >= 2  # redelivered after the kill
             assert summary["n_retried"] >= 1
             # running again finds nothing to do and changes nothing
@@ -169,7 +167,7 @@ def test_killed_worker_chunk_is_redelivered_and_written_once(own_database, tmp_p
                 _cli(env, "embed", "--encoder", "r50", "--local-workers", "0", "--json").strip().splitlines()[-1]
             )
             assert again["n_items"] == 0
-            assert conn.execute("SELECT count(*) FROM lenscat.embeddings").fetchone()[0] == n
+            assert one(conn.execute("SELECT count(*) FROM lenscat.embeddings"))[0] == n
             # the HNSW index of this encoder exists and similarity search runs from the CLI
             idx = conn.execute(
                 "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_embeddings_hnsw_m%'"
@@ -263,9 +261,9 @@ def test_stalled_chunk_of_a_killed_worker_is_shown_and_requeued_before_the_visib
         )["job_id"]
         with psycopg.connect(url, autocommit=True) as conn:
             _wait_inside_second_chunk(conn, first)  # kill the worker inside its second chunk
-            killed_chunk, worker = conn.execute(
-                "SELECT chunk_no, worker FROM lenscat.job_chunks WHERE status = 'running'"
-            ).fetchone()
+            killed_chunk, worker = one(
+                conn.execute("SELECT chunk_no, worker FROM lenscat.job_chunks WHERE status = 'running'")
+            )
             _stop(first, signal.SIGKILL)
 
             deadline = time.monotonic() + 120
@@ -286,17 +284,18 @@ def test_stalled_chunk_of_a_killed_worker_is_shown_and_requeued_before_the_visib
             assert [(r["job_id"], r.get("requeued_stalled")) for r in requeued] == [(job_id, [killed_chunk])]
             second = _worker(env, "second")
             deadline = time.monotonic() + 300
-            while conn.execute("SELECT status FROM lenscat.jobs WHERE job_id = %s", (job_id,)).fetchone()[0] != "done":
+            while one(conn.execute("SELECT status FROM lenscat.jobs WHERE job_id = %s", (job_id,)))[0] != "done":
                 assert second.poll() is None, second.stderr.read().decode() if second.stderr else ""
                 assert time.monotonic() < deadline, "the re-queued chunk was never finished"
                 time.sleep(0.3)
-            rows, distinct = conn.execute(
-                "SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings"
-            ).fetchone()
+            rows, distinct = one(conn.execute("SELECT count(*), count(DISTINCT source_id) FROM lenscat.embeddings"))
             assert rows == distinct == n
-            attempts = conn.execute(
-                "SELECT attempts FROM lenscat.job_chunks WHERE job_id = %s AND chunk_no = %s", (job_id, killed_chunk)
-            ).fetchone()[0]
+            attempts = one(
+                conn.execute(
+                    "SELECT attempts FROM lenscat.job_chunks WHERE job_id = %s AND chunk_no = %s",
+                    (job_id, killed_chunk),
+                )
+            )[0]
             assert attempts == 2
         shown, _ = _jobs_show(env, job_id)
         assert shown["status"] == "done" and not shown["chunks"] and shown["n_chunks_stalled"] == 0

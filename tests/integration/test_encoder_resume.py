@@ -3,12 +3,15 @@
 import json
 import os
 import signal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from lenscat.embeddings.encoders import CatalogueImages, train_encoder, training_state_dir
+from lenscat.embeddings.encoder_train import train_encoder
+from lenscat.embeddings.encoders import CatalogueImages
 from lenscat.errors import Interrupted
+from lenscat.registry.versions import training_state_dir
 
 
 def test_interrupted_training_resumes_and_registers_once(session, tmp_path, monkeypatch):
@@ -18,7 +21,7 @@ def test_interrupted_training_resumes_and_registers_once(session, tmp_path, monk
     h5 = tmp_path / "resume.h5"
     write_stein_h5(h5, 64, seed=8)
     ingest_sources(h5, "resume-survey")
-    args = dict(epochs=2, batch_size=16, crop=32, queue_size=32, progress=False, seed=5)
+    args: dict[str, Any] = dict(epochs=2, batch_size=16, crop=32, queue_size=32, progress=False, seed=5)
     real_get = CatalogueImages.get
     reads = []
 
@@ -88,8 +91,8 @@ def test_interrupted_classifier_training_resumes_and_registers_once(session, tmp
     from astropy.table import Table
 
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.classifiers.classifier import train_image_classifier_version
     from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.train_image import train_image_classifier_version
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "clf.h5"

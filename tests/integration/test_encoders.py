@@ -6,7 +6,7 @@ import torch
 from sqlalchemy import text
 
 from lenscat.catalogue.surveys import ensure_survey
-from lenscat.embeddings.encoders import import_encoder, ingest_vectors
+from lenscat.embeddings.encoder_import import import_encoder, ingest_vectors
 from lenscat.errors import InputFileError, LenscatError
 
 
@@ -40,7 +40,7 @@ def test_import_resnet50_state_dict_is_versioned_and_idempotent(session, tmp_pat
     tta, created_tta = import_encoder(tmp_path / "moco.pth.tar", "stein-like", session=session, views=8)
     assert created_tta and tta.version == 2 and tta.input_spec["views"] == 8
     assert tta.checkpoint_sha256 != m.checkpoint_sha256
-    from lenscat.embeddings.encoders import derive_encoder
+    from lenscat.embeddings.encoder_derive import derive_encoder
 
     with pytest.raises(LenscatError, match="resnet-small encoders only; stein-like@1 is a resnet50"):
         derive_encoder("stein-like@1", readout="gap+annuli2", session=session)
@@ -81,7 +81,7 @@ def test_train_options_default_to_the_architecture_recipe(session, tmp_path):
 
     from lenscat.catalogue.ingest import ingest_sources
     from lenscat.cli import cli
-    from lenscat.embeddings.encoders import TRAINING_RECIPES, training_recipe
+    from lenscat.embeddings.encoder_train import TRAINING_RECIPES, training_recipe
     from tests.integration.test_embed_workers import write_stein_h5
 
     h5 = tmp_path / "recipe.h5"
@@ -157,7 +157,7 @@ def test_deeper_encoder_with_the_annuli_readout_stores_512_d_vectors(session, tm
     from lenscat.catalogue.ingest import ingest_sources
     from lenscat.cli import cli
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.encoder_train import train_encoder
     from lenscat.embeddings.vectors import read_embeddings
     from lenscat.jobs.service import run_here
     from lenscat.registry.versions import get_model
@@ -244,7 +244,8 @@ def test_derive_registers_the_same_weights_with_another_views(session, tmp_path)
     from lenscat.catalogue.ingest import ingest_sources
     from lenscat.cli import cli
     from lenscat.embeddings.embed import embed_images
-    from lenscat.embeddings.encoders import derive_encoder, train_encoder
+    from lenscat.embeddings.encoder_derive import derive_encoder
+    from lenscat.embeddings.encoder_train import train_encoder
     from lenscat.models import load_encoder
     from lenscat.registry.versions import get_model
     from tests.integration.test_embed_workers import write_stein_h5
@@ -261,6 +262,7 @@ def test_derive_registers_the_same_weights_with_another_views(session, tmp_path)
     assert (one.version, one.parent_model_id, one.input_spec["views"]) == (2, src.model_id, 1)
     assert one.training_set_sha256 == src.training_set_sha256 and one.hparams["derived_from"] == "derive-enc@1"
     assert one.checkpoint_sha256 != src.checkpoint_sha256
+    assert src.checkpoint_path is not None and one.checkpoint_path is not None
     a, b = load_encoder(src.checkpoint_path)[0], load_encoder(one.checkpoint_path)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert (a.preprocessing.views, b.preprocessing.views) == (8, 1)

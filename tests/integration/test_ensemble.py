@@ -10,15 +10,12 @@ from astropy.table import Table
 from sqlalchemy import text
 
 from lenscat.catalogue.surveys import ensure_survey
-from lenscat.classifiers.classifier import (
-    plan_score_job,
-    score_chunk,
-    train_linear_classifier,
-    training_ids,
-)
 from lenscat.classifiers.ensemble import N_QUANTILES, MissingMemberScores, train_ensemble
 from lenscat.classifiers.labels import import_labels
+from lenscat.classifiers.loaders import training_ids
 from lenscat.classifiers.ranking import evaluate_classifier, top_candidates
+from lenscat.classifiers.scoring import plan_score_job, score_chunk
+from lenscat.classifiers.train_linear import train_linear_classifier
 from lenscat.embeddings.vectors import upsert_embeddings
 from lenscat.errors import LenscatError
 from lenscat.jobs.service import run_here

@@ -11,19 +11,21 @@ from sqlalchemy import text
 
 from lenscat.catalogue.surveys import ensure_survey
 from lenscat.errors import LenscatError, NotFoundError
-from lenscat.grading.grades import (
-    GradeInput,
+from lenscat.grading.accounts import (
     add_grader,
     authenticate,
     authenticate_token,
+    get_grader,
+    set_active,
+    verify_password,
+)
+from lenscat.grading.grades import (
+    GradeInput,
     conflicts_table,
     consensus_table,
-    get_grader,
     parse_grade,
     record_grades,
     refresh_human_labels,
-    set_active,
-    verify_password,
 )
 from tests.integration.test_cli import run
 

@@ -118,9 +118,10 @@ def test_injected_sources_stay_out_of_sky_queries_rankings_and_exports(session, 
 
     from lenscat.classifiers.ranking import top_candidates
     from lenscat.export.catalogue import candidate_table
-    from lenscat.grading.grades import GradeInput, add_grader, record_grades
-    from lenscat.literature.crossmatch import cone_search
+    from lenscat.grading.accounts import add_grader
+    from lenscat.grading.grades import GradeInput, record_grades
     from lenscat.registry.versions import register_model
+    from lenscat.sky.service import cone_search
 
     _host_survey(session, sim_h5)
     s = _inject(session, tmp_path, n=5)
@@ -214,7 +215,7 @@ def test_simulate_inject_from_the_cli(session, sim_h5, tmp_path, monkeypatch, ca
 
 
 def test_an_interrupted_run_resumes_to_the_same_file(session, sim_h5, tmp_path, monkeypatch):
-    import lenscat.simulate.injection as inj
+    import lenscat.simulate.injection_file as inj
 
     _host_survey(session, sim_h5)
     real, calls = inj.render_injection, []

@@ -30,10 +30,10 @@ def _write_hsc_like(path, n, seed=0):
 
 def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_path):
     from lenscat.catalogue.ingest import SourceMapping, ingest_sources
-    from lenscat.classifiers.classifier import train_image_classifier_version
     from lenscat.classifiers.labels import import_labels
+    from lenscat.classifiers.train_image import train_image_classifier_version
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.encoder_train import train_encoder
     from lenscat.embeddings.similarity import query_from_source, similar
     from lenscat.jobs.service import run_here
 

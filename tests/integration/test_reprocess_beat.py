@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from astropy.table import Table
 
+from tests.integration.pgrows import one
 from tests.integration.test_embed_workers import _cli, _stop, _worker
 
 pytestmark = pytest.mark.slow
@@ -97,12 +98,12 @@ def test_beat_scores_new_classifier_and_new_sources_once(own_database, tmp_path)
             _cli(env, "ingest", "embeddings", str(tmp_path / "two.npz"), "--encoder", "ext", "--survey", "beat")
             _wait_for(conn, "SELECT count(*) FROM lenscat.scores", 750, 180, worker)
             time.sleep(5)  # two more beat ticks with nothing to do
-            queued, jobs = conn.execute(
-                "SELECT coalesce(sum(n_items), 0), count(*) FROM lenscat.jobs WHERE kind = 'score'"
-            ).fetchone()
+            queued, jobs = one(
+                conn.execute("SELECT coalesce(sum(n_items), 0), count(*) FROM lenscat.jobs WHERE kind = 'score'")
+            )
             assert queued == 750 and jobs == 2  # every source queued exactly once, no empty jobs
-            assert conn.execute("SELECT count(DISTINCT source_id) FROM lenscat.scores").fetchone()[0] == 750
-            assert conn.execute("SELECT count(*) FROM lenscat.jobs WHERE status <> 'done'").fetchone()[0] == 0
+            assert one(conn.execute("SELECT count(DISTINCT source_id) FROM lenscat.scores"))[0] == 750
+            assert one(conn.execute("SELECT count(*) FROM lenscat.jobs WHERE status <> 'done'"))[0] == 0
         assert "nothing to do" in _cli(env, "reprocess")
         top = [
             json.loads(x)

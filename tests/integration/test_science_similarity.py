@@ -47,12 +47,13 @@ def test_lens_queries_find_lenses(session, survey_path):
     from lenscat.catalogue.ingest import ingest_sources
     from lenscat.classifiers.labels import import_labels
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-    from lenscat.embeddings.encoders import train_encoder
+    from lenscat.embeddings.encoder_train import train_encoder
     from lenscat.embeddings.similarity import _dedupe, query_from_source, similar
     from lenscat.embeddings.similarity_eval import lens_query_enrichment
     from lenscat.embeddings.vectors import ensure_hnsw_index, read_embeddings
     from lenscat.jobs.service import run_here
-    from lenscat.simulate.survey import read_truth, simulate_survey
+    from lenscat.simulate.survey import simulate_survey
+    from lenscat.simulate.survey_file import read_truth
 
     seed = int(os.environ.get("LENSCAT_SCIENCE_SEED") or secrets.randbelow(2**31))
     print(f"science check seed: {seed}")

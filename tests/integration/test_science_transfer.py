@@ -42,15 +42,12 @@ MIN_AUC_RADIAL = 0.6
 
 def test_default_recipe_transfers_to_an_independent_survey(session, tmp_path):
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.classifiers.classifier import (
-        plan_score_job,
-        score_chunk,
-        train_image_classifier_version,
-    )
     from lenscat.classifiers.ensemble import train_ensemble
-    from lenscat.classifiers.evaluation import format_metrics
+    from lenscat.classifiers.evaluation_plot import format_metrics
     from lenscat.classifiers.labels import import_labels
     from lenscat.classifiers.ranking import evaluate_classifier
+    from lenscat.classifiers.scoring import plan_score_job, score_chunk
+    from lenscat.classifiers.train_image import train_image_classifier_version
     from lenscat.jobs.service import run_here
     from lenscat.simulate.alt import simulate_survey_alt
     from lenscat.simulate.injection import inject_survey

@@ -64,6 +64,7 @@ def test_packed_window_equals_the_file_and_the_view_has_the_promised_columns(ses
     k = np.rint(np.log10(spec.wave) / 1e-4).astype(int) - WINDOW.k0
     inside = (k >= 0) & (k < WINDOW.n)
     assert np.array_equal(packed.flux[0][k[inside]], spec.flux[inside])
+    assert spec.model is not None
     assert np.array_equal(packed.continuum[0][k[inside]], spec.model[inside])  # the pipeline model
     cols = set(
         session.execute(
@@ -172,7 +173,8 @@ def test_matched_filter_finds_an_injected_line_and_not_the_emission_line_galaxy(
 
 def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(session, data_dir, tmp_path):
     from lenscat.registry.versions import get_model
-    from lenscat.spectra.evaluate import evaluate_detectors, plot_completeness
+    from lenscat.spectra.evaluate_fluxgrid import evaluate_detectors
+    from lenscat.spectra.evaluate_report import plot_completeness
     from lenscat.spectra.hits import hits_table
     from lenscat.spectra.scan import register_matched_filter
     from lenscat.spectra.training import train_detector
@@ -192,7 +194,7 @@ def test_resnet_trains_scans_and_both_detectors_are_evaluated_side_by_side(sessi
         session=session,
         arch="small",
     )  # small: CI time
-    from lenscat.embeddings.encoders import training_state_dir
+    from lenscat.registry.versions import training_state_dir
 
     assert not list(training_state_dir().glob("specnet-*.state"))  # registered: the resumable state is gone
     write_injected(d / "sdss" / "spec-0403-51871-0462.fits", tmp_path / "spec-0403-51871-0999.fits")

@@ -15,6 +15,7 @@ import sys
 import psycopg
 import pytest
 
+from tests.integration.pgrows import one
 from tests.integration.test_embed_workers import _cli, _stop, _worker
 from tests.integration.test_spectra import write_injected
 
@@ -106,9 +107,9 @@ def test_ingest_scan_hits_evaluate_reprocess_from_the_cli(own_database, data_dir
     assert comp[40.0] > 0.8 and comp[40.0] >= comp[5.0]
     assert (tmp_path / "ev" / "completeness.png").stat().st_size > 5000
     with psycopg.connect(url) as conn:
-        n_scans, n_spec = conn.execute(
-            "SELECT (SELECT count(*) FROM lenscat.spectral_scans), (SELECT count(*) FROM lenscat.spectra)"
-        ).fetchone()
+        n_scans, n_spec = one(
+            conn.execute("SELECT (SELECT count(*) FROM lenscat.spectral_scans), (SELECT count(*) FROM lenscat.spectra)")
+        )
         assert (n_scans, n_spec) == (6, 27)
         jobs = conn.execute("SELECT count(*), sum(n_items) FROM lenscat.jobs WHERE kind = 'spectral_scan'").fetchone()
         assert jobs == (2, 6)

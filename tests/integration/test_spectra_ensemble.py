@@ -18,7 +18,7 @@ def test_ensemble_fits_registers_and_detects(session, tmp_path):
     from lenscat.spectra.detector_specnet import check_checkpoint
     from lenscat.spectra.detectors import SpectrumBatch, load_detector
     from lenscat.spectra.pack import PackedRows
-    from lenscat.spectra.synth import make_training_set
+    from lenscat.spectra.synth_training import make_training_set
     from lenscat.spectra.training import train_detector
 
     mf, _ = register_matched_filter("t-ens-mf", continuum="pipeline", session=session)
@@ -70,6 +70,7 @@ def test_ensemble_fits_registers_and_detects(session, tmp_path):
     assert {"specnet_prob", "mf_snr_local", "mf_snr_max"} <= set(c.extra)
     # a changed checkpoint file is refused
     bad = tmp_path / "ens.json"
+    assert got.checkpoint_path is not None
     shutil.copyfile(got.checkpoint_path, bad)
     bad.write_text(bad.read_text().replace('"format"', '"format" ', 1))
     with pytest.raises(LenscatError, match="sha256"):

@@ -30,7 +30,8 @@ def sdss_store(session, data_dir, tmp_path):
 
 
 def test_realisations_are_renoised_hosts_with_lines_at_the_drawn_matched_snr(session, sdss_store):
-    from lenscat.spectra.evaluate import load_hosts, make_realisations
+    from lenscat.spectra.evaluate_hosts import load_hosts
+    from lenscat.spectra.evaluate_realisations import make_realisations
 
     hosts = load_hosts(session=session)
     # early-type hosts: galaxies with a redshift, no emission subclass (not the AGN) and no strong own
@@ -87,13 +88,8 @@ def test_realisations_are_renoised_hosts_with_lines_at_the_drawn_matched_snr(ses
 
 def test_matched_filter_finds_bright_red_tailed_lines_and_veto_losses_add_up(session, sdss_store, tmp_path):
     from lenscat.spectra.detector_mf import register_matched_filter
-    from lenscat.spectra.evaluate import (
-        SNR_BINS,
-        evaluate_protocol,
-        plot_protocol,
-        protocol_json,
-        protocol_table,
-    )
+    from lenscat.spectra.evaluate import SNR_BINS, evaluate_protocol
+    from lenscat.spectra.evaluate_report import plot_protocol, protocol_json, protocol_table
 
     mf, _ = register_matched_filter("t-eval-mf", session=session)
     results, info = evaluate_protocol([mf], session=session, realisations=40, snr_range=(20.0, 30.0), seed=2)

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from lenscat.catalogue.surveys import ensure_survey
 from lenscat.embeddings.vectors import upsert_embeddings
-from lenscat.grading.grades import add_grader
+from lenscat.grading.accounts import add_grader
 from lenscat.registry.versions import register_model
 
 PASSWORD = "correct-horse"
@@ -71,9 +71,16 @@ def client(world):
         yield c
 
 
+def match_in(pattern: str, page: str) -> re.Match[str]:
+    """The first match of ``pattern`` in ``page`` (the test fails if there is none)."""
+    m = re.search(pattern, page)
+    assert m is not None, f"{pattern!r} not in the page"
+    return m
+
+
 def login(client, name="alice", password=PASSWORD):
     page = client.get("/login")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    token = match_in(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     r = client.post(
         "/login", data={"name": name, "password": password, "csrf_token": token, "next": "/"}, follow_redirects=False
     )
@@ -81,7 +88,7 @@ def login(client, name="alice", password=PASSWORD):
 
 
 def csrf_of(client):
-    return re.search(r'data-csrf="([^"]+)"|name="csrf_token" value="([^"]+)"', client.get("/").text).group(2)
+    return match_in(r'data-csrf="([^"]+)"|name="csrf_token" value="([^"]+)"', client.get("/").text).group(2)
 
 
 def test_pages_need_a_login_and_bad_passwords_are_refused(client):
@@ -145,8 +152,8 @@ def test_candidate_page_form_grade_and_grid(client, world, session):
     page = client.get(f"/source/{sid}")
     assert page.status_code == 200 and f"Source {sid}" in page.text and "Nearest neighbours" in page.text
     assert "No cutout" in page.text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    rid = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
+    token = match_in(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    rid = match_in(r'name="request_id" value="([^"]+)"', page.text).group(1)
     r = client.post(
         f"/source/{sid}/grade",
         data={"grade": "N", "csrf_token": token, "request_id": rid, "comment": "spiral arm"},
@@ -279,7 +286,7 @@ def test_query_runs_only_from_a_post_with_the_csrf_token(client):
     ok = run_query(client, sql)
     assert ok.status_code == 200 and 'id="sql-result"' in ok.text
     # the grid link the page shows is signed for this login; the same SQL unsigned or re-signed is refused
-    link = re.search(r'href="(/grid\?[^"]+)" id="grade-sql"', ok.text).group(1).replace("&amp;", "&")
+    link = match_in(r'href="(/grid\?[^"]+)" id="grade-sql"', ok.text).group(1).replace("&amp;", "&")
     assert client.get(link).status_code == 200
     assert client.get("/grid", params={"kind": "sql", "sql": sql, "n": 100}).status_code == 403
     assert client.get("/grid", params={"kind": "sql", "sql": sql, "n": 100, "sig": "0" * 64}).status_code == 403

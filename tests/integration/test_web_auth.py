@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from lenscat.grading.grades import add_grader, set_active
+from lenscat.grading.accounts import add_grader, set_active
 from lenscat.settings import get_settings
 from tests.integration.test_cli import run
 from tests.integration.test_web import PASSWORD, csrf_of, login
@@ -180,7 +180,7 @@ def test_thirty_wrong_passwords_then_the_right_one_is_refused_with_the_defaults(
 def test_lockout_after_repeated_failures_even_for_the_right_password(client, session, monkeypatch, caplog):
     monkeypatch.setattr(get_settings(), "web_login_max_failures", 3)
     monkeypatch.setattr(get_settings(), "web_login_lockout_s", 600.0)
-    caplog.set_level(logging.WARNING, logger="lenscat.web.auth")
+    caplog.set_level(logging.WARNING, logger="lenscat.grading.auth")
     known = [_try(client, "alice", f"wrong-password-{i}") for i in range(3)]
     unknown = [_try(client, "mallory", f"wrong-password-{i}") for i in range(3)]
     # the same answers whether the account exists or not: failed, failed, then locked for 10 minutes
@@ -236,6 +236,7 @@ def test_lockout_per_client_address_whatever_the_names(app, session, monkeypatch
 # ------------------------------------------------------------------------------------ 3. API tokens
 def test_api_tokens_grade_and_export_from_a_script(client, world, session):
     g, token = add_grader("robot", token=True, session=session)
+    assert token is not None
     sid = int(world[0])
     auth = {"Authorization": f"Bearer {token}"}
     client.cookies.clear()

@@ -14,11 +14,17 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
 import pytest
 from astropy.table import Table
+
+from tests.integration.pgrows import one
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +36,13 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _source_id(cell: Locator) -> int:
+    """The ``data-source-id`` of a grid cell (the test fails if the cell has none)."""
+    sid = cell.get_attribute("data-source-id")
+    assert sid is not None, "a grid cell without data-source-id"
+    return int(sid)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +132,7 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
             cells = page.locator(".cell")
             expect(cells.first).to_be_visible()
             assert cells.count() == 100
-            top = [int(cells.nth(i).get_attribute("data-source-id")) for i in range(12)]
+            top = [_source_id(cells.nth(i)) for i in range(12)]
             assert len(lens_ids & set(top)) >= 10
             keys = ["a" if sid in lens_ids else "n" for sid in top]
             for k in keys:
@@ -220,7 +233,7 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
             page.keyboard.press("Enter")  # too early: the batch is not complete
             expect(page.locator("#status")).to_contain_text("remaining image")
             for i in ungraded:
-                sid = int(batch.nth(i).get_attribute("data-source-id"))
+                sid = _source_id(batch.nth(i))
                 batch.nth(i).click()
                 page.keyboard.press("a" if sid in lens_ids else "n")
                 expect(batch.nth(i)).to_have_attribute("data-grade", "A" if sid in lens_ids else "N")
@@ -238,10 +251,12 @@ def test_grade_a_grid_from_the_keyboard_and_export(served, tmp_path):
 def test_two_graders_grading_the_same_image_at_once_are_both_recorded(served):
     base, url, world = served
     with psycopg.connect(url) as conn:  # a source nobody has graded yet
-        sid = conn.execute(
-            "SELECT max(source_id) FROM lenscat.sources s WHERE NOT EXISTS "
-            "(SELECT 1 FROM lenscat.grades g WHERE g.source_id = s.source_id)"
-        ).fetchone()[0]
+        sid = one(
+            conn.execute(
+                "SELECT max(source_id) FROM lenscat.sources s WHERE NOT EXISTS "
+                "(SELECT 1 FROM lenscat.grades g WHERE g.source_id = s.source_id)"
+            )
+        )[0]
     clients = {}
     for name in ("alice", "bob"):
         c = httpx.Client(base_url=base, follow_redirects=False)

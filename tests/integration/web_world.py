@@ -59,13 +59,15 @@ def build(workdir: Path, n: int = 120, n_lens: int = 12, seed: int = 0) -> dict[
     from astropy.table import Table
     from sqlalchemy import text
 
-    from lenscat.classifiers.classifier import plan_score_job, score_chunk, train_linear_classifier
+    from lenscat.classifiers.scoring import plan_score_job, score_chunk
+    from lenscat.classifiers.train_linear import train_linear_classifier
     from lenscat.cli import cli
     from lenscat.db.session import session_scope
     from lenscat.embeddings.vectors import upsert_embeddings
-    from lenscat.grading.grades import add_grader
+    from lenscat.grading.accounts import add_grader
     from lenscat.jobs.service import run_here
-    from lenscat.learning.active import create_campaign, propose_next
+    from lenscat.learning.active import propose_next
+    from lenscat.learning.campaigns import create_campaign
     from lenscat.registry.versions import register_model
     from lenscat.spectra.scan import plan_scan, scan_chunk
 

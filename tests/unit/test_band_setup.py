@@ -59,6 +59,7 @@ def test_grz_keeps_stein_options_and_other_bands_get_their_own():
     src = _survey(200, sigmas)
     hsc = image_training_options(list("grizy"), src)
     assert hsc.encoder_hparams == {"in_chans": 5}
+    assert hsc.scales is not None and hsc.augment is not None
     np.testing.assert_allclose(hsc.scales, sigmas, rtol=0.05)
     assert hsc.augment["blur"] is False and hsc.augment["noise"] == "fixed"
     assert hsc.augment["reddening"] is True
@@ -72,11 +73,11 @@ def test_grz_keeps_stein_options_and_other_bands_get_their_own():
     assert views.shape == (4, 5, 32, 32) and torch.isfinite(views).all()
 
     odd = image_training_options(["VIS", "mystery"], _survey(50, [0.01, 0.02]))
-    assert odd.augment["reddening"] is False
+    assert odd.augment is not None and odd.augment["reddening"] is False
     assert any("no extinction coefficient for band(s) mystery" in n for n in odd.notes)
     # a survey's photometry bands need not name the cutout channels: names that do not fit are ignored
     mismatch = image_training_options(["r"], _survey(20, [0.0024, 0.0034, 0.0099]))
     assert mismatch.bands == ["g", "r", "z"] and mismatch.augment is None
     assert "1 band name(s) (r) for 3 cutout channel(s)" in mismatch.notes[0]
     unnamed5 = image_training_options(["g", "r", "z"], src)
-    assert unnamed5.bands == [] and unnamed5.augment["reddening"] is False
+    assert unnamed5.bands == [] and unnamed5.augment is not None and unnamed5.augment["reddening"] is False

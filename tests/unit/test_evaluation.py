@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from lenscat.classifiers.evaluation import (
-    format_metrics,
-    plot_evaluation,
-    ranking_metrics,
-    recall_curve,
-)
+from lenscat.classifiers.evaluation import ranking_metrics, recall_curve
+from lenscat.classifiers.evaluation_plot import format_metrics, plot_evaluation
 from lenscat.errors import LenscatError
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +218,8 @@ def test_default_and_explicit_top_n():
     labels = np.arange(50) % 5 == 0
     # n_pos = 10, 1 % of 50 -> 1 (at least one); 100 and 1000 exceed n
     assert [r["n"] for r in ranking_metrics(scores, labels)["top_n"]] == [1, 10]
-    got = ranking_metrics(scores, labels, top_n=[50, 3, 3, np.int64(7)])["top_n"]
+    numpy_int = cast(int, np.int64(7))  # numpy integers are accepted as well as ints
+    got = ranking_metrics(scores, labels, top_n=[50, 3, 3, numpy_int])["top_n"]
     assert [r["n"] for r in got] == [3, 7, 50]
     assert got[-1]["recall"] == 1.0
 

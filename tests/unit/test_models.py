@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,7 +139,8 @@ def test_preprocessing_variants_and_errors():
         Preprocessing.from_dict({"size": 3})
     assert Preprocessing.from_dict({"crop": 48}).views == 1  # checkpoints from before the option
     assert Preprocessing.from_dict(Preprocessing(views=8).to_dict()).views == 8
-    for bad in (0, 2, 16, True, 8.5):
+    bad_views: tuple[Any, ...] = (0, 2, 16, True, 8.5)  # deliberately not all valid ints
+    for bad in bad_views:
         with pytest.raises(LenscatError, match="views must be one of 1, 4, 8"):
             Preprocessing(views=bad)
 
@@ -169,6 +171,8 @@ def r50() -> torch.nn.Module:
     with torch.no_grad():  # non-trivial BN statistics, so a mix-up would show
         for m in enc.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
+                assert m.num_batches_tracked is not None
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.num_batches_tracked.fill_(123)
@@ -225,7 +229,7 @@ def test_import_moco_checkpoint_round_trips(tmp_path: Path, r50):
 
 @pytest.mark.parametrize("layout", ["plain", "backbone", "lightning", "old_torchvision"])
 def test_import_torchvision_layouts(tmp_path: Path, r50, layout):
-    sd = OrderedDict(r50.state_dict())
+    sd: dict[str, Any] = OrderedDict(r50.state_dict())
     sd["fc.weight"] = torch.randn(1000, 2048)
     sd["fc.bias"] = torch.randn(1000)
     if layout == "backbone":

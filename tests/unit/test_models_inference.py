@@ -90,10 +90,11 @@ def test_views_average_the_orientations_and_make_the_embedding_invariant(encoder
 
 def test_annuli_readout_stores_the_pooled_vector_beside_the_stage2_rings(encoder, images, tmp_path):
     from lenscat.models.checkpoint import load_encoder, save_encoder
-    from lenscat.models.resnet import annulus_stats
+    from lenscat.models.resnet import ResNetEncoder, annulus_stats
 
     torch.manual_seed(0)
     ring = build_encoder("resnet-small", widths=(8, 16, 32, 32), output_dim=16, readout="gap+annuli2")
+    assert isinstance(ring, ResNetEncoder)
     ring.load_state_dict(encoder.state_dict())  # the readout adds no weights
     ring.eval()
     assert (ring.output_dim, ring.feature_dim) == (16, 16 + 6 * 16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,11 +158,12 @@ def test_callback_and_ctrl_c_stop_cleanly(data):
 def test_a_stopped_run_resumes_bit_identically(data, tmp_path: Path, stop_at: int):
     """State saved on an early stop; the same call continues and ends where an uninterrupted run does."""
     src = ArraySource(data[0][:48], ebv=np.linspace(0, 0.2, 48))
-    kw = dict(
+    kw: dict[str, Any] = dict(
         arch="resnet-small", hparams={**TINY, "log_every": 1}, epochs=3, batch_size=16, lr=0.05, seed=3, progress=False
     )
     ref = train_moco(src, **kw)
     first = train_moco(src, **kw, state_dir=tmp_path, callback=lambda info: info.step >= stop_at)
+    assert first.state_path is not None
     assert first.stop_reason == "callback" and first.steps == stop_at and first.state_path.exists()
     resumed = train_moco(src, **kw, state_dir=tmp_path)
     assert resumed.resumed_from_step == stop_at and resumed.steps == 9 and resumed.stop_reason == "completed"

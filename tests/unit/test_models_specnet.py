@@ -1,28 +1,22 @@
-"""The 1-D ResNet Lyα line finder (lenscat.models.specnet; after Li et al. 2018)."""
+"""The 1-D ResNet Lyα line finder (lenscat.models.specnet*; after Li et al. 2018)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from lenscat.errors import InputFileError, LenscatError
-from lenscat.models.specnet import (
-    SpecResNet,
-    completeness_at_fpr,
-    flops_per_spectrum,
-    focal_loss,
-    load_specnet,
-    predict,
-    prepare_inputs,
-    roc_auc,
-    save_specnet,
-    specnet_loss,
-    train_specnet,
-)
+from lenscat.models.metrics import completeness_at_fpr, roc_auc
+from lenscat.models.specnet import SpecResNet, flops_per_spectrum, load_specnet, save_specnet
+from lenscat.models.specnet_inference import predict
+from lenscat.models.specnet_inputs import prepare_inputs
+from lenscat.models.specnet_train import focal_loss, specnet_loss, train_specnet
 from lenscat.spectra.grid import WINDOW
-from lenscat.spectra.masks import galaxy_line_masks, galaxy_lines, line_mask, sky_line_mask
-from lenscat.spectra.synth import make_training_set
+from lenscat.spectra.masks import galaxy_line_masks, galaxy_lines, line_mask, sky_line_mask, specnet_pixel_mask
+from lenscat.spectra.synth_training import make_training_set
 
 TINY = {"widths": [8, 16, 16], "kernels": [5, 5, 3], "head_width": 16}
 BRIGHT = {"peak_range": (6.0, 30.0)}
@@ -33,15 +27,24 @@ def trained(one_torch_thread):
     tr = make_training_set(2000, seed=1, positive_fraction=0.2, line_priors=BRIGHT, keep_truth=False)
     va = make_training_set(600, seed=2, positive_fraction=0.2, line_priors=BRIGHT, keep_truth=False)
     model, hist = train_specnet(
-        tr, va, epochs=4, batch_size=64, lr=3e-3, config=TINY, seed=0, device="cpu", progress=False
+        tr,
+        va,
+        epochs=4,
+        batch_size=64,
+        lr=3e-3,
+        config=TINY,
+        seed=0,
+        device="cpu",
+        progress=False,
+        pixel_mask=specnet_pixel_mask,
     )
-    xva = prepare_inputs(va.flux, va.ivar, va.continuum, va.z)
+    xva = prepare_inputs(va.flux, va.ivar, va.continuum, va.z, pixel_mask=specnet_pixel_mask)
     return model, hist, va, xva
 
 
 def test_prepare_inputs_channels():
     s = make_training_set(40, seed=3)
-    x = prepare_inputs(s.flux, s.ivar, s.continuum, s.z)
+    x = prepare_inputs(s.flux, s.ivar, s.continuum, s.z, pixel_mask=specnet_pixel_mask)
     assert x.shape == (40, 3, WINDOW.n) and x.dtype == np.float32
     gal = galaxy_line_masks(WINDOW.wave, s.z)
     masked = (s.ivar == 0) | gal | sky_line_mask(WINDOW.wave)[None, :]
@@ -52,7 +55,7 @@ def test_prepare_inputs_channels():
     assert np.allclose(x[:, 0][good], np.clip(snr[good], -10, 10), atol=1e-5)
     assert np.all(np.abs(x[:, :2]) <= 10)
     assert 0.8 < np.std(x[:, 1][good]) < 1.3  # scaled by the robust scatter
-    one = prepare_inputs(s.flux[0], s.ivar[0], s.continuum[0], s.z[0])
+    one = prepare_inputs(s.flux[0], s.ivar[0], s.continuum[0], s.z[0], pixel_mask=specnet_pixel_mask)
     assert np.array_equal(one[0], x[0])
     with pytest.raises(LenscatError):
         prepare_inputs(s.flux, s.ivar[:3], s.continuum, s.z)
@@ -136,7 +139,8 @@ def test_training_finds_and_locates_lines(trained):
 
 def test_training_deterministic(one_torch_thread):
     tr = make_training_set(256, seed=5, positive_fraction=0.25, line_priors=BRIGHT)
-    kw = {"epochs": 1, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu", "progress": False}
+    kw: dict[str, Any] = {"epochs": 1, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu", "progress": False}
+    kw["pixel_mask"] = specnet_pixel_mask
     a, _ = train_specnet(tr.arrays(), **kw)
     b, _ = train_specnet(tr.arrays(), **kw)
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -145,14 +149,15 @@ def test_training_deterministic(one_torch_thread):
 
 def test_an_interrupted_training_resumes_at_the_next_epoch(one_torch_thread, tmp_path, monkeypatch):
     """State saved after each epoch; Ctrl-C says so; the same call finishes bit-identically."""
-    import lenscat.models.specnet as specnet
+    import lenscat.models.specnet_train as specnet_train
     from lenscat.errors import Interrupted
 
     tr = make_training_set(256, seed=5, positive_fraction=0.25, line_priors=BRIGHT)
     va = make_training_set(128, seed=6, positive_fraction=0.25, line_priors=BRIGHT)
-    kw = {"epochs": 3, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu", "progress": False}
+    kw: dict[str, Any] = {"epochs": 3, "batch_size": 64, "config": TINY, "seed": 3, "device": "cpu", "progress": False}
+    kw["pixel_mask"] = specnet_pixel_mask
     ref, ref_hist = train_specnet(tr.arrays(), va.arrays(), **kw)
-    real = specnet.specnet_loss
+    real = specnet_train.specnet_loss
     calls = []
 
     def ctrl_c_at(n):
@@ -164,15 +169,15 @@ def test_an_interrupted_training_resumes_at_the_next_epoch(one_torch_thread, tmp
 
         return loss
 
-    monkeypatch.setattr(specnet, "specnet_loss", ctrl_c_at(2))  # in epoch 1: nothing saved yet
+    monkeypatch.setattr(specnet_train, "specnet_loss", ctrl_c_at(2))  # in epoch 1: nothing saved yet
     with pytest.raises(KeyboardInterrupt) as exc:
         train_specnet(tr.arrays(), va.arrays(), **kw, state_dir=tmp_path)
     assert not isinstance(exc.value, Interrupted) and not list(tmp_path.iterdir())
     calls.clear()
-    monkeypatch.setattr(specnet, "specnet_loss", ctrl_c_at(10))  # in epoch 3 (4 steps per epoch)
+    monkeypatch.setattr(specnet_train, "specnet_loss", ctrl_c_at(10))  # in epoch 3 (4 steps per epoch)
     with pytest.raises(Interrupted, match="saved after epoch 2 of 3"):
         train_specnet(tr.arrays(), va.arrays(), **kw, state_dir=tmp_path)
-    monkeypatch.setattr(specnet, "specnet_loss", real)
+    monkeypatch.setattr(specnet_train, "specnet_loss", real)
     model, hist = train_specnet(tr.arrays(), va.arrays(), **kw, state_dir=tmp_path)
     assert hist["resumed_from_epoch"] == 2 and hist["steps"] == 12
     assert hist["loss"] == ref_hist["loss"] and hist["val_auc"] == ref_hist["val_auc"]

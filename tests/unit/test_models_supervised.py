@@ -13,17 +13,10 @@ import torch
 
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.models import ArraySource, Encoder, Preprocessing, build_encoder, save_encoder
-from lenscat.models.supervised import (
-    ImageClassifier,
-    _loss,
-    lens_batches,
-    load_classifier,
-    make_optimizer,
-    roc_auc,
-    save_classifier,
-    score_images,
-    train_image_classifier,
-)
+from lenscat.models.metrics import roc_auc
+from lenscat.models.supervised import ImageClassifier, load_classifier, save_classifier, score_images
+from lenscat.models.supervised_data import lens_batches
+from lenscat.models.supervised_train import _loss, make_optimizer, train_image_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -416,7 +409,7 @@ class _Recording(ArraySource):
 
 
 def test_every_negative_is_drawn_in_an_epoch(data):
-    from lenscat.models.supervised import negative_epoch_steps
+    from lenscat.models.supervised_data import negative_epoch_steps
 
     y = data["y"]
     neg = set(np.flatnonzero(y == 0).tolist())

@@ -19,7 +19,7 @@ def _decode(data: bytes, types: list[str]) -> list[tuple]:
         if nfields == -1:
             break
         assert nfields == len(types)
-        row = []
+        row: list[object] = []
         for t in types:
             (length,) = struct.unpack_from(">i", data, pos)
             pos += 4

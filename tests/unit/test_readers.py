@@ -78,7 +78,7 @@ def test_rows_cut_short_or_too_long_are_refused_or_kept_as_bad_rows(tmp_path):
     ]
     # the bad rows are all-missing; the good ones keep their values and types
     assert np.ma.getmaskarray(t.columns["ra"]).tolist() == [False, True, True, False, True]
-    assert t.columns["objid"].dtype.kind == "i" and list(t.columns["objid"].compressed()) == [1, 4]
+    assert t.columns["objid"].dtype.kind == "i" and list(np.ma.compressed(t.columns["objid"])) == [1, 4]
 
 
 @pytest.mark.parametrize("quoted", [False, True])
@@ -89,7 +89,7 @@ def test_row_numbers_skip_header_blank_and_comment_lines(tmp_path, quoted):
     path.write_text(f"# a comment\nobjid\tra\tname\n\n1\t10\t{q}\n# another\n2\t11\n\n3\t12\tc\n")
     t = read_table(path, bad_rows="keep")
     assert t.n_rows == 3 and [(b.row, b.column) for b in t.bad_rows] == [(2, "name")]
-    assert list(t.columns["name"].filled("?")) == ["a b" if quoted else "ab", "?", "c"]
+    assert list(np.ma.filled(t.columns["name"], "?")) == ["a b" if quoted else "ab", "?", "c"]
     txt = tmp_path / "c.txt"
     txt.write_text(f"objid ra  name\n1 10 {q}\n 2   11\n3 12 c extra\n")
     t = read_table(txt, bad_rows="keep")
@@ -103,7 +103,7 @@ def test_quoted_fields_may_hold_delimiters_and_newlines(tmp_path):
     path = tmp_path / "q.csv"
     path.write_text('objid,ra,note\n1,10,"a,b"\n2,11,"two\nlines"\n3,12\n')
     t = read_table(path, bad_rows="keep")
-    assert list(t.columns["note"].filled("?")) == ["a,b", "two\nlines", "?"]
+    assert list(np.ma.filled(t.columns["note"], "?")) == ["a,b", "two\nlines", "?"]
     assert [(b.row, b.column) for b in t.bad_rows] == [(3, "note")]
 
 

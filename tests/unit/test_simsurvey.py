@@ -12,16 +12,15 @@ import pytest
 
 from lenscat.errors import LenscatError
 from lenscat.simulate.survey import (
-    COLUMNS,
     KINDS,
     NONLENS_FRACTIONS,
     _allocate,
     _object_rng,
     n_lenses_for,
-    read_truth,
     simulate_cutout,
     simulate_survey,
 )
+from lenscat.simulate.survey_file import COLUMNS, read_truth
 from lenscat.simulate.survey_render import DEPTH5, FWHM_MEDIAN, PIXEL_SCALE, psf_kernel
 
 N, FRACTION, SEED = 60, 0.3, 11

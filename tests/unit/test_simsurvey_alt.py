@@ -11,14 +11,10 @@ import numpy as np
 import pytest
 
 import lenscat.simulate.alt as alt
+import lenscat.simulate.alt_file as alt_file
 from lenscat.errors import LenscatError
-from lenscat.simulate.alt import (
-    COLUMNS,
-    KINDS,
-    NONLENS_FRACTIONS,
-    simulate_cutout_alt,
-    simulate_survey_alt,
-)
+from lenscat.simulate.alt import KINDS, NONLENS_FRACTIONS, simulate_cutout_alt, simulate_survey_alt
+from lenscat.simulate.alt_file import COLUMNS
 from lenscat.simulate.alt_objects import draw_scene
 from lenscat.simulate.alt_render import (
     PIXEL_SCALE,
@@ -46,7 +42,7 @@ def _sha(path: Path) -> str:
 
 def test_layout_attributes_and_ingest_reading(survey):
     from lenscat.io.readers import read_table
-    from lenscat.simulate.survey import read_truth
+    from lenscat.simulate.survey_file import read_truth
 
     path, summary = survey
     with h5py.File(path, "r") as fh:
@@ -104,7 +100,7 @@ def test_interrupted_run_resumes_to_the_same_file(survey, tmp_path, monkeypatch)
     path, _ = survey
     out = tmp_path / "resumed.h5"
     real = alt._render_chunk
-    monkeypatch.setattr(alt, "WRITE_ROWS", 8)
+    monkeypatch.setattr(alt_file, "WRITE_ROWS", 8)
 
     def stop_at_second_chunk(task):
         if task[1] >= alt.CHUNK:
@@ -231,7 +227,7 @@ def test_lenses_have_blue_arcs_near_the_einstein_radius():
 def test_cli_option_dispatches_to_the_independent_simulator(tmp_path):
     from click.testing import CliRunner
 
-    from lenscat.cli.images import simulate_survey_cmd
+    from lenscat.cli.simulate import simulate_survey_cmd
 
     out = tmp_path / "cli.h5"
     res = CliRunner().invoke(

@@ -7,14 +7,8 @@ import pytest
 from scipy import stats
 
 from lenscat.spectra.grid import C_KMS, LYA, WINDOW
-from lenscat.spectra.linefit import (
-    LineFit,
-    _mode_fwhm,
-    _skewness,
-    fit_line,
-    skew_normal_profile,
-    wavelength_overdensity,
-)
+from lenscat.spectra.linefit import LineFit, _mode_fwhm, _skewness, fit_line, skew_normal_profile
+from lenscat.spectra.overdensity import wavelength_overdensity
 from lenscat.spectra.reference import eigen_basis
 
 pytestmark = pytest.mark.filterwarnings("error")

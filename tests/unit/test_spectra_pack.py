@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lenscat.errors import LenscatError
-from lenscat.spectra.continuum import fit_continua_full, robust_sigma_rows
+from lenscat.spectra.continuum import robust_sigma_rows
+from lenscat.spectra.continuum_full import fit_continua_full
 from lenscat.spectra.grid import FULL, VETO, WINDOW, LogGrid, column_slice
 from lenscat.spectra.masks import (
     FULL_SKY_LINES,

@@ -11,15 +11,9 @@ from astropy.io import fits
 
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.spectra.grid import WINDOW, to_grid
-from lenscat.spectra.readers import (
-    SPPIXMASK_BITS,
-    SPPIXMASK_REJECT_VALUE,
-    SpectrumReadError,
-    detect_format,
-    estimate_ivar,
-    iter_spectrum_files,
-    read_spectra,
-)
+from lenscat.spectra.readers import detect_format, iter_spectrum_files, read_spectra
+from lenscat.spectra.readers_fits import SpectrumReadError
+from lenscat.spectra.readers_sdss import SPPIXMASK_BITS, SPPIXMASK_REJECT_VALUE, estimate_ivar
 from lenscat.spectra.spectrum import Spectrum
 
 DATA = Path(__file__).parents[1] / "data" / "spectra"
@@ -649,7 +643,8 @@ def test_user_template_directory_setting(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_select_template_rules() -> None:
-    from lenscat.spectra.redrock import RedrockTemplate, select_template
+    from lenscat.spectra.redrock import RedrockTemplate
+    from lenscat.spectra.redrock_models import select_template
 
     wave = np.linspace(1000.0, 2000.0, 11)
 

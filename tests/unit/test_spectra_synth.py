@@ -7,14 +7,9 @@ import pytest
 
 from lenscat.errors import LenscatError
 from lenscat.spectra.grid import C_KMS, WINDOW
-from lenscat.spectra.synth import (
-    draw_lya_params,
-    inject_lines,
-    lya_profile,
-    make_training_set,
-    pixel_edges,
-    skewnorm_shape,
-)
+from lenscat.spectra.synth import inject_lines, lya_profile, pixel_edges, skewnorm_shape
+from lenscat.spectra.synth_priors import draw_lya_params
+from lenscat.spectra.synth_training import make_training_set
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +126,7 @@ def test_continuum_positive_and_flux_levels(synth):
 def test_lines_in_truth():
     s = make_training_set(800, seed=4, sky_residual=0.0)
     pos = np.flatnonzero(s.labels == 1)
+    assert s.truth is not None and s.galaxy is not None  # kept for training sets
     line = s.truth[pos] - s.galaxy[pos]
     expect = lya_profile(
         s.wave, s.line["centre"][pos], s.line["line_flux"][pos], s.line["fwhm_kms"][pos], s.line["skew"][pos]
@@ -213,7 +209,7 @@ def test_matched_priors_reach_the_drawn_matched_snr_exactly():
 
 
 def test_matched_priors_cover_the_full_fwhm_and_skew_range():
-    from lenscat.spectra.synth import draw_matched_params
+    from lenscat.spectra.synth_priors import draw_matched_params
 
     d = draw_matched_params(np.random.default_rng(4), 20000)
     assert np.all((d["fwhm_kms"] >= 70.0) & (d["fwhm_kms"] <= 1100.0))
@@ -231,8 +227,8 @@ def test_matched_priors_cover_the_full_fwhm_and_skew_range():
 
 
 def test_blocks_concatenate_to_the_whole_set(monkeypatch):
-    from lenscat.spectra import synth as synth_mod
-    from lenscat.spectra.synth import iter_training_set
+    from lenscat.spectra import synth_training as synth_mod
+    from lenscat.spectra.synth_training import iter_training_set
 
     monkeypatch.setattr(synth_mod, "_CHUNK", 256)
     whole = make_training_set(600, seed=13, priors="matched", keep_truth=False)

@@ -17,19 +17,14 @@ import numpy as np
 import pytest
 
 from lenscat.spectra.grid import C_KMS, WINDOW, LogGrid, to_grid
-from lenscat.spectra.linefit import (
-    OII_COMPANIONS,
-    OII_DOUBLET,
-    LineFit,
-    VetoConfig,
-    fit_line,
-    lya_vetoes,
-    oii_interloper_test,
-    skew_test,
-)
+from lenscat.spectra.linefit import LineFit, fit_line
 from lenscat.spectra.masks import galaxy_line_mask
 from lenscat.spectra.readers import read_spectra
 from lenscat.spectra.synth import lya_profile
+from lenscat.spectra.veto_oii import oii_interloper_test
+from lenscat.spectra.veto_skew import skew_test
+from lenscat.spectra.veto_types import OII_COMPANIONS, OII_DOUBLET, VetoConfig
+from lenscat.spectra.vetoes import lya_vetoes
 
 pytestmark = pytest.mark.filterwarnings("error")
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from lenscat.cli.web import is_loopback
-from lenscat.grading.grades import hash_password, parse_grade, verify_password
-from lenscat.web.app import public_message
-from lenscat.web.auth import (
+from lenscat.grading.accounts import hash_password, verify_password
+from lenscat.grading.auth import (
     csrf_ok,
     csrf_token_for,
     make_session_cookie,
     read_session_cookie,
     session_sha256,
 )
+from lenscat.grading.grades import parse_grade
+from lenscat.web.rendering import public_message
 
 
 def test_cookie_carries_a_signed_random_secret():

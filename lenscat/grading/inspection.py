@@ -8,12 +8,20 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
+import astropy.units as u
 import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.errors import LenscatError
-from lenscat.grading.grades import Grader, graded_by
+from lenscat.classifiers.ranking import top_candidates
+from lenscat.db.usersql import run_readonly_sql
+from lenscat.embeddings.similarity import query_from_source, similar
+from lenscat.errors import InvalidParameter, LenscatError
+from lenscat.grading.auth import secret_key
+from lenscat.grading.grades import Grader, conflicts_table, graded_by
+from lenscat.learning.campaigns import current_loop, get_campaign
+from lenscat.registry.versions import get_model
+from lenscat.settings import get_settings
 
 KINDS = ("top", "similar", "sql", "loop", "conflicts", "sources")
 MAX_CELLS = 500
@@ -36,7 +44,7 @@ class Sample:
 
 def _check_n(n: int) -> int:
     if not 1 <= int(n) <= MAX_CELLS:
-        raise LenscatError(f"a grid holds 1 to {MAX_CELLS} images, not {n}")
+        raise InvalidParameter("n", f"a grid holds 1 to {MAX_CELLS} images, not {n}")
     return int(n)
 
 
@@ -53,7 +61,7 @@ def resolve_sample(params: dict[str, str], *, session: Session) -> Sample:
     kind = params.get("kind", "top")
     n = _check_n(int(params.get("n") or 100)) if str(params.get("n") or "100").isdigit() else None
     if n is None:
-        raise LenscatError(f"n must be a whole number, not {params.get('n')!r}")
+        raise InvalidParameter("n", f"n must be a whole number, not {params.get('n')!r}")
     if kind == "top":
         return _top(params.get("classifier") or "", n, session)
     if kind == "similar":
@@ -63,8 +71,6 @@ def resolve_sample(params: dict[str, str], *, session: Session) -> Sample:
     if kind == "loop":
         return _loop(params.get("campaign") or "", session)
     if kind == "conflicts":
-        from lenscat.grading.grades import conflicts_table
-
         t = conflicts_table(session=session, limit=n)
         ids = [int(x) for x in t["source_id"]] if len(t) else []
         vals = {int(r["source_id"]): str(r["grades"]) for r in t} if len(t) else {}
@@ -72,17 +78,14 @@ def resolve_sample(params: dict[str, str], *, session: Session) -> Sample:
     if kind == "sources":
         raw = [x.strip() for x in (params.get("ids") or "").split(",") if x.strip()]
         if not raw or not all(x.isdigit() for x in raw):
-            raise LenscatError("ids must be a comma-separated list of source ids")
+            raise InvalidParameter("ids", "ids must be a comma-separated list of source ids")
         return Sample("sources", f"{len(raw)} sources", "list", [int(x) for x in raw][:MAX_CELLS])
-    raise LenscatError(f"unknown grid kind {kind!r}; expected one of {', '.join(KINDS)}")
+    raise InvalidParameter("kind", f"unknown grid kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
 def _top(classifier: str, n: int, session: Session) -> Sample:
-    from lenscat.classifiers.ranking import top_candidates
-    from lenscat.registry.versions import get_model
-
     if not classifier:
-        raise LenscatError("choose a classifier for a top-N grid")
+        raise InvalidParameter("classifier", "choose a classifier for a top-N grid")
     model = get_model("classifier", classifier, session=session)
     t = top_candidates(model, n, session=session)
     ids = [int(x) for x in t["source_id"]] if len(t) else []
@@ -91,14 +94,9 @@ def _top(classifier: str, n: int, session: Session) -> Sample:
 
 
 def _similar(params: dict[str, str], n: int, session: Session) -> Sample:
-    import astropy.units as u
-
-    from lenscat.embeddings.similarity import query_from_source, similar
-    from lenscat.registry.versions import get_model
-
     sid_txt = params.get("source_id") or ""
     if not sid_txt.isdigit():
-        raise LenscatError(f"source_id must be a source id, not {sid_txt!r}")
+        raise InvalidParameter("source_id", f"source_id must be a source id, not {sid_txt!r}")
     sid = int(sid_txt)
     enc_name = params.get("encoder") or default_encoder(sid, session=session)
     if enc_name is None:
@@ -132,8 +130,6 @@ def sql_grid_signature(sql: str, csrf: str) -> str:
     The query page signs the link it shows after a POST; a link made anywhere else (another site,
     another login) does not carry a valid signature, so a GET cannot make the server run SQL.
     """
-    from lenscat.web.auth import secret_key
-
     return hmac.new(secret_key(), f"sql-grid\0{csrf}\0{sql}".encode(), hashlib.sha256).hexdigest()
 
 
@@ -143,14 +139,13 @@ def sql_grid_ok(sql: str, signature: str | None, csrf: str) -> bool:
 
 
 def _sql(sql: str, n: int) -> Sample:
-    from lenscat.db.usersql import run_readonly_sql
-    from lenscat.settings import get_settings
-
     if not sql.strip():
-        raise LenscatError("write a SELECT that returns a source_id column")
+        raise InvalidParameter("sql", "write a SELECT that returns a source_id column")
     columns, rows, _ = run_readonly_sql(sql, max_rows=n, timeout_s=get_settings().web_statement_timeout_s)
     if "source_id" not in columns:
-        raise LenscatError(f"the query must return a source_id column (it returned {', '.join(columns) or 'none'})")
+        raise InvalidParameter(
+            "sql", f"the query must return a source_id column (it returned {', '.join(columns) or 'none'})"
+        )
     j = columns.index("source_id")
     ids: list[int] = []
     for r in rows:
@@ -160,10 +155,8 @@ def _sql(sql: str, n: int) -> Sample:
 
 
 def _loop(campaign: str, session: Session) -> Sample:
-    from lenscat.learning.active import current_loop, get_campaign
-
     if not campaign:
-        raise LenscatError("choose an active-learning campaign")
+        raise InvalidParameter("campaign", "choose an active-learning campaign")
     camp = get_campaign(campaign, session=session)
     loop = current_loop(camp, session=session)
     if loop is None:

@@ -1,11 +1,11 @@
-"""Web logins: revocable server-side sessions, login throttling, API tokens and CSRF tokens.
+"""Logins of graders: revocable server-side sessions, login throttling, API tokens and CSRF tokens.
 
-A login creates a row of ``lenscat.web_sessions`` and sets a cookie (``lenscat_session``,
-``HttpOnly``, ``SameSite=Lax``) holding a random session secret signed with the app's key; the
-database keeps only the secret's sha256. Every request looks the session up again: it is valid
-while it is not revoked, not expired and its grader is active. Logging out revokes the session; a
+A login creates a row of ``lenscat.web_sessions``; the web app (:mod:`lenscat.web.deps`) sets a
+cookie (``lenscat_session``, ``HttpOnly``, ``SameSite=Lax``) holding a random session secret signed
+with the app's key; the database keeps only the secret's sha256. Every request looks the session up
+again: it is valid while it is not revoked, not expired and its grader is active. Logging out revokes the session; a
 password reset, ``lenscat grader disable`` and ``lenscat grader logout`` revoke every session of
-the grader (:func:`lenscat.grading.grades.end_sessions`).
+the grader (:func:`lenscat.grading.accounts.end_sessions`).
 
 Every state-changing request made with a session cookie must carry the session's CSRF token (an
 HMAC of the session secret), as a form field ``csrf_token`` or an ``X-CSRF-Token`` header; the
@@ -37,13 +37,12 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import durable
-from lenscat.grading.grades import Grader, authenticate, authenticate_token
+from lenscat.grading.accounts import authenticate, authenticate_token
+from lenscat.grading.grades import Grader
 from lenscat.settings import get_settings
 
-SESSION_COOKIE = "lenscat_session"
-LOGIN_CSRF_COOKIE = "lenscat_login_csrf"
 NAME_KEY_CHARS = 100
-log = logging.getLogger("lenscat.web.auth")
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)

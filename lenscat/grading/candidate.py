@@ -1,4 +1,4 @@
-"""Data behind the candidate page, the search box and the cutout images of the web app."""
+"""What a grader sees of one candidate: the candidate page's data, its cutout image, and the search box."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from typing import Any
 
 import astropy.units as u
 import numpy as np
+from PIL import Image
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.embeddings.similarity import query_from_source, similar
 from lenscat.errors import LenscatError, NotFoundError
 from lenscat.grading.grades import Grader, graded_by
+from lenscat.grading.inspection import default_encoder
+from lenscat.images.store import rgb_image, source_cutout
+from lenscat.registry.versions import get_model
+from lenscat.sky.coords import iau_name, parse_position
+from lenscat.sky.service import cone_search
 
 CUTOUT_SIZE = 152  # pixels shown per side at most (Stein et al.'s 152 x 152 cutouts)
 SEARCH_RADIUS = 10 * u.arcsec
@@ -21,10 +28,6 @@ _POSITION = re.compile(r"^\s*([0-9:hms.+\-\s]+?)[\s,]+([+\-]?[0-9:dms'\".\s]+)\s
 
 def cutout_png_bytes(source_id: int, band: str = "rgb", *, session: Session) -> bytes:
     """PNG of a source's cutout: RGB (asinh, Legacy Surveys scales) or one band in grey."""
-    from PIL import Image
-
-    from lenscat.images.store import rgb_image, source_cutout
-
     img, bands = source_cutout(source_id, session=session)
     if band != "rgb":
         if band not in bands:
@@ -100,21 +103,14 @@ def source_context(
     has_cutout = src.get("cutout_file") is not None
     if has_cutout:
         try:
-            from lenscat.images.store import source_cutout
-
             bands = source_cutout(source_id, session=session)[1]
         except LenscatError:
             has_cutout = False
-    neighbours, encoder, neighbour_error = [], None, None
-    from lenscat.web.samples import default_encoder
-
+    neighbours: list[dict[str, Any]] = []
+    neighbour_error: str | None = None
     encoder = default_encoder(source_id, session=session)
     if encoder:
-        from lenscat.embeddings.similarity import query_from_source, similar
-
         try:
-            from lenscat.registry.versions import get_model
-
             model = get_model("encoder", encoder, session=session)
             t = similar(
                 query_from_source(source_id, model, session=session),
@@ -128,8 +124,6 @@ def source_context(
         except LenscatError as exc:
             neighbour_error = str(exc)
     mine = graded_by(grader, [source_id], session=session).get(source_id) if grader else None
-    from lenscat.sky.coords import iau_name
-
     return {
         "src": src,
         "iau": iau_name(float(src["ra"]), float(src["dec"])),
@@ -170,9 +164,6 @@ def search_sources(q: str, *, session: Session, limit: int = 100) -> tuple[list[
             return rows, "source id"
     m = _POSITION.match(q)
     if m and any(ch.isdigit() for ch in m.group(2)):
-        from lenscat.literature.crossmatch import cone_search
-        from lenscat.sky.coords import parse_position
-
         try:
             coord = parse_position(m.group(1).strip(), m.group(2).strip())
         except LenscatError:

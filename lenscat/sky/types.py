@@ -1,0 +1,52 @@
+"""Results of the sky layer's searches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.coordinates import Angle
+
+
+@dataclass(frozen=True)
+class ConeHits:
+    """The sources of one cone, nearest first (ties by source id).
+
+    Attributes
+    ----------
+    source_id
+        Source ids (int64).
+    separation
+        Their separations from the cone's centre.
+    """
+
+    source_id: np.ndarray
+    separation: Angle
+
+    def __len__(self) -> int:
+        return len(self.source_id)
+
+
+@dataclass(frozen=True)
+class SkyMatch:
+    """Positions matched to catalogue sources.
+
+    Attributes
+    ----------
+    index
+        Index of the matched position in the positions searched (int64), ascending.
+    source_id
+        The matched source of each row (int64).
+    separation
+        The separation of each pair.
+    rank
+        1 for a position's nearest source, 2 for the next, ... (ties by source id).
+    """
+
+    index: np.ndarray
+    source_id: np.ndarray
+    separation: Angle
+    rank: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
