@@ -188,7 +188,8 @@ def bench_ingest(
 ) -> dict[str, Any]:
     """Ingest rates: COPY path (``repeats`` fresh loads, the last one kept), row-by-row baseline,
     and a re-ingest of a corrected copy of the file (every key exists: the upsert path)."""
-    from lenscat.catalogue.ingest import prepare_sources, run_source_ingest
+    from lenscat.catalogue.ingest import run_source_ingest
+    from lenscat.catalogue.ingest_validate import prepare_sources
 
     t0 = time.perf_counter()
     prep = prepare_sources(path, COPY_SURVEY)
@@ -319,7 +320,8 @@ def bench_crossmatch(radius_arcsec: float, repeats: int) -> dict[str, Any]:
 
     from lenscat.db.session import session_scope
     from lenscat.literature.crossmatch import crossmatch_catalog, pairs_sql
-    from lenscat.literature.ingest import prepare_literature, write_literature
+    from lenscat.literature.ingest import prepare_literature
+    from lenscat.literature.service import write_literature
 
     lit = prepare_literature(LENS_FILE, LENS_CATALOG)
     with session_scope() as s:

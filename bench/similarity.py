@@ -2,8 +2,8 @@
 """Benchmark: pgvector embedding storage and k-NN search (HNSW) against exact search baselines.
 
 One run measures, per data set (default 10^6 x 128-d and 10^5 x 2048-d), lenscat's vector paths
-(:mod:`lenscat.embeddings.vectors`, :mod:`lenscat.registry.versions`, :mod:`lenscat.embeddings.similarity`) against exact search
-on the same vectors and queries, in the same process:
+(:mod:`lenscat.embeddings.vectors`, :mod:`lenscat.registry.versions`, :mod:`lenscat.embeddings.similarity`) against
+exact search on the same vectors and queries, in the same process:
 
 (a) load: ``upsert_embeddings`` (binary COPY into a staging table + one upsert) in batches of
     ``--batch`` rows, each batch its own transaction (rows/s);
@@ -183,7 +183,8 @@ def write_sources(survey: str, first_id: int, r_mag: np.ndarray, *, seed: int) -
                 hi = min(n, lo + step)
                 cp.write(
                     "".join(
-                        f"{first_id + i}\t{sid}\tb{i}\t{ra[i]:.7f}\t{dec[i]:.7f}\t{{{g[i]:.4f},{r_mag[i]:.4f},{z[i]:.4f}}}\n"
+                        f"{first_id + i}\t{sid}\tb{i}\t{ra[i]:.7f}\t{dec[i]:.7f}\t"
+                        f"{{{g[i]:.4f},{r_mag[i]:.4f},{z[i]:.4f}}}\n"
                         for i in range(lo, hi)
                     )
                 )

@@ -143,7 +143,7 @@ def check_members_scored(members: list[ModelVersion], *, session: Session, surve
         Only these surveys (default: every real survey, not the injection sets).
     """
     from lenscat.classifiers.scoring import candidates_sql
-    from lenscat.jobs.service import without_failed_items
+    from lenscat.jobs.failures import without_failed_items
 
     # injection sets are never required: they train, they are not ranked
     sids = [get_survey(x, session=session).survey_id for x in surveys] if surveys else real_survey_ids(session=session)

@@ -1,4 +1,5 @@
-"""Reports of a classifier evaluation: the metrics as text (:func:`format_metrics`) and the ROC / recall figure (:func:`plot_evaluation`)."""
+"""Reports of a classifier evaluation: the metrics as text (:func:`format_metrics`) and the ROC / recall figure
+(:func:`plot_evaluation`)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ def plot_evaluation(
     Raises
     ------
     LenscatError
-        If ``curves`` is empty or any model's input is bad (see :func:`~lenscat.classifiers.evaluation.ranking_metrics`).
+        If ``curves`` is empty or any model's input is bad (see
+        :func:`~lenscat.classifiers.evaluation.ranking_metrics`).
     """
     if not curves:
         raise LenscatError("plot_evaluation needs at least one model's (scores, labels)")

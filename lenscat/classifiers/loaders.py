@@ -16,7 +16,8 @@ from lenscat.registry.versions import ModelVersion
 
 
 def _check_checkpoint(path: str, sha256: str) -> None:
-    """A registered classifier checkpoint is where it was stored and unchanged (:func:`lenscat.registry.checkpoints.verify_file`)."""
+    """A registered classifier checkpoint is where it was stored and unchanged
+    (:func:`lenscat.registry.checkpoints.verify_file`)."""
     verify_file(path, sha256, what="its registered classifier version")
 
 
@@ -101,7 +102,8 @@ def _load_image_classifier(model: ModelVersion, device: str | None) -> Any:
 
 
 def derived_module(model: ModelVersion) -> Any:
-    """The module (:mod:`lenscat.classifiers.ensemble` or :mod:`lenscat.embeddings.anomaly`) that scores a derived classifier."""
+    """The module (:mod:`lenscat.classifiers.ensemble` or :mod:`lenscat.embeddings.anomaly`) that scores a derived
+    classifier."""
     if model.architecture == "ensemble":
         from lenscat.classifiers import ensemble
 

@@ -16,15 +16,9 @@ from lenscat.classifiers.versions import DERIVED_ARCHITECTURES
 from lenscat.db.session import raw_connection
 from lenscat.embeddings.vectors import read_embeddings
 from lenscat.errors import LenscatError
-from lenscat.jobs.service import (
-    clear_item_failures,
-    create_job,
-    finish_chunk,
-    outside_open_chunks,
-    plan_chunks,
-    record_item_failures,
-    without_failed_items,
-)
+from lenscat.jobs.chunks import finish_chunk
+from lenscat.jobs.failures import clear_item_failures, record_item_failures, without_failed_items
+from lenscat.jobs.service import create_job, outside_open_chunks, plan_chunks
 from lenscat.registry.versions import ModelVersion, get_model
 
 DEFAULT_CHUNK = 20_000
@@ -81,7 +75,7 @@ def plan_score_job(
 
     ``exclude_open`` leaves out sources already in a queued or running chunk of the same version;
     ``retry_failed=False`` leaves out sources whose scoring failed before under this version until
-    their input changes (:func:`lenscat.jobs.service.without_failed_items`).
+    their input changes (:func:`lenscat.jobs.failures.without_failed_items`).
     """
     model = classifier if isinstance(classifier, ModelVersion) else get_model("classifier", classifier, session=session)
     sids = survey_ids(surveys, session)

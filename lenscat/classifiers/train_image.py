@@ -63,7 +63,8 @@ def train_image_classifier_version(
     (ratio 100 from at most half the survey, lenses 5 % of each batch, 3 epochs, the encoder's
     augmentations, one validation pass at the end; ``legacy``: ``resnet-small`` from scratch on the
     96-pixel crop with Stein et al.'s augmentations). Meant for a GPU; runs (slowly) on a CPU.
-    ``arch='radial'`` trains :func:`train_radial_classifier` (the image options do not apply). ``max_steps`` caps the number of batches. Interrupted (Ctrl-C), it
+    ``arch='radial'`` trains :func:`train_radial_classifier` (the image options do not apply). ``max_steps`` caps the
+    number of batches. Interrupted (Ctrl-C), it
     raises :class:`~lenscat.errors.Interrupted` after saving its state; the same call resumes
     (``resume=False``: start over).
     """

@@ -65,7 +65,8 @@ def train_radial_classifier(
         scales = (
             session.execute(
                 text(
-                    "SELECT DISTINCT q.scale FROM (SELECT COALESCE(f.pixel_scale_arcsec, v.pixel_scale_arcsec) AS scale "
+                    "SELECT DISTINCT q.scale FROM ("
+                    "SELECT COALESCE(f.pixel_scale_arcsec, v.pixel_scale_arcsec) AS scale "
                     "FROM lenscat.sources s JOIN lenscat.surveys v USING (survey_id) "
                     "LEFT JOIN lenscat.cutout_files f ON f.file_id = s.cutout_file_id WHERE s.source_id = ANY(:ids)) q "
                     "WHERE q.scale IS NOT NULL ORDER BY 1"

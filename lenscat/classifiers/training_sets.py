@@ -49,7 +49,8 @@ train, but never validate or test."""
 
 
 def positive_origins(source_ids: np.ndarray, *, session: Session, origins: list[str] | None = None) -> dict[int, str]:
-    """The origin of the most trusted positive label of each of ``source_ids`` (as :func:`resolve_labels` ranks them)."""
+    """The origin of the most trusted positive label of each of ``source_ids`` (as :func:`resolve_labels` ranks
+    them)."""
     if len(source_ids) == 0:
         return {}
     rows = session.execute(

@@ -82,7 +82,8 @@ def ingest_sources_cmd(
     changes nothing; an interrupted run resumes at the first uncommitted batch. Rejected rows are
     listed with file, row, column and reason, and kept in the ingest_rejects view.
     """
-    from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.catalogue.types import SourceMapping
     from lenscat.settings import get_settings
 
     mapping = SourceMapping(

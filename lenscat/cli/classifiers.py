@@ -46,7 +46,8 @@ def _train_arch(
     "8-view scores: the recipe measured best with few labels (150 labelled lenses + 1,500 injections, "
     "tested on a survey from an independent simulator: AUC 0.987, TPR10 0.73, against 0.863 for the "
     "radial baseline, 0.881 for a linear probe, 0.945 for their rank ensemble and 0.751 for the "
-    "previous CNN settings; see docs/benchmarks.md); linear (the default with --encoder): logistic regression on the encoder's "
+    "previous CNN settings; see docs/benchmarks.md); linear (the default with --encoder): "
+    "logistic regression on the encoder's "
     "embeddings; finetune: encoder + head on images (GPU); radial: the 36-number radial "
     "colour-profile baseline (12 annuli x 3 bands) + logistic regression.",
 )
@@ -322,7 +323,8 @@ def classifier_score_cmd(
     from lenscat.classifiers.scoring import plan_score_job
     from lenscat.cli.ensemble import member_hint
     from lenscat.db.session import session_scope
-    from lenscat.jobs.service import pending_chunks, submit_and_wait
+    from lenscat.jobs.service import pending_chunks
+    from lenscat.jobs.submit import submit_and_wait
     from lenscat.tasks.names import SCORE_CHUNK
 
     try:

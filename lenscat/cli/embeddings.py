@@ -85,7 +85,8 @@ def embed_cmd(
     """
     from lenscat.db.session import session_scope
     from lenscat.embeddings.embed import plan_embed_job
-    from lenscat.jobs.service import pending_chunks, submit_and_wait
+    from lenscat.jobs.service import pending_chunks
+    from lenscat.jobs.submit import submit_and_wait
     from lenscat.tasks.names import EMBED_CHUNK
 
     with session_scope() as s:

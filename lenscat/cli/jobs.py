@@ -47,7 +47,8 @@ def jobs_show_cmd(job_id: int, wait: bool, max_items: int) -> None:
     LENSCAT_JOB_STALL_S: `lenscat reprocess` queues it again); the items that failed, with reasons.
     """
     from lenscat.db.session import session_scope
-    from lenscat.jobs.service import job_details, wait_for_job
+    from lenscat.jobs.service import job_details
+    from lenscat.jobs.submit import wait_for_job
 
     if wait:
         wait_for_job(job_id)
@@ -126,7 +127,7 @@ def reprocess_cmd(dry_run: bool, wait: bool, as_json: bool, retry_failed: bool) 
     """
     from lenscat.db.session import session_scope
     from lenscat.jobs.reprocess import build_missing_indexes, plan_reprocess, send
-    from lenscat.jobs.service import submit_and_wait
+    from lenscat.jobs.submit import submit_and_wait
 
     with session_scope() as s:
         planned = plan_reprocess(session=s, dry_run=dry_run, retry_failed=retry_failed)

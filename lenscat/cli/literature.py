@@ -51,7 +51,9 @@ def ingest_literature_cmd(
 ) -> None:
     """Ingest a published lens list: the community catalogue CSV, Stein et al. TSVs, SLED, or any table."""
     from lenscat.db.session import session_scope
-    from lenscat.literature.ingest import LiteratureColumns, prepare_literature, write_literature
+    from lenscat.literature.ingest import prepare_literature
+    from lenscat.literature.service import write_literature
+    from lenscat.literature.types import LiteratureColumns
 
     cols = LiteratureColumns(
         ra=ra_col,
@@ -71,7 +73,8 @@ def ingest_literature_cmd(
         _err(f"{summary.path}: row {d.row}: {d.reason}; not loaded")
     if len(summary.duplicates) > 20:
         _err(
-            f'... and {len(summary.duplicates) - 20} more duplicate rows (see: lenscat sql "SELECT * FROM ingest_rejects")'
+            f"... and {len(summary.duplicates) - 20} more duplicate rows "
+            '(see: lenscat sql "SELECT * FROM ingest_rejects")'
         )
     if as_json:
         click.echo(json.dumps(summary.as_dict()))

@@ -136,7 +136,8 @@ def list_cmd(limit: int, linked_only: bool, fmt: str) -> None:
 def scan_cmd(detector: str, chunk_size: int, local_workers: int | None, no_wait: bool, as_json: bool) -> None:
     """Scan every spectrum the detector version has not scanned yet, with Celery workers."""
     from lenscat.db.session import session_scope
-    from lenscat.jobs.service import pending_chunks, submit_and_wait
+    from lenscat.jobs.service import pending_chunks
+    from lenscat.jobs.submit import submit_and_wait
     from lenscat.spectra.hits import hit_counts
     from lenscat.spectra.scan import analyze_scans, plan_scan, refresh_overdensity
     from lenscat.tasks.names import SCAN_SPECTRA_CHUNK

@@ -27,15 +27,9 @@ from sqlalchemy.orm import Session
 from lenscat.catalogue.surveys import get_survey
 from lenscat.embeddings.vectors import upsert_embeddings
 from lenscat.errors import LenscatError
-from lenscat.jobs.service import (
-    clear_item_failures,
-    create_job,
-    finish_chunk,
-    outside_open_chunks,
-    plan_chunks,
-    record_item_failures,
-    without_failed_items,
-)
+from lenscat.jobs.chunks import finish_chunk
+from lenscat.jobs.failures import clear_item_failures, record_item_failures, without_failed_items
+from lenscat.jobs.service import create_job, outside_open_chunks, plan_chunks
 from lenscat.registry.checkpoints import verify_checkpoint
 from lenscat.registry.device import select_device
 from lenscat.registry.loaders import ANY_ARCHITECTURE, load_model, register_loader
@@ -64,7 +58,8 @@ def verified_checkpoint(model: ModelVersion) -> Path:
 def _load_encoder_version(model: ModelVersion, device: str | None) -> Any:
     """Registry loader of every encoder architecture: the network on ``device``, in eval mode.
 
-    A version of architecture ``classifier-features`` (:func:`lenscat.embeddings.encoder_derive.encoder_from_classifier`)
+    A version of architecture ``classifier-features``
+    (:func:`lenscat.embeddings.encoder_derive.encoder_from_classifier`)
     loads as :class:`lenscat.models.features.ClassifierFeatures`: a classifier's penultimate layer.
     """
     from lenscat.models.checkpoint import load_encoder
@@ -141,7 +136,7 @@ def plan_embed_job(
         Leave out sources already in a queued or running chunk of this encoder (scheduled runs).
     retry_failed
         Include sources whose embedding failed before under this version (False: leave them out
-        until their input changes, see :func:`lenscat.jobs.service.without_failed_items`).
+        until their input changes, see :func:`lenscat.jobs.failures.without_failed_items`).
     session
         Database session; the caller commits before submitting the chunks.
     """

@@ -182,8 +182,8 @@ def train_encoder(
     stored with the checkpoint, it does not change the training) and ``readout`` (what the stored
     embedding holds: ``'gap'``, the pooled output, or, for ``resnet-small`` only, ``'gap+annuli2'``,
     that and the stage-2 map's annular mean and maximum; it adds no weights and does not change the
-    training) left at ``None`` take the architecture's value in :data:`TRAINING_RECIPES` (``resnet-small``: the CPU recipe
-    measured in docs/benchmarks.md; ``resnet18``/``resnet50``: Stein et al.'s 96-pixel setting).
+    training) left at ``None`` take the architecture's value in :data:`TRAINING_RECIPES` (``resnet-small``: the CPU
+    recipe measured in docs/benchmarks.md; ``resnet18``/``resnet50``: Stein et al.'s 96-pixel setting).
     ``crop`` is the side [pixels] of the centre crop the network sees (Stein et al.: 96 of 152;
     smaller crops train faster and concentrate on the central galaxy, where arcs are for
     Einstein radii up to ~3 arcsec). The crop is stored with the checkpoint and applied at inference.

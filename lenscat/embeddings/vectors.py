@@ -240,7 +240,8 @@ def ensure_hnsw_index(
     session.execute(
         text(
             f"CREATE INDEX {name} ON lenscat.embeddings USING hnsw "
-            f"((embedding::halfvec({dim})) halfvec_cosine_ops) WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
+            f"((embedding::halfvec({dim})) halfvec_cosine_ops) "
+            f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)}) "
             f"WHERE model_id = {int(model.model_id)}"
         )
     )

@@ -325,7 +325,10 @@ def candidate_table(
     if survey_names:
         params["surveys"] = survey_names
     # injection sets (simulated lenses on survey galaxies) are exported only when named
-    real = f"AND EXISTS (SELECT 1 FROM lenscat.sources rs WHERE rs.source_id = c.source_id AND {real_source_sql('rs.survey_id')})"
+    real = (
+        "AND EXISTS (SELECT 1 FROM lenscat.sources rs WHERE rs.source_id = c.source_id "
+        f"AND {real_source_sql('rs.survey_id')})"
+    )
     sql = _CANDIDATES_SQL.format(
         model_filter="AND s.model_id = :model_id" if model is not None else "",
         survey_filter="AND c.survey = ANY(:surveys)" if survey_names else real,

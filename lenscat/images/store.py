@@ -166,7 +166,8 @@ def open_store(path: str | Path, format: str = HDF5_STEIN, *, member_paths: Sequ
     Returns
     -------
     CutoutStore
-        The format's store (e.g. HDF5CutoutStore or FITSCutoutStore); the same object for the same arguments while it stays among the 32 most recently used.
+        The format's store (e.g. HDF5CutoutStore or FITSCutoutStore); the same object for the same arguments while it
+        stays among the 32 most recently used.
     """
     return _REGISTRY.get(path, format, member_paths)
 

@@ -71,7 +71,7 @@ def _count(sql: str, session: Session) -> int:
 
 def _requeue(session: Session, dry_run: bool) -> list[Planned]:
     """Stalled chunks (their worker died) queued again, one entry per job."""
-    from lenscat.jobs.service import requeue_stalled, stalled_chunks
+    from lenscat.jobs.stalls import requeue_stalled, stalled_chunks
 
     found = stalled_chunks(session=session) if dry_run else requeue_stalled(session=session)
     by_job: dict[int, list[Any]] = {}
@@ -126,7 +126,8 @@ def plan_reprocess(
     """
     from lenscat.classifiers.scoring import missing_scores_sql, plan_score_job
     from lenscat.embeddings.embed import _missing_sql, plan_embed_job
-    from lenscat.jobs.service import outside_open_chunks, pending_chunks, without_failed_items
+    from lenscat.jobs.failures import without_failed_items
+    from lenscat.jobs.service import outside_open_chunks, pending_chunks
     from lenscat.spectra.scan import plan_scan, unscanned_sql
 
     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LOCK_KEY})

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from lenscat.db.pgbinary import SIGNATURE, TRAILER
 from lenscat.db.session import raw_connection
 from lenscat.errors import LenscatError
-from lenscat.literature.ingest import get_catalog_id
+from lenscat.literature.service import get_catalog_id
 from lenscat.sky.service import survey_ids
 from lenscat.sky.sql import pairs_sql as sky_pairs_sql
 from lenscat.sky.units import radius_degrees, rows_to_table

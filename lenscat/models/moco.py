@@ -5,8 +5,8 @@ L2-normalised output) is trained with InfoNCE to pick, among the momentum (EMA) 
 embedding of another augmented view of the same image and a queue of ``K`` earlier keys, the
 positive one. Single device, no shuffle-BN (the key batch is encoded as one BatchNorm batch).
 
-:func:`~lenscat.models.moco_train.train_moco` runs the loop: SGD (momentum 0.9, weight decay 1e-4) with a per-step cosine
-learning-rate schedule (optional linear warm-up), two views per image from
+:func:`~lenscat.models.moco_train.train_moco` runs the loop: SGD (momentum 0.9, weight decay 1e-4) with a per-step
+cosine learning-rate schedule (optional linear warm-up), two views per image from
 :class:`~lenscat.models.augment.Augmenter`, bfloat16 (or float16 + gradient scaling) autocast
 and channels-last memory on CUDA only, a background thread reading the next batch, and a tqdm
 bar showing the loss and images/s. It returns the trained *query backbone* (without head).

@@ -17,12 +17,15 @@ recently loaded versions per process (workers run many chunks with the same vers
 
 Where to add a family or an architecture: a loader ``loader(model, device) -> object`` registered
 with ``register_loader(kind, architecture, loader)`` (or as a decorator) in the family's module,
-and that module's name in :data:`PLUGIN_MODULES` (imported on first use of the table).
+and that module's name in :data:`PLUGIN_MODULES` (imported on first use of the table). A name ending
+in ``*`` stands for every module of that package whose name starts with the prefix, so a new spectral
+detector family is only its module ``lenscat/spectra/detector_<family>.py``.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -44,12 +47,8 @@ ANY_ARCHITECTURE = "*"
 PLUGIN_MODULES: dict[str, tuple[str, ...]] = {
     "encoder": ("lenscat.embeddings.embed",),
     "classifier": ("lenscat.classifiers.loaders",),
-    "detector": (
-        "lenscat.spectra.detector_mf",
-        "lenscat.spectra.detector_specnet",
-        "lenscat.spectra.detector_ensemble",
-        "lenscat.spectra.detector_oii",
-    ),
+    # every module lenscat/spectra/detector_<family>.py: a new family is one module, no line here
+    "detector": ("lenscat.spectra.detector_*",),
 }
 #: loaded versions kept per process
 CACHE_SIZE = 8
@@ -85,13 +84,26 @@ def register_loader(kind: str, architecture: str, loader: L | None = None) -> An
 def _import_plugins(kind: str) -> None:
     if kind in _IMPORTED:
         return
-    for mod in PLUGIN_MODULES.get(kind, ()):
+    for mod in _expand(PLUGIN_MODULES.get(kind, ())):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # a family module not installed in this build
             if exc.name != mod:
                 raise
     _IMPORTED.add(kind)
+
+
+def _expand(names: tuple[str, ...]) -> list[str]:
+    """Module names, with ``package.prefix*`` expanded to the package's modules starting with ``prefix``."""
+    out: list[str] = []
+    for name in names:
+        if not name.endswith("*"):
+            out.append(name)
+            continue
+        package, _, prefix = name[:-1].rpartition(".")
+        path = importlib.import_module(package).__path__
+        out += sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(path) if m.name.startswith(prefix))
+    return out
 
 
 def loader_for(kind: str, architecture: str, *, fallback: bool = True) -> Callable[..., Any]:

@@ -5,8 +5,8 @@ plausible deflectors (Jacobs et al. 2019, Petrillo et al. 2019, Huang et al. 202
 2020): the network then sees the survey's real noise, PSF, neighbours and artefacts around every
 positive, and has to learn only the arc. :func:`inject_survey` does that for a catalogued survey:
 
-1. :func:`~lenscat.simulate.injection_hosts.select_hosts` picks massive, red, early-type-looking galaxies of the survey (bright, red
-   g-r and r-z, extended, not point sources), from the catalogue columns where present and
+1. :func:`~lenscat.simulate.injection_hosts.select_hosts` picks massive, red, early-type-looking galaxies of the survey
+   (bright, red g-r and r-z, extended, not point sources), from the catalogue columns where present and
    otherwise measured on the cutout (central colour in a 1.5 arcsec aperture, half-light radius),
    leaving out every source with a positive label and every source within 5 arcsec of a known lens
    (:func:`lenscat.classifiers.labels.near_known_lenses`).

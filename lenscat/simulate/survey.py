@@ -175,7 +175,8 @@ def simulate_cutout(
     images : numpy.ndarray
         (3, stamp, stamp) float32, g, r, z in nanomaggies.
     truth : dict
-        Catalogue and truth values of the row (the keys of :data:`~lenscat.simulate.survey_file.COLUMNS` except objid, ra, dec).
+        Catalogue and truth values of the row (the keys of :data:`~lenscat.simulate.survey_file.COLUMNS` except objid,
+        ra, dec).
     """
     if kind not in KINDS:
         raise LenscatError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -293,8 +294,8 @@ def simulate_survey(
     152x152 with ``workers=1``, 184/s with ``workers=2``, 257/s at 96x96 with ``workers=2``
     (10^5 cutouts in 6.5 minutes); on a 2-core Intel Xeon sandbox 119/s at 152x152 with ``workers=1``
     and 336-359/s at 96x96 with ``workers=2`` (271-300/s before the rows were written
-    :data:`~lenscat.simulate.survey_file.WRITE_ROWS` at a time). A lens costs about twice the CPU of a non-lens. The file holds
-    4 * 3 * stamp^2 bytes per cutout (277 kB at 152 px: 555 MB for 2,000).
+    :data:`~lenscat.simulate.survey_file.WRITE_ROWS` at a time). A lens costs about twice the CPU of a non-lens. The
+    file holds 4 * 3 * stamp^2 bytes per cutout (277 kB at 152 px: 555 MB for 2,000).
 
     Parameters
     ----------

@@ -175,7 +175,8 @@ def _write(
     done: int,
     meta: dict[str, Any],
 ) -> None:
-    """Fill the rows from ``done`` on, :data:`WRITE_ROWS` at a time (each write flushed with its ``rows_done``), then finish."""
+    """Fill the rows from ``done`` on, :data:`WRITE_ROWS` at a time (each write flushed with its ``rows_done``), then
+    finish."""
     import lenstronomy
     from tqdm import tqdm
 

@@ -1,4 +1,5 @@
-"""The non-lens object kinds of the simulated survey: ellipticals, disks, spirals, rings, mergers, pairs, blue companions, stars.
+"""The non-lens object kinds of the simulated survey: ellipticals, disks, spirals, rings, mergers, pairs, blue
+companions, stars.
 
 Each builder takes the object's random stream and E(B-V) and returns its light components, point
 sources, no lens and its truth record; :data:`lenscat.simulate.survey_objects.BUILDERS` maps the kinds

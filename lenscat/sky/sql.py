@@ -119,7 +119,8 @@ def matches_sql(centres: str, *, key: str = "pos_id", survey_filter: bool = Fals
 
 POSITIONS_SQL = (
     "SELECT t.pos_id, t.ra, t.dec "
-    "FROM unnest(CAST(:pos_id AS bigint[]), CAST(:pos_ra AS float8[]), CAST(:pos_dec AS float8[])) AS t(pos_id, ra, dec)"
+    "FROM unnest(CAST(:pos_id AS bigint[]), CAST(:pos_ra AS float8[]), CAST(:pos_dec AS float8[])) "
+    "AS t(pos_id, ra, dec)"
 )
 """Centres for :func:`pairs_sql` passed as arrays: ``:pos_id``, ``:pos_ra`` and ``:pos_dec`` [deg]."""
 

@@ -268,7 +268,8 @@ def show_choices(*, session: Session) -> Table:
         r.survey: r
         for r in session.execute(
             text(
-                "SELECT survey, choice, reason, completeness_pipeline, completeness_fit, false_rate_pipeline, false_rate_fit, "
+                "SELECT survey, choice, reason, completeness_pipeline, completeness_fit, "
+                "false_rate_pipeline, false_rate_fit, "
                 "margin, n_spectra, n_realisations, detector, measured_at FROM lenscat.continuum_choices"
             )
         ).all()

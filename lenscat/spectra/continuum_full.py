@@ -79,8 +79,8 @@ def fit_continua_full(
 ) -> np.ndarray:
     """Continua over the whole SDSS/BOSS/DESI range (3600-10400 A) for a batch of spectra on one grid.
 
-    A single eigenspectra + cubic fit (:func:`~lenscat.spectra.continuum.fit_continua`) is too stiff over a factor of 2.9 in
-    wavelength: spectrophotometric errors and the galaxy's colour gradient are not additive. Here
+    A single eigenspectra + cubic fit (:func:`~lenscat.spectra.continuum.fit_continua`) is too stiff over a factor of
+    2.9 in wavelength: spectrophotometric errors and the galaxy's colour gradient are not additive. Here
     every eigenspectrum is multiplied by Legendre polynomials (a smooth, per-component flux
     calibration), and an additive polynomial is added::
 
@@ -92,8 +92,8 @@ def fit_continua_full(
     their own ``n_poly_uncovered``-term polynomial (a per-segment fallback). Spectra with an unknown
     redshift get a polynomial of ``n_poly_no_z`` terms. Masks (every galaxy emission line of the
     shipped list, every sky line of :data:`lenscat.spectra.masks.FULL_SKY_LINES`) and sigma
-    clipping as in :func:`~lenscat.spectra.continuum.fit_continua`. Spectra with fewer than twice as many usable pixels as
-    terms get a zero continuum.
+    clipping as in :func:`~lenscat.spectra.continuum.fit_continua`. Spectra with fewer than twice as many usable pixels
+    as terms get a zero continuum.
 
     On the four real SDSS spectra of ``tests/data/spectra`` the robust scatter of
     ``(flux - fit) * sqrt(ivar)`` matches that of the pipeline's own ``model`` (see

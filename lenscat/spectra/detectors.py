@@ -15,8 +15,9 @@ the full-range arrays on demand), returns :class:`Candidates`, and turns them in
 :class:`HitRow` s (line fit and per-line vetoes) in :meth:`Detector.characterise`. Scans
 (:mod:`lenscat.spectra.scan`) and the injection-recovery evaluation
 (:mod:`lenscat.spectra.evaluate`) run detectors only through this interface, so a new family is one
-module and one line in :data:`lenscat.registry.loaders.PLUGIN_MODULES` (``['detector']``, re-exported
-here as :data:`FAMILY_MODULES`).
+module, ``lenscat/spectra/detector_<family>.py``, whose class carries ``@register_detector``: the
+registry's table (:data:`lenscat.registry.loaders.PLUGIN_MODULES` ``['detector']``, re-exported here as
+:data:`FAMILY_MODULES`) imports every ``detector_*`` module of this package on first use.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ __all__ = [
     "store_batch",
 ]
 
-#: modules that define detector classes (imported on first use of the registry's table)
+#: modules that define detector classes: every ``lenscat/spectra/detector_*.py`` (imported on first use)
 FAMILY_MODULES: tuple[str, ...] = PLUGIN_MODULES["detector"]
 #: continua a detector may subtract: the pipeline's best-fit model (where the file has one, else the
 #: project's fit) or always the project's fit (:mod:`lenscat.spectra.continuum`)

@@ -7,8 +7,8 @@ as a scan), and nothing is written to the database.
 **Matched S/N** (:func:`evaluate_protocol`, the default; issue 31). Real early-type galaxy spectra
 (the *hosts*: galaxies with a pipeline redshift, a pipeline subclass that is not an emission class
 -- AGN, STARFORMING, STARBURST, BROADLINE -- and no strong emission line of their own, see
-:func:`~lenscat.spectra.evaluate_hosts.emission_line_snr`) are **re-noised** into new realisations: each realisation takes a
-random host, adds Gaussian noise of variance ``1/ivar`` to every pixel and halves ``ivar``, so
+:func:`~lenscat.spectra.evaluate_hosts.emission_line_snr`) are **re-noised** into new realisations: each realisation
+takes a random host, adds Gaussian noise of variance ``1/ivar`` to every pixel and halves ``ivar``, so
 the realisation is a new, statistically correct draw of a spectrum at half the exposure. The
 same noise goes onto every array of a pixel (window, full-range and veto rows are slices of one
 log-lambda grid), so a line's follow-up sees what the detector saw. Half of the realisations get
@@ -30,8 +30,8 @@ The hosts are read by :mod:`lenscat.spectra.evaluate_hosts`, re-noised and injec
 :mod:`lenscat.spectra.evaluate_realisations`; this module scores the detectors on them; tables, JSON
 and figures are :mod:`lenscat.spectra.evaluate_report`.
 
-**Flux grid** (:func:`~lenscat.spectra.evaluate_fluxgrid.evaluate_detectors`, the original mode): lines injected by flux into real
-spectra as observed, completeness per (flux, FWHM) cell and hits per 1,000 real spectra.
+**Flux grid** (:func:`~lenscat.spectra.evaluate_fluxgrid.evaluate_detectors`, the original mode): lines injected by flux
+into real spectra as observed, completeness per (flux, FWHM) cell and hits per 1,000 real spectra.
 
 Units: wavelength [Angstrom, vacuum], flux density [1e-17 erg/s/cm^2/A], line flux
 [1e-17 erg/s/cm^2], velocity [km/s].

@@ -216,7 +216,8 @@ def _inject_oii(
     snr_range: tuple[float, float],
     fwhm_range: tuple[float, float],
 ) -> None:
-    """Background [OII] doublets (:func:`lenscat.spectra.oii_inject.draw_oii_params`, :func:`~lenscat.spectra.oii_inject.inject_oii`).
+    """Background [OII] doublets (:func:`lenscat.spectra.oii_inject.draw_oii_params`,
+    :func:`~lenscat.spectra.oii_inject.inject_oii`).
 
     Each doublet (with Hbeta/[OIII] companions where covered) is scaled so that the doublet's
     matched S/N with the re-noised full-range ivar is the drawn one; its observed wavelength stays

@@ -225,7 +225,8 @@ FULL_SKY_LINES: tuple[float, ...] = tuple(
 def specnet_pixel_mask(
     wave: np.ndarray, z: np.ndarray, *, mask_sky: bool = True, galaxy_half_width_kms: float = 600.0
 ) -> np.ndarray:
-    """The pixels the 1-D ResNet's input masks (the ``pixel_mask`` of :func:`lenscat.models.specnet_inputs.prepare_inputs`).
+    """The pixels the 1-D ResNet's input masks (the ``pixel_mask`` of
+    :func:`lenscat.models.specnet_inputs.prepare_inputs`).
 
     The foreground galaxy's lines of Li et al. (2018) (:func:`galaxy_line_masks`: [NeV] 3347, 3427,
     [OII] 3727, [NeIII] 3869 at ``z``, +-``galaxy_half_width_kms``) and, with ``mask_sky``, the bright

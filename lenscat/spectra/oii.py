@@ -36,8 +36,8 @@ Search (:func:`~lenscat.spectra.oii_search.search`)
        ``max_hits`` (5) per spectrum, strongest first.
 
     The detection statistic is the doublet S/N alone. Hbeta and [OIII] 4959+5007 (ratio 1:2.98) at
-    the same redshift are measured at every hit (:func:`~lenscat.spectra.oii_fit.companion_snr`) and reported separately:
-    they lie beyond 10400 A for ``z_s > 1.08`` (Hbeta) and their ratio to [OII] spans a factor ~10
+    the same redshift are measured at every hit (:func:`~lenscat.spectra.oii_fit.companion_snr`) and reported
+    separately: they lie beyond 10400 A for ``z_s > 1.08`` (Hbeta) and their ratio to [OII] spans a factor ~10
     among star-forming galaxies, so adding them to the statistic with fixed weights lowers the S/N
     of the typical source; measured on injections into the real spectra of ``tests/data/spectra``
     (see ``docs/benchmarks.md``).

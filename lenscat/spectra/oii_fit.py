@@ -59,7 +59,8 @@ def companion_snr(wave: np.ndarray, r: np.ndarray, w: np.ndarray, z: float, sigm
     wave : numpy.ndarray
         (P,) wavelengths [Angstrom].
     r, w : numpy.ndarray
-        (P,) residual [1e-17 erg/s/cm^2/A] and search weights of one spectrum (from :func:`~lenscat.spectra.oii.prepare`).
+        (P,) residual [1e-17 erg/s/cm^2/A] and search weights of one spectrum (from
+        :func:`~lenscat.spectra.oii.prepare`).
     z : float
         Source redshift.
     sigma_kms : float

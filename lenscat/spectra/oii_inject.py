@@ -1,4 +1,5 @@
-"""Injection of background [OII] doublets for injection-recovery evaluation (:func:`draw_oii_params`, :func:`inject_oii`).
+"""Injection of background [OII] doublets for injection-recovery evaluation (:func:`draw_oii_params`,
+:func:`inject_oii`).
 
 Doublets (with Hbeta and [OIII] at realistic ratios) scaled to a drawn matched S/N
 ``sqrt(sum ivar p^2)`` of the doublet profile ``p``; see :mod:`lenscat.spectra.oii` for the family.

@@ -9,7 +9,8 @@ Each survey format is a module that registers itself in the reader table
 (:mod:`lenscat.spectra.reader_table`, :func:`~lenscat.spectra.reader_table.register_reader`): ``sdss-spec``
 (:mod:`~lenscat.spectra.readers_sdss`), ``boss-spplate`` (:mod:`~lenscat.spectra.readers_boss`) and
 ``desi-coadd`` (:mod:`~lenscat.spectra.readers_desi`); the FITS plumbing they share is
-:mod:`~lenscat.spectra.readers_fits`. Adding a survey is one new module plus one import line below.
+:mod:`~lenscat.spectra.readers_fits`. Adding a survey is one new module ``readers_<survey>.py`` in this
+package ending with its ``register_reader(...)`` line: every ``readers_*`` module is imported below.
 
 Pipeline models
 ---------------
@@ -31,27 +32,31 @@ DESI keys: a TARGETID recurs across tiles and coadd groups, so for tile-based co
 is kept as ``meta['desi_program']``; healpix coadds (``coadd-SURVEY-PROGRAM-HPX.fits``) keep the
 real survey and program. Either way :attr:`Spectrum.key` is unique per spectrum across files.
 
-Errors are :class:`~lenscat.spectra.readers_fits.SpectrumReadError` with one line ``<file>: <reason>``. A file that is not a
-whole number of 2880-byte blocks is reported truncated; a cut on a block boundary is reported when
+Errors are :class:`~lenscat.spectra.readers_fits.SpectrumReadError` with one line ``<file>: <reason>``. A file that is
+not a whole number of 2880-byte blocks is reported truncated; a cut on a block boundary is reported when
 it reaches a header or data unit the reader needs (later, unread HDUs are not checked).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib
 import os
+import pkgutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from astropy.io import fits
 
-# the built-in survey readers register themselves on import (one line per survey)
-from lenscat.spectra import readers_boss as readers_boss
-from lenscat.spectra import readers_desi as readers_desi
-from lenscat.spectra import readers_sdss as readers_sdss
+import lenscat.spectra
 from lenscat.spectra.reader_table import SpectrumReader, register_reader, spectrum_readers
 from lenscat.spectra.readers_fits import SpectrumReadError, _hdu_names, _with_fits
 from lenscat.spectra.spectrum import Spectrum
+
+# every survey reader module of this package registers itself on import (readers_<survey>.py)
+for _module in pkgutil.iter_modules(lenscat.spectra.__path__):
+    if _module.name.startswith("readers_"):
+        importlib.import_module(f"lenscat.spectra.{_module.name}")
 
 __all__ = [
     "FORMATS",

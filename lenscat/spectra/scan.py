@@ -24,7 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
-from lenscat.jobs.service import create_job, finish_chunk, outside_open_chunks, plan_chunks
+from lenscat.jobs.chunks import finish_chunk
+from lenscat.jobs.service import create_job, outside_open_chunks, plan_chunks
 from lenscat.registry.versions import ModelVersion, get_model, latest_model_ids
 from lenscat.spectra.detectors import (
     CONTINUUM_CHOICES,
@@ -307,7 +308,8 @@ def scan_chunk(
         session.execute(
             text(
                 "SELECT s.spectrum_id FROM lenscat.spectra s WHERE s.spectrum_id BETWEEN :lo AND :hi "
-                f"AND ({sample_sql(detector_sample(model))}) AND NOT EXISTS (SELECT 1 FROM lenscat.spectral_scans x WHERE x.model_id = :m "
+                f"AND ({sample_sql(detector_sample(model))}) "
+                "AND NOT EXISTS (SELECT 1 FROM lenscat.spectral_scans x WHERE x.model_id = :m "
                 "AND x.spectrum_id = s.spectrum_id)"
             ),
             {"lo": lo_id, "hi": hi_id, "m": model.model_id},

@@ -248,12 +248,13 @@ def inject_lines(
         Flux density [1e-17 erg/s/cm^2/A] and its inverse variance (not modified).
     params : mapping
         ``centre``, ``line_flux``, ``fwhm_kms`` and ``skew``, each shape (N,) (as returned by
-        :func:`~lenscat.spectra.synth_priors.draw_lya_params`); a row whose ``centre`` or ``line_flux`` is NaN gets no line.
+        :func:`~lenscat.spectra.synth_priors.draw_lya_params`); a row whose ``centre`` or ``line_flux`` is NaN gets no
+        line.
     variance_per_flux : float or array (N,) or (N, P), optional
         Photon noise of the line: the line adds ``variance_per_flux * line`` to each pixel's
         variance [(1e-17 erg/s/cm^2/A)^2 per 1e-17 erg/s/cm^2/A] (``k / T(lambda)`` of
-        :func:`~lenscat.spectra.synth_training.make_training_set`). ``None`` (default): the line is added noiseless and ``ivar``
-        is returned unchanged -- a fair approximation when the line is faint next to the sky,
+        :func:`~lenscat.spectra.synth_training.make_training_set`). ``None`` (default): the line is added noiseless and
+        ``ivar`` is returned unchanged -- a fair approximation when the line is faint next to the sky,
         which dominates the noise of BOSS early types in this window.
     rng : numpy.random.Generator, optional
         With ``variance_per_flux``, draws the extra noise added to ``flux`` (default: a new

@@ -1,4 +1,5 @@
-"""Priors of the synthetic Lya lines: Li et al.'s (:func:`draw_lya_params`) and matched-S/N (:func:`draw_matched_params`).
+"""Priors of the synthetic Lya lines: Li et al.'s (:func:`draw_lya_params`) and matched-S/N
+(:func:`draw_matched_params`).
 
 Li et al. (2018, MNRAS 482, 313): line centre uniform over the window, FWHM ~ N(300, 200) km/s with
 FWHM > 0.5 A, peak flux density > 1.5e-17 erg/s/cm^2/A, red-skewed profile. The matched priors draw
@@ -16,8 +17,8 @@ from lenscat.spectra.synth import SKEW_LIMIT, skewnorm_shape
 
 __all__ = ["LINE_PRIORS", "draw_lya_params", "draw_matched_params"]
 
-#: line priors of :func:`~lenscat.spectra.synth_training.make_training_set`: ``'li2018'`` (:func:`draw_lya_params`, line strength
-#: drawn as a peak flux density) and ``'matched'`` (:func:`draw_matched_params`, line strength
+#: line priors of :func:`~lenscat.spectra.synth_training.make_training_set`: ``'li2018'`` (:func:`draw_lya_params`, line
+#: strength drawn as a peak flux density) and ``'matched'`` (:func:`draw_matched_params`, line strength
 #: drawn as the matched-filter S/N against the spectrum's own noise)
 LINE_PRIORS = ("li2018", "matched")
 

@@ -46,8 +46,8 @@ class SyntheticSet:
     labels : numpy.ndarray, shape (N,), int8
         1 where a Lyα line was added.
     line : dict of numpy.ndarray, each shape (N,)
-        :func:`~lenscat.spectra.synth_priors.draw_lya_params` output for every row, NaN for negatives; ``line['pixel']`` is
-        the fractional peak pixel.
+        :func:`~lenscat.spectra.synth_priors.draw_lya_params` output for every row, NaN for negatives; ``line['pixel']``
+        is the fractional peak pixel.
     line_pixel : numpy.ndarray, shape (N,), int64
         Rounded peak pixel of the line, -1 for negatives.
     truth : numpy.ndarray or None, shape (N, P), float32
@@ -155,8 +155,8 @@ def make_training_set(
        ``bad_run_probability`` a run of 5-40 pixels, get ``ivar = 0``;
     5. **line** (positives): :func:`~lenscat.spectra.synth.lya_profile` with its photon noise; parameters from
        :func:`~lenscat.spectra.synth_priors.draw_lya_params` (``priors='li2018'``, Li et al.'s peak-flux priors) or
-       :func:`~lenscat.spectra.synth_priors.draw_matched_params` (``priors='matched'``: full FWHM range, red tails and some
-       symmetric lines, and the line flux set so that the line's matched-filter S/N against the
+       :func:`~lenscat.spectra.synth_priors.draw_matched_params` (``priors='matched'``: full FWHM range, red tails and
+       some symmetric lines, and the line flux set so that the line's matched-filter S/N against the
        spectrum's final ``ivar`` (masks and the line's own photon noise included) is exactly the
        drawn one), with options ``line_priors``; ``line['snr_matched']`` records that S/N for
        either priors;
@@ -184,8 +184,8 @@ def make_training_set(
         continuum-fit and sky residual structure into training. They may hold a rare real
         line: label noise at the 1e-3 level.
     priors : {'li2018', 'matched'}
-        Line priors (:data:`~lenscat.spectra.synth_priors.LINE_PRIORS`, step 5); ``line_priors`` are the keyword options of
-        the corresponding draw function.
+        Line priors (:data:`~lenscat.spectra.synth_priors.LINE_PRIORS`, step 5); ``line_priors`` are the keyword options
+        of the corresponding draw function.
     keep_truth : bool
         Keep the noise-free ``truth`` and ``galaxy`` arrays (2 more float32 (N, P) arrays).
 

@@ -225,8 +225,8 @@ def oii_interloper_test(
     mask : numpy.ndarray, optional
         (P,) bool, window pixels to leave out of the doublet fit (True = excluded).
     single_chi2 : float, optional
-        Chi-square of the best skew-normal fit on the same window (:attr:`~lenscat.spectra.veto_types.SkewTest.chi2_best`);
-        refitted when not given.
+        Chi-square of the best skew-normal fit on the same window
+        (:attr:`~lenscat.spectra.veto_types.SkewTest.chi2_best`); refitted when not given.
     config : VetoConfig, optional
         Thresholds (default :class:`~lenscat.spectra.veto_types.VetoConfig`).
 

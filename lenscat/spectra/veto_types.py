@@ -37,7 +37,8 @@ OII_COMPANIONS: dict[str, float] = {
 
 @dataclass(frozen=True)
 class VetoConfig:
-    """Thresholds of the Lyman-alpha vetoes (:func:`~lenscat.spectra.vetoes.lya_vetoes`); the defaults are the project's.
+    """Thresholds of the Lyman-alpha vetoes (:func:`~lenscat.spectra.vetoes.lya_vetoes`); the defaults are the
+    project's.
 
     Attributes
     ----------

@@ -32,8 +32,8 @@ def lya_vetoes(
     mask: np.ndarray | None = None,
     config: VetoConfig | None = None,
 ) -> VetoResult:
-    """Both per-line vetoes of a Lyman-alpha candidate: skew (:func:`~lenscat.spectra.veto_skew.skew_test`) and [OII] interloper
-    (:func:`~lenscat.spectra.veto_oii.oii_interloper_test`).
+    """Both per-line vetoes of a Lyman-alpha candidate: skew (:func:`~lenscat.spectra.veto_skew.skew_test`) and [OII]
+    interloper (:func:`~lenscat.spectra.veto_oii.oii_interloper_test`).
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from lenscat.embeddings.embed import embed_chunk
-from lenscat.jobs.service import run_chunk
+from lenscat.jobs.chunks import run_chunk
 from lenscat.tasks.app import get_app
 from lenscat.tasks.names import EMBED_CHUNK
 

@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 
 from lenscat.classifiers.scoring import score_chunk
 from lenscat.db.session import session_scope
-from lenscat.jobs.service import run_chunk
+from lenscat.jobs.chunks import run_chunk
 from lenscat.tasks.app import get_app
 from lenscat.tasks.names import REPROCESS, SCORE_CHUNK
 

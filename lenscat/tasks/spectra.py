@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from lenscat.jobs.service import run_chunk
+from lenscat.jobs.chunks import run_chunk
 from lenscat.spectra.scan import scan_chunk
 from lenscat.tasks.app import get_app
 from lenscat.tasks.names import SCAN_SPECTRA_CHUNK

@@ -203,7 +203,9 @@ def test_new_version_and_new_sources_are_reprocessed_once(session, tmp_path):
 
 def test_labels_from_crossmatch_and_positions_with_rejects(session, tmp_path):
     from lenscat.literature.crossmatch import crossmatch_catalog
-    from lenscat.literature.ingest import LiteratureColumns, prepare_literature, write_literature
+    from lenscat.literature.ingest import prepare_literature
+    from lenscat.literature.service import write_literature
+    from lenscat.literature.types import LiteratureColumns
 
     ids, ra, dec = _sources(session, "lab", 500, 11)
     cat = tmp_path / "lenses.csv"
@@ -437,7 +439,9 @@ def test_classifier_commands_from_the_cli(session, tmp_path, monkeypatch, capsys
 def test_reingested_literature_list_drops_the_matches_of_removed_lenses(session, tmp_path):
     """crossmatches has no FK cascade (migration 0004): the literature writer removes them itself."""
     from lenscat.literature.crossmatch import crossmatch_catalog
-    from lenscat.literature.ingest import LiteratureColumns, prepare_literature, write_literature
+    from lenscat.literature.ingest import prepare_literature
+    from lenscat.literature.service import write_literature
+    from lenscat.literature.types import LiteratureColumns
 
     ids, ra, dec = _sources(session, "lab2", 100, 12)
     cat = tmp_path / "lenses.csv"

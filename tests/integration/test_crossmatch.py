@@ -6,9 +6,11 @@ import pytest
 from astropy.coordinates import SkyCoord, match_coordinates_sky, search_around_sky
 from sqlalchemy import text
 
-from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+from lenscat.catalogue.ingest import ingest_sources
+from lenscat.catalogue.types import SourceMapping
 from lenscat.literature.crossmatch import crossmatch_catalog, pairs_sql
-from lenscat.literature.ingest import prepare_literature, write_literature
+from lenscat.literature.ingest import prepare_literature
+from lenscat.literature.service import write_literature
 from lenscat.simulate.catalogue import simulate_catalog
 from lenscat.sky.service import cone_search
 

@@ -56,7 +56,9 @@ def _world(session, tmp_path, data_dir):
     from lenscat.grading.grades import GradeInput, record_grades
     from lenscat.images.ingest import ingest_fits_cutouts
     from lenscat.literature.crossmatch import crossmatch_catalog
-    from lenscat.literature.ingest import LiteratureColumns, prepare_literature, write_literature
+    from lenscat.literature.ingest import prepare_literature
+    from lenscat.literature.service import write_literature
+    from lenscat.literature.types import LiteratureColumns
     from lenscat.registry.versions import register_model
 
     h5 = tmp_path / "exp.h5"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+from lenscat.catalogue.ingest import ingest_sources
+from lenscat.catalogue.types import SourceMapping
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
 from lenscat.simulate.catalogue import simulate_catalog

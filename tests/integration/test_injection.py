@@ -73,7 +73,8 @@ def test_inject_paints_arcs_on_red_hosts_and_records_truth(session, sim_h5, tmp_
     assert (kind, parent) == ("injection", "inj-host")
     rows = session.execute(
         text(
-            "SELECT l.label, l.origin, l.provenance, l.detail FROM lenscat.labels l JOIN lenscat.sources s USING (source_id) "
+            "SELECT l.label, l.origin, l.provenance, l.detail "
+            "FROM lenscat.labels l JOIN lenscat.sources s USING (source_id) "
             "JOIN lenscat.surveys v USING (survey_id) WHERE v.name = 'inj-host-inject' ORDER BY s.objid"
         )
     ).all()

@@ -29,7 +29,8 @@ def _write_hsc_like(path, n, seed=0):
 
 
 def test_five_band_survey_trains_embeds_searches_and_classifies(session, tmp_path):
-    from lenscat.catalogue.ingest import SourceMapping, ingest_sources
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.catalogue.types import SourceMapping
     from lenscat.classifiers.labels import import_labels
     from lenscat.classifiers.train_image import train_image_classifier_version
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job

@@ -35,7 +35,8 @@ def test_named_constraints_and_sky_index(session):
     names = set(
         session.execute(
             text(
-                "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE nspname='lenscat'"
+                "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace "
+                "WHERE nspname='lenscat'"
             )
         ).scalars()
     )

@@ -20,7 +20,8 @@ AGN = "sdss:0295-51585-0596"
 
 @pytest.fixture
 def sdss_store(session, data_dir, tmp_path):
-    """The four real SDSS spec files (two early types, an AGN, one with emission lines) ingested into a store of their own."""
+    """The four real SDSS spec files (two early types, an AGN, one with emission lines) ingested into a store of their
+    own."""
     d = tmp_path / "sdss"
     shutil.copytree(data_dir / "spectra" / "sdss", d)
     for f in d.glob("spPlate-*"):

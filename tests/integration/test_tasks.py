@@ -5,7 +5,8 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import text
 
 from lenscat.catalogue.ingest import ingest_sources
-from lenscat.literature.ingest import prepare_literature, write_literature
+from lenscat.literature.ingest import prepare_literature
+from lenscat.literature.service import write_literature
 from lenscat.simulate.catalogue import simulate_catalog
 
 

@@ -92,6 +92,21 @@ def test_clean_tree_passes_and_lists_packages(tmp_path: Path) -> None:
     assert "no SQL in the shells" in res.stdout
 
 
+def test_a_big_module_needs_a_reason_in_the_architecture_doc(tmp_path: Path) -> None:
+    files = {
+        "lenscat/__init__.py": "",
+        "lenscat/catalogue/__init__.py": "",
+        "lenscat/catalogue/big.py": "x = 1\n" * 401,
+    }
+    root = _tree(tmp_path, {**files, "docs/architecture.md": "# Architecture\n\nNothing about sizes.\n"})
+    res = _run(root)
+    assert res.returncode == 1
+    assert "lenscat/catalogue/big.py: 401  <- not explained in docs/architecture.md" in res.stdout
+    (root / "docs/architecture.md").write_text("* `lenscat/catalogue/big.py`: one cohesive job.\n")
+    res = _run(root)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_sql_in_a_shell_fails_naming_file_and_line(tmp_path: Path) -> None:
     root = _tree(
         tmp_path,

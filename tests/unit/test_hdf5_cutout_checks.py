@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from lenscat.catalogue.ingest import prepare_sources
 from lenscat.catalogue.ingest_log import file_sha256
+from lenscat.catalogue.ingest_validate import prepare_sources
 from lenscat.errors import InputFileError
 from lenscat.io.hdf5 import hdf5_fingerprint
 from lenscat.io.readers import read_table

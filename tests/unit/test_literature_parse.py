@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from lenscat.literature.ingest import LiteratureColumns, first_number, prepare_literature
+from lenscat.literature.ingest import first_number, prepare_literature
+from lenscat.literature.types import LiteratureColumns
 
 CATS = "catalogs"
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from lenscat.catalogue.ingest import SourceMapping, prepare_sources
+from lenscat.catalogue.ingest_validate import prepare_sources
+from lenscat.catalogue.types import SourceMapping
 from lenscat.errors import InputFileError
 
 

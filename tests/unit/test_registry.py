@@ -201,6 +201,10 @@ def test_detector_classes_are_the_registry_loaders():
     from lenscat.spectra.detectors import FAMILY_MODULES, detector_class
 
     assert loaders.PLUGIN_MODULES["detector"] == FAMILY_MODULES
+    # a family is found by its module name alone: lenscat/spectra/detector_<family>.py
+    assert loaders._expand(FAMILY_MODULES) == [
+        f"lenscat.spectra.detector_{f}" for f in ("ensemble", "mf", "oii", "specnet")
+    ]
     for arch in ("matched-filter", "specnet", "ensemble", "oii-filter"):
         assert loaders.loader_for("detector", arch) is detector_class(arch)
     with pytest.raises(LenscatError, match="unknown detector architecture 'nope'; known: ensemble, matched-filter"):
@@ -225,7 +229,7 @@ def test_latest_only_keeps_the_highest_version_per_name():
 # ------------------------------------------------------------------------------------ task names
 def test_task_names_are_the_protocol_strings():
     from lenscat.jobs.reprocess import Planned
-    from lenscat.jobs.service import TASKS
+    from lenscat.jobs.stalls import TASKS
     from lenscat.tasks import names
 
     assert names.EMBED_CHUNK == "lenscat.embed_chunk"

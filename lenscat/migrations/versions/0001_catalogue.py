@@ -407,7 +407,8 @@ def upgrade() -> None:
             sind(dec1) * sind(dec2) + cosd(dec1) * cosd(dec2) * cosd(ra2 - ra1)))"""
     )
     op.execute(
-        "COMMENT ON FUNCTION public.lenscat_angsep(double precision, double precision, double precision, double precision) "
+        "COMMENT ON FUNCTION public.lenscat_angsep("
+        "double precision, double precision, double precision, double precision) "
         "IS 'Great-circle separation (Vincenty formula) between two ICRS positions given in degrees; returns degrees.'"
     )
     # Zone/RA ranges covering a cone: the ra half-width of a circle of radius r at dec is
@@ -512,7 +513,8 @@ def upgrade() -> None:
     # SQL-callable cone search over the sources view's table (uses ix_sources_zone_ra).
     op.execute(
         """
-        CREATE FUNCTION public.cone_search(ra_deg double precision, dec_deg double precision, radius_arcsec double precision)
+        CREATE FUNCTION public.cone_search("""
+        """ra_deg double precision, dec_deg double precision, radius_arcsec double precision)
         RETURNS TABLE (source_id bigint, separation_arcsec double precision)
         LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, public
         AS $$
@@ -569,7 +571,8 @@ def downgrade() -> None:
         "DROP FUNCTION IF EXISTS public.lenscat_sky_ranges(double precision, double precision, double precision)"
     )
     op.execute(
-        "DROP FUNCTION IF EXISTS public.lenscat_angsep(double precision, double precision, double precision, double precision)"
+        "DROP FUNCTION IF EXISTS public.lenscat_angsep("
+        "double precision, double precision, double precision, double precision)"
     )
     op.execute("DROP FUNCTION IF EXISTS public.lenscat_zone(double precision)")
     for table in (

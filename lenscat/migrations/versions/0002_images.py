@@ -297,7 +297,8 @@ def upgrade() -> None:
             PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
             RETURN QUERY EXECUTE format(
                 'SELECT c.source_id, 1.0 - c.dist FROM ('
-                '  SELECT e.source_id, (e.embedding::halfvec(%1$s) OPERATOR(public.<=>) $1::halfvec(%1$s))::float8 AS dist'
+                '  SELECT e.source_id, (e.embedding::halfvec(%1$s) OPERATOR(public.<=>) """
+        """$1::halfvec(%1$s))::float8 AS dist'
                 '  FROM lenscat.embeddings e WHERE e.model_id = %2$s'
                 '  ORDER BY e.embedding::halfvec(%1$s) OPERATOR(public.<=>) $1::halfvec(%1$s) LIMIT $2) c'
                 ' ORDER BY c.dist, c.source_id', dim, mid)

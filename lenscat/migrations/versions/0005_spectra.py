@@ -107,9 +107,14 @@ COMMENTS: dict[str, dict[str, str]] = {
         "skewness": "Third standardised moment of the fitted profile (dimensionless).",
         "fit_chi2": "Reduced chi^2 of the line fit (dimensionless).",
         "fit_ok": "True when the line fit converged to finite values.",
-        "veto_oii": "True when emission at 1.3042, 1.3432 or 1.7607 x wavelength (Hbeta, [OIII], Halpha) marks the line as an [OII] interloper.",
+        "veto_oii": (
+            "True when emission at 1.3042, 1.3432 or 1.7607 x wavelength (Hbeta, [OIII], Halpha) "
+            "marks the line as an [OII] interloper."
+        ),
         "veto_skew": "True when the line is skewed to the blue (unlike Lyman alpha).",
-        "veto_overdensity": "True when the wavelength is over-populated by hits across the survey (sky or template residual).",
+        "veto_overdensity": (
+            "True when the wavelength is over-populated by hits across the survey (sky or template residual)."
+        ),
         "veto_detail": "Veto measurements: S/N at the interloper positions, bin counts (JSON).",
         "job_id": "Job that wrote the row.",
         "created_at": "When the hit was first written [UTC timestamp].",

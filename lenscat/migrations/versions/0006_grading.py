@@ -64,7 +64,10 @@ COMMENTS: dict[str, dict[str, str]] = {
         "campaign_id": "Primary key.",
         "name": "Campaign name; its classifier versions are registered as 'al-<name>' (no unit).",
         "encoder_id": "Encoder whose embeddings the classifier learns on (lenscat.model_versions).",
-        "strategy": "'top' (highest score among ungraded) or 'uncertainty' (score nearest the decision boundary, 0.5 corrected for the training set's lens:non-lens ratio) (no unit).",
+        "strategy": (
+            "'top' (highest score among ungraded) or 'uncertainty' (score nearest the decision boundary, "
+            "0.5 corrected for the training set's lens:non-lens ratio) (no unit)."
+        ),
         "batch_size": "Sources proposed per loop [count].",
         "settings": "Training settings: ratio, l2, label origins, positive grades (JSON).",
         "created_at": "When the campaign was created [UTC timestamp].",
@@ -74,15 +77,21 @@ COMMENTS: dict[str, dict[str, str]] = {
         "loop_id": "Primary key.",
         "campaign_id": "Campaign (lenscat.al_campaigns).",
         "loop_no": "Loop number within the campaign, from 1 [count].",
-        "model_id": "Classifier version trained for this loop (lenscat.model_versions); NULL when the batch was random.",
+        "model_id": (
+            "Classifier version trained for this loop (lenscat.model_versions); NULL when the batch was random."
+        ),
         "n_positive": "Lens labels the classifier was trained on [count].",
         "n_negative": "Non-lens labels (graded and sampled) it was trained on [count].",
-        "labels_sha256": "sha256 of the training set: source ids sorted with their labels, random negatives included (no unit).",
+        "labels_sha256": (
+            "sha256 of the training set: source ids sorted with their labels, random negatives included (no unit)."
+        ),
         "batch": "Source ids proposed for grading, in proposal order (no unit).",
         "n_graded": "Sources of the batch graded so far (not skipped) [count].",
         "n_found": "Sources of the batch graded as lenses by consensus [count].",
         "created_at": "When the loop was proposed [UTC timestamp].",
-        "completed_at": "When every source of the batch had been inspected (any grade, a skip included) [UTC timestamp].",
+        "completed_at": (
+            "When every source of the batch had been inspected (any grade, a skip included) [UTC timestamp]."
+        ),
         "detail": "Training metrics and timings (JSON).",
     },
 }
@@ -123,7 +132,10 @@ VIEW_COMMENTS: dict[str, dict[str, str]] = {
         "last_graded_at": "Latest grade [UTC timestamp].",
     },
     "public.candidates": {
-        "": "Graded sources for follow-up: catalogue values, consensus grade, best score, literature status, spectral hits.",
+        "": (
+            "Graded sources for follow-up: catalogue values, consensus grade, best score, "
+            "literature status, spectral hits."
+        ),
         "source_id": "Source id.",
         "survey": "Survey name.",
         "objid": "Survey object id.",

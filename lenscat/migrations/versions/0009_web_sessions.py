@@ -39,7 +39,10 @@ COMMENTS: dict[str, dict[str, str]] = {
         "created_at": "When the grader logged in [UTC timestamp].",
         "expires_at": "When the session ends unless revoked earlier [UTC timestamp].",
         "last_seen_at": "Latest request made with the session, to within a minute [UTC timestamp].",
-        "revoked_at": "When the session was ended (logout, password reset, disable, grader logout); NULL while valid [UTC timestamp].",
+        "revoked_at": (
+            "When the session was ended (logout, password reset, disable, grader logout); "
+            "NULL while valid [UTC timestamp]."
+        ),
         "revoked_reason": "Why it was ended: 'logout', 'password reset', 'disabled' or 'grader logout' (no unit).",
     },
     "lenscat.login_attempts": {
@@ -48,7 +51,10 @@ COMMENTS: dict[str, dict[str, str]] = {
         "attempted_at": "When the attempt was made [UTC timestamp].",
         "name": "Name as typed, lower-cased, at most 100 characters; need not be an account (no unit).",
         "client": "Client address (no unit).",
-        "outcome": "'ok' (logged in), 'failed' (wrong name or password, or a disabled account) or 'locked' (refused unchecked during a lockout) (no unit).",
+        "outcome": (
+            "'ok' (logged in), 'failed' (wrong name or password, or a disabled account) "
+            "or 'locked' (refused unchecked during a lockout) (no unit)."
+        ),
     },
 }
 

@@ -144,7 +144,9 @@ def downgrade() -> None:
     for stmt in comment_sql(
         "lenscat.labels",
         {
-            "origin": "'literature' (cross-match), 'simulation' (truth), 'import' (a user's table) or 'human' (grades).",
+            "origin": (
+                "'literature' (cross-match), 'simulation' (truth), 'import' (a user's table) or 'human' (grades)."
+            ),
         },
     ):
         op.execute(stmt)

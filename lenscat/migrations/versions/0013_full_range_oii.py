@@ -16,8 +16,8 @@ Design notes
   Gaussian minus doublet chi^2), ``companion_snr`` (Hbeta or [OIII] at the same redshift). New
   veto flags: ``veto_doublet``, ``veto_interloper`` (false for Lyman-alpha hits),
   ``veto_foreground`` (both families: the feature sits on the galaxy's own lines) and ``veto_weak``
-  (a Lyman-alpha candidate below S/N 5 both in detection and in the line fit). ``is_candidate`` in ``public.spectral_hits`` and the hit count of ``public.candidates``
-  include them.
+  (a Lyman-alpha candidate below S/N 5 both in detection and in the line fit). ``is_candidate`` in
+  ``public.spectral_hits`` and the hit count of ``public.candidates`` include them.
 * ``public.spectral_hits`` keeps its columns in their order; the new ones are appended.
 """
 
