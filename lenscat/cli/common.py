@@ -9,7 +9,6 @@ from typing import Any, TypeVar, overload
 
 import click
 
-from lenscat.db.migrate import ensure_schema
 from lenscat.errors import InvalidParameter
 from lenscat.io.output import FORMATS
 
@@ -60,6 +59,17 @@ def error_message(exc: Exception) -> str:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ensure_schema() -> None:
+    """:func:`lenscat.db.migrate.ensure_schema`, imported when a command first needs the database.
+
+    Importing alembic costs about a second, which ``lenscat --help`` and the commands that start
+    nothing should not pay.
+    """
+    from lenscat.db.migrate import ensure_schema as bring_to_head
+
+    bring_to_head()
 
 
 @overload

@@ -45,6 +45,7 @@ from lenscat.export.formats import (
     write_candidates,
 )
 from lenscat.export.gallery import GalleryResult, write_gallery
+from lenscat.grading.grades import GRADE_NAMES, GRADE_POINTS
 
 __all__ = [
     "COLUMN_NAMES",
@@ -64,14 +65,11 @@ __all__ = [
     "write_gallery",
 ]
 
-GRADE_LETTERS = ("A", "B", "C", "N")
-"""Consensus grades, best first."""
+GRADE_LETTERS: tuple[str, ...] = tuple(GRADE_POINTS)
+"""Consensus grades, best first (the graded letters of :mod:`lenscat.grading.grades`, without skip)."""
 
-GRADE_DEFINITIONS = {
-    "A": "sure lens (3 grade points)",
-    "B": "probable lens (2 grade points)",
-    "C": "possible lens (1 grade point)",
-    "N": "not a lens (0 grade points)",
+GRADE_DEFINITIONS: dict[str, str] = {
+    g: f"{GRADE_NAMES[g]} ({p} grade point{'' if p == 1 else 's'})" for g, p in GRADE_POINTS.items()
 }
 
 REGION_DEFINITION = "survey + Galactic hemisphere: NGC (Galactic latitude b >= 0) or SGC (b < 0)"
