@@ -6,15 +6,13 @@ settings are the same version; the search itself is :mod:`lenscat.spectra.matche
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from lenscat.registry.versions import ModelVersion, register_model
+from lenscat.registry.versions import ModelVersion
+from lenscat.spectra.configured import register_configured_detector
 from lenscat.spectra.detectors import Candidates, Detector, SpectrumBatch, register_detector
 from lenscat.spectra.grid import WINDOW
 from lenscat.spectra.matched_filter import MatchedFilterConfig, scan_batch_with_max
@@ -47,22 +45,12 @@ def register_matched_filter(
     **config
         :class:`~lenscat.spectra.matched_filter.MatchedFilterConfig` fields.
     """
-    from lenscat.spectra.scan import continuum_snapshot, sample_sql
-
-    sample_sql(sample)
-    cfg = MatchedFilterConfig(**config)
-    cont = continuum_snapshot(continuum, session=session)
-    hp = {**json.loads(json.dumps(asdict(cfg), default=list)), "sample": sample, "continuum": cont}
-    sha = hashlib.sha256(json.dumps({"architecture": MATCHED_FILTER, **hp}, sort_keys=True).encode()).hexdigest()
-    return register_model(
-        "detector",
+    return register_configured_detector(
         name,
-        architecture=MATCHED_FILTER,
-        output_dim=None,
-        checkpoint_path=None,
-        checkpoint_sha256=sha,
-        origin="configured",
-        hparams=hp,
+        MATCHED_FILTER,
+        MatchedFilterConfig(**config),
+        sample=sample,
+        continuum=continuum,
         input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog},
         description="BELLS GALLERY matched filter (Gaussian kernel bank)",
         session=session,

@@ -13,15 +13,14 @@ A version is the sha256 of its configuration (:func:`register_oii_filter`), as f
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from lenscat.registry.versions import ModelVersion, register_model
+from lenscat.registry.versions import ModelVersion
+from lenscat.spectra.configured import register_configured_detector
 from lenscat.spectra.detectors import (
     Candidates,
     Detector,
@@ -72,22 +71,12 @@ def register_oii_filter(
     tuple
         ``(version, created)``.
     """
-    from lenscat.spectra.scan import continuum_snapshot, sample_sql
-
-    sample_sql(sample)
-    cfg = OIIConfig(**config)
-    cont = continuum_snapshot(continuum, session=session)
-    hp = {**json.loads(json.dumps(asdict(cfg), default=list)), "sample": sample, "continuum": cont}
-    sha = hashlib.sha256(json.dumps({"architecture": OII_FILTER, **hp}, sort_keys=True).encode()).hexdigest()
-    return register_model(
-        "detector",
+    return register_configured_detector(
         name,
-        architecture=OII_FILTER,
-        output_dim=None,
-        checkpoint_path=None,
-        checkpoint_sha256=sha,
-        origin="configured",
-        hparams=hp,
+        OII_FILTER,
+        OIIConfig(**config),
+        sample=sample,
+        continuum=continuum,
         input_spec={"full_k0": FULL.k0, "full_n": FULL.n, "dlog": FULL.dlog},
         description="[OII] 3726,3729 doublet matched filter (background emitters)",
         session=session,
