@@ -244,13 +244,40 @@ def train_cmd(
     help="Take the noise of most of the synthetic spectra from real residuals of this spectrum store.",
 )
 @click.option("--seed", type=int, default=1000, show_default=True)
+@click.option(
+    "--rule",
+    type=click.Choice(["stack", "union"]),
+    default="union",
+    show_default=True,
+    help="Candidates: (union) every matched-filter hit and where the stack passes its threshold, so the "
+    "ensemble is at least as complete as the filter (docs/benchmarks.md, issue 31); or (stack) the stack alone.",
+)
+@click.option(
+    "--real-calibration",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also hold the threshold, on this many clean re-noised real early-type spectra, to the stricter of "
+    "1e-3 and the matched filter's own false rate there (0: synthetic only).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @needs_schema
-def ensemble_cmd(name: str, members: tuple[str, ...], n_fit: int, pack: str | None, seed: int, as_json: bool) -> None:
+def ensemble_cmd(
+    name: str,
+    members: tuple[str, ...],
+    n_fit: int,
+    pack: str | None,
+    seed: int,
+    rule: str,
+    real_calibration: int,
+    as_json: bool,
+) -> None:
     """Stack a ResNet and a matched filter (logistic regression) into one detector version.
 
     The stack is fitted on synthetic spectra and its threshold set at a false-positive rate of
     1e-3; completeness of the ensemble and of both members is measured on an independent set.
+    By default (--rule union) every hit of the matched filter is a candidate too; --real-calibration N
+    holds what the stack adds to the filter's own false rate on real clean spectra.
     """
     from lenscat.db.session import session_scope
     from lenscat.spectra.detector_ensemble import register_ensemble
@@ -258,7 +285,15 @@ def ensemble_cmd(name: str, members: tuple[str, ...], n_fit: int, pack: str | No
     with session_scope() as s:
         mvs = [get_detector(m, session=s) for m in members]
         mv, metrics = register_ensemble(
-            name, mvs, n_fit=n_fit, seed=seed, residual_pack=pack, progress=not as_json, session=s
+            name,
+            mvs,
+            n_fit=n_fit,
+            seed=seed,
+            residual_pack=pack,
+            rule=rule,
+            real_calibration=real_calibration,
+            progress=not as_json,
+            session=s,
         )
     out = {"detector": mv.label, "model_id": mv.model_id, "metrics": metrics}
     click.echo(

@@ -20,6 +20,17 @@ and checkpoint sha256.
 
 A candidate is placed at the ResNet's position, or at the matched filter's peak when that is more than
 1 S/N unit above the filter's S/N near the ResNet's position (the line the filter sees is elsewhere).
+
+Two decision rules (the version's ``rule``; versions from before it existed use ``'stack'``):
+
+* ``'stack'`` -- a candidate where the stacked log-odds pass the threshold (one per spectrum);
+* ``'union'`` -- those, *and* every hit of the matched-filter member (S/N >= its threshold, each
+  local maximum): the ensemble keeps each member's own detections, so it is at least as complete as
+  the matched filter by construction, and the stack adds the lines the filter misses. A stacked
+  candidate within :data:`LOCAL_PX` pixels of a matched-filter hit is that hit (one candidate, at
+  the filter's pixel and S/N, with the stack's probability). Its false rate is that of the union
+  (reported by :func:`register_ensemble` as ``union_fpr_at_threshold``): the matched filter's
+  false hits plus the stack's.
 """
 
 from __future__ import annotations
@@ -35,130 +46,38 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from lenscat.errors import LenscatError
+from lenscat.errors import InvalidParameter, LenscatError
 from lenscat.registry.versions import ModelVersion, register_model, store_checkpoint
 from lenscat.spectra.detectors import Candidates, Detector, SpectrumBatch, register_detector
+from lenscat.spectra.ensemble_stack import (
+    FEATURES,
+    LOCAL_PX,
+    LOGIT_CLIP,
+    ensemble_features,
+    fit_logistic,
+    fit_stack,
+)
+from lenscat.spectra.ensemble_stack import score as _score
+from lenscat.spectra.ensemble_stack import sigmoid as _sigmoid
 from lenscat.spectra.grid import WINDOW
 
 ENSEMBLE = "ensemble"
 FORMAT = "lenscat-spectral-ensemble/1"
-#: features of the logistic stack, in order
-FEATURES = ("specnet_logit", "mf_snr_local", "mf_snr_max")
-#: half-width of the window around the ResNet's position where the matched-filter S/N is read [pixels]
-LOCAL_PX = 4
-#: the ResNet's logit is clipped to +- this (float32 probabilities saturate beyond ~17)
-LOGIT_CLIP = 16.0
+#: decision rules of an ensemble version (see the module docstring)
+RULES = ("stack", "union")
 
 __all__ = [
     "ENSEMBLE",
+    "LOCAL_PX",
+    "LOGIT_CLIP",
     "FEATURES",
+    "RULES",
     "SpectralEnsemble",
     "ensemble_features",
     "fit_logistic",
     "fit_stack",
     "register_ensemble",
 ]
-
-
-def ensemble_features(prob: np.ndarray, pixel: np.ndarray, mf_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stacking features (:data:`FEATURES`) of each spectrum, and the matched filter's peak pixel.
-
-    Parameters
-    ----------
-    prob : numpy.ndarray, shape (N,)
-        ResNet line probability.
-    pixel : numpy.ndarray, shape (N,)
-        ResNet line pixel on the window grid.
-    mf_map : numpy.ndarray, shape (N, P)
-        Matched-filter S/N map (:func:`lenscat.spectra.matched_filter.snr_map`; -inf where nothing
-        is counted).
-
-    Returns
-    -------
-    features : numpy.ndarray, shape (N, 3), float64
-    mf_peak : numpy.ndarray, shape (N,), int64
-        Pixel of the matched filter's highest S/N.
-    """
-    p = np.clip(np.asarray(prob, dtype=np.float64), 1e-300, 1.0)
-    with np.errstate(divide="ignore"):
-        logit = np.log(p) - np.log1p(-np.minimum(p, 1.0 - 1e-16))
-    logit = np.clip(np.nan_to_num(logit, nan=-LOGIT_CLIP), -LOGIT_CLIP, LOGIT_CLIP)
-    m = np.where(np.isfinite(mf_map), mf_map, 0.0).astype(np.float64)
-    n, npix = m.shape
-    px = np.clip(np.asarray(pixel, dtype=np.int64), 0, npix - 1)
-    idx = np.clip(px[:, None] + np.arange(-LOCAL_PX, LOCAL_PX + 1)[None, :], 0, npix - 1)
-    local = np.take_along_axis(m, idx, axis=1).max(axis=1) if n else np.zeros(0)
-    peak = np.argmax(m, axis=1) if n else np.zeros(0, dtype=np.int64)
-    best = m[np.arange(n), peak] if n else np.zeros(0)
-    return np.stack([logit, local, best], axis=1), np.asarray(peak, dtype=np.int64)
-
-
-def fit_logistic(
-    x: np.ndarray, y: np.ndarray, *, l2: float = 1e-3, iterations: int = 100
-) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """L2-regularised logistic regression on standardised features (Newton / IRLS).
-
-    Returns
-    -------
-    coef, intercept, mean, scale
-        ``score = ((x - mean) / scale) @ coef + intercept`` is the log-odds.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    t = np.asarray(y, dtype=np.float64).reshape(-1)
-    if x.ndim != 2 or len(x) != len(t):
-        raise LenscatError(f"features {x.shape} for {len(t)} labels")
-    if t.min() == t.max():
-        raise LenscatError("the stacking set needs spectra with and without a line")
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 0, scale, 1.0)
-    a = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    w = np.zeros(a.shape[1])
-    reg = np.full(a.shape[1], l2 * len(x))
-    reg[-1] = 0.0
-    for _ in range(iterations):
-        s = a @ w
-        p = 1.0 / (1.0 + np.exp(-s))
-        g = a.T @ (p - t) + reg * w
-        h = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg) + 1e-9 * np.eye(a.shape[1])
-        step = np.linalg.solve(h, g)
-        w -= step
-        if np.max(np.abs(step)) < 1e-10:
-            break
-    return w[:-1], float(w[-1]), mean, scale
-
-
-def _score(features: np.ndarray, ck: dict[str, Any]) -> np.ndarray:
-    z = (features - np.asarray(ck["mean"])) / np.asarray(ck["scale"])
-    return np.asarray(z @ np.asarray(ck["coef"]) + float(ck["intercept"]))
-
-
-def _sigmoid(s: np.ndarray) -> np.ndarray:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(s, dtype=np.float64))))
-
-
-def fit_stack(features: np.ndarray, labels: np.ndarray, *, fpr: float = 1e-3) -> dict[str, Any]:
-    """Fit the logistic stack and its threshold (log-odds) at false-positive rate ``fpr``.
-
-    Returns
-    -------
-    dict
-        ``coef``, ``intercept``, ``mean``, ``scale`` (lists), ``threshold_logodds``, ``fpr``.
-    """
-    from lenscat.models.metrics import completeness_at_fpr
-
-    coef, b, mean, scale = fit_logistic(features, labels)
-    ck: dict[str, Any] = {
-        "features": list(FEATURES),
-        "coef": coef.tolist(),
-        "intercept": b,
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-        "fpr": fpr,
-    }
-    _, thr = completeness_at_fpr(np.asarray(labels).astype(bool), _score(features, ck), fpr)
-    ck["threshold_logodds"] = float(thr)
-    return ck
 
 
 def _member_row(m: ModelVersion) -> dict[str, Any]:
@@ -191,6 +110,9 @@ class SpectralEnsemble(Detector):
         self.mf = MatchedFilterDetector(members[MATCHED_FILTER], device)
         self.net = SpecNetDetector(members[SPECNET], device)
         self.threshold_logodds = float(ck["threshold_logodds"])
+        self.rule = str(ck.get("rule", "stack"))
+        if self.rule not in RULES:
+            raise LenscatError(f"{path}: unknown ensemble rule {self.rule!r}; expected one of {', '.join(RULES)}")
 
     def features(self, batch: SpectrumBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(features (N, 3), ResNet probability, ResNet pixel, matched-filter peak pixel) of a batch."""
@@ -203,24 +125,62 @@ class SpectralEnsemble(Detector):
         return feat, prob, pixel, peak
 
     def detect(self, batch: SpectrumBatch) -> Candidates:
-        """A candidate per spectrum whose stacked log-odds pass the threshold."""
+        """Candidates of the version's rule: stacked log-odds past the threshold (and, for ``'union'``,
+        every matched-filter hit)."""
         feat, prob, pixel, peak = self.features(batch)
         score = _score(feat, self.ck)
         sel = np.flatnonzero(score >= self.threshold_logodds)
         at_mf = feat[:, 2] > feat[:, 1] + 1.0
         px = np.where(at_mf, peak, pixel)
+        row = sel.astype(np.int64)
+        pix = px[sel].astype(np.int64)
+        snr = np.where(at_mf, feat[:, 2], feat[:, 1])[sel]
+        from_stack = np.ones(sel.size, dtype=bool)
+        from_mf = np.zeros(sel.size, dtype=bool)
+        if self.rule == "union":
+            row, pix, snr, from_stack, from_mf = _union(row, pix, snr, self.mf.detect(batch))
+        p = _sigmoid(score)
         return Candidates(
-            row=sel.astype(np.int64),
-            pixel=px[sel].astype(np.int64),
-            snr=np.where(at_mf, feat[:, 2], feat[:, 1])[sel],
-            prob=_sigmoid(score)[sel],
-            best=_sigmoid(score),
+            row=row,
+            pixel=pix,
+            snr=snr,
+            prob=p[row],
+            best=p,
             extra={
-                "specnet_prob": prob[sel].astype(np.float64),
-                "mf_snr_local": feat[sel, 1],
-                "mf_snr_max": feat[sel, 2],
+                "specnet_prob": prob[row].astype(np.float64),
+                "mf_snr_local": feat[row, 1],
+                "mf_snr_max": feat[row, 2],
+                "from_stack": from_stack,
+                "from_mf": from_mf,
             },
         )
+
+
+def _union(
+    row: np.ndarray, pix: np.ndarray, snr: np.ndarray, mf: Candidates
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stacked candidates joined with the matched filter's hits, sorted by (row, pixel).
+
+    A stacked candidate within :data:`LOCAL_PX` pixels of a hit of the same spectrum is that hit
+    (kept at the hit's pixel and S/N). Returns (row, pixel, snr, from_stack, from_mf).
+    """
+    mrow = np.asarray(mf.row, dtype=np.int64)
+    mpix = np.asarray(mf.pixel, dtype=np.int64)
+    msnr = np.asarray(mf.snr, dtype=np.float64)
+    m_stack = np.zeros(mrow.size, dtype=bool)
+    own = np.ones(row.size, dtype=bool)
+    for j in range(row.size):
+        near = np.flatnonzero((mrow == row[j]) & (np.abs(mpix - pix[j]) <= LOCAL_PX))
+        if near.size:
+            m_stack[near[np.argmin(np.abs(mpix[near] - pix[j]))]] = True
+            own[j] = False
+    r = np.concatenate([mrow, row[own]])
+    p = np.concatenate([mpix, pix[own]])
+    s = np.concatenate([msnr, np.asarray(snr, dtype=np.float64)[own]])
+    fs = np.concatenate([m_stack, np.ones(int(own.sum()), dtype=bool)])
+    fm = np.concatenate([np.ones(mrow.size, dtype=bool), np.zeros(int(own.sum()), dtype=bool)])
+    order = np.lexsort((p, r))
+    return r[order], p[order], s[order], fs[order], fm[order]
 
 
 def _set_scores(net: Any, mf_config: Any, inputs: Any, spectra: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,6 +204,8 @@ def register_ensemble(
     residual_pack: str | None = None,
     residual_fraction: float = 0.8,
     priors: str = "matched",
+    rule: str = "stack",
+    real_calibration: int = 0,
     progress: bool = True,
 ) -> tuple[ModelVersion, dict[str, Any]]:
     """Fit the ResNet + matched-filter stack on synthetic spectra and register it as a detector version.
@@ -262,13 +224,28 @@ def register_ensemble(
         (:func:`lenscat.spectra.training_inputs.real_residuals`).
     priors
         Line priors of the synthetic sets.
+    rule
+        ``'stack'`` (candidates where the stacked log-odds pass the threshold) or ``'union'`` (those
+        and every matched-filter hit; see the module docstring).
+    real_calibration
+        When > 0: also measure the stacked log-odds on this many clean re-noised realisations of
+        the real early-type hosts (seed ``seed + 2``) and keep the stricter of the synthetic
+        threshold and the real one, at the stricter of 10^-3 and the matched filter's own false
+        rate there (:func:`lenscat.spectra.ensemble_calibrate.real_clean_threshold`).
 
     Returns
     -------
     (ModelVersion, dict)
         The version and, on the evaluation set, completeness at a false-positive rate of 10^-3
         (over all lines and lines of matched S/N >= 8) of the ensemble and of each member, and the
-        false-positive rate of the ensemble at its fitted threshold.
+        false-positive rate of the ensemble at its fitted threshold; for ``'union'`` also the
+        union's false-positive rate and completeness (overall and at S/N >= 8) at the stack's
+        threshold and the matched filter's own.
+
+    Raises
+    ------
+    InvalidParameter
+        ``rule`` is not one of :data:`RULES`.
     """
     from lenscat.models.metrics import completeness_at_fpr, roc_auc
     from lenscat.models.specnet import load_specnet
@@ -278,6 +255,8 @@ def register_ensemble(
     from lenscat.spectra.training import SNR_BRIGHT
     from lenscat.spectra.training_inputs import build_inputs, real_residuals
 
+    if rule not in RULES:
+        raise InvalidParameter("rule", f"{{rule}} must be one of {', '.join(RULES)}, got {rule!r}")
     by_arch = {m.architecture: m for m in members}
     if len(members) != 2 or set(by_arch) != {MATCHED_FILTER, SPECNET}:
         got = ", ".join(f"{m.label} ({m.architecture})" for m in members) or "none"
@@ -302,6 +281,15 @@ def register_ensemble(
     feat, _, _ = _set_scores(net, mf_cfg, fit_in, fit_set)
     ck = fit_stack(feat, fit_in.labels)
     del fit_in, fit_set
+    calibration: dict[str, Any] = {"threshold_synthetic": ck["threshold_logodds"]}
+    if real_calibration > 0:
+        from lenscat.spectra.ensemble_calibrate import real_clean_threshold
+
+        thr_real, info = real_clean_threshold(
+            mf, sn, ck, session=session, realisations=real_calibration, seed=seed + 2, fpr=ck["fpr"]
+        )
+        calibration.update(threshold_real=thr_real, real=info)
+        ck["threshold_logodds"] = max(float(ck["threshold_logodds"]), thr_real)
     ev_in, ev_set = build_inputs(n_fit, seed=seed + 1, **common)
     feat_e, prob_e, mf_e = _set_scores(net, mf_cfg, ev_in, ev_set)
     y = ev_in.labels.astype(bool)
@@ -317,8 +305,20 @@ def register_ensemble(
         metrics[f"{tag}_auc"] = roc_auc(y, sc)
     metrics["ensemble_fpr_at_threshold"] = float(np.mean(score_e[~y] >= ck["threshold_logodds"]))
     metrics["ensemble_completeness_at_threshold"] = float(np.mean(score_e[y] >= ck["threshold_logodds"]))
+    metrics["rule"] = rule
+    metrics["threshold_logodds"] = ck["threshold_logodds"]
+    metrics["calibration"] = calibration
+    if rule == "union":
+        # a spectrum has a union candidate when the stack passes or the filter reaches its threshold
+        # (its best covered S/N: what a hit needs)
+        hit = (score_e >= ck["threshold_logodds"]) | (np.nan_to_num(mf_e, nan=-np.inf) >= mf_cfg.threshold)
+        metrics["union_fpr_at_threshold"] = float(np.mean(hit[~y]))
+        metrics["union_completeness_at_threshold"] = float(np.mean(hit[y]))
+        metrics["union_completeness_snr_ge_8"] = float(np.mean(hit[y & bright])) if (y & bright).any() else math.nan
     ck.update(
         format=FORMAT,
+        rule=rule,
+        calibration=calibration,
         members=[_member_row(mf), _member_row(sn)],
         seed=seed,
         n_fit=n_fit,
@@ -336,6 +336,7 @@ def register_ensemble(
             for m in (mf, sn)
         ],
         "features": list(FEATURES),
+        "rule": rule,
         "threshold_logodds": ck["threshold_logodds"],
         "fpr": 1e-3,
         "sample": sn.hparams.get("sample", mf.hparams.get("sample", "galaxies")),
@@ -346,6 +347,7 @@ def register_ensemble(
             "priors": priors,
             "residual_pack": residual_pack,
             "residual_fraction": residual_fraction if residual_pack else None,
+            "real_calibration": real_calibration or None,
         },
     }
     tsha = hashlib.sha256(json.dumps(hparams["fit"], sort_keys=True).encode()).hexdigest()
@@ -365,7 +367,8 @@ def register_ensemble(
         input_spec={"window_k0": WINDOW.k0, "window_n": WINDOW.n, "dlog": WINDOW.dlog},
         training_set_sha256=tsha,
         metrics=json.loads(json.dumps(metrics, default=float)),
-        description=f"logistic stack of {sn.label} (ResNet) and {mf.label} (matched filter)",
+        description=f"logistic stack of {sn.label} (ResNet) and {mf.label} (matched filter)"
+        + (", or any hit of the matched filter" if rule == "union" else ""),
         session=session,
     )
     return mv, metrics

@@ -181,11 +181,13 @@ def _prepare(
     if few.any():
         good[few] = False
         ng[few] = 0
-    r = np.where(good, r, np.float32(0.0))
+    bad = ~good
+    np.copyto(r, np.float32(0.0), where=bad)  # r is a new array (f - c)
     padded = np.empty((2, n, nfft), dtype=np.float32)  # torch pads an unpadded input slowly
     padded[:, :, p:] = 0.0
     rw, w = padded[0, :, :p], padded[1, :, :p]
-    np.copyto(w, np.where(good, iv, np.float32(0.0)))
+    np.copyto(w, iv)
+    np.copyto(w, np.float32(0.0), where=bad)
     np.multiply(r, w, out=rw)
     ok = ng > 0
     if cfg.rescale_ivar:
@@ -211,22 +213,27 @@ def _kernel_snr(pr: _Prepared, bank: _Bank) -> np.ndarray:
     """(K, B, P) float32 S/N of every kernel at every pixel, for the *unscaled* weights.
 
     ``num = sum(r w k)`` and ``den = sum(w k^2)`` for all kernels come from one forward transform
-    of ``r w`` and of ``w`` and one batched inverse transform each; the S/N for the rescaled weights
-    is this times ``sqrt(scale)`` of the row (both sums scale with ``w``; the floor is relative).
+    of ``r w`` and of ``w`` and, per kernel, one batched inverse transform of both; the S/N for the
+    rescaled weights is this times ``sqrt(scale)`` of the row (both sums scale with ``w``; the floor
+    is relative). One kernel at a time keeps the products and inverse transforms at a quarter of
+    the size (2 x B x nfft, ~1.3 MB for 128 rows) instead of all four at once: fewer fresh pages and
+    cache misses per block, the same numbers (each row's transforms are the same transforms).
     """
-    p = pr.r.shape[1]
+    b, p = pr.r.shape
     spec = torch.fft.rfft(torch.from_numpy(pr.padded), dim=2)  # (2, B, nfft//2+1)
-    prod = spec.unsqueeze(1) * bank.kk_hat  # (2, K, B, nfft//2+1)
-    sums = torch.fft.irfft(prod, n=bank.nfft, dim=3)[..., :p].numpy()
-    num, den = sums[0], sums[1]
-    # den is a sum of non-negative terms; FFT round-off leaves ~1e-7 noise where the kernel sees no
-    # data: floor it relative to the row's maximum
-    floor = den.max(axis=2, keepdims=True)
-    floor *= _DEN_FLOOR
-    np.maximum(floor, np.float32(1e-30), out=floor)
-    np.maximum(den, floor, out=den)
-    np.sqrt(den, out=den)
-    return np.divide(num, den)  # contiguous (K, B, P): the reductions that follow are faster
+    out = np.empty((len(bank.half_cov), b, p), dtype=np.float32)  # contiguous (K, B, P): faster reductions
+    for j in range(out.shape[0]):
+        sums = torch.fft.irfft(spec * bank.kk_hat[:, j], n=bank.nfft, dim=2)[..., :p].numpy()
+        num, den = sums[0], sums[1]
+        # den is a sum of non-negative terms; FFT round-off leaves ~1e-7 noise where the kernel sees
+        # no data: floor it relative to the row's maximum
+        floor = den.max(axis=1, keepdims=True)
+        floor *= _DEN_FLOOR
+        np.maximum(floor, np.float32(1e-30), out=floor)
+        np.maximum(den, floor, out=den)
+        np.sqrt(den, out=den)
+        np.divide(num, den, out=out[j])
+    return out
 
 
 def _coverage_counts(good: np.ndarray, half: int) -> np.ndarray:

@@ -81,7 +81,6 @@ vacuum Angstrom, velocities in km/s.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,6 +194,21 @@ def min_z_source(z_lens: np.ndarray | float, min_dv_kms: float) -> np.ndarray:
 
 
 # --- preprocessing ------------------------------------------------------------------------------
+def _nanmedian(a: np.ndarray) -> np.ndarray:
+    """``numpy.nanmedian`` over the last axis (NaN where nothing is finite), without its warnings.
+
+    Sorting puts the NaNs last, so the median of the ``m`` finite values sits at ``(m - 1) // 2``
+    and ``m // 2``: the same numbers, several times faster, and no warnings to silence (the
+    search calls this from several threads, where ``warnings.catch_warnings`` is not safe).
+    """
+    srt = np.sort(a, axis=-1)
+    m = np.count_nonzero(~np.isnan(a), axis=-1)
+    top = a.shape[-1] - 1
+    lo = np.take_along_axis(srt, (np.maximum(m - 1, 0) // 2)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(srt, np.minimum(m // 2, top)[..., None], axis=-1)[..., 0]
+    return np.where(m > 0, (lo + hi) / 2.0, np.nan)
+
+
 def prepare(
     wave: np.ndarray,
     flux: np.ndarray,
@@ -233,12 +247,11 @@ def prepare(
         chi = np.abs(np.pad(r * np.sqrt(w), ((0, 0), (0, pad)))).reshape(n, nb, b)
         gb = np.pad(good, ((0, 0), (0, pad))).reshape(n, nb, b)
         few = gb.sum(axis=2) < 30
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks and rows
-            med = np.nanmedian(np.where(gb, chi, np.nan), axis=2) / 0.6745
+        with np.errstate(all="ignore"):
+            med = _nanmedian(np.where(gb, chi, np.nan)) / 0.6745
             med = np.where(few | ~np.isfinite(med) | (med <= 0), np.nan, med)
             # blocks with too few good pixels take the spectrum's median spread
-            row_med = np.nanmedian(med, axis=1) if nb else np.ones(n)
+            row_med = _nanmedian(med) if nb else np.ones(n)
         row_med = np.where(np.isfinite(row_med), row_med, 1.0)
         s = np.where(np.isfinite(med), med, row_med[:, None])
         s = np.repeat(s, b, axis=1)[:, :p]

@@ -7,14 +7,20 @@ doublet kernels, coverage, redshift range, local maxima) are described in :mod:`
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
 
 from lenscat.spectra.oii import _SQRT2PI, OII_MEAN, OIIConfig, _dlog, _doublet_kernel, min_z_source, prepare
 
-__all__ = ["OIIHits", "search"]
+__all__ = ["WORKERS", "OIIHits", "search"]
+
+#: threads searching blocks of ``OIIConfig.chunk`` spectra in parallel (not a setting of the version:
+#: the hits do not depend on it)
+WORKERS = 2
 
 
 # --- search -------------------------------------------------------------------------------------
@@ -119,9 +125,16 @@ def search(
     z_pix = wave / OII_MEAN - 1.0
     zmin = min_z_source(zl, cfg.min_dv_kms)
     dpx_a = np.gradient(wave)
-    rows_l, pix_l, snr_l, sig_l, rat_l, amp_l = [], [], [], [], [], []
     step = max(1, int(cfg.chunk))
-    for s0 in range(0, n, step):
+
+    def block(s0: int) -> tuple[list[Any], ...]:
+        """Hits and best S/N of rows s0 .. s0 + step (writes ``out_best`` for those rows only)."""
+        rows_l: list[int] = []
+        pix_l: list[int] = []
+        snr_l: list[float] = []
+        sig_l: list[float] = []
+        rat_l: list[float] = []
+        amp_l: list[float] = []
         s1 = min(n, s0 + step)
         r, w = prepare(
             wave,
@@ -148,10 +161,10 @@ def search(
             np.maximum(den, np.float32(1e-30), out=den)
             np.sqrt(den, out=den)
             np.divide(num, den, out=num)
-            num[~use] = -np.inf
+            np.copyto(num, np.float32(-np.inf), where=~use)
             better = num > smap
-            smap[better] = num[better]
-            kidx[better] = j
+            np.copyto(smap, num, where=better)
+            np.copyto(kidx, np.int8(j), where=better)
         best = smap.max(axis=1)
         out_best[s0:s1] = np.where(np.isfinite(best), best, np.nan)
         peak = (
@@ -178,6 +191,16 @@ def search(
                 sig_l.append(s)
                 rat_l.append(q)
                 amp_l.append(amp * (1.0 + q) * sig_lam * _SQRT2PI)
+        return rows_l, pix_l, snr_l, sig_l, rat_l, amp_l
+
+    starts = list(range(0, n, step))
+    workers = max(1, min(WORKERS, len(starts)))
+    if workers == 1:
+        parts = [block(s0) for s0 in starts]
+    else:  # scipy's transforms and numpy's loops release the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(block, starts))
+    rows_l, pix_l, snr_l, sig_l, rat_l, amp_l = ([x for part in parts for x in part[k]] for k in range(6))
     row = np.asarray(rows_l, dtype=np.int64)
     pix = np.asarray(pix_l, dtype=np.int64)
     return OIIHits(

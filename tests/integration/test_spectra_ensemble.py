@@ -77,3 +77,71 @@ def test_ensemble_fits_registers_and_detects(session, tmp_path):
         SpectralEnsemble(dataclasses.replace(got, checkpoint_path=str(bad)))
     with pytest.raises(LenscatError, match="one matched-filter and one specnet"):
         register_ensemble("t-ens2", [mf, mf], n_fit=300, session=session)
+
+
+def test_union_ensemble_keeps_every_filter_hit_and_holds_its_threshold_on_real_clean_spectra(
+    session, data_dir, tmp_path
+):
+    """rule='union': every matched-filter hit is a candidate; real_calibration measures the stack on clean
+    re-noised real early types and takes the stricter threshold."""
+    from lenscat.registry.versions import get_model
+    from lenscat.spectra.detector_ensemble import SpectralEnsemble, register_ensemble
+    from lenscat.spectra.detector_specnet import check_checkpoint
+    from lenscat.spectra.detectors import SpectrumBatch, load_detector
+    from lenscat.spectra.ingest import ingest_spectra
+    from lenscat.spectra.pack import PackedRows
+    from lenscat.spectra.synth_training import make_training_set
+    from lenscat.spectra.training import train_detector
+
+    d = tmp_path / "sdss"
+    shutil.copytree(data_dir / "spectra" / "sdss", d)
+    for f in d.glob("spPlate-*"):
+        f.unlink()
+    ingest_spectra([d], pack="t-union", workers=1, progress=False)
+    mf, _ = register_matched_filter_for_test(session)
+    sn, _ = train_detector(
+        "t-union-rn",
+        n_train=512,
+        n_val=300,
+        epochs=1,
+        arch="small",
+        positive_fraction=0.2,
+        seed=2,
+        progress=False,
+        session=session,
+    )
+    ens, m = register_ensemble(
+        "t-union", [mf, sn], n_fit=300, seed=5, rule="union", real_calibration=60, progress=False, session=session
+    )
+    cal = m["calibration"]
+    assert m["rule"] == "union" and cal["real"]["realisations"] == 60 and cal["real"]["seed"] == 7
+    # the stricter of the synthetic threshold and the real one, at the stricter of 1e-3 and the filter's own rate
+    assert cal["real"]["fpr_used"] == min(1e-3, cal["real"]["mf_fpr"])
+    assert m["threshold_logodds"] == max(cal["threshold_synthetic"], cal["threshold_real"])
+    assert cal["threshold_real"] > cal["real"]["max_score"] or cal["real"]["fpr_used"] > 0
+    # the union is at least as complete as the stack alone on the synthetic evaluation set
+    assert m["union_completeness_at_threshold"] >= m["ensemble_completeness_at_threshold"]
+    got = get_model("detector", "t-union", session=session)
+    assert got.hparams["rule"] == "union"
+    assert json.loads(check_checkpoint(got).read_text())["rule"] == "union"
+    det = load_detector(got)
+    assert isinstance(det, SpectralEnsemble) and det.rule == "union"
+    s = make_training_set(64, seed=78, positive_fraction=0.5, priors="matched", keep_truth=False)
+    rows = PackedRows(s.flux, s.ivar, s.continuum, np.zeros_like(s.flux), s.z, np.zeros(len(s), np.int16))
+    batch = SpectrumBatch(rows, np.arange(len(s)))
+    c = det.detect(batch)
+    hits = det.mf.detect(batch)
+    got_keys = set(zip(c.row.tolist(), c.pixel.tolist(), strict=True))
+    # every hit of the filter member is a candidate, flagged as such
+    assert set(zip(hits.row.tolist(), hits.pixel.tolist(), strict=True)) <= got_keys
+    assert int(c.extra["from_mf"].sum()) == len(hits) and len(got_keys) == len(c)
+    # a candidate of the stack alone lies more than LOCAL_PX from every filter hit of its spectrum
+    for r, px in zip(c.row[~c.extra["from_mf"]].tolist(), c.pixel[~c.extra["from_mf"]].tolist(), strict=True):
+        assert np.all(np.abs(hits.pixel[hits.row == r] - px) > 4)
+    assert np.all(np.diff(c.row) >= 0)
+
+
+def register_matched_filter_for_test(session):
+    from lenscat.spectra.detector_mf import register_matched_filter
+
+    return register_matched_filter("t-union-mf", continuum="pipeline", session=session)

@@ -1,5 +1,6 @@
 """[OII] background emitters: the doublet filter, its fit and vetoes, on real residuals (no DB)."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +162,35 @@ def test_clean_realisations_have_no_candidate_and_the_emission_galaxy_none(clean
     rows = characterise_oii(c, np.arange(len(z)), f, iv, m, z)
     assert all(r.values["line"] == "oii" for r in rows)
     assert not [r for r in rows if is_candidate(r.values)]
+
+
+def test_block_medians_match_numpy_nanmedian():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(7, 5, 40))
+    a[rng.random(a.shape) < 0.3] = np.nan
+    a[0, 0] = np.nan  # nothing finite
+    a[1, 1, :39] = np.nan  # one value
+    a[2, 2, :38] = np.nan  # two: their mean
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        ref = np.nanmedian(a, axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and without a warning
+        got = oii._nanmedian(a)
+    assert np.array_equal(np.isnan(got), np.isnan(ref)) and np.isnan(got[0, 0])
+    np.testing.assert_array_equal(got[~np.isnan(ref)], ref[~np.isnan(ref)])
+
+
+def test_threads_over_blocks_give_the_same_hits(clean, monkeypatch):
+    n = 40
+    f, iv, m, z = _renoised(clean, n, seed=21)
+    rng = np.random.default_rng(22)
+    params = oii_inject.draw_oii_params(rng, n, z, snr_range=(7.0, 15.0), wave_range=_covered(clean[1]))
+    fi, _ = oii_inject.inject_oii(FULL.wave, f, iv, params)
+    cfg = oii.OIIConfig(chunk=9)  # five blocks
+    monkeypatch.setattr(oii_search, "WORKERS", 1)
+    one = oii_search.search(FULL.wave, fi, iv, m, z, cfg)
+    monkeypatch.setattr(oii_search, "WORKERS", 2)
+    two = oii_search.search(FULL.wave, fi, iv, m, z, cfg)
+    assert len(one) >= 0.8 * n
+    for k in ("row", "pixel", "snr", "sigma_px", "ratio", "line_flux", "best"):
+        np.testing.assert_array_equal(getattr(one, k), getattr(two, k))
