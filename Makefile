@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/python scripts/check_layout.py
 
 test: lint
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=30
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q

@@ -169,9 +169,9 @@ lenscat spectra continuum show
 step "23. Train the Li et al. (2018) 1-D ResNet on synthetic spectra: eigenspectrum galaxies, real sky, real residuals"
 lenscat spectra train --name demo-specnet --n 6000 --n-val 3000 --epochs 3 --real-residuals default
 
-step "23a. Stack the ResNet with the matched filter (logistic regression, threshold at 1 false hit in 1,000)"
+step "23a. Ensemble of the ResNet and the matched filter: every filter hit, plus what the stack adds at the filter's false rate on real clean spectra"
 lenscat spectra ensemble --name demo-ensemble --member matched-filter --member demo-specnet --n 4000 \
-    --real-residuals default
+    --real-residuals default --real-calibration 600
 
 step "24. Evaluation as a new user would run it: real early types re-noised, lines at matched S/N 4-15, vetoes' cost shown"
 lenscat spectra evaluate --detector matched-filter --detector demo-specnet --detector demo-ensemble \
@@ -236,6 +236,18 @@ lenscat export --grades A,B --format fits --out "$OUT/candidates.fits" --gallery
 lenscat export --grades A,B --format votable --out "$OUT/candidates.xml" --quiet
 lenscat sql "SELECT source_id, consensus_grade, n_votes, round(best_score::numeric, 3) AS best_score,
                     literature_status FROM candidates ORDER BY mean_grade DESC, best_score DESC LIMIT 8"
+
+step "31a. Lens models of the A/B candidates: a small CNN (SIE + shear + source, calibrated sigma), vetted"
+if ! lenscat model show --top 1 --format csv >/dev/null 2>&1; then  # a demo-sized network: ~1 min on 2 cores
+    lenscat model train --name demo-lensnet --n 400 --epochs 4 --width 8 --seed 1
+fi
+lenscat model run --grades A,B --chunk-size 20
+lenscat model show --top 5
+
+step "31b. Joint evidence (one ranking, each contribution shown) and a follow-up pack for Keck (offline)"
+lenscat evidence --grades A,B --limit 8
+lenscat proposal --grades A,B --site keck --from 2027-01-10 --to 2027-01-16 --out "$OUT/proposal" --quiet
+head -n 12 "$OUT/proposal/README.txt"
 
 step "Done. Explore with: lenscat sql \"SELECT * FROM candidates ORDER BY mean_grade DESC LIMIT 5\" --format json"
 

@@ -34,8 +34,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from lenscat.catalogue.ingest_log import file_sha256
 from lenscat.errors import LenscatError
 from lenscat.images.formats import format_names, get_format
+from lenscat.io.hdf5 import hdf5_fingerprint
+from lenscat.io.readers import HDF5_SUFFIXES
 
 __all__ = ["KINDS", "DataFile", "Relocation", "check_files", "file_problem", "referenced_files", "relocate_files"]
 
@@ -157,10 +160,6 @@ def referenced_files(*, session: Session, kinds: Sequence[str] | None = None) ->
 
 
 def _cutout_digest(f: DataFile) -> str:
-    from lenscat.catalogue.ingest_log import file_sha256
-    from lenscat.io.hdf5 import hdf5_fingerprint
-    from lenscat.io.readers import HDF5_SUFFIXES
-
     if f.members:  # a FITS set: digest of the members' digests (as `lenscat ingest cutouts` records it)
         return hashlib.sha256("".join(file_sha256(Path(p)) for p in f.members).encode()).hexdigest()
     if Path(f.path).suffix.lower() in HDF5_SUFFIXES:
@@ -202,8 +201,6 @@ def file_problem(f: DataFile) -> str | None:
         if f.kind == "cutouts":
             sha = _cutout_digest(f)
         else:
-            from lenscat.catalogue.ingest_log import file_sha256
-
             sha = file_sha256(Path(f.path))
     except (OSError, ValueError, KeyError) as exc:
         return f"cannot be read: {exc}"

@@ -31,8 +31,10 @@ from lenscat.catalogue.ingest_validate import prepare_sources
 from lenscat.catalogue.ingest_write import write_batch
 from lenscat.catalogue.surveys import ensure_survey
 from lenscat.catalogue.types import IngestSummary, PreparedSources, SourceMapping
+from lenscat.db import session as db_session
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
+from lenscat.sky.coords import parse_angle_quantity
 
 INGEST_WORKERS = 2
 """Batches written at the same time, each on its own connection and in its own transaction."""
@@ -40,8 +42,6 @@ INGEST_WORKERS = 2
 
 def _ingest_workers(n_batches: int) -> int:
     """How many batches to write at once: 1 when sessions join a bound (test) connection."""
-    from lenscat.db import session as db_session
-
     if db_session._bound_connection is not None or n_batches < 2:
         return 1
     return max(1, min(INGEST_WORKERS, os.cpu_count() or 1, n_batches))
@@ -228,8 +228,6 @@ def ingest_sources(
     """
     scale_arcsec: float | None = None
     if pixel_scale is not None:
-        from lenscat.sky.coords import parse_angle_quantity
-
         scale_arcsec = float(parse_angle_quantity(pixel_scale).to_value("arcsec"))
         if not scale_arcsec > 0:
             raise LenscatError(f"pixel scale must be positive, got {pixel_scale!r}")
@@ -242,5 +240,8 @@ def ingest_sources(
     prep.pixel_scale_arcsec = scale_arcsec
     if strict and prep.rejects:
         first = prep.rejects[0]
-        raise LenscatError(f"{first.line(prep.path)} ({len(prep.rejects)} rejects; nothing written: --strict)")
+        line = first.line(prep.path, lambda p: "{" + p + "}")  # the reject's own parameters stay placeholders
+        raise LenscatError(
+            f"{line} ({len(prep.rejects)} rejects; nothing written: {{strict}})", params=("strict", *first.params)
+        )
     return run_source_ingest(prep, batch_rows=batch_rows, progress=progress, stop_after_batches=stop_after_batches)

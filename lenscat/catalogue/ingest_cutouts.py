@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from lenscat.catalogue.types import CutoutChanges, PreparedSources
 from lenscat.images.formats.hdf5_stein import NAME as HDF5_STEIN
+from lenscat.io.hdf5 import IMAGE_DIGEST_BYTES
 
 ROW_DIGEST_BLOCK = 4096
 """Image rows per ``lenscat.cutout_row_digests`` row."""
@@ -21,8 +22,6 @@ def update_row_digests(file_id: int, digests: np.ndarray, *, session: Session) -
     Rows the file did not have before, and a file registered before digests were kept (nothing
     to compare with), count as unchanged. Idempotent: storing the same digests again returns [].
     """
-    from lenscat.io.hdf5 import IMAGE_DIGEST_BYTES
-
     d = np.ascontiguousarray(digests, dtype=np.uint8).reshape(-1, IMAGE_DIGEST_BYTES)
     old = {
         int(b): bytes(v)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.io.hdf5 import hdf5_fingerprint
 from lenscat.io.readers import HDF5_SUFFIXES
 
 _CHUNK = 1 << 20
@@ -31,8 +33,6 @@ def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     if path.suffix.lower() in HDF5_SUFFIXES:
         import h5py
-
-        from lenscat.io.hdf5 import hdf5_fingerprint
 
         try:
             with h5py.File(path, "r") as fh:
@@ -57,12 +57,20 @@ class Reject:
     row: int  # 1-based data row
     column: str  # '' when no one column is at fault (a row with too many fields)
     value: str
-    reason: str
+    reason: str  # may name an ingest parameter as {param} (listed in params), as LenscatError does
+    params: tuple[str, ...] = ()
 
-    def line(self, path: Path | str) -> str:
-        """One-line message naming file, row and column."""
+    def why(self, spell: Callable[[str], str] = str) -> str:
+        """The reason, each ``{param}`` spelled by ``spell`` (the plain name by default; the CLI: its flag)."""
+        out = self.reason
+        for name in self.params:
+            out = out.replace("{" + name + "}", spell(name))
+        return out
+
+    def line(self, path: Path | str, spell: Callable[[str], str] = str) -> str:
+        """One-line message naming file, row and column (parameters spelled by ``spell``)."""
         col = f"column {self.column!r}: " if self.column else ""
-        return f"{path}: row {self.row}: {col}{self.reason} (value {self.value!r}); row rejected"
+        return f"{path}: row {self.row}: {col}{self.why(spell)} (value {self.value!r}); row rejected"
 
 
 @dataclass
@@ -134,7 +142,7 @@ def record_rejects(rejects: list[Reject], *, session: Session, ingest_id: int) -
             ON CONFLICT ON CONSTRAINT uq_ingest_rejects_row DO NOTHING
             """
         ),
-        [{"i": ingest_id, "row": r.row, "col": r.column, "val": r.value[:1000], "reason": r.reason} for r in rejects],
+        [{"i": ingest_id, "row": r.row, "col": r.column, "val": r.value[:1000], "reason": r.why()} for r in rejects],
     )
 
 

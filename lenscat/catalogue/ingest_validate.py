@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from lenscat.catalogue.ingest_log import Reject
+from lenscat.catalogue.ingest_log import Reject, file_sha256
 from lenscat.catalogue.types import PreparedSources, SourceMapping
 from lenscat.db.pgbinary import FLOAT4_MAX
 from lenscat.errors import InputFileError
 from lenscat.images.formats.hdf5_stein import NAME as HDF5_STEIN
 from lenscat.io.columns import angle_column, float_column
 from lenscat.io.readers import ColumnTable, read_table
+from lenscat.sky.coords import iau_names
 
 RA_NAMES = ("ra", "ra_deg", "radeg", "raj2000", "ra_icrs", "ra [deg]", "alpha_j2000", "target_ra", "plug_ra")
 DEC_NAMES = (
@@ -141,11 +142,17 @@ def prepare_sources(
     good = np.ones(n, dtype=bool)
     good[[b.row - 1 for b in table.bad_rows]] = False
 
-    def reject_rows(bad: np.ndarray, column: str, values: np.ndarray, reason: str | Callable[[int], str]) -> None:
+    def reject_rows(
+        bad: np.ndarray,
+        column: str,
+        values: np.ndarray,
+        reason: str | Callable[[int], str],
+        params: tuple[str, ...] = (),
+    ) -> None:
         idx = np.flatnonzero(bad & good)
         for i in idx:
             why = reason(int(i)) if callable(reason) else reason
-            rejects.append(Reject(int(i) + 1, column, str(values[i]), why))
+            rejects.append(Reject(int(i) + 1, column, str(values[i]), why, params))
         good[idx] = False
 
     def reject_beyond_real(v: np.ndarray, column: str, raw: np.ndarray) -> None:
@@ -155,16 +162,17 @@ def prepare_sources(
         reject_rows(big, column, raw, "beyond the range of a 32-bit real (|x| > 3.4e38)")
 
     # coordinates ------------------------------------------------------------------------------
-    ra_name = mapping.ra_col and table.require(mapping.ra_col, "right ascension (--ra-col)")
+    ra_name = mapping.ra_col and table.require(mapping.ra_col, "right ascension", "ra_col")
     ra_name = ra_name or table.find(RA_NAMES)
-    dec_name = mapping.dec_col and table.require(mapping.dec_col, "declination (--dec-col)")
+    dec_name = mapping.dec_col and table.require(mapping.dec_col, "declination", "dec_col")
     dec_name = dec_name or table.find(DEC_NAMES)
     if ra_name is None or dec_name is None:
         missing = "ra" if ra_name is None else "dec"
         raise InputFileError(
             f"{table.path}: no {missing} column found (looked for "
-            f"{', '.join(RA_NAMES if missing == 'ra' else DEC_NAMES)}); pass --{missing}-col NAME; "
-            f"columns are: {', '.join(table.columns)}"
+            f"{', '.join(RA_NAMES if missing == 'ra' else DEC_NAMES)}); pass {{{missing}_col}} NAME; "
+            f"columns are: {', '.join(table.columns)}",
+            params=f"{missing}_col",
         )
     mapped["ra"], mapped["dec"] = ra_name, dec_name
     ra, ra_bad = angle_column(table, ra_name, hours=True)
@@ -185,7 +193,8 @@ def prepare_sources(
             ra_name,
             raw_ra,
             "right ascension out of range [0, 360) deg"
-            + ("" if mapping.wrap_ra else " (use --wrap-ra for -180..180 catalogues)"),
+            + ("" if mapping.wrap_ra else " (use {wrap_ra} for -180..180 catalogues)"),
+            ("wrap_ra",),
         )
         reject_rows(~((dec >= -90) & (dec <= 90)), dec_name, raw_dec, "declination out of range [-90, 90] deg")
 
@@ -199,8 +208,9 @@ def prepare_sources(
             if found is None:
                 raise InputFileError(
                     f"{table.path}: no object-id column found (looked for {', '.join(ID_NAMES)}); "
-                    f"pass --id-col NAME[,NAME2] (joined with '_'), --id-col @iau (J-name from the "
-                    f"position) or --id-col @row (row number)"
+                    "pass {id_col} NAME[,NAME2] (joined with '_'), {id_col} @iau (J-name from the "
+                    "position) or {id_col} @row (row number)",
+                    params="id_col",
                 )
             id_cols = [found]
     if id_cols == [ID_ROW]:
@@ -208,14 +218,12 @@ def prepare_sources(
         id_missing = np.zeros(n, dtype=bool)
         id_label = ID_ROW
     elif id_cols == [ID_IAU]:
-        from lenscat.sky.coords import iau_names
-
         names = iau_names(np.where(good, ra, 0.0), np.where(good, dec, 0.0))
         objid = np.array([nm if g else "" for nm, g in zip(names, good, strict=True)], dtype=object)
         id_missing = np.zeros(n, dtype=bool)
         id_label = ID_IAU
     else:
-        real = [table.require(c, "object id (--id-col)") for c in id_cols]
+        real = [table.require(c, "object id", "id_col") for c in id_cols]
         objid, id_missing = _id_strings(table, real)
         id_label = ",".join(real)
     mapped["objid"] = id_label
@@ -269,7 +277,8 @@ def prepare_sources(
             if width != len(bands):
                 raise InputFileError(
                     f"{table.path}: column {two_d!r} has {width} bands but the bands are "
-                    f"{','.join(bands) or '(none)'}; pass --bands"
+                    f"{','.join(bands) or '(none)'}; pass {{bands}}",
+                    params="bands",
                 )
             for j in range(width):
                 v, bad = float_column(table, two_d, col_index=j)
@@ -325,7 +334,6 @@ def prepare_sources(
         ignored = []
 
     rejects.sort(key=lambda r: r.row)
-    from lenscat.catalogue.ingest_log import file_sha256
 
     return PreparedSources(
         path=table.path,

@@ -87,8 +87,9 @@ def ensure_survey(
     if bands and survey.bands and survey.bands != bands:
         raise LenscatError(
             f"survey {name!r} has bands {','.join(survey.bands)} but this input has "
-            f"{','.join(bands)}; pass --bands {','.join(survey.bands)} with a column mapping, "
-            f"or use another survey name"
+            f"{','.join(bands)}; pass {{bands}} {','.join(survey.bands)} with a column mapping, "
+            f"or use another survey name",
+            params="bands",
         )
     if bands and not survey.bands:
         session.execute(

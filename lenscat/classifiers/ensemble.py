@@ -35,8 +35,13 @@ from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey, real_source_sql, real_survey_ids
 from lenscat.classifiers.ensemble_combine import combine, fit_logistic, logit_features
-from lenscat.classifiers.types import Ensemble, TrainResult
-from lenscat.errors import LenscatError
+from lenscat.classifiers.labels import resolve_labels
+from lenscat.classifiers.loaders import training_ids as member_training_ids
+from lenscat.classifiers.scoring import candidates_sql as member_candidates_sql
+from lenscat.classifiers.types import Ensemble, TrainResult, score_step
+from lenscat.errors import LenscatError, MissingPrerequisite
+from lenscat.jobs.failures import without_failed_items
+from lenscat.registry.checkpoints import verify_file
 from lenscat.registry.versions import (
     ModelVersion,
     check_name,
@@ -55,28 +60,28 @@ MAX_STACK_NEGATIVES = 200_000
 FORMAT = "lenscat-ensemble/1"
 
 
-class MissingMemberScores(LenscatError):
+class MissingMemberScores(MissingPrerequisite):
     """A member has not scored every source it can score (of the surveys asked for).
+
+    The step to take first is scoring with that member (the CLI shows its command line).
 
     Attributes
     ----------
     member : str
         The member's ``name@version``.
     detail : str
-        The message without the advice (the command line adds the command to run).
+        The message without the advice.
     """
 
     def __init__(self, member: str, detail: str) -> None:
         self.member = member
         self.detail = detail
-        super().__init__(f"{detail}: score it first")
+        super().__init__(f"{detail}: {{step}} first", score_step(member))
 
 
 # ------------------------------------------------------------------------------------ storage
 @lru_cache(maxsize=8)
 def _load(path: str, sha256: str) -> Ensemble:
-    from lenscat.registry.checkpoints import verify_file
-
     verify_file(path, sha256, what="its registered ensemble version")
     ck = json.loads(Path(path).read_text())
     if ck.get("format") != FORMAT:
@@ -142,9 +147,6 @@ def check_members_scored(members: list[ModelVersion], *, session: Session, surve
     surveys : list of str, optional
         Only these surveys (default: every real survey, not the injection sets).
     """
-    from lenscat.classifiers.scoring import candidates_sql
-    from lenscat.jobs.failures import without_failed_items
-
     # injection sets are never required: they train, they are not ranked
     sids = [get_survey(x, session=session).survey_id for x in surveys] if surveys else real_survey_ids(session=session)
     where = f" of survey{'s' if len(surveys or []) > 1 else ''} {', '.join(surveys)}" if surveys else ""
@@ -153,7 +155,7 @@ def check_members_scored(members: list[ModelVersion], *, session: Session, surve
             text(
                 f"SELECT count(*), count(*) FILTER (WHERE EXISTS (SELECT 1 FROM lenscat.scores c WHERE c.model_id = "
                 f"{int(m.model_id)} AND c.source_id = q.id)) "
-                f"FROM ({without_failed_items(candidates_sql(m, bool(sids)), m.model_id)}) q"
+                f"FROM ({without_failed_items(member_candidates_sql(m, bool(sids)), m.model_id)}) q"
             ),
             {"sids": sids} if sids else {},
         ).one()
@@ -226,9 +228,6 @@ def train_ensemble(
         Fewer than two distinct members, an unknown method, no source scored by every member, or
         (stacking) fewer than :data:`MIN_STACK_LENSES` held-out lenses.
     """
-    from lenscat.classifiers.labels import resolve_labels
-    from lenscat.classifiers.loaders import training_ids
-
     check_name(name)
     if method not in METHODS:
         raise LenscatError(f"unknown ensemble method {method!r}; expected one of {', '.join(METHODS)}")
@@ -245,7 +244,7 @@ def train_ensemble(
     if len(common) == 0:
         raise LenscatError(f"no source is scored by all of {', '.join(m.label for m in mv)}")
     grid = np.linspace(0.0, 1.0, N_QUANTILES)
-    seen = np.unique(np.concatenate([training_ids(m) for m in mv])).astype(np.int64)
+    seen = np.unique(np.concatenate([member_training_ids(m) for m in mv])).astype(np.int64)
     ck: dict[str, Any] = {
         "format": FORMAT,
         "method": method,

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey
+from lenscat.embeddings.encoders import CatalogueImages
 from lenscat.errors import LenscatError
 
 
@@ -19,8 +20,6 @@ def survey_ids(surveys: list[str] | None, session: Session) -> list[int] | None:
 
 def catalogue_images(source_ids: np.ndarray, *, session: Session) -> Any:
     """A :class:`lenscat.embeddings.encoders.CatalogueImages` over the cutouts of ``source_ids``, in that order."""
-    from lenscat.embeddings.encoders import CatalogueImages
-
     rows = session.execute(
         text(
             """

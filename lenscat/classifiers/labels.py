@@ -24,12 +24,14 @@ from sqlalchemy.orm import Session
 from lenscat.catalogue.ingest_log import file_sha256
 from lenscat.catalogue.surveys import REAL_SURVEYS_SQL, get_survey, real_survey_ids
 from lenscat.db.session import raw_connection
-from lenscat.errors import InputFileError, LenscatError, NotFoundError
+from lenscat.errors import InputFileError, LenscatError, MissingPrerequisite, NotFoundError, Step
 from lenscat.io.columns import angle_column
 from lenscat.io.readers import ColumnTable, read_table
-from lenscat.sky.service import match_positions, match_query
+from lenscat.sky.service import match_positions, match_query, pairs_within
 
 ORIGINS = ("literature", "simulation", "import", "human", "injection")
+LABEL_PROVENANCE = "grades"
+"""Provenance of the human labels derived from graders' verdicts (``grading.grades.refresh_human_labels``)."""
 PRIORITY = {"human": 0, "simulation": 1, "import": 2, "literature": 3, "injection": 3}
 TRUE_WORDS = {"1", "true", "t", "yes", "y", "lens", "a", "b", "c", "sure", "probable", "possible"}
 FALSE_WORDS = {"0", "false", "f", "no", "n", "nonlens", "non-lens", "not", "not a lens", "x"}
@@ -119,7 +121,10 @@ def labels_from_crossmatch(catalog: str, *, session: Session) -> LabelSummary:
         text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"), {"n": catalog}
     ).scalar()
     if cid is None:
-        raise NotFoundError(f"no literature catalogue {catalog!r}; ingest it with `lenscat ingest literature`")
+        raise NotFoundError(
+            f"no literature catalogue {catalog!r}; {{step}} first",
+            step=Step(("ingest", "literature"), ((None, "FILE"), ("catalog", catalog)), "ingest the lens list"),
+        )
     rows = session.execute(
         text(
             """
@@ -135,9 +140,9 @@ def labels_from_crossmatch(catalog: str, *, session: Session) -> LabelSummary:
         n_lenses = session.execute(
             text("SELECT count(*) FROM lenscat.literature_lenses WHERE catalog_id = :c"), {"c": cid}
         ).scalar()
-        raise LenscatError(
-            f"catalogue {catalog!r} ({n_lenses} lenses) has no cross-matches; run "
-            f"`lenscat crossmatch --catalog {catalog}` first"
+        raise MissingPrerequisite(
+            f"catalogue {catalog!r} ({n_lenses} lenses) has no cross-matches; {{step}} first",
+            Step(("crossmatch",), (("catalog", catalog),), f"cross-match catalogue {catalog!r} with the sources"),
         )
     summary = LabelSummary("literature", catalog, n_rows=len(rows), n_positive=len(rows))
     ids = np.array([r.source_id for r in rows], dtype=np.int64)
@@ -203,7 +208,7 @@ def import_labels(
     """
     path = Path(path).expanduser().resolve()
     table = read_table(path)
-    lab_name = table.require(label_col, "the label (--label-col)")
+    lab_name = table.require(label_col, "the label", "label_col")
     # a Stein-layout file's digest was taken while reading it (pixels included): no second pass
     provenance = provenance or f"{path.name} sha256:{(table.sha256 or file_sha256(path))[:12]}"
     summary = LabelSummary(origin, provenance, n_rows=table.n_rows)
@@ -224,7 +229,7 @@ def import_labels(
     sid = np.full(n, -1, dtype=np.int64)
     if survey is not None:
         sv = get_survey(survey, session=session)
-        id_name = table.require(id_col or "objid", "the survey object id (--id-col)")
+        id_name = table.require(id_col or "objid", "the survey object id", "id_col")
         objids = [str(x) for x in np.ma.getdata(table.columns[id_name])]
         found: dict[str, int] = dict(
             session.execute(
@@ -242,8 +247,9 @@ def import_labels(
         dec_name = table.find([dec_col] if dec_col else ["dec", "DEC [deg]", "dej2000", "decj2000", "dec_deg"])
         if ra_name is None or dec_name is None:
             raise InputFileError(
-                f"{path}: no ra/dec columns to match labels by position; pass --ra-col/--dec-col, "
-                f"or --survey with --id-col to match by object id"
+                f"{path}: no ra/dec columns to match labels by position; pass {{ra_col}}/{{dec_col}}, "
+                "or {survey} with {id_col} to match by object id",
+                params=("ra_col", "dec_col", "survey", "id_col"),
             )
         ra, bad_ra = angle_column(table, ra_name, hours=True)
         dec, bad_dec = angle_column(table, dec_name, hours=False)
@@ -378,8 +384,6 @@ def near_known_lenses(
 
 
 def _near_in_memory(candidates: np.ndarray, radius: u.Quantity, session: Session) -> set[int]:
-    from astropy.coordinates import search_around_sky
-
     centres = np.array(session.execute(text(_CENTRES_SQL)).all(), dtype=np.float64).reshape(-1, 2)
     if len(centres) == 0 or len(candidates) == 0:
         return set()
@@ -396,8 +400,8 @@ def _near_in_memory(candidates: np.ndarray, radius: u.Quantity, session: Session
     if len(rows) == 0:
         return set()
     cand = SkyCoord(rows[:, 1] * u.deg, rows[:, 2] * u.deg)
-    idx, _, _, _ = search_around_sky(cand, SkyCoord(centres[:, 0] * u.deg, centres[:, 1] * u.deg), radius)
-    return {int(x) for x in rows[np.unique(idx), 0]}
+    pairs = pairs_within(cand, SkyCoord(centres[:, 0] * u.deg, centres[:, 1] * u.deg), radius)
+    return {int(x) for x in rows[np.unique(pairs.index), 0]}
 
 
 def label_counts(*, session: Session) -> list[dict[str, Any]]:

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from lenscat.catalogue.surveys import get_survey, real_source_sql, real_survey_ids
 from lenscat.classifiers.labels import resolve_labels
 from lenscat.classifiers.loaders import training_ids
-from lenscat.errors import LenscatError
+from lenscat.classifiers.types import score_step
+from lenscat.errors import LenscatError, MissingPrerequisite
 from lenscat.registry.versions import ModelVersion, get_model
 from lenscat.sky.units import rows_to_table
 
@@ -159,9 +160,7 @@ def evaluate_classifier(
     data = {m.label: _scores(m, session, sids) for m in models}
     for m in models:
         if len(data[m.label][0]) == 0:
-            raise LenscatError(
-                f"classifier {m.label} has no scores yet: run `lenscat classifier score --name {m.name}`"
-            )
+            raise MissingPrerequisite(f"classifier {m.label} has no scores yet: {{step}}", score_step(m.name))
     common = data[models[0].label][0]
     for ids, _ in data.values():
         common = np.intersect1d(common, ids)

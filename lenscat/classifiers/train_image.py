@@ -14,9 +14,10 @@ from lenscat.classifiers.inputs import catalogue_images
 from lenscat.classifiers.train_radial import train_radial_classifier
 from lenscat.classifiers.training_sets import add_hard_negatives, make_split, register_trained
 from lenscat.classifiers.types import TrainResult
+from lenscat.embeddings.encoders import DEFAULT_INPUT_SPEC, band_options
 from lenscat.errors import InvalidParameter, LenscatError
 from lenscat.registry.device import configured_device
-from lenscat.registry.versions import check_name, get_model
+from lenscat.registry.versions import check_name, get_model, training_state_dir
 
 
 def train_image_classifier_version(
@@ -68,7 +69,6 @@ def train_image_classifier_version(
     raises :class:`~lenscat.errors.Interrupted` after saving its state; the same call resumes
     (``resume=False``: start over).
     """
-    from lenscat.embeddings.encoders import DEFAULT_INPUT_SPEC
     from lenscat.models.augment import AugmentConfig
     from lenscat.models.checkpoint import load_encoder
     from lenscat.models.preprocess import Preprocessing
@@ -145,16 +145,12 @@ def train_image_classifier_version(
     if enc is not None and isinstance((enc.hparams or {}).get("augment"), dict):
         augment = dict(enc.hparams["augment"])  # fine-tuning: the encoder's own augmentations
     elif arch == "cnn" and not rec:  # the legacy settings: augmentations and stretch follow the survey's bands
-        from lenscat.embeddings.encoders import band_options
-
         opts, shape = band_options(split.train_ids, images, seed=seed, session=session)
         augment = opts.augment if opts.augment is not None else True
         preprocessing = opts.preprocess(crop) if opts.scales is not None else None
         spec.update(bands=opts.bands, stamp=int(shape[-1]))
         band_notes = opts.notes
     elif arch == "cnn":  # the recipe: channels and stretch follow the survey's bands
-        from lenscat.embeddings.encoders import band_options
-
         opts, shape = band_options(split.train_ids, images, seed=seed, session=session)
         pre = Preprocessing.from_dict(opts.preprocess(crop) if opts.scales is not None else {"crop": crop})
         preprocessing = {**pre.to_dict(), "views": int(rec["views"])}
@@ -173,7 +169,6 @@ def train_image_classifier_version(
             "val_labels": split.val_y,
         }
     from lenscat.models import trainstate
-    from lenscat.registry.versions import training_state_dir
 
     tag = hashlib.sha256(
         np.asarray(split.train_ids, dtype=np.int64).tobytes()

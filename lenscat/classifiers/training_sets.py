@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from lenscat.classifiers.inputs import survey_ids
 from lenscat.classifiers.labels import near_known_lenses, resolve_labels
 from lenscat.classifiers.types import TrainingSplit
-from lenscat.errors import InvalidParameter, LenscatError
+from lenscat.errors import InvalidParameter, LenscatError, Step
 from lenscat.registry.versions import ModelVersion, get_model, register_model, store_checkpoint
 
 
@@ -158,7 +158,10 @@ def make_split(
     if len(pos) < 2:
         raise LenscatError(
             f"{len(pos)} labelled lens(es) among the {len(cand)} candidate sources; need at least 2 (one to train, "
-            "one to validate): add labels with `lenscat labels from-crossmatch` or `lenscat labels import`"
+            "one to validate): add labels ({step})",
+            step=Step(
+                ("labels", "import"), ((None, "FILE"),), "import them, or derive them from a literature cross-match"
+            ),
         )
     by_origin = positive_origins(pos, session=session, origins=origins)
     injected = np.array([i for i in pos.tolist() if by_origin.get(i) == INJECTION_ORIGIN], dtype=np.int64)

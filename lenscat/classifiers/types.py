@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from lenscat.errors import Step
 from lenscat.registry.versions import ModelVersion
+
+
+def score_step(classifier: str) -> Step:
+    """The step that scores the sources with a classifier (``lenscat classifier score --name C``)."""
+    return Step(("classifier", "score"), (("name", classifier),), f"score the sources with classifier {classifier}")
 
 
 @dataclass

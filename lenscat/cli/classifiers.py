@@ -319,20 +319,15 @@ def classifier_score_cmd(
     name: str, surveys: tuple[str, ...], chunk_size: int, local_workers: int | None, no_wait: bool, as_json: bool
 ) -> None:
     """Score every source the classifier version has not scored yet, with Celery workers."""
-    from lenscat.classifiers.ensemble import MissingMemberScores
     from lenscat.classifiers.scoring import plan_score_job
-    from lenscat.cli.ensemble import member_hint
     from lenscat.db.session import session_scope
     from lenscat.jobs.service import pending_chunks
     from lenscat.jobs.submit import submit_and_wait
     from lenscat.tasks.names import SCORE_CHUNK
 
-    try:
-        with session_scope() as s:
-            job = plan_score_job(name, surveys=list(surveys) or None, chunk_size=chunk_size, session=s)
-            chunks = pending_chunks(job.job_id, session=s)
-    except MissingMemberScores as exc:  # an ensemble whose member has not scored everything yet
-        raise member_hint(exc) from None
+    with session_scope() as s:  # an ensemble whose member has not scored everything: the error names its command
+        job = plan_score_job(name, surveys=list(surveys) or None, chunk_size=chunk_size, session=s)
+        chunks = pending_chunks(job.job_id, session=s)
     if not as_json:
         _err(f"job {job.job_id}: {job.n_items} sources to score with {job.model.label} in {job.n_chunks} chunks")
     state = submit_and_wait(

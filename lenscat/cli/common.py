@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import click
 
-from lenscat.errors import InvalidParameter
+from lenscat.errors import LenscatError, Step
 from lenscat.io.output import FORMATS
 
 FORMAT_OPTION = click.option(
@@ -39,22 +40,39 @@ def _err(msg: str) -> None:
 
 
 def report_rejects(rejects: list[Any], path: Path, show: int = 20) -> None:
-    """Echo the first ``show`` rejected rows of an ingest (``r.line(path)`` each) to stderr, then a count."""
+    """Echo the first ``show`` rejected rows of an ingest (``r.line(path)`` each) to stderr, then a count.
+
+    A reason that names an ingest parameter (``Reject.params``) names it as its flag here.
+    """
     for r in rejects[:show]:
-        _err(r.line(path))
+        _err(r.line(path, flag))
     if len(rejects) > show:
         _err(f'... and {len(rejects) - show} more rejected rows (see: lenscat sql "SELECT * FROM ingest_rejects")')
 
 
+PLURAL_PARAMS = {"surveys": "survey", "members": "member"}
+"""Domain parameters holding a list whose repeatable flag is singular (``--survey A --survey B``)."""
+
+
 def flag(param: str) -> str:
-    """The command-line flag of a domain parameter: ``min_spread`` -> ``--min-spread``."""
-    return "--" + param.replace("_", "-")
+    """The command-line flag of a domain parameter: ``min_spread`` -> ``--min-spread``, ``surveys`` -> ``--survey``."""
+    return "--" + PLURAL_PARAMS.get(param, param).replace("_", "-")
+
+
+def command_line(step: Step) -> str:
+    """A :class:`~lenscat.errors.Step` as the command to run: ``run `lenscat embed --encoder moco```."""
+    words = ["lenscat", *step.action]
+    for param, value in step.args:
+        if param is not None:
+            words.append(flag(param))
+        words.append(shlex.quote(value))
+    return f"run `{' '.join(words)}`"
 
 
 def error_message(exc: Exception) -> str:
-    """The one-line text of a domain error for the terminal: parameters named as their flags."""
-    if isinstance(exc, InvalidParameter):
-        return exc.render(flag)
+    """The one-line text of a domain error for the terminal: parameters as flags, steps as commands."""
+    if isinstance(exc, LenscatError):
+        return exc.render(flag, command_line)
     return str(exc)
 
 

@@ -7,16 +7,6 @@ import json
 import click
 
 from lenscat.cli.common import _err, needs_schema, parse_origins
-from lenscat.errors import LenscatError
-
-
-def member_hint(exc: Exception) -> LenscatError:
-    """The one-line error for a member that has not scored everything, with the command to run."""
-    from lenscat.classifiers.ensemble import MissingMemberScores
-
-    if isinstance(exc, MissingMemberScores):
-        return LenscatError(f"{exc.detail}: run `lenscat classifier score --name {exc.member}` first")
-    return exc if isinstance(exc, LenscatError) else LenscatError(str(exc))
 
 
 @click.command("ensemble")
@@ -62,22 +52,19 @@ def ensemble_cmd(
     ensemble with `lenscat classifier score --name NAME`; `lenscat classifier evaluate --name NAME`
     shows it beside each member on the same sources.
     """
-    from lenscat.classifiers.ensemble import MissingMemberScores, train_ensemble
+    from lenscat.classifiers.ensemble import train_ensemble
     from lenscat.db.session import session_scope
 
-    try:
-        with session_scope() as s:
-            res = train_ensemble(
-                name,
-                list(members),
-                method=method,
-                surveys=list(surveys) or None,
-                origins=parse_origins(origins),
-                seed=seed,
-                session=s,
-            )
-    except MissingMemberScores as exc:
-        raise member_hint(exc) from None
+    with session_scope() as s:  # a member that has not scored everything: the error names its command
+        res = train_ensemble(
+            name,
+            list(members),
+            method=method,
+            surveys=list(surveys) or None,
+            origins=parse_origins(origins),
+            seed=seed,
+            session=s,
+        )
     r = res.report
     if as_json:
         click.echo(json.dumps(r, default=str))

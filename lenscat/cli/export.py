@@ -14,12 +14,31 @@ from lenscat.export.formats import export_format_names
 
 
 def _check_export(
-    grades: str, out: Path | None, fmt: str | None, gallery: Path | None, summary: bool, **_: Any
+    grades: str,
+    out: Path | None,
+    fmt: str | None,
+    gallery: Path | None,
+    summary: bool,
+    site: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
-    """Check the options before the database starts: the grade letters and the file format key."""
-    from lenscat.export.catalogue import export_format, parse_export_grades
+    """Check the options before the database starts: the grade letters, the file format key, the site and dates."""
+    from lenscat.export.catalogue import export_format
+    from lenscat.grading.grades import parse_consensus_grades
+    from lenscat.proposal.observability import night_dates, parse_date
+    from lenscat.proposal.sites import resolve_site
 
-    letters = parse_export_grades(grades)
+    observe = None
+    if site is not None or start is not None or end is not None:
+        if site is None or start is None or end is None:
+            raise LenscatError("the observability summary needs --site, --from and --to together")
+        d0, d1 = parse_date(start, "from"), parse_date(end, "to")
+        night_dates(d0, d1, names=("from", "to"))
+        observe = (resolve_site(site), d0, d1)
+
+    letters = parse_consensus_grades(grades)
     if out is None and gallery is None and not summary:
         raise LenscatError("nothing to do: give --out PATH (and/or --gallery PATH.png|pdf, --summary)")
     if out is None and fmt is not None:
@@ -27,7 +46,7 @@ def _check_export(
     key = export_format(out, fmt) if out is not None else None
     if gallery is not None and gallery.suffix.lower() not in (".png", ".pdf"):
         raise LenscatError(f"{gallery}: a gallery is a .png or .pdf file")
-    return {"letters": letters, "key": key}
+    return {"letters": letters, "key": key, "observe": observe}
 
 
 @click.command("export")
@@ -85,6 +104,18 @@ def _check_export(
     default=None,
     help="Gallery: show the central CROP x CROP arcsec of each cutout.",
 )
+@click.option(
+    "--site", default=None, help="With --from/--to: add the observability from this site (name or LAT,LON,HEIGHT)."
+)
+@click.option("--from", "start", default=None, help="First evening of the observability summary, YYYY-MM-DD.")
+@click.option("--to", "end", default=None, help="Last evening of the observability summary, YYYY-MM-DD.")
+@click.option(
+    "--min-altitude",
+    type=click.FloatRange(0, 90, max_open=True),
+    default=30.0,
+    show_default=True,
+    help="Observability: lowest useful altitude [deg].",
+)
 @click.option("--summary", is_flag=True, help="Print counts by consensus grade and survey region.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @needs_schema(before=_check_export)
@@ -99,19 +130,29 @@ def export_cmd(
     ncols: int,
     max_images: int,
     crop_arcsec: float | None,
+    site: str | None,
+    start: str | None,
+    end: str | None,
+    min_altitude: float,
     summary: bool,
     quiet: bool,
     letters: tuple[str, ...] = (),
     key: str | None = None,
+    observe: Any = None,
 ) -> None:
     """Export the graded candidates for follow-up (public.candidates).
 
     Writes RA/Dec in degrees and sexagesimal, magnitudes, redshifts, grades, scores, literature
-    status, spectral hits and the provenance of every score, with units. Regions in the summary are
-    the survey's Galactic hemispheres (NGC: b >= 0, SGC: b < 0).
+    status, spectral hits and the provenance of every score, with units; the latest lens model's
+    parameters with calibrated 1-sigma uncertainties (lm_*), the joint evidence (evidence_score, its
+    contributions and category) and, with --site/--from/--to, the observability summary (obs_*).
+    Regions in the summary are the survey's Galactic hemispheres (NGC: b >= 0, SGC: b < 0).
     """
+    import astropy.units as u
+
     from lenscat.db.session import session_scope
     from lenscat.export.catalogue import candidate_table, summary_table, write_candidates, write_gallery
+    from lenscat.export.followup import add_evidence_columns, add_lens_model_columns, add_observability_columns
     from lenscat.io.output import write_table
 
     with session_scope() as s:
@@ -125,6 +166,10 @@ def export_cmd(
                 f"{min_votes} vote(s){where}; nothing written (grade with `lenscat grade` "
                 "or the web app)"
             )
+        add_lens_model_columns(table, session=s)
+        add_evidence_columns(table, session=s)
+        if observe is not None:
+            add_observability_columns(table, *observe, min_altitude=min_altitude * u.deg)
         drawn = None
         if gallery is not None:
             drawn = write_gallery(

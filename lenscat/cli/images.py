@@ -34,8 +34,8 @@ def cutout_cmd(source_id: int, out: Path, stretch: str) -> None:
 @needs_schema
 def ingest_cutouts_cmd(paths: tuple[Path, ...], survey: str, fmt: str) -> None:
     """Register FITS cutouts with a WCS as sources (one per file, or per set of NAME_<band>.fits)."""
+    from lenscat.catalogue.ingest_fits import ingest_fits_cutouts
     from lenscat.db.session import session_scope
-    from lenscat.images.ingest import ingest_fits_cutouts
 
     with session_scope() as s:
         done = ingest_fits_cutouts(list(paths), survey, session=s)

@@ -25,6 +25,8 @@ from lenscat.cli import (
     labels,
     learning,
     literature,
+    modelling,
+    proposal,
     ranking,
     simulate,
     sky,
@@ -96,6 +98,9 @@ for _cmd in (
     grading.grade_cmd,
     grading.grades,
     export.export_cmd,
+    modelling.model,
+    proposal.evidence_cmd,
+    proposal.proposal_cmd,
     learning.learn,
     web.serve_cmd,
 ):

@@ -13,6 +13,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 import lenscat.migrations
+from lenscat.db.session import get_engine
+from lenscat.errors import SchemaOutOfDate
+from lenscat.settings import get_settings
 
 
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
@@ -67,10 +70,6 @@ def ensure_schema(notify: Callable[[str], None] = _stderr) -> None:
     lenscat.errors.SchemaOutOfDate
         A user-managed server whose schema is not at head (upgrading it is the operator's call).
     """
-    from lenscat.db.session import get_engine
-    from lenscat.errors import SchemaOutOfDate
-    from lenscat.settings import get_settings
-
     engine = get_engine()
     with engine.connect() as conn:
         current = current_revision(connection=conn)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from lenscat.catalogue.surveys import get_survey, real_source_sql
+from lenscat.classifiers.loaders import load_checkpoint
 from lenscat.classifiers.types import TrainResult
 from lenscat.embeddings.vectors import read_embeddings
 from lenscat.errors import LenscatError
@@ -227,8 +228,6 @@ def fit_anomaly(
 
 
 def _checkpoint(model: ModelVersion) -> dict[str, Any]:
-    from lenscat.classifiers.loaders import load_checkpoint
-
     if model.architecture != "anomaly":
         raise LenscatError(f"classifier {model.label} is a {model.architecture} classifier, not an anomaly score")
     return load_checkpoint(str(model.checkpoint_path), str(model.checkpoint_sha256))

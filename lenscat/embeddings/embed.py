@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session
 from lenscat.catalogue.surveys import get_survey
 from lenscat.embeddings.vectors import upsert_embeddings
 from lenscat.errors import LenscatError
+from lenscat.images.formats import get_format
+from lenscat.images.store import open_store, read_fits_cutout, resample
 from lenscat.jobs.chunks import finish_chunk
 from lenscat.jobs.failures import clear_item_failures, record_item_failures, without_failed_items
 from lenscat.jobs.service import create_job, outside_open_chunks, plan_chunks
@@ -196,9 +198,6 @@ def _cutout_batches(
     (source_id, reason) and left out of the batches.
     """
     import astropy.units as u
-
-    from lenscat.images.formats import get_format
-    from lenscat.images.store import open_store, read_fits_cutout, resample
 
     by_file: dict[tuple[str, str], list[tuple[int, int, Any]]] = {}
     for r in rows:

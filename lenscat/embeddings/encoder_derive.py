@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.embeddings.embed import verified_checkpoint
 from lenscat.errors import InputFileError, LenscatError
 from lenscat.registry.checkpoints import verify_checkpoint
 from lenscat.registry.versions import ModelVersion, check_name, get_model, register_model, store_checkpoint
@@ -52,7 +53,6 @@ def derive_encoder(
 
     import torch
 
-    from lenscat.embeddings.embed import verified_checkpoint
     from lenscat.models.checkpoint import load_encoder, save_encoder
     from lenscat.models.resnet import build_encoder
 

@@ -20,7 +20,7 @@ from lenscat.catalogue.ingest_log import file_sha256
 from lenscat.catalogue.surveys import get_survey
 from lenscat.embeddings.encoders import DEFAULT_INPUT_SPEC
 from lenscat.embeddings.vectors import upsert_embeddings
-from lenscat.errors import InputFileError, LenscatError
+from lenscat.errors import InputFileError, InvalidParameter, LenscatError
 from lenscat.registry.versions import ModelVersion, check_name, get_model, register_model, store_checkpoint
 
 
@@ -46,7 +46,9 @@ def import_encoder(
     check_name(name)
     src = Path(path).expanduser().resolve()
     if arch != "resnet50":
-        raise LenscatError(f"import supports torchvision ResNet-50 state dicts (--arch resnet50), not {arch!r}")
+        raise InvalidParameter(
+            "arch", f"import supports torchvision ResNet-50 state dicts ({{arch}} resnet50), not {arch!r}"
+        )
     encoder, meta = import_torchvision_resnet50(src)
     encoder.preprocessing = replace(encoder.preprocessing, views=views)
     src_sha = file_sha256(src)
@@ -174,7 +176,8 @@ def ingest_vectors(
         if model.output_dim != vec.shape[1]:
             raise LenscatError(
                 f"encoder {model.label} makes {model.output_dim}-d vectors; {p} has "
-                f"{vec.shape[1]}-d: use another --encoder name"
+                f"{vec.shape[1]}-d: use another {{encoder}} name",
+                params="encoder",
             )
     except LenscatError as exc:
         if "no encoder" not in str(exc):

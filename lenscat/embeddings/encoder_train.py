@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from lenscat.catalogue.surveys import get_survey
 from lenscat.db.session import session_scope
 from lenscat.embeddings.encoders import DEFAULT_INPUT_SPEC, CatalogueImages, band_options
-from lenscat.errors import LenscatError
+from lenscat.errors import InvalidParameter, LenscatError, MissingPrerequisite, Step
 from lenscat.images.bands import BandOptions
 from lenscat.registry.device import select_device
 from lenscat.registry.versions import ModelVersion, check_name, register_model, store_checkpoint, training_state_dir
@@ -109,7 +109,7 @@ class TrainingSet:
 def training_set(surveys: list[str], *, max_images: int | None, seed: int, session: Session) -> TrainingSet:
     """Sources with cutouts in ``surveys`` (a seeded random subset of at most ``max_images``)."""
     if not surveys:
-        raise LenscatError("name at least one survey to train on (--survey)")
+        raise InvalidParameter("surveys", "name at least one survey to train on ({surveys})")
     records = [get_survey(s, session=session) for s in surveys]
     sids = [r.survey_id for r in records]
     scales = {r.pixel_scale_arcsec for r in records if r.pixel_scale_arcsec}
@@ -124,9 +124,13 @@ def training_set(surveys: list[str], *, max_images: int | None, seed: int, sessi
         {"sids": sids},
     ).all()
     if not rows:
-        raise LenscatError(
-            f"no sources with cutouts in survey(s) {', '.join(surveys)}: ingest a Stein-layout "
-            "HDF5 file (lenscat ingest sources FILE.h5 --survey NAME)"
+        raise MissingPrerequisite(
+            f"no sources with cutouts in survey(s) {', '.join(surveys)}: {{step}}",
+            Step(
+                ("ingest", "sources"),
+                ((None, "FILE.h5"), ("survey", surveys[0] if len(surveys) == 1 else "NAME")),
+                "ingest a Stein-layout HDF5 file of cutouts into the survey",
+            ),
         )
     rng = np.random.default_rng(seed)
     pick = np.arange(len(rows))

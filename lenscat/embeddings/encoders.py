@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
 from lenscat.images.bands import BandOptions, image_training_options
+from lenscat.images.store import open_store
 
 DEFAULT_INPUT_SPEC = {"bands": ["g", "r", "z"], "pixel_scale_arcsec": 0.262, "stamp": 152, "unit": "nanomaggy"}
 
@@ -46,8 +47,6 @@ class CatalogueImages:
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """(B, bands, H, W) float32 cutouts in the order of ``indices``."""
-        from lenscat.images.store import open_store
-
         idx = np.asarray(indices, dtype=np.int64)
         out: np.ndarray | None = None
         for f in np.unique(self.rows[idx, 0]):
@@ -107,7 +106,7 @@ def cutout_bands(source_ids: np.ndarray, n_channels: int, *, session: Session) -
         raise LenscatError(
             "the training cutouts have channels named differently ("
             + "; ".join(",".join(b) for b in fitting)
-            + "): train one model per band set "
-            "(restrict it with --survey)"
+            + "): train one model per band set (restrict it with {surveys})",
+            params="surveys",
         )
     return list(fitting[0]) if fitting else []

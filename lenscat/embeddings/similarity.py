@@ -25,7 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey, has_injection_sets, real_source_sql
+from lenscat.embeddings.embed import embed_images
 from lenscat.embeddings.vectors import (
+    embed_step,
     get_embedding,
     nearest_sql,
     normalise,
@@ -33,6 +35,7 @@ from lenscat.embeddings.vectors import (
     vector_literal,
 )
 from lenscat.errors import LenscatError, NotFoundError
+from lenscat.images.store import read_fits_cutout, resample
 from lenscat.registry.versions import ModelVersion, get_model
 from lenscat.sky.service import cone_ids, within
 from lenscat.sky.units import rows_to_table
@@ -74,8 +77,8 @@ def query_from_source(source_id: int, model: ModelVersion, *, mag_band: str = "r
     vec = get_embedding(model, source_id, session=session)
     if vec is None:
         raise NotFoundError(
-            f"source {source_id} ({row.survey} {row.objid}) has no embedding from encoder "
-            f"{model.label}; run `lenscat embed --encoder {model.name}`"
+            f"source {source_id} ({row.survey} {row.objid}) has no embedding from encoder {model.label}; {{step}}",
+            step=embed_step(model.name),
         )
     return Query(
         vec,
@@ -105,7 +108,8 @@ def query_from_position(
     if sid is None:
         raise NotFoundError(
             f"no source with an embedding from {model.label} within {radius.to(u.arcsec):.1f} of "
-            f"{icrs.to_string('hmsdms', precision=2)}; try --image with a cutout of the object"
+            f"{icrs.to_string('hmsdms', precision=2)}; try a cutout of the object instead ({{image}})",
+            params="image",
         )
     return query_from_source(int(sid), model, mag_band=mag_band, session=session)
 
@@ -114,9 +118,6 @@ def query_from_image(
     path: str | Path | list[str | Path], model: ModelVersion, *, device: str | None = None, mag: float | None = None
 ) -> Query:
     """The query of a user's image: FITS cutout(s) resampled to the encoder's pixels and embedded."""
-    from lenscat.embeddings.embed import embed_images
-    from lenscat.images.store import read_fits_cutout, resample
-
     paths = path if isinstance(path, list) else [path]
     cut = read_fits_cutout(paths if len(paths) > 1 else paths[0])
     spec = model.input_spec or {}

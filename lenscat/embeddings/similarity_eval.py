@@ -28,7 +28,8 @@ from tqdm import tqdm
 from lenscat.catalogue.surveys import get_survey
 from lenscat.classifiers.labels import resolve_labels
 from lenscat.embeddings.similarity import MAX_K, _dedupe, query_from_source, similar
-from lenscat.errors import LenscatError
+from lenscat.embeddings.vectors import embed_step
+from lenscat.errors import LenscatError, MissingPrerequisite
 from lenscat.registry.versions import ModelVersion
 
 __all__ = ["Enrichment", "lens_query_enrichment"]
@@ -159,9 +160,7 @@ def lens_query_enrichment(
     src = _embedded_sources(model, survey_ids, mag_band, session)
     where = f" in survey(s) {', '.join(surveys)}" if surveys else ""
     if len(src) == 0:
-        raise LenscatError(
-            f"encoder {model.label} has no embeddings{where}; run `lenscat embed --encoder {model.name}`"
-        )
+        raise MissingPrerequisite(f"encoder {model.label} has no embeddings{where}; {{step}}", embed_step(model.name))
     labels = resolve_labels(session=session, origins=origins, surveys=survey_ids)
     is_lens = np.array([labels.get(int(i), 0) == 1 for i in src["id"]])
     n_lens = int(is_lens.sum())

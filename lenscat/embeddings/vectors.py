@@ -17,10 +17,15 @@ from sqlalchemy.orm import Session
 
 from lenscat.db.pgbinary import SIGNATURE, TRAILER
 from lenscat.db.session import raw_connection
-from lenscat.errors import LenscatError
+from lenscat.errors import LenscatError, Step
 from lenscat.registry.versions import ModelVersion
 
 MAX_DIM = 4000  # halfvec HNSW limit
+
+
+def embed_step(encoder: str) -> Step:
+    """The step that gives an encoder embeddings (``lenscat embed --encoder NAME``), for errors that need it."""
+    return Step(("embed",), (("encoder", encoder),), f"embed the sources with encoder {encoder}")
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

@@ -35,7 +35,9 @@ from astropy.table import Column, MaskedColumn, Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.errors import InvalidParameter, LenscatError
+from lenscat import __version__
+from lenscat.catalogue.surveys import get_survey, real_source_sql
+from lenscat.errors import LenscatError
 from lenscat.export.formats import (
     EXPORT_FORMATS,
     FILE_SUFFIXES,
@@ -45,7 +47,9 @@ from lenscat.export.formats import (
     write_candidates,
 )
 from lenscat.export.gallery import GalleryResult, write_gallery
-from lenscat.grading.grades import GRADE_NAMES, GRADE_POINTS
+from lenscat.grading.grades import GRADE_NAMES, GRADE_POINTS, parse_consensus_grades
+from lenscat.registry.versions import get_model
+from lenscat.sky.coords import iau_names
 
 __all__ = [
     "COLUMN_NAMES",
@@ -58,7 +62,6 @@ __all__ = [
     "candidate_table",
     "export_bytes",
     "export_format",
-    "parse_export_grades",
     "region_of",
     "summary_table",
     "write_candidates",
@@ -178,36 +181,6 @@ _CANDIDATES_SQL = """
 
 
 # ------------------------------------------------------------------------------------ selection
-def parse_export_grades(grades: str | Iterable[str]) -> tuple[str, ...]:
-    """Consensus grades to export, best first, from ``'A,B'`` or a sequence of letters.
-
-    Raises
-    ------
-    LenscatError
-        For an unknown grade, a skip (S is never a consensus grade) or an empty selection.
-    """
-    from lenscat.grading.grades import parse_grade
-
-    items = [g.strip() for g in grades.split(",")] if isinstance(grades, str) else [str(g).strip() for g in grades]
-    items = [g for g in items if g]
-    if not items:
-        raise InvalidParameter("grades", "no grades given; expected some of A, B, C, N (e.g. {grades} A,B)")
-    chosen = set()
-    for g in items:
-        try:
-            letter = parse_grade(g)
-        except LenscatError:
-            raise InvalidParameter(
-                "grades",
-                f"unknown grade {g!r}; expected A (sure lens), B (probable), C (possible) "
-                "or N (not a lens), e.g. {grades} A,B",
-            ) from None
-        if letter == "S":
-            raise LenscatError(f"grade {g!r} (skip) is never a consensus grade; expected A, B, C or N")
-        chosen.add(letter)
-    return tuple(g for g in GRADE_LETTERS if g in chosen)
-
-
 def region_of(ra_deg: np.ndarray | Sequence[float], dec_deg: np.ndarray | Sequence[float]) -> np.ndarray:
     """Galactic hemisphere of ICRS positions [deg]: ``'NGC'`` (b >= 0) or ``'SGC'`` (b < 0)."""
     from astropy.coordinates import SkyCoord
@@ -307,12 +280,7 @@ def candidate_table(
     LenscatError
         For an unknown grade, survey or classifier, or ``min_votes`` below 1.
     """
-    from lenscat import __version__
-    from lenscat.catalogue.surveys import get_survey, real_source_sql
-    from lenscat.registry.versions import get_model
-    from lenscat.sky.coords import iau_names
-
-    letters = parse_export_grades(grades)
+    letters = parse_consensus_grades(grades)
     if int(min_votes) < 1:
         raise LenscatError(f"min_votes must be at least 1, not {min_votes}")
     survey_names = [get_survey(s, session=session).name for s in (surveys or [])]

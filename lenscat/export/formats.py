@@ -200,7 +200,8 @@ def export_format(path: str | Path, fmt: str | None = None) -> str:
         usual = [f.hint for f in _TABLE.values()]
         raise LenscatError(
             f"{path}: cannot tell the format from the extension; use {', '.join(usual[:-1])} "
-            f"or {usual[-1]}, or give the format (--format {'|'.join(_TABLE)})"
+            f"or {usual[-1]}, or give the format ({{format}} {'|'.join(_TABLE)})",
+            params="format",
         )
     return by_suffix
 

@@ -21,6 +21,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.errors import LenscatError
+from lenscat.images.formats import get_format
+from lenscat.images.rgb import rgb_image
+from lenscat.images.store import open_store
 
 __all__ = ["GalleryResult", "write_gallery"]
 
@@ -68,10 +71,6 @@ def _cutout_images(
     source_ids: list[int], *, session: Session, crop_arcsec: float | None, stretch: str
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """RGB (H, W, 3) uint8 images, north up, of the sources that have a readable cutout; reasons for the rest."""
-    from lenscat.images.formats import get_format
-    from lenscat.images.rgb import rgb_image
-    from lenscat.images.store import open_store
-
     rows = session.execute(
         text(
             """

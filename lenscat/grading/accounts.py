@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.db.session import durable
-from lenscat.errors import InvalidParameter, LenscatError, NotFoundError
+from lenscat.errors import InvalidParameter, LenscatError, NotFoundError, Step
 from lenscat.grading.grades import Grader
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -130,7 +130,9 @@ def set_active(name: str, active: bool, *, session: Session) -> Grader:
         {"a": active, "n": name},
     ).first()
     if row is None:
-        raise NotFoundError(f"no grader named {name!r} (lenscat grader list shows them)")
+        raise NotFoundError(
+            f"no grader named {name!r} ({{step}} to see them)", step=Step(("grader", "list"), (), "list the graders")
+        )
     if not active:
         end_sessions(int(row.grader_id), "disabled", session=session)
     return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active))
@@ -185,7 +187,9 @@ def get_grader(name: str, *, session: Session, active_only: bool = True) -> Grad
         text("SELECT grader_id, name, full_name, is_active FROM lenscat.graders WHERE name = :n"), {"n": name}
     ).first()
     if row is None:
-        raise NotFoundError(f"no grader named {name!r}; add one with: lenscat grader add {name}")
+        raise NotFoundError(
+            f"no grader named {name!r}; {{step}}", step=Step(("grader", "add"), ((None, name),), "add the grader first")
+        )
     if active_only and not row.is_active:
         raise LenscatError(f"grader {name!r} is disabled")
     return Grader(int(row.grader_id), row.name, row.full_name, bool(row.is_active))

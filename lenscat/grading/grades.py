@@ -20,8 +20,10 @@ from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.classifiers.labels import LABEL_PROVENANCE
 from lenscat.db.session import durable
 from lenscat.errors import InvalidParameter, LenscatError, NotFoundError
+from lenscat.sky.units import rows_to_table
 
 GRADES = ("A", "B", "C", "N", "S")
 GRADE_POINTS = {"A": 3, "B": 2, "C": 1, "N": 0}
@@ -49,7 +51,6 @@ _ALIASES = {
     "-": "S",
 }
 POSITIVE_GRADES = ("A", "B")
-LABEL_PROVENANCE = "grades"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,39 @@ def parse_grade(value: str) -> str:
             f"unknown grade {value!r}; expected A, B, C (lens: sure, probable, possible), N (not a lens) or S (skip)",
         )
     return letter
+
+
+def parse_consensus_grades(grades: str | Iterable[str]) -> tuple[str, ...]:
+    """Consensus grades to select, best first, from ``'A,B'`` or a sequence of letters or aliases.
+
+    The one parser of a grade selection (export, joint evidence, proposals, lens modelling).
+
+    Raises
+    ------
+    InvalidParameter
+        For an empty selection, an unknown grade or a skip (S is never a consensus grade);
+        ``param`` "grades".
+    """
+    items = [g.strip() for g in grades.split(",")] if isinstance(grades, str) else [str(g).strip() for g in grades]
+    items = [g for g in items if g]
+    if not items:
+        raise InvalidParameter("grades", "no grades given; expected some of A, B, C, N (e.g. {grades} A,B)")
+    chosen = set()
+    for g in items:
+        try:
+            letter = parse_grade(g)
+        except LenscatError:
+            raise InvalidParameter(
+                "grades",
+                f"unknown grade {g!r}; expected A (sure lens), B (probable), C (possible) "
+                "or N (not a lens), e.g. {grades} A,B",
+            ) from None
+        if letter == "S":
+            raise InvalidParameter(
+                "grades", f"grade {g!r} (skip) is never a consensus grade; expected A, B, C or N in {{grades}}"
+            )
+        chosen.add(letter)
+    return tuple(g for g in GRADE_POINTS if g in chosen)
 
 
 # ------------------------------------------------------------------------------------ grades
@@ -236,8 +270,6 @@ CONSENSUS_COLUMNS = (
 
 
 def _table(rows: Sequence[Any], columns: Sequence[str]) -> Table:
-    from lenscat.sky.units import rows_to_table
-
     out = rows_to_table(columns, [tuple(r) for r in rows])
     for name in ("created_at", "last_graded_at"):
         if name in out.colnames:

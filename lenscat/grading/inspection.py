@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from lenscat.classifiers.ranking import top_candidates
 from lenscat.db.usersql import run_readonly_sql
 from lenscat.embeddings.similarity import query_from_source, similar
-from lenscat.errors import InvalidParameter, LenscatError
+from lenscat.errors import InvalidParameter, MissingPrerequisite, Step
 from lenscat.grading.auth import secret_key
 from lenscat.grading.grades import Grader, conflicts_table, graded_by
 from lenscat.learning.campaigns import current_loop, get_campaign
@@ -100,7 +100,10 @@ def _similar(params: dict[str, str], n: int, session: Session) -> Sample:
     sid = int(sid_txt)
     enc_name = params.get("encoder") or default_encoder(sid, session=session)
     if enc_name is None:
-        raise LenscatError(f"source {sid} has no embedding yet (run lenscat embed)")
+        raise MissingPrerequisite(
+            f"source {sid} has no embedding yet; {{step}} first",
+            Step(("embed",), (("encoder", "ENCODER"),), "embed its survey with an encoder"),
+        )
     model = get_model("encoder", enc_name, session=session)
     q = query_from_source(sid, model, session=session)
     t = similar(q, encoder=model, k=min(n, 1000), mag_window=None, exclude_radius=25 * u.arcsec, session=session)
@@ -160,7 +163,10 @@ def _loop(campaign: str, session: Session) -> Sample:
     camp = get_campaign(campaign, session=session)
     loop = current_loop(camp, session=session)
     if loop is None:
-        raise LenscatError(f"campaign {campaign!r} has no batch yet (lenscat learn start)")
+        raise MissingPrerequisite(
+            f"campaign {campaign!r} has no batch yet; {{step}} first",
+            Step(("learn", "next"), ((None, campaign),), "propose its first batch"),
+        )
     model = f" ({loop.model})" if getattr(loop, "model", None) else " (random batch)"
     return Sample(
         "loop",

@@ -203,7 +203,7 @@ def image_training_options(
         )
     elif not names:
         augment["reddening"] = False
-        notes.append("re-reddening off: the cutout channels are not named (ingest the survey with --bands)")
+        notes.append("re-reddening off: the cutout channels are not named (ingest the survey with its bands named)")
     else:
         unknown = [b for b, r in zip(names, r_b, strict=True) if r is None]
         augment["reddening"] = False

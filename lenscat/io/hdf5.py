@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lenscat.errors import InputFileError
+from lenscat.settings import get_settings
 
 IMAGE_DIGEST_BYTES = 16
 """Size of the BLAKE2b digest of one image row of a Stein-layout HDF5 file."""
@@ -130,8 +131,6 @@ def expected_images_shape(path: Path, ds: Any, min_pixels: int | None = None) ->
         One line naming the file, the dataset, its shape and the expected shape.
     """
     if min_pixels is None:
-        from lenscat.settings import get_settings
-
         min_pixels = get_settings().cutout_min_pixels
     shape = tuple(int(x) for x in ds.shape)
     want = f"expected (N, bands, H, W) with 1-16 bands and H, W >= {min_pixels} pixels, e.g. (N, 3, 152, 152)"

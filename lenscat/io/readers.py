@@ -95,11 +95,19 @@ class ColumnTable:
                 return lower[cand.lower()]
         return None
 
-    def require(self, name: str, what: str) -> str:
-        """Return the real name of column ``name`` or raise a one-line error naming the file."""
+    def require(self, name: str, what: str, param: str | None = None) -> str:
+        """Return the real name of column ``name`` or raise a one-line error naming the file.
+
+        ``what`` says what the column is for; ``param``, the caller's parameter that named the column
+        (e.g. ``"id_col"``), is added to the message as a parameter the shells spell their own way.
+        """
         found = self.find([name])
         if found is None:
-            raise InputFileError(f"{self.path}: no column {name!r} for {what}; columns are: {', '.join(self.columns)}")
+            why = f"{what} ({{{param}}})" if param else what
+            raise InputFileError(
+                f"{self.path}: no column {name!r} for {why}; columns are: {', '.join(self.columns)}",
+                params=param or (),
+            )
         return found
 
 
@@ -143,7 +151,8 @@ def read_table(
         return _read_parquet(path)
     if fmt is None:
         raise InputFileError(
-            f"{path}: unknown table format {suffix!r}; pass --format (e.g. fits, ascii.csv, votable, parquet)"
+            f"{path}: unknown table format {suffix!r}; pass {{format}} (e.g. fits, ascii.csv, votable, parquet)",
+            params="format",
         )
     table = _read_astropy(path, fmt, delimiter)
     if table.bad_rows and bad_rows == "raise":
@@ -252,7 +261,8 @@ def _read_astropy(path: Path, fmt: str, delimiter: str | None) -> ColumnTable:
         if len(table) != int(keep.sum()):
             raise InputFileError(
                 f"{path}: read {len(table)} rows where {int(keep.sum())} were expected "
-                f"(an unusual layout for {fmt}?); pass --format"
+                f"(an unusual layout for {fmt}?); pass {{format}}",
+                params="format",
             )
     columns: dict[str, np.ndarray] = {}
     units: dict[str, str] = {}

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lenscat.errors import InputFileError
+from lenscat.settings import get_settings
 
 _WINDOW = 32 * 2**20
 """Bytes examined at a time by the vectorised scan (then extended to the end of a line)."""
@@ -107,8 +108,6 @@ def _dialect(fmt: str, delimiter: str | None) -> _Dialect:
 
 
 def _limits() -> tuple[int, int]:
-    from lenscat.settings import get_settings
-
     s = get_settings()
     return s.ingest_max_field_bytes, s.ingest_max_columns
 

@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.db import session as db_session
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
+from lenscat.settings import get_settings
 
 
 def worker_name() -> str:
@@ -134,9 +136,6 @@ def heartbeat(job_id: int, chunk_no: int, interval_s: float | None = None) -> It
     forward pass still shows it is alive; a killed worker stops beating and its chunk is seen as
     stalled. Nothing runs when sessions join a bound (test) connection, which a thread must not share.
     """
-    from lenscat.db import session as db_session
-    from lenscat.settings import get_settings
-
     if db_session._bound_connection is not None:
         yield
         return

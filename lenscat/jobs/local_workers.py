@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from lenscat.errors import LenscatError
+from lenscat.settings import get_settings
 
 
 def workers_listening(app: Any, timeout_s: float = 1.0) -> list[str]:
@@ -33,7 +34,6 @@ def spawn_local_workers(
     group so that stopping it also stops its pool children. The children inherit this process's
     environment, so they read the same settings and reach the same (embedded) broker and database.
     """
-    from lenscat.settings import get_settings
     from lenscat.tasks.app import get_app
 
     logs = get_settings().home.expanduser().resolve() / "logs"

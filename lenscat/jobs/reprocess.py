@@ -24,6 +24,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.classifiers.scoring import missing_scores_sql, plan_score_job
+from lenscat.embeddings.embed import _missing_sql, plan_embed_job
+from lenscat.embeddings.vectors import ensure_hnsw_index, has_hnsw_index
+from lenscat.jobs.failures import without_failed_items
+from lenscat.jobs.service import outside_open_chunks, pending_chunks
+from lenscat.jobs.stalls import requeue_stalled, stalled_chunks
 from lenscat.registry.versions import ModelVersion, get_model, latest_model_ids
 from lenscat.tasks.names import TASK_OF_JOB_KIND
 
@@ -71,8 +77,6 @@ def _count(sql: str, session: Session) -> int:
 
 def _requeue(session: Session, dry_run: bool) -> list[Planned]:
     """Stalled chunks (their worker died) queued again, one entry per job."""
-    from lenscat.jobs.stalls import requeue_stalled, stalled_chunks
-
     found = stalled_chunks(session=session) if dry_run else requeue_stalled(session=session)
     by_job: dict[int, list[Any]] = {}
     for c in found:
@@ -124,10 +128,6 @@ def plan_reprocess(
         Plan again the sources whose embedding or score failed before under the same version
         (by default they wait until their input changes).
     """
-    from lenscat.classifiers.scoring import missing_scores_sql, plan_score_job
-    from lenscat.embeddings.embed import _missing_sql, plan_embed_job
-    from lenscat.jobs.failures import without_failed_items
-    from lenscat.jobs.service import outside_open_chunks, pending_chunks
     from lenscat.spectra.scan import plan_scan, unscanned_sql
 
     session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": LOCK_KEY})
@@ -187,8 +187,6 @@ def plan_reprocess(
 
 def build_missing_indexes(*, session: Session) -> list[str]:
     """Build the HNSW index of every latest encoder that has vectors, no index and no open embed job."""
-    from lenscat.embeddings.vectors import ensure_hnsw_index, has_hnsw_index
-
     built = []
     for mid in latest_model_ids("encoder", session=session):
         enc = get_model("encoder", mid, session=session)

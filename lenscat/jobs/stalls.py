@@ -13,13 +13,12 @@ from sqlalchemy.orm import Session
 
 from lenscat.jobs.sql import STALLED
 from lenscat.jobs.types import StalledChunk
+from lenscat.settings import get_settings
 from lenscat.tasks.names import TASK_OF_JOB_KIND
 
 
 def stall_seconds(stall_s: float | None) -> float:
     """``stall_s``, or ``LENSCAT_JOB_STALL_S`` when None."""
-    from lenscat.settings import get_settings
-
     return float(stall_s if stall_s is not None else get_settings().job_stall_s)
 
 

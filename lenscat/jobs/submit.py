@@ -12,6 +12,7 @@ from lenscat.jobs.local_workers import spawn_local_workers, workers_listening
 from lenscat.jobs.service import job_state
 from lenscat.jobs.stalls import requeue_stalled, send_chunks
 from lenscat.jobs.types import JobState
+from lenscat.settings import get_settings
 
 
 def wait_for_job(
@@ -71,7 +72,6 @@ def submit_and_wait(
     worker answers a ping (a laptop user need not start one); with an external broker it only
     warns when nobody listens. Returns the final state, or None with ``wait=False``.
     """
-    from lenscat.settings import get_settings
     from lenscat.tasks.app import get_app
 
     app = get_app()

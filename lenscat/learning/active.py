@@ -52,8 +52,8 @@ from lenscat.classifiers.train_linear import fit_linear_version
 from lenscat.classifiers.training_sets import candidate_ids, negative_pool
 from lenscat.classifiers.types import TrainingSplit
 from lenscat.db.session import durable
-from lenscat.embeddings.vectors import read_embeddings
-from lenscat.errors import LenscatError
+from lenscat.embeddings.vectors import embed_step, read_embeddings
+from lenscat.errors import LenscatError, MissingPrerequisite
 from lenscat.learning.campaigns import current_loop, get_campaign, refresh_loop
 from lenscat.learning.types import Campaign, CampaignExhausted, Loop
 from lenscat.registry.versions import ModelVersion, get_model
@@ -192,9 +192,10 @@ def propose_next(campaign: str | Campaign, *, session: Session, seed: int = 0) -
     sv = [get_survey(s, session=session).survey_id for s in st.get("surveys") or []] or real_survey_ids(session=session)
     cand = candidate_ids(session=session, surveys=sv, encoder=enc)
     if len(cand) == 0:
-        raise LenscatError(
+        raise MissingPrerequisite(
             f"encoder {enc.label} has no embeddings{' in ' + ', '.join(st['surveys']) if st.get('surveys') else ''}"
-            f": run lenscat embed --encoder {enc.name}"
+            ": {step}",
+            embed_step(enc.name),
         )
     rng = np.random.default_rng([int(seed), loop_no])
     labels, counts = _training_labels(camp, session=session)

@@ -15,10 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey
-from lenscat.classifiers.labels import ORIGINS
+from lenscat.classifiers.labels import LABEL_PROVENANCE, ORIGINS
 from lenscat.db.session import durable
-from lenscat.errors import LenscatError, NotFoundError
-from lenscat.grading.grades import LABEL_PROVENANCE
+from lenscat.errors import LenscatError, NotFoundError, Step
 from lenscat.learning.types import Campaign, Loop
 from lenscat.registry.versions import ModelVersion, check_name, get_model
 
@@ -200,7 +199,8 @@ def get_campaign(name: str | Campaign, *, session: Session) -> Campaign:
     row = session.execute(text(_CAMPAIGN_SQL + " WHERE c.name = :n"), {"n": name}).first()
     if row is None:
         raise NotFoundError(
-            f"no active-learning campaign {name!r}; start one with: lenscat learn start {name} --encoder ENCODER"
+            f"no active-learning campaign {name!r}; {{step}}",
+            step=Step(("learn", "start"), ((None, name), ("encoder", "ENCODER")), "start one with an encoder"),
         )
     return _campaign_row(row)
 

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from lenscat.learning.campaigns import campaign_loops, get_campaign
 from lenscat.learning.types import Campaign, Loop
+from lenscat.sky.units import rows_to_table
 
 LOOP_COLUMNS = (
     "loop_no",
@@ -32,8 +33,6 @@ LOOP_COLUMNS = (
 def loops_table(campaign: str | Campaign, *, session: Session) -> Table:
     """One row per loop: model version, labels used, batch size, inspection counts, lenses found
     (and cumulated), proposal and training seconds, when proposed and completed."""
-    from lenscat.sky.units import rows_to_table
-
     camp = get_campaign(campaign, session=session)
     rows = []
     found = inspected = 0
@@ -70,8 +69,6 @@ def batch_table(loop: Loop, *, session: Session) -> Table:
     """The sources of a loop's batch in proposal order: position, score, whether graded (any grade,
     skips included) and the consensus grade so far."""
     import astropy.units as u
-
-    from lenscat.sky.units import rows_to_table
 
     info = {
         int(r.source_id): r

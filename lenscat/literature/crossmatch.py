@@ -19,8 +19,9 @@ from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.db import session as db_session
 from lenscat.db.pgbinary import SIGNATURE, TRAILER
-from lenscat.db.session import raw_connection
+from lenscat.db.session import get_engine, raw_connection
 from lenscat.errors import LenscatError
 from lenscat.literature.service import get_catalog_id
 from lenscat.sky.service import survey_ids
@@ -75,8 +76,6 @@ def _parallel_parts(session: Session) -> int:
     """How many connections may search at once: 1 inside a bound (test) connection, or once this
     session's transaction has written anything (other connections would not see those rows)."""
     import os
-
-    from lenscat.db import session as db_session
 
     if db_session._bound_connection is not None:
         return 1
@@ -240,8 +239,6 @@ def _replace_pairs(
         ).one()
         return int(n_pairs), int(n_matched)
     from concurrent.futures import ThreadPoolExecutor, as_completed
-
-    from lenscat.db.session import get_engine
 
     query = ranked_pairs_sql(bool(sids), part=True)
 

@@ -40,7 +40,7 @@ from lenscat.errors import InputFileError, LenscatError
 from lenscat.io.columns import angle_column
 from lenscat.io.readers import ColumnTable, read_table
 from lenscat.literature.types import LiteratureColumns, PreparedLiterature
-from lenscat.sky.coords import iau_name
+from lenscat.sky.coords import iau_name, separation_arcsec
 
 DUPLICATE_ARCSEC = 0.1
 """Two rows of one file with the same name and cells are one lens when this close, arcsec."""
@@ -157,13 +157,6 @@ def _json_value(v: Any) -> Any:
     return str(v)
 
 
-def _sep_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Angular separation (haversine), arcsec."""
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
-
-
 def prepare_literature(
     path: str | Path,
     catalog: str,
@@ -184,7 +177,7 @@ def prepare_literature(
     for key, default in LAYOUTS[layout].items():
         explicit = getattr(columns, key)
         if explicit:
-            chosen[key] = table.require(explicit, f"--{key.replace('_', '-')}-col")
+            chosen[key] = table.require(explicit, f"the {key} column", f"{key}_col")
         elif default is not None and table.find([default]):
             chosen[key] = table.find([default])
         else:
@@ -192,8 +185,9 @@ def prepare_literature(
     if chosen["ra"] is None or chosen["dec"] is None:
         missing = "ra" if chosen["ra"] is None else "dec"
         raise InputFileError(
-            f"{table.path}: no {missing} column found; pass --{missing}-col NAME; "
-            f"columns are: {', '.join(table.columns)}"
+            f"{table.path}: no {missing} column found; pass {{{missing}_col}} NAME; "
+            f"columns are: {', '.join(table.columns)}",
+            params=f"{missing}_col",
         )
     ra_col, dec_col = chosen["ra"], chosen["dec"]
     assert ra_col is not None and dec_col is not None
@@ -243,7 +237,11 @@ def prepare_literature(
         # the same lens listed twice: same name, same other cells, (almost) the same position
         others = json.dumps([raw[c] for c in colnames if c not in (ra_col, dec_col)])
         twin = next(
-            (k for r0, d0, k in by_content.get((name, others), ()) if _sep_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC),
+            (
+                k
+                for r0, d0, k in by_content.get((name, others), ())
+                if separation_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC
+            ),
             None,
         )
         if twin is not None:
@@ -256,7 +254,7 @@ def prepare_literature(
                 )
             )
             continue
-        if any(_sep_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC for r0, d0 in by_name.get(name, ())):
+        if any(separation_arcsec(r, d, r0, d0) <= DUPLICATE_ARCSEC for r0, d0 in by_name.get(name, ())):
             repeats += 1
         by_content.setdefault((name, others), []).append((r, d, i + 1))
         by_name.setdefault(name, []).append((r, d))

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from lenscat.catalogue import ingest_log
 from lenscat.db.session import raw_connection
+from lenscat.errors import NotFoundError
 from lenscat.literature.types import LiteratureSummary, PreparedLiterature
 
 
@@ -151,8 +152,6 @@ def write_literature(prep: PreparedLiterature, *, session: Session, citation: st
 
 def get_catalog_id(name: str, *, session: Session) -> int:
     """Id of literature catalogue ``name``; raises NotFoundError listing the known ones."""
-    from lenscat.errors import NotFoundError
-
     cid = session.execute(
         text("SELECT catalog_id FROM lenscat.literature_catalogs WHERE name = :n"), {"n": name}
     ).scalar_one_or_none()

@@ -49,6 +49,7 @@ PLUGIN_MODULES: dict[str, tuple[str, ...]] = {
     "classifier": ("lenscat.classifiers.loaders",),
     # every module lenscat/spectra/detector_<family>.py: a new family is one module, no line here
     "detector": ("lenscat.spectra.detector_*",),
+    "lensmodel": ("lenscat.modelling.modeller",),
 }
 #: loaded versions kept per process
 CACHE_SIZE = 8

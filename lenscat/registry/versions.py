@@ -19,10 +19,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.ingest_log import file_sha256
-from lenscat.errors import LenscatError, NotFoundError
+from lenscat.errors import LenscatError, NotFoundError, Step
 from lenscat.settings import get_settings
 
-KINDS = ("encoder", "classifier", "detector")
+KINDS = ("encoder", "classifier", "detector", "lensmodel")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -204,8 +204,12 @@ def get_model(kind: str, ref: str | int, *, session: Session) -> ModelVersion:
             .scalars()
             .all()
         )
-        hint = f" (known: {', '.join(known)})" if known else f" (none registered yet: see `lenscat {kind} --help`)"
-        raise NotFoundError(f"no {kind} {ref!r}{hint}")
+        if known:
+            raise NotFoundError(f"no {kind} {ref!r} (known: {', '.join(known)})")
+        raise NotFoundError(
+            f"no {kind} {ref!r} (none registered yet: {{step}})",
+            step=Step((kind, "--help"), (), f"train or import a{'n' if kind[0] in 'aeiou' else ''} {kind} first"),
+        )
     return _row(row)
 
 

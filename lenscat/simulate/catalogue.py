@@ -18,6 +18,8 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
+from lenscat.literature.ingest import prepare_literature
+
 TYPES = np.array(["PSF", "REX", "EXP", "DEV", "SER"])
 TYPE_P = np.array([0.30, 0.30, 0.20, 0.12, 0.08])
 DEC_RANGE = (-20.0, 35.0)
@@ -124,8 +126,6 @@ def simulate_catalog(n: int, *, seed: int = 0, lens_list: Path | None = None) ->
 
 
 def _lens_positions(path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    from lenscat.literature.ingest import prepare_literature
-
     prep = prepare_literature(path, "sim")
     ra = np.array([r["ra"] for r in prep.rows])
     dec = np.array([r["dec"] for r in prep.rows])

@@ -51,7 +51,13 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lenscat.errors import LenscatError
+from lenscat.catalogue.ingest import ingest_sources
+from lenscat.catalogue.surveys import ensure_survey, get_survey
+from lenscat.classifiers.inputs import catalogue_images
+from lenscat.classifiers.labels import _upsert
+from lenscat.db.session import session_scope
+from lenscat.errors import LenscatError, Step
+from lenscat.settings import get_settings
 from lenscat.simulate.injection_file import _columns, _finished_key, _psf_from_catalogue, _render_file, _RenderJob
 from lenscat.simulate.injection_hosts import _catalogue, _real_parent, select_hosts
 from lenscat.simulate.injection_render import _psf_kernel
@@ -67,8 +73,6 @@ __all__ = ["inject_survey", "default_injection_path"]
 
 def default_injection_path(name: str, seed: int, n: int) -> Path:
     """``LENSCAT_HOME/injections/NAME-seedSEED-nN.h5``."""
-    from lenscat.settings import get_settings
-
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return get_settings().home.expanduser().resolve() / "injections" / f"{safe}-seed{int(seed)}-n{int(n)}.h5"
 
@@ -147,12 +151,6 @@ def inject_survey(
     LenscatError
         Unknown or unsuitable survey, invalid ranges, too few eligible hosts, an unwritable file.
     """
-    from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.catalogue.surveys import ensure_survey, get_survey
-    from lenscat.classifiers.inputs import catalogue_images
-    from lenscat.classifiers.labels import _upsert
-    from lenscat.db.session import session_scope
-
     t0 = time.perf_counter()
     te = _check_range("theta_E", theta_e, 0.05, 20.0)
     sm = _check_range("source magnitude", source_mag, 10.0, 35.0)
@@ -291,7 +289,8 @@ def inject_survey(
     if missing:
         raise LenscatError(
             f"{len(missing)} injected cutouts of {path} were not ingested (first objid {missing[0]}); "
-            "see lenscat ingest status"
+            "{step} to see why",
+            step=Step(("ingest", "status"), (), "look at the ingest's status"),
         )
     details = []
     for k in range(len(objids)):

@@ -14,6 +14,9 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lenscat.catalogue.surveys import get_survey
+from lenscat.classifiers.inputs import catalogue_images
+from lenscat.classifiers.labels import near_known_lenses
 from lenscat.errors import LenscatError
 from lenscat.simulate.injection_types import (
     APERTURE_ARCSEC,
@@ -31,8 +34,6 @@ __all__ = ["select_hosts"]
 
 
 def _real_parent(survey: str, session: Session) -> Any:
-    from lenscat.catalogue.surveys import get_survey
-
     s = get_survey(survey, session=session)
     if s.kind != "survey":
         raise LenscatError(f"survey {survey!r} is an injection set; choose hosts from a real survey")
@@ -199,9 +200,6 @@ def select_hosts(
         Unknown survey, an injection set, bands other than g, r, (i,) z, or fewer eligible hosts
         than ``n``.
     """
-    from lenscat.classifiers.inputs import catalogue_images
-    from lenscat.classifiers.labels import near_known_lenses
-
     if int(n) < 1:
         raise LenscatError(f"the number of injections must be at least 1, got {n}")
     _check_range("host r magnitude", (min_mag_r, max_mag_r), 0.0, 40.0)

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from lenscat.errors import LenscatError
+from lenscat.simulate.catalogue import _sky_positions
 from lenscat.simulate.survey_file import GENERATOR, _open_partial, _sigterm_as_interrupt, _write
 from lenscat.simulate.survey_objects import KINDS, NONLENS_FRACTIONS, draw_scene
 from lenscat.simulate.survey_render import BANDS, flux_to_mag, render_scene
@@ -334,8 +335,6 @@ def simulate_survey(
     lens_fraction = float(lens_fraction)
     n_workers = int(workers) if workers is not None else (os.cpu_count() or 1)
     t0 = time.perf_counter()
-
-    from lenscat.simulate.catalogue import _sky_positions
 
     grng = np.random.default_rng(np.random.SeedSequence([seed, _GLOBAL_ENTROPY]))
     kinds = _assign_kinds(n, lens_fraction, grng)

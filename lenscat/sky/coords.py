@@ -6,6 +6,7 @@ with a btree on ``(zone, ra)``; see ``migrations/versions/0001_catalogue.py``.
 
 from __future__ import annotations
 
+import math
 import re
 
 import astropy.units as u
@@ -17,6 +18,17 @@ from lenscat.errors import LenscatError
 ZONES_PER_DEGREE = 60
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$")
+
+
+def separation_arcsec(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular separation of two ICRS positions given in degrees, in arcsec (haversine; no astropy objects).
+
+    For comparisons inside a loop over a file's rows, where building a ``SkyCoord`` per pair would
+    dominate; arrays of positions go through :func:`lenscat.sky.service.pairs_within`.
+    """
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h)))) * 3600.0
 
 
 def zone_of(dec_deg: np.ndarray | float) -> np.ndarray:

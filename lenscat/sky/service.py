@@ -3,7 +3,8 @@
 One answer to "which sources are near here": a cone (:func:`cone_search`, :func:`cone_ids`), a
 set of positions matched to their nearest source or to every source within a radius
 (:func:`match_positions`, or :func:`match_query` for positions that live in a table), and a cone
-condition for queries driven by another index (:func:`within`). Callers pass ``SkyCoord`` and
+condition for queries driven by another index (:func:`within`); positions already in memory are
+paired with :func:`pairs_within` (no database). Callers pass ``SkyCoord`` and
 ``Quantity``; :mod:`lenscat.sky.units` converts to the degrees the SQL (:mod:`lenscat.sky.sql`)
 takes. Unless surveys are named, injection sets are left out (as ``public.cone_search`` does).
 """
@@ -15,14 +16,14 @@ from typing import Any
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import Angle, SkyCoord
+from astropy.coordinates import Angle, SkyCoord, search_around_sky
 from astropy.table import Table
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey, real_survey_ids
 from lenscat.sky.sql import CONE_IDS_SQL, CONE_SQL, POSITIONS_SQL, SURVEY_FILTER, matches_sql, within_sql
-from lenscat.sky.types import ConeHits, SkyMatch
+from lenscat.sky.types import ConeHits, SkyMatch, SkyPairs
 from lenscat.sky.units import CONE_UNITS, centre_degrees, positions_degrees, radius_degrees, rows_to_table
 
 
@@ -199,6 +200,39 @@ def match_positions(
         np.array([int(r[1]) for r in rows], dtype=np.int64),
         Angle(np.array([float(r[2]) for r in rows], dtype=np.float64), u.arcsec),
         np.array([int(r[3]) for r in rows], dtype=np.int64),
+    )
+
+
+def pairs_within(coords: SkyCoord, targets: SkyCoord, radius: u.Quantity) -> SkyPairs:
+    """Every pair of a position and a target within ``radius``, matched in memory (no database).
+
+    For positions already read (a few thousand candidates against the known lenses): a KD-tree
+    match (astropy's ``search_around_sky``) instead of one cone search per target.
+
+    Parameters
+    ----------
+    coords
+        The positions (any frame; converted to ICRS).
+    targets
+        The positions to pair them with (any frame; converted to ICRS).
+    radius
+        Match radius (an angle, positive, at most the cone search's maximum).
+
+    Returns
+    -------
+    SkyPairs
+        Every pair within ``radius``, sorted by position index and separation (ties by target index).
+    """
+    r = radius_degrees(radius)
+    if len(coords) == 0 or len(targets) == 0:
+        return SkyPairs(np.empty(0, np.int64), np.empty(0, np.int64), Angle(np.empty(0), u.arcsec))
+    idx, tgt, sep, _ = search_around_sky(coords.icrs, targets.icrs, r * u.deg)
+    arcsec = np.asarray(sep.to_value(u.arcsec), dtype=np.float64)
+    order = np.lexsort((tgt, arcsec, idx))
+    return SkyPairs(
+        np.asarray(idx, dtype=np.int64)[order],
+        np.asarray(tgt, dtype=np.int64)[order],
+        Angle(arcsec[order], u.arcsec),
     )
 
 

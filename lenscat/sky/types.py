@@ -28,6 +28,28 @@ class ConeHits:
 
 
 @dataclass(frozen=True)
+class SkyPairs:
+    """Pairs of positions within a radius of each other, matched in memory.
+
+    Attributes
+    ----------
+    index
+        Index of each pair's position in the positions searched (int64), ascending.
+    target
+        Index of its partner in the targets (int64); a position's partners nearest first.
+    separation
+        The separation of each pair.
+    """
+
+    index: np.ndarray
+    target: np.ndarray
+    separation: Angle
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass(frozen=True)
 class SkyMatch:
     """Positions matched to catalogue sources.
 

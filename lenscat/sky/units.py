@@ -16,7 +16,7 @@ import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
-from lenscat.errors import LenscatError
+from lenscat.errors import LenscatError, Step
 
 MAX_RADIUS = 10 * u.deg
 """The largest cone or match radius the sky layer searches."""
@@ -50,7 +50,10 @@ def radius_degrees(radius: u.Quantity, *, what: str = "radius") -> float:
     if not np.isfinite(r) or r <= 0:
         raise LenscatError(f"{what} must be positive, got {radius}")
     if r > MAX_RADIUS.to_value(u.deg):
-        raise LenscatError(f"{what} {radius} is larger than {MAX_RADIUS}; use lenscat sql for large regions")
+        raise LenscatError(
+            f"{what} {radius} is larger than {MAX_RADIUS}; for large regions, {{step}}",
+            step=Step(("sql",), ((None, "QUERY"),), "query the catalogue with SQL"),
+        )
     return r
 
 

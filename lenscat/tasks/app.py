@@ -12,10 +12,23 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from sqlalchemy.exc import OperationalError
 
 from lenscat.settings import get_settings
 from lenscat.tasks.broker import broker_url
 from lenscat.tasks.names import REPROCESS
+
+#: options of every chunk task (embedding, scoring, spectral scan, lens modelling): acknowledged after
+#: the chunk commits, redelivered when a worker dies, retried on a lost database connection; a chunk
+#: already done is skipped, so running one twice is safe
+CHUNK_TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": True,
+    "max_retries": 5,
+}
 
 
 @lru_cache(maxsize=1)
@@ -30,6 +43,7 @@ def get_app() -> Celery:
         include=[
             "lenscat.tasks.catalogue",
             "lenscat.tasks.embedding",
+            "lenscat.tasks.modelling",
             "lenscat.tasks.scoring",
             "lenscat.tasks.spectra",
         ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CROSSMATCH_CATALOG",
     "EMBED_CHUNK",
+    "LENSMODEL_CHUNK",
     "REPROCESS",
     "SCAN_SPECTRA_CHUNK",
     "SCORE_CHUNK",
@@ -21,6 +22,8 @@ EMBED_CHUNK = "lenscat.embed_chunk"
 SCORE_CHUNK = "lenscat.score_chunk"
 #: scan one chunk of a ``spectral_scan`` job (:mod:`lenscat.tasks.spectra`)
 SCAN_SPECTRA_CHUNK = "lenscat.scan_spectra_chunk"
+#: model one chunk of a ``lensmodel`` job (:mod:`lenscat.tasks.modelling`)
+LENSMODEL_CHUNK = "lenscat.lensmodel_chunk"
 #: plan the missing work of the latest model versions (Celery beat; :mod:`lenscat.tasks.scoring`)
 REPROCESS = "lenscat.reprocess"
 #: cross-match a literature catalogue (:mod:`lenscat.tasks.catalogue`)
@@ -31,4 +34,5 @@ TASK_OF_JOB_KIND: dict[str, str] = {
     "embed": EMBED_CHUNK,
     "score": SCORE_CHUNK,
     "spectral_scan": SCAN_SPECTRA_CHUNK,
+    "lensmodel": LENSMODEL_CHUNK,
 }

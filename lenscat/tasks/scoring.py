@@ -9,21 +9,13 @@ from sqlalchemy.exc import OperationalError
 from lenscat.classifiers.scoring import score_chunk
 from lenscat.db.session import session_scope
 from lenscat.jobs.chunks import run_chunk
-from lenscat.tasks.app import get_app
+from lenscat.tasks.app import CHUNK_TASK_OPTIONS, get_app
 from lenscat.tasks.names import REPROCESS, SCORE_CHUNK
 
 app = get_app()
 
 
-@app.task(
-    name=SCORE_CHUNK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@app.task(name=SCORE_CHUNK, **CHUNK_TASK_OPTIONS)
 def score_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
     """Score chunk ``chunk_no`` of job ``job_id``; safe to run twice (a done chunk is skipped).
 

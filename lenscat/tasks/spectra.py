@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
-
 from lenscat.jobs.chunks import run_chunk
 from lenscat.spectra.scan import scan_chunk
-from lenscat.tasks.app import get_app
+from lenscat.tasks.app import CHUNK_TASK_OPTIONS, get_app
 from lenscat.tasks.names import SCAN_SPECTRA_CHUNK
 
 app = get_app()
 
 
-@app.task(
-    name=SCAN_SPECTRA_CHUNK,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    ignore_result=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
+@app.task(name=SCAN_SPECTRA_CHUNK, **CHUNK_TASK_OPTIONS)
 def scan_spectra_chunk_task(job_id: int, chunk_no: int) -> dict[str, Any]:
     """Scan chunk ``chunk_no`` of job ``job_id`` with the job's detector; safe to run twice.
 

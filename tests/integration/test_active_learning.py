@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from lenscat.classifiers.labels import import_labels
 from lenscat.classifiers.loaders import score_function
+from lenscat.cli.common import error_message
 from lenscat.embeddings.vectors import read_embeddings, upsert_embeddings
 from lenscat.errors import LenscatError, NotFoundError
 from lenscat.grading.accounts import add_grader
@@ -202,8 +203,9 @@ def test_campaigns_are_idempotent_on_name_and_errors_are_clear(session, tmp_path
         origin="external",
         session=session,
     )
-    with pytest.raises(LenscatError, match="has no embeddings: run lenscat embed --encoder empty-enc"):
+    with pytest.raises(LenscatError, match="has no embeddings: embed the sources with encoder empty-enc") as empty:
         propose_next(create_campaign("e", "empty-enc", session=session), session=session)
+    assert error_message(empty.value).endswith("has no embeddings: run `lenscat embed --encoder empty-enc`")
     tiny, _ = register_model(
         "encoder",
         "tiny-enc",

@@ -21,7 +21,7 @@ IMAGES = Path(__file__).parents[1] / "data" / "images"
 def _world(session, root: Path) -> dict[str, Path]:
     """Under ``root``: a Stein HDF5 survey, a FITS set of per-band files, a checkpoint, a spectrum store."""
     from lenscat.catalogue.ingest import ingest_sources
-    from lenscat.images.ingest import ingest_fits_cutouts
+    from lenscat.catalogue.ingest_fits import ingest_fits_cutouts
     from lenscat.registry.versions import register_model
 
     (root / "fits").mkdir(parents=True)

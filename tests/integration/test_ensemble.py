@@ -176,7 +176,7 @@ def test_missing_member_scores_name_the_member(session, tmp_path, monkeypatch, c
     with pytest.raises(
         MissingMemberScores,
         match=r"member ens-late@1 has scored 0 of the 400 sources of survey "
-        r"ens-sim it can score: score it first",
+        r"ens-sim it can score: score the sources with classifier ens-late@1 first",
     ) as exc:
         train_ensemble("ens-x", ["ens-strong", "ens-late"], surveys=["ens-sim"], session=session)
     assert exc.value.member == "ens-late@1"

@@ -52,9 +52,9 @@ def _world(session, tmp_path, data_dir):
     """Sources (5 with HDF5 cutouts, 1 with real PS1 FITS cutouts, 2 without), grades, scores, a
     literature match and a spectral hit. Returns {key: source_id}."""
     from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.catalogue.ingest_fits import ingest_fits_cutouts
     from lenscat.grading.accounts import add_grader
     from lenscat.grading.grades import GradeInput, record_grades
-    from lenscat.images.ingest import ingest_fits_cutouts
     from lenscat.literature.crossmatch import crossmatch_catalog
     from lenscat.literature.ingest import prepare_literature
     from lenscat.literature.service import write_literature

@@ -7,6 +7,7 @@ from sqlalchemy import text
 
 from lenscat.catalogue.ingest import ingest_sources
 from lenscat.catalogue.types import SourceMapping
+from lenscat.cli.common import error_message
 from lenscat.db.session import session_scope
 from lenscat.errors import LenscatError
 from lenscat.simulate.catalogue import simulate_catalog
@@ -110,8 +111,9 @@ def test_rejects_are_kept_with_reasons(tmp_path):
     assert "duplicate" in rows[2][2]
     assert tuple(n_loaded) == (2, 4)
     # strict mode refuses the file before writing anything
-    with pytest.raises(LenscatError, match="--strict"):
+    with pytest.raises(LenscatError, match="nothing written: strict") as strict:
         ingest_sources(p, "bad-strict", strict=True)
+    assert error_message(strict.value).endswith("nothing written: --strict)")
     assert _count("bad-strict") == 0
 
 
@@ -211,8 +213,9 @@ def test_rows_cut_short_or_too_long_are_rejected_with_reasons(tmp_path):
     assert objids == ["1", "4"]
     with pytest.raises(LenscatError) as err:
         ingest_sources(p, "short-strict", strict=True)
-    assert str(err.value) == (
+    assert error_message(err.value) == (
         f"{p}: row 2: column 'z_spec': expected 4 fields, found 3 (value '2,11,11'); "
         "row rejected (3 rejects; nothing written: --strict)"
     )
+    assert str(err.value).endswith("(3 rejects; nothing written: strict)")
     assert _count("short-strict") == 0

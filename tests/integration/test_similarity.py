@@ -140,8 +140,8 @@ def test_query_errors(session):
 
 
 def test_fits_cutouts_register_and_embed(session, tmp_path):
+    from lenscat.catalogue.ingest_fits import ingest_fits_cutouts
     from lenscat.embeddings.embed import embed_chunk, plan_embed_job
-    from lenscat.images.ingest import ingest_fits_cutouts
     from lenscat.jobs.service import run_here
     from lenscat.models.checkpoint import save_encoder
     from lenscat.models.resnet import build_encoder

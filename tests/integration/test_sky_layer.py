@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from lenscat.catalogue.ingest import ingest_sources
 from lenscat.errors import LenscatError
-from lenscat.sky.service import cone_ids, cone_search, match_positions, survey_ids, within
+from lenscat.sky.service import cone_ids, cone_search, match_positions, pairs_within, survey_ids, within
 
 CENTRES = [(0.0005, 0.0), (359.9995, 10.0), (120.0, 89.9995), (200.0, -89.9999), (45.0, 30.0), (300.0, -0.0083)]
 
@@ -89,6 +89,10 @@ def test_match_positions_agrees_with_astropy(session, sky, radius):
         rows = every.index == i
         assert every.rank[rows].tolist() == list(range(1, rows.sum() + 1))
         assert np.all(np.diff(every.separation.arcsec[rows]) >= 0)
+    # the in-memory pairing of the same positions gives the database's answer, in the same order
+    mem = pairs_within(queries, pos, radius)
+    assert mem.index.tolist() == every.index.tolist() and sid[mem.target].tolist() == every.source_id.tolist()
+    assert np.allclose(mem.separation.arcsec, every.separation.arcsec, atol=1e-6)
 
 
 def test_match_positions_takes_any_frame_and_no_positions(session, sky):

@@ -317,7 +317,7 @@ def test_query_page_statement_timeout_is_short_and_configurable(client, monkeypa
 def test_fits_cutouts_render_per_band_and_in_rgb(client, session, data_dir, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from lenscat.images.ingest import ingest_fits_cutouts
+    from lenscat.catalogue.ingest_fits import ingest_fits_cutouts
     from lenscat.images.store import source_cutout
     from tests.integration.test_cli import run
 

@@ -314,7 +314,7 @@ def test_serve_refuses_a_non_loopback_host_without_secure_cookies(session, monke
 
 
 def test_error_pages_show_no_absolute_paths(client, session, data_dir, tmp_path):
-    from lenscat.images.ingest import ingest_fits_cutouts
+    from lenscat.catalogue.ingest_fits import ingest_fits_cutouts
 
     deep = tmp_path / "private" / "cutouts"
     deep.mkdir(parents=True)

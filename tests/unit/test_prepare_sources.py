@@ -7,6 +7,7 @@ from astropy.table import Table
 
 from lenscat.catalogue.ingest_validate import prepare_sources
 from lenscat.catalogue.types import SourceMapping
+from lenscat.cli.common import error_message, flag
 from lenscat.errors import InputFileError
 
 
@@ -79,7 +80,11 @@ def test_values_a_real_column_cannot_hold_are_rejected(tmp_path):
 
 def test_wrap_ra_option(tmp_path):
     p = _write_csv(tmp_path / "w.csv", ["objid,ra,dec", "1,-10,0", "2,370,0"])
-    assert prepare_sources(p, "s").n_rejected == 2
+    refused = prepare_sources(p, "s")
+    assert refused.n_rejected == 2
+    first = refused.rejects[0]
+    assert first.why() == "right ascension out of range [0, 360) deg (use wrap_ra for -180..180 catalogues)"
+    assert first.line(p, flag).endswith("(use --wrap-ra for -180..180 catalogues) (value '-10'); row rejected")
     prep = prepare_sources(p, "s", SourceMapping(wrap_ra=True))
     assert prep.good.all() and prep.ra.tolist() == [350.0, 10.0]
 
@@ -89,7 +94,8 @@ def test_missing_coordinate_column_is_one_line_error(tmp_path):
     with pytest.raises(InputFileError) as err:
         prepare_sources(p, "s")
     msg = str(err.value)
-    assert str(p) in msg and "--ra-col" in msg and "\n" not in msg
+    assert str(p) in msg and "pass ra_col NAME" in msg and "\n" not in msg
+    assert err.value.param == "ra_col" and "pass --ra-col NAME" in error_message(err.value)
     prep = prepare_sources(p, "s", SourceMapping(ra_col="alpha", dec_col="delta"))
     assert prep.good.all()
     with pytest.raises(InputFileError, match="no column 'nope'"):

@@ -241,6 +241,7 @@ def test_task_names_are_the_protocol_strings():
         "embed": "lenscat.embed_chunk",
         "score": "lenscat.score_chunk",
         "spectral_scan": "lenscat.scan_spectra_chunk",
+        "lensmodel": "lenscat.lensmodel_chunk",
     }
     assert Planned("score", "m@1", 1, 1, 1, [0]).task == "lenscat.score_chunk"
 

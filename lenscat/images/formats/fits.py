@@ -1,7 +1,7 @@
 """Cutout format ``fits``: one object per FITS file or per set of per-band files, row 0.
 
 Real cutouts of known lenses (Pan-STARRS per-band files, Euclid Q1 one HDU per band, HST ``SCI``)
-are registered by :func:`lenscat.images.ingest.ingest_fits_cutouts`; :class:`FITSCutoutStore`
+are registered by :func:`lenscat.catalogue.ingest_fits.ingest_fits_cutouts`; :class:`FITSCutoutStore`
 wraps :func:`lenscat.images.fits.read_fits_cutout`. The images keep the file's own pixel scale and
 bands, so readers resample them (:func:`lenscat.images.resample.resample`).
 """

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from lenscat.web.routes import api, auth, export, grids, pages, query
+from lenscat.web.routes import api, auth, export, grids, pages, proposal, query
 
-ROUTERS = (auth.router, pages.router, grids.router, query.router, export.router, api.router)
+ROUTERS = (auth.router, pages.router, grids.router, query.router, export.router, proposal.router, api.router)

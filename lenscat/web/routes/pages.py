@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from lenscat.evidence.service import evidence_of
 from lenscat.grading.candidate import cutout_png_bytes, search_sources, source_context
 from lenscat.grading.grades import GradeInput, conflicts_table, parse_grade, record_grades
 from lenscat.grading.service import consensus_histogram, database_ok, grading_counts
@@ -42,6 +43,7 @@ def home(request: Request, me: Me, session: DB) -> Response:
 def source_page(source_id: int, request: Request, me: Me, session: DB) -> Response:
     """The candidate page of one source."""
     ctx = source_context(source_id, me[0], session=session)
+    ctx["evidence"] = evidence_of(source_id, session=session)
     return render("source.html", request, me=me[0], csrf=me[1].csrf, request_id=str(uuid.uuid4()), **ctx)
 
 
