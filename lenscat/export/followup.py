@@ -1,7 +1,7 @@
 """Follow-up columns added to an exported candidate table: the lens model (parameters with calibrated 1-sigma
 uncertainties, latest lensmodel version), the joint evidence, and, for a site and nights, the observability.
 
-:func:`add_lens_model_columns` reads :func:`lenscat.modelling.service.lens_model_for` per candidate,
+:func:`add_lens_model_columns` reads :func:`lenscat.modelling.service.latest_lens_models` in one query,
 :func:`add_evidence_columns` the views of migration 0017, :func:`add_observability_columns` computes
 :func:`lenscat.proposal.observability.observability` offline. Missing values are masked.
 """
@@ -18,7 +18,7 @@ from astropy.table import Column, MaskedColumn, Table
 from sqlalchemy.orm import Session
 
 from lenscat.evidence.service import joint_evidence
-from lenscat.modelling.service import lens_model_for
+from lenscat.modelling.service import latest_lens_models
 from lenscat.proposal.observability import observability
 from lenscat.proposal.sites import Site
 
@@ -50,7 +50,8 @@ def _masked(values: list[float | None], name: str, unit: Any, description: str) 
 
 def add_lens_model_columns(table: Table, *, session: Session) -> Table:
     """Add the latest lens model of each row's ``source_id`` (``lm_*`` columns, ``*_err`` = calibrated 1 sigma)."""
-    models = [lens_model_for(int(s), session=session) for s in table["source_id"]]
+    latest = latest_lens_models([int(s) for s in table["source_id"]], session=session)
+    models = [latest.get(int(s)) for s in table["source_id"]]
     table["lens_model"] = Column(
         [m.lens_model or "" if m is not None else "" for m in models],
         dtype=str,

@@ -58,12 +58,31 @@ def lens_model_for(source_id: int, *, session: Session, model_id: int | None = N
         The stored model, or None when no version modelled the source.
     """
     if model_id is None:
-        row = session.execute(text(sql.LATEST_FOR_SOURCE), {"sid": int(source_id)}).one_or_none()
-    else:
-        row = session.execute(
-            text(sql.FOR_SOURCE_AND_MODEL), {"sid": int(source_id), "mid": int(model_id)}
-        ).one_or_none()
+        return latest_lens_models([source_id], session=session).get(int(source_id))
+    row = session.execute(text(sql.FOR_SOURCE_AND_MODEL), {"sid": int(source_id), "mid": int(model_id)}).one_or_none()
     return None if row is None else _from_row(row)
+
+
+def latest_lens_models(source_ids: Sequence[int], *, session: Session) -> dict[int, LensModel]:
+    """The lens model of each source by the latest registered lensmodel version that modelled it, in one query.
+
+    Parameters
+    ----------
+    source_ids
+        The sources (``lenscat.sources.source_id``).
+    session
+        The session to read through.
+
+    Returns
+    -------
+    dict
+        ``source_id`` -> stored model; sources no version modelled are absent.
+    """
+    ids = [int(s) for s in source_ids]
+    if not ids:
+        return {}
+    rows = session.execute(text(sql.LATEST_FOR_SOURCES), {"sids": ids}).all()
+    return {int(r.source_id): _from_row(r) for r in rows}
 
 
 def lens_models_of(

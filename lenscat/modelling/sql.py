@@ -42,10 +42,13 @@ SELECT l.{", l.".join(ROW_COLUMNS)}, l.created_at, m.name || '@' || m.version AS
 FROM lenscat.lens_models l JOIN lenscat.model_versions m ON m.model_id = l.model_id
 """
 
-LATEST_FOR_SOURCE = (
-    _SELECT + "WHERE l.source_id = :sid AND m.kind = 'lensmodel' ORDER BY m.created_at DESC, m.model_id DESC LIMIT 1"
-)
-"""The row of the most recently registered lensmodel version that modelled the source."""
+LATEST_FOR_SOURCES = f"""
+SELECT DISTINCT ON (l.source_id) l.{", l.".join(ROW_COLUMNS)}, l.created_at, m.name || '@' || m.version AS lens_model
+FROM lenscat.lens_models l JOIN lenscat.model_versions m ON m.model_id = l.model_id
+WHERE l.source_id = ANY(:sids) AND m.kind = 'lensmodel'
+ORDER BY l.source_id, m.created_at DESC, m.model_id DESC
+"""
+"""Per source, the row of the most recently registered lensmodel version that modelled it (one query)."""
 
 FOR_SOURCE_AND_MODEL = _SELECT + "WHERE l.source_id = :sid AND l.model_id = :mid"
 

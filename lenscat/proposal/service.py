@@ -32,7 +32,7 @@ from lenscat.errors import LenscatError, NotFoundError
 from lenscat.evidence.service import joint_evidence
 from lenscat.images.rgb import rgb_image
 from lenscat.images.store import source_cutout
-from lenscat.modelling.service import lens_model_for
+from lenscat.modelling.service import latest_lens_models, lens_model_for
 from lenscat.modelling.types import LensModel
 from lenscat.proposal import charts, exposure, starlists
 from lenscat.proposal.observability import Observability, observability
@@ -150,7 +150,8 @@ def build_pack(
     names = iau_names(ra, dec)
     pri = [priority_of(float(s), str(c)) for s, c in zip(ev["evidence_score"], ev["category"], strict=True)]
     hint_s, arc_used, arc_src, band_used = [], [], [], []
-    models: list[LensModel | None] = [lens_model_for(i, session=session) for i in ids]
+    latest = latest_lens_models(ids, session=session)
+    models: list[LensModel | None] = [latest.get(int(i)) for i in ids]
     for k, sid in enumerate(ids):
         m = models[k]
         if m is not None and m.arc_band and m.arc_band.lower()[:1] in exposure.BANDWIDTH:

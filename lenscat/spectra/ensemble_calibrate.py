@@ -63,7 +63,13 @@ def real_clean_scores(
     from lenscat.spectra.detectors import SpectrumBatch, apply_continuum
     from lenscat.spectra.ensemble_stack import ensemble_features, score
     from lenscat.spectra.evaluate_hosts import load_hosts
-    from lenscat.spectra.evaluate_realisations import make_realisations
+    from lenscat.spectra.evaluate_realisations import (
+        LYA_FWHM_RANGE,
+        LYA_SKEW_RANGE,
+        LYA_SNR_RANGE,
+        LYA_WAVE_RANGE,
+        make_realisations,
+    )
     from lenscat.spectra.grid import WINDOW
     from lenscat.spectra.matched_filter import snr_map
 
@@ -74,10 +80,10 @@ def real_clean_scores(
         real,
         realisations=realisations,
         line_fraction=0.0,
-        snr_range=(4.0, 15.0),
-        fwhm_range=(120.0, 700.0),
-        skew_range=(1.0, 6.0),
-        wave_range=(3860.0, 4950.0),
+        snr_range=LYA_SNR_RANGE,
+        fwhm_range=LYA_FWHM_RANGE,
+        skew_range=LYA_SKEW_RANGE,
+        wave_range=LYA_WAVE_RANGE,
         renoise=True,
         family="lya",
         seed=seed,

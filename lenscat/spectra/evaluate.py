@@ -55,7 +55,14 @@ from lenscat.spectra.evaluate_hosts import (
     load_hosts,
     load_real_sample,
 )
-from lenscat.spectra.evaluate_realisations import Realisations, make_realisations
+from lenscat.spectra.evaluate_realisations import (
+    LYA_FWHM_RANGE,
+    LYA_SKEW_RANGE,
+    LYA_SNR_RANGE,
+    LYA_WAVE_RANGE,
+    Realisations,
+    make_realisations,
+)
 from lenscat.spectra.grid import LYA, WINDOW
 from lenscat.spectra.pack import PackedRows
 
@@ -341,10 +348,10 @@ def evaluate_protocol(
     session: Session,
     realisations: int = 240,
     line_fraction: float = 0.5,
-    snr_range: tuple[float, float] = (4.0, 15.0),
-    fwhm_range: tuple[float, float] = (120.0, 700.0),
-    skew_range: tuple[float, float] = (1.0, 6.0),
-    wave_range: tuple[float, float] = (3860.0, 4950.0),
+    snr_range: tuple[float, float] = LYA_SNR_RANGE,
+    fwhm_range: tuple[float, float] = LYA_FWHM_RANGE,
+    skew_range: tuple[float, float] = LYA_SKEW_RANGE,
+    wave_range: tuple[float, float] = LYA_WAVE_RANGE,
     renoise: bool = True,
     hosts: str = "early-type",
     continuum: str | Sequence[str | None] | None = None,

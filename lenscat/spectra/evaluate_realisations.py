@@ -23,6 +23,14 @@ from lenscat.spectra.evaluate_hosts import (
 from lenscat.spectra.grid import C_KMS, LYA, VETO, WINDOW, LogGrid
 from lenscat.spectra.pack import PackedRows
 
+#: the protocol's default Lyman-alpha lines (the issue's): matched-filter S/N, FWHM [km/s], skew-normal
+#: shape (red tail) and observed wavelength [Angstrom]; evaluate_protocol's defaults and the ensemble's
+#: real calibration both draw from these
+LYA_SNR_RANGE = (4.0, 15.0)
+LYA_FWHM_RANGE = (120.0, 700.0)
+LYA_SKEW_RANGE = (1.0, 6.0)
+LYA_WAVE_RANGE = (3860.0, 4950.0)
+
 
 @dataclass
 class Realisations:
