@@ -122,6 +122,7 @@ def build_pack(
     min_altitude: u.Quantity = 30 * u.deg,
     max_targets: int = 500,
     inst: exposure.Instrument | None = None,
+    spec: exposure.Spectrograph | None = None,
 ) -> Pack:
     """Everything a pack holds, read and computed (nothing written).
 
@@ -133,6 +134,7 @@ def build_pack(
         A bad date range, altitude, grade or classifier selection.
     """
     inst = inst or exposure.Instrument()
+    spec = spec or exposure.Spectrograph()
     ev = joint_evidence(session=session, grades=grades, classifier=classifier, top=top, source_ids=source_ids)
     if len(ev) == 0:
         raise NotFoundError(
@@ -149,7 +151,7 @@ def build_pack(
     details = source_details(ids, session=session)
     names = iau_names(ra, dec)
     pri = [priority_of(float(s), str(c)) for s, c in zip(ev["evidence_score"], ev["category"], strict=True)]
-    hint_s, arc_used, arc_src, band_used = [], [], [], []
+    hint_s, spec_s, arc_used, arc_src, band_used = [], [], [], [], []
     latest = latest_lens_models(ids, session=session)
     models: list[LensModel | None] = [latest.get(int(i)) for i in ids]
     for k, sid in enumerate(ids):
@@ -163,14 +165,13 @@ def build_pack(
         mag, src = exposure.arc_magnitude(m.arc_mag if m is not None else None, lens_mag)
         airmass = float(summ["obs_best_airmass"][k]) if math.isfinite(summ["obs_best_airmass"][k]) else 1.5
         theta = float(m.theta_e) if m is not None else 1.0
+        moon = float(summ["obs_moon_illumination"][k])
         hint_s.append(
-            exposure.time_to_snr(
-                mag,
-                band,
-                theta_e_arcsec=theta,
-                airmass=airmass,
-                moon_illumination=float(summ["obs_moon_illumination"][k]),
-                inst=inst,
+            exposure.time_to_snr(mag, band, theta_e_arcsec=theta, airmass=airmass, moon_illumination=moon, inst=inst)
+        )
+        spec_s.append(
+            exposure.spectro_time_to_snr(
+                mag, band, theta_e_arcsec=theta, airmass=airmass, moon_illumination=moon, spec=spec
             )
         )
         arc_used.append(mag)
@@ -206,6 +207,13 @@ def build_pack(
         f"seeing {inst.seeing_arcsec:g} arcsec, ring aperture around theta_E (1 arcsec without a model), at the "
         "best airmass (1.5 if never up) and that night's Moon.",
     )
+    t["spec_exptime_snr5"] = Column(
+        spec_s,
+        unit=u.s,
+        description=f"Long-slit exposure to S/N 5 per resolution element on the arc's continuum in the hint band: "
+        f"{spec.aperture_m:g} m, R {spec.resolution:g}, slit {spec.slit_arcsec:g} arcsec through the lens centre, "
+        f"throughput {spec.throughput:g}, seeing {spec.seeing_arcsec:g} arcsec (lenscat.proposal.exposure).",
+    )
     order = np.lexsort((-np.asarray(t["evidence_score"], dtype=float), np.asarray(t["priority"])))
     t = t[order]
     t.meta["SITE"] = site.label
@@ -240,13 +248,15 @@ def _readme(pack: Pack, files: list[str]) -> str:
         + ", ".join(f"{int((t['priority'] == p).sum())} at priority {p}" for p in (1, 2, 3))
         + ")",
         "",
-        "priority  name                       category                     score  h(sum)  airmass  t(S/N10)",
+        "priority  name                       category                     score  h(sum)  airmass  t(S/N10)  "
+        "t(spec S/N5)",
     ]
     for r in t:
         air = "" if np.ma.is_masked(r["obs_best_airmass"]) else f"{float(r['obs_best_airmass']):.2f}"
         lines.append(
             f"{int(r['priority']):>8}  {r['name']:<25}  {r['category']:<27}  {float(r['evidence_score']):5.2f}  "
-            f"{float(r['obs_hours_total']):6.1f}  {air:>7}  {float(r['exptime_snr10']):7.0f} s"
+            f"{float(r['obs_hours_total']):6.1f}  {air:>7}  {float(r['exptime_snr10']):7.0f} s  "
+            f"{float(r['spec_exptime_snr5']):10.0f} s"
         )
     lines += [
         "",
@@ -257,7 +267,8 @@ def _readme(pack: Pack, files: list[str]) -> str:
         "target lists: targets.csv (units in the column names) and targets.ecsv (units and descriptions), "
         f"starlist.txt (Keck starlist), {EXTRA_FORMAT}; per-night observability in nights.ecsv.",
         "exposure hints: lenscat.proposal.exposure (CCD equation; dark/bright sky per band, ring aperture of one "
-        "seeing FWHM around theta_E).",
+        "seeing FWHM around theta_E; spectroscopic: S/N 5 per resolution element on the arc's continuum in a "
+        "long slit through the lens centre).",
     ]
     if pack.notes:
         lines += ["", "notes:", *(f"  {n}" for n in pack.notes)]

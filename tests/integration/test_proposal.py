@@ -41,6 +41,7 @@ def test_proposal_pack_from_the_cli(session, tmp_path, monkeypatch, capsys):
     assert (np.asarray(t["obs_hours_total"]) > 3).all() and (np.asarray(t["obs_best_airmass"]) < 1.3).all()
     assert list(t["arc_mag_from"]) == ["model", "lens+2.0", "default", "model"]
     assert (np.asarray(t["exptime_snr10"]) > 0).all()
+    assert t["spec_exptime_snr5"].unit == u.s and (np.asarray(t["spec_exptime_snr5"]) > 0).all()
     csv = Table.read(out / "targets.csv", format="ascii.csv")
     assert "ra_deg" in csv.colnames and "exptime_snr10_s" in csv.colnames and len(csv) == 4
     nights = Table.read(out / "nights.ecsv")

@@ -4,6 +4,7 @@ the Keck starlist read back, and a finding chart's size and orientation."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import socket
 
 import astropy.units as u
@@ -95,6 +96,30 @@ def test_exposure_formula_inverts_and_scales():
     assert exposure.arc_magnitude(None, 20.0) == (22.0, "lens+2.0")
     assert exposure.arc_magnitude(21.3, 20.0) == (21.3, "model")
     assert exposure.arc_magnitude(None, None) == (22.5, "default")
+
+
+def test_spectroscopic_hint_inverts_and_scales():
+    spec = exposure.Spectrograph()
+    kw = {"theta_e_arcsec": 1.5, "airmass": 1.3, "moon_illumination": 0.2}
+    t = exposure.spectro_time_to_snr(22.0, "r", spec=spec, **kw)
+    assert exposure.spectro_snr_after(22.0, "r", t, spec=spec, **kw) == pytest.approx(5.0, rel=1e-9)
+    # a spectrum of a 22nd-magnitude arc on a 10 m telescope: minutes to hours, never seconds or nights
+    assert 300 < t < 20000
+    # sky-limited per resolution element: one magnitude fainter costs nearly 10^0.8 = 6.3x
+    assert 4.5 < exposure.spectro_time_to_snr(23.0, "r", spec=spec, **kw) / t < 6.4
+    # a wider ring spreads the arc along more of the circle than the slit crosses: longer
+    assert exposure.spectro_time_to_snr(22.0, "r", spec=spec, **(kw | {"theta_e_arcsec": 3.0})) > 1.5 * t
+    # slit fraction: 2w / (2 pi theta_E) for a ring, the point-source slit loss below one FWHM
+    assert exposure.slit_fraction(2.0, spec) == pytest.approx(2 * 1.0 / (2 * np.pi * 2.0))
+    point = math.erf(1.0 * math.sqrt(math.log(2.0)) / 0.8)
+    assert exposure.slit_fraction(0.5, spec) == pytest.approx(max(1 / (np.pi * 0.5), point))
+    # higher resolution spreads the same photons over narrower elements
+    hires = exposure.Spectrograph(resolution=4000.0)
+    assert exposure.spectro_time_to_snr(22.0, "r", spec=hires, **kw) > 3 * t
+    with pytest.raises(InvalidParameter, match="airmass"):
+        exposure.spectro_time_to_snr(22.0, "r", airmass=0.5, theta_e_arcsec=1.0)
+    with pytest.raises(InvalidParameter, match="band"):
+        exposure.spectro_time_to_snr(22.0, "Q", theta_e_arcsec=1.0)
 
 
 def test_keck_starlist_round_trip_and_ds9():
