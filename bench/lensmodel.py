@@ -14,11 +14,20 @@ One run, fixed seeds:
     and source, the r band, a Gaussian PSF of the true FWHM) on ``--n-fit`` of the same cutouts:
     θ_E error and seconds per cutout side by side with the network's, and the speed ratio;
 (e) vetting on simulations: the flagged fraction of lenses (completeness lost) and of non-lens
-    impostors of each kind (removed), and the purity of a 1:1 lens : impostor list before and after.
+    impostors of each kind (removed), and the purity of a 1:1 lens : impostor list before and after;
+(f) the forward-model refinement (:mod:`lenscat.models.lensfit`, ``--refine-steps`` > 0) of the
+    same predictions on the same independent lenses, its σ calibrated on ``--n-refine-calib``
+    held-out lenses of the default simulator (seed + 77, never the independent one): the same
+    metrics beside the network's, the accepted fraction, and cutouts/s of network + refinement.
+
+``--checkpoint FILE`` skips (a): the members of a saved version (a lenscat checkpoint, or a dict
+of ``members`` state dicts as the experiments saved) are judged instead; without stored σ factors
+they are calibrated on the held-out default-simulator lenses of (f).
 
 Usage::
 
     python bench/lensmodel.py [--n 6000] [--epochs 20] [--n-eval 1000] [--n-fit 5] [--threads 2]
+    python bench/lensmodel.py --checkpoint /tmp/lensmodel/e20w16.pt --n-fit 0 --n-vet 0
 
 Figures go to stdout as JSON (``--out FILE`` also writes them).
 """
@@ -132,6 +141,62 @@ def fit_lenstronomy(
     }
 
 
+def load_version(path: Path) -> Modeller:
+    """A :class:`Modeller` from a lenscat checkpoint or a bare ``{"members": [state_dict, ...]}`` file.
+
+    Bare files carry no preprocessing or σ factors: g, r, z (plus the lens-subtracted bands when the
+    first convolution reads 5 + 2 channels) at the DECaLS stretch, factors 1 until calibrated.
+    """
+    from lenscat.modelling.modeller import input_preprocessing, read_checkpoint
+    from lenscat.models.lensmodel import LensModelNet
+
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if "format" in ck:
+        return read_checkpoint(path)
+    nets = []
+    for sd in ck["members"]:
+        w = sd["features.0.0.weight"]
+        net = LensModelNet(in_channels=int(w.shape[1]) - 2, crop=48, width=int(w.shape[0]))
+        net.load_state_dict(sd)
+        nets.append(net.eval())
+    residual = nets[0].in_channels == 5
+    return Modeller(nets, input_preprocessing(48, residual), np.ones(9), residual=residual)
+
+
+def refinement_rows(
+    modeller: Modeller, calib: Any, ev: Any, mu: np.ndarray, sig: np.ndarray, steps: int, threads: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """(f): refinement σ factors on ``calib`` (default simulator), then refined metrics on ``ev`` (and the means)."""
+    from lenscat.modelling.modeller import refinement_factors
+    from lenscat.models.lensfit import FitOptions
+
+    opts = FitOptions(steps=steps)
+    out: dict[str, Any] = {"options": {k: str(v) for k, v in vars(opts).items()}}
+    t0 = time.perf_counter()
+    modeller.refine_calibration = refinement_factors(modeller, calib.images, calib.targets, opts)
+    out["calibration_seconds"] = round(time.perf_counter() - t0, 1)
+    out["calibration"] = [round(float(v), 3) for v in modeller.refine_calibration]
+    t0 = time.perf_counter()
+    r = modeller.refine(ev.images, mu, sig, options=opts)
+    out["seconds_1_thread"] = round(time.perf_counter() - t0, 1)
+    out["accepted"] = round(float(r.refined.mean()), 4)
+    out["rejected_reasons"] = _reasons([[x] for x in r.reasons if x])
+    big = ev.targets[:, 0] >= 1.0
+    out["independent_all"] = parameter_metrics(r.mu, r.sigma, ev.targets)
+    out["independent_theta_ge_1"] = parameter_metrics(r.mu[big], r.sigma[big], ev.targets[big])
+    out["load_before_throughput"] = loadavg()
+    torch.set_num_threads(threads)
+    n = min(len(ev), 256)
+    t0 = time.perf_counter()
+    m2, s2 = modeller.predict(ev.images[:n])
+    modeller.refine(ev.images[:n], m2, s2, options=opts)
+    out["throughput_network_plus_refinement_per_s"] = round(n / (time.perf_counter() - t0), 2)
+    out["throughput_cutouts"] = n
+    out["load_after_throughput"] = loadavg()
+    torch.set_num_threads(1)
+    return out, r.mu
+
+
 def throughput(modeller: Modeller, images: np.ndarray, *, with_vetting: bool) -> float:
     """Cutouts per second of :meth:`Modeller.predict` (and :func:`vet` per cutout)."""
     modeller.predict(images[:64])  # warm-up
@@ -195,36 +260,52 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arc-mag-r", default=None, help="MIN,MAX lensed r magnitude of the training lenses")
     ap.add_argument("--cache", type=Path, default=None, help="npz of the training set (reused when present)")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="judge this saved version instead of training")
+    ap.add_argument("--refine-steps", type=int, default=6, help="Levenberg-Marquardt iterations (0: no refinement)")
+    ap.add_argument("--n-refine-calib", type=int, default=300, help="default-simulator lenses calibrating σ")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     res: dict[str, Any] = {"machine": machine_info(with_torch=True), "args": {k: str(v) for k, v in vars(args).items()}}
-    t0 = time.perf_counter()
-    if args.cache is not None and args.cache.exists():
-        from lenscat.modelling.training_set import LensSet
+    calib = simulate_lens_set(args.n_refine_calib, seed=args.seed + 77) if args.n_refine_calib else None
+    if args.checkpoint is not None:
+        modeller = load_version(args.checkpoint)
+        data_targets = calib.targets if calib is not None else np.zeros((1, 9))
+        if not np.any(modeller.calibration != 1.0) and calib is not None:
+            from lenscat.models.lensmodel import coverage_scale
 
-        z = np.load(args.cache, allow_pickle=True)
-        data = LensSet(
-            z["images"], z["targets"], np.array(["lens"] * len(z["images"]), dtype=object), z["fwhm"], z["sky"]
-        )
+            m0, s0 = modeller.predict(calib.images)
+            modeller.calibration = coverage_scale((calib.targets - m0) / s0)
+            res["calibration"] = [round(float(v), 3) for v in modeller.calibration]
+            res["calibration_set"] = f"{len(calib)} default-simulator lenses, seed {args.seed + 77}"
     else:
-        arc = tuple(float(v) for v in args.arc_mag_r.split(",")) if args.arc_mag_r else None
-        data = simulate_lens_set(args.n, seed=args.seed + 21, arc_mag_r=arc)  # type: ignore[arg-type]
-    res["simulate_seconds"] = round(time.perf_counter() - t0, 1)
-    opts = LensTrainOptions(n=len(data), epochs=args.epochs, width=args.width, members=args.members, seed=args.seed)
-    fit = fit_and_calibrate(data, opts, progress=True)
-    res["train_seconds"] = round(fit["seconds"], 1)
-    res["calibration"] = [round(float(v), 3) for v in fit["calibration"]]
-    modeller = Modeller(
-        members_from(fit["state"]),
-        Preprocessing.from_dict(fit["preprocessing"]),
-        fit["calibration"],
-        residual=fit["residual_channels"],
-    )
+        t0 = time.perf_counter()
+        if args.cache is not None and args.cache.exists():
+            from lenscat.modelling.training_set import LensSet
+
+            z = np.load(args.cache, allow_pickle=True)
+            data = LensSet(
+                z["images"], z["targets"], np.array(["lens"] * len(z["images"]), dtype=object), z["fwhm"], z["sky"]
+            )
+        else:
+            arc = tuple(float(v) for v in args.arc_mag_r.split(",")) if args.arc_mag_r else None
+            data = simulate_lens_set(args.n, seed=args.seed + 21, arc_mag_r=arc)  # type: ignore[arg-type]
+        res["simulate_seconds"] = round(time.perf_counter() - t0, 1)
+        opts = LensTrainOptions(n=len(data), epochs=args.epochs, width=args.width, members=args.members, seed=args.seed)
+        fit = fit_and_calibrate(data, opts, progress=True)
+        res["train_seconds"] = round(fit["seconds"], 1)
+        res["calibration"] = [round(float(v), 3) for v in fit["calibration"]]
+        modeller = Modeller(
+            members_from(fit["state"]),
+            Preprocessing.from_dict(fit["preprocessing"]),
+            fit["calibration"],
+            residual=fit["residual_channels"],
+        )
+        data_targets = data.targets
     ev = independent_lens_set(args.n_eval, seed=args.seed + 99)
     mu, sig = modeller.predict(ev.images)
     big = ev.targets[:, 0] >= 1.0
-    base = baseline_predictions(data.targets, len(ev))
+    base = baseline_predictions(data_targets, len(ev))
     res["independent_all"] = parameter_metrics(mu, sig, ev.targets)
     res["independent_theta_ge_1"] = parameter_metrics(mu[big], sig[big], ev.targets[big])
     res["baseline_all"] = parameter_metrics(base, np.ones_like(base), ev.targets)
@@ -233,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     res["throughput_network_per_s"] = round(throughput(modeller, ev.images, with_vetting=False), 1)
     res["throughput_with_vetting_per_s"] = round(throughput(modeller, ev.images[:300], with_vetting=True), 1)
     torch.set_num_threads(1)
+    refined = mu
+    if args.refine_steps > 0 and calib is not None:
+        res["refinement"], refined = refinement_rows(modeller, calib, ev, mu, sig, args.refine_steps, args.threads)
     fits = []
     for k in range(args.n_fit):
         t1 = time.perf_counter()
@@ -243,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "truth_theta_e": round(float(ev.targets[k, 0]), 3),
                 "network_theta_e": round(float(m1[0, 0]), 3),
+                "refined_theta_e": round(float(refined[k, 0]), 3),
                 "lenstronomy_theta_e": round(f["theta_e"], 3),
                 "network_seconds": round(net_s, 4),
                 "lenstronomy_seconds": round(f["seconds"], 1),
@@ -259,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         lt = float(np.mean([f["lenstronomy_seconds"] for f in fits]))
         res["speed_ratio_network_vs_lenstronomy"] = round(lt * res["throughput_network_per_s"], 0)
-    res["vetting"] = vetting_effect(modeller, args.n_vet, args.seed)
+    if args.n_vet:
+        res["vetting"] = vetting_effect(modeller, args.n_vet, args.seed)
     res["load_after"] = loadavg()
     text = json.dumps(res, indent=1, default=str)
     print(text)

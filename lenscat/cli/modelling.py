@@ -30,7 +30,22 @@ def model() -> None:
     "--arc-mag-r",
     type=(float, float),
     default=None,
-    help="MIN MAX total lensed r magnitude of the simulated lenses (default the simulator's 19.0 21.5).",
+    help="MIN MAX total lensed r magnitude of the simulated lenses (default 19.0 23.0 with the lens "
+    "probability, the simulator's 19.0 21.5 with --nonlens-ratio 0).",
+)
+@click.option(
+    "--nonlens-ratio",
+    type=click.FloatRange(0.0, 10.0),
+    default=1.0,
+    show_default=True,
+    help="Non-lens impostors per lens, for the lens probability (0: lenses only, no probability).",
+)
+@click.option(
+    "--max-lens-loss",
+    type=click.FloatRange(0.0, 0.5, max_open=True),
+    default=0.01,
+    show_default=True,
+    help="Fraction of held-out simulated lenses the lens-probability threshold may flag.",
 )
 @click.option("--device", default=None, help="cpu or cuda (default LENSCAT_DEVICE, else CPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -46,6 +61,8 @@ def model_train_cmd(
     width: int,
     workers: int,
     arc_mag_r: tuple[float, float] | None,
+    nonlens_ratio: float,
+    max_lens_loss: float,
     device: str | None,
     seed: int,
     as_json: bool,
@@ -65,6 +82,8 @@ def model_train_cmd(
         workers=workers,
         device=device,
         arc_mag_r=arc_mag_r,
+        nonlens_ratio=nonlens_ratio,
+        max_lens_loss=max_lens_loss,
     )
     with session_scope() as s:
         res = train_lens_model(name, opts, session=s, progress=not as_json)
@@ -74,6 +93,13 @@ def model_train_cmd(
     cal = ", ".join(f"{k} x{v:g}" for k, v in res.report["calibration"].items())
     state = "registered" if res.created else "already registered (same checkpoint)"
     click.echo(f"lensmodel {res.model.label} {state}; sizes {res.report['sizes']}; sigma calibration: {cal}")
+    prob = res.report.get("lens_probability")
+    if prob:
+        m = prob["calibration_set"]
+        click.echo(
+            f"lens probability: threshold {prob['threshold']:.3g} keeps {m['lenses_kept']:.1%} of held-out lenses, "
+            f"flags {m['nonlenses_flagged']:.1%} of held-out impostors (AUC {m['auc']:.3f})"
+        )
 
 
 @model.command("run")
@@ -85,6 +111,12 @@ def model_train_cmd(
 @click.option("--local-workers", type=click.IntRange(min=0), default=None, help="Worker processes to start here.")
 @click.option("--here", is_flag=True, help="Run the chunks in this process (no broker or worker).")
 @click.option("--no-wait", is_flag=True, help="Submit and return; watch with `lenscat jobs show ID`.")
+@click.option(
+    "--refine/--no-refine",
+    default=False,
+    show_default=True,
+    help="Refine the network's values by fitting an SIE + shear forward model to each cutout (slower).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @needs_schema
 def model_run_cmd(
@@ -96,6 +128,7 @@ def model_run_cmd(
     local_workers: int | None,
     here: bool,
     no_wait: bool,
+    refine: bool,
     as_json: bool,
 ) -> None:
     """Model candidates (a classifier's top N, or graded sources) with Celery workers; results in lens_models."""
@@ -112,6 +145,7 @@ def model_run_cmd(
         ids = select_sources(session=s, classifier=classifier, top=top, grades=grade_list)
         mv = latest_lensmodel(session=s) if model_ref is None else model_ref
         selection: dict[str, object] = {"classifier": classifier, "top": top} if classifier else {"grades": grade_list}
+        selection["refine"] = refine
         job = plan_lensmodel_job(mv, ids, chunk_size=chunk_size, selection=selection, session=s)
         chunks = pending_chunks(job.job_id, session=s)
     if not as_json:

@@ -31,6 +31,43 @@ SOURCE_G_R = (0.0, 0.6)
 SOURCE_R_Z = (-0.1, 0.5)
 
 
+def host_window_set(survey: str, n: int, *, seed: int, crop: int = 48, session: Session) -> LensSet:
+    """``n`` windows of the survey's injection hosts as they are, without an arc: non-lens examples.
+
+    The same hosts as :func:`injected_lens_set` draws from (another order, ``seed`` + 1), so the
+    lens-probability head sees the survey's own red galaxies both with and without lensed light
+    and cannot learn the survey's pixels as "lens". Targets are NaN; kind ``'host'``.
+
+    Raises
+    ------
+    LenscatError
+        As :func:`injected_lens_set`.
+    """
+    parent = _real_parent(survey, session)
+    bands = list(parent.bands)
+    if not {"g", "r", "z"} <= set(bands):
+        raise LenscatError(f"survey {survey!r} lacks one of the g, r, z bands the network reads")
+    ib = [bands.index(b) for b in ("g", "r", "z")]
+    hosts = select_hosts(survey, session=session, n=n, seed=seed + 1)
+    if not len(hosts.source_ids):
+        raise LenscatError(f"survey {survey!r} has no galaxy eligible to host an injected lens")
+    fwhm = _psf_from_catalogue(_catalogue(parent.survey_id, bands, session), bands)
+    host_ids = np.resize(np.asarray(hosts.source_ids, dtype=np.int64), n)
+    imgs = np.asarray(catalogue_images(host_ids, session=session).get(np.arange(n)), dtype=np.float32)
+    h, w = imgs.shape[-2:]
+    if h < crop or w < crop:
+        raise LenscatError(f"cutouts of {h}x{w} pixels are smaller than the {crop}-pixel window")
+    oy, ox = (h - crop) // 2, (w - crop) // 2
+    return LensSet(
+        np.ascontiguousarray(imgs[:, ib, oy : oy + crop, ox : ox + crop]),
+        np.full((n, 9), np.nan),
+        np.array(["host"] * n, dtype=object),
+        np.tile([fwhm[b] for b in ("g", "r", "z")], (n, 1)),
+        np.full((n, 3), np.nan),
+        {"hosts_as_nonlenses": survey, "n": n, "seed": seed + 1, "hosts": int(len(hosts.source_ids))},
+    )
+
+
 def injected_lens_set(survey: str, n: int, *, seed: int, crop: int = 48, session: Session) -> LensSet:
     """``n`` windows of the survey's galaxies with an injected lensed source (hosts reused if too few).
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -109,18 +109,48 @@ def _window(batch: np.ndarray, crop: int) -> np.ndarray:
     return np.asarray(batch[:, :, oy : oy + crop, ox : ox + crop], dtype=np.float32)
 
 
+def psf_fwhm_of(source_ids: np.ndarray, *, session: Session) -> np.ndarray:
+    """Each source's PSF FWHM [arcsec], the mean of its g and r ``psf_fwhm_<band>`` kept in ``extra``.
+
+    NaN where the catalogue has none (the vetting then uses its default).
+    """
+    ids = np.asarray(source_ids, dtype=np.int64)
+    rows = session.execute(text(sql.SOURCE_PSF_FWHM), {"ids": ids.tolist()}).all()
+    found = {}
+    for r in rows:
+        vals = [float(v) for v in (r.g, r.r) if v is not None and float(v) > 0]
+        if vals:
+            found[int(r.source_id)] = float(np.mean(vals))
+    return np.array([found.get(int(i), np.nan) for i in ids], dtype=np.float64)
+
+
 def model_sources(
-    model: ModelVersion, source_ids: np.ndarray, *, session: Session, device: str | None = None, batch_size: int = 256
+    model: ModelVersion,
+    source_ids: np.ndarray,
+    *,
+    session: Session,
+    device: str | None = None,
+    batch_size: int = 256,
+    refine: bool = False,
 ) -> tuple[list[LensModel], list[tuple[int, str]]]:
-    """Lens models (vetted) of sources with cutouts, and (source, reason) for those that failed."""
+    """Lens models (vetted) of sources with cutouts, and (source, reason) for those that failed.
+
+    With ``refine`` the network's values are refined by a forward-model fit to the cutout
+    (:meth:`lenscat.modelling.modeller.Modeller.refine`); ``vet_detail`` says ``refined`` (true or
+    false) and, when the fit was rejected, ``refine_rejected`` (why the network's values were kept).
+    """
     modeller = load_model(model, device)
     rules = VetRules(**{k: v for k, v in model.hparams.get("vet_rules", {}).items() if k in VetRules.__annotations__})
+    if modeller.lens_probability is not None:
+        # the threshold stored in the checkpoint (chosen on held-out simulations at training)
+        rules = replace(rules, min_lens_probability=float(modeller.lens_probability["threshold"]))
     ids = np.asarray(source_ids, dtype=np.int64)
     failures: list[tuple[int, str]] = []
     out: list[LensModel] = []
     if not len(ids):
         return out, failures
     imgs = catalogue_images(ids, session=session)
+    psf = psf_fwhm_of(ids, session=session)
     for start in range(0, len(ids), batch_size):
         pos = np.arange(start, min(start + batch_size, len(ids)))
         try:
@@ -132,12 +162,22 @@ def model_sources(
         failures += [(int(i), "cutout has NaN or infinite pixels") for i in ids[pos][~finite]]
         if not finite.any():
             continue
-        mu, sig = modeller.predict(win[finite], batch_size=batch_size)
-        for sid, w, m, s in zip(ids[pos][finite], win[finite], mu, sig, strict=True):
+        mu, sig, prob = modeller.predict_with_lens_probability(win[finite], batch_size=batch_size)
+        probs = [None] * len(mu) if prob is None else [float(p) for p in prob]
+        refined: list[dict[str, Any]] = [{} for _ in mu]
+        good = np.isfinite(mu).all(axis=1) & np.isfinite(sig).all(axis=1)
+        if refine and good.any():
+            r = modeller.refine(win[finite][good], mu[good], sig[good])
+            mu[good], sig[good] = r.mu, r.sigma
+            for k, ok, why in zip(np.flatnonzero(good), r.refined, r.reasons, strict=True):
+                refined[k] = {"refined": bool(ok)} if ok else {"refined": False, "refine_rejected": why}
+        for sid, w, m, s, p, fw, rf in zip(
+            ids[pos][finite], win[finite], mu, sig, probs, psf[pos][finite], refined, strict=True
+        ):
             if not (np.isfinite(m).all() and np.isfinite(s).all()):
                 failures.append((int(sid), f"lensmodel {model.label} gave a non-finite prediction"))
                 continue
-            v = vet(w, m, s, rules=rules)
+            v = vet(w, m, s, rules=rules, lens_probability=p, psf_fwhm=None if np.isnan(fw) else float(fw))
             vals: dict[str, Any] = {p: float(m[k]) for k, p in enumerate(_PARAMS)}
             errs: dict[str, Any] = {f"{p}_err": float(s[k]) for k, p in enumerate(_PARAMS)}
             vals["theta_e"] = max(vals["theta_e"], 0.0)
@@ -150,7 +190,7 @@ def model_sources(
                     arc_mag=v.arc_mag,
                     arc_band=v.arc_band,
                     vet_flags=tuple(v.flags),
-                    vet_detail=v.detail,
+                    vet_detail={**v.detail, **rf},
                 )
             )
     return out, failures
@@ -161,7 +201,7 @@ def model_chunk(
 ) -> int:
     """Model the job's sources in ``[lo_id, hi_id]``, store them and mark the chunk done (one transaction)."""
     t0 = time.perf_counter()
-    model_id = session.execute(text(sql.JOB_MODEL), {"j": job_id}).scalar_one()
+    model_id, refine = session.execute(text(sql.JOB_MODEL), {"j": job_id}).one()
     model = get_model("lensmodel", int(model_id), session=session)
     ids = np.asarray(
         session.execute(text(sql.JOB_IDS_IN_RANGE), {"j": job_id, "lo": lo_id, "hi": hi_id}).scalars().all(),
@@ -170,14 +210,14 @@ def model_chunk(
     rows: list[LensModel] = []
     failures: list[tuple[int, str]] = []
     try:
-        rows, failures = model_sources(model, ids, session=session, device=device)
+        rows, failures = model_sources(model, ids, session=session, device=device, refine=bool(refine))
     except LenscatError as exc:
         if "no cutout" not in str(exc):
             raise
         # some sources lack a cutout: model the others one by one
         for sid in ids:
             try:
-                r, f = model_sources(model, np.array([sid]), session=session, device=device)
+                r, f = model_sources(model, np.array([sid]), session=session, device=device, refine=bool(refine))
             except LenscatError as one:
                 r, f = [], [(int(sid), " ".join(str(one).split()))]
             rows += r

@@ -72,7 +72,10 @@ JOB_IDS_IN_RANGE = (
 )
 """The sources of a lensmodel job within a chunk's id range."""
 
-JOB_MODEL = "SELECT model_id FROM lenscat.jobs WHERE job_id = :j"
+JOB_MODEL = (
+    "SELECT model_id, COALESCE((params ->> 'refine')::boolean, false) AS refine FROM lenscat.jobs WHERE job_id = :j"
+)
+"""A lensmodel job's model and whether it refines by forward-model fitting (``params.refine``)."""
 
 SELECTED_IDS = "SELECT unnest(CAST(:ids AS bigint[])) AS id"
 """The id query of :func:`lenscat.jobs.service.plan_chunks` over a fixed selection."""
@@ -81,3 +84,11 @@ LATEST_VERSION = (
     "SELECT model_id FROM lenscat.model_versions WHERE kind = 'lensmodel' "
     "ORDER BY created_at DESC, model_id DESC LIMIT 1"
 )
+
+SOURCE_PSF_FWHM = """
+SELECT source_id,
+       CASE WHEN jsonb_typeof(extra -> 'psf_fwhm_g') = 'number' THEN (extra ->> 'psf_fwhm_g')::float8 END AS g,
+       CASE WHEN jsonb_typeof(extra -> 'psf_fwhm_r') = 'number' THEN (extra ->> 'psf_fwhm_r')::float8 END AS r
+FROM lenscat.sources WHERE source_id = ANY(:ids) AND extra IS NOT NULL
+"""
+"""Per-source g and r PSF FWHM [arcsec] that a catalogue kept in ``extra`` (``psf_fwhm_<band>``)."""

@@ -36,6 +36,10 @@ ENTROPY = 0x1E45_30DE
 PIXEL_SCALE = 0.262
 """Arcsec per pixel of the simulated cutouts (Legacy Surveys)."""
 
+NONLENS_KINDS: tuple[str, ...] = ("elliptical", "spiral", "ring", "blue_companion", "merger", "close_pair", "disk")
+"""The default simulator's non-lens impostor kinds (its ``star`` aside): the negatives of the lens
+probability, and the impostors of the vetting benchmarks."""
+
 
 @dataclass
 class LensSet:

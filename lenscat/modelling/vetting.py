@@ -18,6 +18,17 @@ Rules (reason in ``vet_flags``, numbers in ``vet_detail``; thresholds in :class:
   residual light (S/N >= ``min_arc_snr``) whose mean per pixel exceeds ``elsewhere_ratio`` times
   that at the predicted images.
 
+* ``low_lens_probability``: the network's calibrated probability that the cutout is a lens at all
+  (versions trained with non-lens impostors; ``lens_probability`` in ``vet_detail``) is below
+  ``min_lens_probability``, the threshold chosen at training to lose at most 1 % of held-out
+  simulated lenses (:mod:`lenscat.modelling.training`; with the other rules' ~1 % on the independent
+  simulator, 2 % in all: docs/benchmarks.md).
+
+The PSF: ``psf_fwhm`` of :func:`vet` is the cutout's own FWHM (g and r mean, e.g. the survey's
+per-source ``psf_fwhm_<band>``) when known, else :attr:`VetRules.psf_fwhm` (1.3″). It sets the
+resolution limit of ``theta_e_below_psf``, the margin of ``theta_e_beyond_cutout`` and the
+blurring margin (0.385 FWHM, 0.5″ at 1.3″) of the arc annulus.
+
 ``arc_mag``/``arc_band`` are the AB magnitude of the positive g-band residual flux at the predicted
 images (NULL when not positive): the lensed light the exposure hint of a proposal starts from (a
 lower bound: the scaled z band also removes the arc's own z light times the lens's g/z ratio).
@@ -26,7 +37,7 @@ lower bound: the scaled z band also removes the arc's own z light times the lens
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +46,8 @@ import numpy as np
 from lenscat.modelling.types import PARAMS
 
 ZERO_POINT = 22.5
+ANNULUS_PSF_MARGIN = 0.385
+"""The arc annulus reaches this many PSF FWHM beyond 1.5 θ_E (blurred arc light; 0.5″ at 1.3″)."""
 _I = {p: k for k, p in enumerate(PARAMS)}
 
 
@@ -52,6 +65,7 @@ class VetRules:
     min_arc_snr: float = 3.0
     elsewhere_ratio: float = 1.5
     arc_band: str = "g"
+    min_lens_probability: float | None = None
 
 
 @dataclass
@@ -175,7 +189,7 @@ def arc_check(
     ]
     bx, by = _sie_shear().ray_shooting(x.ravel(), y.ravel(), kw)
     d = np.hypot(bx - mu[_I["source_x"]], by - mu[_I["source_y"]]).reshape(x.shape)
-    annulus = (r >= 0.5 * th) & (r <= 1.5 * th + 0.5)
+    annulus = (r >= 0.5 * th) & (r <= 1.5 * th + ANNULUS_PSF_MARGIN * rules.psf_fwhm)
     at_images = annulus & (d <= rules.source_radius)
     elsewhere = annulus & ~at_images
     ig, ir = bands.index("g") if "g" in bands else 0, bands.index("r") if "r" in bands else 1
@@ -211,12 +225,38 @@ def vet(
     *,
     rules: VetRules | None = None,
     bands: tuple[str, ...] = ("g", "r", "z"),
+    lens_probability: float | None = None,
+    psf_fwhm: float | None = None,
 ) -> Verdict:
-    """Vet one model against the rules and its window (see the module docstring)."""
+    """Vet one model against the rules and its window (see the module docstring).
+
+    Parameters
+    ----------
+    image : ndarray, shape (3, n, n)
+        The window in nanomaggies, FITS orientation.
+    mu, sigma : ndarray, shape (9,)
+        The model and its calibrated 1σ (sky frame).
+    rules : VetRules, optional
+    bands : tuple of str
+    lens_probability : float, optional
+        The network's calibrated lens probability (None: a version without the head; no flag).
+    psf_fwhm : float, optional
+        The cutout's PSF FWHM [arcsec] (None or not finite and positive: ``rules.psf_fwhm``).
+    """
     rules = rules or VetRules()
+    own_psf = psf_fwhm is not None and math.isfinite(psf_fwhm) and psf_fwhm > 0
+    if own_psf and psf_fwhm is not None:
+        rules = replace(rules, psf_fwhm=float(psf_fwhm))
     crop = int(np.asarray(image).shape[-1])
     flags, detail = physical_flags(mu, sigma, crop, rules)
     aflags, adetail, arc_mag = arc_check(image, mu, rules, bands)
+    detail["psf_fwhm_source"] = "cutout" if own_psf else "default"
+    if lens_probability is not None:
+        detail["lens_probability"] = round(float(lens_probability), 4)
+        if rules.min_lens_probability is not None:
+            detail["lens_probability_threshold"] = round(float(rules.min_lens_probability), 4)
+            if lens_probability < rules.min_lens_probability:
+                aflags.append("low_lens_probability")
     return Verdict(
         flags + aflags,
         {**detail, **adetail},

@@ -7,6 +7,16 @@ Perreault Levasseur et al. 2017's Gaussian likelihood). Training minimises the G
 log-likelihood (:func:`gaussian_nll`); a deep ensemble of a few members combines as a Gaussian
 mixture (:func:`combine_members`).
 
+Lens probability. With ``lens_head=True`` the head has one more output, a logit that the input is a
+lens at all, trained with the binary cross-entropy (:func:`lens_bce`) on lenses and non-lens
+impostors (the Gaussian likelihood sees the lenses only). A network trained on lenses alone
+predicts a lens-like model for anything; the logit lets it say "no lens". Its probability is
+calibrated by temperature scaling on held-out simulations
+(:func:`lenscat.models.lensmodel_train.fit_temperature`), and the vetting threshold is the largest
+one that loses at most a given fraction of held-out lenses
+(:func:`lenscat.models.lensmodel_train.completeness_threshold`). Checkpoints without the key
+``lens_head`` in a member's config load as before (no logit).
+
 Frame. Targets are in the sky frame of the stored models: ``x`` East, ``y`` North, arcsec, φ from
 East towards North (``lenscat.lens_models``). Cutouts are in FITS orientation, north up and east
 left: array row ``i`` grows towards the North, column ``j`` towards the **West**. So a pixel at
@@ -22,6 +32,7 @@ turns them back into arcsec and dimensionless ellipticities.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +46,10 @@ __all__ = [
     "gaussian_nll",
     "LOG_SIGMA_RANGE",
     "add_residual_channels",
+    "lens_bce",
+    "masked_gaussian_nll",
+    "lens_probability",
+    "predict_with_logit",
 ]
 
 
@@ -111,6 +126,23 @@ def gaussian_nll(mu: Tensor, log_sigma: Tensor, y: Tensor) -> Tensor:
     return (0.5 * z * z + log_sigma).mean(dim=0)
 
 
+def lens_bce(logit: Tensor, is_lens: Tensor) -> Tensor:
+    """Mean binary cross-entropy of lens logits (N,) against labels (N,) of 1 (lens) and 0 (impostor)."""
+    return nn.functional.binary_cross_entropy_with_logits(logit, is_lens.to(logit.dtype))
+
+
+def masked_gaussian_nll(mu: Tensor, log_sigma: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """:func:`gaussian_nll` over the rows where ``mask`` is true (the lenses; non-lens targets are NaN).
+
+    Shape (P,); zeros when no row is selected (a batch of impostors only).
+    """
+    m = mask.to(mu.dtype)[:, None]
+    yy = torch.where(torch.isfinite(y), y, mu.detach())
+    z = (yy - mu) * torch.exp(-log_sigma)
+    per = (0.5 * z * z + log_sigma) * m
+    return per.sum(dim=0) / torch.clamp(m.sum(), min=1.0)
+
+
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
@@ -128,7 +160,8 @@ class LensModelNet(nn.Module):
 
     Three convolution blocks (``width``, 2·``width``, 4·``width`` channels, each two 3x3
     convolutions and a 2x2 max-pool) over the crop plus two coordinate channels (positions must
-    survive the pooling), then a fully connected layer of 256 and the head of 2·9 outputs.
+    survive the pooling), then a fully connected layer of 256 and the head of 2·9 outputs (2·9 + 1
+    with ``lens_head``: the last is the lens logit, :meth:`outputs`).
 
     Parameters
     ----------
@@ -140,6 +173,8 @@ class LensModelNet(nn.Module):
         Channels of the first block.
     target_mean, target_std : sequence of float, length 9
         Standardisation of the targets (physical = mean + std · standardised).
+    lens_head : bool
+        One more output: the logit that the input is a lens.
     """
 
     coords: Tensor
@@ -153,11 +188,13 @@ class LensModelNet(nn.Module):
         width: int = 16,
         target_mean: list[float] | None = None,
         target_std: list[float] | None = None,
+        lens_head: bool = False,
     ) -> None:
         super().__init__()
         if crop % 8:
             raise ValueError(f"crop must be divisible by 8, got {crop}")
         self.in_channels, self.crop, self.width = int(in_channels), int(crop), int(width)
+        self.lens_head = bool(lens_head)
         self.features = nn.Sequential(
             _block(in_channels + 2, width), _block(width, 2 * width), _block(2 * width, 4 * width)
         )
@@ -167,7 +204,7 @@ class LensModelNet(nn.Module):
             nn.Linear(4 * width * side * side, 256),
             nn.ReLU(inplace=True),
             nn.Dropout(0.1),
-            nn.Linear(256, 2 * N_PARAMS),
+            nn.Linear(256, 2 * N_PARAMS + int(self.lens_head)),
         )
         ax = torch.linspace(-1.0, 1.0, crop)
         yy, xx = torch.meshgrid(ax, ax, indexing="ij")
@@ -177,12 +214,18 @@ class LensModelNet(nn.Module):
         self.register_buffer("target_mean", mean)
         self.register_buffer("target_std", std)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Standardised means and log σ, each (N, 9)."""
+    def outputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Standardised means and log σ, each (N, 9), and the lens logit (N,) (None without ``lens_head``)."""
         coords = self.coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)
         out = self.head(self.features(torch.cat([x, coords], dim=1)))
-        mu, log_sigma = out[:, :N_PARAMS], out[:, N_PARAMS:]
-        return mu, log_sigma.clamp(*LOG_SIGMA_RANGE)
+        mu, log_sigma = out[:, :N_PARAMS], out[:, N_PARAMS : 2 * N_PARAMS]
+        logit = out[:, 2 * N_PARAMS] if self.lens_head else None
+        return mu, log_sigma.clamp(*LOG_SIGMA_RANGE), logit
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Standardised means and log σ, each (N, 9)."""
+        mu, log_sigma, _ = self.outputs(x)
+        return mu, log_sigma
 
     def standardise(self, y: Tensor) -> Tensor:
         """Physical targets -> standardised."""
@@ -192,9 +235,11 @@ class LensModelNet(nn.Module):
         """Standardised (μ, log σ) -> physical mean and σ."""
         return self.target_mean + self.target_std * mu, self.target_std * torch.exp(log_sigma)
 
-    def config(self) -> dict[str, object]:
-        """Constructor arguments (for the checkpoint)."""
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (for the checkpoint; ``lens_head`` only when set, as older code reads them)."""
+        extra: dict[str, Any] = {"lens_head": True} if self.lens_head else {}
         return {
+            **extra,
             "in_channels": self.in_channels,
             "crop": self.crop,
             "width": self.width,
@@ -214,10 +259,13 @@ def combine_members(means: list[Tensor], sigmas: list[Tensor]) -> tuple[Tensor, 
 
 
 @torch.no_grad()
-def predict(
+def predict_with_logit(
     members: list[LensModelNet], x: np.ndarray, *, batch_size: int = 256, device: str = "cpu"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Physical means and σ (before calibration) of preprocessed crops, shape (N, 9) each.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Physical means and σ (before calibration), shape (N, 9) each, and the lens logit (N,).
+
+    The logit is the members' mean logit (before temperature scaling); None when a member has no
+    lens head.
 
     Parameters
     ----------
@@ -230,16 +278,38 @@ def predict(
     """
     for m in members:
         m.eval().to(device)
-    mus, sigs = [], []
+    with_logit = all(m.lens_head for m in members)
+    mus, sigs, logits = [], [], []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)
-        outs = [m.physical(*m(xb)) for m in members]
-        mu, sig = combine_members([o[0] for o in outs], [o[1] for o in outs])
+        outs = [m.outputs(xb) for m in members]
+        phys = [m.physical(o[0], o[1]) for m, o in zip(members, outs, strict=True)]
+        mu, sig = combine_members([p[0] for p in phys], [p[1] for p in phys])
         mus.append(mu.cpu().numpy())
         sigs.append(sig.cpu().numpy())
+        if with_logit:
+            logits.append(torch.stack([o[2] for o in outs if o[2] is not None]).mean(dim=0).cpu().numpy())
     if not mus:
-        return np.zeros((0, N_PARAMS)), np.zeros((0, N_PARAMS))
-    return np.concatenate(mus).astype(np.float64), np.concatenate(sigs).astype(np.float64)
+        return np.zeros((0, N_PARAMS)), np.zeros((0, N_PARAMS)), np.zeros(0) if with_logit else None
+    logit = np.concatenate(logits).astype(np.float64) if with_logit else None
+    return np.concatenate(mus).astype(np.float64), np.concatenate(sigs).astype(np.float64), logit
+
+
+def predict(
+    members: list[LensModelNet], x: np.ndarray, *, batch_size: int = 256, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Physical means and σ (before calibration) of preprocessed crops, shape (N, 9) each.
+
+    :func:`predict_with_logit` without the logit.
+    """
+    mu, sig, _ = predict_with_logit(members, x, batch_size=batch_size, device=device)
+    return mu, sig
+
+
+def lens_probability(logit: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated lens probability ``sigmoid(logit / T)``."""
+    z = np.asarray(logit, dtype=np.float64) / float(temperature)
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)), dtype=np.float64)
 
 
 def add_residual_channels(images: np.ndarray, aperture: int = 2) -> np.ndarray:

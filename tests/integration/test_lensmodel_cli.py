@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from sqlalchemy import text
 
 from lenscat.catalogue.ingest import ingest_sources
 from lenscat.classifiers.scoring import upsert_scores
 from lenscat.modelling.frames import SKY_SIGN
 from lenscat.modelling.injections import injected_lens_set
+from lenscat.modelling.running import psf_fwhm_of
 from lenscat.modelling.service import count_lens_models, lens_model_for
 from lenscat.modelling.vetting import VetRules, arc_check
 from lenscat.registry.versions import get_model, register_model
@@ -74,8 +76,13 @@ def test_model_train_run_show_evaluate(session, tmp_path, monkeypatch, capsys):
     assert (
         rep["model"] == "lm@1"
         and rep["created"]
-        and rep["sizes"] == {"train": 133, "validation": 17, "calibration": 16}
+        and rep["sizes"] == {"train": 266, "validation": 33, "calibration": 33}
     )
+    # as many non-lenses as lenses (the hosts of the injections without an arc, simulated impostors):
+    # the lens probability is calibrated and its threshold loses at most 1 % of the calibration lenses
+    prob = rep["lens_probability"]
+    assert prob["temperature"] > 0 and 0 <= prob["threshold"] <= 1 and prob["max_lens_loss"] == 0.01
+    assert prob["calibration_set"]["lenses_kept"] >= 0.99
     # the injections' truth is in the sky frame too: the true model finds its injected arcs
     inj = injected_lens_set("lm-sim", 6, seed=3, session=session)
     assert inj.images.shape == (6, 3, 48, 48) and set(inj.kinds) == {"injection"}
@@ -86,6 +93,8 @@ def test_model_train_run_show_evaluate(session, tmp_path, monkeypatch, capsys):
     assert mv.architecture == "lensmodel-cnn" and mv.checkpoint_sha256 and mv.training_set_sha256
     assert set(mv.hparams["calibration"]) >= {"theta_e", "source_y"} and mv.hparams["n"] == 160
     assert mv.hparams["n_injections"] == 6 and mv.hparams["survey"] == "lm-sim"
+    assert mv.hparams["n_nonlenses"] == 166 and mv.hparams["vet_rules"]["min_lens_probability"] is not None
+    assert mv.hparams["arc_mag_r"] == [19.0, 23.0]  # the lens-probability recipe's faint arcs too
 
     code, out, err = run(
         monkeypatch,
@@ -109,6 +118,14 @@ def test_model_train_run_show_evaluate(session, tmp_path, monkeypatch, capsys):
     got = lens_model_for(int(top10[0]), session=session)
     assert got is not None and got.job_id == summary["job_id"] and got.theta_e >= 0 and got.theta_e_err > 0
     assert isinstance(got.vet_detail.get("arc_snr"), float) and "theta_e" in got.vet_detail
+    assert 0 <= got.vet_detail["lens_probability"] <= 1 and got.vet_detail["psf_fwhm_source"] == "default"
+    # a catalogue that kept per-source PSF sizes in `extra`: the vetting takes the g and r mean
+    session.execute(
+        text("UPDATE lenscat.sources SET extra = CAST(:e AS jsonb) WHERE source_id = :s"),
+        {"e": json.dumps({"psf_fwhm_g": 1.1, "psf_fwhm_r": 0.9, "x": "a"}), "s": int(top10[0])},
+    )
+    fw = psf_fwhm_of(np.array([int(top10[0]), int(top10[1])]), session=session)
+    assert fw[0] == pytest.approx(1.0) and np.isnan(fw[1])
     assert lens_model_for(int(ids[0]), session=session) is None
     before = session.execute(
         text("SELECT source_id, theta_e, created_at FROM lenscat.lens_models WHERE model_id = :m ORDER BY 1"),
@@ -124,6 +141,8 @@ def test_model_train_run_show_evaluate(session, tmp_path, monkeypatch, capsys):
         {"m": mv.model_id},
     ).all()
     assert before == after
+    again = lens_model_for(int(top10[0]), session=session)
+    assert again is not None and again.vet_detail["psf_fwhm_source"] == "cutout" and again.vet_detail["psf_fwhm"] == 1.0
 
     code, out, err = run(monkeypatch, capsys, "model", "show", "--top", "3", "--format", "json")
     assert code == 0, err
@@ -160,5 +179,16 @@ def test_model_train_run_show_evaluate(session, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert json.loads(out)["queued"] == 2 and lens_model_for(int(ids[0]), session=session) is not None
     assert lens_model_for(int(ids[2]), session=session) is None
+    # --refine: a forward-model fit refines the stored values, and vet_detail says whether it was kept
+    plain = lens_model_for(int(ids[0]), session=session)
+    code, out, err = run(monkeypatch, capsys, "model", "run", "--grades", "A,B", "--here", "--refine", "--json")
+    assert code == 0, err
+    refined = lens_model_for(int(ids[0]), session=session)
+    assert plain is not None and refined is not None and "refined" not in plain.vet_detail
+    assert isinstance(refined.vet_detail["refined"], bool) and refined.theta_e_err > 0
+    if refined.vet_detail["refined"]:
+        assert refined.theta_e != plain.theta_e
+    else:
+        assert refined.vet_detail["refine_rejected"] and refined.theta_e == plain.theta_e
     code, out, err = run(monkeypatch, capsys, "model", "run", "--grades", "A", "--classifier", "lm-clf", "--top", "3")
     assert code == 2 and "not both" in err

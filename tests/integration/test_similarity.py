@@ -147,7 +147,11 @@ def test_fits_cutouts_register_and_embed(session, tmp_path):
     from lenscat.models.resnet import build_encoder
     from lenscat.registry.versions import store_checkpoint
 
-    files = sorted((IMAGES / "ps1_sled_lenses").glob("*_PS1_[grz].fits"))
+    files = [
+        f
+        for stem in ("J120540_43_491029_3", "SDSSJ1430_6104")  # two of the 17 lenses the folder holds
+        for f in sorted((IMAGES / "ps1_sled_lenses").glob(f"{stem}_PS1_[grz].fits"))
+    ]
     files += [IMAGES / "hst_slacs" / "SDSSJ0029-0055_F814W_99px.fits"]
     done = ingest_fits_cutouts(files, "real-lenses", session=session)
     again = ingest_fits_cutouts(files, "real-lenses", session=session)
