@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     web_login_lockout_s
         The window over which failed logins are counted and the length of a lockout, seconds
         (``LENSCAT_WEB_LOGIN_LOCKOUT_S``).
+    tap_default_maxrec
+        Rows a TAP query returns when it sets no MAXREC (``LENSCAT_TAP_DEFAULT_MAXREC``).
+    tap_max_rec
+        Hard limit of rows of one TAP query whatever its MAXREC (``LENSCAT_TAP_MAX_REC``); a
+        result cut by a limit ends with ``QUERY_STATUS`` ``OVERFLOW``.
+    tap_async_max_jobs
+        Asynchronous TAP jobs kept at most (``LENSCAT_TAP_ASYNC_MAX_JOBS``); the oldest finished
+        ones are destroyed first.
+    tap_async_timeout_s
+        Statement timeout of an asynchronous TAP job, seconds (``LENSCAT_TAP_ASYNC_TIMEOUT_S``); the
+        synchronous endpoint uses ``web_statement_timeout_s``.
+    tap_job_hours
+        Hours an asynchronous TAP job and its result are kept (``LENSCAT_TAP_JOB_HOURS``).
     web_statement_timeout_s
         Statement timeout of the web query page and SQL-defined grids, seconds
         (``LENSCAT_WEB_STATEMENT_TIMEOUT_S``); short, so one page cannot hold the server.
@@ -113,6 +126,11 @@ class Settings(BaseSettings):
     web_login_max_failures: int = Field(default=5, gt=0)
     web_login_max_failures_per_client: int = Field(default=20, gt=0)
     web_login_lockout_s: float = Field(default=900.0, gt=0)
+    tap_default_maxrec: int = Field(default=10_000, ge=0)
+    tap_max_rec: int = Field(default=200_000, gt=0)
+    tap_async_max_jobs: int = Field(default=100, gt=0)
+    tap_async_timeout_s: float = Field(default=600.0, gt=0)
+    tap_job_hours: float = Field(default=24.0, gt=0)
     redrock_templates: Path | None = None
 
     @property

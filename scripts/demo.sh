@@ -249,6 +249,28 @@ lenscat evidence --grades A,B --limit 8
 lenscat proposal --grades A,B --site keck --from 2027-01-10 --to 2027-01-16 --out "$OUT/proposal" --quiet
 head -n 12 "$OUT/proposal/README.txt"
 
+step "31c. A gravitational-wave-like sky map (a flat NSIDE-128 Gaussian around the Cosmic Horseshoe): what lies in its 90 % region"
+[ -f "$OUT/demo_bayestar.fits.gz" ] || python - "$OUT/demo_bayestar.fits.gz" <<'PY'
+import sys
+import astropy.units as u, numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy_healpix import HEALPix
+hp = HEALPix(128, order="nested")
+lon, lat = hp.healpix_to_lonlat(np.arange(hp.npix))
+sep = SkyCoord(lon, lat).separation(SkyCoord(177.14 * u.deg, 19.5 * u.deg)).deg
+p = np.exp(-0.5 * (sep / 3.0) ** 2)
+hdu = fits.BinTableHDU.from_columns([fits.Column("PROB", "D", array=p / p.sum())])
+hdu.header.update(PIXTYPE="HEALPIX", ORDERING="NESTED", NSIDE=128, COORDSYS="C", OBJECT="SDEMO")
+fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(sys.argv[1])
+PY
+lenscat skymap ingest "$OUT/demo_bayestar.fits.gz" --name SDEMO
+lenscat skymap list
+lenscat skymap match SDEMO --credible 0.9 --catalog lenscat-1.1.3 --out "$OUT/sdemo_lenses.csv" --format csv
+head -n 6 "$OUT/sdemo_lenses.csv"
+lenscat skymap match SDEMO --credible 0.9 --survey demo-decals --out "$OUT/sdemo_sources.csv" --format csv
+lenscat export --grades A,B --moc "$OUT/candidates.moc.fits" --quiet
+
 step "Done. Explore with: lenscat sql \"SELECT * FROM candidates ORDER BY mean_grade DESC LIMIT 5\" --format json"
 
 if [ "${LENSCAT_DEMO_SERVE:-1}" = "1" ]; then

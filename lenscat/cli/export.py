@@ -22,6 +22,7 @@ def _check_export(
     site: str | None = None,
     start: str | None = None,
     end: str | None = None,
+    moc: Path | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Check the options before the database starts: the grade letters, the file format key, the site and dates."""
@@ -39,8 +40,8 @@ def _check_export(
         observe = (resolve_site(site), d0, d1)
 
     letters = parse_consensus_grades(grades)
-    if out is None and gallery is None and not summary:
-        raise LenscatError("nothing to do: give --out PATH (and/or --gallery PATH.png|pdf, --summary)")
+    if out is None and gallery is None and not summary and moc is None:
+        raise LenscatError("nothing to do: give --out PATH (and/or --gallery PATH.png|pdf, --moc PATH, --summary)")
     if out is None and fmt is not None:
         raise LenscatError("--format needs --out PATH")
     key = export_format(out, fmt) if out is not None else None
@@ -116,6 +117,19 @@ def _check_export(
     show_default=True,
     help="Observability: lowest useful altitude [deg].",
 )
+@click.option(
+    "--moc",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write a MOC (MOC FITS) of the candidates' positions, one HEALPix cell each.",
+)
+@click.option(
+    "--moc-order",
+    type=click.IntRange(0, 29),
+    default=14,
+    show_default=True,
+    help="HEALPix order of the MOC's cells (14: about 13 arcsec).",
+)
 @click.option("--summary", is_flag=True, help="Print counts by consensus grade and survey region.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @needs_schema(before=_check_export)
@@ -134,6 +148,8 @@ def export_cmd(
     start: str | None,
     end: str | None,
     min_altitude: float,
+    moc: Path | None,
+    moc_order: int,
     summary: bool,
     quiet: bool,
     letters: tuple[str, ...] = (),
@@ -147,6 +163,7 @@ def export_cmd(
     parameters with calibrated 1-sigma uncertainties (lm_*), the joint evidence (evidence_score, its
     contributions and category) and, with --site/--from/--to, the observability summary (obs_*).
     Regions in the summary are the survey's Galactic hemispheres (NGC: b >= 0, SGC: b < 0).
+    With --moc, also a MOC (MOC FITS, mocpy) of the candidates' positions at --moc-order.
     """
     import astropy.units as u
 
@@ -184,6 +201,11 @@ def export_cmd(
     if out is not None:
         path = write_candidates(table, out, key)
         click.echo(f"wrote {len(table)} candidates (consensus grade {','.join(letters)}) to {path} ({key})")
+    if moc is not None:
+        from lenscat.export.moc import write_moc
+
+        moc_path = write_moc(table, moc, moc_order)
+        click.echo(f"wrote MOC {moc_path}: {len(table)} candidates as cells of order {moc_order}")
     if drawn is not None:
         for line in drawn.problems[:10]:
             _err(f"lenscat: {line}")

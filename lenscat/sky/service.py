@@ -4,7 +4,9 @@ One answer to "which sources are near here": a cone (:func:`cone_search`, :func:
 set of positions matched to their nearest source or to every source within a radius
 (:func:`match_positions`, or :func:`match_query` for positions that live in a table), and a cone
 condition for queries driven by another index (:func:`within`); positions already in memory are
-paired with :func:`pairs_within` (no database). Callers pass ``SkyCoord`` and
+paired with :func:`pairs_within` (no database). "Which sources lie in this HEALPix region" (a sky
+map's credible region, a MOC) is :func:`within_region`, which probes the same index with the
+region's zone boxes (:mod:`lenscat.sky.healpix`). Callers pass ``SkyCoord`` and
 ``Quantity``; :mod:`lenscat.sky.units` converts to the degrees the SQL (:mod:`lenscat.sky.sql`)
 takes. Unless surveys are named, injection sets are left out (as ``public.cone_search`` does).
 """
@@ -12,6 +14,7 @@ takes. Unless surveys are named, injection sets are left out (as ``public.cone_s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import astropy.units as u
@@ -22,8 +25,17 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.surveys import get_survey, real_survey_ids
-from lenscat.sky.sql import CONE_IDS_SQL, CONE_SQL, POSITIONS_SQL, SURVEY_FILTER, matches_sql, within_sql
-from lenscat.sky.types import ConeHits, SkyMatch, SkyPairs
+from lenscat.sky.healpix import merge_ranges, range_index, zone_ra_ranges
+from lenscat.sky.sql import (
+    CONE_IDS_SQL,
+    CONE_SQL,
+    POSITIONS_SQL,
+    SURVEY_FILTER,
+    matches_sql,
+    within_sql,
+    zone_boxes_sql,
+)
+from lenscat.sky.types import ConeHits, RegionHits, SkyMatch, SkyPairs
 from lenscat.sky.units import CONE_UNITS, centre_degrees, positions_degrees, radius_degrees, rows_to_table
 
 
@@ -257,3 +269,98 @@ def within(
         f"{prefix}_dec": cdec,
         f"{prefix}_r": r,
     }
+
+
+def rows_in_region(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    session: Session,
+    table: str = "lenscat.sources",
+    key: str = "source_id",
+    condition: str = "",
+    params: dict[str, Any] | None = None,
+    label: str | None = None,
+) -> RegionHits:
+    """The rows of a zone-indexed table whose positions lie in a HEALPix region.
+
+    Parameters
+    ----------
+    lo, hi
+        The region: disjoint order-29 NESTED ranges ``[lo, hi)`` sorted by ``lo``
+        (:mod:`lenscat.sky.healpix`); ``tile`` in the answer indexes them.
+    session
+        Database session.
+    table
+        A table with ``ra``, ``dec`` [deg] and the sky-index column ``zone`` under a btree on
+        ``(zone, ra)``: ``lenscat.sources`` or ``lenscat.literature_lenses``.
+    key
+        Its id column.
+    condition
+        Extra SQL condition on the rows, aliased ``s`` (e.g. ``AND s.catalog_id = :cid``).
+    params
+        Parameters of ``condition``.
+    label
+        A text expression over the row (aliased ``s``) returned as ``RegionHits.label``.
+
+    Returns
+    -------
+    RegionHits
+        The rows whose order-29 pixel lies in a range, sorted by range, then id.
+
+    Notes
+    -----
+    Two steps: the region's cover by (zone, ra_lo, ra_hi) boxes (:func:`lenscat.sky.healpix.zone_ra_ranges`)
+    probes the ``(zone, ra)`` index once per box, so only the rows near the region are read (no scan);
+    then each row's pixel is tested against the ranges (:func:`lenscat.sky.healpix.range_index`).
+    """
+    lo = np.asarray(lo, dtype=np.int64)
+    hi = np.asarray(hi, dtype=np.int64)
+    mlo, mhi = merge_ranges(lo, hi)
+    boxes = zone_ra_ranges(mlo, mhi)
+    empty = np.empty(0, np.int64)
+    if len(boxes) == 0:
+        return RegionHits(empty, np.empty(0), np.empty(0), empty, 0, 0, np.empty(0, np.str_) if label else None)
+    args: dict[str, Any] = dict(params or {})
+    # array literals: psycopg's per-element list dumping costs ~0.1 s for a few thousand boxes
+    args.update(zb_zone=_array_text(boxes.zone), zb_lo=_array_text(boxes.ra_lo), zb_hi=_array_text(boxes.ra_hi))
+    rows = session.execute(text(zone_boxes_sql(table, key, condition, label=label)), args).all()
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    ra = np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows))
+    dec = np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows))
+    tile = range_index(ra, dec, lo, hi)
+    keep = np.flatnonzero(tile >= 0)
+    keep = keep[np.lexsort((ids[keep], tile[keep]))]
+    labels = np.array([rows[int(i)][3] for i in keep], dtype=np.str_) if label else None
+    return RegionHits(ids[keep], ra[keep], dec[keep], tile[keep], len(rows), len(boxes), labels)
+
+
+def _array_text(values: np.ndarray) -> str:
+    """A PostgreSQL array literal of numbers (shortest round-trip text of each)."""
+    return "{" + ",".join(np.asarray(values).astype(str).tolist()) + "}"
+
+
+def within_region(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    *,
+    session: Session,
+    surveys: Sequence[str] | Sequence[int] | None = None,
+    names: bool = False,
+) -> RegionHits:
+    """The catalogue's sources inside a HEALPix region (order-29 ranges), through the sky index.
+
+    As :func:`rows_in_region` on ``lenscat.sources``; ``surveys`` restricts the sources (names or
+    ids; default: every real survey, injection sets left out, as :func:`cone_search`); with
+    ``names``, ``label`` holds each source's ``survey:objid``.
+    """
+    sids = survey_ids(surveys, session=session)
+    cond = SURVEY_FILTER if sids else ""
+    label = "s.survey_id::text || ':' || s.objid" if names else None
+    args = {"sids": sids} if sids else None
+    hits = rows_in_region(lo, hi, session=session, condition=cond, params=args, label=label)
+    if hits.label is not None and len(hits):
+        survey = {str(a): str(b) for a, b in session.execute(text("SELECT survey_id, name FROM lenscat.surveys"))}
+        parts = [str(x).split(":", 1) for x in hits.label]
+        hits = replace(hits, label=np.array([f"{survey[a]}:{b}" for a, b in parts], dtype=np.str_))
+    return hits

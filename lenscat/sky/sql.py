@@ -134,3 +134,28 @@ def within_sql(prefix: str, *, ra: str = "s.ra", dec: str = "s.dec", outside: bo
     """
     op = ">" if outside else "<="
     return f"lenscat_angsep(:{prefix}_ra, :{prefix}_dec, {ra}, {dec}) {op} :{prefix}_r"
+
+
+def zone_boxes_sql(
+    table: str = "lenscat.sources", key: str = "source_id", condition: str = "", *, label: str | None = None
+) -> str:
+    """SELECT of (``key``, ra, dec[, label]) of the rows of ``table`` inside (zone, ra_lo, ra_hi) boxes.
+
+    The boxes are the arrays ``:zb_zone`` (integer), ``:zb_lo`` and ``:zb_hi`` [deg]; one index range
+    scan of ``(zone, ra)`` per box (``ix_sources_zone_ra``, ``ix_literature_lenses_zone_ra``), kept
+    per box by ``OFFSET 0`` as in :func:`pairs_sql`. ``condition`` (e.g. ``AND s.survey_id =
+    ANY(:sids)``) filters the rows, aliased ``s``. Boxes of one zone must not overlap (a row would
+    come back twice). ``label``, a text expression over ``s``, adds a fourth column.
+    """
+    extra = f", {label} AS label" if label else ""
+    return f"""
+        SELECT m.*
+        FROM unnest(CAST(:zb_zone AS integer[]), CAST(:zb_lo AS float8[]), CAST(:zb_hi AS float8[]))
+             AS q(zone, ra_lo, ra_hi)
+        CROSS JOIN LATERAL (
+            SELECT s.{key}, s.ra, s.dec{extra}
+            FROM {table} s
+            WHERE s.zone = q.zone AND s.ra BETWEEN q.ra_lo AND q.ra_hi {condition}
+            OFFSET 0  -- one index probe per box
+        ) m
+    """

@@ -72,3 +72,35 @@ class SkyMatch:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+@dataclass(frozen=True)
+class RegionHits:
+    """The rows of a table whose positions lie in a HEALPix region (:func:`lenscat.sky.service.within_region`).
+
+    Attributes
+    ----------
+    row_id
+        The rows' ids (``source_id`` for sources; int64), in the order of ``tile``, then id.
+    ra, dec
+        Their positions [deg].
+    tile
+        Index of the region's range ``[lo, hi)`` holding each position (int64).
+    n_probed
+        Rows the sky-index probe returned before the exact test (the cover's over-coverage included).
+    n_boxes
+        (zone, ra_lo, ra_hi) boxes the probe used.
+    label
+        A text per row when the caller asked for one (e.g. ``survey:objid``), else None.
+    """
+
+    row_id: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    tile: np.ndarray
+    n_probed: int
+    n_boxes: int
+    label: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.row_id)

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
-from lenscat.web.routes import api, auth, export, grids, pages, proposal, query
+from lenscat.web.routes import api, auth, export, grids, pages, proposal, query, tap
 
-ROUTERS = (auth.router, pages.router, grids.router, query.router, export.router, proposal.router, api.router)
+ROUTERS = (
+    auth.router,
+    pages.router,
+    grids.router,
+    query.router,
+    export.router,
+    proposal.router,
+    api.router,
+    tap.router,
+)

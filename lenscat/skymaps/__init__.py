@@ -1,0 +1,1 @@
+"""Sky maps (gravitational-wave and GRB localisations, MOCs): ingest, credible regions, cross-match."""
