@@ -10,31 +10,22 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 import psycopg
 import pytest
 
+from tests.integration.live_server import fresh_database, lenscat_server
 from tests.integration.pgrows import one
 
 ROOT = Path(__file__).resolve().parents[2]
 CENTRE = (150.0, 2.2)
 RADIUS_DEG = 5.0 / 3600.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -59,94 +50,68 @@ def tap(engine, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tap")
     base_url = libpq_url(engine.url.render_as_string(hide_password=False))
-    name = f"lenscat_tap_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(base_url, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    url = urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
-    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp / "home"), "LENSCAT_DEVICE": "cpu"}
-    env.pop("LENSCAT_BROKER_URL", None)
-    server = None
-    try:
-        from sqlalchemy import create_engine
-        from sqlalchemy.orm import Session
+    with fresh_database(base_url, "lenscat_tap") as url:
+        env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp / "home"), "LENSCAT_DEVICE": "cpu"}
+        env.pop("LENSCAT_BROKER_URL", None)
+        token, other = _tap_world(url)
+        with lenscat_server(env) as base:
+            # the answer of `lenscat sql` to the cone, once for the module
+            out = _cli(env, "sql", CONE_SQL, "--format", "json")
+            expected = [int(json.loads(line)["source_id"]) for line in out.splitlines() if line.strip()]
+            yield base + "/tap", url, env, "robot", token, expected, other
 
-        from lenscat.db import migrate
-        from lenscat.db.server import sqlalchemy_url
-        from lenscat.grading.accounts import add_grader
 
-        own = create_engine(sqlalchemy_url(url))
-        with own.connect() as conn:
-            migrate.upgrade("head", connection=conn)
-            conn.commit()
-        with Session(own) as s:
-            _, token = add_grader("robot", token=True, session=s)
-            _, other = add_grader("eve", token=True, session=s)
-            s.commit()
-        own.dispose()
-        assert token is not None and other is not None
-        rng = np.random.default_rng(34)
-        with psycopg.connect(url, autocommit=True) as conn:
-            sid = one(
-                conn.execute(
-                    "INSERT INTO lenscat.surveys (name, bands) VALUES ('tapsurvey', ARRAY['g','r']) RETURNING survey_id"
+def _tap_world(url: str) -> tuple[str, str]:
+    """Schema, two API-token graders (robot, eve), a survey around CENTRE and a literature lens in ``url``."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from lenscat.db import migrate
+    from lenscat.db.server import sqlalchemy_url
+    from lenscat.grading.accounts import add_grader
+
+    own = create_engine(sqlalchemy_url(url))
+    with own.connect() as conn:
+        migrate.upgrade("head", connection=conn)
+        conn.commit()
+    with Session(own) as s:
+        _, token = add_grader("robot", token=True, session=s)
+        _, other = add_grader("eve", token=True, session=s)
+        s.commit()
+    own.dispose()
+    assert token is not None and other is not None
+    rng = np.random.default_rng(34)
+    with psycopg.connect(url, autocommit=True) as conn:
+        sid = one(
+            conn.execute(
+                "INSERT INTO lenscat.surveys (name, bands) VALUES ('tapsurvey', ARRAY['g','r']) RETURNING survey_id"
+            )
+        )[0]
+        rows = []
+        # a dense knot of 40 sources within 8" of the centre, and 3000 across a 2-degree field
+        for i in range(40):
+            r, a = rng.uniform(0, 8.0) / 3600.0, rng.uniform(0, 2 * np.pi)
+            ra = CENTRE[0] + r * np.cos(a) / np.cos(np.radians(CENTRE[1]))
+            rows.append((sid, f"k{i}", ra, CENTRE[1] + r * np.sin(a), [21.0, 20.0 + i / 40]))
+        for i in range(3000):
+            rows.append((sid, f"f{i}", rng.uniform(149.0, 151.0), rng.uniform(1.2, 3.2), [22.0, rng.uniform(18, 24)]))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) VALUES (%s, %s, %s, %s, %s)", rows
+            )
+            cid = one(
+                cur.execute(
+                    "INSERT INTO lenscat.literature_catalogs (name, path, sha256, format) "
+                    "VALUES ('taplit', 'taplit.csv', '0', 'csv') RETURNING catalog_id"
                 )
             )[0]
-            rows = []
-            # a dense knot of 40 sources within 8" of the centre, and 3000 across a 2-degree field
-            for i in range(40):
-                r, a = rng.uniform(0, 8.0) / 3600.0, rng.uniform(0, 2 * np.pi)
-                ra = CENTRE[0] + r * np.cos(a) / np.cos(np.radians(CENTRE[1]))
-                rows.append((sid, f"k{i}", ra, CENTRE[1] + r * np.sin(a), [21.0, 20.0 + i / 40]))
-            for i in range(3000):
-                rows.append(
-                    (sid, f"f{i}", rng.uniform(149.0, 151.0), rng.uniform(1.2, 3.2), [22.0, rng.uniform(18, 24)])
-                )
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO lenscat.sources (survey_id, objid, ra, dec, mag) VALUES (%s, %s, %s, %s, %s)", rows
-                )
-                cid = one(
-                    cur.execute(
-                        "INSERT INTO lenscat.literature_catalogs (name, path, sha256, format) "
-                        "VALUES ('taplit', 'taplit.csv', '0', 'csv') RETURNING catalog_id"
-                    )
-                )[0]
-                cur.execute(
-                    "INSERT INTO lenscat.literature_lenses (catalog_id, row_number, name, ra, dec, z_lens, raw) "
-                    "VALUES (%s, 1, 'TAPJ1000+0212', %s, %s, 0.4, '{}')",
-                    (cid, CENTRE[0], CENTRE[1]),
-                )
-            conn.execute("ANALYZE lenscat.sources")
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "lenscat.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-            assert time.monotonic() < deadline, "lenscat serve did not come up"
-            time.sleep(0.2)
-        # the answer of `lenscat sql` to the cone, once for the module
-        out = _cli(env, "sql", CONE_SQL, "--format", "json")
-        expected = [int(json.loads(line)["source_id"]) for line in out.splitlines() if line.strip()]
-        yield base + "/tap", url, env, "robot", token, expected, other
-    finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+            cur.execute(
+                "INSERT INTO lenscat.literature_lenses (catalog_id, row_number, name, ra, dec, z_lens, raw) "
+                "VALUES (%s, 1, 'TAPJ1000+0212', %s, %s, 0.4, '{}')",
+                (cid, CENTRE[0], CENTRE[1]),
+            )
+        conn.execute("ANALYZE lenscat.sources")
+    return token, other
 
 
 def _service(tap):

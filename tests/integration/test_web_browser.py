@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +18,7 @@ import psycopg
 import pytest
 from astropy.table import Table
 
+from tests.integration.live_server import fresh_database, lenscat_server
 from tests.integration.pgrows import one
 
 if TYPE_CHECKING:
@@ -30,12 +28,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "correct-horse"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _source_id(cell: Locator) -> int:
@@ -52,56 +44,30 @@ def served(engine, tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)")
     pytest.importorskip("playwright.sync_api")
-    from urllib.parse import urlsplit, urlunsplit
-
     from lenscat.db.server import libpq_url
 
     tmp_path = tmp_path_factory.mktemp("web")
     base_url = libpq_url(engine.url.render_as_string(hide_password=False))
-    name = f"lenscat_web_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(base_url, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    url = urlunsplit(urlsplit(base_url)._replace(path=f"/{name}"))
-    env = {**os.environ, "LENSCAT_DATABASE_URL": url, "LENSCAT_HOME": str(tmp_path / "home"), "LENSCAT_DEVICE": "cpu"}
-    env.pop("LENSCAT_BROKER_URL", None)
-    build = subprocess.run(
-        [sys.executable, "-m", "tests.integration.web_world", str(tmp_path / "world")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    world = json.loads(build.stdout.strip().splitlines()[-1])
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "lenscat.cli", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
-            assert time.monotonic() < deadline, "lenscat serve did not come up"
-            time.sleep(0.2)
-        yield base, url, world
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with fresh_database(base_url, "lenscat_web") as url:
+        env = {
+            **os.environ,
+            "LENSCAT_DATABASE_URL": url,
+            "LENSCAT_HOME": str(tmp_path / "home"),
+            "LENSCAT_DEVICE": "cpu",
+        }
+        env.pop("LENSCAT_BROKER_URL", None)
+        build = subprocess.run(
+            [sys.executable, "-m", "tests.integration.web_world", str(tmp_path / "world")],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert build.returncode == 0, build.stderr[-3000:]
+        world = json.loads(build.stdout.strip().splitlines()[-1])
+        with lenscat_server(env) as base:
+            yield base, url, world
 
 
 def _login(page, base, name):
