@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,3 +88,28 @@ def machine_info(*, with_torch: bool = False) -> dict[str, Any]:
             cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         )
     return info
+
+
+def ingest_uniform_sky(
+    n: int, seed: int, home: Path, survey: str
+) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """Ingest ``n`` sources uniform on the sphere (``seed``) as ``survey`` into the configured database,
+    VACUUM ANALYZE them, print the ingest time; return their ra, dec [deg] and the random generator
+    (to draw on from where the positions left it)."""
+    from astropy.table import Table
+    from sqlalchemy import text
+
+    from lenscat.catalogue.ingest import ingest_sources
+    from lenscat.db.session import get_engine
+
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    src = home / "sources.fits"
+    Table({"objid": np.arange(n), "ra": ra, "dec": dec}).write(src)
+    t0 = time.perf_counter()
+    ingest_sources(src, survey)
+    print(f"sources ingested: {n:,} in {time.perf_counter() - t0:.1f} s", flush=True)
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+        c.execute(text("VACUUM ANALYZE lenscat.sources"))
+    return ra, dec, rng

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import goal, loadavg, machine_info
+from benchutil import goal, ingest_uniform_sky, loadavg, machine_info
 
 GOAL_S = 1.0
 
@@ -71,14 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import astropy.units as u
     from astropy.io import fits
-    from astropy.table import Table
     from astropy_healpix import lonlat_to_healpix
     from sqlalchemy import text
 
-    from lenscat.catalogue.ingest import ingest_sources
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
-    from lenscat.db.session import dispose_engine, get_engine, session_scope
+    from lenscat.db.session import dispose_engine, session_scope
     from lenscat.skymaps.readers import credible_levels
     from lenscat.skymaps.service import ingest_skymap, match_skymap
 
@@ -87,16 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# n={args.n:,} nside={args.nside} seed={args.seed} LENSCAT_HOME={home}", flush=True)
     try:
         ensure_schema()
-        rng = np.random.default_rng(args.seed)
-        ra = rng.uniform(0, 360, args.n)
-        dec = np.degrees(np.arcsin(rng.uniform(-1, 1, args.n)))
-        src = home / "sources.fits"
-        Table({"objid": np.arange(args.n), "ra": ra, "dec": dec}).write(src)
-        t0 = time.perf_counter()
-        ingest_sources(src, "bench-sky")
-        print(f"sources ingested: {args.n:,} in {time.perf_counter() - t0:.1f} s", flush=True)
-        with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-            c.execute(text("VACUUM ANALYZE lenscat.sources"))
+        ra, dec, rng = ingest_uniform_sky(args.n, args.seed, home, "bench-sky")
 
         # sigma_a * sigma_b * 2 pi ln(10) = 1000 deg^2 for the 90 % region of a flat-sky Gaussian
         p = gaussian_map(args.nside, 210.0, 25.0, 12.0, 5.76, 30.0)

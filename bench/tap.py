@@ -44,8 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from benchutil import goal, loadavg, machine_info, pct
+from benchutil import goal, ingest_uniform_sky, loadavg, machine_info, pct
 
 GOAL_RATIO = 2.0
 RADIUS_ARCSEC = 5.0
@@ -66,13 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
     from astropy.io.votable import parse_single_table
-    from astropy.table import Table
-    from sqlalchemy import text
 
-    from lenscat.catalogue.ingest import ingest_sources
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
-    from lenscat.db.session import dispose_engine, get_engine, session_scope
+    from lenscat.db.session import dispose_engine, session_scope
     from lenscat.db.usersql import run_readonly_sql
     from lenscat.grading.accounts import add_grader
     from tests.integration.live_server import lenscat_server
@@ -82,16 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# n={args.n:,} repeat={args.repeat} seed={args.seed} LENSCAT_HOME={home}", flush=True)
     try:
         ensure_schema()
-        rng = np.random.default_rng(args.seed)
-        ra = rng.uniform(0, 360, args.n)
-        dec = np.degrees(np.arcsin(rng.uniform(-1, 1, args.n)))
-        src = home / "sources.fits"
-        Table({"objid": np.arange(args.n), "ra": ra, "dec": dec}).write(src)
-        t0 = time.perf_counter()
-        ingest_sources(src, "bench-sky")
-        print(f"sources ingested: {args.n:,} in {time.perf_counter() - t0:.1f} s", flush=True)
-        with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-            c.execute(text("VACUUM ANALYZE lenscat.sources"))
+        ra, dec, rng = ingest_uniform_sky(args.n, args.seed, home, "bench-sky")
         with session_scope() as s:
             _, token = add_grader("benchbot", token=True, password=None, session=s)
         assert token is not None

@@ -111,12 +111,7 @@ def spectro_time_to_snr(
     InvalidParameter
         Non-finite magnitude, airmass below 1, a non-positive S/N or a bad band.
     """
-    if not math.isfinite(mag):
-        raise InvalidParameter("mag", "{mag} must be finite")
-    if not airmass >= 1.0:
-        raise InvalidParameter("airmass", f"{{airmass}} must be at least 1, not {airmass}")
-    if not snr > 0:
-        raise InvalidParameter("snr", "{snr} must be positive")
+    _check_request(mag, airmass, snr)
     s, sky, read_var = _spectro_rates(mag, band, theta_e_arcsec, airmass, moon_illumination, spec)
     return _solve_time(s, sky, read_var, snr)
 
@@ -148,6 +143,16 @@ def _spectro_rates(
     sky = 10 ** (-0.4 * sky_brightness(b, moon_illumination)) * per_resel * spec.slit_arcsec * extraction
     npix = extraction / spec.pixel_arcsec * spec.pixels_per_resel
     return s, sky, npix * spec.read_noise_e**2
+
+
+def _check_request(mag: float, airmass: float, snr: float) -> None:
+    """Raise :class:`InvalidParameter` for a non-finite magnitude, airmass below 1 or S/N <= 0."""
+    if not math.isfinite(mag):
+        raise InvalidParameter("mag", "{mag} must be finite")
+    if not airmass >= 1.0:
+        raise InvalidParameter("airmass", f"{{airmass}} must be at least 1, not {airmass}")
+    if not snr > 0:
+        raise InvalidParameter("snr", "{snr} must be positive")
 
 
 def _solve_time(signal: float, sky: float, read_var: float, snr: float) -> float:
@@ -198,12 +203,7 @@ def time_to_snr(
     InvalidParameter
         Non-finite magnitude, airmass below 1 or a non-positive S/N.
     """
-    if not math.isfinite(mag):
-        raise InvalidParameter("mag", "{mag} must be finite")
-    if not airmass >= 1.0:
-        raise InvalidParameter("airmass", f"{{airmass}} must be at least 1, not {airmass}")
-    if not snr > 0:
-        raise InvalidParameter("snr", "{snr} must be positive")
+    _check_request(mag, airmass, snr)
     b = _band(band)
     fwhm = inst.seeing_arcsec
     area = max(2 * math.pi * max(theta_e_arcsec, 0.0) * fwhm, math.pi * fwhm**2)
