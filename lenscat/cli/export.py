@@ -168,7 +168,7 @@ def export_cmd(
     import astropy.units as u
 
     from lenscat.db.session import session_scope
-    from lenscat.export.catalogue import candidate_table, summary_table, write_candidates, write_gallery
+    from lenscat.export.catalogue import add_ucds, candidate_table, summary_table, write_candidates, write_gallery
     from lenscat.export.followup import add_evidence_columns, add_lens_model_columns, add_observability_columns
     from lenscat.io.output import write_table
 
@@ -185,6 +185,7 @@ def export_cmd(
             )
         add_lens_model_columns(table, session=s)
         add_evidence_columns(table, session=s)
+        add_ucds(table, session=s)
         if observe is not None:
             add_observability_columns(table, *observe, min_altitude=min_altitude * u.deg)
         drawn = None

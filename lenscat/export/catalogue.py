@@ -436,3 +436,23 @@ def summary_table(
     )
     out.meta["REGION"] = REGION_DEFINITION
     return out
+
+
+def add_ucds(table: Table, *, session: Session) -> Table:
+    """Give each column the UCD (IVOA UCD1+) that the TAP service publishes for a column of that name.
+
+    The one answer is TAP_SCHEMA.columns (:func:`lenscat.tap.service.column_meta`); an ``lm_`` column
+    takes its lens-model parameter's UCD. VOTable and ECSV exports write them (``column.info.meta``);
+    columns without a published namesake keep none. Returns ``table`` (changed in place).
+    """
+    from lenscat.tap.service import column_meta
+
+    ucds: dict[str, str] = {}
+    for c in column_meta(session=session):
+        if c.ucd and not c.table_name.startswith("tap_schema"):
+            ucds.setdefault(c.column_name, c.ucd)
+    for name in table.colnames:
+        ucd = ucds.get(name) or (ucds.get(name[3:]) if name.startswith("lm_") else None)
+        if ucd:
+            table[name].info.meta = {**(table[name].info.meta or {}), "ucd": ucd}
+    return table

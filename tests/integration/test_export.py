@@ -16,6 +16,7 @@ from sqlalchemy import text
 from lenscat.errors import LenscatError
 from lenscat.export.catalogue import (
     COLUMN_NAMES,
+    add_ucds,
     candidate_table,
     export_bytes,
     region_of,
@@ -291,6 +292,12 @@ def test_candidate_table_every_format_and_summary(session, tmp_path, data_dir):
     infos = {i.name: i.value for i in parse(out / "c.vot").resources[0].infos}
     assert infos["GRADES"] == "A,B" and infos["MINVOTES"] == "1" and "CLASSIF" in infos
     assert _words(Table.read(out / "c.vot").meta["description"]) == _words(t.meta["description"])
+    # UCDs: the TAP service's (TAP_SCHEMA.columns) for columns of the same name, written into the VOTable
+    ucd_t = add_ucds(t.copy(), session=session)
+    write_candidates(ucd_t, tmp_path / "u.vot")
+    fields = {f.name: f.ucd for f in parse(tmp_path / "u.vot").get_first_table().fields}
+    assert fields["ra"] == "pos.eq.ra;meta.main" and fields["dec"] == "pos.eq.dec;meta.main"
+    assert fields["mag_r"] == "phot.mag;em.opt.R" and fields["consensus_grade"] == "meta.code.qual"
     # replacing a file: the new content, no temporary files left behind
     write_candidates(t[:2], out / "c.ecsv")
     assert len(Table.read(out / "c.ecsv")) == 2

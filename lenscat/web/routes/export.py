@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from lenscat.errors import LenscatError, NotFoundError
-from lenscat.export.catalogue import candidate_table
+from lenscat.export.catalogue import add_ucds, candidate_table
 from lenscat.export.formats import FILE_SUFFIXES, MEDIA_TYPES, export_bytes
 from lenscat.web.deps import DB, ApiMe
 
@@ -21,6 +21,7 @@ def export(request: Request, *, grades: str = "A,B", format: str = "fits", me: A
     table = candidate_table(session=session, grades=[g for g in grades.split(",") if g.strip()])
     if len(table) == 0:
         raise NotFoundError(f"no source has a consensus grade among {grades} yet: grade some first")
+    add_ucds(table, session=session)
     name = f"lenscat_candidates{FILE_SUFFIXES[format]}"
     return Response(
         export_bytes(table, format),
