@@ -47,6 +47,13 @@ def model() -> None:
     show_default=True,
     help="Fraction of held-out simulated lenses the lens-probability threshold may flag.",
 )
+@click.option(
+    "--lens-light-dm",
+    default="none",
+    show_default=True,
+    help="LO,HI: make each simulated lens galaxy's (and impostor's) own light fainter by a magnitude drawn "
+    "uniformly from LO..HI (negative: brighter), so θ_E cannot be read from its brightness; 'none': as simulated.",
+)
 @click.option("--device", default=None, help="cpu or cuda (default LENSCAT_DEVICE, else CPU).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the training report as JSON.")
@@ -63,6 +70,7 @@ def model_train_cmd(
     arc_mag_r: tuple[float, float] | None,
     nonlens_ratio: float,
     max_lens_loss: float,
+    lens_light_dm: str,
     device: str | None,
     seed: int,
     as_json: bool,
@@ -84,6 +92,7 @@ def model_train_cmd(
         arc_mag_r=arc_mag_r,
         nonlens_ratio=nonlens_ratio,
         max_lens_loss=max_lens_loss,
+        lens_light_dm=_magnitude_range(lens_light_dm),
     )
     with session_scope() as s:
         res = train_lens_model(name, opts, session=s, progress=not as_json)
@@ -100,6 +109,17 @@ def model_train_cmd(
             f"lens probability: threshold {prob['threshold']:.3g} keeps {m['lenses_kept']:.1%} of held-out lenses, "
             f"flags {m['nonlenses_flagged']:.1%} of held-out impostors (AUC {m['auc']:.3f})"
         )
+
+
+def _magnitude_range(text: str) -> tuple[float, float] | None:
+    """``'LO,HI'`` -> (LO, HI); ``'none'`` -> None (the range itself is checked by the training options)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not LO,HI magnitudes or 'none'", param_hint="--lens-light-dm") from None
+    return lo, hi
 
 
 @model.command("run")

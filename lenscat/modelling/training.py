@@ -72,6 +72,7 @@ class LensTrainOptions:
     nonlens_ratio: float = 1.0
     max_lens_loss: float = 0.01
     bce_weight: float = 1.0
+    lens_light_dm: tuple[float, float] | None = None
 
     def lens_arc_mag_r(self) -> tuple[float, float] | None:
         """The simulated lenses' lensed r magnitude range: ``arc_mag_r`` when set; else, with non-lenses,
@@ -95,6 +96,11 @@ class LensTrainOptions:
             raise InvalidParameter("nonlens_ratio", "{nonlens_ratio} must be between 0 (no lens probability) and 10")
         if not 0.0 <= self.max_lens_loss < 0.5:
             raise InvalidParameter("max_lens_loss", "{max_lens_loss} must be a fraction in [0, 0.5)")
+        dm = self.lens_light_dm
+        if dm is not None and not (
+            len(dm) == 2 and all(math.isfinite(v) and abs(v) <= 5.0 for v in dm) and dm[0] <= dm[1]
+        ):
+            raise InvalidParameter("lens_light_dm", "{lens_light_dm} must be LO,HI magnitudes with -5 <= LO <= HI <= 5")
 
 
 @dataclass
@@ -108,9 +114,17 @@ class LensTrainReport:
 
 def build_training_set(opts: LensTrainOptions, *, session: Session | None = None) -> LensSet:
     """Simulated lenses, plus injections into ``opts.survey``'s galaxies when a survey is named, plus
-    ``opts.nonlens_ratio`` times as many non-lenses (simulated impostors; the survey's hosts as they are)."""
+    ``opts.nonlens_ratio`` times as many non-lenses (simulated impostors; the survey's hosts as they are).
+    ``opts.lens_light_dm`` shifts the simulated central objects' light (never the injections' hosts)."""
     sets = [
-        simulate_lens_set(opts.n, seed=opts.seed, crop=opts.crop, workers=opts.workers, arc_mag_r=opts.lens_arc_mag_r())
+        simulate_lens_set(
+            opts.n,
+            seed=opts.seed,
+            crop=opts.crop,
+            workers=opts.workers,
+            arc_mag_r=opts.lens_arc_mag_r(),
+            lens_light_dm=opts.lens_light_dm,
+        )
     ]
     n_inj = 0
     if opts.survey:
@@ -131,7 +145,12 @@ def build_training_set(opts: LensTrainOptions, *, session: Session | None = None
         # a seed of its own: object i of the impostors shares no random stream with lens i
         sets.append(
             simulate_lens_set(
-                n_non - n_hosts, seed=opts.seed + 1, kinds=NONLENS_KINDS, crop=opts.crop, workers=opts.workers
+                n_non - n_hosts,
+                seed=opts.seed + 1,
+                kinds=NONLENS_KINDS,
+                crop=opts.crop,
+                workers=opts.workers,
+                lens_light_dm=opts.lens_light_dm,
             )
         )
     return sets[0] if len(sets) == 1 else concat(sets)
@@ -278,6 +297,7 @@ def train_lens_model(name: str, opts: LensTrainOptions, *, session: Session, pro
         "residual_channels": opts.residual,
         "flat_theta_prior": opts.flat_theta_prior,
         "arc_mag_r": opts.lens_arc_mag_r(),
+        "lens_light_dm": None if opts.lens_light_dm is None else list(opts.lens_light_dm),
         "survey": opts.survey,
         "n_injections": int(np.sum(data.kinds == "injection")),
         "params": list(PARAMS),

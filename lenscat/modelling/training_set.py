@@ -23,12 +23,15 @@ import hashlib
 import math
 import multiprocessing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lenscat.errors import InvalidParameter
 from lenscat.modelling.frames import pixel_row, sky_from_pixel
+
+if TYPE_CHECKING:
+    from lenscat.simulate.survey_render import Scene
 
 ENTROPY = 0x1E45_30DE
 """Mixed with the seed, so a set never shares random streams with a simulated survey of the same seed."""
@@ -101,20 +104,56 @@ def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence((seed, ENTROPY), spawn_key=(index,)))
 
 
-def _one(
-    task: tuple[int, int, str, int, int, int, tuple[float, float] | None],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Render object ``index``: (window, sky-frame truth, PSF FWHM, sky sigma)."""
-    from lenscat.simulate.survey_objects import draw_scene
-    from lenscat.simulate.survey_render import render_scene
+def _light_rng(seed: int, index: int) -> np.random.Generator:
+    """Object ``index``'s stream of the lens-light shift: a child of its own, so the scene and the noise
+    draw exactly what they draw without the shift."""
+    return np.random.default_rng(np.random.SeedSequence((seed, ENTROPY), spawn_key=(index, 1)))
 
-    seed, index, kind, stamp, crop, max_shift, arc_mag_r = task
+
+def shift_central_light(scene: Scene, dm: float) -> None:
+    """Make the central object's light (the lens's deflector) ``dm`` magnitudes fainter, in place.
+
+    Scales the flux of the scene's image-plane components and points flagged ``central`` by
+    ``10 ** (-0.4 dm)``; lensed sources (``plane='source'``, normalised to the scene's ``arc_mag_r``
+    when rendered) and field objects keep theirs.
+    """
+    f = 10.0 ** (-0.4 * dm)
+    for comp in scene.comps:
+        if comp.central and comp.plane == "image":
+            comp.flux = comp.flux * f
+    for point in scene.points:
+        if point.central:
+            point.flux = point.flux * f
+
+
+def _scene(
+    task: tuple[int, int, str, int, int, int, tuple[float, float] | None, tuple[float, float] | None],
+) -> tuple[Scene, np.random.Generator, int, int, float]:
+    """Object ``index``'s scene, its noise generator, the window offset (di, dj) and the light shift [mag]."""
+    from lenscat.simulate.survey_objects import draw_scene
+
+    seed, index, kind, stamp, _crop, max_shift, arc_mag_r, lens_light_dm = task
     rng = _rng(seed, index)
     ebv = float(np.clip(rng.lognormal(math.log(0.03), 0.6), 0.0, 0.3))
     scene = draw_scene(kind, rng, ebv, stamp)
     if arc_mag_r is not None and scene.lens is not None:
         scene.lens.arc_mag_r = float(rng.uniform(*arc_mag_r))
     di, dj = (int(v) for v in rng.integers(-max_shift, max_shift + 1, 2))
+    dm = 0.0
+    if lens_light_dm is not None:
+        dm = float(_light_rng(seed, index).uniform(*lens_light_dm))
+        shift_central_light(scene, dm)
+    return scene, rng, di, dj, dm
+
+
+def _one(
+    task: tuple[int, int, str, int, int, int, tuple[float, float] | None, tuple[float, float] | None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Render object ``index``: (window, sky-frame truth, PSF FWHM, sky sigma)."""
+    from lenscat.simulate.survey_render import render_scene
+
+    stamp, crop = task[3], task[4]
+    scene, rng, di, dj, _ = _scene(task)
     out = render_scene(scene, stamp, rng)
     c, h = stamp // 2, crop // 2
     # window centre at stamp pixel (c + di, c + dj): pixel-frame position (dj, di) * scale
@@ -150,6 +189,7 @@ def simulate_lens_set(
     max_shift: int = 2,
     workers: int = 1,
     arc_mag_r: tuple[float, float] | None = None,
+    lens_light_dm: tuple[float, float] | None = None,
 ) -> LensSet:
     """``n`` windows from the default simulator, the kinds taken in turn (``kinds[i % len(kinds)]``).
 
@@ -169,6 +209,14 @@ def simulate_lens_set(
         Processes rendering in parallel.
     arc_mag_r
         Range of the total lensed r magnitude (uniform); None keeps the simulator's 19.0-21.5.
+    lens_light_dm
+        Domain randomisation of the training sets: the central object's light (a lens's deflector, an
+        impostor's main galaxy; not the arcs, not field objects) made fainter by a magnitude shift drawn
+        uniformly from (lo, hi) per object (:func:`shift_central_light`; negative: brighter), from a
+        stream of the object's own that nothing else draws from, so the arcs, the field and the noise
+        draws are those without it. The simulator ties a lens's brightness to its θ_E; the shift breaks
+        that tie (docs/benchmarks.md, "Lens-light randomisation"). None (the default) leaves the
+        set bit-identical to the simulator's.
     """
     from lenscat.simulate.survey_objects import KINDS
 
@@ -179,7 +227,13 @@ def simulate_lens_set(
         raise InvalidParameter("kinds", f"unknown kind {bad[0] if bad else ''!r}; choose from {', '.join(KINDS)}")
     if crop + 2 * max_shift > stamp:
         raise InvalidParameter("crop", f"{{crop}} + 2 x shift ({crop + 2 * max_shift}) exceeds the stamp of {stamp}")
-    tasks = [(seed, i, kinds[i % len(kinds)], stamp, crop, max_shift, arc_mag_r) for i in range(n)]
+    if lens_light_dm is not None and not (
+        len(lens_light_dm) == 2
+        and all(math.isfinite(v) and abs(v) <= 5.0 for v in lens_light_dm)
+        and lens_light_dm[0] <= lens_light_dm[1]
+    ):
+        raise InvalidParameter("lens_light_dm", "{lens_light_dm} must be LO,HI magnitudes with -5 <= LO <= HI <= 5")
+    tasks = [(seed, i, kinds[i % len(kinds)], stamp, crop, max_shift, arc_mag_r, lens_light_dm) for i in range(n)]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             rows = pool.map(_one, tasks, chunksize=16)
@@ -200,6 +254,7 @@ def simulate_lens_set(
             "crop": crop,
             "max_shift": max_shift,
             "arc_mag_r": None if arc_mag_r is None else list(arc_mag_r),
+            **({} if lens_light_dm is None else {"lens_light_dm": list(lens_light_dm)}),
         },
     )
 
