@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchutil import format_table, loadavg, machine_info, ratio
+from benchutil import format_table, loadavg, machine_info, own_embedded_home, ratio
 from tqdm import tqdm
 
 SURVEY = "albench"
@@ -429,8 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="lenscat-albench-"))
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o755)
-    os.environ.pop("LENSCAT_DATABASE_URL", None)
-    os.environ["LENSCAT_HOME"] = str(home)
+    own_embedded_home(home)
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine

@@ -113,3 +113,12 @@ def ingest_uniform_sky(
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(text("VACUUM ANALYZE lenscat.sources"))
     return ra, dec, rng
+
+
+def own_embedded_home(home: str | Path) -> Path:
+    """Point lenscat at a throw-away embedded server under ``home`` (its own ``LENSCAT_HOME``), ignoring
+    any ``LENSCAT_DATABASE_URL`` (said when one was set); returns ``home``."""
+    if os.environ.pop("LENSCAT_DATABASE_URL", None):
+        print("note: LENSCAT_DATABASE_URL ignored; the benchmark uses its own embedded server")
+    os.environ["LENSCAT_HOME"] = str(home)
+    return Path(home)

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchutil import format_table, goal, loadavg, machine_info, pct, speedup
+from benchutil import format_table, goal, loadavg, machine_info, own_embedded_home, pct, speedup
 
 K = 100
 SURVEY_BANDS = ["g", "r", "z"]
@@ -815,9 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     if home is None:
         home = tempfile.mkdtemp(prefix="lenscat-bench-")
         os.chmod(home, 0o755)  # the embedded server may run as another user
-    if os.environ.pop("LENSCAT_DATABASE_URL", None):
-        print("note: LENSCAT_DATABASE_URL ignored; the benchmark uses its own embedded server")
-    os.environ["LENSCAT_HOME"] = str(home)
+    own_embedded_home(home)
 
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded

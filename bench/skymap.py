@@ -26,7 +26,6 @@ at the end (``--keep`` keeps it).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import goal, ingest_uniform_sky, loadavg, machine_info
+from benchutil import goal, ingest_uniform_sky, loadavg, machine_info, own_embedded_home
 
 GOAL_S = 1.0
 
@@ -66,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="lenscat-bench-skymap-"))
-    os.environ.pop("LENSCAT_DATABASE_URL", None)
-    os.environ["LENSCAT_HOME"] = str(home)
+    own_embedded_home(home)
 
     import astropy.units as u
     from astropy.io import fits

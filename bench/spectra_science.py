@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchutil import format_table, goal, loadavg, machine_info, ratio
+from benchutil import format_table, goal, loadavg, machine_info, own_embedded_home, ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "spectra"
@@ -167,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     temp = args.home is None
     home = Path(tempfile.mkdtemp(prefix="lenscat-science-")) if temp else args.home.resolve()
     home.mkdir(parents=True, exist_ok=True)
-    os.environ.pop("LENSCAT_DATABASE_URL", None)
-    os.environ["LENSCAT_HOME"] = str(home)
+    own_embedded_home(home)
     from lenscat.db.server import stop_embedded
     from lenscat.db.session import dispose_engine
 

@@ -44,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchutil import goal, ingest_uniform_sky, loadavg, machine_info, pct
+from benchutil import goal, ingest_uniform_sky, loadavg, machine_info, own_embedded_home, pct
 
 GOAL_RATIO = 2.0
 RADIUS_ARCSEC = 5.0
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="lenscat-bench-tap-"))
-    os.environ.pop("LENSCAT_DATABASE_URL", None)
-    os.environ["LENSCAT_HOME"] = str(home)
+    own_embedded_home(home)
 
     import httpx
     from astropy.io.votable import parse_single_table

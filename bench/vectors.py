@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from benchutil import format_table, machine_info
+from benchutil import format_table, machine_info, own_embedded_home
 
 
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or tempfile.mkdtemp(prefix="lenscat-bench-")
     made_home = args.home is None
     os.chmod(home, 0o755)  # the embedded server may run as another user
-    os.environ.pop("LENSCAT_DATABASE_URL", None)
-    os.environ["LENSCAT_HOME"] = str(home)
+    own_embedded_home(home)
 
     from lenscat.db.migrate import ensure_schema
     from lenscat.db.server import stop_embedded
