@@ -30,8 +30,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lenscat.catalogue.ingest_log import file_sha256
-from lenscat.db.pgbinary import FIXED, SIGNATURE, TRAILER, encode_copy_binary
 from lenscat.db.pgbinary import Column as CopyColumn
+from lenscat.db.pgbinary import encode_copy_binary
 from lenscat.db.session import raw_connection
 from lenscat.errors import InputFileError, InvalidParameter, NotFoundError
 from lenscat.export.catalogue import candidate_table
@@ -57,37 +57,13 @@ MATCH_COLUMNS: dict[str, tuple[Any, str]] = {
 
 
 def _copy(session: Session, table: str, names: list[str], columns: list[CopyColumn]) -> None:
-    """Binary COPY of ``columns`` into ``table`` (:func:`_fixed_copy_bytes` when none has NULLs)."""
-    data = _fixed_copy_bytes(columns) or encode_copy_binary(columns)
+    """Binary COPY of ``columns`` into ``table``."""
+    data = encode_copy_binary(columns)
     with (
         raw_connection(session).cursor() as cur,
         cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN (FORMAT binary)") as copy,
     ):
         copy.write(data)
-
-
-def _fixed_copy_bytes(columns: list[CopyColumn]) -> bytes | None:
-    """The binary COPY stream of int4/int8/float8 columns without NULLs, as one numpy record array.
-
-    Every row has the same layout (field count, then a length word and the value per field), so a
-    structured array writes the whole stream at once; :func:`lenscat.db.pgbinary.encode_copy_binary`
-    handles any column but spends seconds on the 10^6 tiles of a large map. None when a column is
-    of another type or has a non-finite value (NULL).
-    """
-    if not columns or any(c.pgtype not in ("int4", "int8", "float8") or c.null is not None for c in columns):
-        return None
-    values = [np.asarray(c.values) for c in columns]
-    if any(v.dtype.kind == "f" and not np.isfinite(v).all() for v in values):
-        return None
-    fields: list[tuple[str, str]] = [("n", ">i2")]
-    for j, c in enumerate(columns):
-        fields += [(f"l{j}", ">i4"), (f"v{j}", FIXED[c.pgtype])]
-    rows = np.empty(len(values[0]), dtype=np.dtype(fields))
-    rows["n"] = len(columns)
-    for j, v in enumerate(values):
-        rows[f"l{j}"] = np.dtype(FIXED[columns[j].pgtype]).itemsize
-        rows[f"v{j}"] = v
-    return SIGNATURE + rows.tobytes() + TRAILER
 
 
 def _skymap_row(name: str, *, session: Session) -> dict[str, Any] | None:

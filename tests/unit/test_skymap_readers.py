@@ -191,9 +191,8 @@ def test_overlapping_multiorder_cells_are_refused(tmp_path):
         read_skymap(path)
 
 
-def test_fixed_width_copy_stream_equals_the_shared_encoder():
-    from lenscat.db.pgbinary import Column, encode_copy_binary
-    from lenscat.skymaps.service import _fixed_copy_bytes
+def test_fixed_width_copy_stream_equals_the_general_encoder():
+    from lenscat.db.pgbinary import Column, _fixed_width_stream, encode_copy_binary
 
     rng = np.random.default_rng(0)
     cols = [
@@ -201,9 +200,12 @@ def test_fixed_width_copy_stream_equals_the_shared_encoder():
         Column("int8", rng.integers(0, 2**62, 50)),
         Column("float8", rng.normal(size=50)),
     ]
-    assert _fixed_copy_bytes(cols) == encode_copy_binary(cols)
+    fast = _fixed_width_stream(cols)
+    # an explicit all-False NULL mask takes the general path: the same bytes
+    general = encode_copy_binary([Column(c.pgtype, c.values, np.zeros(50, bool)) for c in cols])
+    assert fast is not None and fast == general == encode_copy_binary(cols)
     with_nan = [Column("float8", np.array([1.0, np.nan]))]
-    assert _fixed_copy_bytes(with_nan) is None  # NULLs: left to the shared encoder
+    assert _fixed_width_stream(with_nan) is None  # NULLs: the general path
 
 
 def test_healpy_vector_rows_and_extra_columns(tmp_path):
